@@ -1,0 +1,242 @@
+"""Catalog entries: what a dataset is, where it lives, and how to ingest it.
+
+One YAML file per source (a file may also hold a list under ``entries:``). Validation errors name the file, the
+entry, the field and a fix, because the people editing these files are neuroscientists, not pydantic users.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .config import Settings, get_settings
+from .storage import is_remote, safe_name
+
+KINDS = ("nwb", "alf", "tvsd", "pile")
+
+
+class CatalogError(ValueError):
+    """A catalog file or entry that cannot be used; the message says where and how to fix it."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class WindowConfig(_Strict):
+    """How a session is cut into sample windows."""
+
+    mode: Literal["auto", "intervals", "chunks"] = Field(
+        "auto", description="auto: aligned to `intervals` when the session has that table, else fixed chunks"
+    )
+    intervals: str = Field("trials", description="intervals table (NWB) or ALF object holding the events")
+    align: str = Field("start_time", description="column with the alignment time of each interval")
+    pre_s: float = Field(0.0, ge=0, description="seconds before the alignment time")
+    post_s: float | None = Field(None, gt=0, description="seconds after; None: shortest interval duration")
+    chunk_s: float = Field(1.0, gt=0, description="length of fixed chunks when there are no intervals")
+    stimulus_column: str | None = Field(None, description="interval column identifying the stimulus")
+    stimulus_prefix: str | None = Field(None, description="namespace for stimulus ids, e.g. allen_ns")
+
+
+class SplitConfig(_Strict):
+    """Deterministic train/val/test assignment."""
+
+    rule: Literal["auto", "column", "hash"] = Field(
+        "auto", description="auto: the file's `split` column when it holds 2+ of train/val/test, else hash"
+    )
+    val_fraction: float = Field(0.1, ge=0, lt=1)
+    test_fraction: float = Field(0.1, ge=0, lt=1)
+    salt: str = "neurobridge"
+
+    @model_validator(mode="after")
+    def _fractions(self) -> SplitConfig:
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError("val_fraction + test_fraction must be < 1")
+        return self
+
+
+class IngestConfig(_Strict):
+    bin_ms: float = Field(20.0, gt=0, le=10_000)
+    window: WindowConfig = WindowConfig()
+    split: SplitConfig = SplitConfig()
+    good_units_only: bool = Field(False, description="keep only units labelled good (ALF `clusters.label` == 1)")
+    chunk_spikes: int = Field(2_000_000, ge=10_000, description="spikes held in memory at once per worker")
+
+
+class OneConfig(_Strict):
+    """ONE-api access for IBL: remote (Alyx) for users, local mode on a cache directory for tests."""
+
+    mode: Literal["local", "remote"] = "remote"
+    base_url: str | None = "https://openalyx.internationalbrainlab.org"
+    collection: str | None = Field(None, description="probe collection, e.g. alf/probe00/pykilosort")
+    search: dict[str, str | list[str]] = Field(default_factory=dict, description="ONE.search filters")
+
+
+class Selection(_Strict):
+    include: list[str] = Field(default_factory=list, description="glob patterns below uri (kind default if empty)")
+    exclude: list[str] = Field(default_factory=list)
+    limit: int | None = Field(None, ge=1, description="take only the first N items (sorted)")
+
+
+class CatalogEntry(_Strict):
+    name: str
+    kind: str
+    uri: str
+    description: str = ""
+    species: str = "unknown"
+    subject: str | None = Field(None, description="default subject when files do not name one")
+    task: str = "unknown"
+    selection: Selection = Selection()
+    region_map: dict[str, str] = Field(default_factory=dict, description="raw region label → acronym")
+    license: str = "unknown"
+    citation: str = ""
+    ingest: IngestConfig = IngestConfig()
+    one: OneConfig | None = None
+    source_file: str | None = Field(None, exclude=True)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        safe_name(v)
+        return v
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, v: str) -> str:
+        if v not in KINDS:
+            hint = difflib.get_close_matches(v, KINDS, n=1)
+            extra = f"; did you mean {hint[0]!r}?" if hint else ""
+            raise ValueError(f"unknown kind {v!r}{extra} (valid kinds: {', '.join(KINDS)})")
+        return v
+
+    def resolved_uri(self, settings: Settings | None = None) -> str:
+        """Absolute URI: relative catalog URIs live under the raw root (``NB_RAW``)."""
+        uri = _expand(self.uri)
+        if is_remote(uri) or os.path.isabs(uri):
+            return uri
+        if uri.startswith("file://"):
+            return uri[len("file://") :]
+        settings = settings or get_settings()
+        root = settings.raw_root.rstrip("/")
+        return f"{root}/{uri}"
+
+
+def _expand(uri: str) -> str:
+    """Expand ``$VARS``; ``NB_SHARED_DATA`` defaults to the shared real-data excerpts beside the checkout."""
+    env = {"NB_SHARED_DATA": str(Path("../shared/data").absolute()), **os.environ}
+    for name, value in env.items():
+        uri = uri.replace(f"${{{name}}}", value)
+    if "${" in uri:
+        raise CatalogError(f"catalog uri {uri!r} names an environment variable that is not set")
+    return uri
+
+
+def _field_names(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Valid field names at the location of an error, for 'did you mean' hints."""
+    current: type[BaseModel] | None = model
+    for part in loc[:-1]:
+        if current is None or not isinstance(part, str) or part not in current.model_fields:
+            return []
+        ann = current.model_fields[part].annotation
+        args = getattr(ann, "__args__", ())
+        current = next((a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    return list(current.model_fields) if current else []
+
+
+def describe_validation_error(err: ValidationError, model: type[BaseModel], where: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        field = ".".join(str(p) for p in loc) or "(entry)"
+        if e["type"] == "extra_forbidden":
+            valid = [f for f in _field_names(model, loc) if f != "source_file"]
+            hint = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+            fix = f"did you mean {hint[0]!r}?" if hint else f"valid fields here: {', '.join(valid)}"
+            lines.append(f"{where}: unknown field {field!r}; {fix}")
+        elif e["type"] == "missing":
+            lines.append(f"{where}: field {field!r} is required; add it")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(f"{where}: field {field!r}: {msg} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def parse_entries(data: object, source: str) -> list[CatalogEntry]:
+    if isinstance(data, dict) and "entries" in data:
+        raw = data["entries"]
+    elif isinstance(data, list):
+        raw = data
+    else:
+        raw = [data]
+    if not isinstance(raw, list) or not raw:
+        raise CatalogError(f"{source}: expected an entry mapping or a non-empty list under 'entries:'")
+    entries, errors = [], []
+    for i, item in enumerate(raw):
+        label = f"{source}: entry {item.get('name', i) if isinstance(item, dict) else i}"
+        if not isinstance(item, dict):
+            errors.append(f"{label}: expected a mapping of fields, got {type(item).__name__}")
+            continue
+        try:
+            entries.append(CatalogEntry(**item, source_file=source))
+        except ValidationError as err:
+            errors.append(describe_validation_error(err, CatalogEntry, label))
+    if errors:
+        raise CatalogError("\n".join(errors))
+    return entries
+
+
+def load_file(path: str | Path) -> list[CatalogEntry]:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise CatalogError(f"{path}: no such catalog file") from None
+    except yaml.YAMLError as err:
+        raise CatalogError(f"{path}: not valid YAML: {err}") from None
+    return parse_entries(data, str(path))
+
+
+def catalog_dir() -> Path:
+    return Path(os.environ.get("NB_CATALOG", "catalog"))
+
+
+def load_catalog(directory: str | Path | None = None) -> dict[str, CatalogEntry]:
+    """All entries of a catalog directory by name; every file's errors are reported together."""
+    directory = Path(directory) if directory else catalog_dir()
+    if not directory.is_dir():
+        raise CatalogError(f"{directory}: catalog directory not found (set NB_CATALOG or run from the repo root)")
+    entries: dict[str, CatalogEntry] = {}
+    errors = []
+    for path in sorted(directory.glob("*.yaml")):
+        try:
+            for entry in load_file(path):
+                if entry.name in entries:
+                    errors.append(f"{path}: entry name {entry.name!r} also in {entries[entry.name].source_file}")
+                entries[entry.name] = entry
+        except CatalogError as err:
+            errors.append(str(err))
+    if errors:
+        raise CatalogError("\n".join(errors))
+    return entries
+
+
+def resolve(ref: str, directory: str | Path | None = None) -> list[CatalogEntry]:
+    """Entries named by ``ref``: a YAML path, a catalog file stem (``demo``), or an entry name."""
+    if ref.endswith((".yaml", ".yml")) or os.sep in ref:
+        return load_file(ref)
+    directory = Path(directory) if directory else catalog_dir()
+    file = directory / f"{ref}.yaml"
+    if file.exists():
+        return load_file(file)
+    entries = load_catalog(directory)
+    if ref in entries:
+        return [entries[ref]]
+    names = sorted(entries) + sorted(p.stem for p in directory.glob("*.yaml"))
+    hint = difflib.get_close_matches(ref, names, n=1)
+    extra = f"; did you mean {hint[0]!r}?" if hint else ""
+    raise CatalogError(f"no catalog file or entry named {ref!r} in {directory}{extra}")

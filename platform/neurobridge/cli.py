@@ -1,0 +1,202 @@
+"""`neurobridge …`: the command line over the library (typer + rich)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .catalog import CatalogError, load_catalog, resolve
+from .config import get_settings
+from .sources import SourceError
+from .storage import StoreError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="NeuroBridge: neural data → tokens → models.")
+catalog_app = typer.Typer(no_args_is_help=True, help="List and validate catalog entries.")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks with same-run references.")
+app.add_typer(catalog_app, name="catalog")
+app.add_typer(bench_app, name="bench")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err_console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+@catalog_app.command("list")
+def catalog_list(directory: Path = typer.Option(None, "--dir", help="catalog directory (default ./catalog)")):
+    try:
+        entries = load_catalog(directory)
+    except CatalogError as err:
+        _fail(str(err))
+    table = Table("name", "kind", "species", "task", "uri", "file")
+    for e in entries.values():
+        table.add_row(e.name, e.kind, e.species, e.task, e.uri, Path(e.source_file).name)
+    console.print(table)
+
+
+@catalog_app.command("validate")
+def catalog_validate(
+    paths: list[Path] = typer.Argument(None, help="YAML files (default: every catalog file)"),
+):
+    from .catalog import catalog_dir, load_file
+
+    files = paths or sorted(catalog_dir().glob("*.yaml"))
+    errors = 0
+    for path in files:
+        try:
+            n = len(load_file(path))
+            console.print(f"[green]ok[/] {path} ({n} entr{'y' if n == 1 else 'ies'})")
+        except CatalogError as err:
+            errors += 1
+            err_console.print(f"[red]invalid[/] {err}")
+    if errors:
+        raise typer.Exit(1)
+
+
+@app.command()
+def simulate(
+    out: str = typer.Option(None, help="output root (default: <NB_RAW>/sim; any fsspec URI)"),
+    seed: int = typer.Option(0),
+    minutes: float = typer.Option(2.0, help="minutes per session"),
+    nwb_subjects: int = typer.Option(2),
+    alf_subjects: int = typer.Option(1),
+    visual_sessions: int = typer.Option(1),
+    sessions_per_subject: int = typer.Option(2),
+):
+    """Write ground-truth recordings (NWB, ALF + ONE cache, Allen-style visual NWB) and their true rates."""
+    from .sources.sim import SimConfig
+    from .sources.sim import simulate as run_sim
+
+    settings = get_settings()
+    out = out or f"{settings.raw_root}/sim"
+    cfg = SimConfig(
+        seed=seed, minutes=minutes, nwb_subjects=nwb_subjects, alf_subjects=alf_subjects,
+        visual_sessions=visual_sessions, nwb_sessions_per_subject=sessions_per_subject,
+        alf_sessions_per_subject=sessions_per_subject,
+    )  # fmt: skip
+    summary = run_sim(out, cfg)
+    console.print(f"wrote {len(summary['sessions'])} sessions to [bold]{out}[/]")
+
+
+@app.command()
+def ingest(
+    refs: list[str] = typer.Argument(..., help="catalog file stems, entry names or YAML paths (e.g. demo)"),
+    workers: int = typer.Option(None, help="parallel items (default: Ray's CPUs)"),
+    progress: bool = typer.Option(True, help="show Ray Data progress bars"),
+):
+    """Ingest catalog entries into versioned Parquet; exits 1 if any item failed."""
+    from .ingest.pipeline import ingest as run_ingest
+
+    settings = get_settings()
+    try:
+        entries = [e for ref in refs for e in resolve(ref)]
+    except CatalogError as err:
+        _fail(str(err))
+    n_failed = 0
+    for entry in entries:
+        try:
+            report = run_ingest(entry, settings, workers=workers, progress=progress)
+        except (SourceError, StoreError) as err:
+            err_console.print(f"[red]{entry.name}: {err}[/]")
+            n_failed += 1
+            continue
+        _print_report(report)
+        n_failed += len(report.failed)
+    if n_failed:
+        err_console.print(f"[bold red]{n_failed} item(s) failed[/]; reasons above and in each _manifest.parquet")
+        raise typer.Exit(1)
+
+
+def _print_report(report) -> None:
+    c = report.card.get("counts", {})
+    verb = "up to date" if report.processed == 0 else f"processed {report.processed}, skipped {report.skipped}"
+    console.print(
+        f"[bold]{report.dataset}[/] @ {report.version}: {verb}; {c.get('items_ok', 0)}/{c.get('items', 0)} items ok, "
+        f"{c.get('rows', 0):,} windows, {c.get('tokens', 0):,} tokens, {c.get('spikes', 0):,} spikes "
+        f"({report.seconds:.1f} s)\n  → {report.path}"
+    )
+    for f in report.failed:
+        err_console.print(f"  [red]failed[/] {f['rel']}: {f['error']}")
+
+
+@app.command()
+def inspect(
+    dataset: str = typer.Argument(..., help="dataset name, or name@version"),
+    plot: Path = typer.Option(None, "--plot", help="write a raster/rate figure (PNG) here"),
+    as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
+):
+    """Sessions, units, windows, tokens, spikes, firing rates and failed items of a dataset version."""
+    from . import inspection
+    from .ingest.manifest import resolve_dataset
+
+    settings = get_settings()
+    try:
+        ref = resolve_dataset(settings, dataset)
+    except StoreError as err:
+        _fail(str(err))
+    sessions = inspection.session_summaries(ref, settings)
+    failed = inspection.failed_items(ref, settings)
+    pct = inspection.rate_percentiles(sessions)
+    if as_json:
+        print(json.dumps({"dataset": ref.dataset, "version": ref.version, "path": ref.path,
+                          "counts": ref.card["counts"], "splits": ref.card.get("splits"), "rates_hz": pct,
+                          "sessions": [{k: v for k, v in s.__dict__.items() if k != "rates_hz"} for s in sessions],
+                          "failed": failed}, indent=2, default=str))  # fmt: skip
+    else:
+        c = ref.card["counts"]
+        console.print(f"[bold]{ref.dataset}[/] @ {ref.version}  ({ref.path})")
+        console.print(
+            f"{c['sessions']} sessions · {c['units']:,} units · {c['rows']:,} windows · {c['tokens']:,} tokens · "
+            f"{c['spikes']:,} spikes · {c['clipped']} clipped cells · splits {ref.card.get('splits')}"
+        )
+        table = Table("session", "subject", "units", "regions", "windows", "spikes", "median rate (Hz)")
+        for s in sessions:
+            regions = ", ".join(f"{k}:{v}" for k, v in s.regions.items())
+            med = float(sorted(s.rates_hz)[len(s.rates_hz) // 2]) if len(s.rates_hz) else 0.0
+            table.add_row(s.session, s.subject, str(s.units), regions, f"{s.windows:,}", f"{s.spikes:,}", f"{med:.2f}")
+        console.print(table)
+        if pct:
+            console.print("firing rate (Hz): " + "  ".join(f"{k} {v:.2f}" for k, v in pct.items()))
+        for f in failed:
+            console.print(f"[red]failed[/] {f['rel']}: {f['error']}")
+        console.print(f"read it with polars: pl.read_parquet('{ref.path}/part-*.parquet')")
+    if plot:
+        inspection.plot(ref, settings, str(plot), sessions)
+        console.print(f"figure → {plot}")
+
+
+@bench_app.command("ingest")
+def bench_ingest(
+    units: int = typer.Option(500, help="units in the benchmark session"),
+    minutes: float = typer.Option(40.0, help="session length (≥ 5M spikes at the defaults)"),
+    growth: int = typer.Option(8, help="second session this many times longer, for the RSS check (1: skip)"),
+    workdir: str = typer.Option(None, help="where benchmark sessions are cached"),
+    repeats: int = typer.Option(3),
+):
+    """Binning vs the per-unit np.histogram reference, end-to-end spikes/s and peak RSS growth."""
+    from .bench import bench_ingest as run
+
+    run(n_units=units, minutes=minutes, growth=growth, workdir=workdir, repeats=repeats, echo=console.print)
+
+
+@app.command()
+def demo(
+    minutes: float = typer.Option(2.0, help="minutes per simulated session"),
+    seed: int = typer.Option(0),
+):
+    """The end-to-end demo on the embedded default: simulate → ingest → inspect."""
+    from .demo import run_demo
+
+    code = run_demo(minutes=minutes, seed=seed, console=console)
+    raise typer.Exit(code)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app(sys.argv[1:])

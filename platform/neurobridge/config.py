@@ -1,0 +1,61 @@
+"""Settings: the one place where store, tracking and cluster locations are decided.
+
+Defaults are the embedded setup (local store directory, MLflow on SQLite, in-process Ray); every value can be
+overridden from the environment so that the same code runs against S3, an MLflow server or a running cluster.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+ENV_VARS = {
+    "store": "NB_STORE",
+    "raw_root": "NB_RAW",
+    "mlflow_uri": "NB_MLFLOW_URI",
+    "s3_endpoint": "NB_S3_ENDPOINT",
+    "ray_address": "RAY_ADDRESS",
+    "ray_num_cpus": "NB_RAY_NUM_CPUS",
+}
+
+
+def _home() -> Path:
+    return Path(os.environ.get("NB_HOME", "./.neurobridge")).absolute()
+
+
+class Settings(BaseModel):
+    """Resolved settings. Build with :func:`get_settings` so environment overrides apply."""
+
+    store: str = Field(description="token store root: a local path or any fsspec URI (s3://bucket/prefix)")
+    raw_root: str = Field(description="where relative catalog URIs and simulator output live")
+    mlflow_uri: str
+    s3_endpoint: str | None = Field(default=None, description="S3-compatible endpoint (MinIO, moto, Ceph)")
+    ray_address: str | None = Field(default=None, description="None starts a local Ray in-process")
+    ray_num_cpus: int | None = Field(default=None, description="logical CPUs for a local Ray")
+
+    def storage_options(self, uri: str) -> dict:
+        """fsspec options for ``uri``; credentials stay with the provider chain and never pass through here."""
+        if uri.startswith(("s3://", "s3a://")):
+            opts: dict = {}
+            if self.s3_endpoint:
+                opts["client_kwargs"] = {"endpoint_url": self.s3_endpoint}
+            if os.environ.get("NB_S3_ANON", "").lower() in {"1", "true", "yes"}:
+                opts["anon"] = True
+            return opts
+        return {}
+
+
+def get_settings(**overrides) -> Settings:
+    home = _home()
+    values: dict = {
+        "store": str(home / "store"),
+        "raw_root": str(home / "raw"),
+        "mlflow_uri": f"sqlite:///{home / 'mlflow.db'}",
+    }
+    for field, var in ENV_VARS.items():
+        if os.environ.get(var):
+            values[field] = os.environ[var]
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return Settings(**values)

@@ -1,0 +1,75 @@
+"""The end-to-end demo on the embedded default: simulate → ingest (Ray Data) → inspect, with a figure."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from . import inspection
+from .catalog import resolve
+from .config import get_settings
+from .ingest.manifest import resolve_dataset
+from .ingest.pipeline import ingest
+from .storage import filesystem
+
+
+def run_demo(minutes: float = 2.0, seed: int = 0, console: Console | None = None, catalog: str = "demo") -> int:
+    from .sources.sim import SimConfig, simulate
+
+    console = console or Console()
+    settings = get_settings()
+    t0 = time.perf_counter()
+    sim_root = f"{settings.raw_root}/sim"
+    fs, path = filesystem(f"{sim_root}/simulation.json", settings)
+    cfg = SimConfig(seed=seed, minutes=minutes)
+    if fs.exists(path) and _same_config(fs, path, cfg):
+        console.print(f"[dim]simulation already at {sim_root} (same seed and size): reusing it[/]")
+    else:
+        console.rule("1. simulate")
+        simulate(sim_root, cfg)
+    console.rule("2. ingest (Ray Data)")
+    failed = 0
+    reports = []
+    for entry in resolve(catalog):
+        report = ingest(entry, settings, progress=True)
+        reports.append(report)
+        failed += len(report.failed)
+        c = report.card["counts"]
+        console.print(
+            f"[bold]{entry.name}[/] @ {report.version}: {c['items_ok']}/{c['items']} items, {c['rows']:,} windows, "
+            f"{c['tokens']:,} tokens, {c['spikes']:,} spikes ({report.seconds:.1f} s)"
+        )
+    console.rule("3. inspect")
+    reports_dir = Path(settings.store).parent / "reports" if "://" not in settings.store else Path("reports")
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    figures = []
+    for report in reports:
+        ref = resolve_dataset(settings, f"{report.dataset}@{report.version}")
+        sessions = inspection.session_summaries(ref, settings)
+        pct = inspection.rate_percentiles(sessions)
+        console.print(
+            f"{ref.dataset}: {len(sessions)} sessions, {sum(s.units for s in sessions)} units, "
+            f"median rate {pct.get('p50', 0):.1f} Hz, splits {ref.card['splits']}"
+        )
+        figures.append(inspection.plot(ref, settings, str(reports_dir / f"{ref.dataset}.png"), sessions))
+    console.rule("done")
+    console.print(f"finished in {time.perf_counter() - t0:.0f} s")
+    console.print(f"raw recordings : {sim_root}")
+    console.print(f"token store    : {settings.store}/tokens/")
+    console.print(f"figures        : {', '.join(figures)}")
+    console.print("next           : neurobridge inspect sim_nwb · open a figure above · "
+                  "python -c \"import polars as pl; print(pl.read_parquet('<token store>/sim_nwb/<version>/part-*.parquet'))\"")  # fmt: skip
+    return 1 if failed else 0
+
+
+def _same_config(fs, path: str, cfg) -> bool:
+    import json
+
+    try:
+        with fs.open(path, "rb") as f:
+            saved = json.loads(f.read()).get("config", {})
+    except (OSError, ValueError):
+        return False
+    return saved == cfg.model_dump(mode="json")

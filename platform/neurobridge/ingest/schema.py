@@ -1,0 +1,55 @@
+"""The token store's row schema (one row = one sample window); see ARCHITECTURE.md."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+# Bumped when binning/windowing semantics change, so that dataset versions change with them.
+ALGORITHM_VERSION = 1
+
+SAMPLE_SCHEMA = pa.schema(
+    [
+        ("dataset", pa.string()),
+        ("session", pa.string()),
+        ("subject", pa.string()),
+        ("species", pa.string()),
+        ("task", pa.string()),
+        ("sample_id", pa.string()),
+        ("split", pa.string()),
+        ("t_start", pa.float64()),
+        ("bin_ms", pa.float32()),
+        ("n_units", pa.int32()),
+        ("n_bins", pa.int32()),
+        ("counts", pa.list_(pa.uint16())),
+        ("mua", pa.list_(pa.float32())),
+        ("unit_ids", pa.list_(pa.string())),
+        ("unit_regions", pa.list_(pa.string())),
+        ("stimulus_id", pa.string()),
+        ("repeat", pa.int32()),
+        ("behavior", pa.list_(pa.float32())),
+        ("behavior_names", pa.list_(pa.string())),
+    ],
+    metadata={"neurobridge.schema_version": str(SCHEMA_VERSION)},
+)
+
+MANIFEST_SCHEMA = pa.schema(
+    [
+        ("item", pa.string()),
+        ("uri", pa.string()),
+        ("rel", pa.string()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("session", pa.string()),
+        ("subject", pa.string()),
+        ("part", pa.string()),
+        ("rows", pa.int64()),
+        ("units", pa.int64()),
+        ("tokens", pa.int64()),
+        ("spikes", pa.int64()),
+        ("clipped", pa.int64()),
+        ("dropped_windows", pa.int64()),
+        ("checksum", pa.string()),
+        ("seconds", pa.float64()),
+    ]
+)

@@ -1,0 +1,292 @@
+"""IBL ALF sessions: ``spikes.*``, ``clusters.*`` and ``trials.*`` NumPy files, found by path or through ONE.
+
+``.npy`` files are read by byte range after parsing their header, so a session streams from S3 as well as from
+disk, and object arrays are refused (``allow_pickle=False`` everywhere: input is never unpickled).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+import re
+
+import numpy as np
+
+from ..catalog import CatalogEntry
+from ..config import Settings
+from ..storage import filesystem, is_local_fs
+from .base import (
+    Intervals,
+    Item,
+    SessionMeta,
+    SourceError,
+    SpikeSource,
+    decode_strings,
+    fingerprint,
+    item_key,
+    make_items,
+)
+
+REGION_FILES = ("clusters.brainLocationAcronyms_ccf_2017.npy", "clusters.acronym.npy")
+SESSION_RE = re.compile(r"(?P<subject>[^/]+)/(?P<date>\d{4}-\d{2}-\d{2})/(?P<number>\d{1,3})(?:/|$)")
+
+
+def discover(entry: CatalogEntry, settings: Settings) -> list[Item]:
+    if entry.one is not None:
+        return _discover_one(entry, settings)
+    root = entry.resolved_uri(settings)
+    fs, path = filesystem(root, settings)
+    if not fs.exists(path):
+        raise SourceError(f"{root}: no such directory or object prefix")
+    patterns = entry.selection.include or ["**/spikes.times.npy"]
+    found = {f for pat in patterns for f in fs.glob(posixpath.join(path, pat))}
+    if fs.exists(posixpath.join(path, "spikes.times.npy")):
+        found.add(posixpath.join(path, "spikes.times.npy"))
+    folders = sorted({posixpath.dirname(f) for f in found if f.endswith("spikes.times.npy")})
+    items = make_items(fs, root, path, folders, entry.selection.exclude, entry.selection.limit)
+    for it in items:
+        folder = it.uri.split("://", 1)[1] if "://" in it.uri else it.uri
+        it.fingerprint = _folder_fingerprint(fs, folder)
+    return items
+
+
+def _folder_fingerprint(fs, folder: str) -> str:
+    parts = []
+    for name in ("spikes.times.npy", "spikes.clusters.npy"):
+        p = posixpath.join(folder, name)
+        parts.append(fingerprint(fs.info(p)) if fs.exists(p) else "missing")
+    return hashlib.blake2b("|".join(parts).encode(), digest_size=8).hexdigest()
+
+
+def _one(entry: CatalogEntry, settings: Settings):
+    from one.api import ONE
+
+    cfg = entry.one
+    cache_dir = entry.resolved_uri(settings)
+    if cfg.mode == "local":
+        return ONE(mode="local", cache_dir=cache_dir)
+    return ONE(base_url=cfg.base_url, cache_dir=cache_dir, silent=True)
+
+
+def _discover_one(entry: CatalogEntry, settings: Settings) -> list[Item]:
+    one = _one(entry, settings)
+    eids = one.search(**entry.one.search)
+    items = []
+    for eid in sorted(str(e) for e in eids):
+        details = one.list_datasets(eid, filename="spikes.times*", details=True)
+        if details is None or len(details) == 0:
+            continue
+        for _, row in details.reset_index().iterrows():
+            collection = row.get("collection")
+            if entry.one.collection and collection != entry.one.collection:
+                continue
+            session_path = str(one.eid2path(eid))
+            rel = posixpath.join(_session_rel(session_path) or eid, collection)
+            fp = f"{row.get('file_size', '')}:{row.get('hash', '')}"
+            items.append(
+                Item(
+                    key=item_key(rel),
+                    uri=posixpath.join(session_path, collection),
+                    rel=rel,
+                    fingerprint=fp,
+                    extra={"eid": eid, "collection": collection},
+                )
+            )
+    items.sort(key=lambda i: i.rel)
+    return items[: entry.selection.limit] if entry.selection.limit else items
+
+
+def _session_rel(path: str) -> str | None:
+    m = SESSION_RE.search(path.replace("\\", "/"))
+    return m.group(0).rstrip("/") if m else None
+
+
+class NpyRange:
+    """A ``.npy`` array read by ranges: memory-mapped locally, byte ranges through fsspec otherwise."""
+
+    def __init__(self, fs, path: str, label: str):
+        self.label = label
+        try:
+            if is_local_fs(fs):
+                self._f = None
+                self._arr = np.load(path, mmap_mode="r", allow_pickle=False)
+                self.dtype, self.shape = self._arr.dtype, self._arr.shape
+            else:
+                self._arr = None
+                self._f = fs.open(path, "rb", block_size=8 << 20, cache_type="readahead")
+                version = np.lib.format.read_magic(self._f)
+                read_header = (
+                    np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                )
+                self.shape, fortran, self.dtype = read_header(self._f)
+                if fortran and len(self.shape) > 1:
+                    raise SourceError(f"{label}: Fortran-ordered arrays are not supported")
+                self._offset = self._f.tell()
+        except FileNotFoundError:
+            raise SourceError(f"{label}: file not found") from None
+        except ValueError as err:
+            raise SourceError(f"{label}: not a readable .npy array (object arrays are refused): {err}") from None
+        if self.dtype.hasobject:
+            raise SourceError(f"{label}: stores Python objects; refusing to unpickle input")
+
+    def __len__(self) -> int:
+        return self.shape[0] if self.shape else 0
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        if self._arr is not None:
+            return np.array(self._arr[start:stop])
+        row = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        self._f.seek(self._offset + start * row)
+        buf = self._f.read((stop - start) * row)
+        if len(buf) != (stop - start) * row:
+            raise SourceError(f"{self.label}: truncated .npy file (expected {stop - start} more rows)")
+        return np.frombuffer(buf, dtype=self.dtype).reshape((stop - start, *self.shape[1:]))
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+
+
+def _load_small(fs, path: str, label: str) -> np.ndarray:
+    arr = NpyRange(fs, path, label)
+    try:
+        return arr.read(0, len(arr))
+    finally:
+        arr.close()
+
+
+class ALFSource(SpikeSource):
+    def __init__(self, uri: str, entry: CatalogEntry, settings: Settings, root_uri: str | None = None):
+        self.item = uri
+        self._fs, self._dir = filesystem(uri, settings)
+        self._root = filesystem(root_uri, settings)[1] if root_uri else None
+        fs, d = self._fs, self._dir
+        self._times = NpyRange(fs, posixpath.join(d, "spikes.times.npy"), f"{uri}/spikes.times.npy")
+        try:
+            self._clusters = NpyRange(fs, posixpath.join(d, "spikes.clusters.npy"), f"{uri}/spikes.clusters.npy")
+        except SourceError:
+            self._times.close()
+            raise
+        n_t, n_c = len(self._times), len(self._clusters)
+        if n_t != n_c or self._times.shape[1:] or self._clusters.shape[1:]:
+            self.close()
+            raise SourceError(
+                f"{uri}: spikes.times has shape {self._times.shape} but spikes.clusters has shape "
+                f"{self._clusters.shape}; they must be 1-D and of equal length"
+            )
+        if self._clusters.dtype.kind not in "iu":
+            self.close()
+            raise SourceError(f"{uri}: spikes.clusters must hold integers, not {self._clusters.dtype}")
+        self.segments = np.array([0, n_t], dtype=np.int64)
+        self.segment_units = None
+        self._init_units(entry)
+        self.meta = self._meta(entry)
+
+    def _init_units(self, entry: CatalogEntry) -> None:
+        fs, d = self._fs, self._dir
+        regions = None
+        for name in REGION_FILES:
+            p = posixpath.join(d, name)
+            if fs.exists(p):
+                regions = decode_strings(_load_small(fs, p, f"{self.item}/{name}"))
+                break
+        label_path = posixpath.join(d, "clusters.label.npy")
+        labels = _load_small(fs, label_path, f"{self.item}/clusters.label.npy") if fs.exists(label_path) else None
+        n_table = len(regions) if regions is not None else (len(labels) if labels is not None else None)
+        if n_table is None:
+            # No clusters table: units are the cluster ids that fire (one streaming pass over the ids).
+            max_id = self._scan_max_cluster()
+            seen = np.zeros(max_id + 1, dtype=bool)
+            for a in range(0, len(self._clusters), 4_000_000):
+                seen[self._clusters.read(a, a + 4_000_000)] = True
+            ids = np.flatnonzero(seen)
+            regions_kept = np.full(len(ids), "unknown")
+        else:
+            ids = np.arange(n_table)
+            regions_kept = regions if regions is not None else np.full(n_table, "unknown")
+            if entry.ingest.good_units_only and labels is not None:
+                good = np.asarray(labels, dtype=float) >= 1.0
+                ids, regions_kept = ids[good], regions_kept[good]
+        self._n_table = n_table
+        self.unit_ids = ids.astype(str)
+        self.unit_regions = np.asarray(regions_kept).astype(str)
+        size = (int(ids.max()) + 1) if len(ids) else 1
+        if n_table is not None:
+            size = max(size, n_table)
+        self._lut = np.full(size, -1, dtype=np.int64)
+        self._lut[ids] = np.arange(len(ids))
+
+    def _scan_max_cluster(self) -> int:
+        top = -1
+        for a in range(0, len(self._clusters), 4_000_000):
+            block = self._clusters.read(a, a + 4_000_000)
+            if len(block):
+                if block.min() < 0:
+                    raise SourceError(f"{self.item}: spikes.clusters holds negative cluster ids")
+                top = max(top, int(block.max()))
+        return max(top, 0)
+
+    def _meta(self, entry: CatalogEntry) -> SessionMeta:
+        path = self._dir.replace("\\", "/")
+        m = SESSION_RE.search(path)
+        if m:
+            probe = posixpath.basename(path) if not path.rstrip("/").endswith("/alf") else ""
+            session = f"{m['subject']}_{m['date']}_{int(m['number']):03d}" + (f"_{probe}" if probe else "")
+            subject = m["subject"]
+        else:
+            session = posixpath.basename(path.rstrip("/"))
+            subject = entry.subject or "unknown"
+        return SessionMeta(session=session, subject=subject, species=entry.species, task=entry.task)
+
+    def read_times(self, start: int, stop: int) -> np.ndarray:
+        return np.asarray(self._times.read(start, stop), dtype=np.float64)
+
+    def read_units(self, start: int, stop: int) -> np.ndarray:
+        c = np.asarray(self._clusters.read(start, stop), dtype=np.int64)
+        if len(c) and (c.min() < 0 or c.max() >= len(self._lut)):
+            bad = c[(c < 0) | (c >= len(self._lut))][0]
+            raise SourceError(
+                f"{self.item}: spikes.clusters holds cluster id {bad}, outside the clusters table "
+                f"(0..{len(self._lut) - 1})"
+            )
+        return self._lut[c]
+
+    def intervals(self, name: str) -> Intervals | None:
+        """ALF object ``name`` (e.g. trials) from this folder or its parents up to the session folder."""
+        fs, d = self._fs, self._dir
+        for folder in _ancestors(d, self._root):
+            files = fs.glob(posixpath.join(folder, f"{name}.*.npy"))
+            if not files:
+                continue
+            columns: dict[str, np.ndarray] = {}
+            for f in sorted(files):
+                attr = posixpath.basename(f)[len(name) + 1 : -len(".npy")]
+                arr = _load_small(fs, f, f)
+                if arr.ndim == 2 and arr.shape[1] == 2 and attr == "intervals":
+                    columns["start_time"], columns["stop_time"] = arr[:, 0], arr[:, 1]
+                elif arr.ndim == 1:
+                    columns[attr] = decode_strings(arr) if arr.dtype.kind in "SU" else arr
+            lengths = {len(v) for v in columns.values()}
+            if len(lengths) > 1:
+                raise SourceError(f"{folder}: {name}.* attributes have different lengths {sorted(lengths)}")
+            return Intervals(name, columns) if columns else None
+        return None
+
+    def close(self) -> None:
+        for arr in (getattr(self, "_times", None), getattr(self, "_clusters", None)):
+            if arr is not None:
+                arr.close()
+
+
+def _ancestors(folder: str, root: str | None, depth: int = 3) -> list[str]:
+    """The folder and up to ``depth`` parents, never above the catalog root or an ALF session folder."""
+    out, current = [folder], folder
+    for _ in range(depth):
+        parent = posixpath.dirname(current.rstrip("/"))
+        if not parent or parent == current or (root and not parent.startswith(root.rstrip("/"))):
+            break
+        out.append(parent)
+        if SESSION_RE.search(parent + "/") and re.search(r"/\d{1,3}$", parent):
+            break
+        current = parent
+    return out

@@ -1,0 +1,147 @@
+"""What every source reader provides to the ingest engine.
+
+A session's spikes are stored as *segments*, each sorted by time: one per unit in NWB (ragged
+``units/spike_times``), one for the whole session in ALF (``spikes.times`` with ``spikes.clusters``). The engine
+streams over segments in bounded blocks and asks for contiguous ranges, so no reader ever loads a session whole.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import posixpath
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class SourceError(ValueError):
+    """A recording that cannot be ingested; the message names the item and the problem."""
+
+
+@dataclass
+class SessionMeta:
+    session: str
+    subject: str
+    species: str
+    task: str
+
+
+@dataclass
+class Intervals:
+    """Events to align windows to (trials, stimulus presentations)."""
+
+    name: str
+    columns: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(next(iter(self.columns.values()))) if self.columns else 0
+
+
+class SpikeSource(ABC):
+    """Base class for a session reader; subclasses fill the attributes and implement the reads."""
+
+    item: str  # the item's URI, for error messages
+    meta: SessionMeta
+    unit_ids: np.ndarray  # raw unit ids as strings, in storage order
+    unit_regions: np.ndarray  # raw region labels (strings), same order
+    segments: np.ndarray  # int64 offsets [n_segments + 1] into the spike arrays
+    segment_units: np.ndarray | None  # unit index per segment, or None when segments mix units
+
+    @property
+    def n_spikes(self) -> int:
+        return int(self.segments[-1])
+
+    @abstractmethod
+    def read_times(self, start: int, stop: int) -> np.ndarray:
+        """Spike times ``start:stop`` in storage order (float64 seconds)."""
+
+    def read_units(self, start: int, stop: int) -> np.ndarray:
+        """Unit index (into ``unit_ids``) of spikes ``start:stop``; sources with mixed segments override."""
+        raise TypeError(f"{type(self).__name__} stores one unit per segment; use segment_units")
+
+    def intervals(self, name: str) -> Intervals | None:
+        return None
+
+    def time_range(self) -> tuple[float, float]:
+        """First and last spike time, from segment ends only (no full read)."""
+        firsts, lasts = [], []
+        for a, b in zip(self.segments[:-1], self.segments[1:], strict=True):
+            if b > a:
+                firsts.append(self.read_times(a, a + 1)[0])
+                lasts.append(self.read_times(b - 1, b)[0])
+        if not firsts:
+            return 0.0, 0.0
+        return float(np.nanmin(firsts)), float(np.nanmax(lasts))
+
+    def close(self) -> None:  # noqa: B027 - readers without open handles need nothing here
+        return None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def decode_strings(values) -> np.ndarray:
+    """HDF5/NumPy string columns (bytes or str) → a unicode array."""
+    arr = np.asarray(values)
+    if arr.dtype.kind == "S" or arr.dtype == object:
+        return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in arr.ravel()]).reshape(arr.shape)
+    return arr.astype(str)
+
+
+@dataclass
+class Item:
+    """One unit of ingest work (a session file or folder); failures are recorded per item."""
+
+    key: str  # unique, path-safe name inside a dataset version
+    uri: str  # absolute URI of the file or folder
+    rel: str  # path relative to the catalog entry's root, for people
+    fingerprint: str  # size + etag/mtime: a changed source gives a new dataset version
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "key": self.key,
+            "uri": self.uri,
+            "rel": self.rel,
+            "fingerprint": self.fingerprint,
+            **self.extra,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Item:
+        base = {k: d[k] for k in ("key", "uri", "rel", "fingerprint")}
+        return cls(**base, extra={k: v for k, v in d.items() if k not in base})
+
+
+def item_key(rel: str) -> str:
+    """A readable, path-safe, collision-free key for a relative path."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", rel.strip("/")).strip("._") or "item"
+    digest = hashlib.blake2b(rel.encode(), digest_size=4).hexdigest()
+    return f"{stem[-80:]}-{digest}"
+
+
+def fingerprint(info: dict) -> str:
+    """Identity of a stored object from listing metadata only (no content read)."""
+    tag = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified") or ""
+    return f"{info.get('size', '')}:{str(tag).strip(chr(34))}"
+
+
+def make_items(fs, root: str, base: str, paths: list[str], exclude: list[str], limit: int | None) -> list[Item]:
+    """Items for listed paths below ``base``; URIs keep the root's scheme so workers can reopen them."""
+    items = []
+    scheme = root.split("://", 1)[0] if "://" in root else None
+    for p in sorted(paths):
+        rel = posixpath.relpath(p, base)
+        if rel == ".":
+            rel = posixpath.basename(p.rstrip("/"))
+        if any(fnmatch.fnmatch(rel, pat) for pat in exclude):
+            continue
+        uri = f"{scheme}://{p}" if scheme else p
+        items.append(Item(key=item_key(rel), uri=uri, rel=rel, fingerprint=fingerprint(fs.info(p))))
+    return items[:limit] if limit else items

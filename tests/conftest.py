@@ -1,0 +1,71 @@
+"""Real components, started by the tests: one local Ray per session, a moto S3 server over HTTP, temp stores."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+# Workers inherit the driver's environment when Ray starts: set dummy S3 credentials before anything else.
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("NB_SHARED_DATA", REPO.parent / "shared" / "data"))
+MC_MAZE = SHARED_DATA / "nlb_mc_maze_medium" / "sub-Jenkins_ses-medium_desc-test_ecephys.nwb"
+IBL_EXCERPT = SHARED_DATA / "ibl_spikes_excerpt"
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray for the whole session (start-up is ~10 s here)."""
+    import ray
+    import ray.data
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.verbose_progress = False
+    ctx.execution_no_progress_timeout_s = 120  # a stall fails the test instead of hanging CI
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture()
+def settings(tmp_path):
+    from neurobridge.config import get_settings
+
+    return get_settings(store=str(tmp_path / "store"), raw_root=str(tmp_path / "raw"))
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """moto's threaded S3 server: a real HTTP endpoint that s3fs, pyarrow and Ray workers all talk to."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture()
+def copy_shared(tmp_path):
+    """Copy a real excerpt into a writable temp dir (the originals are read-only and never modified)."""
+
+    def _copy(src: Path, name: str | None = None) -> Path:
+        dst = tmp_path / "raw" / (name or src.name)
+        if src.is_dir():
+            shutil.copytree(src, dst)
+        else:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, dst)
+            dst.chmod(0o644)
+        return dst
+
+    return _copy

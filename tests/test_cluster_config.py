@@ -1,0 +1,130 @@
+"""cluster.yaml checked offline against the cluster-launcher schema that ships with the installed Ray.
+
+The same two calls Ray's own tests use: ``prepare_config`` (merge with the provider's defaults, fill per-type
+min/max workers) then ``validate_config`` (JSON schema + cross-field checks). No network, no boto3 calls.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+import jsonschema
+import pytest
+import ray
+import yaml
+from ray.autoscaler._private.util import prepare_config, validate_config
+
+REPO = Path(__file__).resolve().parents[1]
+CLUSTER_YAML = REPO / "cluster.yaml"
+INGEST_TYPE = "ingest_cpu"
+GPU_TYPE = "train_gpu"
+
+
+@pytest.fixture(scope="module")
+def raw_config() -> dict:
+    return yaml.safe_load(CLUSTER_YAML.read_text())
+
+
+def prepared(config: dict) -> dict:
+    """Prepare and validate a copy, as `ray up` does before it touches the cloud."""
+    out = prepare_config(copy.deepcopy(config))
+    validate_config(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def config(raw_config) -> dict:
+    return prepared(raw_config)
+
+
+def worker_types(config: dict) -> dict[str, dict]:
+    head = config["head_node_type"]
+    return {name: t for name, t in config["available_node_types"].items() if name != head}
+
+
+def test_cluster_yaml_passes_ray_schema(config):
+    assert config["provider"]["type"] == "aws"
+    assert config["head_node_type"] in config["available_node_types"]
+    assert set(worker_types(config)) == {INGEST_TYPE, GPU_TYPE}
+
+
+@pytest.mark.parametrize("where", ["top", "node_type", "docker"])
+def test_misspelt_field_is_rejected(raw_config, where):
+    broken = copy.deepcopy(raw_config)
+    if where == "top":
+        broken["max_worker"] = broken.pop("max_workers")
+    elif where == "node_type":
+        node = broken["available_node_types"][INGEST_TYPE]
+        node["max_worker"] = node.pop("max_workers")
+    else:
+        broken["docker"]["imagee"] = broken["docker"].pop("image")
+    with pytest.raises(jsonschema.ValidationError, match="max_worker|imagee"):
+        prepared(broken)
+
+
+def test_min_workers_above_global_max_is_rejected(raw_config):
+    broken = copy.deepcopy(raw_config)
+    broken["available_node_types"][INGEST_TYPE]["min_workers"] = broken["max_workers"] + 1
+    with pytest.raises(ValueError, match="max_workers"):
+        prepared(broken)
+
+
+def test_ingest_type_is_cpu_only_with_ingest_resource(config):
+    res = config["available_node_types"][INGEST_TYPE]["resources"]
+    assert res.get("CPU", 0) > 0
+    assert res.get("ingest", 0) > 0
+    assert res.get("GPU", 0) == 0
+
+
+def test_gpu_type_has_gpus_and_gpu_image(config):
+    node = config["available_node_types"][GPU_TYPE]
+    assert node["resources"].get("GPU", 0) > 0
+    assert node["resources"].get("ingest", 0) == 0
+    image = node.get("docker", {}).get("worker_image", config["docker"].get("worker_image"))
+    assert re.search(r"-(gpu|cu\d+)$", image), image
+
+
+def test_head_schedules_no_work(config):
+    head = config["available_node_types"][config["head_node_type"]]
+    assert head["resources"].get("CPU") == 0
+    assert head["max_workers"] == 0
+
+
+def test_worker_counts_are_consistent(config):
+    types = worker_types(config)
+    for name, t in types.items():
+        assert 0 <= t["min_workers"] <= t["max_workers"], name
+        assert t["max_workers"] > 0, f"{name} can never start"
+    assert config["max_workers"] >= sum(t["min_workers"] for t in types.values())
+    assert config["max_workers"] >= max(t["max_workers"] for t in types.values())
+    assert 0 < config["idle_timeout_minutes"] <= 60
+
+
+def test_images_match_installed_ray(config):
+    images = [config["docker"][k] for k in ("image", "head_image", "worker_image") if k in config["docker"]]
+    images += [t["docker"]["worker_image"] for t in worker_types(config).values() if "docker" in t]
+    assert images
+    for image in images:
+        assert image.startswith(f"rayproject/ray:{ray.__version__}-py311-"), image
+
+
+def test_setup_installs_pinned_torch_then_project(config):
+    pin = re.search(r'"(torch==[^"]+)"', (REPO / "pyproject.toml").read_text())
+    assert pin, "pyproject.toml pins torch"
+    torch_pin = pin.group(1)
+    cmds = config["setup_commands"]
+    torch_at = next(i for i, c in enumerate(cmds) if torch_pin in c)
+    project_at = next(i for i, c in enumerate(cmds) if "~/neurobridge" in c and "pip install" in c)
+    assert torch_at < project_at
+    assert "~/neurobridge" in config["file_mounts"]
+    assert config["head_start_ray_commands"] and config["worker_start_ray_commands"]
+
+
+def test_nodes_use_instance_profiles_and_no_secrets(config):
+    for name, t in config["available_node_types"].items():
+        assert "IamInstanceProfile" in t["node_config"], name
+    text = CLUSTER_YAML.read_text().lower()
+    for secret in ("aws_access_key_id", "aws_secret_access_key", "aws_session_token", "ssh_private_key"):
+        assert secret not in text
