@@ -59,8 +59,8 @@ def run_demo(minutes: float = 2.0, seed: int = 0, console: Console | None = None
     console.print(f"raw recordings : {sim_root}")
     console.print(f"token store    : {settings.store}/tokens/")
     console.print(f"figures        : {', '.join(figures)}")
-    console.print("next           : neurobridge inspect sim_nwb · open a figure above · "
-                  "python -c \"import polars as pl; print(pl.read_parquet('<token store>/sim_nwb/<version>/part-*.parquet'))\"")  # fmt: skip
+    console.print("next           : neurobridge inspect sim_nwb --plot sim_nwb.png")
+    console.print(f"read with polars: pl.read_parquet('{settings.store}/tokens/sim_nwb/<version>/part-*.parquet')")
     return 1 if failed else 0
 
 

@@ -59,41 +59,68 @@ def _folder_fingerprint(fs, folder: str) -> str:
 
 
 def _one(entry: CatalogEntry, settings: Settings):
+    """A ONE instance; a cache on object storage is used through a local copy of its (small) cache tables."""
     from one.api import ONE
 
     cfg = entry.one
     cache_dir = entry.resolved_uri(settings)
+    if "://" in cache_dir:
+        if cfg.mode != "local":
+            raise SourceError(f"{cache_dir}: a remote ONE cache needs one.mode 'local' (ONE downloads to local disks)")
+        cache_dir = _local_tables(cache_dir, settings)
     if cfg.mode == "local":
         return ONE(mode="local", cache_dir=cache_dir)
     return ONE(base_url=cfg.base_url, cache_dir=cache_dir, silent=True)
 
 
+def _local_tables(uri: str, settings: Settings) -> str:
+    import tempfile
+
+    fs, path = filesystem(uri, settings)
+    tables = fs.glob(posixpath.join(path, "*.pqt"))
+    if not tables:
+        raise SourceError(f"{uri}: no ONE cache tables (sessions.pqt, datasets.pqt) found")
+    local = tempfile.mkdtemp(prefix="nb-one-")
+    for t in tables:
+        fs.get(t, posixpath.join(local, posixpath.basename(t)))
+    return local
+
+
 def _discover_one(entry: CatalogEntry, settings: Settings) -> list[Item]:
+    """Items from ONE's session and dataset tables: one per session and spike-sorting collection."""
     one = _one(entry, settings)
-    eids = one.search(**entry.one.search)
+    root = entry.resolved_uri(settings)
+    eids, sessions = one.search(details=True, **entry.one.search)
     items = []
-    for eid in sorted(str(e) for e in eids):
-        details = one.list_datasets(eid, filename="spikes.times*", details=True)
-        if details is None or len(details) == 0:
+    for eid, info in zip(eids, sessions, strict=True):
+        eid = str(eid)
+        session_rel = f"{info['lab']}/Subjects/{info['subject']}/{info['date']}/{int(info['number']):03d}"
+        datasets = one.list_datasets(eid, details=True)
+        if datasets is None or len(datasets) == 0:
             continue
-        for _, row in details.reset_index().iterrows():
-            collection = row.get("collection")
+        for _, row in datasets.reset_index().iterrows():
+            rel_path = str(row["rel_path"]).replace("\\", "/")
+            if posixpath.basename(rel_path) != "spikes.times.npy":
+                continue
+            collection = posixpath.dirname(rel_path)
             if entry.one.collection and collection != entry.one.collection:
                 continue
-            session_path = str(one.eid2path(eid))
-            rel = posixpath.join(_session_rel(session_path) or eid, collection)
-            fp = f"{row.get('file_size', '')}:{row.get('hash', '')}"
+            rel = posixpath.join(session_rel, collection)
             items.append(
                 Item(
                     key=item_key(rel),
-                    uri=posixpath.join(session_path, collection),
+                    uri=_under(root, rel),
                     rel=rel,
-                    fingerprint=fp,
+                    fingerprint=f"{row.get('file_size', '')}:{row.get('hash', '')}",
                     extra={"eid": eid, "collection": collection},
                 )
             )
     items.sort(key=lambda i: i.rel)
     return items[: entry.selection.limit] if entry.selection.limit else items
+
+
+def _under(root: str, rel: str) -> str:
+    return f"{root.rstrip('/')}/{rel}"
 
 
 def _session_rel(path: str) -> str | None:
@@ -133,6 +160,8 @@ class NpyRange:
         return self.shape[0] if self.shape else 0
 
     def read(self, start: int, stop: int) -> np.ndarray:
+        stop = min(stop, len(self))
+        start = min(start, stop)
         if self._arr is not None:
             return np.array(self._arr[start:stop])
         row = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize

@@ -1,0 +1,64 @@
+"""Catalog files validate, and a mistake gets an error naming the file, the entry, the field and a fix."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from neurobridge.catalog import CatalogError, load_catalog, load_file, resolve
+from neurobridge.cli import app
+
+from conftest import REPO
+
+
+def test_every_shipped_catalog_file_validates():
+    entries = load_catalog(REPO / "catalog")
+    assert {"sim_nwb", "sim_alf", "sim_visual"} <= set(entries)
+    kinds = {e.kind for e in entries.values()}
+    assert kinds == {"nwb", "alf", "tvsd", "pile"}
+    assert all(e.license and e.citation for e in entries.values())
+
+
+def write(tmp_path, text):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_unknown_kind_names_file_entry_and_the_nearest_kind(tmp_path):
+    path = write(tmp_path, "name: x\nkind: nwbb\nuri: data\n")
+    with pytest.raises(CatalogError) as err:
+        load_file(path)
+    msg = str(err.value)
+    assert str(path) in msg and "entry x" in msg and "'kind'" in msg and "did you mean 'nwb'" in msg
+
+
+def test_unknown_field_suggests_the_nearest_valid_one(tmp_path):
+    path = write(tmp_path, "name: x\nkind: nwb\nuri: d\ningest:\n  bin_msec: 5\n")
+    with pytest.raises(CatalogError, match=r"unknown field 'ingest.bin_msec'; did you mean 'bin_ms'"):
+        load_file(path)
+
+
+def test_bad_values_and_missing_fields_are_named(tmp_path):
+    path = write(tmp_path, "entries:\n  - name: a\n    kind: alf\n  - name: b\n    kind: alf\n    uri: u\n"
+                 "    ingest: {bin_ms: -1}\n")  # fmt: skip
+    with pytest.raises(CatalogError) as err:
+        load_file(path)
+    assert "entry a: field 'uri' is required" in str(err.value)
+    assert "entry b: field 'ingest.bin_ms'" in str(err.value)
+
+
+def test_refs_resolve_to_files_and_entries(monkeypatch):
+    monkeypatch.setenv("NB_CATALOG", str(REPO / "catalog"))
+    assert [e.name for e in resolve("demo")] == ["sim_nwb", "sim_alf", "sim_visual"]
+    assert [e.name for e in resolve("sim_nwb")] == ["sim_nwb"]
+    with pytest.raises(CatalogError, match="did you mean 'demo'"):
+        resolve("demoo")
+
+
+def test_cli_validate_exits_non_zero_on_a_bad_file(tmp_path):
+    bad = write(tmp_path, "name: x\nkind: zarr\nuri: d\n")
+    result = CliRunner().invoke(app, ["catalog", "validate", str(bad)])
+    assert result.exit_code == 1 and "unknown kind 'zarr'" in result.output
+    ok = CliRunner().invoke(app, ["catalog", "validate", str(REPO / "catalog" / "demo.yaml")])
+    assert ok.exit_code == 0, ok.output
