@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from typer.testing import CliRunner
-
+from conftest import REPO
 from neurobridge.catalog import CatalogError, load_catalog, load_file, resolve
 from neurobridge.cli import app
-
-from conftest import REPO
+from typer.testing import CliRunner
 
 
 def test_every_shipped_catalog_file_validates():

@@ -6,14 +6,12 @@ import uuid
 
 import polars as pl
 import s3fs
-from typer.testing import CliRunner
-
+from conftest import REPO
 from neurobridge.cli import app
 from neurobridge.config import get_settings
 from neurobridge.ingest.manifest import resolve_dataset
 from neurobridge.storage import filesystem, join
-
-from conftest import REPO
+from typer.testing import CliRunner
 
 
 def test_simulate_then_ingest_the_demo_catalog_on_s3(ray_cluster, s3_endpoint, monkeypatch):

@@ -8,14 +8,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import s3fs
-
+from conftest import IBL_EXCERPT, MC_MAZE
 from neurobridge.catalog import CatalogEntry
 from neurobridge.config import get_settings
 from neurobridge.ingest.manifest import resolve_dataset
 from neurobridge.ingest.pipeline import ingest
 from neurobridge.inspection import session_summaries
-
-from conftest import IBL_EXCERPT, MC_MAZE
 
 pytestmark = pytest.mark.skipif(not MC_MAZE.exists(), reason="shared real-data excerpts not present")
 
