@@ -42,6 +42,8 @@ from ..storage import filesystem, is_local_fs, write_json_atomic
 FORMAT = Literal["nwb", "alf", "visual"]
 SCHEMA_VERSION = 1
 MAX_RATE_HZ = 200.0
+LOADING_SD = 1.0  # s.d. of C x per unit for a unit-variance latent
+INIT_RMS = 1.5  # r.m.s. per latent dimension of the condition-dependent trial start state
 CHUNK_CELLS = 2_000_000  # units × steps generated at once (bounds memory per chunk)
 SPECIES = {"nwb": "Macaca mulatta", "alf": "Mus musculus", "visual": "Mus musculus"}
 TASKS = {"nwb": "sim_reach", "alf": "sim_decision", "visual": "sim_natural_scenes"}
@@ -78,7 +80,7 @@ class SimConfig(BaseModel):
     alf_regions: list[str] = Field(default_factory=lambda: ["VISp", "CA1", "LP", "MOs"], min_length=1)
     visual_regions: list[str] = Field(default_factory=lambda: ["VISp", "VISl", "VISal", "VISam"], min_length=1)
     visual_latency_ms: list[float] = Field(default_factory=lambda: [40.0, 60.0, 80.0, 100.0])
-    visual_gain: tuple[float, float] = (0.4, 1.2)  # first → last region, linear along the hierarchy
+    visual_gain: tuple[float, float] = (0.7, 1.5)  # first → last region, linear along the hierarchy
     response_ms: float = Field(150.0, gt=0)
     image_on_ms: float = Field(250.0, gt=0)
     image_off_ms: float = Field(250.0, ge=0)
@@ -107,7 +109,7 @@ class SimConfig(BaseModel):
 
 @dataclass
 class _Spec:
-    fmt: str
+    fmt: FORMAT
     subject: str
     session_id: str
     regions: list[str]
@@ -247,7 +249,7 @@ def _build_model(cfg: SimConfig, spec: _Spec, duration: float, *, trials_reset=N
     A, noise_sd = _dynamics(rng, R, d, dt)
     unit_region = _assign_regions(rng, U, R)
     C = np.zeros((U, R * d))
-    loading_sd = 0.7 / np.sqrt(d)
+    loading_sd = LOADING_SD / np.sqrt(d)
     for r in range(R):
         members = np.flatnonzero(unit_region == r)
         C[members, r * d : (r + 1) * d] = rng.normal(0.0, loading_sd, size=(len(members), d))
@@ -256,7 +258,7 @@ def _build_model(cfg: SimConfig, spec: _Spec, duration: float, *, trials_reset=N
     if trials_reset is not None:
         steps, conditions = trials_reset
         init = rng.normal(size=(cfg.n_conditions, R * d))
-        init *= 1.5 * np.sqrt(d) / np.linalg.norm(init.reshape(cfg.n_conditions, R, d), axis=2).repeat(d, axis=1)
+        init *= INIT_RMS * np.sqrt(d) / np.linalg.norm(init.reshape(cfg.n_conditions, R, d), axis=2).repeat(d, axis=1)
         model.reset_steps = np.asarray(steps, dtype=np.int64)
         model.reset_states = init[np.asarray(conditions, dtype=np.int64)]
     if visual is not None:
@@ -299,7 +301,9 @@ def _latents(model: _Model, a: int, b: int, x: np.ndarray, rng: np.random.Genera
 
 
 def _chunk_rates(model: _Model, a: int, X: np.ndarray) -> np.ndarray:
-    log_rate = model.log_base[:, None] + model.C @ X.T
+    """True rates (Hz, float32 [units, steps]) for the chunk starting at step ``a`` with latents ``X``."""
+    log_rate = model.C.astype(np.float32) @ X.T.astype(np.float32)
+    log_rate += model.log_base.astype(np.float32)[:, None]
     if model.stim_units is not None:
         b = a + X.shape[0]
         for r in range(model.stim_image.shape[0]):
@@ -309,7 +313,8 @@ def _chunk_rates(model: _Model, a: int, X: np.ndarray) -> np.ndarray:
             if len(members) and len(cols):
                 drive = model.stim_units[np.ix_(members, img[cols])] * model.stim_profile[r, a:b][cols]
                 log_rate[np.ix_(members, cols)] += drive
-    return np.minimum(np.exp(log_rate), MAX_RATE_HZ)
+    np.exp(log_rate, out=log_rate)
+    return np.minimum(log_rate, np.float32(MAX_RATE_HZ), out=log_rate)
 
 
 def _generate(model: _Model, seed: int, key: tuple[int, ...], order: str, truth_path: Path | None):
