@@ -9,7 +9,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("what", choices=["ingest"])
     parser.add_argument("--units", type=int, default=500)
-    parser.add_argument("--minutes", type=float, default=40.0)
+    parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--growth", type=int, default=8)
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()

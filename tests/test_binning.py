@@ -26,6 +26,17 @@ spikes = st.integers(0, 150).flatmap(
 )
 
 
+def layouts(times, units, grid):
+    """The same spikes as each reader hands them over: unit-major runs (NWB), time-sorted (ALF), any order."""
+    order = np.lexsort((times, units))
+    pieces = np.concatenate([[0], np.cumsum(np.bincount(units, minlength=7))])
+    yield "unit runs", (times[order], units[order], 7, grid, pieces, np.arange(7))
+    order = np.argsort(times, kind="stable")
+    yield "time sorted", (times[order], units[order], 7, grid, np.array([0, len(times)]))
+    if not grid.overlapping:  # windows that overlap need sorted runs to count a spike twice
+        yield "any order", (times, units, 7, grid)
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     spikes=spikes,
@@ -35,19 +46,17 @@ spikes = st.integers(0, 150).flatmap(
 )
 def test_counts_match_the_window_definition_for_any_windows(spikes, starts, n_bins, bin_ms):
     times, units = np.array(spikes[0], dtype=float), np.array(spikes[1], dtype=np.int64)
-    # storage as NWB keeps it: grouped by unit, each unit sorted
-    order = np.lexsort((times, units))
-    times, units = times[order], units[order]
-    pieces = np.concatenate([[0], np.cumsum(np.bincount(units, minlength=7))])
     grid = WindowGrid(np.sort(np.array(starts)), n_bins, bin_ms / 1000)
-    got = bin_spikes(times, units, 7, grid, pieces)
     want = expected_counts(times, units, 7, grid)
-    # window membership is exact; only a spike sitting on an inner bin edge may move by one bin
-    assert np.array_equal(got.sum(axis=2), want.sum(axis=2))
-    assert (
-        np.abs(got - want).sum()
-        <= 2 * np.isclose(((times[:, None] - grid.starts[None]) / grid.bin_s) % 1, 0, atol=1e-9).sum()
-    )
+    for layout, args in layouts(times, units, grid):
+        got, clipped = bin_spikes(*args)
+        assert clipped == 0 and got.dtype == np.uint16
+        # window membership is exact; only a spike sitting on an inner bin edge may move by one bin
+        assert np.array_equal(got.sum(axis=2), want.sum(axis=2)), layout
+        assert (
+            np.abs(got.astype(int) - want).sum()
+            <= 2 * np.isclose(((times[:, None] - grid.starts[None]) / grid.bin_s) % 1, 0, atol=1e-9).sum()
+        ), layout
 
 
 @settings(max_examples=30, deadline=None)
@@ -56,7 +65,7 @@ def test_tiling_windows_conserve_every_spike_inside_them(spikes, n_bins):
     times, units = np.sort(np.array(spikes[0], dtype=float)), np.array(spikes[1], dtype=np.int64)
     length = n_bins * 0.02
     grid = WindowGrid(np.arange(0, 21, length), n_bins, 0.02)
-    counts = bin_spikes(times, units, 7, grid)
+    counts, _ = bin_spikes(times, units, 7, grid, np.array([0, len(times)]))
     inside = (times >= grid.starts[0]) & (times < grid.ends[-1])
     assert counts.sum() == inside.sum()
     assert np.array_equal(counts.sum(axis=(0, 2)), np.bincount(units[inside], minlength=7))
@@ -67,14 +76,14 @@ def test_matches_the_per_unit_histogram_reference():
     times = np.sort(rng.uniform(0, 30, 20_000))
     units = rng.integers(0, 25, len(times))
     grid = WindowGrid(np.arange(0, 30, 1.0), 50, 0.02)
-    ours = bin_spikes(times, units, 25, grid)
+    ours, _ = bin_spikes(times, units, 25, grid)
     ref = reference_histogram(times, units, np.arange(25), np.arange(30 * 50 + 1) * 0.02)
     assert np.array_equal(ref.reshape(25, 30, 50).transpose(1, 0, 2), ours)
 
 
 def test_a_spike_in_overlapping_windows_counts_in_each():
     grid = WindowGrid(np.array([0.0, 0.5]), 50, 0.02)  # [0, 1) and [0.5, 1.5)
-    counts = bin_spikes(np.array([0.71]), np.array([0]), 1, grid)
+    counts, _ = bin_spikes(np.array([0.71]), np.array([0]), 1, grid, np.array([0, 1]))
     assert counts[0, 0, 35] == 1 and counts[1, 0, 10] == 1
 
 
@@ -88,5 +97,33 @@ def test_counts_above_uint16_are_clipped_and_counted_never_wrapped():
 
 def test_no_spikes_or_no_windows_give_empty_grids():
     grid = WindowGrid(np.array([0.0, 1.0]), 10, 0.1)
-    assert bin_spikes(np.empty(0), np.empty(0, np.int64), 3, grid).shape == (2, 3, 10)
-    assert bin_spikes(np.array([0.5]), np.array([0]), 3, WindowGrid(np.empty(0), 10, 0.1)).shape == (0, 3, 10)
+    assert bin_spikes(np.empty(0), np.empty(0, np.int64), 3, grid)[0].shape == (2, 3, 10)
+    assert bin_spikes(np.array([0.5]), np.array([0]), 3, WindowGrid(np.empty(0), 10, 0.1))[0].shape == (0, 3, 10)
+
+
+def test_counts_in_one_bin_above_uint16_are_clipped_and_reported():
+    times = np.full(70_000, 0.5)
+    for args in ((), (np.array([0, 70_000]),), (np.array([0, 70_000]), np.array([0]))):
+        counts, clipped = bin_spikes(times, np.zeros(70_000, np.int64), 1, WindowGrid(np.array([0.0]), 10, 0.1), *args)
+        assert counts[0, 0, 5] == UINT16_MAX and clipped == 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    ticks=st.lists(st.integers(0, 3000), min_size=1, max_size=200),
+    units=st.lists(st.integers(0, 6), min_size=200, max_size=200),
+    first=st.integers(0, 40),
+    n_bins=st.integers(1, 60),
+)
+def test_fixed_chunks_are_exact_even_for_spikes_on_window_edges(ticks, units, first, n_bins):
+    """Spikes at 30 kHz sample times land exactly on 20 ms edges; chunk membership must still be exact."""
+    times = np.array(ticks, dtype=float) / 30_000 * 10  # multiples of 1/3000 s: many sit on bin edges
+    units = np.array(units[: len(times)], dtype=np.int64)
+    bin_s = 0.02
+    length = n_bins * bin_s
+    grid = WindowGrid(first * 0.02 + np.arange(12) * length, n_bins, bin_s)
+    assert grid.tiling
+    want = expected_counts(times, units, 7, grid)
+    for layout, args in layouts(times, units, grid):
+        got, _ = bin_spikes(*args)
+        assert np.array_equal(got.sum(axis=2), want.sum(axis=2)), layout

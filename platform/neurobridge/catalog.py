@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -127,13 +128,18 @@ class CatalogEntry(_Strict):
 
 
 def _expand(uri: str) -> str:
-    """Expand ``$VARS``; ``NB_SHARED_DATA`` defaults to the shared real-data excerpts beside the checkout."""
-    env = {"NB_SHARED_DATA": str(Path("../shared/data").absolute()), **os.environ}
-    for name, value in env.items():
-        uri = uri.replace(f"${{{name}}}", value)
-    if "${" in uri:
-        raise CatalogError(f"catalog uri {uri!r} names an environment variable that is not set")
-    return uri
+    """Expand ``${VARS}``; ``NB_SHARED_DATA`` defaults to the shared real-data excerpts beside the checkout."""
+    defaults = {"NB_SHARED_DATA": str(Path("../shared/data").absolute())}
+
+    def value(m: re.Match) -> str:
+        name = m.group(1)
+        if name in os.environ:
+            return os.environ[name]
+        if name in defaults:
+            return defaults[name]
+        raise CatalogError(f"catalog uri {uri!r} names ${{{name}}}, which is not set")
+
+    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", value, uri)
 
 
 def _field_names(model: type[BaseModel], loc: tuple) -> list[str]:

@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -159,7 +160,7 @@ def inspect(
         table = Table("session", "subject", "units", "regions", "windows", "spikes", "median rate (Hz)")
         for s in sessions:
             regions = ", ".join(f"{k}:{v}" for k, v in s.regions.items())
-            med = float(sorted(s.rates_hz)[len(s.rates_hz) // 2]) if len(s.rates_hz) else 0.0
+            med = float(np.median(s.rates_hz)) if len(s.rates_hz) else 0.0
             table.add_row(s.session, s.subject, str(s.units), regions, f"{s.windows:,}", f"{s.spikes:,}", f"{med:.2f}")
         console.print(table)
         if pct:
@@ -174,8 +175,8 @@ def inspect(
 
 @bench_app.command("ingest")
 def bench_ingest(
-    units: int = typer.Option(500, help="units in the benchmark session"),
-    minutes: float = typer.Option(40.0, help="session length (≥ 5M spikes at the defaults)"),
+    units: int = typer.Option(500, help="units in the benchmark session (Neuropixels sessions hold 300-1000)"),
+    minutes: float = typer.Option(10.0, help="session length (≥ 5M spikes at the defaults)"),
     growth: int = typer.Option(8, help="second session this many times longer, for the RSS check (1: skip)"),
     workdir: str = typer.Option(None, help="where benchmark sessions are cached"),
     repeats: int = typer.Option(3),

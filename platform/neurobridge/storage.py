@@ -51,14 +51,8 @@ def safe_name(name: str) -> str:
 
 def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
     """Write one object so that readers see either nothing or all of it."""
-    if is_local_fs(fs):
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-        fs.makedirs(posixpath.dirname(path), exist_ok=True)
-        with fs.open(tmp, "wb") as f:
-            f.write(data)
-        fs.mv(tmp, path)
-    else:
-        fs.pipe_file(path, data)  # a single PUT: atomic on S3
+    with open_atomic(fs, path) as f:
+        f.write(data)
 
 
 def write_json_atomic(fs: fsspec.AbstractFileSystem, path: str, obj: Any) -> None:

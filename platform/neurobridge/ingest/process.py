@@ -18,7 +18,7 @@ from ..catalog import CatalogEntry
 from ..config import Settings
 from ..sources import Item, SourceError, SpikeSource, open_source
 from ..storage import filesystem, join, open_atomic, write_json_atomic
-from .binning import WindowGrid, bin_spikes, to_uint16
+from .binning import WindowGrid, bin_spikes
 from .schema import SAMPLE_SCHEMA
 from .tokenize import UnitVocab, unit_vocab
 from .windows import SessionWindows, make_windows
@@ -62,7 +62,7 @@ def ingest_source(src: SpikeSource, entry: CatalogEntry, item: Item, vdir: str, 
         "regions": {str(k): int(v) for k, v in zip(*np.unique(vocab.regions, return_counts=True), strict=True)},
     }  # fmt: skip
     groups, edges = _plan_groups(windows.grid)
-    below = scan(src, edges, cfg.chunk_spikes)  # always: validation must not depend on there being windows
+    below, cached = scan(src, edges, cfg.chunk_spikes)  # always: validation must not depend on windows
     if len(windows.grid.starts) == 0 or not vocab.unit_ids:
         return stats
     chunks = _merge_groups(groups, edges, below, cfg.chunk_spikes, len(vocab.unit_ids) * windows.grid.n_bins)
@@ -71,14 +71,15 @@ def ingest_source(src: SpikeSource, entry: CatalogEntry, item: Item, vdir: str, 
     totals = {"rows": 0, "tokens": 0, "spikes": 0, "clipped": 0}
     with open_atomic(fs, path) as f, pq.ParquetWriter(f, SAMPLE_SCHEMA, compression="zstd") as writer:
         for w0, w1, e_lo, e_hi in chunks:
-            t, u, pieces = _read_chunk(src, below, e_lo, e_hi, cfg.chunk_spikes)
+            t, u, pieces, piece_units = _read_chunk(src, below, e_lo, e_hi, cfg.chunk_spikes, cached)
             u = vocab.order[u] if len(u) else u
-            counts = bin_spikes(t, u, len(vocab.unit_ids), windows.grid.subset(w0, w1), pieces)
-            c16, clipped = to_uint16(counts)
+            piece_units = vocab.order[piece_units] if piece_units is not None else None
+            grid = windows.grid.subset(w0, w1)
+            c16, clipped = bin_spikes(t, u, len(vocab.unit_ids), grid, pieces, piece_units)
             writer.write_table(_rows(entry, src, vocab, windows, w0, w1, c16, item))
             totals["rows"] += w1 - w0
             totals["tokens"] += int(c16.size)
-            totals["spikes"] += int(counts.sum())
+            totals["spikes"] += int(c16.sum(dtype=np.int64))
             totals["clipped"] += clipped
     return {**stats, **totals, "part": part}
 
@@ -95,8 +96,11 @@ def _plan_groups(grid: WindowGrid) -> tuple[list[tuple[int, int, int, int]], np.
     return groups, edges
 
 
-def scan(src: SpikeSource, edges: np.ndarray, block: int) -> np.ndarray:
-    """Validate every spike time and count, per segment, the spikes below each edge: ``[segments, edges]``."""
+def scan(src: SpikeSource, edges: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Validate every spike time and count, per segment, the spikes below each edge: ``[segments, edges]``.
+
+    A session that fits in one block is returned too, so that the second pass does not read it again.
+    """
     segs = src.segments
     n_seg, n_edges = len(segs) - 1, len(edges)
     hist = np.zeros((n_seg, n_edges + 1), dtype=np.int64)
@@ -114,7 +118,8 @@ def scan(src: SpikeSource, edges: np.ndarray, block: int) -> np.ndarray:
         bucket = np.searchsorted(edges, t, side="right")
         local = np.bincount((seg - s0) * (n_edges + 1) + bucket, minlength=len(seg_ids) * (n_edges + 1))
         hist[s0 : s1 + 1] += local.reshape(len(seg_ids), n_edges + 1)
-    return np.cumsum(hist, axis=1)[:, :n_edges]
+    below = np.cumsum(hist, axis=1)[:, :n_edges]
+    return below, (t if src.n_spikes <= block and src.n_spikes else None)
 
 
 def _validate(src: SpikeSource, t: np.ndarray, seg: np.ndarray, offset: int, prev_t: float, prev_seg: int) -> None:
@@ -157,8 +162,9 @@ def _merge_groups(groups, edges, below, max_spikes: int, cells_per_window: int):
     return chunks
 
 
-def _read_chunk(src: SpikeSource, below: np.ndarray, e_lo: int, e_hi: int, block: int):
-    """Spikes (times, storage unit index, sorted-piece offsets) of every segment between two edges."""
+def _read_chunk(src: SpikeSource, below: np.ndarray, e_lo: int, e_hi: int, block: int, cached=None):
+    """Spikes between two edges: times, storage unit index, offsets of the sorted pieces, and each piece's unit
+    when a piece holds one unit (NWB)."""
     segs = src.segments
     lo = segs[:-1] + below[:, e_lo]
     hi = segs[:-1] + below[:, e_hi]
@@ -174,7 +180,7 @@ def _read_chunk(src: SpikeSource, below: np.ndarray, e_lo: int, e_hi: int, block
         ):
             j += 1
         start, stop = int(lo[nonempty[i]]), int(hi[nonempty[j]])
-        t_all = src.read_times(start, stop)
+        t_all = cached[start:stop] if cached is not None else src.read_times(start, stop)
         u_all = src.read_units(start, stop) if src.segment_units is None else None
         for s in nonempty[i : j + 1]:
             a, b = int(lo[s]) - start, int(hi[s]) - start
@@ -183,14 +189,16 @@ def _read_chunk(src: SpikeSource, below: np.ndarray, e_lo: int, e_hi: int, block
             lengths.append(b - a)
         i = j + 1
     if not times:
-        return np.empty(0), np.empty(0, np.int64), None
+        return np.empty(0), np.empty(0, np.int64), None, None
     t, u = np.concatenate(times), np.concatenate(units)
     pieces = np.concatenate([[0], np.cumsum(lengths)])
-    if src.segment_units is None and np.any(u < 0):  # spikes of excluded (e.g. not-good) units
+    if src.segment_units is not None:  # one unit per segment
+        return t, u, pieces, src.segment_units[nonempty]
+    if np.any(u < 0):  # spikes of excluded (e.g. not-good) units
         keep = u >= 0
-        pieces = np.concatenate([[0], np.cumsum(np.add.reduceat(keep, pieces[:-1]) if len(keep) else [])])
+        pieces = np.concatenate([[0], np.cumsum(np.add.reduceat(keep, pieces[:-1]))])
         t, u = t[keep], u[keep]
-    return t, u, pieces
+    return t, u, pieces, None
 
 
 def _rows(entry, src, vocab: UnitVocab, windows: SessionWindows, w0: int, w1: int, c16, item: Item) -> pa.Table:

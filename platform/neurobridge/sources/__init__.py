@@ -2,37 +2,34 @@
 
 from __future__ import annotations
 
+from importlib import import_module
+
 from ..catalog import CatalogEntry
 from ..config import Settings
 from .base import Item, SourceError, SpikeSource
 
+READERS = {"nwb": "nwb", "alf": "alf"}  # catalog kind → module in this package
+
+
+def _reader(entry: CatalogEntry):
+    if entry.kind not in READERS:
+        raise SourceError(f"catalog entry {entry.name!r}: kind {entry.kind!r} has no spike reader in this release")
+    return import_module(f"{__name__}.{READERS[entry.kind]}")
+
 
 def discover(entry: CatalogEntry, settings: Settings) -> list[Item]:
     """List the items of a catalog entry (listing only: no recording is opened)."""
-    if entry.kind == "nwb":
-        from .nwb import discover as nwb_discover
-
-        return nwb_discover(entry, settings)
-    if entry.kind == "alf":
-        from .alf import discover as alf_discover
-
-        return alf_discover(entry, settings)
-    raise SourceError(f"catalog entry {entry.name!r}: kind {entry.kind!r} has no spike reader in this release")
+    return _reader(entry).discover(entry, settings)
 
 
 def open_source(entry: CatalogEntry, item: Item, settings: Settings) -> SpikeSource:
+    module = _reader(entry)
     if entry.kind == "nwb":
-        from .nwb import NWBSource
-
-        return NWBSource(item.uri, entry, settings)
-    if entry.kind == "alf":
-        from .alf import ALFSource
-
-        if entry.one is not None and entry.one.mode == "remote":
-            _download_one(entry, item, settings)
-        root = None if entry.one is not None else entry.resolved_uri(settings)
-        return ALFSource(item.uri, entry, settings, root_uri=root)
-    raise SourceError(f"catalog entry {entry.name!r}: kind {entry.kind!r} has no spike reader in this release")
+        return module.NWBSource(item.uri, entry, settings)
+    if entry.one is not None and entry.one.mode == "remote":
+        _download_one(entry, item, settings)
+    root = None if entry.one is not None else entry.resolved_uri(settings)
+    return module.ALFSource(item.uri, entry, settings, root_uri=root)
 
 
 def _download_one(entry: CatalogEntry, item: Item, settings: Settings) -> None:

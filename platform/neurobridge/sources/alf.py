@@ -23,6 +23,7 @@ from .base import (
     SpikeSource,
     decode_strings,
     fingerprint,
+    glob_under,
     item_key,
     make_items,
 )
@@ -36,13 +37,10 @@ def discover(entry: CatalogEntry, settings: Settings) -> list[Item]:
         return _discover_one(entry, settings)
     root = entry.resolved_uri(settings)
     fs, path = filesystem(root, settings)
-    if not fs.exists(path):
-        raise SourceError(f"{root}: no such directory or object prefix")
-    patterns = entry.selection.include or ["**/spikes.times.npy"]
-    found = {f for pat in patterns for f in fs.glob(posixpath.join(path, pat))}
+    found = set(glob_under(fs, root, path, entry.selection.include or ["**/spikes.times.npy"], "spikes.times.npy"))
     if fs.exists(posixpath.join(path, "spikes.times.npy")):
         found.add(posixpath.join(path, "spikes.times.npy"))
-    folders = sorted({posixpath.dirname(f) for f in found if f.endswith("spikes.times.npy")})
+    folders = sorted({posixpath.dirname(f) for f in found})
     items = make_items(fs, root, path, folders, entry.selection.exclude, entry.selection.limit)
     for it in items:
         folder = it.uri.split("://", 1)[1] if "://" in it.uri else it.uri
@@ -121,11 +119,6 @@ def _discover_one(entry: CatalogEntry, settings: Settings) -> list[Item]:
 
 def _under(root: str, rel: str) -> str:
     return f"{root.rstrip('/')}/{rel}"
-
-
-def _session_rel(path: str) -> str | None:
-    m = SESSION_RE.search(path.replace("\\", "/"))
-    return m.group(0).rstrip("/") if m else None
 
 
 class NpyRange:

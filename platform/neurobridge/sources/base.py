@@ -145,3 +145,10 @@ def make_items(fs, root: str, base: str, paths: list[str], exclude: list[str], l
         uri = f"{scheme}://{p}" if scheme else p
         items.append(Item(key=item_key(rel), uri=uri, rel=rel, fingerprint=fingerprint(fs.info(p))))
     return items[:limit] if limit else items
+
+
+def glob_under(fs, root: str, path: str, patterns: list[str], suffix: str) -> list[str]:
+    """Objects below ``path`` matching any pattern and ending in ``suffix``; a missing root is an error."""
+    if not fs.exists(path):
+        raise SourceError(f"{root}: no such directory or object prefix")
+    return sorted({f for pat in patterns for f in fs.glob(posixpath.join(path, pat)) if f.endswith(suffix)})

@@ -14,7 +14,7 @@ import numpy as np
 from ..catalog import CatalogEntry
 from ..config import Settings
 from ..storage import filesystem, is_local_fs
-from .base import Intervals, Item, SessionMeta, SourceError, SpikeSource, decode_strings, make_items
+from .base import Intervals, Item, SessionMeta, SourceError, SpikeSource, decode_strings, glob_under, make_items
 
 REGION_COLUMNS = ("location", "brain_area", "ecephys_structure_acronym", "region")
 
@@ -25,10 +25,7 @@ def discover(entry: CatalogEntry, settings: Settings) -> list[Item]:
     if path.endswith(".nwb") and fs.isfile(path):
         files, base = [path], posixpath.dirname(path)
     else:
-        if not fs.exists(path):
-            raise SourceError(f"{root}: no such directory or object prefix")
-        patterns = entry.selection.include or ["**/*.nwb"]
-        files = sorted({f for pat in patterns for f in fs.glob(posixpath.join(path, pat)) if f.endswith(".nwb")})
+        files = glob_under(fs, root, path, entry.selection.include or ["**/*.nwb"], ".nwb")
         base = path
     return make_items(fs, root, base, files, entry.selection.exclude, entry.selection.limit)
 
