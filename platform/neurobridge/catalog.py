@@ -78,6 +78,16 @@ class OneConfig(_Strict):
     search: dict[str, str | list[str]] = Field(default_factory=dict, description="ONE.search filters")
 
 
+class SourceStorage(_Strict):
+    """How to reach the entry's raw URI on S3; credentials never go here (they come from the provider chain)."""
+
+    anon: bool = Field(False, description="unsigned requests: public buckets (Allen, DANDI, IBL open data)")
+    endpoint_url: str | None = Field(
+        None, description="S3 endpoint for this entry; 'aws' forces AWS even when NB_S3_ENDPOINT is set"
+    )
+    requester_pays: bool = False
+
+
 class Selection(_Strict):
     include: list[str] = Field(default_factory=list, description="glob patterns below uri (kind default if empty)")
     exclude: list[str] = Field(default_factory=list)
@@ -98,6 +108,7 @@ class CatalogEntry(_Strict):
     citation: str = ""
     ingest: IngestConfig = IngestConfig()
     one: OneConfig | None = None
+    storage: SourceStorage = SourceStorage()
     source_file: str | None = Field(None, exclude=True)
 
     @field_validator("name")
@@ -125,6 +136,11 @@ class CatalogEntry(_Strict):
         settings = settings or get_settings()
         root = settings.raw_root.rstrip("/")
         return f"{root}/{uri}"
+
+    def settings_for(self, settings: Settings) -> Settings:
+        """Settings that read this entry's raw data with its own S3 options."""
+        opts = self.storage.model_dump(exclude_defaults=True)
+        return settings.with_source(self.resolved_uri(settings), opts)
 
 
 def _expand(uri: str) -> str:

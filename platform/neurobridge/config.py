@@ -34,17 +34,38 @@ class Settings(BaseModel):
     s3_endpoint: str | None = Field(default=None, description="S3-compatible endpoint (MinIO, moto, Ceph)")
     ray_address: str | None = Field(default=None, description="None starts a local Ray in-process")
     ray_num_cpus: int | None = Field(default=None, description="logical CPUs for a local Ray")
+    source_options: dict[str, dict] = Field(
+        default_factory=dict,
+        description="URI prefix → S3 options of a catalog entry (anon, endpoint_url); set by with_source",
+    )
 
     def storage_options(self, uri: str) -> dict:
         """fsspec options for ``uri``; credentials stay with the provider chain and never pass through here."""
         if uri.startswith(("s3://", "s3a://")):
             opts: dict = {}
-            if self.s3_endpoint:
-                opts["client_kwargs"] = {"endpoint_url": self.s3_endpoint}
+            endpoint = self.s3_endpoint
             if os.environ.get("NB_S3_ANON", "").lower() in {"1", "true", "yes"}:
                 opts["anon"] = True
+            bare = uri.split("://", 1)[1]
+            for prefix, extra in sorted(self.source_options.items(), key=lambda kv: len(kv[0])):
+                if bare.startswith(prefix.split("://", 1)[-1]):
+                    if extra.get("anon"):
+                        opts["anon"] = True
+                    if extra.get("endpoint_url"):
+                        endpoint = None if extra["endpoint_url"] == "aws" else extra["endpoint_url"]
+                    if extra.get("requester_pays"):
+                        opts["requester_pays"] = True
+            if endpoint:
+                opts["client_kwargs"] = {"endpoint_url": endpoint}
             return opts
         return {}
+
+    def with_source(self, uri: str, options: dict) -> Settings:
+        """Settings whose storage options apply a catalog entry's S3 options below its URI (e.g. anonymous
+        reads of a public bucket while the store keeps its own credentials)."""
+        if not options or not uri.startswith(("s3://", "s3a://")):
+            return self
+        return self.model_copy(update={"source_options": {**self.source_options, uri: dict(options)}})
 
 
 def get_settings(**overrides) -> Settings:

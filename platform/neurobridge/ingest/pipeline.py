@@ -69,7 +69,7 @@ def ingest(
     on_record=None,
 ) -> IngestReport:
     """Ingest one catalog entry into a new (or the matching existing) dataset version."""
-    settings = settings or get_settings()
+    settings = entry.settings_for(settings or get_settings())
     t0 = time.perf_counter()
     items = discover(entry, settings)
     if not items:
@@ -144,8 +144,8 @@ def _vocabularies(records: list[dict]) -> dict:
     for r in ok:
         regions.update(r.get("regions") or {})
     return {
-        "sessions": sorted({r["session"] for r in ok}),
-        "subjects": sorted({r["subject"] for r in ok}),
+        "sessions": sorted({s for r in ok for s in (r.get("sessions") or [r["session"]])}),
+        "subjects": sorted({s for r in ok for s in (r.get("subjects") or [r["subject"]])}),
         "species": sorted({r.get("species") for r in ok if r.get("species")}),
         "tasks": sorted({r.get("task") for r in ok if r.get("task")}),
         "regions": dict(sorted(regions.items())),

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import time
 import traceback
+from collections import Counter
+from contextlib import ExitStack
 
 import numpy as np
 import pyarrow as pa
@@ -17,11 +19,12 @@ import pyarrow.parquet as pq
 from ..catalog import CatalogEntry
 from ..config import Settings
 from ..sources import Item, SourceError, SpikeSource, open_source
-from ..storage import filesystem, join, open_atomic, write_json_atomic
-from .binning import WindowGrid, bin_spikes
+from ..sources.base import BinnedSource, SessionMeta
+from ..storage import filesystem, join, open_atomic, safe_name, write_json_atomic
+from .binning import WindowGrid, bin_spikes, to_uint16
 from .schema import SAMPLE_SCHEMA
 from .tokenize import UnitVocab, unit_vocab
-from .windows import SessionWindows, make_windows
+from .windows import SessionWindows, hash_split, make_windows
 
 GROUP_WINDOWS = 32  # windows per planning group; chunks are runs of groups
 CHUNK_CELLS = 8_000_000  # [windows × units × bins] cells binned at once
@@ -38,7 +41,8 @@ def process_item(entry: CatalogEntry, item: Item, vdir: str, settings: Settings)
     }  # fmt: skip
     try:
         with open_source(entry, item, settings) as src:
-            rec.update(ingest_source(src, entry, item, vdir, settings))
+            ingest = ingest_binned if isinstance(src, BinnedSource) else ingest_source
+            rec.update(ingest(src, entry, item, vdir, settings))
         rec["status"] = "ok"
     except SourceError as err:
         rec["error"] = str(err)
@@ -201,41 +205,164 @@ def _read_chunk(src: SpikeSource, below: np.ndarray, e_lo: int, e_hi: int, block
     return t, u, pieces, None
 
 
-def _rows(entry, src, vocab: UnitVocab, windows: SessionWindows, w0: int, w1: int, c16, item: Item) -> pa.Table:
-    n = w1 - w0
-    n_units, n_bins = c16.shape[1], c16.shape[2]
-    meta = src.meta
+def rows_table(
+    entry: CatalogEntry,
+    meta: SessionMeta,
+    unit_ids: list[str],
+    regions: list[str],
+    sample_ids: list[str],
+    split: np.ndarray,
+    t_start: np.ndarray,
+    bin_s: float,
+    values: np.ndarray,
+    stimulus_id: np.ndarray | None = None,
+    repeat: np.ndarray | None = None,
+    behavior: np.ndarray | None = None,
+    behavior_names: list[str] | None = None,
+) -> pa.Table:
+    """Rows in the sample schema from ``values`` [W, U, B]: uint16 counts, or floats written as ``mua``."""
+    n, n_units, n_bins = values.shape
 
     def const(value, type_=pa.string()):
         return pa.array([value] * n, type=type_)
 
-    def lists(values: pa.Array, per_row: int) -> pa.Array:
-        offsets = pa.array(np.arange(n + 1, dtype=np.int32) * per_row)
-        return pa.ListArray.from_arrays(offsets, values)
+    def lists(flat: pa.Array, per_row: int) -> pa.Array:
+        offsets = pa.array(np.arange(n + 1, dtype=np.int64) * per_row, type=pa.int32())
+        return pa.ListArray.from_arrays(offsets, flat)
 
-    ids = pa.array(vocab.unit_ids)
-    regions = pa.array(vocab.regions)
-    names = windows.names[w0:w1]
+    is_mua = values.dtype.kind == "f"
+    cells = lists(pa.array(values.reshape(-1)), n_units * n_bins)
+    if behavior is not None:
+        k = behavior.shape[2]
+        beh = lists(pa.array(np.ascontiguousarray(behavior, dtype=np.float32).reshape(-1)), n_bins * k)
+        beh_names = lists(pa.array(list(behavior_names) * n, type=pa.string()), k)
+    else:
+        beh = pa.nulls(n, pa.list_(pa.float32()))
+        beh_names = pa.nulls(n, pa.list_(pa.string()))
     columns = {
         "dataset": const(entry.name),
         "session": const(meta.session),
         "subject": const(meta.subject),
         "species": const(meta.species),
         "task": const(meta.task),
-        "sample_id": pa.array([f"{entry.name}/{item.key}/{name}" for name in names]),
-        "split": pa.array(windows.split[w0:w1].astype(str)),
-        "t_start": pa.array(windows.grid.starts[w0:w1]),
-        "bin_ms": const(windows.grid.bin_s * 1000.0, pa.float32()),
+        "sample_id": pa.array(sample_ids, type=pa.string()),
+        "split": pa.array(np.asarray(split).astype(str)),
+        "t_start": pa.array(np.asarray(t_start, dtype=np.float64)),
+        "bin_ms": const(bin_s * 1000.0, pa.float32()),
         "n_units": const(n_units, pa.int32()),
         "n_bins": const(n_bins, pa.int32()),
-        "counts": lists(pa.array(c16.reshape(-1)), n_units * n_bins),
-        "mua": pa.nulls(n, pa.list_(pa.float32())),
-        "unit_ids": lists(pa.concat_arrays([ids] * n), n_units),
-        "unit_regions": lists(pa.concat_arrays([regions] * n), n_units),
-        "stimulus_id": pa.array(windows.stimulus_id[w0:w1] if windows.stimulus_id is not None else [None] * n,
-                                type=pa.string()),
-        "repeat": pa.array(windows.repeat[w0:w1] if windows.repeat is not None else [None] * n, type=pa.int32()),
-        "behavior": pa.nulls(n, pa.list_(pa.float32())),
-        "behavior_names": pa.nulls(n, pa.list_(pa.string())),
+        "counts": pa.nulls(n, pa.list_(pa.uint16())) if is_mua else cells,
+        "mua": cells.cast(pa.list_(pa.float32())) if is_mua else pa.nulls(n, pa.list_(pa.float32())),
+        "unit_ids": lists(pa.concat_arrays([pa.array(unit_ids, type=pa.string())] * n), n_units),
+        "unit_regions": lists(pa.concat_arrays([pa.array(regions, type=pa.string())] * n), n_units),
+        "stimulus_id": pa.array(stimulus_id if stimulus_id is not None else [None] * n, type=pa.string()),
+        "repeat": pa.array(repeat if repeat is not None else [None] * n, type=pa.int32()),
+        "behavior": beh,
+        "behavior_names": beh_names,
     }  # fmt: skip
     return pa.table(columns, schema=SAMPLE_SCHEMA)
+
+
+def _rows(entry, src, vocab: UnitVocab, windows: SessionWindows, w0: int, w1: int, c16, item: Item, beh=None):
+    names = windows.names[w0:w1]
+    return rows_table(
+        entry,
+        src.meta,
+        vocab.unit_ids,
+        vocab.regions,
+        [f"{entry.name}/{item.key}/{name}" for name in names],
+        windows.split[w0:w1],
+        windows.grid.starts[w0:w1],
+        windows.grid.bin_s,
+        c16,
+        windows.stimulus_id[w0:w1] if windows.stimulus_id is not None else None,
+        windows.repeat[w0:w1] if windows.repeat is not None else None,
+        beh[0] if beh is not None else None,
+        beh[1] if beh is not None else None,
+    )
+
+
+def ingest_binned(src: BinnedSource, entry: CatalogEntry, item: Item, vdir: str, settings: Settings) -> dict:
+    """Rows from a source that yields window blocks; several sessions per item are allowed (Pile shards)."""
+    cfg = entry.ingest
+    part = f"part-{item.key}.parquet"
+    fs, path = filesystem(join(vdir, part), settings)
+    totals = {"rows": 0, "tokens": 0, "spikes": 0, "clipped": 0, "units": 0}
+    sessions: dict[str, SessionMeta] = {}
+    splits: Counter = Counter()
+    regions: Counter = Counter()
+    units_seen: set[str] = set()
+    with open_atomic(fs, path) as f, pq.ParquetWriter(f, SAMPLE_SCHEMA, compression="zstd") as writer:
+        for block in src.blocks(cfg):
+            w, u, b = block.values.shape
+            if len(block.unit_ids) != u or len(block.unit_regions) != u or len(block.names) != w:
+                raise SourceError(
+                    f"{src.item}: a window block has {u} units, {len(block.unit_ids)} ids, "
+                    f"{len(block.unit_regions)} regions and {len(block.names)} names for {w} windows"
+                )
+            if w == 0:
+                continue
+            vocab = unit_vocab(entry, block.meta.session, block.unit_ids, block.unit_regions)
+            grid_order = np.argsort(vocab.order)  # grid row → storage unit
+            values = block.values[:, grid_order, :]
+            if values.dtype.kind in "iub":
+                if values.dtype.kind == "i" and values.size and values.min() < 0:
+                    raise SourceError(f"{src.item}: session {block.meta.session} has negative spike counts")
+                values, clipped = to_uint16(values)
+                totals["spikes"] += int(values.sum(dtype=np.int64))
+                totals["clipped"] += clipped
+            else:
+                values = values.astype(np.float32, copy=False)
+            split = block.split
+            if split is None:
+                keys = (
+                    block.stimulus_id
+                    if block.stimulus_id is not None
+                    else np.char.add(f"{block.meta.session}/", np.asarray(block.names).astype(str))
+                )
+                split = hash_split(keys, cfg.split.val_fraction, cfg.split.test_fraction, cfg.split.salt)
+            sample_ids = [f"{entry.name}/{item.key}/{name}" for name in block.names]
+            writer.write_table(rows_table(
+                entry, block.meta, vocab.unit_ids, vocab.regions, sample_ids, split, block.t_start, block.bin_s,
+                values, block.stimulus_id, block.repeat, block.behavior, block.behavior_names,
+            ))  # fmt: skip
+            totals["rows"] += w
+            totals["tokens"] += int(values.size)
+            sessions.setdefault(block.meta.session, block.meta)
+            splits.update(np.asarray(split).astype(str).tolist())
+            for uid, region in zip(vocab.unit_ids, vocab.regions, strict=True):
+                if uid not in units_seen:
+                    units_seen.add(uid)
+                    regions[region] += 1
+    totals["units"] = len(units_seen)
+    side = _write_side_outputs(src, vdir, item, settings)
+    first = next(iter(sessions.values()), None)
+    return {
+        **totals,
+        "part": part,
+        "session": first.session if first else None,
+        "subject": first.subject if first else None,
+        "species": first.species if first else entry.species,
+        "task": first.task if first else entry.task,
+        "sessions": sorted(sessions),
+        "subjects": sorted({m.subject for m in sessions.values()}),
+        "splits": dict(splits),
+        "regions": dict(regions),
+        "side_outputs": side,
+    }
+
+
+def _write_side_outputs(src: BinnedSource, vdir: str, item: Item, settings: Settings) -> dict[str, int]:
+    """Each side table name → ``<vdir>/<name>/part-<item>.parquet``, committed atomically; returns rows per name."""
+    rows: dict[str, int] = {}
+    with ExitStack() as stack:
+        writers: dict[str, pq.ParquetWriter] = {}
+        for name, table in src.side_outputs():
+            if name not in writers:
+                fs, path = filesystem(join(vdir, safe_name(name), f"part-{item.key}.parquet"), settings)
+                f = stack.enter_context(open_atomic(fs, path))
+                writers[name] = stack.enter_context(pq.ParquetWriter(f, table.schema, compression="zstd"))
+                rows[name] = 0
+            writers[name].write_table(table)
+            rows[name] += table.num_rows
+    return rows

@@ -117,6 +117,25 @@ def _discover_one(entry: CatalogEntry, settings: Settings) -> list[Item]:
     return items[: entry.selection.limit] if entry.selection.limit else items
 
 
+def open_item(entry: CatalogEntry, item: Item, settings: Settings) -> ALFSource:
+    if entry.one is not None and entry.one.mode == "remote":
+        _download_one(entry, item, settings)
+    root = None if entry.one is not None else entry.resolved_uri(settings)
+    return ALFSource(item.uri, entry, settings, root_uri=root)
+
+
+def _download_one(entry: CatalogEntry, item: Item, settings: Settings) -> None:
+    """Fetch the ALF objects an item needs into the ONE cache (users online; tests use local mode)."""
+    one = _one(entry, settings)
+    eid, collection = item.extra["eid"], item.extra["collection"]
+    for obj, coll in (("spikes", collection), ("clusters", collection), ("trials", "alf")):
+        try:
+            one.load_object(eid, obj, collection=coll, download_only=True)
+        except Exception as err:  # ONE raises its own ALFObjectNotFound for absent objects
+            if obj == "spikes":
+                raise SourceError(f"{item.uri}: ONE could not download {obj} ({err})") from None
+
+
 def _under(root: str, rel: str) -> str:
     return f"{root.rstrip('/')}/{rel}"
 

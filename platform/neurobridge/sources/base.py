@@ -12,9 +12,11 @@ import hashlib
 import posixpath
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
 
 
 class SourceError(ValueError):
@@ -77,6 +79,56 @@ class SpikeSource(ABC):
         return float(np.nanmin(firsts)), float(np.nanmax(lasts))
 
     def close(self) -> None:  # noqa: B027 - readers without open handles need nothing here
+        return None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+@dataclass
+class WindowBlock:
+    """Sample windows that a binned source (MUA, pre-binned counts) has already cut, for one session.
+
+    ``values`` is ``[windows, units, bins]`` in the source's unit order: integer counts (→ ``counts``) or floats
+    (→ ``mua``). ``split`` is the source's official split per window; None lets the entry's split rule decide
+    (by stimulus id when there is one, so an image never lands in two splits).
+    """
+
+    meta: SessionMeta
+    unit_ids: np.ndarray  # [U] raw ids (strings)
+    unit_regions: np.ndarray  # [U] raw region labels
+    names: np.ndarray  # [W] window names, unique within the item
+    t_start: np.ndarray  # [W] float64 seconds (NaN when the source has no session clock)
+    bin_s: float
+    values: np.ndarray  # [W, U, B]
+    split: np.ndarray | None = None
+    stimulus_id: np.ndarray | None = None
+    repeat: np.ndarray | None = None
+    behavior: np.ndarray | None = None  # [W, B, K] float32
+    behavior_names: list[str] | None = None
+
+
+class BinnedSource(ABC):
+    """A reader whose data come binned or continuous: it yields window blocks instead of spike ranges.
+
+    Blocks must be bounded in size (the engine writes each as it comes), so a reader streams its file.
+    """
+
+    item: str
+
+    @abstractmethod
+    def blocks(self, cfg) -> Iterator[WindowBlock]:
+        """Window blocks for the entry's ingest config (``catalog.IngestConfig``)."""
+
+    def side_outputs(self) -> Iterator[tuple[str, pa.Table]]:
+        """Extra tables written beside the rows as ``<version>/<name>/part-<item>.parquet`` (e.g. TVSD's
+        normalised per-image responses); each name's tables must share one schema."""
+        return iter(())
+
+    def close(self) -> None:  # noqa: B027
         return None
 
     def __enter__(self):

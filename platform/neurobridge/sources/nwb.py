@@ -30,6 +30,10 @@ def discover(entry: CatalogEntry, settings: Settings) -> list[Item]:
     return make_items(fs, root, base, files, entry.selection.exclude, entry.selection.limit)
 
 
+def open_item(entry: CatalogEntry, item: Item, settings: Settings) -> NWBSource:
+    return NWBSource(item.uri, entry, settings)
+
+
 class NWBSource(SpikeSource):
     def __init__(self, uri: str, entry: CatalogEntry, settings: Settings):
         self.item = uri
