@@ -1,26 +1,36 @@
-"""`ray job submit … -- python jobs/ingest.py demo`: ingest catalog entries (thin: parse, call the library)."""
+"""`ray job submit … -- python jobs/ingest.py demo --mixture demo`: ingest catalog entries in one Ray run
+(thin: parse, call the library)."""
 
 import argparse
 import sys
 
 from neurobridge.catalog import resolve
 from neurobridge.config import get_settings
-from neurobridge.ingest.pipeline import ingest
+from neurobridge.ingest.mixture import write_mixture
+from neurobridge.ingest.pipeline import ingest_many
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("refs", nargs="+", help="catalog file stems, entry names or YAML paths")
     parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--mixture", default=None, help="record the dataset versions as this named mixture")
     args = parser.parse_args()
     settings = get_settings()
-    failed = 0
-    for entry in (e for ref in args.refs for e in resolve(ref)):
-        report = ingest(entry, settings, workers=args.workers)
+    entries = [e for ref in args.refs for e in resolve(ref)]
+    failed, reports = 0, []
+    for entry, report in zip(entries, ingest_many(entries, settings, workers=args.workers), strict=True):
+        if isinstance(report, Exception):
+            print(f"{entry.name}: {report}", file=sys.stderr)
+            failed += 1
+            continue
+        reports.append(report)
         print(f"{report.dataset} @ {report.version}: {report.card['counts']} → {report.path}")
         for f in report.failed:
             print(f"  failed {f['rel']}: {f['error']}", file=sys.stderr)
         failed += len(report.failed)
+    if args.mixture and reports:
+        write_mixture(settings, args.mixture, reports)
     return 1 if failed else 0
 
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from neurobridge.ingest.binning import UINT16_MAX, WindowGrid, bin_spikes, reference_histogram, to_uint16
+from neurobridge.ingest.binning import (
+    UINT16_MAX,
+    WindowGrid,
+    bin_spikes,
+    bin_timeseries,
+    reference_histogram,
+    to_uint16,
+)
 
 
 def expected_counts(times, units, n_units, grid):
@@ -127,3 +134,32 @@ def test_fixed_chunks_are_exact_even_for_spikes_on_window_edges(ticks, units, fi
     for layout, args in layouts(times, units, grid):
         got, _ = bin_spikes(*args)
         assert np.array_equal(got.sum(axis=2), want.sum(axis=2)), layout
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    stamps=st.lists(st.floats(0, 10, allow_nan=False), min_size=0, max_size=200),
+    starts=st.lists(st.floats(0, 9, allow_nan=False), min_size=1, max_size=6),
+    n_bins=st.integers(1, 12),
+    k=st.integers(1, 3),
+    nan_every=st.integers(0, 5),
+)
+def test_behaviour_bins_hold_the_mean_of_exactly_their_samples(stamps, starts, n_bins, k, nan_every):
+    t = np.sort(np.array(stamps, dtype=np.float64))
+    values = np.arange(len(t) * k, dtype=np.float64).reshape(len(t), k) % 7 - 3
+    if nan_every:
+        values[::nan_every, 0] = np.nan
+    grid = WindowGrid(np.sort(np.array(starts)), n_bins, 0.1)
+    got = bin_timeseries(t, values, grid)
+    assert got.shape == (len(starts), n_bins, k) and got.dtype == np.float32
+    for w, s in enumerate(grid.starts):
+        for b in range(n_bins):
+            lo = s + b * 0.1
+            hi = grid.ends[w] if b == n_bins - 1 else s + (b + 1) * 0.1
+            inside = values[(t >= lo) & (t < hi)]
+            for c in range(k):
+                finite = inside[:, c][np.isfinite(inside[:, c])]
+                if len(finite) == 0:
+                    assert np.isnan(got[w, b, c])  # a gap is NaN, never a zero
+                else:
+                    assert np.isclose(got[w, b, c], finite.mean(), atol=1e-5)

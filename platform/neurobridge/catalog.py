@@ -65,8 +65,18 @@ class IngestConfig(_Strict):
     bin_ms: float = Field(20.0, gt=0, le=10_000)
     window: WindowConfig = WindowConfig()
     split: SplitConfig = SplitConfig()
-    good_units_only: bool = Field(False, description="keep only units labelled good (ALF `clusters.label` == 1)")
+    good_units_only: bool = Field(False, description="keep only units labelled good (ALF quality label)")
+    good_label_min: float = Field(
+        1.0, ge=0, le=1, description="IBL label = fraction of quality metrics passed; 'good' means ≥ this"
+    )
     chunk_spikes: int = Field(2_000_000, ge=10_000, description="spikes held in memory at once per worker")
+    behavior: list[str] | None = Field(
+        None, description="continuous behaviour series to bin (e.g. hand_vel, wheel.velocity); None: all found"
+    )
+    trial_behavior: list[str] = Field(
+        default_factory=lambda: ["choice", "feedbackType", "contrastLeft", "contrastRight", "probabilityLeft"],
+        description="per-trial columns of the aligned intervals table, repeated over each window's bins",
+    )
 
 
 class OneConfig(_Strict):
@@ -74,7 +84,9 @@ class OneConfig(_Strict):
 
     mode: Literal["local", "remote"] = "remote"
     base_url: str | None = "https://openalyx.internationalbrainlab.org"
-    collection: str | None = Field(None, description="probe collection, e.g. alf/probe00/pykilosort")
+    collection: str | None = Field(
+        None, description="probe collection or glob, e.g. alf/probe00/pykilosort or alf/probe0?/pykilosort"
+    )
     search: dict[str, str | list[str]] = Field(default_factory=dict, description="ONE.search filters")
 
 
@@ -86,6 +98,17 @@ class SourceStorage(_Strict):
         None, description="S3 endpoint for this entry; 'aws' forces AWS even when NB_S3_ENDPOINT is set"
     )
     requester_pays: bool = False
+
+
+class DandiConfig(_Strict):
+    """A dandiset version resolved through the DANDI API (assets read from the public bucket by range)."""
+
+    dandiset: str = Field(description="six-digit dandiset id, e.g. 000128")
+    version: str = Field("draft", description="published version, e.g. 0.220113.0400 (draft changes)")
+    glob: str = Field("*.nwb", description="asset path glob, e.g. sub-Jenkins/*.nwb")
+    resolve: Literal["api", "mirror"] = Field(
+        "api", description="api: list assets online with the dandi client; mirror: read `uri`, a local/S3 copy"
+    )
 
 
 class Selection(_Strict):
@@ -104,11 +127,15 @@ class CatalogEntry(_Strict):
     task: str = "unknown"
     selection: Selection = Selection()
     region_map: dict[str, str] = Field(default_factory=dict, description="raw region label → acronym")
+    region_table: str | None = Field(
+        None, description="CSV (any fsspec URI) with id,acronym columns mapping numeric atlas ids (Allen CCF)"
+    )
     license: str = "unknown"
     citation: str = ""
     ingest: IngestConfig = IngestConfig()
     one: OneConfig | None = None
     storage: SourceStorage = SourceStorage()
+    dandi: DandiConfig | None = None
     source_file: str | None = Field(None, exclude=True)
 
     @field_validator("name")
@@ -140,7 +167,10 @@ class CatalogEntry(_Strict):
     def settings_for(self, settings: Settings) -> Settings:
         """Settings that read this entry's raw data with its own S3 options."""
         opts = self.storage.model_dump(exclude_defaults=True)
-        return settings.with_source(self.resolved_uri(settings), opts)
+        settings = settings.with_source(self.resolved_uri(settings), opts)
+        if self.dandi is not None and self.dandi.resolve == "api":  # DANDI's bucket is public
+            settings = settings.with_source("s3://dandiarchive/", {"anon": True, "endpoint_url": "aws", **opts})
+        return settings
 
 
 def _expand(uri: str) -> str:

@@ -91,25 +91,35 @@ def ingest(
     refs: list[str] = typer.Argument(..., help="catalog file stems, entry names or YAML paths (e.g. demo)"),
     workers: int = typer.Option(None, help="parallel items (default: Ray's CPUs)"),
     progress: bool = typer.Option(True, help="show Ray Data progress bars"),
+    mixture: str = typer.Option(None, help="record the resulting dataset versions as this named mixture"),
 ):
-    """Ingest catalog entries into versioned Parquet; exits 1 if any item failed."""
-    from .ingest.pipeline import ingest as run_ingest
+    """Ingest catalog entries (all in one Ray run) into versioned Parquet; exits 1 if any item failed."""
+    from .ingest.mixture import write_mixture
+    from .ingest.pipeline import ingest_many
 
     settings = get_settings()
     try:
         entries = [e for ref in refs for e in resolve(ref)]
     except CatalogError as err:
         _fail(str(err))
-    n_failed = 0
-    for entry in entries:
-        try:
-            report = run_ingest(entry, settings, workers=workers, progress=progress)
-        except (SourceError, StoreError) as err:
-            err_console.print(f"[red]{entry.name}: {err}[/]")
+    try:
+        results = ingest_many(entries, settings, workers=workers, progress=progress)
+    except SourceError as err:
+        _fail(str(err))
+    n_failed, reports = 0, []
+    for entry, result in zip(entries, results, strict=True):
+        if isinstance(result, Exception):
+            err_console.print(f"[red]{entry.name}: {result}[/]")
             n_failed += 1
             continue
-        _print_report(report)
-        n_failed += len(report.failed)
+        _print_report(result)
+        reports.append(result)
+        n_failed += len(result.failed)
+    if mixture and reports:
+        mix = write_mixture(settings, mixture, reports)
+        console.print(
+            f"mixture [bold]{mixture}[/]: " + ", ".join(f"{d['dataset']}@{d['version']}" for d in mix["datasets"])
+        )
     if n_failed:
         err_console.print(f"[bold red]{n_failed} item(s) failed[/]; reasons above and in each _manifest.parquet")
         raise typer.Exit(1)

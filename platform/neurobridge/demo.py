@@ -11,7 +11,8 @@ from . import inspection
 from .catalog import resolve
 from .config import get_settings
 from .ingest.manifest import resolve_dataset
-from .ingest.pipeline import ingest
+from .ingest.mixture import write_mixture
+from .ingest.pipeline import ingest_many
 from .storage import filesystem
 
 
@@ -32,8 +33,12 @@ def run_demo(minutes: float = 2.0, seed: int = 0, console: Console | None = None
     console.rule("2. ingest (Ray Data)")
     failed = 0
     reports = []
-    for entry in resolve(catalog):
-        report = ingest(entry, settings, progress=True)
+    entries = resolve(catalog)
+    for entry, report in zip(entries, ingest_many(entries, settings, progress=True), strict=True):
+        if isinstance(report, Exception):
+            console.print(f"[red]{entry.name}: {report}[/]")
+            failed += 1
+            continue
         reports.append(report)
         failed += len(report.failed)
         c = report.card["counts"]
@@ -41,6 +46,9 @@ def run_demo(minutes: float = 2.0, seed: int = 0, console: Console | None = None
             f"[bold]{entry.name}[/] @ {report.version}: {c['items_ok']}/{c['items']} items, {c['rows']:,} windows, "
             f"{c['tokens']:,} tokens, {c['spikes']:,} spikes ({report.seconds:.1f} s)"
         )
+    if reports:
+        mix = write_mixture(settings, catalog, reports)
+        console.print(f"mixture {catalog!r}: " + ", ".join(f"{d['dataset']}@{d['version']}" for d in mix["datasets"]))
     console.rule("3. inspect")
     reports_dir = Path(settings.store).parent / "reports" if "://" not in settings.store else Path("reports")
     reports_dir.mkdir(parents=True, exist_ok=True)

@@ -206,3 +206,28 @@ def reference_histogram(times: np.ndarray, clusters: np.ndarray, unit_ids: np.nd
     for i, u in enumerate(unit_ids):
         out[i], _ = np.histogram(times[clusters == u], edges)
     return out
+
+
+def bin_timeseries(timestamps: np.ndarray, values: np.ndarray, grid: WindowGrid) -> np.ndarray:
+    """Mean of each column of ``values`` [T, K] over the samples in each bin: ``[windows, bins, K]`` float32.
+
+    Membership is ``bin_start <= t < bin_end`` (exact comparisons, as for spikes); NaN samples are ignored and a
+    bin without a finite sample is NaN, so a gap in the recording never turns into a zero.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim == 1:
+        values = values[:, None]
+    n_w, n_b, k = len(grid.starts), grid.n_bins, values.shape[1]
+    if n_w == 0:
+        return np.empty((0, n_b, k), dtype=np.float32)
+    edges = grid.starts[:, None] + np.arange(n_b + 1) * grid.bin_s
+    edges[:, -1] = grid.ends
+    idx = np.searchsorted(timestamps, edges, side="left")  # [W, B+1]
+    finite = np.isfinite(values)
+    csum = np.concatenate([np.zeros((1, k)), np.cumsum(np.where(finite, values, 0.0), axis=0)])
+    ccount = np.concatenate([np.zeros((1, k), dtype=np.int64), np.cumsum(finite, axis=0)])
+    total = csum[idx[:, 1:]] - csum[idx[:, :-1]]
+    count = ccount[idx[:, 1:]] - ccount[idx[:, :-1]]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    return mean.astype(np.float32)

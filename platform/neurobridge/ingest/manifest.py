@@ -100,14 +100,26 @@ def build_card(entry: CatalogEntry, version: str, records: list[dict], splits: d
             "tokens": sum(r["tokens"] for r in ok),
             "spikes": sum(r["spikes"] for r in ok),
             "clipped": sum(r["clipped"] for r in ok),
-            "sessions": len({r["session"] for r in ok if r["rows"]}),
+            "sessions": len({s for r in ok if r["rows"] for s in (r.get("sessions") or [r["session"]])}),
             "units": sum(r["units"] for r in ok),
         },
+        "side_outputs": _side_outputs(ok),
         "splits": splits,
         "split_rule": entry.ingest.split.model_dump(),
         "vocabularies": vocab,
         "failed": [{"item": r["item"], "uri": r["uri"], "error": r["error"]} for r in failed],
     }
+
+
+def _side_outputs(ok: list[dict]) -> dict:
+    """Tables written beside the rows (``units``, TVSD ``responses`` …): name → files and row count."""
+    out: dict[str, dict] = {}
+    for r in ok:
+        for name, rows in (r.get("side_outputs") or {}).items():
+            entry = out.setdefault(name, {"files": [], "rows": 0})
+            entry["files"].append(f"{name}/part-{r['item']}.parquet")
+            entry["rows"] += rows
+    return {k: {"files": sorted(v["files"]), "rows": v["rows"]} for k, v in sorted(out.items())}
 
 
 def _git_commit() -> str | None:

@@ -19,7 +19,7 @@ from ..catalog import CatalogEntry
 from ..config import Settings, get_settings
 from ..runtime import ensure_ray
 from ..sources import Item, SourceError, discover
-from ..storage import filesystem, join, read_json
+from ..storage import StoreError, filesystem, join, read_json
 from .manifest import (
     CARD,
     build_card,
@@ -49,15 +49,30 @@ class IngestReport:
         return not self.failed
 
 
-def _ingest_batch(batch: dict, entry_json: str, vdir: str, settings_json: str) -> dict:
-    """Ray Data UDF: one item per batch → one status record."""
-    entry = CatalogEntry.model_validate_json(entry_json)
-    settings = Settings.model_validate_json(settings_json)
+def _ingest_batch(batch: dict, entries_json: dict, vdirs: dict, settings_json: dict) -> dict:
+    """Ray Data UDF: one item per batch → one status record (the item names its catalog entry)."""
     out = []
     for raw in batch["item"]:
-        rec = process_item(entry, Item.from_dict(json.loads(raw)), vdir, settings)
+        d = json.loads(raw)
+        name = d.pop("_entry")
+        entry = CatalogEntry.model_validate_json(entries_json[name])
+        settings = Settings.model_validate_json(settings_json[name])
+        rec = process_item(entry, Item.from_dict(d), vdirs[name], settings)
+        rec["_entry"] = name
         out.append(json.dumps(rec, default=str))
     return {"record": np.array(out, dtype=object)}
+
+
+@dataclass
+class _Plan:
+    entry: CatalogEntry
+    settings: Settings
+    items: list[Item]
+    version: str
+    vdir: str
+    done: dict
+    todo: list[Item]
+    t0: float
 
 
 def ingest(
@@ -69,37 +84,76 @@ def ingest(
     on_record=None,
 ) -> IngestReport:
     """Ingest one catalog entry into a new (or the matching existing) dataset version."""
-    settings = entry.settings_for(settings or get_settings())
+    result = ingest_many([entry], settings, workers=workers, progress=progress, on_record=on_record)[0]
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+def ingest_many(
+    entries: list[CatalogEntry],
+    settings: Settings | None = None,
+    *,
+    workers: int | None = None,
+    progress: bool = True,
+    on_record=None,
+) -> list[IngestReport | Exception]:
+    """Ingest several catalog entries in one Ray Data run, so that items of all entries share the workers.
+
+    Each entry still gets its own dataset version, manifest and card. An entry whose listing fails (missing
+    root, no items) is returned as its error; the others go on.
+    """
+    base = settings or get_settings()
+    names = [e.name for e in entries]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise SourceError(f"catalog entries named more than once in one ingest: {', '.join(dup)}")
+    plans: list[_Plan | Exception] = []
+    for entry in entries:
+        try:
+            plans.append(_plan(entry, entry.settings_for(base)))
+        except (SourceError, StoreError) as err:
+            plans.append(err)
+    runnable = [p for p in plans if isinstance(p, _Plan) and p.todo]
+    new: dict[str, list[dict]] = {p.entry.name: [] for p in runnable}
+    if runnable:
+        for rec in _run_items(runnable, base, workers, progress, on_record):
+            new[rec.pop("_entry")].append(rec)
+    return [p if isinstance(p, Exception) else _commit(p, new.get(p.entry.name, [])) for p in plans]
+
+
+def _plan(entry: CatalogEntry, settings: Settings) -> _Plan:
     t0 = time.perf_counter()
     items = discover(entry, settings)
     if not items:
         raise SourceError(f"catalog entry {entry.name!r}: no items found under {entry.resolved_uri(settings)}")
     version = dataset_version(entry, items)
     vdir = version_dir(settings, entry.name, version)
-    fs, card_path = filesystem(join(vdir, CARD), settings)
     records = load_item_records(vdir, settings)
     keys = {i.key for i in items}
     done = {k: r for k, r in records.items() if r["status"] == "ok" and k in keys}
     todo = [i for i in items if i.key not in done]
-    if not todo and fs.exists(card_path):
+    return _Plan(entry, settings, items, version, vdir, done, todo, t0)
+
+
+def _commit(plan: _Plan, new: list[dict]) -> IngestReport:
+    entry, settings, items = plan.entry, plan.settings, plan.items
+    fs, card_path = filesystem(join(plan.vdir, CARD), settings)
+    if not plan.todo and fs.exists(card_path):
         card = read_json(fs, card_path)
-        return IngestReport(entry.name, version, vdir, len(items), 0, len(items), [], card, time.perf_counter() - t0)
-
-    new: list[dict] = []
-    if todo:
-        new = _run_items(entry, todo, vdir, settings, workers, progress, on_record)
-    by_key = {**done, **{r["item"]: r for r in new}}
+        return IngestReport(entry.name, plan.version, plan.vdir, len(items), 0, len(items), [], card,
+                            time.perf_counter() - plan.t0)  # fmt: skip
+    by_key = {**plan.done, **{r["item"]: r for r in new}}
     ordered = [by_key[i.key] for i in items if i.key in by_key]
-    write_manifest(vdir, ordered, settings)
-    card = build_card(entry, version, ordered, _split_counts(ordered), _vocabularies(ordered))
-    write_card(vdir, card, settings)  # last: from here on the version exists for readers
+    write_manifest(plan.vdir, ordered, settings)
+    card = build_card(entry, plan.version, ordered, _split_counts(ordered), _vocabularies(ordered))
+    write_card(plan.vdir, card, settings)  # last: from here on the version exists for readers
     failed = [r for r in ordered if r["status"] != "ok"]
-    return IngestReport(
-        entry.name, version, vdir, len(items), len(todo), len(done), failed, card, time.perf_counter() - t0
-    )
+    return IngestReport(entry.name, plan.version, plan.vdir, len(items), len(plan.todo), len(plan.done), failed,
+                        card, time.perf_counter() - plan.t0)  # fmt: skip
 
 
-def _run_items(entry, todo: list[Item], vdir: str, settings: Settings, workers, progress, on_record) -> list[dict]:
+def _run_items(plans: list[_Plan], settings: Settings, workers, progress, on_record) -> list[dict]:
     import ray
     import ray.data
 
@@ -108,17 +162,16 @@ def _run_items(entry, todo: list[Item], vdir: str, settings: Settings, workers, 
     ctx.enable_progress_bars = progress
     ctx.print_on_execution_start = False
     n_cpu = max(int(ray.cluster_resources().get("CPU", 1)), 1)
-    size = max(1, min(workers or n_cpu, len(todo)))
-    ds = ray.data.from_items(
-        [{"item": json.dumps(i.to_dict())} for i in todo], override_num_blocks=len(todo)
-    ).map_batches(
+    rows = [{"item": json.dumps({**i.to_dict(), "_entry": p.entry.name})} for p in plans for i in p.todo]
+    size = max(1, min(workers or n_cpu, len(rows)))
+    ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
         _ingest_batch,
         batch_size=1,
         compute=ray.data.TaskPoolStrategy(size=size),
         fn_kwargs={
-            "entry_json": entry.model_dump_json(),
-            "vdir": vdir,
-            "settings_json": settings.model_dump_json(),
+            "entries_json": {p.entry.name: p.entry.model_dump_json() for p in plans},
+            "vdirs": {p.entry.name: p.vdir for p in plans},
+            "settings_json": {p.entry.name: p.settings.model_dump_json() for p in plans},
         },
         num_cpus=1,  # Ray Data retries tasks whose worker died; a retried item rewrites its part whole
     )

@@ -21,8 +21,9 @@ from ..config import Settings
 from ..sources import Item, SourceError, SpikeSource, open_source
 from ..sources.base import BinnedSource, SessionMeta
 from ..storage import filesystem, join, open_atomic, safe_name, write_json_atomic
+from .behavior import plan_behavior
 from .binning import WindowGrid, bin_spikes, to_uint16
-from .schema import SAMPLE_SCHEMA
+from .schema import SAMPLE_SCHEMA, UNITS_SCHEMA
 from .tokenize import UnitVocab, unit_vocab
 from .windows import SessionWindows, hash_split, make_windows
 
@@ -65,6 +66,9 @@ def ingest_source(src: SpikeSource, entry: CatalogEntry, item: Item, vdir: str, 
         "splits": {str(k): int(v) for k, v in zip(*np.unique(windows.split, return_counts=True), strict=True)},
         "regions": {str(k): int(v) for k, v in zip(*np.unique(vocab.regions, return_counts=True), strict=True)},
     }  # fmt: skip
+    behavior = plan_behavior(src, windows, cfg)
+    if behavior.names:
+        stats["behavior"] = behavior.names
     groups, edges = _plan_groups(windows.grid)
     below, cached = scan(src, edges, cfg.chunk_spikes)  # always: validation must not depend on windows
     if len(windows.grid.starts) == 0 or not vocab.unit_ids:
@@ -80,12 +84,37 @@ def ingest_source(src: SpikeSource, entry: CatalogEntry, item: Item, vdir: str, 
             piece_units = vocab.order[piece_units] if piece_units is not None else None
             grid = windows.grid.subset(w0, w1)
             c16, clipped = bin_spikes(t, u, len(vocab.unit_ids), grid, pieces, piece_units)
-            writer.write_table(_rows(entry, src, vocab, windows, w0, w1, c16, item))
+            beh = behavior.values(w0, w1, grid)
+            beh = (beh, behavior.names) if beh is not None else None
+            writer.write_table(_rows(entry, src, vocab, windows, w0, w1, c16, item, beh))
             totals["rows"] += w1 - w0
             totals["tokens"] += int(c16.size)
             totals["spikes"] += int(c16.sum(dtype=np.int64))
             totals["clipped"] += clipped
-    return {**stats, **totals, "part": part}
+    units_rows = _write_units(entry, src, vocab, vdir, item, settings)
+    return {**stats, **totals, "part": part, "side_outputs": {"units": units_rows}}
+
+
+def _write_units(entry, src: SpikeSource, vocab: UnitVocab, vdir: str, item: Item, settings: Settings) -> int:
+    grid_to_storage = np.argsort(vocab.order)
+    heldout = src.heldout[grid_to_storage] if src.heldout is not None else None
+    n = len(vocab.unit_ids)
+    table = pa.table(
+        {
+            "dataset": pa.array([entry.name] * n, pa.string()),
+            "session": pa.array([src.meta.session] * n, pa.string()),
+            "unit_id": pa.array(vocab.unit_ids, pa.string()),
+            "raw_id": pa.array(np.asarray(src.unit_ids)[grid_to_storage].astype(str).tolist(), pa.string()),
+            "index": pa.array(np.arange(n, dtype=np.int32)),
+            "region": pa.array(vocab.regions, pa.string()),
+            "heldout": pa.array(heldout.tolist() if heldout is not None else [None] * n, pa.bool_()),
+        },
+        schema=UNITS_SCHEMA,
+    )
+    fs, path = filesystem(join(vdir, "units", f"part-{item.key}.parquet"), settings)
+    with open_atomic(fs, path) as f:
+        pq.write_table(table, f, compression="zstd")
+    return n
 
 
 def _plan_groups(grid: WindowGrid) -> tuple[list[tuple[int, int, int, int]], np.ndarray]:

@@ -33,6 +33,21 @@ SAMPLE_SCHEMA = pa.schema(
     metadata={"neurobridge.schema_version": str(SCHEMA_VERSION)},
 )
 
+# Side table ``units/``: one row per unit of each session, in token-grid order. Unit facts that are not per
+# window live here (the NLB held-out flag used by co-smoothing, raw ids), so rows stay compact.
+UNITS_SCHEMA = pa.schema(
+    [
+        ("dataset", pa.string()),
+        ("session", pa.string()),
+        ("unit_id", pa.string()),  # namespaced, as in the rows' unit_ids
+        ("raw_id", pa.string()),
+        ("index", pa.int32()),  # position in the session's [units × bins] grid
+        ("region", pa.string()),
+        ("heldout", pa.bool_()),  # null when the source has no held-out split
+    ],
+    metadata={"neurobridge.schema_version": str(SCHEMA_VERSION)},
+)
+
 MANIFEST_SCHEMA = pa.schema(
     [
         ("item", pa.string()),

@@ -27,6 +27,8 @@ class SessionWindows:
     stimulus_id: np.ndarray | None
     repeat: np.ndarray | None
     dropped: int  # intervals without a usable alignment time
+    interval_index: np.ndarray | None = None  # per window: row of the aligned intervals table
+    intervals: object = None  # the aligned Intervals table (for per-trial behaviour)
 
 
 def make_windows(source: SpikeSource, cfg: IngestConfig) -> SessionWindows:
@@ -75,7 +77,8 @@ def _aligned(source: SpikeSource, intervals, cfg: IngestConfig, bin_s: float) ->
         stim = np.array([_stimulus_name(v, w.stimulus_prefix) for v in raw])
         rep = _repeat_index(stim)
     split = _splits(cols.get("split"), kept, stim, names, source.meta.session, cfg)
-    return SessionWindows(WindowGrid(starts[order], n_bins, bin_s), names, split, stim, rep, int((~ok).sum()))
+    grid = WindowGrid(starts[order], n_bins, bin_s)
+    return SessionWindows(grid, names, split, stim, rep, int((~ok).sum()), kept, intervals)
 
 
 def _chunks(source: SpikeSource, cfg: IngestConfig, bin_s: float) -> SessionWindows:

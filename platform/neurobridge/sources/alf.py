@@ -6,6 +6,8 @@ disk, and object arrays are refused (``allow_pickle=False`` everywhere: input is
 
 from __future__ import annotations
 
+import fnmatch
+import functools
 import hashlib
 import posixpath
 import re
@@ -21,6 +23,7 @@ from .base import (
     SessionMeta,
     SourceError,
     SpikeSource,
+    TimeSeries,
     decode_strings,
     fingerprint,
     glob_under,
@@ -29,6 +32,10 @@ from .base import (
 )
 
 REGION_FILES = ("clusters.brainLocationAcronyms_ccf_2017.npy", "clusters.acronym.npy")
+# Allen CCF structure ids, per cluster or per channel (BWM releases): mapped to acronyms with region_map
+# (keys are the ids as text) or, when a table is given, with its id → acronym rows.
+REGION_ID_FILES = ("clusters.brainLocationIds_ccf_2017.npy",)
+WHEEL_HZ = 250.0
 SESSION_RE = re.compile(r"(?P<subject>[^/]+)/(?P<date>\d{4}-\d{2}-\d{2})/(?P<number>\d{1,3})(?:/|$)")
 
 
@@ -101,7 +108,7 @@ def _discover_one(entry: CatalogEntry, settings: Settings) -> list[Item]:
             if posixpath.basename(rel_path) != "spikes.times.npy":
                 continue
             collection = posixpath.dirname(rel_path)
-            if entry.one.collection and collection != entry.one.collection:
+            if entry.one.collection and not fnmatch.fnmatchcase(collection, entry.one.collection):
                 continue
             rel = posixpath.join(session_rel, collection)
             items.append(
@@ -128,7 +135,10 @@ def _download_one(entry: CatalogEntry, item: Item, settings: Settings) -> None:
     """Fetch the ALF objects an item needs into the ONE cache (users online; tests use local mode)."""
     one = _one(entry, settings)
     eid, collection = item.extra["eid"], item.extra["collection"]
-    for obj, coll in (("spikes", collection), ("clusters", collection), ("trials", "alf")):
+    objects = [("spikes", collection), ("clusters", collection), ("channels", collection), ("trials", "alf")]
+    if entry.ingest.behavior is None or any(b.startswith("wheel") for b in entry.ingest.behavior):
+        objects.append(("wheel", "alf"))
+    for obj, coll in objects:
         try:
             one.load_object(eid, obj, collection=coll, download_only=True)
         except Exception as err:  # ONE raises its own ALFObjectNotFound for absent objects
@@ -188,6 +198,28 @@ class NpyRange:
             self._f.close()
 
 
+@functools.lru_cache(maxsize=8)
+def _region_table_cached(uri: str, settings_json: str) -> dict[str, str]:
+    import csv
+    import io
+
+    from ..config import Settings
+
+    fs, path = filesystem(uri, Settings.model_validate_json(settings_json))
+    try:
+        with fs.open(path, "rb") as f:
+            rows = list(csv.DictReader(io.TextIOWrapper(f, encoding="utf-8")))
+    except FileNotFoundError:
+        raise SourceError(f"{uri}: region table not found") from None
+    if not rows or not {"id", "acronym"} <= set(rows[0]):
+        raise SourceError(f"{uri}: a region table needs 'id' and 'acronym' columns")
+    return {str(int(float(r["id"]))): r["acronym"] for r in rows if r["id"]}
+
+
+def _region_table(uri: str, settings: Settings) -> dict[str, str]:
+    return _region_table_cached(uri, settings.model_dump_json())
+
+
 def _load_small(fs, path: str, label: str) -> np.ndarray:
     arr = NpyRange(fs, path, label)
     try:
@@ -199,6 +231,7 @@ def _load_small(fs, path: str, label: str) -> np.ndarray:
 class ALFSource(SpikeSource):
     def __init__(self, uri: str, entry: CatalogEntry, settings: Settings, root_uri: str | None = None):
         self.item = uri
+        self._settings = settings
         self._fs, self._dir = filesystem(uri, settings)
         self._root = filesystem(root_uri, settings)[1] if root_uri else None
         fs, d = self._fs, self._dir
@@ -224,15 +257,15 @@ class ALFSource(SpikeSource):
         self.meta = self._meta(entry)
 
     def _init_units(self, entry: CatalogEntry) -> None:
-        fs, d = self._fs, self._dir
-        regions = None
-        for name in REGION_FILES:
-            p = posixpath.join(d, name)
-            if fs.exists(p):
-                regions = decode_strings(_load_small(fs, p, f"{self.item}/{name}"))
-                break
-        label_path = posixpath.join(d, "clusters.label.npy")
-        labels = _load_small(fs, label_path, f"{self.item}/clusters.label.npy") if fs.exists(label_path) else None
+        regions = self._region_labels(entry)
+        labels = self._quality_labels()
+        if regions is not None and labels is not None and len(regions) != len(labels):
+            raise SourceError(f"{self.item}: {len(regions)} cluster regions but {len(labels)} cluster labels")
+        if entry.ingest.good_units_only and labels is None:
+            raise SourceError(
+                f"{self.item}: good_units_only is set but the session has no quality labels "
+                "(clusters.label.npy or a label column in clusters.metrics.pqt)"
+            )
         n_table = len(regions) if regions is not None else (len(labels) if labels is not None else None)
         if n_table is None:
             # No clusters table: units are the cluster ids that fire (one streaming pass over the ids).
@@ -246,7 +279,7 @@ class ALFSource(SpikeSource):
             ids = np.arange(n_table)
             regions_kept = regions if regions is not None else np.full(n_table, "unknown")
             if entry.ingest.good_units_only and labels is not None:
-                good = np.asarray(labels, dtype=float) >= 1.0
+                good = np.asarray(labels, dtype=float) >= entry.ingest.good_label_min - 1e-9
                 ids, regions_kept = ids[good], regions_kept[good]
         self._n_table = n_table
         self.unit_ids = ids.astype(str)
@@ -256,6 +289,56 @@ class ALFSource(SpikeSource):
             size = max(size, n_table)
         self._lut = np.full(size, -1, dtype=np.int64)
         self._lut[ids] = np.arange(len(ids))
+
+    def _region_labels(self, entry: CatalogEntry) -> np.ndarray | None:
+        """Acronyms per cluster: from an acronym file, else from CCF ids (per cluster, or per channel through
+        ``clusters.channels``) mapped with the entry's region table; unmapped ids stay as their number."""
+        fs, d = self._fs, self._dir
+        for name in REGION_FILES:
+            p = posixpath.join(d, name)
+            if fs.exists(p):
+                return decode_strings(_load_small(fs, p, f"{self.item}/{name}"))
+        ids = None
+        for name in REGION_ID_FILES:
+            p = posixpath.join(d, name)
+            if fs.exists(p):
+                ids = _load_small(fs, p, f"{self.item}/{name}")
+        ch_path, ch_ids = (
+            posixpath.join(d, "clusters.channels.npy"),
+            posixpath.join(d, "channels.brainLocationIds_ccf_2017.npy"),
+        )
+        if ids is None and fs.exists(ch_path) and fs.exists(ch_ids):
+            channels = _load_small(fs, ch_path, f"{self.item}/clusters.channels.npy").astype(np.int64)
+            per_channel = _load_small(fs, ch_ids, f"{self.item}/channels.brainLocationIds_ccf_2017.npy")
+            if len(channels) and (channels.min() < 0 or channels.max() >= len(per_channel)):
+                raise SourceError(
+                    f"{self.item}: clusters.channels points outside channels.brainLocationIds_ccf_2017 "
+                    f"({len(per_channel)} channels)"
+                )
+            ids = per_channel[channels]
+        if ids is None:
+            return None
+        ids = np.asarray(ids)
+        table = _region_table(entry.region_table, self._settings) if entry.region_table else {}
+        text = ids.astype(np.int64).astype(str) if ids.dtype.kind in "iuf" else decode_strings(ids)
+        return np.array([table.get(t, t) for t in text.tolist()])
+
+    def _quality_labels(self) -> np.ndarray | None:
+        """IBL quality label per cluster (1 = good): ``clusters.label.npy`` or the ``label`` column of
+        ``clusters.metrics.pqt`` (Parquet, read with pyarrow: never unpickled)."""
+        fs, d = self._fs, self._dir
+        p = posixpath.join(d, "clusters.label.npy")
+        if fs.exists(p):
+            return _load_small(fs, p, f"{self.item}/clusters.label.npy")
+        p = posixpath.join(d, "clusters.metrics.pqt")
+        if fs.exists(p):
+            import pyarrow.parquet as pq
+
+            with fs.open(p, "rb") as f:
+                table = pq.read_table(f)
+            if "label" in table.column_names:
+                return table.column("label").to_numpy(zero_copy_only=False).astype(np.float64)
+        return None
 
     def _scan_max_cluster(self) -> int:
         top = -1
@@ -312,6 +395,28 @@ class ALFSource(SpikeSource):
                 raise SourceError(f"{folder}: {name}.* attributes have different lengths {sorted(lengths)}")
             return Intervals(name, columns) if columns else None
         return None
+
+    def behavior_series(self) -> list[TimeSeries]:
+        """Wheel velocity from ``wheel.position``/``wheel.timestamps`` (irregular encoder samples): the position
+        is interpolated onto a uniform grid first, so a bin's mean velocity is its displacement over its length."""
+        fs = self._fs
+        for folder in _ancestors(self._dir, self._root):
+            pos_path = posixpath.join(folder, "wheel.position.npy")
+            ts_path = posixpath.join(folder, "wheel.timestamps.npy")
+            if not (fs.exists(pos_path) and fs.exists(ts_path)):
+                continue
+            pos = np.asarray(_load_small(fs, pos_path, pos_path), dtype=np.float64).ravel()
+            ts = np.asarray(_load_small(fs, ts_path, ts_path), dtype=np.float64).ravel()
+            if len(pos) != len(ts):
+                raise SourceError(f"{folder}: wheel.position has {len(pos)} samples, wheel.timestamps {len(ts)}")
+            if len(ts) < 2:
+                return []
+            if np.any(np.diff(ts) < 0):
+                raise SourceError(f"{ts_path}: wheel timestamps are not sorted")
+            grid = np.arange(ts[0], ts[-1], 1.0 / WHEEL_HZ)
+            velocity = np.gradient(np.interp(grid, ts, pos), 1.0 / WHEEL_HZ) if len(grid) > 1 else np.zeros(len(grid))
+            return [TimeSeries("wheel.velocity", grid, velocity.astype(np.float32))]
+        return []
 
     def close(self) -> None:
         for arr in (getattr(self, "_times", None), getattr(self, "_clusters", None)):

@@ -42,6 +42,24 @@ class Intervals:
         return len(next(iter(self.columns.values()))) if self.columns else 0
 
 
+@dataclass
+class TimeSeries:
+    """A continuous behavioural signal (hand velocity, wheel velocity): sorted ``timestamps`` and ``data`` [T, K].
+
+    ``data`` may be a lazy array (an h5py dataset): the engine slices only the span of the windows it bins.
+    """
+
+    name: str
+    timestamps: np.ndarray
+    data: object
+    columns: list[str] = field(default_factory=list)
+
+    def names(self) -> list[str]:
+        k = 1 if len(getattr(self.data, "shape", ())) < 2 else self.data.shape[1]
+        cols = self.columns if len(self.columns) == k else ([""] if k == 1 else [str(i) for i in range(k)])
+        return [f"{self.name}.{c}" if c else self.name for c in cols]
+
+
 class SpikeSource(ABC):
     """Base class for a session reader; subclasses fill the attributes and implement the reads."""
 
@@ -51,6 +69,7 @@ class SpikeSource(ABC):
     unit_regions: np.ndarray  # raw region labels (strings), same order
     segments: np.ndarray  # int64 offsets [n_segments + 1] into the spike arrays
     segment_units: np.ndarray | None  # unit index per segment, or None when segments mix units
+    heldout: np.ndarray | None = None  # bool per unit: NLB's held-out units for co-smoothing, when the file says
 
     @property
     def n_spikes(self) -> int:
@@ -66,6 +85,10 @@ class SpikeSource(ABC):
 
     def intervals(self, name: str) -> Intervals | None:
         return None
+
+    def behavior_series(self) -> list[TimeSeries]:
+        """Continuous behaviour the session holds (binned by the engine into each window's bins)."""
+        return []
 
     def time_range(self) -> tuple[float, float]:
         """First and last spike time, from segment ends only (no full read)."""

@@ -14,12 +14,26 @@ import numpy as np
 from ..catalog import CatalogEntry
 from ..config import Settings
 from ..storage import filesystem, is_local_fs
-from .base import Intervals, Item, SessionMeta, SourceError, SpikeSource, decode_strings, glob_under, make_items
+from .base import (
+    Intervals,
+    Item,
+    SessionMeta,
+    SourceError,
+    SpikeSource,
+    TimeSeries,
+    decode_strings,
+    glob_under,
+    make_items,
+)
 
 REGION_COLUMNS = ("location", "brain_area", "ecephys_structure_acronym", "region")
 
 
 def discover(entry: CatalogEntry, settings: Settings) -> list[Item]:
+    if entry.dandi is not None and entry.dandi.resolve == "api":
+        from .dandi import discover_dandi
+
+        return discover_dandi(entry)
     root = entry.resolved_uri(settings)
     fs, path = filesystem(root, settings)
     if path.endswith(".nwb") and fs.isfile(path):
@@ -150,6 +164,37 @@ class NWBSource(SpikeSource):
             values = ds[:]
             columns[key] = decode_strings(values) if values.dtype.kind in "SOU" else values
         return Intervals(name, columns) if "start_time" in columns else None
+
+    def behavior_series(self) -> list[TimeSeries]:
+        """TimeSeries under ``processing/behavior`` (directly or inside a container such as Position)."""
+        module = self._h5.get("processing/behavior")
+        if not isinstance(module, h5py.Group):
+            return []
+        found = []
+        for name, obj in module.items():
+            children = [(name, obj)] if "data" in obj else [(f"{name}.{k}", v) for k, v in obj.items()]
+            for label, group in children:
+                if isinstance(group, h5py.Group) and isinstance(group.get("data"), h5py.Dataset):
+                    series = self._series(label, group)
+                    if series is not None:
+                        found.append(series)
+        return found
+
+    def _series(self, name: str, group: h5py.Group) -> TimeSeries | None:
+        data = group["data"]
+        if data.ndim not in (1, 2) or data.dtype.kind not in "biuf" or data.shape[0] == 0:
+            return None
+        if "timestamps" in group:
+            stamps = np.asarray(group["timestamps"][:], dtype=np.float64)
+        elif "starting_time" in group:
+            start = group["starting_time"]
+            rate = float(start.attrs.get("rate", 0.0))
+            if rate <= 0:
+                raise SourceError(f"{self.item}: behaviour {name!r} has starting_time but no positive rate")
+            stamps = float(start[()]) + np.arange(data.shape[0]) / rate
+        else:
+            return None
+        return TimeSeries(name, stamps, data)
 
     def close(self) -> None:
         h5 = getattr(self, "_h5", None)

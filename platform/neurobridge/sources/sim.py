@@ -135,6 +135,8 @@ class _Model:
     stim_units: np.ndarray | None = None  # [U, n_images] log-rate drive at the response peak
     stim_image: np.ndarray | None = None  # [R, n_steps] int32 image shown (−1: none) for each region's response
     stim_profile: np.ndarray | None = None  # [R, n_steps] float32 response profile (0..1)
+    behavior_readout: np.ndarray | None = None  # [K, D] behaviour = readout of the latents (decodable by design)
+    behavior_out: list = field(default_factory=list)  # filled by _generate: [steps, K] chunks
 
 
 def _rng(seed: int, *key: int) -> np.random.Generator:
@@ -337,6 +339,8 @@ def _generate(model: _Model, seed: int, key: tuple[int, ...], order: str, truth_
     for a in range(0, T, chunk):
         b = min(T, a + chunk)
         X, x, k = _latents(model, a, b, x, lat_rng, k)
+        if model.behavior_readout is not None:
+            model.behavior_out.append((X @ model.behavior_readout.T).astype(np.float32))
         rates = _chunk_rates(model, a, X)
         if truth is not None:
             truth[:, a:b] = rates
@@ -500,6 +504,8 @@ def _write_nwb(
     rng: np.random.Generator,
     trials: dict | None = None,
     presentations: tuple | None = None,
+    behavior: np.ndarray | None = None,
+    dt: float = 0.01,
 ) -> None:
     from hdmf.common import DynamicTableRegion, VectorData, VectorIndex
     from pynwb import NWBHDF5IO, NWBFile
@@ -555,6 +561,13 @@ def _write_nwb(
         for s, e, f in zip(*presentations, strict=True):
             table.add_interval(start_time=float(s), stop_time=float(e), frame=int(f))
         nwb.add_time_intervals(table)
+    if behavior is not None:  # NLB layout: processing/behavior/hand_vel with explicit timestamps
+        from pynwb import TimeSeries
+
+        module = nwb.create_processing_module(name="behavior", description="simulated hand kinematics")
+        stamps = (np.arange(len(behavior)) + 0.5) * dt
+        module.add(TimeSeries(name="hand_vel", data=behavior, timestamps=stamps, unit="a.u.",
+                              description="hand velocity: a fixed linear readout of the latent state"))  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     with NWBHDF5IO(str(path), "w") as io:
         io.write(nwb)
@@ -583,6 +596,22 @@ def _write_alf(
     alf = folder.parent
     for name in ("stimOn_times", "intervals", "choice", "feedbackType", "feedback_times"):
         np.save(alf / f"trials.{name}.npy", trials[name])
+
+
+def _write_wheel(folder: Path, velocity: np.ndarray, dt: float, rng: np.random.Generator, trials: dict) -> None:
+    """IBL-style ``wheel.position``/``wheel.timestamps`` (irregular samples) and the trial contrasts."""
+    alf = folder.parent
+    t = (np.arange(len(velocity)) + 0.5) * dt
+    keep = np.sort(rng.choice(len(t), size=max(2, len(t) // 2), replace=False))  # encoder-like irregular sampling
+    position = np.cumsum(velocity.astype(np.float64)) * dt
+    np.save(alf / "wheel.position.npy", position[keep])
+    np.save(alf / "wheel.timestamps.npy", t[keep])
+    n = len(trials["stimOn_times"])
+    contrast = rng.choice([0.0, 0.0625, 0.125, 0.25, 1.0], n)
+    left = trials["condition"] < np.median(trials["condition"])
+    np.save(alf / "trials.contrastLeft.npy", np.where(left, contrast, np.nan))
+    np.save(alf / "trials.contrastRight.npy", np.where(left, np.nan, contrast))
+    np.save(alf / "trials.probabilityLeft.npy", np.full(n, 0.5))
 
 
 def _write_truth(
@@ -625,11 +654,15 @@ def _simulate_one(
         model = _build_model(cfg, spec, duration, visual=(embeddings, start, frames))
         record["n_presentations"] = len(frames)
     truth_path = root / "truth" / spec.session_id / "rates.npy" if write_truth else None
+    if spec.fmt in ("nwb", "alf"):  # hand velocity (2-D) or wheel velocity (1-D) read out from the latents
+        readout = _rng(cfg.seed, *spec.key, 5).normal(size=(2 if spec.fmt == "nwb" else 1, model.A.shape[0]))
+        model.behavior_readout = readout / np.linalg.norm(readout, axis=1, keepdims=True)
     U = spec.n_units
     if spec.fmt == "alf":
         times, units = _generate(model, cfg.seed, spec.key, "time", truth_path)
         unit_ids = np.arange(U)
         _write_alf(root / spec.rel_path, model.unit_region, spec.regions, times, units, ev_rng, trials)
+        _write_wheel(root / spec.rel_path, np.concatenate(model.behavior_out)[:, 0], dt, ev_rng, trials)
     else:
         times, counts = _generate(model, cfg.seed, spec.key, "unit", truth_path)
         if spec.fmt == "visual":  # Allen-style large unit ids
@@ -650,6 +683,8 @@ def _simulate_one(
             ev_rng,
             trials=trials if spec.fmt == "nwb" else None,
             presentations=(start, stop, frames) if spec.fmt == "visual" else None,
+            behavior=np.concatenate(model.behavior_out) if model.behavior_out else None,
+            dt=dt,
         )
     if write_truth:
         _write_truth(root, spec, unit_ids, spec.regions, model.unit_region, cfg.truth_bin_ms)
