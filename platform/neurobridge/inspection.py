@@ -22,38 +22,62 @@ class SessionSummary:
     spikes: int
     rates_hz: np.ndarray = field(repr=False)
     regions: dict[str, int] = field(default_factory=dict)
+    kind: str = "counts"  # "mua": rates_hz then holds the mean MUA signal per unit, not a rate
 
 
 def session_summaries(ref: DatasetRef, settings: Settings) -> list[SessionSummary]:
-    out = []
+    """Per session: units, windows, tokens, spikes and per-unit mean rate (Hz); for MUA the per-unit mean signal.
+
+    Streams each part in batches; a part may hold several sessions (Neural Pile shards)."""
+    acc: dict[str, dict] = {}
+    cols = ["session", "subject", "n_units", "n_bins", "bin_ms", "counts", "mua", "unit_regions"]
     for part in ref.card["files"]:
         fs, path = filesystem(join(ref.path, part), settings)
         with fs.open(path, "rb") as f:
-            pf = pq.ParquetFile(f)
-            sums, rows, first = None, 0, None
-            for batch in pf.iter_batches(columns=["session", "subject", "n_units", "n_bins", "bin_ms", "counts",
-                                                  "unit_regions"], batch_size=256):  # fmt: skip
-                if first is None:
-                    first = batch.slice(0, 1).to_pylist()[0]
-                n_u, n_b = first["n_units"], first["n_bins"]
-                values = batch.column("counts").flatten().to_numpy(zero_copy_only=False)
-                grid = values.reshape(batch.num_rows, n_u, n_b)
-                s = grid.sum(axis=(0, 2), dtype=np.int64)
-                sums = s if sums is None else sums + s
-                rows += batch.num_rows
-        if first is None:
-            continue
-        duration = rows * first["n_bins"] * first["bin_ms"] / 1000.0
-        regions, counts = np.unique(first["unit_regions"], return_counts=True)
+            for batch in pq.ParquetFile(f).iter_batches(columns=cols, batch_size=256):
+                _accumulate(acc, batch)
+    out = []
+    for session, a in acc.items():
+        regions, counts = np.unique(a["regions"], return_counts=True)
+        mean = a["sums"] / a["seconds"] if a["kind"] == "counts" else a["sums"] / max(a["windows"] * a["n_bins"], 1)
         out.append(
             SessionSummary(
-                session=first["session"], subject=first["subject"], units=first["n_units"], windows=rows,
-                tokens=rows * first["n_units"] * first["n_bins"], spikes=int(sums.sum()),
-                rates_hz=sums / duration if duration > 0 else np.zeros_like(sums, dtype=float),
-                regions={str(r): int(c) for r, c in zip(regions, counts, strict=True)},
+                session=session, subject=a["subject"], units=a["units"], windows=a["windows"], tokens=a["tokens"],
+                spikes=int(a["sums"].sum()) if a["kind"] == "counts" else 0, rates_hz=mean,
+                regions={str(r): int(c) for r, c in zip(regions, counts, strict=True)}, kind=a["kind"],
             )
         )  # fmt: skip
     return out
+
+
+def _accumulate(acc: dict, batch) -> None:
+    sessions = batch.column("session").to_pylist()
+    n_units = batch.column("n_units").to_numpy()
+    n_bins = batch.column("n_bins").to_numpy()
+    is_mua = batch.column("counts").null_count == batch.num_rows and batch.column("mua").null_count < batch.num_rows
+    column = batch.column("mua" if is_mua else "counts")
+    flat = column.flatten().to_numpy(zero_copy_only=False)
+    offsets = column.offsets.to_numpy() - column.offsets[0].as_py()
+    regions = batch.column("unit_regions")
+    for i, session in enumerate(sessions):
+        u, b = int(n_units[i]), int(n_bins[i])
+        grid = flat[offsets[i] : offsets[i + 1]].reshape(u, b)
+        per_unit = grid.sum(axis=1, dtype=np.float64)
+        a = acc.get(session)
+        if a is None or len(a["sums"]) != u:  # a new session (or a segment with another unit count)
+            if a is not None:
+                session = f"{session}#{u}u"
+                a = acc.get(session)
+            if a is None:
+                a = acc[session] = {
+                    "subject": batch.column("subject")[i].as_py(), "units": u, "windows": 0, "tokens": 0,
+                    "sums": np.zeros(u), "seconds": 0.0, "n_bins": b, "regions": regions[i].as_py(),
+                    "kind": "mua" if is_mua else "counts",
+                }  # fmt: skip
+        a["sums"] += per_unit
+        a["windows"] += 1
+        a["tokens"] += u * b
+        a["seconds"] += b * float(batch.column("bin_ms")[i].as_py()) / 1000.0
 
 
 def failed_items(ref: DatasetRef, settings: Settings) -> list[dict]:
@@ -82,11 +106,12 @@ def plot(ref: DatasetRef, settings: Settings, out_png: str, sessions: list[Sessi
         fs, path = filesystem(join(ref.path, ref.card["files"][0]), settings)
         with fs.open(path, "rb") as f:
             row = pq.ParquetFile(f).read_row_group(0).slice(0, 1).to_pylist()[0]
-        grid = np.asarray(row["counts"], dtype=float).reshape(row["n_units"], row["n_bins"])
-        rate = grid / (row["bin_ms"] / 1000.0)
+        is_mua = row["counts"] is None
+        grid = np.asarray(row["mua"] if is_mua else row["counts"], dtype=float).reshape(row["n_units"], row["n_bins"])
+        rate = grid if is_mua else grid / (row["bin_ms"] / 1000.0)
         extent = (0, row["n_bins"] * row["bin_ms"], row["n_units"], 0)
         im = axes[0].imshow(rate, aspect="auto", interpolation="nearest", cmap="viridis", extent=extent)
-        fig.colorbar(im, ax=axes[0], label="rate (Hz)")
+        fig.colorbar(im, ax=axes[0], label="MUA (a.u.)" if is_mua else "rate (Hz)")
         regions = row["unit_regions"]
         bounds = [i for i in range(1, len(regions)) if regions[i] != regions[i - 1]]
         for b in bounds:
@@ -97,7 +122,9 @@ def plot(ref: DatasetRef, settings: Settings, out_png: str, sessions: list[Sessi
                     title=f"{row['sample_id']}")  # fmt: skip
     rates = np.concatenate([s.rates_hz for s in sessions]) if sessions else np.zeros(0)
     axes[1].hist(rates, bins=40, color="tab:blue")
-    axes[1].set(xlabel="mean firing rate (Hz)", ylabel="units", title=f"{len(rates)} units, {len(sessions)} sessions")
+    mua = bool(sessions) and sessions[0].kind == "mua"
+    axes[1].set(xlabel="mean MUA (a.u.)" if mua else "mean firing rate (Hz)", ylabel="units",
+                title=f"{len(rates)} units, {len(sessions)} sessions")  # fmt: skip
     fig.suptitle(f"{ref.dataset} @ {ref.version}")
     fig.tight_layout()
     fs, path = filesystem(out_png)
