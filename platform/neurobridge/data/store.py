@@ -1,0 +1,113 @@
+"""Training-side reading of the token store: dataset versions and mixtures → rows, with dataset mixing weights.
+
+Reading goes through the card (``_dataset.json``), never a directory listing, so a version being written (no card
+yet) or a side table (``units/``) is never read as rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..config import Settings
+from ..ingest.manifest import DatasetRef, resolve_dataset
+from ..ingest.mixture import read_mixture
+from ..storage import StoreError, filesystem, join
+
+MIXING_RULES = ("sqrt", "proportional", "uniform")
+
+
+@dataclass
+class Source:
+    """One dataset version as training sees it."""
+
+    ref: DatasetRef
+    files: list[str]  # absolute URIs of the row parts
+
+    @property
+    def name(self) -> str:
+        return self.ref.dataset
+
+    def rows(self, split: str | None = None) -> int:
+        counts = self.ref.card.get("splits") or {}
+        return int(counts.get(split, 0)) if split else int(self.ref.card["counts"]["rows"])
+
+
+def sources(settings: Settings, datasets: list[str] | None = None, mixture: str | None = None) -> list[Source]:
+    """Sources named by dataset refs (``name`` or ``name@version``) and/or a mixture name."""
+    refs = list(datasets or [])
+    if mixture:
+        refs += [f"{d['dataset']}@{d['version']}" for d in read_mixture(settings, mixture)["datasets"]]
+    if not refs:
+        raise StoreError("name at least one dataset or a mixture to train on")
+    out = []
+    for r in refs:
+        ref = resolve_dataset(settings, r)
+        files = [join(ref.path, f) for f in ref.card.get("files", [])]
+        if not files:
+            raise StoreError(f"{ref.dataset}@{ref.version} has no rows (all items failed or were empty)")
+        out.append(Source(ref, files))
+    return out
+
+
+def mixing_weights(rows: dict[str, int], rule: str = "sqrt") -> dict[str, float]:
+    """Sampling weight per dataset: ``sqrt`` (∝ √N, so big datasets do not drown small ones), ``proportional``
+    (∝ N: every row equally likely) or ``uniform`` (each dataset equally)."""
+    if rule not in MIXING_RULES:
+        raise ValueError(f"mixing rule {rule!r} is not one of {MIXING_RULES}")
+    n = np.array([max(int(v), 0) for v in rows.values()], dtype=np.float64)
+    if n.sum() == 0:
+        raise StoreError(f"no rows to mix in {list(rows)}")
+    raw = {"sqrt": np.sqrt(n), "proportional": n, "uniform": (n > 0).astype(float)}[rule]
+    return dict(zip(rows, raw / raw.sum(), strict=True))
+
+
+def epoch_plan(rows: dict[str, int], rule: str, epoch_rows: int | None = None) -> dict[str, float]:
+    """Rows drawn from each dataset per epoch, as a multiple of its size (> 1: the dataset repeats)."""
+    weights = mixing_weights(rows, rule)
+    total = epoch_rows or sum(rows.values())
+    return {k: (total * w / rows[k] if rows[k] else 0.0) for k, w in weights.items()}
+
+
+def iter_local(settings: Settings, src: Source, split: str | None, columns: list[str] | None = None,
+               batch_rows: int = 256) -> Iterator[pa.RecordBatch]:  # fmt: skip
+    """Rows of one source without Ray (evaluation, the plain-PyTorch reference loop), streamed in batches."""
+    for uri in src.files:
+        fs, path = filesystem(uri, settings)
+        with fs.open(path, "rb") as f:
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_rows, columns=columns):
+                if split is not None:
+                    batch = batch.filter(pa.compute.equal(batch.column("split"), split))
+                if batch.num_rows:
+                    yield batch
+
+
+def ray_dataset(settings: Settings, srcs: list[Source], split: str | None, rule: str = "sqrt",
+                epoch_rows: int | None = None, seed: int = 0, columns: list[str] | None = None):  # fmt: skip
+    """One Ray Dataset over the sources' ``split`` rows, mixed by ``rule`` (datasets repeat or are subsampled)."""
+    import ray.data
+
+    plan = epoch_plan({s.name: s.rows(split) for s in srcs}, rule, epoch_rows)
+    parts = []
+    for i, s in enumerate(srcs):
+        factor = plan[s.name]
+        if factor <= 0:
+            continue
+        fs, _ = filesystem(s.files[0], settings)
+        paths = [filesystem(u, settings)[1] for u in s.files]
+        ds = ray.data.read_parquet(paths, filesystem=fs, columns=columns)
+        if split is not None:
+            ds = ds.filter(expr=f"split == '{split}'")
+        whole, frac = int(factor), factor - int(factor)
+        pieces = [ds] * whole
+        if frac > 1e-9:
+            pieces.append(ds.random_sample(frac, seed=seed + i))
+        parts.extend(pieces)
+    if not parts:
+        raise StoreError(f"no {split} rows in {[s.name for s in srcs]}")
+    out = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
+    return out.random_shuffle(seed=seed)

@@ -1,0 +1,58 @@
+"""Training reads the store through cards and mixtures; datasets mix by √N unless told otherwise."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from neurobridge.catalog import CatalogEntry
+from neurobridge.data.store import epoch_plan, iter_local, mixing_weights, ray_dataset, sources
+from neurobridge.ingest.mixture import write_mixture
+from neurobridge.ingest.pipeline import ingest_many
+from neurobridge.sources.sim import SimConfig, simulate
+from neurobridge.storage import StoreError
+
+
+@given(st.dictionaries(st.text(min_size=1, max_size=5), st.integers(1, 10**9), min_size=1, max_size=6))
+def test_sqrt_weights_sit_between_uniform_and_proportional(rows):
+    w = mixing_weights(rows, "sqrt")
+    p, u = mixing_weights(rows, "proportional"), mixing_weights(rows, "uniform")
+    assert np.isclose(sum(w.values()), 1.0)
+    big, small = max(rows, key=rows.get), min(rows, key=rows.get)
+    assert u[big] - 1e-12 <= w[big] <= p[big] + 1e-12 and p[small] - 1e-12 <= w[small] <= u[small] + 1e-12
+    assert np.allclose([w[k] / w[big] for k in rows], [np.sqrt(rows[k] / rows[big]) for k in rows])
+
+
+def test_unknown_rule_and_empty_data_are_refused():
+    with pytest.raises(ValueError, match="not one of"):
+        mixing_weights({"a": 1}, "cubic")
+    with pytest.raises(StoreError, match="no rows"):
+        mixing_weights({"a": 0}, "sqrt")
+
+
+def test_a_mixture_reads_back_as_mixed_ray_rows(ray_cluster, settings, tmp_path):
+    cfg = SimConfig(nwb_subjects=1, nwb_sessions_per_subject=1, alf_subjects=1, alf_sessions_per_subject=1,
+                    visual_sessions=0, units_min=20, units_max=25, minutes=0.5, write_images=False)  # fmt: skip
+    simulate(str(tmp_path / "sim"), cfg, progress=False)
+    entries = [
+        CatalogEntry(name="big", kind="nwb", uri=str(tmp_path / "sim/nwb"),
+                     ingest={"window": {"mode": "chunks", "chunk_s": 0.25}}),
+        CatalogEntry(name="small", kind="alf", uri=str(tmp_path / "sim/alf"), one={"mode": "local"},
+                     ingest={"window": {"mode": "chunks", "chunk_s": 1.0}}),
+    ]  # fmt: skip
+    write_mixture(settings, "m", ingest_many(entries, settings, progress=False))
+    srcs = sources(settings, mixture="m")
+    rows = {s.name: s.rows("train") for s in srcs}
+    assert rows["big"] > 3 * rows["small"] > 0
+    local = sum(b.num_rows for s in srcs for b in iter_local(settings, s, "train", ["split"]))
+    assert local == sum(rows.values())
+    plan = epoch_plan(rows, "sqrt")
+    ds = ray_dataset(settings, srcs, "train", "sqrt", columns=["dataset", "split"])
+    got = {}
+    for r in ds.iter_rows():
+        assert r["split"] == "train"
+        got[r["dataset"]] = got.get(r["dataset"], 0) + 1
+    for name, n in rows.items():  # repeats are exact; the fractional part is a random sample
+        assert abs(got[name] - plan[name] * n) <= max(3, 0.35 * plan[name] * n)
+    assert got["small"] / got["big"] > rows["small"] / rows["big"]  # √N mixing lifts the small dataset
