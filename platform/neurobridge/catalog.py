@@ -88,6 +88,23 @@ class SourceStorage(_Strict):
     requester_pays: bool = False
 
 
+class PileConfig(_Strict):
+    """Neural Pile reading options (kind ``pile``)."""
+
+    species_map: dict[str, str] = Field(
+        default_factory=dict, description="source_dataset value → species; rows of other datasets get `species`"
+    )
+    val_unit: Literal["segment", "session"] = Field(
+        "segment",
+        description="what the val hash keeps together: a whole segment (like the publisher's test split) or every "
+        "segment of a session (stricter: no session is seen in both train and val)",
+    )
+    on_bad_row: Literal["fail", "skip"] = Field(
+        "fail", description="fail: a bad row fails its shard; skip: drop the row and count it in the item record"
+    )
+    block_cells: int = Field(2_000_000, ge=1_000, description="cells [windows × units × bins] per window block")
+
+
 class Selection(_Strict):
     include: list[str] = Field(default_factory=list, description="glob patterns below uri (kind default if empty)")
     exclude: list[str] = Field(default_factory=list)
@@ -109,6 +126,7 @@ class CatalogEntry(_Strict):
     ingest: IngestConfig = IngestConfig()
     one: OneConfig | None = None
     storage: SourceStorage = SourceStorage()
+    pile: PileConfig | None = Field(None, description="Neural Pile options (kind pile); defaults when absent")
     source_file: str | None = Field(None, exclude=True)
 
     @field_validator("name")
