@@ -100,6 +100,7 @@ class SourceStorage(_Strict):
     requester_pays: bool = False
 
 
+<<<<<<< HEAD
 class DandiConfig(_Strict):
     """A dandiset version resolved through the DANDI API (assets read from the public bucket by range)."""
 
@@ -109,6 +110,23 @@ class DandiConfig(_Strict):
     resolve: Literal["api", "mirror"] = Field(
         "api", description="api: list assets online with the dandi client; mirror: read `uri`, a local/S3 copy"
     )
+=======
+class PileConfig(_Strict):
+    """Neural Pile reading options (kind ``pile``)."""
+
+    species_map: dict[str, str] = Field(
+        default_factory=dict, description="source_dataset value → species; rows of other datasets get `species`"
+    )
+    val_unit: Literal["segment", "session"] = Field(
+        "segment",
+        description="what the val hash keeps together: a whole segment (like the publisher's test split) or every "
+        "segment of a session (stricter: no session is seen in both train and val)",
+    )
+    on_bad_row: Literal["fail", "skip"] = Field(
+        "fail", description="fail: a bad row fails its shard; skip: drop the row and count it in the item record"
+    )
+    block_cells: int = Field(2_000_000, ge=1_000, description="cells [windows × units × bins] per window block")
+>>>>>>> pile
 
 
 class Selection(_Strict):
@@ -135,7 +153,11 @@ class CatalogEntry(_Strict):
     ingest: IngestConfig = IngestConfig()
     one: OneConfig | None = None
     storage: SourceStorage = SourceStorage()
+<<<<<<< HEAD
     dandi: DandiConfig | None = None
+=======
+    pile: PileConfig | None = Field(None, description="Neural Pile options (kind pile); defaults when absent")
+>>>>>>> pile
     source_file: str | None = Field(None, exclude=True)
 
     @field_validator("name")

@@ -190,10 +190,18 @@ def bench_ingest(
     growth: int = typer.Option(8, help="second session this many times longer, for the RSS check (1: skip)"),
     workdir: str = typer.Option(None, help="where benchmark sessions are cached"),
     repeats: int = typer.Option(3),
+    source: str = typer.Option("nwb", help="nwb (spike binning) or pile (Neural Pile shards: rows/s, cells/s, RSS)"),
 ):
     """Binning vs the per-unit np.histogram reference, end-to-end spikes/s and peak RSS growth."""
     from .bench import bench_ingest as run
 
+    if source == "pile":
+        from .bench_pile import bench_pile
+
+        bench_pile(growth=max(growth // 2, 2), workdir=workdir, echo=console.print)
+        return
+    if source != "nwb":
+        _fail(f"--source must be nwb or pile, not {source!r}")
     run(n_units=units, minutes=minutes, growth=growth, workdir=workdir, repeats=repeats, echo=console.print)
 
 

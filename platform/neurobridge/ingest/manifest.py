@@ -46,6 +46,8 @@ def dataset_version(entry: CatalogEntry, items: list[Item]) -> str:
         ),
         "items": sorted((i.rel, i.fingerprint) for i in items),
     }
+    if getattr(entry, "pile", None) is not None:  # only when set, so other entries keep their versions
+        spec["pile"] = entry.pile.model_dump()
     blob = json.dumps(spec, sort_keys=True, default=str).encode()
     return "v-" + hashlib.sha256(blob).hexdigest()[:12]
 

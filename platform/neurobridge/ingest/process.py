@@ -378,6 +378,7 @@ def ingest_binned(src: BinnedSource, entry: CatalogEntry, item: Item, vdir: str,
         "splits": dict(splits),
         "regions": dict(regions),
         "side_outputs": side,
+        **src.stats(),
     }
 
 

@@ -151,6 +151,10 @@ class BinnedSource(ABC):
         normalised per-image responses); each name's tables must share one schema."""
         return iter(())
 
+    def stats(self) -> dict:
+        """Extra counts for the item's status record, read after ``blocks`` is exhausted (e.g. dropped tail bins)."""
+        return {}
+
     def close(self) -> None:  # noqa: B027
         return None
 
