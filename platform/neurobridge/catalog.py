@@ -100,7 +100,6 @@ class SourceStorage(_Strict):
     requester_pays: bool = False
 
 
-<<<<<<< HEAD
 class DandiConfig(_Strict):
     """A dandiset version resolved through the DANDI API (assets read from the public bucket by range)."""
 
@@ -110,7 +109,8 @@ class DandiConfig(_Strict):
     resolve: Literal["api", "mirror"] = Field(
         "api", description="api: list assets online with the dandi client; mirror: read `uri`, a local/S3 copy"
     )
-=======
+
+
 class PileConfig(_Strict):
     """Neural Pile reading options (kind ``pile``)."""
 
@@ -126,7 +126,6 @@ class PileConfig(_Strict):
         "fail", description="fail: a bad row fails its shard; skip: drop the row and count it in the item record"
     )
     block_cells: int = Field(2_000_000, ge=1_000, description="cells [windows × units × bins] per window block")
->>>>>>> pile
 
 
 class Selection(_Strict):
@@ -153,11 +152,8 @@ class CatalogEntry(_Strict):
     ingest: IngestConfig = IngestConfig()
     one: OneConfig | None = None
     storage: SourceStorage = SourceStorage()
-<<<<<<< HEAD
     dandi: DandiConfig | None = None
-=======
     pile: PileConfig | None = Field(None, description="Neural Pile options (kind pile); defaults when absent")
->>>>>>> pile
     source_file: str | None = Field(None, exclude=True)
 
     @field_validator("name")
