@@ -46,6 +46,8 @@ def dataset_version(entry: CatalogEntry, items: list[Item]) -> str:
         ),
         "items": sorted((i.rel, i.fingerprint) for i in items),
     }
+    if entry.tvsd is not None:  # TVSD settings change rows (regions, trial filter); the clone source does not
+        spec["tvsd"] = entry.tvsd.model_dump(exclude={"datalad"})
     blob = json.dumps(spec, sort_keys=True, default=str).encode()
     return "v-" + hashlib.sha256(blob).hexdigest()[:12]
 
