@@ -70,6 +70,7 @@ def simulate(
     alf_subjects: int = typer.Option(1),
     visual_sessions: int = typer.Option(1),
     sessions_per_subject: int = typer.Option(2),
+    tvsd: bool = typer.Option(True, "--tvsd/--no-tvsd", help="also write the TVSD-style DataLad dataset (tvsd/)"),
 ):
     """Write ground-truth recordings (NWB, ALF + ONE cache, Allen-style visual NWB) and their true rates."""
     from .sources.sim import SimConfig
@@ -80,10 +81,12 @@ def simulate(
     cfg = SimConfig(
         seed=seed, minutes=minutes, nwb_subjects=nwb_subjects, alf_subjects=alf_subjects,
         visual_sessions=visual_sessions, nwb_sessions_per_subject=sessions_per_subject,
-        alf_sessions_per_subject=sessions_per_subject,
+        alf_sessions_per_subject=sessions_per_subject, tvsd=tvsd,
     )  # fmt: skip
     summary = run_sim(out, cfg)
     console.print(f"wrote {len(summary['sessions'])} sessions to [bold]{out}[/]")
+    if summary.get("tvsd", {}).get("skipped"):
+        console.print(f"[yellow]tvsd not written:[/] {summary['tvsd']['skipped']}")
 
 
 @app.command()

@@ -12,7 +12,7 @@ from .catalog import resolve
 from .config import get_settings
 from .ingest.manifest import resolve_dataset
 from .ingest.pipeline import ingest
-from .storage import filesystem
+from .storage import filesystem, is_remote
 
 
 def run_demo(minutes: float = 2.0, seed: int = 0, console: Console | None = None, catalog: str = "demo") -> int:
@@ -23,7 +23,7 @@ def run_demo(minutes: float = 2.0, seed: int = 0, console: Console | None = None
     t0 = time.perf_counter()
     sim_root = f"{settings.raw_root}/sim"
     fs, path = filesystem(f"{sim_root}/simulation.json", settings)
-    cfg = SimConfig(seed=seed, minutes=minutes)
+    cfg = SimConfig(seed=seed, minutes=minutes, tvsd=True)
     if fs.exists(path) and _same_config(fs, path, cfg):
         console.print(f"[dim]simulation already at {sim_root} (same seed and size): reusing it[/]")
     else:
@@ -33,6 +33,9 @@ def run_demo(minutes: float = 2.0, seed: int = 0, console: Console | None = None
     failed = 0
     reports = []
     for entry in resolve(catalog):
+        if entry.kind == "tvsd" and is_remote(settings.raw_root):
+            console.print(f"[yellow]{entry.name}: skipped (a DataLad clone needs a local NB_RAW)[/]")
+            continue
         report = ingest(entry, settings, progress=True)
         reports.append(report)
         failed += len(report.failed)
