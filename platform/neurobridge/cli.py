@@ -183,8 +183,20 @@ def bench_ingest(
     growth: int = typer.Option(8, help="second session this many times longer, for the RSS check (1: skip)"),
     workdir: str = typer.Option(None, help="where benchmark sessions are cached"),
     repeats: int = typer.Option(3),
+    source: str = typer.Option("nwb", help="nwb (spike path) or tvsd (MUA float path: MB/s, rows/s, RSS)"),
+    channels: int = typer.Option(256, help="tvsd: channels per monkey"),
+    trials: int = typer.Option(1000, help="tvsd: trials in the smaller dataset"),
 ):
     """Binning vs the per-unit np.histogram reference, end-to-end spikes/s and peak RSS growth."""
+    if source == "tvsd":
+        from .bench_tvsd import bench_tvsd
+
+        tvsd_growth = growth if growth != 8 else 4  # the spike default (8x) would write ~3.5 GB of MUA
+        bench_tvsd(channels=channels, trials=trials, growth=tvsd_growth, workdir=workdir,
+                   repeats=min(repeats, 2), echo=console.print)  # fmt: skip
+        return
+    if source != "nwb":
+        _fail(f"unknown --source {source!r}: nwb or tvsd")
     from .bench import bench_ingest as run
 
     run(n_units=units, minutes=minutes, growth=growth, workdir=workdir, repeats=repeats, echo=console.print)

@@ -59,14 +59,18 @@ def read_char_refs(f: h5py.File, ds: h5py.Dataset) -> np.ndarray:
         raise ValueError(f"{ds.name} is not a field of object references (dtype {ds.dtype})")
     refs = np.asarray(ds[()]).ravel(order="F")  # MATLAB element order
     arrays = []
-    for ref in refs:
-        target = f[ref]
-        if target.attrs.get("MATLAB_empty", 0):
+    for ref in refs:  # low-level reads (half the cost of f[ref][()]); the dtype tells char from the empty marker
+        dsid = h5py.h5r.dereference(ref, f.id)
+        if not isinstance(dsid, h5py.h5d.DatasetID):
+            raise ValueError(f"{ds.name} refers to a group, not a char array")
+        data = np.empty(dsid.shape, dtype=dsid.dtype)
+        dsid.read(h5py.h5s.ALL, h5py.h5s.ALL, data)
+        if data.dtype == np.uint16:
+            arrays.append(data)
+        elif data.dtype == np.uint64 and data.size == 2 and 0 in data:
             arrays.append(np.zeros(0, np.uint16))
-        elif matlab_class(target) != "char":
-            raise ValueError(f"{ds.name} refers to a {matlab_class(target) or target.dtype} array, not char")
         else:
-            arrays.append(target[()])
+            raise ValueError(f"{ds.name} refers to a {data.dtype} array of shape {data.shape}, not a char array")
     return decode_chars(arrays)
 
 
