@@ -104,7 +104,12 @@ def plot(ref: DatasetRef, settings: Settings, out_png: str, sessions: list[Sessi
                     title=f"{row['sample_id']}")  # fmt: skip
     rates = np.concatenate([s.rates_hz for s in sessions]) if sessions else np.zeros(0)
     axes[1].hist(rates, bins=40, color="tab:blue")
-    axes[1].set(xlabel="mean firing rate (Hz)", ylabel="units", title=f"{len(rates)} units, {len(sessions)} sessions")
+    is_mua_set = bool(sessions) and sessions[0].mua
+    axes[1].set(
+        xlabel="mean MUA" if is_mua_set else "mean firing rate (Hz)",
+        ylabel="units",
+        title=f"{len(rates)} units, {len(sessions)} sessions",
+    )
     fig.suptitle(f"{ref.dataset} @ {ref.version}")
     fig.tight_layout()
     fs, path = filesystem(out_png)
