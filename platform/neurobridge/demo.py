@@ -54,8 +54,7 @@ def run_demo(minutes: float = 2.0, seed: int = 0, console: Console | None = None
         pct = inspection.rate_percentiles(sessions)
         console.print(
             f"{ref.dataset}: {len(sessions)} sessions, {sum(s.units for s in sessions)} units, "
-            f"median {'MUA' if sessions and sessions[0].mua else 'rate'} {pct.get('p50', 0):.1f}"
-            f"{'' if sessions and sessions[0].mua else ' Hz'}, splits {ref.card['splits']}"
+            f"median rate {pct.get('p50', 0):.1f} Hz, splits {ref.card['splits']}"
         )
         figures.append(inspection.plot(ref, settings, str(reports_dir / f"{ref.dataset}.png"), sessions))
     console.rule("done")

@@ -22,7 +22,6 @@ class SessionSummary:
     spikes: int
     rates_hz: np.ndarray = field(repr=False)
     regions: dict[str, int] = field(default_factory=dict)
-    mua: bool = False  # continuous MUA rows: rates_hz holds each unit's mean MUA instead, spikes is 0
 
 
 def session_summaries(ref: DatasetRef, settings: Settings) -> list[SessionSummary]:
@@ -31,32 +30,27 @@ def session_summaries(ref: DatasetRef, settings: Settings) -> list[SessionSummar
         fs, path = filesystem(join(ref.path, part), settings)
         with fs.open(path, "rb") as f:
             pf = pq.ParquetFile(f)
-            sums, rows, first, mua = None, 0, None, False
+            sums, rows, first = None, 0, None
             for batch in pf.iter_batches(columns=["session", "subject", "n_units", "n_bins", "bin_ms", "counts",
-                                                  "unit_regions", "mua"], batch_size=256):  # fmt: skip
+                                                  "unit_regions"], batch_size=256):  # fmt: skip
                 if first is None:
                     first = batch.slice(0, 1).to_pylist()[0]
                 n_u, n_b = first["n_units"], first["n_bins"]
-                mua = batch.column("counts").null_count == batch.num_rows and batch.num_rows > 0
-                values = batch.column("mua" if mua else "counts").flatten().to_numpy(zero_copy_only=False)
+                values = batch.column("counts").flatten().to_numpy(zero_copy_only=False)
                 grid = values.reshape(batch.num_rows, n_u, n_b)
-                s = grid.sum(axis=(0, 2), dtype=np.float64 if mua else np.int64)
+                s = grid.sum(axis=(0, 2), dtype=np.int64)
                 sums = s if sums is None else sums + s
                 rows += batch.num_rows
         if first is None:
             continue
         duration = rows * first["n_bins"] * first["bin_ms"] / 1000.0
         regions, counts = np.unique(first["unit_regions"], return_counts=True)
-        if mua:  # no spikes to count: summarise each unit's mean MUA level
-            rates, spikes = sums / max(rows * first["n_bins"], 1), 0
-        else:
-            rates = sums / duration if duration > 0 else np.zeros_like(sums, dtype=float)
-            spikes = int(sums.sum())
         out.append(
             SessionSummary(
                 session=first["session"], subject=first["subject"], units=first["n_units"], windows=rows,
-                tokens=rows * first["n_units"] * first["n_bins"], spikes=spikes, rates_hz=rates,
-                regions={str(r): int(c) for r, c in zip(regions, counts, strict=True)}, mua=mua,
+                tokens=rows * first["n_units"] * first["n_bins"], spikes=int(sums.sum()),
+                rates_hz=sums / duration if duration > 0 else np.zeros_like(sums, dtype=float),
+                regions={str(r): int(c) for r, c in zip(regions, counts, strict=True)},
             )
         )  # fmt: skip
     return out
@@ -88,12 +82,11 @@ def plot(ref: DatasetRef, settings: Settings, out_png: str, sessions: list[Sessi
         fs, path = filesystem(join(ref.path, ref.card["files"][0]), settings)
         with fs.open(path, "rb") as f:
             row = pq.ParquetFile(f).read_row_group(0).slice(0, 1).to_pylist()[0]
-        is_mua = row["counts"] is None and row.get("mua") is not None
-        grid = np.asarray(row["mua"] if is_mua else row["counts"], dtype=float).reshape(row["n_units"], row["n_bins"])
-        rate = grid if is_mua else grid / (row["bin_ms"] / 1000.0)
+        grid = np.asarray(row["counts"], dtype=float).reshape(row["n_units"], row["n_bins"])
+        rate = grid / (row["bin_ms"] / 1000.0)
         extent = (0, row["n_bins"] * row["bin_ms"], row["n_units"], 0)
         im = axes[0].imshow(rate, aspect="auto", interpolation="nearest", cmap="viridis", extent=extent)
-        fig.colorbar(im, ax=axes[0], label="MUA" if is_mua else "rate (Hz)")
+        fig.colorbar(im, ax=axes[0], label="rate (Hz)")
         regions = row["unit_regions"]
         bounds = [i for i in range(1, len(regions)) if regions[i] != regions[i - 1]]
         for b in bounds:
@@ -104,12 +97,7 @@ def plot(ref: DatasetRef, settings: Settings, out_png: str, sessions: list[Sessi
                     title=f"{row['sample_id']}")  # fmt: skip
     rates = np.concatenate([s.rates_hz for s in sessions]) if sessions else np.zeros(0)
     axes[1].hist(rates, bins=40, color="tab:blue")
-    is_mua_set = bool(sessions) and sessions[0].mua
-    axes[1].set(
-        xlabel="mean MUA" if is_mua_set else "mean firing rate (Hz)",
-        ylabel="units",
-        title=f"{len(rates)} units, {len(sessions)} sessions",
-    )
+    axes[1].set(xlabel="mean firing rate (Hz)", ylabel="units", title=f"{len(rates)} units, {len(sessions)} sessions")
     fig.suptitle(f"{ref.dataset} @ {ref.version}")
     fig.tight_layout()
     fs, path = filesystem(out_png)
