@@ -128,6 +128,69 @@ class PileConfig(_Strict):
     block_cells: int = Field(2_000_000, ge=1_000, description="cells [windows × units × bins] per window block")
 
 
+class ChannelRange(_Strict):
+    """Channels ``first``..``last`` (1-based, inclusive, MATLAB numbering) recorded in ``region``."""
+
+    first: int = Field(ge=1)
+    last: int = Field(ge=1)
+    region: str = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _order(self) -> ChannelRange:
+        if self.last < self.first:
+            raise ValueError(f"channel range {self.first}-{self.last} ends before it starts")
+        return self
+
+
+def _tvsd_regions() -> dict[str, list[ChannelRange]]:
+    """The published TVSD array-to-area assignment (Papale et al. 2025)."""
+    spans = {
+        "monkeyN": [(1, 512, "V1"), (513, 768, "V4"), (769, 1024, "IT")],
+        "monkeyF": [(1, 512, "V1"), (513, 832, "IT"), (833, 1024, "V4")],
+    }
+    return {m: [ChannelRange(first=a, last=b, region=r) for a, b, r in s] for m, s in spans.items()}
+
+
+class DataladSource(_Strict):
+    """Where a DataLad dataset is cloned from; only the files an entry needs are ever fetched (``datalad get``)."""
+
+    url: str | None = Field(
+        "https://gin.g-node.org/paolo_papale/TVSD",
+        description="clone source (URL, or a path; relative paths resolve under NB_RAW); None: uri holds plain files",
+    )
+
+
+class TvsdFiles(_Strict):
+    """File names inside each monkey folder; exactly these are fetched, never the raw recordings."""
+
+    mua: str = "THINGS_MUA_trials.mat"
+    normalized: str = "THINGS_normMUA.mat"
+    images: str = "_logs/things_imgs.mat"
+
+
+class TvsdConfig(_Strict):
+    """TVSD reading: the DataLad source, per-monkey channel → region ranges, trial filtering, side outputs."""
+
+    datalad: DataladSource = DataladSource()
+    files: TvsdFiles = TvsdFiles()
+    regions: dict[str, list[ChannelRange]] = Field(
+        default_factory=_tvsd_regions, description="monkey folder → channel ranges; every channel must be covered"
+    )
+    correct_only: bool = Field(True, description="keep only trials with ALLMAT correct == 1 (fixation held)")
+    responses: bool = Field(True, description="also write the normalised per-image responses (THINGS_normMUA.mat)")
+    chunk_mb: float = Field(64.0, gt=0, le=4096, description="raw MUA read per block (bounds worker memory)")
+
+    @field_validator("regions")
+    @classmethod
+    def _no_overlap(cls, v: dict[str, list[ChannelRange]]) -> dict[str, list[ChannelRange]]:
+        for monkey, ranges in v.items():
+            spans = sorted((r.first, r.last) for r in ranges)
+            for (a0, a1), (b0, b1) in zip(spans, spans[1:], strict=False):
+                if b0 <= a1:
+                    raise ValueError(f"{monkey}: channel ranges {a0}-{a1} and {b0}-{b1} overlap")
+        return v
+
+
 class Selection(_Strict):
     include: list[str] = Field(default_factory=list, description="glob patterns below uri (kind default if empty)")
     exclude: list[str] = Field(default_factory=list)
@@ -154,6 +217,7 @@ class CatalogEntry(_Strict):
     storage: SourceStorage = SourceStorage()
     dandi: DandiConfig | None = None
     pile: PileConfig | None = Field(None, description="Neural Pile options (kind pile); defaults when absent")
+    tvsd: TvsdConfig | None = Field(None, description="TVSD reader settings (kind tvsd); defaults: the GIN dataset")
     source_file: str | None = Field(None, exclude=True)
 
     @field_validator("name")

@@ -70,6 +70,7 @@ def simulate(
     alf_subjects: int = typer.Option(1),
     visual_sessions: int = typer.Option(1),
     sessions_per_subject: int = typer.Option(2),
+    tvsd: bool = typer.Option(True, "--tvsd/--no-tvsd", help="also write the TVSD-style DataLad dataset (tvsd/)"),
 ):
     """Write ground-truth recordings (NWB, ALF + ONE cache, Allen-style visual NWB) and their true rates."""
     from .sources.sim import SimConfig
@@ -80,10 +81,12 @@ def simulate(
     cfg = SimConfig(
         seed=seed, minutes=minutes, nwb_subjects=nwb_subjects, alf_subjects=alf_subjects,
         visual_sessions=visual_sessions, nwb_sessions_per_subject=sessions_per_subject,
-        alf_sessions_per_subject=sessions_per_subject,
+        alf_sessions_per_subject=sessions_per_subject, tvsd=tvsd,
     )  # fmt: skip
     summary = run_sim(out, cfg)
     console.print(f"wrote {len(summary['sessions'])} sessions to [bold]{out}[/]")
+    if summary.get("tvsd", {}).get("skipped"):
+        console.print(f"[yellow]tvsd not written:[/] {summary['tvsd']['skipped']}")
 
 
 @app.command()
@@ -190,18 +193,27 @@ def bench_ingest(
     growth: int = typer.Option(8, help="second session this many times longer, for the RSS check (1: skip)"),
     workdir: str = typer.Option(None, help="where benchmark sessions are cached"),
     repeats: int = typer.Option(3),
-    source: str = typer.Option("nwb", help="nwb (spike binning) or pile (Neural Pile shards: rows/s, cells/s, RSS)"),
+    source: str = typer.Option("nwb", help="nwb (spike binning), pile (Neural Pile shards) or tvsd (MUA float path)"),
+    channels: int = typer.Option(256, help="tvsd: channels per monkey"),
+    trials: int = typer.Option(1000, help="tvsd: trials in the smaller dataset"),
 ):
-    """Binning vs the per-unit np.histogram reference, end-to-end spikes/s and peak RSS growth."""
-    from .bench import bench_ingest as run
+    """Ingest throughput and peak RSS against a plain-read reference in the same run, per source kind."""
+    if source == "tvsd":
+        from .bench_tvsd import bench_tvsd
 
+        tvsd_growth = growth if growth != 8 else 4  # the spike default (8x) would write ~3.5 GB of MUA
+        bench_tvsd(channels=channels, trials=trials, growth=tvsd_growth, workdir=workdir,
+                   repeats=min(repeats, 2), echo=console.print)  # fmt: skip
+        return
     if source == "pile":
         from .bench_pile import bench_pile
 
         bench_pile(growth=max(growth // 2, 2), workdir=workdir, echo=console.print)
         return
     if source != "nwb":
-        _fail(f"--source must be nwb or pile, not {source!r}")
+        _fail(f"unknown --source {source!r}: nwb, pile or tvsd")
+    from .bench import bench_ingest as run
+
     run(n_units=units, minutes=minutes, growth=growth, workdir=workdir, repeats=repeats, echo=console.print)
 
 

@@ -13,7 +13,7 @@ from .config import get_settings
 from .ingest.manifest import resolve_dataset
 from .ingest.mixture import write_mixture
 from .ingest.pipeline import ingest_many
-from .storage import filesystem
+from .storage import filesystem, is_remote
 
 
 def run_demo(minutes: float = 2.0, seed: int = 0, console: Console | None = None, catalog: str = "demo") -> int:
@@ -24,7 +24,7 @@ def run_demo(minutes: float = 2.0, seed: int = 0, console: Console | None = None
     t0 = time.perf_counter()
     sim_root = f"{settings.raw_root}/sim"
     fs, path = filesystem(f"{sim_root}/simulation.json", settings)
-    cfg = SimConfig(seed=seed, minutes=minutes)
+    cfg = SimConfig(seed=seed, minutes=minutes, tvsd=True)
     if fs.exists(path) and _same_config(fs, path, cfg):
         console.print(f"[dim]simulation already at {sim_root} (same seed and size): reusing it[/]")
     else:
@@ -33,7 +33,12 @@ def run_demo(minutes: float = 2.0, seed: int = 0, console: Console | None = None
     console.rule("2. ingest (Ray Data)")
     failed = 0
     reports = []
-    entries = resolve(catalog)
+    entries = []
+    for entry in resolve(catalog):
+        if entry.kind == "tvsd" and is_remote(settings.raw_root):
+            console.print(f"[yellow]{entry.name}: skipped (a DataLad clone needs a local NB_RAW)[/]")
+            continue
+        entries.append(entry)
     for entry, report in zip(entries, ingest_many(entries, settings, progress=True), strict=True):
         if isinstance(report, Exception):
             console.print(f"[red]{entry.name}: {report}[/]")

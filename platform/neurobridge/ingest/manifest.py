@@ -48,6 +48,8 @@ def dataset_version(entry: CatalogEntry, items: list[Item]) -> str:
     }
     if getattr(entry, "pile", None) is not None:  # only when set, so other entries keep their versions
         spec["pile"] = entry.pile.model_dump()
+    if entry.tvsd is not None:  # TVSD settings change rows (regions, trial filter); the clone source does not
+        spec["tvsd"] = entry.tvsd.model_dump(exclude={"datalad"})
     blob = json.dumps(spec, sort_keys=True, default=str).encode()
     return "v-" + hashlib.sha256(blob).hexdigest()[:12]
 

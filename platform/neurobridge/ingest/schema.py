@@ -68,3 +68,36 @@ MANIFEST_SCHEMA = pa.schema(
         ("seconds", pa.float64()),
     ]
 )
+
+# TVSD side outputs (``<version>/tvsd_responses/`` and ``<version>/tvsd_units/``). ``response`` holds one value per
+# channel in the rows' unit order (region-ordered); ``tvsd_units`` maps its positions to unit ids, regions and the
+# per-channel quality measures of THINGS_normMUA.mat (kept as lists: their trailing MATLAB dimensions vary).
+TVSD_RESPONSES_SCHEMA = pa.schema(
+    [
+        ("dataset", pa.string()),
+        ("session", pa.string()),
+        ("subject", pa.string()),
+        ("stimulus_id", pa.string()),
+        ("split", pa.string()),
+        ("repeat", pa.int32()),  # null: averaged over repeats (train_MUA, test_MUA); 1-based for test_MUA_reps
+        ("response", pa.list_(pa.float32())),
+    ],
+    metadata={"neurobridge.schema_version": str(SCHEMA_VERSION)},
+)
+
+TVSD_UNITS_SCHEMA = pa.schema(
+    [
+        ("dataset", pa.string()),
+        ("session", pa.string()),
+        ("subject", pa.string()),
+        ("position", pa.int32()),  # index into `response` and into the rows' unit axis
+        ("unit_id", pa.string()),
+        ("channel", pa.int32()),  # 1-based channel number in the MATLAB files
+        ("region", pa.string()),
+        ("reliab", pa.list_(pa.float32())),
+        ("snr", pa.list_(pa.float32())),
+        ("lats", pa.list_(pa.float32())),
+        ("oracle", pa.list_(pa.float32())),
+    ],
+    metadata={"neurobridge.schema_version": str(SCHEMA_VERSION)},
+)

@@ -86,6 +86,7 @@ class SimConfig(BaseModel):
     image_off_ms: float = Field(250.0, ge=0)
     n_conditions: int = Field(8, ge=1)
     lab: str = "simlab"
+    tvsd: bool = Field(False, description="also write a scaled-down TVSD DataLad dataset in tvsd/ (local out only)")
 
     @model_validator(mode="after")
     def _check(self) -> SimConfig:
@@ -790,6 +791,7 @@ def simulate(out: str, cfg: SimConfig | None = None, progress: bool = True) -> d
                 if spec.alf_parts is not None:
                     rec["eid"] = eids.get(_alf_rel(spec.alf_parts))
                     rec["collection"] = "alf/probe00"
+        tvsd = _simulate_tvsd(root, cfg, local_fs) if cfg.tvsd else None
         index = {
             "schema_version": SCHEMA_VERSION,
             "config": cfg.model_dump(mode="json"),
@@ -803,6 +805,7 @@ def simulate(out: str, cfg: SimConfig | None = None, progress: bool = True) -> d
                 "frames": "visual/images/frame_{:03d}.png" if cfg.write_images else None,
                 "stimulus_ids": [f"frame_{i:03d}" for i in range(cfg.n_images)],
             },
+            **({"tvsd": tvsd} if cfg.tvsd else {}),
         }
         if tmp is not None:
             _publish(root, fs, path)
@@ -873,6 +876,15 @@ def simulate_session_file(
     record["uri"] = path if is_file else posixpath.join(path.rstrip("/"), spec.rel_path)
     record["seconds"] = round(time.perf_counter() - tic, 3)
     return record
+
+
+def _simulate_tvsd(root: Path, cfg: SimConfig, local: bool) -> dict[str, Any]:
+    """The TVSD-style DataLad dataset in ``<root>/tvsd`` (see sim_tvsd); DataLad cannot live on object stores."""
+    if not local:
+        return {"skipped": "a DataLad dataset needs a local path; simulate to a local out for tvsd"}
+    from .sim_tvsd import TvsdSimConfig, simulate_tvsd
+
+    return simulate_tvsd(root / "tvsd", TvsdSimConfig(seed=cfg.seed))
 
 
 class _progress:  # noqa: N801 - a context manager like rich's Progress, or nothing when disabled
