@@ -48,7 +48,7 @@ def test_bad_values_and_missing_fields_are_named(tmp_path):
 
 def test_refs_resolve_to_files_and_entries(monkeypatch):
     monkeypatch.setenv("NB_CATALOG", str(REPO / "catalog"))
-    assert [e.name for e in resolve("demo")] == ["sim_nwb", "sim_alf", "sim_visual", "sim_tvsd"]
+    assert [e.name for e in resolve("demo")] == ["sim_nwb", "sim_alf", "sim_visual", "sim_tvsd", "sim_pile"]
     assert [e.name for e in resolve("sim_nwb")] == ["sim_nwb"]
     with pytest.raises(CatalogError, match="did you mean 'demo'"):
         resolve("demoo")

@@ -35,7 +35,7 @@ def test_simulate_then_ingest_the_demo_catalog_on_s3(ray_cluster, s3_endpoint, m
     first = runner.invoke(app, ["ingest", "demo", "--no-progress"])
     assert first.exit_code == 0, first.output
     again = runner.invoke(app, ["ingest", "demo", "--no-progress"])
-    assert again.exit_code == 0 and again.output.count("up to date") == 3, again.output
+    assert again.exit_code == 0 and again.output.count("up to date") == 4, again.output
 
     settings = get_settings()
     visual = resolve_dataset(settings, "sim_visual")

@@ -71,8 +71,10 @@ def simulate(
     visual_sessions: int = typer.Option(1),
     sessions_per_subject: int = typer.Option(2),
     tvsd: bool = typer.Option(True, "--tvsd/--no-tvsd", help="also write the TVSD-style DataLad dataset (tvsd/)"),
+    pile: bool = typer.Option(True, "--pile/--no-pile", help="also write Neural Pile-style shards (pile/data/)"),
 ):
-    """Write ground-truth recordings (NWB, ALF + ONE cache, Allen-style visual NWB) and their true rates."""
+    """Write ground-truth recordings (NWB, ALF + ONE cache, Allen-style visual NWB, TVSD, Pile shards) and the
+    true rates."""
     from .sources.sim import SimConfig
     from .sources.sim import simulate as run_sim
 
@@ -81,7 +83,7 @@ def simulate(
     cfg = SimConfig(
         seed=seed, minutes=minutes, nwb_subjects=nwb_subjects, alf_subjects=alf_subjects,
         visual_sessions=visual_sessions, nwb_sessions_per_subject=sessions_per_subject,
-        alf_sessions_per_subject=sessions_per_subject, tvsd=tvsd,
+        alf_sessions_per_subject=sessions_per_subject, tvsd=tvsd, pile=pile,
     )  # fmt: skip
     summary = run_sim(out, cfg)
     console.print(f"wrote {len(summary['sessions'])} sessions to [bold]{out}[/]")

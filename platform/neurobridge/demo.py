@@ -24,7 +24,7 @@ def run_demo(minutes: float = 2.0, seed: int = 0, console: Console | None = None
     t0 = time.perf_counter()
     sim_root = f"{settings.raw_root}/sim"
     fs, path = filesystem(f"{sim_root}/simulation.json", settings)
-    cfg = SimConfig(seed=seed, minutes=minutes, tvsd=True)
+    cfg = SimConfig(seed=seed, minutes=minutes, tvsd=True, pile=True)
     if fs.exists(path) and _same_config(fs, path, cfg):
         console.print(f"[dim]simulation already at {sim_root} (same seed and size): reusing it[/]")
     else:
@@ -64,7 +64,12 @@ def run_demo(minutes: float = 2.0, seed: int = 0, console: Console | None = None
         pct = inspection.rate_percentiles(sessions)
         console.print(
             f"{ref.dataset}: {len(sessions)} sessions, {sum(s.units for s in sessions)} units, "
-            f"median rate {pct.get('p50', 0):.1f} Hz, splits {ref.card['splits']}"
+            + (
+                f"median MUA {pct.get('p50', 0):.2f}"
+                if sessions and sessions[0].kind == "mua"
+                else f"median rate {pct.get('p50', 0):.1f} Hz"
+            )
+            + f", splits {ref.card['splits']}"
         )
         figures.append(inspection.plot(ref, settings, str(reports_dir / f"{ref.dataset}.png"), sessions))
     console.rule("done")

@@ -87,6 +87,7 @@ class SimConfig(BaseModel):
     n_conditions: int = Field(8, ge=1)
     lab: str = "simlab"
     tvsd: bool = Field(False, description="also write a scaled-down TVSD DataLad dataset in tvsd/ (local out only)")
+    pile: bool = Field(False, description="also write Neural Pile-style shards in pile/data/ (train and test)")
 
     @model_validator(mode="after")
     def _check(self) -> SimConfig:
@@ -792,6 +793,10 @@ def simulate(out: str, cfg: SimConfig | None = None, progress: bool = True) -> d
                     rec["eid"] = eids.get(_alf_rel(spec.alf_parts))
                     rec["collection"] = "alf/probe00"
         tvsd = _simulate_tvsd(root, cfg, local_fs) if cfg.tvsd else None
+        if cfg.pile:
+            from .pile_sim import write_demo_shards
+
+            shards = write_demo_shards(str(root / "pile"), seed=cfg.seed)  # names hold data/train-*, data/test-*
         index = {
             "schema_version": SCHEMA_VERSION,
             "config": cfg.model_dump(mode="json"),
@@ -806,6 +811,7 @@ def simulate(out: str, cfg: SimConfig | None = None, progress: bool = True) -> d
                 "stimulus_ids": [f"frame_{i:03d}" for i in range(cfg.n_images)],
             },
             **({"tvsd": tvsd} if cfg.tvsd else {}),
+            **({"pile": {"shards": sorted(f"pile/{n}" for n in shards)}} if cfg.pile else {}),
         }
         if tmp is not None:
             _publish(root, fs, path)
