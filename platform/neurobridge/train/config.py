@@ -1,0 +1,97 @@
+"""Typed pretraining config: every field has a default that trains on a laptop; unknown keys are errors."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..catalog import describe_validation_error
+from ..models.config import ModelConfig
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Strict):
+    datasets: list[str] = Field(default_factory=list, description="dataset refs: name or name@version")
+    mixture: str | None = Field("demo", description="a mixture written by `neurobridge ingest --mixture`")
+    mixing: Literal["sqrt", "proportional", "uniform"] = "sqrt"
+    epoch_rows: int | None = Field(None, ge=1, description="rows per epoch of the mixture (default: all rows)")
+    holdout_sessions: list[str] = Field(
+        default_factory=list, description="sessions never trained on (evaluation / fine-tuning targets)"
+    )
+    max_units: int | None = Field(None, ge=1, description="refuse windows wider than this")
+
+
+class OptimConfig(_Strict):
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    betas: tuple[float, float] = (0.9, 0.98)
+    warmup_steps: int = Field(50, ge=0)
+    max_steps: int = Field(600, ge=1)
+    batch_size: int = Field(32, ge=1, description="windows per worker per step")
+    grad_clip: float = Field(1.0, gt=0)
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on GPUs that have it")
+
+
+class ScalingConfig(_Strict):
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (2 on a laptop, N GPUs on a cluster)")
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+
+
+class PretrainConfig(_Strict):
+    name: str = Field("pretrain", description="run name in MLflow and under <store>/runs/")
+    experiment: str = "neurobridge-pretrain"
+    seed: int = 0
+    mode: str = Field("all", description="masking mode per batch: one of the model's modes, or all")
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    scaling: ScalingConfig = ScalingConfig()
+    log_every: int = Field(10, ge=1)
+    checkpoint_every: int = Field(100, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    max_failures: int = Field(2, ge=0, description="worker failures tolerated; each resumes from the last checkpoint")
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the typed config; the message names the key and a fix."""
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> PretrainConfig:
+    data: dict = {}
+    where = "defaults"
+    if path:
+        where = str(path)
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such config file") from None
+    for key, value in (overrides or {}).items():
+        _set(data, key.split("."), value, where)
+    try:
+        return PretrainConfig(**data)
+    except ValidationError as err:
+        raise ConfigError(describe_validation_error(err, PretrainConfig, where)) from None
+
+
+def _set(data: dict, keys: list[str], value, where: str) -> None:
+    model: type[BaseModel] | None = PretrainConfig
+    cur = data
+    for i, key in enumerate(keys):
+        if model is not None and key not in model.model_fields:
+            hint = difflib.get_close_matches(key, list(model.model_fields), n=1)
+            dotted = ".".join(keys[: i + 1])
+            raise ConfigError(f"{where}: unknown key {dotted!r}" + (f"; did you mean {hint[0]!r}?" if hint else ""))
+        ann = model.model_fields[key].annotation if model is not None else None
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+        if i == len(keys) - 1:
+            cur[key] = value
+        else:
+            cur = cur.setdefault(key, {})

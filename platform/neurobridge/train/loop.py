@@ -1,0 +1,145 @@
+"""The pretraining loop that runs in each Ray Train worker (and, with ``report`` swapped, in a plain process).
+
+Reproducible by construction: the data order is fixed by the seed and epoch, and every step reseeds masking and
+dropout from (seed, step, rank), so a run resumed from a checkpoint retraces the loss curve of one that never
+stopped. A non-finite loss stops the run naming the step and the windows, and the last good checkpoint stays.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+
+from ..models.ndt import MaskedNeuralModel
+from ..models.patching import collate
+from ..models.vocab import Vocabularies
+from .config import PretrainConfig
+from .rows import table_rows
+
+STATE_FILE = "train_state.pt"
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN/inf; the message names the step and the windows of the batch."""
+
+
+def make_optimizer(model: torch.nn.Module, cfg) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or "norm" in name or "embed" in name.split(".")[-2:][0] else decay).append(p)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=tuple(cfg.betas),
+    )  # fmt: skip
+
+    def schedule(step: int) -> float:  # linear warmup, then cosine to 10 % of the peak
+        if step < cfg.warmup_steps:
+            return (step + 1) / max(cfg.warmup_steps, 1)
+        progress = min(1.0, (step - cfg.warmup_steps) / max(cfg.max_steps - cfg.warmup_steps, 1))
+        return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+
+
+def _autocast(precision: str, device: torch.device):
+    use_bf16 = precision == "bf16" or (
+        precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
+    )
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+
+def run_steps(
+    cfg: PretrainConfig,
+    model: MaskedNeuralModel,
+    vocabs: Vocabularies,
+    batches: Callable[[int], Iterable],
+    *,
+    device: torch.device,
+    rank: int = 0,
+    world: int = 1,
+    state: dict | None = None,
+    report: Callable[[dict, dict | None], None],
+    heldout: dict | None = None,
+    ddp_model: torch.nn.Module | None = None,
+) -> dict:
+    """Train until ``cfg.optim.max_steps``. ``batches(epoch)`` yields Arrow tables of windows in a fixed order;
+    ``report(metrics, state_or_None)`` is called every ``log_every`` steps, with the full state at checkpoints."""
+    net = ddp_model or model
+    opt, sched = make_optimizer(model, cfg.optim)
+    step, epoch, skip = 0, 0, 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        step, epoch, skip = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
+    k = cfg.model.neurons_per_token
+    last = {}
+    while step < cfg.optim.max_steps:
+        seen = 0
+        for table in batches(epoch):
+            if seen < skip:  # resuming mid-epoch: replay the order, skip what was already trained on
+                seen += 1
+                continue
+            seen += 1
+            rows = table_rows(table, heldout)
+            batch = collate(rows, vocabs, k, cfg.data.max_units).to(device)
+            seed = (cfg.seed * 1_000_003 + step) * max(world, 1) + rank
+            torch.manual_seed(seed)
+            gen = torch.Generator(device=device).manual_seed(seed)
+            net.train()
+            with _autocast(cfg.optim.precision, device):
+                out = net(batch, mode=cfg.mode, generator=gen)
+            if not torch.isfinite(out.loss):
+                ids = [r.get("sample_id") for r in rows][:8]
+                raise NonFiniteLoss(f"loss is {out.loss.item()} at step {step} (epoch {epoch}); windows: {ids}")
+            opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.optim.grad_clip)
+            opt.step()
+            sched.step()
+            step += 1
+            last = {"step": step, "epoch": epoch, "loss": float(out.loss.detach()),
+                    "poisson_nll": float(out.poisson_nll.detach()), "mse": float(out.mse.detach()),
+                    "lr": sched.get_last_lr()[0], "grad_norm": float(grad_norm),
+                    "tokens": int(batch.token_valid.sum()) * k}  # fmt: skip
+            at_ckpt = step % cfg.checkpoint_every == 0 or step >= cfg.optim.max_steps
+            if at_ckpt:
+                report(last, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                              "scheduler": sched.state_dict(), "step": step, "epoch": epoch,
+                              "batch_in_epoch": seen})  # fmt: skip
+            elif step % cfg.log_every == 0:
+                report(last, None)
+            if step >= cfg.optim.max_steps:
+                break
+        else:
+            epoch, skip = epoch + 1, 0
+            if seen == 0:
+                raise RuntimeError("the training data yielded no batch (empty split or batch larger than the data)")
+            continue
+        break
+    return last
+
+
+def save_state(state: dict, directory: str | Path, vocabs: Vocabularies, cfg: PretrainConfig) -> Path:
+    path = Path(directory) / STATE_FILE
+    torch.save({**state, "vocabs": vocabs.to_dict(), "config": cfg.model_dump(mode="json")}, path)
+    return path
+
+
+def load_state(directory: str | Path, cfg: PretrainConfig) -> dict:
+    """A training state written by ``save_state``; refuses one from another model config."""
+    from ..models.checkpoint import CheckpointError, _diff
+
+    payload = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
+    diffs = _diff(payload["config"]["model"], cfg.model.model_dump(mode="json"), "model.")
+    if diffs:
+        raise CheckpointError("the checkpoint comes from another model config: " + "; ".join(diffs[:5]))
+    return payload
+
+
+def scratch_dir() -> str:
+    return tempfile.mkdtemp(prefix="nb-ckpt-")
