@@ -46,6 +46,8 @@ def dataset_version(entry: CatalogEntry, items: list[Item]) -> str:
         ),
         "items": sorted((i.rel, i.fingerprint) for i in items),
     }
+    if entry.nwb is not None:  # only when set, so versions of entries without NWB options keep their hash
+        spec["nwb"] = entry.nwb.model_dump(exclude={"cache": {"allensdk_python"}})
     blob = json.dumps(spec, sort_keys=True, default=str).encode()
     return "v-" + hashlib.sha256(blob).hexdigest()[:12]
 

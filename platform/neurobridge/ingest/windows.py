@@ -27,6 +27,7 @@ class SessionWindows:
     stimulus_id: np.ndarray | None
     repeat: np.ndarray | None
     dropped: int  # intervals without a usable alignment time
+    excluded: int = 0  # intervals dropped by window.exclude (e.g. blank presentations)
 
 
 def make_windows(source: SpikeSource, cfg: IngestConfig) -> SessionWindows:
@@ -34,7 +35,9 @@ def make_windows(source: SpikeSource, cfg: IngestConfig) -> SessionWindows:
     bin_s = cfg.bin_ms / 1000.0
     intervals = source.intervals(w.intervals) if w.mode != "chunks" else None
     if w.mode == "intervals" and intervals is None:
-        raise SourceError(f"{source.item}: no intervals table {w.intervals!r} to align windows to")
+        names = getattr(source, "interval_names", lambda: [])()
+        has = f" (this file has: {', '.join(names)})" if names else " (this file has no intervals tables)"
+        raise SourceError(f"{source.item}: no intervals table {w.intervals!r} to align windows to{has}")
     if intervals is not None and len(intervals):
         return _aligned(source, intervals, cfg, bin_s)
     return _chunks(source, cfg, bin_s)
@@ -62,7 +65,8 @@ def _aligned(source: SpikeSource, intervals, cfg: IngestConfig, bin_s: float) ->
     if n_bins < 1:
         raise SourceError(f"{source.item}: window of {w.pre_s + post:.4f} s is shorter than one {cfg.bin_ms} ms bin")
     index = np.arange(len(align))
-    ok = np.isfinite(align)
+    excluded = _excluded(source, intervals, w.exclude)
+    ok = np.isfinite(align) & ~excluded
     starts = align[ok] - w.pre_s
     order = np.argsort(starts, kind="stable")
     kept = index[ok][order]
@@ -75,7 +79,41 @@ def _aligned(source: SpikeSource, intervals, cfg: IngestConfig, bin_s: float) ->
         stim = np.array([_stimulus_name(v, w.stimulus_prefix) for v in raw])
         rep = _repeat_index(stim)
     split = _splits(cols.get("split"), kept, stim, names, source.meta.session, cfg)
-    return SessionWindows(WindowGrid(starts[order], n_bins, bin_s), names, split, stim, rep, int((~ok).sum()))
+    dropped = int((~np.isfinite(align) & ~excluded).sum())
+    return SessionWindows(
+        WindowGrid(starts[order], n_bins, bin_s), names, split, stim, rep, dropped, int(excluded.sum())
+    )
+
+
+def _excluded(source: SpikeSource, intervals, exclude: dict[str, list]) -> np.ndarray:
+    """Intervals whose value in a column is one of the excluded values; numbers compare numerically."""
+    mask = np.zeros(len(intervals), dtype=bool)
+    for column, values in exclude.items():
+        if column not in intervals.columns:
+            raise SourceError(
+                f"{source.item}: window.exclude names column {column!r}, which intervals {intervals.name!r} do "
+                f"not have (columns: {', '.join(sorted(intervals.columns))})"
+            )
+        col = np.asarray(intervals.columns[column])
+        if col.dtype.kind in "iufb":
+            numbers = [float(v) for v in values if _is_number(v)]
+            mask |= np.isin(col.astype(np.float64), numbers)
+        else:
+            texts = [_as_text(v) for v in values]
+            mask |= np.isin(col.astype(str), texts)
+    return mask
+
+
+def _is_number(value) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _as_text(value) -> str:
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
 def _chunks(source: SpikeSource, cfg: IngestConfig, bin_s: float) -> SessionWindows:

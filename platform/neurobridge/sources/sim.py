@@ -866,3 +866,8 @@ class _progress:  # noqa: N801 - a context manager like rich's Progress, or noth
 
 
 __all__ = ["SimConfig", "build_one_cache", "image_embeddings", "render_image", "simulate", "simulate_session_file"]
+
+
+# Allen Visual Coding look-alikes (peak channels, quality metrics, blanks, the EcephysProjectCache tree) live in
+# sim_allen.py; exported here so the simulator has one entry point.
+from .sim_allen import AllenSimConfig, simulate_allen_cache  # noqa: E402, F401
