@@ -869,5 +869,10 @@ __all__ = ["SimConfig", "build_one_cache", "image_embeddings", "render_image", "
 
 
 # Allen Visual Coding look-alikes (peak channels, quality metrics, blanks, the EcephysProjectCache tree) live in
-# sim_allen.py; exported here so the simulator has one entry point.
-from .sim_allen import AllenSimConfig, simulate_allen_cache  # noqa: E402, F401
+# sim_allen.py, which builds on this module; resolved lazily here so the simulator has one entry point.
+def __getattr__(name: str):
+    if name in ("AllenSimConfig", "simulate_allen_cache", "write_allen_session"):
+        from . import sim_allen
+
+        return getattr(sim_allen, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
