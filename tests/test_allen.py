@@ -20,7 +20,7 @@ import s3fs
 from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
-from neurobridge.catalog import CatalogEntry, IngestConfig, load_file
+from neurobridge.catalog import CatalogEntry, CatalogError, IngestConfig, load_file, parse_entries
 from neurobridge.config import get_settings
 from neurobridge.ingest.pipeline import ingest
 from neurobridge.ingest.process import process_item
@@ -127,6 +127,8 @@ def test_allen_cache_in_a_public_bucket_ingests_through_ray(ray_cluster, tree, b
     assert "natural_scenes_presentations" in error and "drifting_gratings_75_repeats_presentations" in error
     assert records[fc["path"]]["meta"]["session_type"] == "functional_connectivity"
 
+    blanks = sum(f == -1 for s in truth["sessions"] if s["frames"] for f in s["frames"])
+    assert report.card["counts"]["excluded_windows"] == blanks > 0
     rows = read_rows(report, settings)
     by_session = defaultdict(list)
     for r in rows:
@@ -260,6 +262,13 @@ def test_unit_filter_and_peak_channel_errors_name_the_column(tree, tmp_path):
     assert (
         rec["status"] == "failed" and "peak_channel_id of 1 unit(s)" in rec["error"] and "channel 123" in rec["error"]
     )
+
+
+def test_catalog_refuses_unit_rules_that_would_be_ignored_or_empty():
+    with pytest.raises(CatalogError, match="ingest.unit_filter applies to kind 'nwb' only"):
+        parse_entries({"name": "x", "kind": "alf", "uri": "/x", "ingest": {"unit_filter": {"snr": {"min": 1}}}}, "f")
+    with pytest.raises(CatalogError, match="'ingest.unit_filter.snr': a unit rule needs at least one of"):
+        parse_entries({"name": "x", "kind": "nwb", "uri": "/x", "ingest": {"unit_filter": {"snr": {}}}}, "f")
 
 
 class _Frames(SpikeSource):

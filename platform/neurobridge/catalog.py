@@ -183,6 +183,14 @@ class CatalogEntry(_Strict):
             raise ValueError(f"unknown kind {v!r}{extra} (valid kinds: {', '.join(KINDS)})")
         return v
 
+    @model_validator(mode="after")
+    def _nwb_only(self) -> CatalogEntry:
+        """NWB options on another kind would be silently ignored: refuse them."""
+        if self.kind != "nwb" and (self.nwb is not None or self.ingest.unit_filter):
+            field = "nwb" if self.nwb is not None else "ingest.unit_filter"
+            raise ValueError(f"{field} applies to kind 'nwb' only (this entry is {self.kind!r})")
+        return self
+
     def resolved_uri(self, settings: Settings | None = None) -> str:
         """Absolute URI: relative catalog URIs live under the raw root (``NB_RAW``)."""
         uri = _expand(self.uri)

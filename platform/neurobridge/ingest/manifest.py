@@ -104,6 +104,7 @@ def build_card(entry: CatalogEntry, version: str, records: list[dict], splits: d
             "clipped": sum(r["clipped"] for r in ok),
             "sessions": len({r["session"] for r in ok if r["rows"]}),
             "units": sum(r["units"] for r in ok),
+            "excluded_windows": sum(r.get("excluded_windows") or 0 for r in ok),  # by window.exclude (blanks)
         },
         "splits": splits,
         "split_rule": entry.ingest.split.model_dump(),
