@@ -181,16 +181,24 @@ def test_allen_cache_in_a_public_bucket_ingests_through_ray(ray_cluster, tree, b
     assert len({next(iter(v)) for v in split_of.values()}) >= 2
 
 
-def test_allen_reads_are_unsigned_while_the_store_stays_signed(bucket, s3_endpoint, tmp_path, monkeypatch):
-    """With no credentials anywhere, the Allen entry still lists and opens sessions (its reads are unsigned),
-    while the store, which keeps its own signed requests, cannot be reached."""
-    name, lfp = bucket
+@pytest.fixture()
+def no_aws_credentials(monkeypatch, tmp_path):
+    """No credentials anywhere in the provider chain; s3fs instances made meanwhile are dropped afterwards, so
+    that later tests do not inherit a credential-less client."""
     for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     s3fs.S3FileSystem.clear_instance_cache()
+    yield
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+def test_allen_reads_are_unsigned_while_the_store_stays_signed(bucket, s3_endpoint, tmp_path, no_aws_credentials):
+    """With no credentials anywhere, the Allen entry still lists and opens sessions (its reads are unsigned),
+    while the store, which keeps its own signed requests, cannot be reached."""
+    name, lfp = bucket
     settings = get_settings(store=f"s3://{name}-store/store", s3_endpoint=s3_endpoint, raw_root=str(tmp_path))
     entry = allen_entry(f"s3://{name}/{PREFIX}/")
     entry = entry.model_copy(update={"storage": entry.storage.model_copy(update={"endpoint_url": s3_endpoint})})
