@@ -311,6 +311,27 @@ def test_blank_presentations_are_excluded_and_repeats_count_occurrences(frames):
     assert all(n.startswith("natural_scenes_presentations-") for n in w.names)
 
 
+def test_exclude_matches_numbers_stored_as_text():
+    src = _Frames([0, 1, 2])
+    src._iv.columns["frame"] = np.array(["3.0", "-1.0", "blank"])
+    window = {"mode": "intervals", "intervals": "natural_scenes_presentations", "post_s": 0.25,
+              "exclude": {"frame": [-1, "blank"]}}  # fmt: skip
+    w = make_windows(src, IngestConfig(window=window))
+    assert w.excluded == 2 and list(w.names) == ["natural_scenes_presentations-00000"]
+
+
+def test_simulate_allen_command_writes_the_cache_layout(tmp_path):
+    from neurobridge.cli import app
+    from typer.testing import CliRunner
+
+    out = tmp_path / "cache"
+    result = CliRunner().invoke(app, ["simulate-allen", "--out", str(out), "--sessions", "1", "--fc-sessions", "0"])
+    assert result.exit_code == 0, result.output
+    assert {p.name for p in out.glob("*.csv")} == {"sessions.csv", "probes.csv", "channels.csv", "units.csv"}
+    (session,) = out.glob("session_*/session_*.nwb")
+    assert len(list(session.parent.glob("probe_*_lfp.nwb"))) == 2
+
+
 def test_exclude_on_a_missing_column_names_it():
     cfg = IngestConfig(window={"mode": "intervals", "intervals": "natural_scenes_presentations", "post_s": 0.25,
                                "exclude": {"image": [-1]}})  # fmt: skip

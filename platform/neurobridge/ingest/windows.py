@@ -98,9 +98,13 @@ def _excluded(source: SpikeSource, intervals, exclude: dict[str, list]) -> np.nd
         if col.dtype.kind in "iufb":
             numbers = [float(v) for v in values if _is_number(v)]
             mask |= np.isin(col.astype(np.float64), numbers)
-        else:
-            texts = [_as_text(v) for v in values]
-            mask |= np.isin(col.astype(str), texts)
+        else:  # text columns: exact text, and numerically where both sides are numbers ("-1.0" matches -1)
+            text = col.astype(str)
+            mask |= np.isin(text, [_as_text(v) for v in values])
+            numbers = [float(v) for v in values if _is_number(v)]
+            if numbers:
+                parsed = np.array([float(t) if _is_number(t) else np.nan for t in text])
+                mask |= np.isin(parsed, numbers)
     return mask
 
 
