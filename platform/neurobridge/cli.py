@@ -210,7 +210,7 @@ def allen_env(
         python = ensure_env(path)
     except (RuntimeError, OSError) as err:
         _fail(str(err))
-    console.print(str(python))
+    typer.echo(str(python))  # plain, never wrapped: meant for $(neurobridge allen-env)
 
 
 @app.command("simulate-allen")
