@@ -217,6 +217,12 @@ def test_allen_reads_are_unsigned_while_the_store_stays_signed(bucket, s3_endpoi
     anon, _ = filesystem(f"s3://{sorted(lfp)[0]}", src_settings)
     with pytest.raises(PermissionError):
         anon.cat(sorted(lfp)[0])
+    # as catalogued (endpoint_url: aws), Allen reads go to AWS unsigned while the store keeps the local endpoint
+    real = allen_entry("s3://allen-brain-observatory/visual-coding-neuropixels/ecephys-cache/").settings_for(settings)
+    assert real.storage_options("s3://allen-brain-observatory/visual-coding-neuropixels/ecephys-cache/x.nwb") == {
+        "anon": True
+    }
+    assert real.storage_options(settings.store) == {"client_kwargs": {"endpoint_url": s3_endpoint}}
     # and without the entry's anon option, the same listing needs credentials that do not exist
     signed = entry.model_copy(update={"storage": entry.storage.model_copy(update={"anon": False})})
     with pytest.raises(Exception, match="credentials"):
