@@ -42,6 +42,10 @@ class WindowConfig(_Strict):
     chunk_s: float = Field(1.0, gt=0, description="length of fixed chunks when there are no intervals")
     stimulus_column: str | None = Field(None, description="interval column identifying the stimulus")
     stimulus_prefix: str | None = Field(None, description="namespace for stimulus ids, e.g. allen_ns")
+    exclude: dict[str, list[float | str]] = Field(
+        default_factory=dict,
+        description="interval column → values whose intervals are dropped (counted), e.g. {frame: [-1]} (blanks)",
+    )
 
 
 class SplitConfig(_Strict):
@@ -61,6 +65,21 @@ class SplitConfig(_Strict):
         return self
 
 
+class UnitRule(_Strict):
+    """Keep a unit only when its value in one units-table column passes every bound given (NaN fails)."""
+
+    min: float | None = Field(None, description="keep units with value >= min")
+    max: float | None = Field(None, description="keep units with value <= max")
+    one_of: list[str | float] | None = Field(None, description="keep units whose value is one of these")
+    optional: bool = Field(False, description="skip this rule (and say so in the item record) if the column is absent")
+
+    @model_validator(mode="after")
+    def _some_bound(self) -> UnitRule:
+        if self.min is None and self.max is None and self.one_of is None:
+            raise ValueError("a unit rule needs at least one of min, max, one_of")
+        return self
+
+
 class IngestConfig(_Strict):
     bin_ms: float = Field(20.0, gt=0, le=10_000)
     window: WindowConfig = WindowConfig()
@@ -76,6 +95,10 @@ class IngestConfig(_Strict):
     trial_behavior: list[str] = Field(
         default_factory=lambda: ["choice", "feedbackType", "contrastLeft", "contrastRight", "probabilityLeft"],
         description="per-trial columns of the aligned intervals table, repeated over each window's bins",
+    )
+    unit_filter: dict[str, UnitRule] = Field(
+        default_factory=dict,
+        description="units-table column → rule; e.g. allensdk's defaults {isi_violations: {max: 0.5}, ...}",
     )
 
 
@@ -191,6 +214,39 @@ class TvsdConfig(_Strict):
         return v
 
 
+class EcephysCache(_Strict):
+    """An allensdk EcephysProjectCache tree: a sessions CSV at the root, one NWB per session below it."""
+
+    sessions_table: str = Field("sessions.csv", description="CSV with an `id` column, relative to the entry uri")
+    session_path: str = Field("session_{id}/session_{id}.nwb", description="session NWB path; {id} is the session id")
+    session_types: list[str] = Field(
+        default_factory=list, description="list only sessions whose session_type is one of these (empty: all)"
+    )
+    metadata: list[str] = Field(
+        default_factory=lambda: ["session_type", "specimen_id", "age_in_days", "sex", "full_genotype"],
+        description="sessions-table columns carried into each item's record",
+    )
+    manifest: str | None = Field(
+        None, description="allensdk manifest.json: sessions are listed by allensdk in its own environment"
+    )
+    allensdk_python: str | None = Field(
+        None, description="interpreter of the allensdk environment (default: $NB_ALLENSDK_PYTHON)"
+    )
+
+
+class NwbOptions(_Strict):
+    """Where an NWB file keeps what the reader needs; defaults fit DANDI/NLB and the Allen Visual Coding files."""
+
+    region_columns: list[str] = Field(
+        default_factory=lambda: ["ecephys_structure_acronym", "location", "brain_area", "region"],
+        description="region label columns, first present wins (units table, then electrodes table)",
+    )
+    peak_channel_column: str = Field(
+        "peak_channel_id", description="units column holding the electrodes-table id of each unit's peak channel"
+    )
+    cache: EcephysCache | None = Field(None, description="list sessions from an EcephysProjectCache layout")
+
+
 class Selection(_Strict):
     include: list[str] = Field(default_factory=list, description="glob patterns below uri (kind default if empty)")
     exclude: list[str] = Field(default_factory=list)
@@ -218,6 +274,7 @@ class CatalogEntry(_Strict):
     dandi: DandiConfig | None = None
     pile: PileConfig | None = Field(None, description="Neural Pile options (kind pile); defaults when absent")
     tvsd: TvsdConfig | None = Field(None, description="TVSD reader settings (kind tvsd); defaults: the GIN dataset")
+    nwb: NwbOptions | None = None
     source_file: str | None = Field(None, exclude=True)
 
     @field_validator("name")
@@ -234,6 +291,14 @@ class CatalogEntry(_Strict):
             extra = f"; did you mean {hint[0]!r}?" if hint else ""
             raise ValueError(f"unknown kind {v!r}{extra} (valid kinds: {', '.join(KINDS)})")
         return v
+
+    @model_validator(mode="after")
+    def _nwb_only(self) -> CatalogEntry:
+        """NWB options on another kind would be silently ignored: refuse them."""
+        if self.kind != "nwb" and (self.nwb is not None or self.ingest.unit_filter):
+            field = "nwb" if self.nwb is not None else "ingest.unit_filter"
+            raise ValueError(f"{field} applies to kind 'nwb' only (this entry is {self.kind!r})")
+        return self
 
     def resolved_uri(self, settings: Settings | None = None) -> str:
         """Absolute URI: relative catalog URIs live under the raw root (``NB_RAW``)."""

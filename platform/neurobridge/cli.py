@@ -231,5 +231,35 @@ def demo(
     raise typer.Exit(code)
 
 
+@app.command("allen-env")
+def allen_env(
+    path: Path = typer.Option(None, help="environment directory (default: $NB_ALLENSDK_ENV or ~/.cache/neurobridge)"),
+):
+    """Create (once) the separate allensdk environment and print its interpreter for NB_ALLENSDK_PYTHON."""
+    from .sources.allensdk_env import ensure_env
+
+    try:
+        python = ensure_env(path)
+    except (RuntimeError, OSError) as err:
+        _fail(str(err))
+    typer.echo(str(python))  # plain, never wrapped: meant for $(neurobridge allen-env)
+
+
+@app.command("simulate-allen")
+def simulate_allen(
+    out: str = typer.Option(None, help="output root (default: <NB_RAW>/allen_cache; any fsspec URI)"),
+    seed: int = typer.Option(0),
+    sessions: int = typer.Option(2, help="natural-scenes sessions"),
+    fc_sessions: int = typer.Option(1, help="functional_connectivity sessions (no natural scenes)"),
+):
+    """Write an Allen Visual Coding EcephysProjectCache look-alike (sessions.csv, session and LFP NWB files)."""
+    from .sources.sim_allen import AllenSimConfig, simulate_allen_cache
+
+    out = out or f"{get_settings().raw_root}/allen_cache"
+    index = simulate_allen_cache(out, AllenSimConfig(seed=seed, sessions=sessions, fc_sessions=fc_sessions))
+    for s in index["sessions"]:
+        console.print(f"{s['path']}  {s['session_type']}  units {len(s['unit_ids'])} (pass {sum(s['passes_filter'])})")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app(sys.argv[1:])

@@ -50,6 +50,8 @@ def dataset_version(entry: CatalogEntry, items: list[Item]) -> str:
         spec["pile"] = entry.pile.model_dump()
     if entry.tvsd is not None:  # TVSD settings change rows (regions, trial filter); the clone source does not
         spec["tvsd"] = entry.tvsd.model_dump(exclude={"datalad"})
+    if entry.nwb is not None:  # only when set, so versions of entries without NWB options keep their hash
+        spec["nwb"] = entry.nwb.model_dump(exclude={"cache": {"allensdk_python"}})
     blob = json.dumps(spec, sort_keys=True, default=str).encode()
     return "v-" + hashlib.sha256(blob).hexdigest()[:12]
 
@@ -106,6 +108,7 @@ def build_card(entry: CatalogEntry, version: str, records: list[dict], splits: d
             "clipped": sum(r["clipped"] for r in ok),
             "sessions": len({s for r in ok if r["rows"] for s in (r.get("sessions") or [r["session"]])}),
             "units": sum(r["units"] for r in ok),
+            "excluded_windows": sum(r.get("excluded_windows") or 0 for r in ok),  # by window.exclude (blanks)
         },
         "side_outputs": _side_outputs(ok),
         "splits": splits,

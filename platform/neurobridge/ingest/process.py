@@ -40,6 +40,8 @@ def process_item(entry: CatalogEntry, item: Item, vdir: str, settings: Settings)
         "session": None, "subject": None, "part": None, "rows": 0, "units": 0, "tokens": 0, "spikes": 0,
         "clipped": 0, "dropped_windows": 0, "checksum": item.fingerprint,
     }  # fmt: skip
+    if item.extra.get("meta"):
+        rec["meta"] = item.extra["meta"]  # listing metadata (e.g. the Allen session type), failed items too
     try:
         with open_source(entry, item, settings) as src:
             ingest = ingest_binned if isinstance(src, BinnedSource) else ingest_source
@@ -69,6 +71,8 @@ def ingest_source(src: SpikeSource, entry: CatalogEntry, item: Item, vdir: str, 
     behavior = plan_behavior(src, windows, cfg)
     if behavior.names:
         stats["behavior"] = behavior.names
+    stats["excluded_windows"] = windows.excluded
+    stats.update(getattr(src, "stats", None) or {})  # reader-specific counts, e.g. units removed by unit_filter
     groups, edges = _plan_groups(windows.grid)
     below, cached = scan(src, edges, cfg.chunk_spikes)  # always: validation must not depend on windows
     if len(windows.grid.starts) == 0 or not vocab.unit_ids:
@@ -175,6 +179,8 @@ def _validate(src: SpikeSource, t: np.ndarray, seg: np.ndarray, offset: int, pre
 def _unit_of(src: SpikeSource, segment: int) -> str:
     if src.segment_units is None:
         return ""
+    if src.segment_units[segment] < 0:
+        return f" of unit segment {segment} (a unit excluded by unit_filter)"
     return f" of unit {src.unit_ids[src.segment_units[segment]]}"
 
 
@@ -202,6 +208,8 @@ def _read_chunk(src: SpikeSource, below: np.ndarray, e_lo: int, e_hi: int, block
     lo = segs[:-1] + below[:, e_lo]
     hi = segs[:-1] + below[:, e_hi]
     nonempty = np.flatnonzero(hi > lo)
+    if src.segment_units is not None:
+        nonempty = nonempty[src.segment_units[nonempty] >= 0]  # segments of filtered-out units
     times, units, lengths = [], [], []
     i = 0
     while i < len(nonempty):  # coalesce neighbouring ranges into one read

@@ -27,6 +27,7 @@ class SessionWindows:
     stimulus_id: np.ndarray | None
     repeat: np.ndarray | None
     dropped: int  # intervals without a usable alignment time
+    excluded: int = 0  # intervals dropped by window.exclude (e.g. blank presentations)
     interval_index: np.ndarray | None = None  # per window: row of the aligned intervals table
     intervals: object = None  # the aligned Intervals table (for per-trial behaviour)
 
@@ -36,7 +37,9 @@ def make_windows(source: SpikeSource, cfg: IngestConfig) -> SessionWindows:
     bin_s = cfg.bin_ms / 1000.0
     intervals = source.intervals(w.intervals) if w.mode != "chunks" else None
     if w.mode == "intervals" and intervals is None:
-        raise SourceError(f"{source.item}: no intervals table {w.intervals!r} to align windows to")
+        names = getattr(source, "interval_names", lambda: [])()
+        has = f" (this file has: {', '.join(names)})" if names else " (this file has no intervals tables)"
+        raise SourceError(f"{source.item}: no intervals table {w.intervals!r} to align windows to{has}")
     if intervals is not None and len(intervals):
         return _aligned(source, intervals, cfg, bin_s)
     return _chunks(source, cfg, bin_s)
@@ -64,7 +67,8 @@ def _aligned(source: SpikeSource, intervals, cfg: IngestConfig, bin_s: float) ->
     if n_bins < 1:
         raise SourceError(f"{source.item}: window of {w.pre_s + post:.4f} s is shorter than one {cfg.bin_ms} ms bin")
     index = np.arange(len(align))
-    ok = np.isfinite(align)
+    excluded = _excluded(source, intervals, w.exclude)
+    ok = np.isfinite(align) & ~excluded
     starts = align[ok] - w.pre_s
     order = np.argsort(starts, kind="stable")
     kept = index[ok][order]
@@ -77,8 +81,44 @@ def _aligned(source: SpikeSource, intervals, cfg: IngestConfig, bin_s: float) ->
         stim = np.array([_stimulus_name(v, w.stimulus_prefix) for v in raw])
         rep = _repeat_index(stim)
     split = _splits(cols.get("split"), kept, stim, names, source.meta.session, cfg)
+    dropped = int((~np.isfinite(align) & ~excluded).sum())
     grid = WindowGrid(starts[order], n_bins, bin_s)
-    return SessionWindows(grid, names, split, stim, rep, int((~ok).sum()), kept, intervals)
+    return SessionWindows(grid, names, split, stim, rep, dropped, int(excluded.sum()), kept, intervals)
+
+
+def _excluded(source: SpikeSource, intervals, exclude: dict[str, list]) -> np.ndarray:
+    """Intervals whose value in a column is one of the excluded values; numbers compare numerically."""
+    mask = np.zeros(len(intervals), dtype=bool)
+    for column, values in exclude.items():
+        if column not in intervals.columns:
+            raise SourceError(
+                f"{source.item}: window.exclude names column {column!r}, which intervals {intervals.name!r} do "
+                f"not have (columns: {', '.join(sorted(intervals.columns))})"
+            )
+        col = np.asarray(intervals.columns[column])
+        if col.dtype.kind in "iufb":
+            numbers = [float(v) for v in values if _is_number(v)]
+            mask |= np.isin(col.astype(np.float64), numbers)
+        else:  # text columns: exact text, and numerically where both sides are numbers ("-1.0" matches -1)
+            text = col.astype(str)
+            mask |= np.isin(text, [_as_text(v) for v in values])
+            numbers = [float(v) for v in values if _is_number(v)]
+            if numbers:
+                parsed = np.array([float(t) if _is_number(t) else np.nan for t in text])
+                mask |= np.isin(parsed, numbers)
+    return mask
+
+
+def _is_number(value) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _as_text(value) -> str:
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
 def _chunks(source: SpikeSource, cfg: IngestConfig, bin_s: float) -> SessionWindows:

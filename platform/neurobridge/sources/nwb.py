@@ -11,9 +11,10 @@ import posixpath
 import h5py
 import numpy as np
 
-from ..catalog import CatalogEntry
+from ..catalog import CatalogEntry, NwbOptions, UnitRule
 from ..config import Settings
 from ..storage import filesystem, is_local_fs
+from . import ecephys_cache
 from .base import (
     Intervals,
     Item,
@@ -26,7 +27,7 @@ from .base import (
     make_items,
 )
 
-REGION_COLUMNS = ("location", "brain_area", "ecephys_structure_acronym", "region")
+DEFAULT_OPTIONS = NwbOptions()
 
 
 def discover(entry: CatalogEntry, settings: Settings) -> list[Item]:
@@ -35,6 +36,11 @@ def discover(entry: CatalogEntry, settings: Settings) -> list[Item]:
 
         return discover_dandi(entry)
     root = entry.resolved_uri(settings)
+    cache = entry.nwb.cache if entry.nwb else None
+    if cache is not None:
+        items = ecephys_cache.discover(entry, cache, settings)
+        if items is not None:
+            return items
     fs, path = filesystem(root, settings)
     if path.endswith(".nwb") and fs.isfile(path):
         files, base = [path], posixpath.dirname(path)
@@ -45,6 +51,9 @@ def discover(entry: CatalogEntry, settings: Settings) -> list[Item]:
 
 
 def open_item(entry: CatalogEntry, item: Item, settings: Settings) -> NWBSource:
+    meta = item.extra.get("meta") or {}
+    if meta.get("missing"):
+        raise SourceError(f"{item.uri}: listed in the session table ({meta.get('listed_in')}) but no such file")
     return NWBSource(item.uri, entry, settings)
 
 
@@ -94,11 +103,14 @@ class NWBSource(SpikeSource):
                 f"{ends[-1] if len(ends) else 0} while spike_times has {n_total} values)"
             )
         n_units = len(ends)
+        opts = entry.nwb or DEFAULT_OPTIONS
         ids = units["id"][:] if "id" in units else np.arange(n_units)
-        self.unit_ids = np.asarray(ids).astype(str)
-        self.unit_regions = self._regions(units, n_units)
-        self.segment_units = np.arange(n_units, dtype=np.int64)
-        self.heldout = units["heldout"][:].astype(bool) if "heldout" in units else None
+        keep, self.stats = self._unit_filter(units, n_units, entry.ingest.unit_filter)
+        self.unit_ids = np.asarray(ids).astype(str)[keep]
+        self.unit_regions = self._regions(units, n_units, opts)[keep]
+        # segments of filtered-out units point nowhere (-1): the engine skips their spikes
+        self.segment_units = np.where(keep, np.cumsum(keep) - 1, -1).astype(np.int64)
+        self.heldout = units["heldout"][:].astype(bool)[keep] if "heldout" in units else None
         self.meta = SessionMeta(
             session=self._string("general/session_id") or self._string("identifier") or "session",
             subject=self._string("general/subject/subject_id") or entry.subject or "unknown",
@@ -113,28 +125,82 @@ class NWBSource(SpikeSource):
         value = value.decode() if isinstance(value, bytes) else str(value)
         return value.strip() or None
 
-    def _regions(self, units: h5py.Group, n_units: int) -> np.ndarray:
-        for col in REGION_COLUMNS:
-            if col in units and units[col].shape == (n_units,):
-                return decode_strings(units[col][:])
+    def _column(self, table: h5py.Group, col: str, n: int, where: str) -> np.ndarray:
+        """A per-row scalar column of a DynamicTable (ragged columns are refused)."""
+        ds = table[col]
+        if not isinstance(ds, h5py.Dataset) or ds.shape != (n,) or f"{col}_index" in table:
+            shape = getattr(ds, "shape", None)
+            raise SourceError(f"{self.item}: '{where}/{col}' is not one value per row (shape {shape}, {n} rows)")
+        return ds[:]
+
+    def _unit_filter(self, units: h5py.Group, n_units: int, rules: dict[str, UnitRule]) -> tuple[np.ndarray, dict]:
+        """Units passing every configured rule, and what each rule removed (a unit may fail several)."""
+        keep = np.ones(n_units, dtype=bool)
+        if not rules:
+            return keep, {}
+        removed, skipped = {}, []
+        for col, rule in rules.items():
+            if col not in units:
+                if rule.optional:
+                    skipped.append(col)
+                    continue
+                have = sorted(k for k in units if not k.endswith("_index"))
+                raise SourceError(
+                    f"{self.item}: ingest.unit_filter names column {col!r}, which the units table does not have "
+                    f"(columns: {', '.join(have)}); set optional: true on the rule to skip it where it is absent"
+                )
+            passed = _passes(self._column(units, col, n_units, "units"), rule, f"{self.item}: units/{col}")
+            removed[col] = int((~passed).sum())
+            keep &= passed
+        report = {"units_in_file": n_units, "units_kept": int(keep.sum()), "removed_by": removed}
+        if skipped:
+            report["skipped_rules"] = skipped
+        return keep, {"unit_filter": report}
+
+    def _regions(self, units: h5py.Group, n_units: int, opts: NwbOptions) -> np.ndarray:
+        """Per-unit region label: a units-table column, else the electrodes table through each unit's peak
+        channel id (Allen), else through the unit's first ``electrodes`` row (DANDI/NLB)."""
+        for col in opts.region_columns:
+            ds = units.get(col)
+            if isinstance(ds, h5py.Dataset) and ds.shape == (n_units,) and f"{col}_index" not in units:
+                return decode_strings(ds[:])
+        unknown = np.full(n_units, "unknown")
         electrodes = self._h5.get("general/extracellular_ephys/electrodes")
-        if electrodes is None or "location" not in electrodes:
-            return np.full(n_units, "unknown")
-        locations = decode_strings(electrodes["location"][:])
-        if "electrodes" in units and "electrodes_index" in units:
+        if not isinstance(electrodes, h5py.Group):
+            return unknown
+        label = next((c for c in opts.region_columns if c in electrodes), None)
+        if label is None:
+            return unknown
+        n_rows = len(electrodes[label])
+        labels = decode_strings(self._column(electrodes, label, n_rows, "general/extracellular_ephys/electrodes"))
+        peak = opts.peak_channel_column
+        if peak in units:
+            channel_ids = electrodes["id"][:] if "id" in electrodes else np.arange(n_rows)
+            rows = self._rows_of_channels(channel_ids, self._column(units, peak, n_units, "units"), peak)
+        elif "electrodes" in units and "electrodes_index" in units:
             ends = units["electrodes_index"][:].astype(np.int64)
             starts = np.concatenate([[0], ends[:-1]])
-            rows = units["electrodes"][:].astype(np.int64)
-            first = np.where(ends > starts, rows[np.minimum(starts, len(rows) - 1)], -1)
-        elif "peak_channel_id" in units and "id" in electrodes:
-            channel_ids = electrodes["id"][:]
-            order = np.argsort(channel_ids)
-            pos = np.searchsorted(channel_ids[order], units["peak_channel_id"][:])
-            first = np.where(pos < len(order), order[np.minimum(pos, len(order) - 1)], -1)
+            refs = units["electrodes"][:].astype(np.int64)
+            rows = np.where(ends > starts, refs[np.minimum(starts, max(len(refs) - 1, 0))], -1)
         else:
-            return np.full(n_units, "unknown")
-        valid = (first >= 0) & (first < len(locations))
-        return np.where(valid, locations[np.clip(first, 0, len(locations) - 1)], "unknown")
+            return unknown
+        valid = (rows >= 0) & (rows < n_rows)
+        return np.where(valid, labels[np.clip(rows, 0, max(n_rows - 1, 0))], "unknown")
+
+    def _rows_of_channels(self, channel_ids: np.ndarray, wanted: np.ndarray, column: str) -> np.ndarray:
+        """Electrodes-table row of each channel id; an id that is not in the table is an error, not a guess."""
+        if len(channel_ids) == 0:
+            raise SourceError(f"{self.item}: units/{column} names channels but the electrodes table is empty")
+        order = np.argsort(channel_ids, kind="stable")
+        pos = np.clip(np.searchsorted(channel_ids[order], wanted), 0, len(order) - 1)
+        found = channel_ids[order][pos] == wanted
+        if not found.all():
+            bad = np.flatnonzero(~found)
+            raise SourceError(
+                f"{self.item}: units/{column} of {len(bad)} unit(s) names channels that are not in the electrodes "
+                f"table (first: unit row {bad[0]} → channel {wanted[bad[0]]})"
+            )
+        return order[pos]
 
     def read_times(self, start: int, stop: int) -> np.ndarray:
         return np.asarray(self._spike_times[start:stop], dtype=np.float64)
@@ -196,9 +262,44 @@ class NWBSource(SpikeSource):
             return None
         return TimeSeries(name, stamps, data)
 
+    def interval_names(self) -> list[str]:
+        """Intervals tables this file has, for error messages."""
+        names = []
+        for where in ("intervals", "processing/stimulus"):
+            group = self._h5.get(where)
+            if isinstance(group, h5py.Group):
+                names += [k for k, v in group.items() if isinstance(v, h5py.Group) and "start_time" in v]
+        return sorted(names)
+
     def close(self) -> None:
         h5 = getattr(self, "_h5", None)
         if h5 is not None:
             h5.close()
         if self._fh is not None:
             self._fh.close()
+
+
+def _passes(values: np.ndarray, rule: UnitRule, where: str) -> np.ndarray:
+    """Units whose value satisfies the rule; NaN fails numeric bounds (as in allensdk's filters)."""
+    text = values.dtype.kind in "SOU"
+    if text and (rule.min is not None or rule.max is not None):
+        raise SourceError(f"{where} holds text, so the unit_filter rule's min/max cannot apply (use one_of)")
+    if text:
+        allowed = [str(int(v)) if isinstance(v, float) and v.is_integer() else str(v) for v in rule.one_of or []]
+        return np.isin(decode_strings(values), allowed)
+    v = values.astype(np.float64)
+    ok = np.ones(len(v), dtype=bool)
+    with np.errstate(invalid="ignore"):
+        if rule.min is not None:
+            ok &= v >= rule.min
+        if rule.max is not None:
+            ok &= v <= rule.max
+    if rule.one_of is not None:
+        numbers = []
+        for x in rule.one_of:
+            try:
+                numbers.append(float(x))
+            except ValueError:
+                raise SourceError(f"{where} is numeric but the unit_filter rule lists {x!r}") from None
+        ok &= np.isin(v, numbers)
+    return ok

@@ -919,3 +919,13 @@ class _progress:  # noqa: N801 - a context manager like rich's Progress, or noth
 
 
 __all__ = ["SimConfig", "build_one_cache", "image_embeddings", "render_image", "simulate", "simulate_session_file"]
+
+
+# Allen Visual Coding look-alikes (peak channels, quality metrics, blanks, the EcephysProjectCache tree) live in
+# sim_allen.py, which builds on this module; resolved lazily here so the simulator has one entry point.
+def __getattr__(name: str):
+    if name in ("AllenSimConfig", "simulate_allen_cache", "write_allen_session"):
+        from . import sim_allen
+
+        return getattr(sim_allen, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

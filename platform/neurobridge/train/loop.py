@@ -46,9 +46,7 @@ def make_optimizer(model: torch.nn.Module, cfg) -> tuple[torch.optim.Optimizer, 
 
 
 def _autocast(precision: str, device: torch.device):
-    use_bf16 = precision == "bf16" or (
-        precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
-    )
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
 
