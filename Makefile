@@ -4,9 +4,12 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean sysdeps
 
-$(STAMP): pyproject.toml
+sysdeps:
+	@bash .ci/sysdeps.sh
+
+$(STAMP): pyproject.toml | sysdeps
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and pinned: a looser spec would pull GBs of CUDA packages.
@@ -14,10 +17,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: sysdeps $(STAMP)
 	$(VENV)/bin/neurobridge demo
 
-test: $(STAMP)
+test: sysdeps $(STAMP)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
