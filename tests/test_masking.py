@@ -7,7 +7,6 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from neurobridge.models.config import ALL_PROMPTS, MODES, MaskConfig, ModelConfig
 from neurobridge.models.masking import mask_last_bins, sample_mask
 from neurobridge.models.ndt import MaskedNeuralModel
@@ -100,7 +99,14 @@ def test_patches_are_region_pure_heldout_pure_and_lossless(data):
 
 def test_collate_names_the_row_and_problem():
     vocabs = Vocabularies()
-    row = {"counts": [1, 2, 3], "n_units": 2, "n_bins": 2, "unit_regions": ["A", "A"], "session": "s", "sample_id": "x7"}
+    row = {
+        "counts": [1, 2, 3],
+        "n_units": 2,
+        "n_bins": 2,
+        "unit_regions": ["A", "A"],
+        "session": "s",
+        "sample_id": "x7",
+    }
     with pytest.raises(ValueError, match=r"x7: 3 values for n_units=2 × n_bins=2"):
         collate([row], vocabs, 2)
     with pytest.raises(ValueError, match="x7: exactly one of 'counts' and 'mua'"):

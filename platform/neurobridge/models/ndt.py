@@ -50,6 +50,15 @@ def _stack(d: int, heads: int, depth: int, ff: int, dropout: float) -> nn.Transf
     return nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
 
 
+def _sincos(n: int, d: int) -> torch.Tensor:
+    pos = torch.arange(n, dtype=torch.float32)[:, None]
+    freq = torch.exp(-torch.arange(0, d, 2, dtype=torch.float32) * (torch.log(torch.tensor(1e4)) / d))
+    out = torch.zeros(n, d)
+    out[:, 0::2] = torch.sin(pos * freq)
+    out[:, 1::2] = torch.cos(pos * freq)[:, : d // 2]
+    return out
+
+
 class MaskedNeuralModel(nn.Module):
     def __init__(self, cfg: ModelConfig, vocabs: Vocabularies):
         super().__init__()
@@ -76,6 +85,11 @@ class MaskedNeuralModel(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Embedding):
                 nn.init.normal_(m.weight, std=0.02)
+        # Positions start informative (sin-cos time, unit-scale patch codes) so attention can find same-time and
+        # same-patch tokens from the first steps; they stay learnable.
+        with torch.no_grad():
+            self.time_emb.weight.copy_(_sincos(cfg.max_bins, d))
+            nn.init.normal_(self.patch_emb.weight, std=0.5)
 
     # ---------------------------------------------------------------- pieces
 
