@@ -1,0 +1,1 @@
+"""Honest metrics and the baselines that are always reported beside a model (NLB conventions)."""

@@ -1,0 +1,140 @@
+"""Baselines reported beside every model on the same data and split: mean rate, NLB spike smoothing, oracle.
+
+Layout as in metrics.py: [trials, bins, neurons], rates in expected counts per bin.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .metrics import bits_per_spike, null_rates
+
+
+def mean_rate_baseline(spikes) -> np.ndarray:
+    """Each neuron's mean rate over the evaluated spikes: the NLB null itself, so it scores exactly 0 bps.
+
+    Useful as a sanity row in reports: any pipeline that does not print 0 here is mis-aligned.
+    """
+    return null_rates(spikes)
+
+
+def train_mean_rate(train_spikes, shape: tuple[int, ...]) -> np.ndarray:
+    """Per-neuron mean rate from TRAINING spikes broadcast to an evaluation shape (honest, usually slightly < 0)."""
+    mean = np.nanmean(np.asarray(train_spikes, dtype=np.float64).reshape(-1, shape[-1]), axis=0)
+    return np.broadcast_to(mean, shape).copy()
+
+
+def gaussian_kernel(sigma_bins: float, truncate: float = 4.0) -> np.ndarray:
+    if sigma_bins <= 0:
+        raise ValueError(f"sigma_bins must be > 0, got {sigma_bins}")
+    half = max(1, int(np.ceil(truncate * sigma_bins)))
+    t = np.arange(-half, half + 1, dtype=np.float64)
+    k = np.exp(-0.5 * (t / sigma_bins) ** 2)
+    return k / k.sum()
+
+
+def smooth_spikes(spikes, sigma_bins: float) -> np.ndarray:
+    """Gaussian-smooth along time within each trial ([trials, bins, neurons]).
+
+    Edges are renormalised by the kernel mass inside the trial, so the first and last bins are not biased low
+    (NLB's 'same' convolution leaves them low; this only changes edge bins).
+    """
+    x = np.asarray(spikes, dtype=np.float64)
+    if x.ndim != 3:
+        raise ValueError(f"spikes must be [trials, bins, neurons], got shape {x.shape}")
+    tr, nb, nn = x.shape
+    k = torch.from_numpy(gaussian_kernel(sigma_bins))
+    half = (len(k) - 1) // 2
+    flat = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 2, 1).reshape(tr * nn, 1, nb)))
+    w = k.view(1, 1, -1)
+    num = torch.nn.functional.conv1d(flat, w, padding=half)
+    den = torch.nn.functional.conv1d(torch.ones(1, 1, nb, dtype=torch.float64), w, padding=half)
+    return (num / den).reshape(tr, nn, nb).numpy().transpose(0, 2, 1)
+
+
+@dataclass(frozen=True)
+class PoissonGLM:
+    weights: np.ndarray  # [features, outputs]
+    bias: np.ndarray  # [outputs]
+    mean: np.ndarray  # feature standardisation fitted on the training inputs
+    scale: np.ndarray
+
+    def predict(self, x) -> np.ndarray:
+        z = (np.asarray(x, dtype=np.float64) - self.mean) / self.scale
+        return np.exp(np.clip(z @ self.weights + self.bias, -20.0, 20.0))
+
+
+def fit_poisson_glm(x, y, l2: float = 1e-3, max_iter: int = 200) -> PoissonGLM:
+    """One Poisson GLM (log link) per output column, all fitted at once with L-BFGS in float64.
+
+    Objective per output: mean over samples of (exp(η) - y η) + l2/2 |w|² (bias unpenalised). The outputs are
+    independent, so the summed objective is minimised jointly. Inputs are standardised so l2 means the same across
+    features.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0]:
+        raise ValueError(f"x [samples, features] and y [samples, outputs] must agree, got {x.shape} and {y.shape}")
+    mean, scale = x.mean(axis=0), x.std(axis=0)
+    scale = np.where(scale > 0, scale, 1.0)
+    xt = torch.from_numpy((x - mean) / scale)
+    yt = torch.from_numpy(y)
+    w = torch.zeros(x.shape[1], y.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.log(yt.mean(dim=0).clamp_min(1e-6)).clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe", tolerance_grad=1e-9)
+
+    def closure():
+        opt.zero_grad()
+        eta = (xt @ w + b).clamp(-20.0, 20.0)
+        loss = (torch.exp(eta) - yt * eta).mean(dim=0).sum() + 0.5 * l2 * (w**2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return PoissonGLM(w.detach().numpy(), b.detach().numpy(), mean, scale)
+
+
+def smoothing_baseline(
+    train_heldin, train_heldout, eval_heldin, sigma_bins: float = 2.5, l2: float = 1e-3, log_inputs: bool = False
+) -> np.ndarray:
+    """NLB's spike-smoothing co-smoothing baseline: held-out rates at eval from smoothed held-in activity.
+
+    Smooth held-in spikes (Gaussian, ``sigma_bins``), fit a Poisson GLM per held-out neuron on the training trials,
+    predict the evaluation trials. Arrays are [trials, bins, neurons]; returns [eval trials, bins, held-out].
+    ``log_inputs`` feeds log(smoothed + 1e-3) instead of the smoothed counts.
+    """
+    tr_in = smooth_spikes(train_heldin, sigma_bins)
+    ev_in = smooth_spikes(eval_heldin, sigma_bins)
+    if log_inputs:
+        tr_in, ev_in = np.log(tr_in + 1e-3), np.log(ev_in + 1e-3)
+    out = np.asarray(train_heldout, dtype=np.float64)
+    glm = fit_poisson_glm(tr_in.reshape(-1, tr_in.shape[-1]), out.reshape(-1, out.shape[-1]), l2=l2)
+    pred = glm.predict(ev_in.reshape(-1, ev_in.shape[-1]))
+    return pred.reshape(*ev_in.shape[:2], out.shape[-1])
+
+
+def expected_counts(rates_hz, truth_bin_s: float, eval_bin_s: float, axis: int = -1) -> np.ndarray:
+    """Simulator truth (Hz at ``truth_bin_s``) → expected counts per evaluation bin (rates summed × dt).
+
+    The evaluation bin must be a whole multiple of the truth bin; trailing truth steps that do not fill a bin drop.
+    """
+    factor = eval_bin_s / truth_bin_s
+    if factor < 1 or abs(factor - round(factor)) > 1e-6:
+        raise ValueError(f"eval bin {eval_bin_s}s is not a whole multiple of the truth bin {truth_bin_s}s")
+    f = int(round(factor))
+    r = np.moveaxis(np.asarray(rates_hz, dtype=np.float64), axis, -1)
+    n = r.shape[-1] // f
+    out = r[..., : n * f].reshape(*r.shape[:-1], n, f).sum(axis=-1) * truth_bin_s
+    return np.moveaxis(out, -1, axis)
+
+
+def oracle_bps(true_rates, spikes) -> float:
+    """bits/spike of the generating rates: the ceiling any model can reach on this sample (up to noise).
+
+    ``true_rates`` must already be expected counts per evaluated bin, aligned with ``spikes`` (see
+    ``expected_counts`` for the simulator's Hz truth).
+    """
+    return bits_per_spike(true_rates, spikes)

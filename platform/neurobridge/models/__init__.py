@@ -1,0 +1,1 @@
+"""Model core for masked pretraining: patching, vocabularies, masking modes, the MAE model and checkpoints."""

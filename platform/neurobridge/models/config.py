@@ -1,0 +1,60 @@
+"""Typed model configuration; the defaults train on a CPU in seconds on small data."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# "heldout" may also be trained on (NLB-style co-smoothing: held-out units of training windows predicted from held-in)
+Mode = Literal["random", "temporal", "neuron", "intra_region", "inter_region", "forward", "heldout"]
+MODES: tuple[str, ...] = ("random", "temporal", "neuron", "intra_region", "inter_region", "forward")
+# Evaluation-only prompts: "heldout" (co-smoothing masks the held-out patches), "none" (encode, nothing masked).
+EVAL_MODES: tuple[str, ...] = ("heldout", "none")
+ALL_PROMPTS: tuple[str, ...] = MODES + EVAL_MODES
+
+
+class MaskConfig(BaseModel):
+    """Fraction masked per mode (of tokens, bins, patches or a region's patches); see masking.py for definitions."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    random: float = Field(0.3, gt=0, lt=1)
+    temporal: float = Field(0.3, gt=0, lt=1)
+    neuron: float = Field(0.3, gt=0, lt=1)
+    intra_region: float = Field(0.3, gt=0, lt=1)
+    forward: float = Field(0.2, gt=0, lt=1)
+
+
+class ModelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    neurons_per_token: int = Field(32, ge=1, le=1024)
+    d_model: int = Field(64, ge=8)
+    depth: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
+    decoder_d_model: int = Field(48, ge=8)
+    decoder_depth: int = Field(1, ge=1)
+    decoder_heads: int = Field(4, ge=1)
+    ff_mult: int = Field(2, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    max_bins: int = Field(256, ge=1)  # learned time embedding rows
+    max_patches: int = Field(256, ge=1)  # learned patch-position embedding rows
+    modes: list[Mode] = Field(default_factory=lambda: list(MODES))
+    mask: MaskConfig = Field(default_factory=MaskConfig)
+    count_input: Literal["log1p", "raw"] = "log1p"  # counts enter the embedding as log1p(n): tames bursts
+    max_log_rate: float = Field(10.0, gt=0)  # Poisson head: log-rate clamped to [-max, max] before exp
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        if self.d_model % self.heads:
+            raise ValueError(f"d_model={self.d_model} is not divisible by heads={self.heads}")
+        if self.decoder_d_model % self.decoder_heads:
+            raise ValueError(
+                f"decoder_d_model={self.decoder_d_model} is not divisible by decoder_heads={self.decoder_heads}"
+            )
+        if not self.modes:
+            raise ValueError("modes must list at least one masking mode")
+        if len(set(self.modes)) != len(self.modes):
+            raise ValueError(f"modes has duplicates: {self.modes}")
+        return self

@@ -1,0 +1,207 @@
+"""Masked autoencoder over neuron-patch tokens with context tokens and mode prompts (NDT2 + MtM ideas).
+
+The encoder runs on the visible tokens only (gathered into a shorter sequence, so its cost scales with what is
+visible); a lighter decoder sees encoder outputs scattered back to their positions plus a learned mask token
+everywhere else, and predicts every unit of every token. The loss scores only target cells of real units.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .config import ALL_PROMPTS, ModelConfig
+from .masking import MaskResult, no_mask, sample_mask
+from .patching import CONTEXT, Batch, unpatchify
+from .vocab import Vocabularies
+
+N_CTX = len(CONTEXT) + 1  # session, subject, task, dataset, mode prompt
+
+
+@dataclass
+class ModelOutput:
+    loss: torch.Tensor  # scalar: Poisson NLL per target count cell + MSE per target MUA cell
+    poisson_nll: torch.Tensor  # mean over target count cells (nats, includes log n!)
+    mse: torch.Tensor  # mean over target MUA cells
+    n_cells: torch.Tensor  # number of scored cells
+    log_rate: torch.Tensor  # [B, N, k] clamped log expected count per bin
+    mua: torch.Tensor  # [B, N, k]
+    mask: MaskResult
+
+
+@dataclass
+class Latents:
+    context: torch.Tensor  # [B, N_CTX, d] encoder outputs of the context tokens
+    tokens: torch.Tensor  # [B, N, d] encoder outputs scattered to token positions (0 where not visible)
+    token_valid: torch.Tensor  # [B, N] tokens that were visible
+
+    def pooled(self) -> torch.Tensor:
+        """Mean over visible tokens [B, d] (what alignment projects)."""
+        w = self.token_valid.unsqueeze(-1).to(self.tokens.dtype)
+        return (self.tokens * w).sum(dim=1) / w.sum(dim=1).clamp_min(1.0)
+
+
+def _stack(d: int, heads: int, depth: int, ff: int, dropout: float) -> nn.TransformerEncoder:
+    layer = nn.TransformerEncoderLayer(
+        d, heads, ff * d, dropout, activation="gelu", batch_first=True, norm_first=True
+    )  # pre-norm: stable without warm-up tricks at small scale
+    return nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+
+
+def _sincos(n: int, d: int) -> torch.Tensor:
+    pos = torch.arange(n, dtype=torch.float32)[:, None]
+    freq = torch.exp(-torch.arange(0, d, 2, dtype=torch.float32) * (torch.log(torch.tensor(1e4)) / d))
+    out = torch.zeros(n, d)
+    out[:, 0::2] = torch.sin(pos * freq)
+    out[:, 1::2] = torch.cos(pos * freq)[:, : d // 2]
+    return out
+
+
+class MaskedNeuralModel(nn.Module):
+    def __init__(self, cfg: ModelConfig, vocabs: Vocabularies):
+        super().__init__()
+        self.cfg = cfg
+        k, d, dd = cfg.neurons_per_token, cfg.d_model, cfg.decoder_d_model
+        self.in_proj = nn.Linear(2 * k, d)  # values and the slot-is-a-real-unit flags (zero padding ≠ zero count)
+        self.time_emb = nn.Embedding(cfg.max_bins, d)
+        self.patch_emb = nn.Embedding(cfg.max_patches, d)
+        self.region_emb = nn.Embedding(len(vocabs.region), d)
+        self.ctx_emb = nn.ModuleDict({f: nn.Embedding(len(vocabs[f]), d) for f in CONTEXT})
+        self.prompt_emb = nn.Embedding(len(ALL_PROMPTS), d)
+        self.ctx_slot = nn.Parameter(torch.zeros(N_CTX, d))
+        self.encoder = _stack(d, cfg.heads, cfg.depth, cfg.ff_mult, cfg.dropout)
+        self.enc_norm = nn.LayerNorm(d)
+        self.enc_to_dec = nn.Linear(d, dd)
+        self.dec_pos = nn.Linear(d, dd)  # decoder positions reuse the encoder's tables (one table per vocabulary)
+        self.mask_token = nn.Parameter(torch.zeros(dd))
+        self.decoder = _stack(dd, cfg.decoder_heads, cfg.decoder_depth, cfg.ff_mult, cfg.dropout)
+        self.dec_norm = nn.LayerNorm(dd)
+        self.count_head = nn.Linear(dd, k)
+        self.mua_head = nn.Linear(dd, k)
+        for p in (self.ctx_slot, self.mask_token):
+            nn.init.normal_(p, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Embedding):
+                nn.init.normal_(m.weight, std=0.02)
+        # Positions start informative (sin-cos time, unit-scale patch codes) so attention can find same-time and
+        # same-patch tokens from the first steps; they stay learnable.
+        with torch.no_grad():
+            self.time_emb.weight.copy_(_sincos(cfg.max_bins, d))
+            nn.init.normal_(self.patch_emb.weight, std=0.5)
+
+    # ---------------------------------------------------------------- pieces
+
+    def extend_vocab(self, vocabs: Vocabularies, name: str, keys) -> list[str]:
+        """Add new context keys (e.g. a fine-tuning session) growing the matching table; old rows kept."""
+        table = self.region_emb if name == "region" else self.ctx_emb[name]
+        return vocabs[name].extend(keys, table=table)
+
+    def _check(self, batch: Batch) -> None:
+        _, n_patch, n_bin = batch.shape
+        k = self.cfg.neurons_per_token
+        if batch.tokens.shape[-1] != k:
+            raise ValueError(f"batch was patched with {batch.tokens.shape[-1]} units per token, model expects {k}")
+        if n_bin > self.cfg.max_bins or n_patch > self.cfg.max_patches:
+            raise ValueError(
+                f"batch has {n_bin} bins and {n_patch} patches; model allows max_bins={self.cfg.max_bins}, "
+                f"max_patches={self.cfg.max_patches}"
+            )
+
+    def _positions(self, batch: Batch) -> torch.Tensor:
+        return self.time_emb(batch.token_time) + self.patch_emb(batch.token_patch) + self.region_emb(batch.token_region)
+
+    def _embed(self, batch: Batch) -> torch.Tensor:
+        x = batch.tokens
+        if self.cfg.count_input == "log1p":
+            x = torch.where(batch.is_counts[:, None, None], torch.log1p(x.clamp_min(0)), x)
+        x = x * batch.token_cells  # padding slots and padding bins carry exactly zero
+        return self.in_proj(torch.cat([x, batch.token_cells.to(x.dtype)], dim=-1)) + self._positions(batch)
+
+    def _context(self, batch: Batch, mode_ids: torch.Tensor) -> torch.Tensor:
+        parts = [self.ctx_emb[f](batch.context[f]) for f in CONTEXT] + [self.prompt_emb(mode_ids)]
+        return torch.stack(parts, dim=1) + self.ctx_slot
+
+    def encode_visible(self, batch: Batch, mask: MaskResult) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Encoder on context + visible tokens only. Returns (outputs [B, N_CTX+V, d], order [B, V], pad [B, V]).
+
+        ``order[b, j]`` is the token position of the j-th encoder slot; ``pad`` marks slots beyond a row's count.
+        Non-visible tokens are never gathered, so their values cannot reach the encoder.
+        """
+        self._check(batch)
+        visible = mask.visible & batch.token_valid
+        n_vis = visible.sum(dim=1)
+        V = int(n_vis.max()) if n_vis.numel() else 0
+        order = torch.sort((~visible).to(torch.int8), dim=1, stable=True).indices[:, :V]
+        pad = torch.arange(V, device=order.device)[None, :] >= n_vis[:, None]
+        tokens = self._embed_gathered(batch, order, pad)
+        seq = torch.cat([self._context(batch, mask.mode_ids), tokens], dim=1)
+        kpm = torch.cat([torch.zeros_like(pad[:, :1]).expand(-1, N_CTX), pad], dim=1)
+        return self.enc_norm(self.encoder(seq, src_key_padding_mask=kpm)), order, pad
+
+    def _embed_gathered(self, batch: Batch, order: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        """Embed only the gathered visible tokens; slots past a row's count get zero values (not a hidden token)."""
+
+        def g(t: torch.Tensor) -> torch.Tensor:
+            idx = order if t.dim() == 2 else order[..., None].expand(-1, -1, t.shape[-1])
+            return t.gather(1, idx)
+
+        sub = Batch.__new__(Batch)
+        sub.__dict__.update(batch.__dict__)
+        for name in ("tokens", "token_cells", "token_time", "token_patch", "token_region"):
+            setattr(sub, name, g(getattr(batch, name)))
+        sub.tokens = sub.tokens.masked_fill(pad[..., None], 0.0)
+        sub.token_cells = sub.token_cells & ~pad[..., None]
+        return self._embed(sub)
+
+    # ---------------------------------------------------------------- public
+
+    def forward(
+        self, batch: Batch, mode: str = "all", mask: MaskResult | None = None, generator: torch.Generator | None = None
+    ) -> ModelOutput:
+        if mask is None:
+            mask = sample_mask(batch, mode, self.cfg.mask, self.cfg.modes, generator)
+        h, order, pad = self.encode_visible(batch, mask)
+        B, N = batch.token_valid.shape
+        dd = self.cfg.decoder_d_model
+        proj = self.enc_to_dec(h)
+        dec = self.mask_token.expand(B, N, dd).clone()
+        bi, j = torch.nonzero(~pad, as_tuple=True)
+        dec[bi, order[bi, j]] = proj[:, N_CTX:][bi, j]
+        dec = dec + self.dec_pos(self._positions(batch))
+        seq = torch.cat([proj[:, :N_CTX], dec], dim=1)
+        kpm = torch.cat([torch.zeros_like(batch.token_valid[:, :1]).expand(-1, N_CTX), ~batch.token_valid], dim=1)
+        out = self.dec_norm(self.decoder(seq, src_key_padding_mask=kpm))[:, N_CTX:]
+        m = self.cfg.max_log_rate
+        log_rate = self.count_head(out).clamp(-m, m)  # exp link with clamps: log-rate in [-max, max]
+        mua = self.mua_head(out)
+        return self._loss(batch, mask, log_rate, mua)
+
+    def _loss(self, batch: Batch, mask: MaskResult, log_rate: torch.Tensor, mua: torch.Tensor) -> ModelOutput:
+        cells = (mask.target & batch.token_valid)[:, :, None] & batch.token_cells
+        counts = cells & batch.is_counts[:, None, None]
+        conts = cells & ~batch.is_counts[:, None, None]
+        y = batch.tokens
+        nll = torch.exp(log_rate) - y * log_rate + torch.lgamma(y + 1.0)
+        n_c, n_m = counts.sum(), conts.sum()
+        poisson = (nll * counts).sum() / n_c.clamp_min(1)
+        mse = (((mua - y) ** 2) * conts).sum() / n_m.clamp_min(1)
+        return ModelOutput(poisson + mse, poisson, mse, n_c + n_m, log_rate, mua, mask)
+
+    @torch.no_grad()
+    def predict(self, batch: Batch, mask: MaskResult) -> torch.Tensor:
+        """Per-unit predictions [B, U, T] for a given mask: expected counts per bin (counts rows) or MUA values."""
+        out = self.forward(batch, mask=mask)
+        per_token = torch.where(batch.is_counts[:, None, None], torch.exp(out.log_rate), out.mua)
+        return unpatchify(per_token, batch)
+
+    def encode(self, batch: Batch) -> Latents:
+        """Latents of every token with nothing masked (the 'none' prompt), for alignment and decoding heads."""
+        mask = no_mask(batch)
+        h, order, pad = self.encode_visible(batch, mask)
+        B, N = batch.token_valid.shape
+        tokens = torch.zeros(B, N, h.shape[-1], dtype=h.dtype, device=h.device)
+        bi, j = torch.nonzero(~pad, as_tuple=True)
+        tokens[bi, order[bi, j]] = h[:, N_CTX:][bi, j]
+        return Latents(context=h[:, :N_CTX], tokens=tokens, token_valid=batch.token_valid)

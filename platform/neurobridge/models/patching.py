@@ -1,0 +1,217 @@
+"""Store rows → padded batch → region-pure neuron patches (NDT2-style tokens), vectorised over the batch.
+
+A patch holds up to ``k`` units of one region (and one held-in/held-out group) for one time bin. Units keep the
+store's region order; within each contiguous region run the held-in units come first, then the held-out ones, and
+every run is cut into patches of ``k`` with the last one zero-padded. So no patch mixes regions (region masking is
+exact) and, when held-out flags are given, no patch mixes held-in and held-out units (co-smoothing masks whole
+patches, the same pattern the model trains on with neuron masking).
+
+Token order is patch-major: token n = patch * T + bin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+
+from .vocab import Vocabularies
+
+CONTEXT = ("session", "subject", "task", "dataset")
+
+
+@dataclass
+class Batch:
+    # per unit, padded to the batch's largest window ([B, U, T], [B, U], [B, T])
+    values: torch.Tensor  # float32 counts or MUA
+    unit_mask: torch.Tensor
+    bin_mask: torch.Tensor
+    unit_region: torch.Tensor
+    unit_heldout: torch.Tensor
+    is_counts: torch.Tensor  # [B] True: counts (Poisson head), False: MUA (Gaussian head)
+    context: dict[str, torch.Tensor]  # session/subject/task/dataset ids [B]
+    # patching
+    unit_patch: torch.Tensor  # [B, U] patch of each unit (-1 for padding)
+    unit_slot: torch.Tensor  # [B, U] slot within its patch (-1 for padding)
+    n_patches: torch.Tensor  # [B]
+    n_bins: torch.Tensor  # [B]
+    patch_valid: torch.Tensor  # [B, P]
+    patch_region: torch.Tensor  # [B, P]
+    patch_heldout: torch.Tensor  # [B, P]
+    tokens: torch.Tensor  # [B, N = P*T, k]
+    token_cells: torch.Tensor  # [B, N, k] real unit in a real bin
+    token_valid: torch.Tensor  # [B, N]
+    token_time: torch.Tensor  # [B, N]
+    token_patch: torch.Tensor  # [B, N]
+    token_region: torch.Tensor  # [B, N]
+    token_heldout: torch.Tensor  # [B, N]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(B, P, T): batch, patches, bins of the padded token grid."""
+        return self.tokens.shape[0], self.patch_valid.shape[1], self.bin_mask.shape[1]
+
+    def to(self, device) -> Batch:
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = {k: t.to(device) for k, t in v.items()} if isinstance(v, dict) else v.to(device)
+        return Batch(**out)
+
+
+def patchify(
+    values: torch.Tensor,
+    unit_mask: torch.Tensor,
+    bin_mask: torch.Tensor,
+    unit_region: torch.Tensor,
+    k: int,
+    unit_heldout: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Cut [B, U, T] windows into region-pure patches of ``k`` units; returns the patching fields of ``Batch``.
+
+    Padding units must come after real units in each row (``collate`` guarantees it).
+    """
+    B, U, T = values.shape
+    dev = values.device
+    heldout = torch.zeros_like(unit_mask) if unit_heldout is None else unit_heldout & unit_mask
+    if U and bool((unit_mask[:, 1:] & ~unit_mask[:, :-1]).any()):
+        raise ValueError("unit_mask must be a prefix mask (padding units after real units)")
+    ar = torch.arange(U, device=dev).expand(B, U)
+    prev = torch.cat([torch.full((B, 1), -1, device=dev, dtype=unit_region.dtype), unit_region[:, :-1]], dim=1)
+    run = torch.cumsum(unit_mask & (unit_region != prev), dim=1) - 1  # contiguous region runs
+    big = torch.iinfo(torch.int64).max // 4
+    key = torch.where(unit_mask, run * 2 + heldout.long(), torch.full_like(run, big))
+    skey, order = torch.sort(key, dim=1, stable=True)  # held-in before held-out within each run
+    svalid = skey < big
+    sprev = torch.cat([torch.full((B, 1), -1, device=dev, dtype=skey.dtype), skey[:, :-1]], dim=1)
+    new_group = svalid & (skey != sprev)
+    start = torch.cummax(torch.where(new_group, ar, torch.zeros_like(ar)), dim=1).values
+    pos = ar - start
+    new_patch = svalid & (pos % k == 0)
+    spatch = torch.cumsum(new_patch, dim=1) - 1
+    unit_patch = torch.full((B, U), -1, dtype=torch.long, device=dev)
+    unit_slot = torch.full((B, U), -1, dtype=torch.long, device=dev)
+    unit_patch.scatter_(1, order, torch.where(svalid, spatch, -1))
+    unit_slot.scatter_(1, order, torch.where(svalid, pos % k, -1))
+    n_patches = new_patch.sum(dim=1)
+    P = int(n_patches.max()) if B else 0
+
+    bi, ui = torch.nonzero(unit_mask, as_tuple=True)
+    pi, si = unit_patch[bi, ui], unit_slot[bi, ui]
+    patches = torch.zeros(B, P, T, k, dtype=values.dtype, device=dev)
+    patches[bi, pi, :, si] = values[bi, ui, :]
+    slot_mask = torch.zeros(B, P, k, dtype=torch.bool, device=dev)
+    slot_mask[bi, pi, si] = True
+    patch_region = torch.zeros(B, P, dtype=unit_region.dtype, device=dev)
+    patch_region[bi, pi] = unit_region[bi, ui]
+    patch_heldout = torch.zeros(B, P, dtype=torch.bool, device=dev)
+    patch_heldout[bi, pi] = heldout[bi, ui]
+    patch_valid = torch.arange(P, device=dev)[None, :] < n_patches[:, None]
+
+    token_valid = (patch_valid[:, :, None] & bin_mask[:, None, :]).reshape(B, P * T)
+    return {
+        "unit_patch": unit_patch,
+        "unit_slot": unit_slot,
+        "n_patches": n_patches,
+        "n_bins": bin_mask.sum(dim=1),
+        "patch_valid": patch_valid,
+        "patch_region": patch_region,
+        "patch_heldout": patch_heldout,
+        "tokens": patches.reshape(B, P * T, k),
+        "token_cells": (slot_mask[:, :, None, :] & bin_mask[:, None, :, None]).reshape(B, P * T, k),
+        "token_valid": token_valid,
+        "token_time": torch.arange(T, device=dev).repeat(P).expand(B, P * T),
+        "token_patch": torch.arange(P, device=dev).repeat_interleave(T).expand(B, P * T),
+        "token_region": patch_region.repeat_interleave(T, dim=1),
+        "token_heldout": patch_heldout.repeat_interleave(T, dim=1),
+    }
+
+
+def unpatchify(token_values: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """Per-token predictions [B, N, k] back to the per-unit layout [B, U, T] (padding units stay 0)."""
+    B, P, T = batch.shape
+    grid = token_values.reshape(B, P, T, -1)
+    out = torch.zeros(batch.values.shape, dtype=token_values.dtype, device=token_values.device)
+    bi, ui = torch.nonzero(batch.unit_mask, as_tuple=True)
+    out[bi, ui, :] = grid[bi, batch.unit_patch[bi, ui], :, batch.unit_slot[bi, ui]]
+    return out
+
+
+def _row_name(row: dict, i: int) -> str:
+    return str(row.get("sample_id") or f"row {i} (session {row.get('session')!r})")
+
+
+def collate(rows: Sequence[dict], vocabs: Vocabularies, neurons_per_token: int, max_units: int | None = None) -> Batch:
+    """Store rows (dicts as read from the Parquet token store) → a padded, patched ``Batch``.
+
+    Keys: ``counts`` or ``mua`` (flat row-major [n_units × n_bins]), ``n_units``, ``n_bins``, ``unit_regions``,
+    ``session``, ``subject``, ``task``; optional ``dataset``, ``heldout`` (bool per unit), ``sample_id``. Strings
+    unknown to ``vocabs`` map to the UNK index. Rows may mix sessions, unit counts, region layouts, counts and MUA.
+    """
+    if not rows:
+        raise ValueError("collate needs at least one row")
+    B = len(rows)
+    nu = np.array([int(r["n_units"]) for r in rows])
+    nb = np.array([int(r["n_bins"]) for r in rows])
+    U, T = int(nu.max()), int(nb.max())
+    if max_units is not None and int(nu.max()) > max_units:
+        raise ValueError(f"a row has {int(nu.max())} units, above max_units={max_units}")
+    values = np.zeros((B, U, T), dtype=np.float32)
+    region = np.zeros((B, U), dtype=np.int64)
+    held = np.zeros((B, U), dtype=bool)
+    is_counts = np.zeros(B, dtype=bool)
+    for i, r in enumerate(rows):  # one loop per row (not per unit): reshape and copy a whole window
+        counts, mua = r.get("counts"), r.get("mua")
+        if (counts is None) == (mua is None):
+            raise ValueError(f"{_row_name(r, i)}: exactly one of 'counts' and 'mua' must be set")
+        flat = np.asarray(counts if counts is not None else mua, dtype=np.float32)
+        if flat.size != nu[i] * nb[i]:
+            raise ValueError(
+                f"{_row_name(r, i)}: {flat.size} values for n_units={nu[i]} × n_bins={nb[i]} = {nu[i] * nb[i]}"
+            )
+        regs = list(r.get("unit_regions") or [])
+        if len(regs) != nu[i]:
+            raise ValueError(f"{_row_name(r, i)}: {len(regs)} unit_regions for n_units={nu[i]}")
+        values[i, : nu[i], : nb[i]] = flat.reshape(nu[i], nb[i])
+        region[i, : nu[i]] = vocabs.region.lookup(regs)
+        if r.get("heldout") is not None:
+            h = np.asarray(r["heldout"], dtype=bool)
+            if h.shape != (nu[i],):
+                raise ValueError(f"{_row_name(r, i)}: heldout has {h.size} flags for n_units={nu[i]}")
+            held[i, : nu[i]] = h
+        is_counts[i] = counts is not None
+    unit_mask = torch.from_numpy(np.arange(U)[None, :] < nu[:, None])
+    bin_mask = torch.from_numpy(np.arange(T)[None, :] < nb[:, None])
+    context = {f: torch.from_numpy(vocabs[f].lookup([r.get(f) or "" for r in rows])) for f in CONTEXT}
+    v, reg, h = torch.from_numpy(values), torch.from_numpy(region), torch.from_numpy(held)
+    return Batch(
+        values=v,
+        unit_mask=unit_mask,
+        bin_mask=bin_mask,
+        unit_region=reg,
+        unit_heldout=h,
+        is_counts=torch.from_numpy(is_counts),
+        context=context,
+        **patchify(v, unit_mask, bin_mask, reg, neurons_per_token, h),
+    )
+
+
+def session_arrays(batch: Batch, per_unit: torch.Tensor, sessions: Sequence[str]) -> dict[str, tuple]:
+    """Group per-unit outputs by session for the metrics: {session: (pred [w, T, U], spikes [w, T, U], heldout)}.
+
+    ``sessions`` are the rows' session strings. Padded bins become NaN spikes, which the metrics ignore.
+    """
+    out: dict[str, tuple] = {}
+    nu = batch.unit_mask.sum(dim=1).tolist()
+    for s in dict.fromkeys(sessions):
+        idx = [i for i, x in enumerate(sessions) if x == s]
+        n = nu[idx[0]]
+        if any(nu[i] != n for i in idx):
+            raise ValueError(f"session {s!r} has rows with different unit counts")
+        pred = per_unit[idx, :n].detach().double().numpy().transpose(0, 2, 1)
+        spikes = batch.values[idx, :n].double().numpy().transpose(0, 2, 1).copy()
+        spikes[~batch.bin_mask[idx].numpy()] = np.nan
+        out[s] = (pred, spikes, batch.unit_heldout[idx[0], :n].numpy())
+    return out

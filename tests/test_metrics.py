@@ -1,0 +1,268 @@
+"""Metrics and baselines: NLB bits/spike pinned by hand arithmetic, its properties, R², retrieval, baselines."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from neurobridge.evaluate.baselines import (
+    expected_counts,
+    fit_poisson_glm,
+    mean_rate_baseline,
+    oracle_bps,
+    smooth_spikes,
+    smoothing_baseline,
+    train_mean_rate,
+)
+from neurobridge.evaluate.metrics import (
+    bits_per_spike,
+    co_bps,
+    fit_ridge,
+    fp_bps,
+    poisson_nll,
+    pooled_bits_per_spike,
+    r2_score,
+    region_bps,
+    retrieval_topk,
+    retrieval_topk_subsets,
+    ridge_r2,
+)
+
+PROPS = settings(max_examples=25, deadline=None, derandomize=True)
+
+
+# ---------------------------------------------------------------- golden values, arithmetic written out
+
+
+def test_bits_per_spike_golden_by_hand():
+    spikes = np.array([[0, 2], [1, 0], [2, 1]], dtype=float)  # [bins, neurons]
+    rates = np.array([[0.5, 1.0], [1.0, 0.5], [1.5, 1.5]])
+    # null: both neurons have mean (0+1+2)/3 = (2+0+1)/3 = 1
+    # → NLL_null = Σ(1 - n·ln 1 + ln n!) = 6 + 2·ln 2! = 6 + 2 ln 2
+    # model: Σr = 6, Σ n·ln r = 2·ln1 + 1·ln1 + 2·ln1.5 + 1·ln1.5 = 3 ln 1.5, Σ log n! = 2 ln 2
+    nll_null = 6 + 2 * math.log(2)
+    nll_model = 6 - 3 * math.log(1.5) + 2 * math.log(2)
+    assert poisson_nll(rates, spikes) == pytest.approx(nll_model, rel=1e-12)
+    expected = (nll_null - nll_model) / 6 / math.log(2)  # = 0.5 · log2(1.5) = 0.29248...
+    assert expected == pytest.approx(0.5 * math.log2(1.5))
+    assert bits_per_spike(rates, spikes) == pytest.approx(expected, rel=1e-12)
+
+
+def test_zero_rates_are_floored_at_1e_9_like_nlb():
+    # r=0 with n=0 costs 1e-9; r=0 with n=1 costs 1e-9 - ln(1e-9) = 1e-9 + 9 ln 10
+    assert poisson_nll([0.0, 0.0], [0, 1]) == pytest.approx(2e-9 + 9 * math.log(10), rel=1e-12)
+
+
+def test_silent_neuron_null_is_floored_not_infinite():
+    spikes = np.array([[0, 1], [0, 3]], dtype=float)
+    rates = np.array([[0.1, 2.0], [0.1, 2.0]])
+    # neuron 0 (silent): null 1e-9 each → 2e-9; model 0.2 → model worse by ~0.2 nats; neuron 1: null = model = 2
+    expected = (2e-9 - 0.2) / 4 / math.log(2)
+    assert bits_per_spike(rates, spikes) == pytest.approx(expected, rel=1e-6)
+
+
+def test_nan_spikes_are_not_evaluated():
+    spikes = np.array([[0, 2], [1, 0], [2, 1], [np.nan, np.nan]])
+    rates = np.array([[0.5, 1.0], [1.0, 0.5], [1.5, 1.5], [99.0, 0.0]])
+    assert bits_per_spike(rates, spikes) == pytest.approx(0.5 * math.log2(1.5), rel=1e-12)
+
+
+def test_selection_helpers_score_only_their_cells():
+    rng = np.random.default_rng(0)
+    spikes = rng.poisson(1.0, size=(4, 10, 6)).astype(float)
+    rates = rng.uniform(0.5, 1.5, size=spikes.shape)
+    held = np.array([True, False, True, False, False, True])
+    assert co_bps(rates, spikes, held) == pytest.approx(bits_per_spike(rates[..., held], spikes[..., held]))
+    assert fp_bps(rates, spikes, 3) == pytest.approx(bits_per_spike(rates[:, -3:], spikes[:, -3:]))
+    regions = np.array(["CA1", "CA1", "VISp", "VISp", "VISp", "LP"])
+    per = region_bps(rates, spikes, regions)
+    assert set(per) == {"CA1", "VISp", "LP"}
+    assert per["VISp"] == pytest.approx(bits_per_spike(rates[..., 2:5], spikes[..., 2:5]))
+    with pytest.raises(ValueError, match="heldout mask"):
+        co_bps(rates, spikes, held[:3])
+    with pytest.raises(ValueError, match="shape"):
+        bits_per_spike(rates[:, :5], spikes)
+
+
+def test_pooled_bps_sums_gains_and_spikes_over_sessions():
+    spikes = np.array([[0, 2], [1, 0], [2, 1]], dtype=float)
+    rates = np.array([[0.5, 1.0], [1.0, 0.5], [1.5, 1.5]])
+    pairs = [(rates, spikes), (rates[:, :1], spikes[:, :1])]
+    assert pooled_bits_per_spike(pairs) == pytest.approx(_pooled_by_hand(), rel=1e-12)
+
+
+def _pooled_by_hand() -> float:
+    # session A = golden (gain 3 ln 1.5 over 6 spikes); session B = neuron 0 of A alone:
+    # null 1 → NLL_null = 3 + ln 2!; model r=(.5,1,1.5): Σr = 3, Σ n ln r = 1·ln1 + 2·ln1.5, Σ log n! = ln 2
+    gain_b = (3 + math.log(2)) - (3 - 2 * math.log(1.5) + math.log(2))
+    return (3 * math.log(1.5) + gain_b) / (6 + 3) / math.log(2)
+
+
+# ---------------------------------------------------------------- properties
+
+
+@st.composite
+def spike_arrays(draw):
+    seed = draw(st.integers(0, 2**31 - 1))
+    trials, bins, neurons = draw(st.integers(1, 6)), draw(st.integers(2, 12)), draw(st.integers(1, 8))
+    rng = np.random.default_rng(seed)
+    rates = rng.gamma(2.0, 0.5, size=(trials, bins, neurons))
+    spikes = rng.poisson(rates).astype(float)
+    spikes[0, 0, :] += 1  # at least one spike per neuron keeps every null rate positive
+    return rates, spikes, rng
+
+
+@PROPS
+@given(spike_arrays())
+def test_the_null_model_scores_zero(data):
+    _, spikes, _ = data
+    assert bits_per_spike(mean_rate_baseline(spikes), spikes) == pytest.approx(0.0, abs=1e-12)
+
+
+@PROPS
+@given(spike_arrays(), st.floats(0.2, 5.0).filter(lambda c: abs(c - 1) > 0.05))
+def test_scaling_the_null_by_a_constant_scores_below_zero(data, c):
+    _, spikes, _ = data  # the per-neuron mean is the maximum-likelihood constant rate
+    assert bits_per_spike(c * mean_rate_baseline(spikes), spikes) < 0
+
+
+@PROPS
+@given(spike_arrays())
+def test_bps_is_invariant_to_permuting_neurons_and_to_repeating_the_data(data):
+    rates, spikes, rng = data
+    perm = rng.permutation(spikes.shape[-1])
+    base = bits_per_spike(rates, spikes)
+    assert bits_per_spike(rates[..., perm], spikes[..., perm]) == pytest.approx(base, rel=1e-9, abs=1e-12)
+    twice = bits_per_spike(np.concatenate([rates, rates]), np.concatenate([spikes, spikes]))
+    assert twice == pytest.approx(base, rel=1e-9, abs=1e-12)
+
+
+@PROPS
+@given(st.integers(0, 2**31 - 1), st.floats(0.3, 1.0))
+def test_true_rates_beat_noisy_rates_on_large_samples(seed, noise):
+    rng = np.random.default_rng(seed)
+    rates = 0.5 * np.exp(rng.normal(0, 1, size=(40, 25, 12)))
+    spikes = rng.poisson(rates).astype(float)
+    noisy = rates * np.exp(noise * rng.normal(size=rates.shape))
+    assert bits_per_spike(rates, spikes) > bits_per_spike(noisy, spikes)
+    assert bits_per_spike(rates, spikes) > 0
+
+
+# ---------------------------------------------------------------- behaviour R²
+
+
+def test_r2_uniform_and_variance_weighting_by_hand():
+    y = np.array([[0.0, 0.0], [2.0, 10.0]])  # output means 1 and 5: SS_tot = 2 and 50
+    p = np.array([[0.0, 1.0], [1.0, 10.0]])  # SS_res = 1 and 1
+    assert r2_score(y, p, "uniform") == pytest.approx(((1 - 1 / 2) + (1 - 1 / 50)) / 2)
+    assert r2_score(y, p, "variance") == pytest.approx(1 - 2 / 52)
+    assert r2_score(y, np.broadcast_to(y.mean(axis=0), y.shape)) == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="multioutput"):
+        r2_score(y, p, "raw")
+
+
+def test_ridge_recovers_a_linear_map_and_scores_on_held_out_windows():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(50, 20, 6))  # [windows, bins, features]
+    w = rng.normal(size=(6, 3))
+    y = x @ w + 2.0
+    fit = fit_ridge(x.reshape(-1, 6), y.reshape(-1, 3), alpha=1e-9)
+    np.testing.assert_allclose(fit.weights, w, atol=1e-6)
+    np.testing.assert_allclose(fit.bias, 2.0, atol=1e-6)
+    assert ridge_r2(x, y, alpha=1e-6) == pytest.approx(1.0, abs=1e-9)
+    noisy = ridge_r2(x, y + rng.normal(0, 3.0, size=y.shape), alpha=1.0, multioutput="variance")
+    assert 0.0 < noisy < 0.9
+    assert ridge_r2(x, rng.normal(size=y.shape), alpha=1.0) < 0.05  # unrelated targets: no skill on test windows
+
+
+# ---------------------------------------------------------------- retrieval
+
+
+def test_retrieval_topk_by_hand_with_pessimistic_ties():
+    sim = np.array(
+        [
+            [0.9, 0.1, 0.2],  # true 0 ranked first
+            [0.8, 0.5, 0.1],  # true 1 ranked second
+            [0.3, 0.3, 0.3],  # all tied: counted as last
+        ]
+    )
+    res = retrieval_topk(sim, ks=(1, 2))
+    assert res == {"top1": 1 / 3, "chance1": 1 / 3, "top2": 2 / 3, "chance2": 2 / 3}
+    assert retrieval_topk(sim, targets=[0, 0, 2], ks=(1,))["top1"] == pytest.approx(2 / 3)
+
+
+def test_random_similarities_score_at_chance_and_subsets_report_an_interval():
+    rng = np.random.default_rng(0)
+    n = 400
+    res = retrieval_topk(rng.normal(size=(n, n)))
+    assert abs(res["top5"] - 5 / n) < 0.02 and res["chance5"] == 5 / n
+    perfect = retrieval_topk_subsets(np.eye(60), n_candidates=20, n_draws=20)
+    assert perfect["top1"] == perfect["top1_lo"] == perfect["top1_hi"] == 1.0 and perfect["chance1"] == 1 / 20
+    noisy = retrieval_topk_subsets(np.eye(60) + rng.normal(0, 0.6, (60, 60)), n_candidates=20, n_draws=50)
+    assert noisy["top1_lo"] <= noisy["top1"] <= noisy["top1_hi"] and noisy["top1_hi"] > noisy["top1_lo"]
+
+
+# ---------------------------------------------------------------- baselines
+
+
+def _latent_population(seed: int, trials=60, bins=40, neurons=40, dim=3):
+    rng = np.random.default_rng(seed)
+    t = np.arange(bins)[None, :, None]
+    freq = rng.uniform(0.03, 0.12, size=(1, 1, dim))
+    phase = rng.uniform(0, 2 * np.pi, size=(trials, 1, dim))
+    z = np.sin(2 * np.pi * freq * t + phase)  # smooth latents, random phase per trial
+    c = rng.normal(0, 0.8, size=(dim, neurons))
+    rates = np.exp(np.log(0.3) + z @ c)
+    return rates, rng.poisson(rates).astype(float)
+
+
+def test_mean_rate_baseline_is_zero_and_train_mean_is_not_positive_on_average():
+    rates, spikes = _latent_population(2)
+    assert bits_per_spike(mean_rate_baseline(spikes[40:]), spikes[40:]) == pytest.approx(0.0, abs=1e-12)
+    assert bits_per_spike(train_mean_rate(spikes[:40], spikes[40:].shape), spikes[40:]) <= 0.0
+
+
+def test_smoothing_keeps_mass_and_handles_edges():
+    x = np.zeros((1, 41, 1))
+    x[0, 20, 0] = 1.0  # far from the edges (kernel half-width 8 bins): plain convolution, mass kept
+    s = smooth_spikes(x, 2.0)
+    assert s.sum() == pytest.approx(1.0, abs=1e-9) and s.argmax() == 20
+    flat = smooth_spikes(np.ones((2, 9, 3)), 3.0)
+    np.testing.assert_allclose(flat, 1.0)  # edge renormalisation: a constant stays constant to the edges
+
+
+def test_poisson_glm_recovers_known_weights():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(20000, 4))
+    w = np.array([[0.5, -0.3], [0.0, 0.4], [-0.2, 0.0], [0.3, 0.2]])
+    y = rng.poisson(np.exp(x @ w + np.array([-0.5, 0.2]))).astype(float)
+    glm = fit_poisson_glm(x, y, l2=0.0)
+    np.testing.assert_allclose(glm.weights / x.std(axis=0)[:, None], w, atol=0.03)  # inputs were standardised
+    np.testing.assert_allclose(glm.predict(x).mean(axis=0), y.mean(axis=0), rtol=0.02)
+
+
+def test_smoothing_baseline_is_positive_and_below_the_oracle():
+    rates, spikes = _latent_population(4)
+    held = np.zeros(spikes.shape[-1], dtype=bool)
+    held[::4] = True
+    train, test = slice(0, 45), slice(45, None)
+    pred = smoothing_baseline(spikes[train][..., ~held], spikes[train][..., held], spikes[test][..., ~held], 2.0)
+    smooth = co_bps(_full(pred, held, spikes[test]), spikes[test], held)
+    oracle = oracle_bps(rates[test][..., held], spikes[test][..., held])
+    assert 0.05 < smooth < oracle, (smooth, oracle)
+
+
+def _full(pred_heldout, held, like):
+    out = np.ones_like(like)
+    out[..., held] = pred_heldout
+    return out
+
+
+def test_expected_counts_turns_hz_truth_into_counts_per_bin():
+    hz = np.array([[10.0, 30.0, 20.0, 20.0, 5.0]])  # [units, 10 ms steps]
+    np.testing.assert_allclose(expected_counts(hz, 0.01, 0.02), [[0.4, 0.4]])  # (10+30)·0.01, (20+20)·0.01
+    with pytest.raises(ValueError, match="whole multiple"):
+        expected_counts(hz, 0.01, 0.015)
