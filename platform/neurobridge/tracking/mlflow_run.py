@@ -1,0 +1,106 @@
+"""MLflow runs: one place that knows the tracking URI, checks it early, and logs lineage, metrics and figures.
+
+The driver creates the run (config, dataset versions, git commit); training workers log metrics into it by run
+id from rank 0; the driver attaches figures and the final checkpoint and closes it with the job's outcome.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+from pathlib import Path
+
+
+class TrackingError(RuntimeError):
+    """The tracking server cannot be used; raised before any training starts."""
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def check_tracking(uri: str) -> None:
+    """Fail now, with the URI named, if the tracking store is unreachable (not after an hour of training)."""
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _client(uri).search_experiments(max_results=1)
+    except Exception as err:  # connection refused, bad URI, locked DB: all mean "cannot track"
+        raise TrackingError(f"MLflow tracking store {uri} is not reachable: {type(err).__name__}: {err}") from None
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, str]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = json.dumps(v) if isinstance(v, list | tuple) else str(v)
+    return out
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def start_run(uri: str, experiment: str, name: str, config: dict, tags: dict[str, str]) -> str:
+    check_tracking(uri)
+    client = _client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
+    run = client.create_run(exp_id, run_name=name, tags={"git_commit": git_commit(), **tags})
+    params = flatten(config)
+    items = list(params.items())
+    from mlflow.entities import Param
+
+    for i in range(0, len(items), 100):
+        client.log_batch(run.info.run_id, params=[Param(k, v[:6000]) for k, v in items[i : i + 100]])
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "config.json"
+        path.write_text(json.dumps(config, indent=1, default=str))
+        client.log_artifact(run.info.run_id, str(path))
+    return run.info.run_id
+
+
+class MetricsLogger:
+    """Metrics into an existing run (used from the rank-0 training worker)."""
+
+    def __init__(self, uri: str, run_id: str):
+        self.client, self.run_id = _client(uri), run_id
+
+    def log(self, metrics: dict, step: int) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        ms = [Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, int | float)]
+        self.client.log_batch(self.run_id, metrics=ms)
+
+
+def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in _client(uri).get_metric_history(run_id, key))
+
+
+def log_figure(uri: str, run_id: str, fig, name: str) -> None:
+    _client(uri).log_figure(run_id, fig, name)
+
+
+def log_artifact(uri: str, run_id: str, path: str, folder: str | None = None) -> None:
+    _client(uri).log_artifact(run_id, path, folder)
+
+
+def log_metrics(uri: str, run_id: str, metrics: dict, step: int = 0) -> None:
+    MetricsLogger(uri, run_id).log(metrics, step)
+
+
+def end_run(uri: str, run_id: str, ok: bool) -> None:
+    _client(uri).set_terminated(run_id, "FINISHED" if ok else "FAILED")

@@ -1,0 +1,219 @@
+"""`neurobridge pretrain`: masked pretraining on Ray Train, fed by Ray Data from the token store, tracked in MLflow.
+
+The driver resolves the data (a mixture or datasets, mixed √N by default), builds vocabularies from the dataset
+cards, opens the MLflow run, and hands a ``TorchTrainer`` the loop below. The same code runs 2 CPU workers on a
+laptop or N GPUs on a cluster: only ``scaling`` changes.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from ..config import Settings, get_settings
+from ..data.store import Source, ray_dataset, sources
+from ..models.vocab import Vocabularies
+from ..runtime import ensure_ray
+from ..storage import filesystem, is_local_fs, join
+from ..tracking import mlflow_run
+from .config import PretrainConfig
+from .rows import ROW_COLUMNS
+
+SHUFFLE_BUFFER = 256
+
+
+@dataclass
+class PretrainResult:
+    run_id: str
+    checkpoint: str | None  # directory URI of the final Ray Train checkpoint
+    metrics: dict
+    storage: str
+
+
+def vocabularies(srcs: list[Source]) -> Vocabularies:
+    """Context vocabularies from the dataset cards (no row scan)."""
+    v = Vocabularies()
+    for s in srcs:
+        voc = s.ref.card.get("vocabularies", {})
+        v.session.add(voc.get("sessions", []))
+        v.subject.add(voc.get("subjects", []))
+        v.task.add(voc.get("tasks", []))
+        v.region.add(list((voc.get("regions") or {}).keys()))
+        v.dataset.add([s.name])
+    return v
+
+
+def heldout_flags(settings: Settings, srcs: list[Source]) -> dict[str, dict[str, bool]]:
+    """session → unit id → held-out flag, from the ``units/`` side tables (NLB's official split when present)."""
+    out: dict[str, dict[str, bool]] = {}
+    for s in srcs:
+        info = (s.ref.card.get("side_outputs") or {}).get("units")
+        for rel in (info or {}).get("files", []):
+            fs, path = filesystem(join(s.ref.path, rel), settings)
+            with fs.open(path, "rb") as f:
+                t = pq.read_table(f, columns=["session", "unit_id", "heldout"])
+            for sess, uid, flag in zip(*(t.column(c).to_pylist() for c in t.column_names), strict=True):
+                if flag is not None:
+                    out.setdefault(sess, {})[uid] = bool(flag)
+    return out
+
+
+def _excluded(row: dict, sessions: frozenset) -> bool:
+    return row["session"] not in sessions
+
+
+def runs_storage(settings: Settings) -> tuple[str, object | None]:
+    """Ray Train storage under ``<store>/runs``: a path, plus a pyarrow filesystem for object stores."""
+    uri = join(settings.store, "runs")
+    fs, path = filesystem(uri, settings)
+    if is_local_fs(fs):
+        Path(path).mkdir(parents=True, exist_ok=True)
+        return path, None
+    import pyarrow.fs as pafs
+
+    return path, pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Runs in every Ray Train worker."""
+    import ray.train
+    import ray.train.torch
+    import torch
+    from ray.train import Checkpoint
+
+    from ..models.ndt import MaskedNeuralModel
+    from .loop import load_state, run_steps, save_state
+
+    cfg = PretrainConfig.model_validate(config["cfg"])
+    vocabs = Vocabularies.from_dict(config["vocabs"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    model = MaskedNeuralModel(cfg.model, vocabs)
+    state = None
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            state = load_state(d, cfg)
+    model.to(device)
+    ddp = ray.train.torch.prepare_model(model) if world > 1 else None
+    shard = ray.train.get_dataset_shard("train")
+    logger = mlflow_run.MetricsLogger(config["mlflow_uri"], config["run_id"]) if rank == 0 else None
+
+    def batches(epoch: int):
+        return shard.iter_batches(
+            batch_size=cfg.optim.batch_size, batch_format="pyarrow", drop_last=True,
+            local_shuffle_buffer_size=SHUFFLE_BUFFER, local_shuffle_seed=cfg.seed + epoch,
+        )  # fmt: skip
+
+    def report(metrics: dict, full_state: dict | None) -> None:
+        if logger is not None:
+            logger.log(metrics, metrics["step"])
+        if full_state is None:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            if rank == 0:
+                save_state(full_state, d, vocabs, cfg)
+                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))
+            else:
+                ray.train.report(metrics)
+
+    run_steps(cfg, model, vocabs, batches, device=device, rank=rank, world=world, state=state, report=report,
+              heldout=config.get("heldout"), ddp_model=ddp)  # fmt: skip
+
+
+def pretrain(cfg: PretrainConfig, settings: Settings | None = None, resume_from: str | None = None) -> PretrainResult:
+    import ray.data
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    settings = settings or get_settings()
+    srcs = sources(settings, cfg.data.datasets, cfg.data.mixture)
+    vocabs = vocabularies(srcs)
+    heldout = heldout_flags(settings, srcs)
+    ensure_ray(settings)
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True  # with seeded shuffles: the same data order on every (re)run
+    train = ray_dataset(settings, srcs, "train", cfg.data.mixing, cfg.data.epoch_rows, cfg.seed, ROW_COLUMNS)
+    if cfg.data.holdout_sessions:
+        held = frozenset(cfg.data.holdout_sessions)
+        train = train.filter(_excluded, fn_kwargs={"sessions": held})
+    lineage = {f"dataset.{s.name}": s.ref.version for s in srcs}
+    tags = {"mixture": cfg.data.mixture or "", "kind": "pretrain", **lineage}
+    run_id = mlflow_run.start_run(settings.mlflow_uri, cfg.experiment, cfg.name, cfg.model_dump(mode="json"), tags)
+    path, pa_fs = runs_storage(settings)
+    s = cfg.scaling
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "vocabs": vocabs.to_dict(), "heldout": heldout,
+                           "mlflow_uri": settings.mlflow_uri, "run_id": run_id},
+        scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
+                                     resources_per_worker={"CPU": s.cpus_per_worker}),
+        run_config=RunConfig(name=f"{cfg.name}-{run_id[:8]}" if resume_from is None else resume_from,
+                             storage_path=path, storage_filesystem=pa_fs,
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+                             failure_config=FailureConfig(max_failures=cfg.max_failures)),
+        datasets={"train": train},
+    )  # fmt: skip
+    ok = False
+    try:
+        result = trainer.fit()
+        ok = result.error is None
+        if result.error is not None:
+            raise result.error
+        checkpoint = result.checkpoint.path if result.checkpoint is not None else None
+        _finish(settings, run_id, cfg, vocabs, checkpoint, pa_fs)
+        return PretrainResult(run_id, checkpoint, dict(result.metrics or {}), path)
+    finally:
+        mlflow_run.end_run(settings.mlflow_uri, run_id, ok)
+
+
+def _finish(settings: Settings, run_id: str, cfg: PretrainConfig, vocabs: Vocabularies, checkpoint, pa_fs) -> None:
+    """Loss curve figure and the final model (weights-only checkpoint + vocabularies) into the MLflow run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    uri = settings.mlflow_uri
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
+    for key, a in (("loss", ax[0]), ("lr", ax[1])):
+        hist = mlflow_run.metric_history(uri, run_id, key)
+        if hist:
+            steps, values = zip(*hist, strict=True)
+            a.plot(steps, values)
+        a.set(xlabel="step", ylabel=key, title=key)
+    fig.tight_layout()
+    mlflow_run.log_figure(uri, run_id, fig, "plots/loss.png")
+    plt.close(fig)
+    if checkpoint is not None:
+        model_file = export_model(checkpoint, cfg, pa_fs)
+        mlflow_run.log_artifact(uri, run_id, model_file, "model")
+
+
+def export_model(checkpoint: str, cfg: PretrainConfig, pa_fs=None) -> str:
+    """The final training state as a standalone model checkpoint (``models.checkpoint`` format)."""
+    import torch
+
+    from ..models.checkpoint import save_checkpoint
+    from ..models.ndt import MaskedNeuralModel
+    from .loop import STATE_FILE
+
+    out = Path(tempfile.mkdtemp(prefix="nb-model-")) / "model.pt"
+    if pa_fs is None:
+        payload = torch.load(Path(checkpoint) / STATE_FILE, map_location="cpu", weights_only=True)
+    else:
+        with pa_fs.open_input_file(f"{checkpoint}/{STATE_FILE}") as f:
+            import io
+
+            payload = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
+    vocabs = Vocabularies.from_dict(payload["vocabs"])
+    model = MaskedNeuralModel(cfg.model, vocabs)
+    model.load_state_dict(payload["model"])
+    save_checkpoint(str(out), model, vocabs, {"step": int(payload["step"])})
+    return str(out)
