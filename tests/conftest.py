@@ -27,7 +27,8 @@ def ray_cluster():
     import ray
     import ray.data
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    # 4 logical CPUs on a 2-core CI machine: a Ray Train worker holding one must not starve Ray Data (STACK_NOTES)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="ERROR")
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.verbose_progress = False
     ctx.execution_no_progress_timeout_s = 120  # a stall fails the test instead of hanging CI

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from . import cli_train
 from .catalog import CatalogError, load_catalog, resolve
 from .config import get_settings
 from .sources import SourceError
@@ -261,5 +262,14 @@ def simulate_allen(
         console.print(f"{s['path']}  {s['session_type']}  units {len(s['unit_ids'])} (pass {sum(s['passes_filter'])})")
 
 
+app.command()(cli_train.pretrain)
+app.command()(cli_train.finetune)
+app.command()(cli_train.evaluate)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app(sys.argv[1:])
+
+
+if __name__ == "__main__":  # pragma: no cover - python -m neurobridge.cli
+    main()

@@ -8,7 +8,10 @@ import os
 from .config import Settings
 
 
-def ensure_ray(settings: Settings) -> None:
+def ensure_ray(settings: Settings, min_cpus: int = 0) -> None:
+    """Join ``RAY_ADDRESS`` or start a local Ray. ``min_cpus`` declares at least that many logical CPUs locally:
+    a training worker holding one of a laptop's two CPUs must leave room for Ray Data's read tasks, or both wait
+    forever (oversubscribing logical CPUs on a small machine is what keeps them both moving)."""
     import ray
 
     if ray.is_initialized():
@@ -19,4 +22,5 @@ def ensure_ray(settings: Settings) -> None:
         ray.init(address=settings.ray_address, **kwargs)
     else:
         # address="local": never attach to a stale cluster file left by an earlier run on this machine.
-        ray.init(address="local", num_cpus=settings.ray_num_cpus, **kwargs)
+        cpus = settings.ray_num_cpus or max(os.cpu_count() or 1, min_cpus) if min_cpus else settings.ray_num_cpus
+        ray.init(address="local", num_cpus=cpus, **kwargs)

@@ -6,11 +6,13 @@ yet) or a side table (``units/``) is never read as rows.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..config import Settings
@@ -81,33 +83,64 @@ def iter_local(settings: Settings, src: Source, split: str | None, columns: list
         with fs.open(path, "rb") as f:
             for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_rows, columns=columns):
                 if split is not None:
-                    batch = batch.filter(pa.compute.equal(batch.column("split"), split))
+                    batch = batch.filter(pc.equal(batch.column("split"), split))
                 if batch.num_rows:
                     yield batch
 
 
+def repeats(sample_ids, factor: float, seed: int) -> np.ndarray:
+    """How many times each row appears in an epoch drawn with ``factor`` (its dataset's multiple).
+
+    Whole multiples repeat every row; the fractional part keeps each row with that probability, decided by a hash
+    of (seed, sample id), so a rerun (or a resumed run) draws exactly the same rows on any worker.
+    """
+    whole, frac = int(factor), factor - int(factor)
+    out = np.full(len(sample_ids), whole, dtype=np.int64)
+    if frac > 1e-9:
+        u = np.fromiter(
+            (int.from_bytes(hashlib.blake2b(f"{seed}\x1f{s}".encode(), digest_size=8).digest(), "big") / 2.0**64
+             for s in sample_ids),
+            dtype=np.float64, count=len(sample_ids),
+        )  # fmt: skip
+        out += u < frac
+    return out
+
+
+def _mix(batch: pa.Table, factors: dict[str, float], seed: int, exclude: frozenset) -> pa.Table:
+    ids = batch.column("sample_id").to_pylist()
+    names = batch.column("dataset").to_pylist()
+    n = np.zeros(len(ids), dtype=np.int64)
+    for name in set(names):
+        rows = np.array([i for i, d in enumerate(names) if d == name], dtype=np.int64)
+        n[rows] = repeats([ids[i] for i in rows], factors.get(name, 0.0), seed)
+    if exclude:
+        n[np.isin(np.array(batch.column("session").to_pylist(), dtype=object), list(exclude))] = 0
+    return batch.take(pa.array(np.repeat(np.arange(len(ids)), n)))
+
+
 def ray_dataset(settings: Settings, srcs: list[Source], split: str | None, rule: str = "sqrt",
-                epoch_rows: int | None = None, seed: int = 0, columns: list[str] | None = None):  # fmt: skip
-    """One Ray Dataset over the sources' ``split`` rows, mixed by ``rule`` (datasets repeat or are subsampled)."""
+                epoch_rows: int | None = None, seed: int = 0, columns: list[str] | None = None,
+                exclude_sessions: frozenset = frozenset()):  # fmt: skip
+    """One Ray Dataset over the sources' ``split`` rows, mixed by ``rule`` (rows repeat or are subsampled);
+    ``exclude_sessions`` never appear (sessions held out for evaluation or fine-tuning).
+
+    One streaming read and one map, no global shuffle: file order is randomised by seed and the trainer's local
+    shuffle buffer mixes rows, so an epoch costs one pass over the Parquet parts.
+    """
     import ray.data
 
     plan = epoch_plan({s.name: s.rows(split) for s in srcs}, rule, epoch_rows)
-    parts = []
-    for i, s in enumerate(srcs):
-        factor = plan[s.name]
-        if factor <= 0:
-            continue
-        fs, _ = filesystem(s.files[0], settings)
-        paths = [filesystem(u, settings)[1] for u in s.files]
-        ds = ray.data.read_parquet(paths, filesystem=fs, columns=columns)
-        if split is not None:
-            ds = ds.filter(expr=f"split == '{split}'")
-        whole, frac = int(factor), factor - int(factor)
-        pieces = [ds] * whole
-        if frac > 1e-9:
-            pieces.append(ds.random_sample(frac, seed=seed + i))
-        parts.extend(pieces)
-    if not parts:
+    files = [u for s in srcs if plan[s.name] > 0 for u in s.files]
+    if not files:
         raise StoreError(f"no {split} rows in {[s.name for s in srcs]}")
-    out = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
-    return out.random_shuffle(seed=seed)
+    fs, _ = filesystem(files[0], settings)
+    cols = None if columns is None else list(dict.fromkeys([*columns, "dataset", "session", "sample_id", "split"]))
+    paths = [filesystem(u, settings)[1] for u in files]
+    # streaming: file order randomised (the same each epoch, so a resumed run replays it), no all-to-all barrier
+    shuffle = ray.data.FileShuffleConfig(seed=seed, reseed_after_execution=False)
+    ds = ray.data.read_parquet(paths, filesystem=fs, columns=cols, shuffle=shuffle)
+    if split is not None:
+        ds = ds.filter(expr=f"split == '{split}'")
+    return ds.map_batches(
+        _mix, fn_kwargs={"factors": plan, "seed": seed, "exclude": frozenset(exclude_sessions)}, batch_format="pyarrow"
+    )

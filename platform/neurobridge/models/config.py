@@ -40,7 +40,7 @@ class ModelConfig(BaseModel):
     dropout: float = Field(0.1, ge=0, lt=1)
     max_bins: int = Field(256, ge=1)  # learned time embedding rows
     max_patches: int = Field(256, ge=1)  # learned patch-position embedding rows
-    modes: list[Mode] = Field(default_factory=lambda: list(MODES))
+    modes: list[Mode] = Field(default_factory=lambda: [*MODES, "heldout"])  # heldout: NLB co-smoothing as a task
     mask: MaskConfig = Field(default_factory=MaskConfig)
     count_input: Literal["log1p", "raw"] = "log1p"  # counts enter the embedding as log1p(n): tames bursts
     max_log_rate: float = Field(10.0, gt=0)  # Poisson head: log-rate clamped to [-max, max] before exp

@@ -170,9 +170,18 @@ class MaskedNeuralModel(nn.Module):
         bi, j = torch.nonzero(~pad, as_tuple=True)
         dec[bi, order[bi, j]] = proj[:, N_CTX:][bi, j]
         dec = dec + self.dec_pos(self._positions(batch))
-        seq = torch.cat([proj[:, :N_CTX], dec], dim=1)
-        kpm = torch.cat([torch.zeros_like(batch.token_valid[:, :1]).expand(-1, N_CTX), ~batch.token_valid], dim=1)
-        out = self.dec_norm(self.decoder(seq, src_key_padding_mask=kpm))[:, N_CTX:]
+        # The decoder, too, runs on real tokens only: padding (short windows, narrow sessions) costs nothing.
+        valid = batch.token_valid
+        n_valid = valid.sum(dim=1)
+        Nv = int(n_valid.max()) if n_valid.numel() else 0
+        vorder = torch.sort((~valid).to(torch.int8), dim=1, stable=True).indices[:, :Nv]
+        vpad = torch.arange(Nv, device=vorder.device)[None, :] >= n_valid[:, None]
+        seq = torch.cat([proj[:, :N_CTX], dec.gather(1, vorder[..., None].expand(-1, -1, dd))], dim=1)
+        kpm = torch.cat([torch.zeros_like(vpad[:, :1]).expand(-1, N_CTX), vpad], dim=1)
+        compact = self.dec_norm(self.decoder(seq, src_key_padding_mask=kpm))[:, N_CTX:]
+        out = torch.zeros(B, N, dd, dtype=compact.dtype, device=compact.device)
+        bi, j = torch.nonzero(~vpad, as_tuple=True)
+        out[bi, vorder[bi, j]] = compact[bi, j]
         m = self.cfg.max_log_rate
         log_rate = self.count_head(out).clamp(-m, m)  # exp link with clamps: log-rate in [-max, max]
         mua = self.mua_head(out)

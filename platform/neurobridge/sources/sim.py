@@ -70,6 +70,7 @@ class SimConfig(BaseModel):
     minutes: float = Field(2.0, gt=0)
     truth_bin_ms: float = Field(10.0, gt=0, le=100)
     latent_dim: int = Field(4, ge=1)
+    rate_hz: tuple[float, float] = Field((2.0, 20.0), description="range of the units' baseline rates (uniform)")
     n_images: int = Field(32, ge=1)
     embedding_dim: int = Field(16, ge=1)
     image_repeats: int = Field(5, ge=1)
@@ -257,7 +258,7 @@ def _build_model(cfg: SimConfig, spec: _Spec, duration: float, *, trials_reset=N
     for r in range(R):
         members = np.flatnonzero(unit_region == r)
         C[members, r * d : (r + 1) * d] = rng.normal(0.0, loading_sd, size=(len(members), d))
-    log_base = np.log(rng.uniform(2.0, 20.0, size=U))
+    log_base = np.log(rng.uniform(cfg.rate_hz[0], cfg.rate_hz[1], size=U))
     model = _Model(dt, n_steps, A, noise_sd, rng.normal(0, 0.7, R * d), C, log_base, unit_region)
     if trials_reset is not None:
         steps, conditions = trials_reset

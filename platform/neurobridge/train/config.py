@@ -26,6 +26,12 @@ class DataConfig(_Strict):
         default_factory=list, description="sessions never trained on (evaluation / fine-tuning targets)"
     )
     max_units: int | None = Field(None, ge=1, description="refuse windows wider than this")
+    crop_bins: int | None = Field(
+        50, ge=2, description="train on random spans of at most this many bins (attention cost ∝ bins²); null: whole"
+    )
+    heldout_fraction: float = Field(
+        0.25, gt=0, lt=1, description="held-out units per session (by hash) where the data has no official split"
+    )
 
 
 class OptimConfig(_Strict):

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import math
 import tempfile
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
 
 from ..models.ndt import MaskedNeuralModel
-from ..models.patching import collate
 from ..models.vocab import Vocabularies
+from .batches import Collated
 from .config import PretrainConfig
-from .rows import table_rows
 
 STATE_FILE = "train_state.pt"
 
@@ -54,17 +54,16 @@ def run_steps(
     cfg: PretrainConfig,
     model: MaskedNeuralModel,
     vocabs: Vocabularies,
-    batches: Callable[[int], Iterable],
+    batches: Callable[[int], Iterable[Collated]],
     *,
     device: torch.device,
     rank: int = 0,
     world: int = 1,
     state: dict | None = None,
     report: Callable[[dict, dict | None], None],
-    heldout: dict | None = None,
     ddp_model: torch.nn.Module | None = None,
 ) -> dict:
-    """Train until ``cfg.optim.max_steps``. ``batches(epoch)`` yields Arrow tables of windows in a fixed order;
+    """Train until ``cfg.optim.max_steps``. ``batches(epoch)`` yields collated windows in a fixed order;
     ``report(metrics, state_or_None)`` is called every ``log_every`` steps, with the full state at checkpoints."""
     net = ddp_model or model
     opt, sched = make_optimizer(model, cfg.optim)
@@ -74,17 +73,16 @@ def run_steps(
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         step, epoch, skip = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
-    k = cfg.model.neurons_per_token
     last = {}
+    clock = _Clock()
     while step < cfg.optim.max_steps:
         seen = 0
-        for table in batches(epoch):
+        for item in clock.timed(batches(epoch)):
             if seen < skip:  # resuming mid-epoch: replay the order, skip what was already trained on
                 seen += 1
                 continue
             seen += 1
-            rows = table_rows(table, heldout)
-            batch = collate(rows, vocabs, k, cfg.data.max_units).to(device)
+            batch = item.batch.to(device)
             seed = (cfg.seed * 1_000_003 + step) * max(world, 1) + rank
             torch.manual_seed(seed)
             gen = torch.Generator(device=device).manual_seed(seed)
@@ -92,7 +90,7 @@ def run_steps(
             with _autocast(cfg.optim.precision, device):
                 out = net(batch, mode=cfg.mode, generator=gen)
             if not torch.isfinite(out.loss):
-                ids = [r.get("sample_id") for r in rows][:8]
+                ids = item.sample_ids[:8]
                 raise NonFiniteLoss(f"loss is {out.loss.item()} at step {step} (epoch {epoch}); windows: {ids}")
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
@@ -100,11 +98,14 @@ def run_steps(
             opt.step()
             sched.step()
             step += 1
+            clock.step_done(int(batch.token_valid.sum()))
             last = {"step": step, "epoch": epoch, "loss": float(out.loss.detach()),
                     "poisson_nll": float(out.poisson_nll.detach()), "mse": float(out.mse.detach()),
                     "lr": sched.get_last_lr()[0], "grad_norm": float(grad_norm),
-                    "tokens": int(batch.token_valid.sum()) * k}  # fmt: skip
+                    "tokens": int(batch.token_valid.sum()), "cells": int(batch.token_cells.sum())}  # fmt: skip
             at_ckpt = step % cfg.checkpoint_every == 0 or step >= cfg.optim.max_steps
+            if at_ckpt or step % cfg.log_every == 0:
+                last.update(clock.rates())
             if at_ckpt:
                 report(last, {"model": model.state_dict(), "optimizer": opt.state_dict(),
                               "scheduler": sched.state_dict(), "step": step, "epoch": epoch,
@@ -120,6 +121,41 @@ def run_steps(
             continue
         break
     return last
+
+
+class _Clock:
+    """Where the time goes: waiting for the next batch (data path) vs computing the step (model)."""
+
+    def __init__(self):
+        self.wait = self.compute = 0.0
+        self.tokens = self.steps = 0
+        self._t = time.perf_counter()
+
+    def timed(self, items: Iterable):
+        it = iter(items)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                item = next(it)
+            except StopIteration:
+                return
+            self._t = time.perf_counter()
+            self.wait += self._t - t0
+            yield item
+
+    def step_done(self, tokens: int) -> None:
+        self.compute += time.perf_counter() - self._t
+        self.tokens += tokens
+        self.steps += 1
+
+    def rates(self) -> dict:
+        """Averages since the last call: seconds per step waiting and computing, tokens per second of compute."""
+        n = max(self.steps, 1)
+        out = {"time_data_wait_s": self.wait / n, "time_step_s": self.compute / n,
+               "tokens_per_s": self.tokens / max(self.wait + self.compute, 1e-9)}  # fmt: skip
+        self.wait = self.compute = 0.0
+        self.tokens = self.steps = 0
+        return out
 
 
 def save_state(state: dict, directory: str | Path, vocabs: Vocabularies, cfg: PretrainConfig) -> Path:

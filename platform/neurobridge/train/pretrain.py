@@ -7,6 +7,7 @@ laptop or N GPUs on a cluster: only ``scaling`` changes.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from ..models.vocab import Vocabularies
 from ..runtime import ensure_ray
 from ..storage import filesystem, is_local_fs, join
 from ..tracking import mlflow_run
+from .batches import CollateWindows, HeldoutSplit
 from .config import PretrainConfig
 from .rows import ROW_COLUMNS
 
@@ -33,12 +35,14 @@ class PretrainResult:
     storage: str
 
 
-def vocabularies(srcs: list[Source]) -> Vocabularies:
-    """Context vocabularies from the dataset cards (no row scan)."""
+def vocabularies(srcs: list[Source], exclude_sessions=()) -> Vocabularies:
+    """Context vocabularies from the dataset cards (no row scan); held-out sessions are left out, so fine-tuning
+    adds them as new keys exactly as it would for a session recorded after pretraining."""
     v = Vocabularies()
+    skip = set(exclude_sessions)
     for s in srcs:
         voc = s.ref.card.get("vocabularies", {})
-        v.session.add(voc.get("sessions", []))
+        v.session.add([x for x in voc.get("sessions", []) if x not in skip])
         v.subject.add(voc.get("subjects", []))
         v.task.add(voc.get("tasks", []))
         v.region.add(list((voc.get("regions") or {}).keys()))
@@ -59,10 +63,6 @@ def heldout_flags(settings: Settings, srcs: list[Source]) -> dict[str, dict[str,
                 if flag is not None:
                     out.setdefault(sess, {})[uid] = bool(flag)
     return out
-
-
-def _excluded(row: dict, sessions: frozenset) -> bool:
-    return row["session"] not in sessions
 
 
 def runs_storage(settings: Settings) -> tuple[str, object | None]:
@@ -103,14 +103,19 @@ def train_loop_per_worker(config: dict) -> None:
     ddp = ray.train.torch.prepare_model(model) if world > 1 else None
     shard = ray.train.get_dataset_shard("train")
     logger = mlflow_run.MetricsLogger(config["mlflow_uri"], config["run_id"]) if rank == 0 else None
+    collate_fn = CollateWindows(vocabs, cfg.model.neurons_per_token, HeldoutSplit.from_dict(config["heldout"]),
+                                cfg.data.max_units, cfg.data.crop_bins, cfg.seed)  # fmt: skip
 
     def batches(epoch: int):
-        return shard.iter_batches(
-            batch_size=cfg.optim.batch_size, batch_format="pyarrow", drop_last=True,
+        return shard.iter_torch_batches(
+            batch_size=cfg.optim.batch_size, collate_fn=collate_fn, drop_last=True, prefetch_batches=2,
             local_shuffle_buffer_size=SHUFFLE_BUFFER, local_shuffle_seed=cfg.seed + epoch,
         )  # fmt: skip
 
+    fault = config.get("fault") or {}
+
     def report(metrics: dict, full_state: dict | None) -> None:
+        _maybe_die(fault, metrics["step"], rank)
         if logger is not None:
             logger.log(metrics, metrics["step"])
         if full_state is None:
@@ -124,7 +129,26 @@ def train_loop_per_worker(config: dict) -> None:
                 ray.train.report(metrics)
 
     run_steps(cfg, model, vocabs, batches, device=device, rank=rank, world=world, state=state, report=report,
-              heldout=config.get("heldout"), ddp_model=ddp)  # fmt: skip
+              ddp_model=ddp)  # fmt: skip
+
+
+FAULT_ENV = "NB_FAULT_KILL_WORKER_AT_STEP"  # "<step>:<marker file>": fault injection for resume tests
+
+
+def _fault_spec() -> dict | None:
+    """Read on the driver and shipped in the loop config, so it reaches workers on any cluster."""
+    raw = os.environ.get(FAULT_ENV)
+    if not raw:
+        return None
+    step, _, marker = raw.partition(":")
+    return {"step": int(step), "marker": marker}
+
+
+def _maybe_die(fault: dict, step: int, rank: int) -> None:
+    """Kill this worker process (no exception, no cleanup: a real crash) once, at the given step, on rank 0."""
+    if fault and rank == 0 and step >= fault["step"] and not os.path.exists(fault["marker"]):
+        Path(fault["marker"]).write_text(f"killed at step {step}\n")
+        os._exit(17)
 
 
 def pretrain(cfg: PretrainConfig, settings: Settings | None = None, resume_from: str | None = None) -> PretrainResult:
@@ -134,24 +158,22 @@ def pretrain(cfg: PretrainConfig, settings: Settings | None = None, resume_from:
 
     settings = settings or get_settings()
     srcs = sources(settings, cfg.data.datasets, cfg.data.mixture)
-    vocabs = vocabularies(srcs)
-    heldout = heldout_flags(settings, srcs)
-    ensure_ray(settings)
+    vocabs = vocabularies(srcs, cfg.data.holdout_sessions)
+    heldout = HeldoutSplit(heldout_flags(settings, srcs), cfg.data.heldout_fraction)
+    s = cfg.scaling
+    ensure_ray(settings, min_cpus=int(s.num_workers * s.cpus_per_worker) + 2)
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # with seeded shuffles: the same data order on every (re)run
-    train = ray_dataset(settings, srcs, "train", cfg.data.mixing, cfg.data.epoch_rows, cfg.seed, ROW_COLUMNS)
-    if cfg.data.holdout_sessions:
-        held = frozenset(cfg.data.holdout_sessions)
-        train = train.filter(_excluded, fn_kwargs={"sessions": held})
+    train = ray_dataset(settings, srcs, "train", cfg.data.mixing, cfg.data.epoch_rows, cfg.seed, ROW_COLUMNS,
+                        exclude_sessions=frozenset(cfg.data.holdout_sessions))  # fmt: skip
     lineage = {f"dataset.{s.name}": s.ref.version for s in srcs}
     tags = {"mixture": cfg.data.mixture or "", "kind": "pretrain", **lineage}
     run_id = mlflow_run.start_run(settings.mlflow_uri, cfg.experiment, cfg.name, cfg.model_dump(mode="json"), tags)
     path, pa_fs = runs_storage(settings)
-    s = cfg.scaling
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": cfg.model_dump(mode="json"), "vocabs": vocabs.to_dict(), "heldout": heldout,
-                           "mlflow_uri": settings.mlflow_uri, "run_id": run_id},
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "vocabs": vocabs.to_dict(), "heldout": heldout.to_dict(),
+                           "mlflow_uri": settings.mlflow_uri, "run_id": run_id, "fault": _fault_spec()},
         scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
                                      resources_per_worker={"CPU": s.cpus_per_worker}),
         run_config=RunConfig(name=f"{cfg.name}-{run_id[:8]}" if resume_from is None else resume_from,
@@ -215,5 +237,7 @@ def export_model(checkpoint: str, cfg: PretrainConfig, pa_fs=None) -> str:
     vocabs = Vocabularies.from_dict(payload["vocabs"])
     model = MaskedNeuralModel(cfg.model, vocabs)
     model.load_state_dict(payload["model"])
-    save_checkpoint(str(out), model, vocabs, {"step": int(payload["step"])})
+    save_checkpoint(
+        str(out), model, vocabs, {"step": int(payload["step"]), "heldout_fraction": cfg.data.heldout_fraction}
+    )
     return str(out)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-ROW_COLUMNS = ["dataset", "session", "subject", "task", "sample_id", "split", "n_units", "n_bins", "counts", "mua",
+ROW_COLUMNS = ["dataset", "session", "subject", "task", "sample_id", "split", "t_start", "bin_ms", "n_units", "n_bins",
+               "counts", "mua",
                "unit_ids", "unit_regions", "behavior", "behavior_names", "stimulus_id", "repeat"]  # fmt: skip
 
 
@@ -25,8 +26,8 @@ def _views(column: pa.ChunkedArray | pa.Array) -> list[np.ndarray | None]:
     return [flat[offsets[i] - base : offsets[i + 1] - base] if valid[i] else None for i in range(len(column))]
 
 
-def table_rows(table: pa.Table, heldout: dict[str, dict[str, bool]] | None = None) -> list[dict]:
-    """Rows as dicts; ``heldout`` maps session → unit id → held-out flag (from the ``units/`` side table)."""
+def table_rows(table: pa.Table) -> list[dict]:
+    """Rows as dicts (held-out unit flags are added by ``train.batches.HeldoutSplit``)."""
     n = table.num_rows
     cols = set(table.column_names)
     counts = _views(table.column("counts")) if "counts" in cols else [None] * n
@@ -38,8 +39,5 @@ def table_rows(table: pa.Table, heldout: dict[str, dict[str, bool]] | None = Non
     for i in range(n):
         row = {c: v[i] for c, v in scalars.items()}
         row["counts"], row["mua"], row["behavior"] = counts[i], mua[i], behavior[i]
-        if heldout is not None and row.get("session") in heldout and row.get("unit_ids") is not None:
-            flags = heldout[row["session"]]
-            row["heldout"] = np.array([flags.get(u, False) for u in row["unit_ids"]], dtype=bool)
         rows.append(row)
     return rows

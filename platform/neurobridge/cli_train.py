@@ -1,0 +1,148 @@
+"""`neurobridge pretrain | finetune | evaluate`: training and evaluation commands (registered by cli.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err_console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def parse_overrides(items: list[str] | None) -> dict:
+    """``key.sub=value`` pairs; values parse as YAML (numbers, lists, null)."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            _fail(f"--set {item!r}: expected key=value (e.g. optim.max_steps=200)")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def pretrain(
+    config: Path = typer.Option(None, "--config", "-c", help="YAML config (default: built-in defaults)"),
+    overrides: list[str] = typer.Option(None, "--set", help="override a config key, e.g. --set optim.max_steps=200"),
+):
+    """Masked pretraining on Ray Train over a mixture of token-store datasets; tracked in MLflow."""
+    from .storage import StoreError
+    from .tracking.mlflow_run import TrackingError
+    from .train.config import ConfigError, load_config
+    from .train.loop import NonFiniteLoss
+    from .train.pretrain import pretrain as run
+
+    try:
+        cfg = load_config(config, parse_overrides(overrides))
+        result = run(cfg)
+    except (ConfigError, StoreError, TrackingError, NonFiniteLoss) as err:
+        _fail(str(err))
+    m = result.metrics
+    console.print(f"[bold]pretrained[/] {cfg.name}: step {m.get('step')}, loss {m.get('loss', float('nan')):.4f}")
+    console.print(f"MLflow run   : {result.run_id}  (model: runs:/{result.run_id})")
+    console.print(f"checkpoint   : {result.checkpoint}")
+
+
+def finetune(
+    model: str = typer.Option(None, help="model.pt or runs:/<run id>; omit with --scratch"),
+    dataset: str = typer.Option(..., help="dataset ref holding the session"),
+    session: str = typer.Option(...),
+    trials: int = typer.Option(20, help="training windows (k-shot); 0: all"),
+    steps: int = typer.Option(300),
+    freeze_backbone: bool = typer.Option(False, help="train only context embeddings and output heads"),
+    scratch: bool = typer.Option(False, help="train a fresh model instead (the comparison)"),
+    out: Path = typer.Option(..., help="where to write the fine-tuned model.pt"),
+    seed: int = typer.Option(0),
+):
+    """Fine-tune a pretrained model to a new session (vocabularies extended), or train one from scratch."""
+    from .evaluate.run import resolve_model_file
+    from .storage import StoreError
+    from .train.finetune import FinetuneConfig, save
+    from .train.finetune import finetune as run
+
+    if (model is None) != scratch:
+        _fail("give either --model (fine-tune) or --scratch (train from scratch)")
+    cfg = FinetuneConfig(dataset=dataset, session=session, trials=trials or None, steps=steps,
+                         freeze_backbone=freeze_backbone, seed=seed)  # fmt: skip
+    try:
+        file = resolve_model_file(model, _settings()) if model else None
+        result = run(cfg, file)
+    except StoreError as err:
+        _fail(str(err))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save(result, str(out), cfg)
+    console.print(
+        f"fine-tuned on {len(result.windows)} windows of {session}: loss {result.last.get('loss'):.4f} → {out}"
+    )
+
+
+def _settings():
+    from .config import get_settings
+
+    return get_settings()
+
+
+def evaluate(
+    model: str = typer.Argument(..., help="model.pt or runs:/<run id>"),
+    dataset: list[str] = typer.Option(None, help="dataset refs (repeatable)"),
+    mixture: str = typer.Option(None, help="a mixture name instead of datasets"),
+    session: list[str] = typer.Option(None, help="only these sessions (repeatable)"),
+    truth: str = typer.Option(None, help="simulator truth folder (oracle); default <NB_RAW>/sim/truth if present"),
+    max_sessions: int = typer.Option(None, help="sessions per dataset"),
+    out: Path = typer.Option(None, help="also write the report as JSON here"),
+    track: bool = typer.Option(True, help="log the report, metrics and figure to MLflow"),
+):
+    """co-bps / fp-bps / per-region bps / behaviour R² beside mean-rate, smoothing and oracle baselines."""
+    from .evaluate.report import EvalConfig
+    from .evaluate.run import evaluate as run
+    from .storage import StoreError
+
+    settings = _settings()
+    if truth is None and "://" not in settings.raw_root and (Path(settings.raw_root) / "sim" / "truth").is_dir():
+        truth = str(Path(settings.raw_root) / "sim" / "truth")
+    if not dataset and not mixture:
+        _fail("name --dataset (repeatable) or --mixture")
+    try:
+        with console.status("evaluating…") as status:
+            report = run(model, dataset, mixture, session, truth, EvalConfig(max_sessions=max_sessions),
+                         settings, track, progress=lambda s: status.update(f"evaluating {s}"))  # fmt: skip
+    except StoreError as err:
+        _fail(str(err))
+    print_report(report)
+    if out:
+        out.write_text(json.dumps(report.to_dict(), indent=1, default=float))
+        console.print(f"report → {out}")
+    if report.run_id:
+        console.print(f"MLflow run: {report.run_id}")
+
+
+def _fmt(v) -> str:
+    return "" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.3f}"
+
+
+def print_report(report) -> None:
+    cols = [("co_bps", "co-bps"), ("co_bps_smoothing", "smoothing"), ("co_bps_oracle", "oracle"),
+            ("fp_bps", "fp-bps"), ("behavior_r2", "beh R²"), ("behavior_r2_smoothing", "beh R² smooth")]  # fmt: skip
+    t = Table(title="per session (held-out units; mean rate = 0 by definition)")
+    for c in ["dataset", "session", "windows"] + [label for _, label in cols]:
+        t.add_column(c)
+    for r in report.table():
+        t.add_row(r["dataset"], r["session"], str(r["windows"]), *[_fmt(r.get(k)) for k, _ in cols])
+    console.print(t)
+    p = Table(title="pooled per dataset")
+    keys = ["co_bps", "co_bps_smoothing", "co_bps_oracle", "model_over_oracle", "smoothing_over_oracle"]
+    for c in ["dataset", *keys, "sessions"]:
+        p.add_column(c)
+    for ds, d in report.pooled.items():
+        p.add_row(ds, *[_fmt(d.get(k)) for k in keys], str(d.get("sessions")))
+    console.print(p)

@@ -1,0 +1,214 @@
+"""`neurobridge evaluate`: a model and its baselines on the same sessions, split and held-out units.
+
+Per session (count data): co-bps on held-out units predicted from held-in units (NLB's official split when the
+data has one, else the deterministic per-session hash split training used), fp-bps on the last bins, per-region
+leave-one-region-out bps, and ridge behaviour R² from the model's latents. Beside them, on the same cells: the mean
+rate (0 by definition), NLB's spike smoothing + Poisson GLM, and, on simulated data, the oracle from true rates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..models.config import ALL_PROMPTS
+from ..models.masking import MaskResult, mask_last_bins, sample_mask
+from ..models.ndt import MaskedNeuralModel
+from ..models.patching import Batch, collate
+from ..models.vocab import Vocabularies
+from ..train.batches import HeldoutSplit, with_heldout
+from . import baselines, metrics
+from .session_data import SessionRows, Truth, stack_behavior, stack_counts
+
+
+class EvalConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    split: str = "test"
+    batch_size: int = Field(64, ge=1)
+    forward_fraction: float = Field(0.2, gt=0, lt=1, description="fp-bps scores the last fraction of each window")
+    smoothing_sigma_bins: float = Field(2.5, gt=0, description="NLB smoothing baseline kernel s.d. (bins)")
+    glm_l2: float = Field(1e-3, ge=0)
+    ridge_alpha: float = Field(1.0, gt=0)
+    max_sessions: int | None = Field(None, ge=1, description="per dataset")
+    max_train_windows: int = Field(1000, ge=1, description="training windows per session for baselines/decoders")
+
+
+@dataclass
+class SessionResult:
+    dataset: str
+    session: str
+    windows: int
+    heldout_units: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    regions: dict[str, float] = field(default_factory=dict)
+    # arrays kept for pooling (held-out cells only)
+    pooled: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
+
+
+def _prompt(model: MaskedNeuralModel, mode: str) -> int:
+    """The mode's prompt id if the model trained with it, else the neuron prompt (same mask pattern)."""
+    return ALL_PROMPTS.index(mode if mode in model.cfg.modes else "neuron")
+
+
+def _batches(rows: list[dict], vocabs: Vocabularies, k: int, size: int):
+    for i in range(0, len(rows), size):
+        yield collate(rows[i : i + size], vocabs, k)
+
+
+def _predict(model: MaskedNeuralModel, batch: Batch, mask: MaskResult) -> np.ndarray:
+    """[windows, bins, units] expected counts for ``mask``'s target cells (and reconstructions elsewhere)."""
+    per_unit = model.predict(batch, mask)  # [B, U, T]
+    return per_unit.double().numpy().transpose(0, 2, 1)
+
+
+def _heldout_mask(model: MaskedNeuralModel, batch: Batch) -> MaskResult:
+    m = sample_mask(batch, "heldout")
+    return MaskResult(m.target, m.visible, torch.full_like(m.mode_ids, _prompt(model, "heldout")))
+
+
+def _region_mask(batch: Batch, region_id: int) -> MaskResult:
+    target = batch.token_valid & (batch.token_region == region_id)
+    ids = torch.full((batch.tokens.shape[0],), ALL_PROMPTS.index("inter_region"), dtype=torch.long)
+    return MaskResult(target, batch.token_valid & ~target, ids)
+
+
+def _latents_per_bin(model: MaskedNeuralModel, batch: Batch) -> np.ndarray:
+    """[windows, bins, d]: encoder outputs averaged over each bin's patches (what behaviour decoders read)."""
+    lat = model.encode(batch)
+    B, N, d = lat.tokens.shape
+    T = batch.bin_mask.shape[1]
+    out = torch.zeros(B, T, d, dtype=lat.tokens.dtype)
+    n = torch.zeros(B, T, 1, dtype=lat.tokens.dtype)
+    w = lat.token_valid.unsqueeze(-1).to(lat.tokens.dtype)
+    out.scatter_add_(1, batch.token_time.unsqueeze(-1).expand(-1, -1, d), lat.tokens * w)
+    n.scatter_add_(1, batch.token_time.unsqueeze(-1), w)
+    return (out / n.clamp_min(1.0)).double().numpy()
+
+
+@torch.no_grad()
+def evaluate_session(model: MaskedNeuralModel, vocabs: Vocabularies, sess: SessionRows, split: HeldoutSplit,
+                     cfg: EvalConfig, truth: Truth | None = None, raw_ids: dict[str, str] | None = None,
+                     ) -> SessionResult | None:  # fmt: skip
+    test = with_heldout(sess.split(cfg.split), split)
+    train = with_heldout(sess.split("train")[: cfg.max_train_windows], split)
+    if not test or test[0].get("counts") is None:
+        return None  # MUA sessions: no bits/spike
+    model.eval()
+    k = model.cfg.neurons_per_token
+    spikes = stack_counts(test)
+    T = spikes.shape[1]
+    held = np.asarray(test[0]["heldout"], dtype=bool)
+    regions = np.asarray(test[0]["unit_regions"]).astype(str)
+    res = SessionResult(sess.dataset, sess.session, len(test), int(held.sum()))
+    nf = max(1, int(round(cfg.forward_fraction * T)))
+
+    co, fp, lat_test = [], [], []
+    by_region: dict[str, list[np.ndarray]] = {}
+    for batch in _batches(test, vocabs, k, cfg.batch_size):
+        co.append(_predict(model, batch, _heldout_mask(model, batch))[:, :T])
+        fp.append(_predict(model, batch, mask_last_bins(batch, nf))[:, :T])
+        for name in np.unique(regions):
+            rid = int(vocabs.region.lookup([name])[0])
+            by_region.setdefault(name, []).append(_predict(model, batch, _region_mask(batch, rid))[:, :T])
+        lat_test.append(_latents_per_bin(model, batch)[:, :T])
+    co_pred, fp_pred = np.concatenate(co), np.concatenate(fp)
+    m = res.metrics
+    if held.any() and np.nansum(spikes[..., held]) > 0:
+        m["co_bps"] = metrics.co_bps(co_pred, spikes, held)
+        m["co_bps_mean_rate"] = metrics.co_bps(baselines.mean_rate_baseline(spikes), spikes, held)
+        res.pooled["model"] = (co_pred[..., held], spikes[..., held])
+        if train:
+            tr = stack_counts(train)[:, :T]
+            if tr.shape[1] == T:
+                smooth = baselines.smoothing_baseline(tr[..., ~held], tr[..., held], spikes[..., ~held],
+                                                      cfg.smoothing_sigma_bins, cfg.glm_l2)  # fmt: skip
+                m["co_bps_smoothing"] = metrics.bits_per_spike(smooth, spikes[..., held])
+                res.pooled["smoothing"] = (smooth, spikes[..., held])
+    m["fp_bps"] = metrics.fp_bps(fp_pred, spikes, nf, time_axis=1)
+    for name, parts in by_region.items():
+        if len(by_region) > 1:
+            sel = regions == name
+            res.regions[name] = metrics.bits_per_spike(np.concatenate(parts)[..., sel], spikes[..., sel])
+    if truth is not None and truth.has(sess.session):
+        oracle = truth.expected_counts(sess.session, test, raw_ids or {})[:, :T]
+        ok = ~np.isnan(oracle).any(axis=(1, 2))
+        if ok.any() and held.any():
+            m["co_bps_oracle"] = metrics.co_bps(oracle[ok], spikes[ok], held)
+            m["fp_bps_oracle"] = metrics.fp_bps(oracle[ok], spikes[ok], nf, time_axis=1)
+            res.pooled["oracle"] = (oracle[ok][..., held], spikes[ok][..., held])
+            if not ok.all():  # the model's score on exactly the oracle's windows, for an honest ratio
+                m["co_bps_on_oracle_windows"] = metrics.co_bps(co_pred[ok], spikes[ok], held)
+    _behaviour(model, vocabs, train, test, T, lat_test, cfg, m)
+    return res
+
+
+def _behaviour(model, vocabs, train, test, T, lat_test, cfg: EvalConfig, m: dict) -> None:
+    """Ridge R² of behaviour from the model's latents vs from smoothed spikes (session-specific decoders)."""
+    y_te, y_tr = stack_behavior(test), stack_behavior(train)
+    if y_te is None or y_tr is None or len(train) < 5:
+        return
+    k = model.cfg.neurons_per_token
+    lat_tr = np.concatenate([_latents_per_bin(model, b) for b in _batches(train, vocabs, k, cfg.batch_size)])
+    Tb = min(T, y_te.shape[1], y_tr.shape[1], lat_tr.shape[1])
+    x_tr, x_te = lat_tr[:, :Tb], np.concatenate(lat_test)[:, :Tb]
+    ytr, yte = y_tr[:, :Tb], y_te[:, :Tb]
+    keep_tr = ~np.isnan(ytr).any(axis=-1).reshape(-1)
+    keep_te = ~np.isnan(yte).any(axis=-1).reshape(-1)
+    if keep_tr.sum() < 10 or keep_te.sum() < 2:
+        return
+
+    def r2(xtr, xte) -> float:
+        fit = metrics.fit_ridge(xtr.reshape(-1, xtr.shape[-1])[keep_tr], ytr.reshape(-1, ytr.shape[-1])[keep_tr],
+                                cfg.ridge_alpha)  # fmt: skip
+        pred = fit.predict(xte.reshape(-1, xte.shape[-1])[keep_te])
+        return metrics.r2_score(yte.reshape(-1, yte.shape[-1])[keep_te], pred)
+
+    m["behavior_r2"] = r2(x_tr, x_te)
+    s_tr = baselines.smooth_spikes(stack_counts(train)[:, :Tb], cfg.smoothing_sigma_bins)
+    s_te = baselines.smooth_spikes(stack_counts(test)[:, :Tb], cfg.smoothing_sigma_bins)
+    m["behavior_r2_smoothing"] = r2(s_tr, s_te)
+
+
+@dataclass
+class Report:
+    sessions: list[SessionResult]
+    pooled: dict[str, dict[str, float]]  # dataset → {co_bps, co_bps_smoothing, co_bps_oracle}
+    run_id: str | None = None
+
+    def table(self) -> list[dict]:
+        rows = []
+        for r in self.sessions:
+            rows.append({"dataset": r.dataset, "session": r.session, "windows": r.windows,
+                         "heldout_units": r.heldout_units, **r.metrics,
+                         **{f"region_bps.{k}": v for k, v in r.regions.items()}})  # fmt: skip
+        return rows
+
+    def to_dict(self) -> dict:
+        return {"sessions": self.table(), "pooled": self.pooled}
+
+
+def pool(results: list[SessionResult]) -> dict[str, dict[str, float]]:
+    """Per dataset: bits/spike with held-out cells of all sessions pooled (each session with its own null)."""
+    out: dict[str, dict[str, float]] = {}
+    for name in dict.fromkeys(r.dataset for r in results):
+        mine = [r for r in results if r.dataset == name]
+        d = {}
+        for key, label in (("model", "co_bps"), ("smoothing", "co_bps_smoothing"), ("oracle", "co_bps_oracle")):
+            pairs = [r.pooled[key] for r in mine if key in r.pooled]
+            if pairs and len(pairs) == len([r for r in mine if "model" in r.pooled]):
+                d[label] = metrics.pooled_bits_per_spike(pairs)
+        if "co_bps" in d and "co_bps_oracle" in d and d["co_bps_oracle"] > 0:
+            d["model_over_oracle"] = d["co_bps"] / d["co_bps_oracle"]
+            if "co_bps_smoothing" in d:
+                d["smoothing_over_oracle"] = d["co_bps_smoothing"] / d["co_bps_oracle"]
+        for key in ("fp_bps", "behavior_r2", "behavior_r2_smoothing"):
+            vals = [r.metrics[key] for r in mine if key in r.metrics and np.isfinite(r.metrics[key])]
+            if vals:
+                d[f"{key}_mean"] = float(np.mean(vals))
+        d["sessions"] = len(mine)
+        out[name] = d
+    return out

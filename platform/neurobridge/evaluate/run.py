@@ -1,0 +1,111 @@
+"""The evaluation job: resolve the model and data, evaluate every session, print, save and track the report."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ..config import Settings, get_settings
+from ..data.store import sources
+from ..models.checkpoint import load_checkpoint
+from ..storage import StoreError
+from ..tracking import mlflow_run
+from ..train.batches import HeldoutSplit
+from ..train.pretrain import heldout_flags
+from .report import EvalConfig, Report, evaluate_session, pool
+from .session_data import Truth, session_rows, units_table
+
+
+def resolve_model_file(ref: str, settings: Settings) -> str:
+    """A model reference → a local ``model.pt``: a file path, or ``runs:/<run id>`` (the run's ``model/model.pt``)."""
+    if ref.startswith("runs:/"):
+        run_id = ref[len("runs:/") :].strip("/").split("/")[0]
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(settings.mlflow_uri)
+        try:
+            return client.download_artifacts(run_id, "model/model.pt", tempfile.mkdtemp(prefix="nb-model-"))
+        except Exception as err:
+            raise StoreError(f"{ref}: no model/model.pt in MLflow run {run_id} ({type(err).__name__}: {err})") from None
+    if not Path(ref).exists():
+        raise StoreError(f"{ref}: no such model file (give a path to model.pt or runs:/<run id>)")
+    return ref
+
+
+def evaluate(model_ref: str, datasets: list[str] | None = None, mixture: str | None = None,
+             sessions: list[str] | None = None, truth_dir: str | None = None, cfg: EvalConfig | None = None,
+             settings: Settings | None = None, track: bool = True, progress=None) -> Report:  # fmt: skip
+    settings = settings or get_settings()
+    cfg = cfg or EvalConfig()
+    model_file = resolve_model_file(model_ref, settings)
+    model, vocabs, extra = load_checkpoint(model_file)
+    srcs = sources(settings, datasets, mixture)
+    split = HeldoutSplit(heldout_flags(settings, srcs), extra.get("heldout_fraction", 0.25))
+    truth = Truth(truth_dir) if truth_dir else None
+    wanted = set(sessions) if sessions else None
+    results = []
+    for src in srcs:
+        raw = units_table(settings, src) if truth is not None else {}
+        for sess in session_rows(settings, src, (cfg.split, "train"), wanted, cfg.max_sessions):
+            if progress is not None:
+                progress(f"{src.name}/{sess.session}")
+            r = evaluate_session(model, vocabs, sess, split, cfg, truth, raw.get(sess.session))
+            if r is not None:
+                results.append(r)
+    if not results:
+        raise StoreError(f"nothing to evaluate: no {cfg.split} windows with spike counts in {[s.name for s in srcs]}"
+                         + (f" for sessions {sorted(wanted)}" if wanted else ""))  # fmt: skip
+    report = Report(results, pool(results))
+    if track:
+        _track(settings, model_ref, report, cfg, {s.name: s.ref.version for s in srcs})
+    return report
+
+
+def _track(settings: Settings, model_ref: str, report: Report, cfg: EvalConfig, versions: dict) -> str:
+    tags = {"kind": "evaluate", "model": model_ref, **{f"dataset.{k}": v for k, v in versions.items()}}
+    run_id = mlflow_run.start_run(settings.mlflow_uri, "neurobridge-evaluate", "evaluate", cfg.model_dump(), tags)
+    ok = False
+    try:
+        flat = {}
+        for ds, d in report.pooled.items():
+            flat.update({f"{ds}.{k}": v for k, v in d.items() if isinstance(v, int | float) and np.isfinite(v)})
+        mlflow_run.log_metrics(settings.mlflow_uri, run_id, flat)
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / "report.json"
+            path.write_text(json.dumps(report.to_dict(), indent=1, default=float))
+            mlflow_run.log_artifact(settings.mlflow_uri, run_id, str(path))
+        fig = figure(report)
+        mlflow_run.log_figure(settings.mlflow_uri, run_id, fig, "plots/co_bps.png")
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+        ok = True
+    finally:
+        mlflow_run.end_run(settings.mlflow_uri, run_id, ok)
+    report.run_id = run_id
+    return run_id
+
+
+def figure(report: Report):
+    """co-bps per session: model beside smoothing and oracle (same held-out units, same windows)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report.table()
+    keys = [("co_bps_smoothing", "smoothing + GLM"), ("co_bps", "model"), ("co_bps_oracle", "oracle")]
+    fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(rows) + 2), 3.5))
+    x = np.arange(len(rows))
+    for i, (key, label) in enumerate(keys):
+        vals = [r.get(key, np.nan) for r in rows]
+        ax.bar(x + (i - 1) * 0.27, vals, width=0.27, label=label)
+    ax.set_xticks(x, [f"{r['dataset']}\n{r['session']}" for r in rows], rotation=60, ha="right", fontsize=7)
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_ylabel("co-bps (held-out units)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

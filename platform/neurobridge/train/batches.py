@@ -1,0 +1,111 @@
+"""Arrow batches of windows → patched model batches, inside Ray Data's prefetch threads.
+
+``CollateWindows`` is an ``ArrowBatchCollateFn``: ``iter_torch_batches(collate_fn=…)`` runs it on Ray's background
+fetch thread, so patching overlaps with the training step. The held-out unit split it applies is the one evaluation
+uses: NLB's official ``heldout`` flags where a session has them, else a deterministic hash of (session, unit id).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+from ray.data.collate_fn import ArrowBatchCollateFn
+
+from ..models.patching import Batch, collate
+from ..models.vocab import Vocabularies
+from .rows import table_rows
+
+HELDOUT_FRACTION = 0.25
+
+
+def _hash_fraction(session: str, unit: str) -> float:
+    digest = hashlib.blake2b(f"{session}\x1f{unit}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64
+
+
+class HeldoutSplit:
+    """session → unit id → held-out flag: official flags where given (any True), else ``fraction`` by hash.
+
+    The hash rule is stable across runs, machines and unit order, and a session's split never depends on which
+    other sessions are loaded, so training, fine-tuning and evaluation all agree on it.
+    """
+
+    def __init__(self, official: Mapping[str, Mapping[str, bool]] | None = None, fraction: float = HELDOUT_FRACTION):
+        self.official = {s: dict(f) for s, f in (official or {}).items() if any(f.values())}
+        self.fraction = fraction
+        self._cache: dict[str, dict[str, bool]] = {}
+
+    def flags(self, session: str, unit_ids) -> np.ndarray:
+        table = self.official.get(session)
+        if table is None:
+            table = self._cache.setdefault(session, {})
+            missing = [u for u in unit_ids if u not in table]
+            for u in missing:
+                table[u] = _hash_fraction(session, u) < self.fraction
+            if missing and not any(table.values()) and len(table) >= 2:
+                table[min(table, key=lambda u: _hash_fraction(session, u))] = True  # at least one held-out unit
+        return np.fromiter((table.get(u, False) for u in unit_ids), dtype=bool, count=len(unit_ids))
+
+    def to_dict(self) -> dict:
+        return {"official": self.official, "fraction": self.fraction}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> HeldoutSplit:
+        return cls(d.get("official"), d.get("fraction", HELDOUT_FRACTION))
+
+
+def with_heldout(rows: list[dict], split: HeldoutSplit | None) -> list[dict]:
+    if split is None:
+        return rows
+    for r in rows:
+        if r.get("unit_ids") is not None and r.get("session") is not None:
+            r["heldout"] = split.flags(r["session"], list(r["unit_ids"]))
+    return rows
+
+
+def crop_rows(rows: list[dict], max_bins: int | None, seed: int) -> list[dict]:
+    """Windows longer than ``max_bins`` → one span of ``max_bins`` bins at an offset fixed by (seed, sample id).
+
+    Attention cost grows with the square of the tokens per window; long chunks (IBL's 2 s trials, Pile segments)
+    train as sub-windows, as NDT2/POYO train on short contexts. Deterministic, so resumed runs see the same data.
+    """
+    if max_bins is None:
+        return rows
+    for r in rows:
+        nb, nu = int(r["n_bins"]), int(r["n_units"])
+        if nb <= max_bins:
+            continue
+        offset = int(_hash_fraction(str(seed), str(r.get("sample_id"))) * (nb - max_bins + 1))
+        for key in ("counts", "mua"):
+            if r.get(key) is not None:
+                r[key] = np.asarray(r[key]).reshape(nu, nb)[:, offset : offset + max_bins].reshape(-1)
+        r["n_bins"] = max_bins
+    return rows
+
+
+@dataclass
+class Collated:
+    batch: Batch
+    sample_ids: list[str]
+    sessions: list[str]
+
+
+class CollateWindows(ArrowBatchCollateFn):
+    """Arrow table of store rows → ``Collated`` (a padded, patched batch plus the rows' ids for error messages)."""
+
+    def __init__(self, vocabs: Vocabularies, neurons_per_token: int, split: HeldoutSplit | None = None,
+                 max_units: int | None = None, crop_bins: int | None = None, seed: int = 0):  # fmt: skip
+        self.vocabs, self.k, self.split, self.max_units = vocabs, neurons_per_token, split, max_units
+        self.crop_bins, self.seed = crop_bins, seed
+
+    def __call__(self, table: pa.Table) -> Collated:
+        rows = crop_rows(with_heldout(table_rows(table), self.split), self.crop_bins, self.seed)
+        return Collated(
+            batch=collate(rows, self.vocabs, self.k, self.max_units),
+            sample_ids=[str(r.get("sample_id")) for r in rows],
+            sessions=[str(r.get("session")) for r in rows],
+        )

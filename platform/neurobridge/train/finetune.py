@@ -1,0 +1,120 @@
+"""Fine-tuning to a new session: extend the vocabularies, optionally freeze the backbone, train on k windows.
+
+Few-shot data (tens of windows) fits in one process, so this runs the same step function as pretraining in a plain
+loop; the from-scratch comparison trains an identically configured fresh model on exactly the same windows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..config import Settings, get_settings
+from ..data.store import sources
+from ..evaluate.session_data import session_rows
+from ..models.checkpoint import load_checkpoint, save_checkpoint
+from ..models.config import ModelConfig
+from ..models.ndt import MaskedNeuralModel
+from ..models.patching import CONTEXT
+from ..models.vocab import Vocabularies
+from ..storage import StoreError
+from .batches import Collated, CollateWindows, HeldoutSplit
+from .config import DataConfig, OptimConfig, PretrainConfig
+from .loop import run_steps
+from .pretrain import heldout_flags
+
+BACKBONE_FREE = ("ctx_emb", "count_head", "mua_head", "region_emb")  # what a frozen backbone still trains
+
+
+class FinetuneConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str = Field(description="dataset ref holding the new session (name or name@version)")
+    session: str
+    trials: int | None = Field(20, ge=1, description="training windows used (k-shot); null: all")
+    steps: int = Field(300, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(16, ge=1)
+    freeze_backbone: bool = Field(False, description="train only context embeddings and output heads")
+    mode: str = "all"
+    seed: int = 0
+    heldout_fraction: float = Field(0.25, gt=0, lt=1)
+
+
+@dataclass
+class FinetuneResult:
+    model: MaskedNeuralModel
+    vocabs: Vocabularies
+    windows: list[str]
+    last: dict
+
+
+def pick_windows(rows: list[dict], k: int | None, seed: int) -> list[dict]:
+    """k training windows chosen by a hash of their ids: the same k for pretrained and scratch, on any machine."""
+    ranked = sorted(rows, key=lambda r: hashlib.blake2b(f"{seed}\x1f{r['sample_id']}".encode()).digest())
+    return ranked if k is None else ranked[:k]
+
+
+def finetune(cfg: FinetuneConfig, model_file: str | None, settings: Settings | None = None,
+             scratch_model: ModelConfig | None = None) -> FinetuneResult:  # fmt: skip
+    """Fine-tune ``model_file`` (or, with ``model_file=None``, train a fresh ``scratch_model``) on the session."""
+    settings = settings or get_settings()
+    srcs = sources(settings, [cfg.dataset])
+    found = session_rows(settings, srcs[0], ("train",), {cfg.session})
+    if not found or not found[0].split("train"):
+        raise StoreError(f"{cfg.dataset}: no training windows for session {cfg.session!r}")
+    rows = pick_windows(found[0].split("train"), cfg.trials, cfg.seed)
+    if model_file is not None:
+        model, vocabs, _ = load_checkpoint(model_file)
+    else:
+        torch.manual_seed(cfg.seed)
+        vocabs = Vocabularies()
+        model = MaskedNeuralModel(scratch_model or ModelConfig(), vocabs)
+    first = rows[0]
+    for name in CONTEXT:  # new session (and subject/task/dataset/regions when unseen) → grown tables
+        key = first.get(name) if name != "dataset" else srcs[0].name
+        if key:
+            model.extend_vocab(vocabs, name, [key])
+    model.extend_vocab(vocabs, "region", sorted({r for row in rows for r in row["unit_regions"]}))
+    if cfg.freeze_backbone:
+        for name, p in model.named_parameters():
+            p.requires_grad = name.split(".")[0] in BACKBONE_FREE
+    split = HeldoutSplit(heldout_flags(settings, srcs), cfg.heldout_fraction)
+    collate_fn = CollateWindows(vocabs, model.cfg.neurons_per_token, split)
+    import pyarrow as pa
+
+    table = pa.Table.from_pylist([{k: (list(v) if hasattr(v, "tolist") else v) for k, v in r.items()
+                                   if k in ("dataset", "session", "subject", "task", "sample_id", "split", "n_units",
+                                            "n_bins", "counts", "mua", "unit_ids", "unit_regions")}
+                                  for r in rows])  # fmt: skip
+    bs = min(cfg.batch_size, len(rows))
+
+    def batches(epoch: int):
+        g = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
+        order = torch.randperm(len(rows), generator=g).tolist()
+        for i in range(0, len(order) - bs + 1, bs):
+            yield collate_fn(table.take(order[i : i + bs]))
+
+    pcfg = PretrainConfig(
+        name="finetune", seed=cfg.seed, mode=cfg.mode, model=model.cfg, data=DataConfig(mixture=None),
+        optim=OptimConfig(lr=cfg.lr, max_steps=cfg.steps, batch_size=bs, warmup_steps=min(20, cfg.steps // 10)),
+        log_every=max(1, cfg.steps // 10), checkpoint_every=cfg.steps,
+    )  # fmt: skip
+    history: list[dict] = []
+    last = run_steps(pcfg, model, vocabs, batches, device=torch.device("cpu"),
+                     report=lambda m, _state: history.append(dict(m)))  # fmt: skip
+    for p in model.parameters():
+        p.requires_grad = True
+    return FinetuneResult(model, vocabs, [r["sample_id"] for r in rows], {**last, "history": history})
+
+
+def save(result: FinetuneResult, path: str, cfg: FinetuneConfig) -> str:
+    extra = {"finetuned_on": cfg.session, "trials": cfg.trials or 0, "heldout_fraction": cfg.heldout_fraction}
+    save_checkpoint(path, result.model, result.vocabs, extra)
+    return path
+
+
+__all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "pick_windows", "save", "Collated"]

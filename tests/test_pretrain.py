@@ -1,0 +1,209 @@
+"""Pretraining: typed config errors, data mixing, reproducible resume, NaN stops, Ray Train + MLflow end to end.
+
+The end-to-end test trains on a real local Ray cluster from an ingested simulator store, kills the training worker
+process mid-run (a real ``os._exit``), and checks that FailureConfig resumed from the last checkpoint and that the
+resumed loss curve is the one an uninterrupted run produces.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from neurobridge.catalog import CatalogEntry
+from neurobridge.data.store import epoch_plan, iter_local, mixing_weights, repeats, sources
+from neurobridge.ingest.mixture import write_mixture
+from neurobridge.ingest.pipeline import ingest_many
+from neurobridge.models.checkpoint import CheckpointError
+from neurobridge.models.ndt import MaskedNeuralModel
+from neurobridge.sources.sim import SimConfig, simulate
+from neurobridge.storage import StoreError
+from neurobridge.tracking import mlflow_run
+from neurobridge.train.batches import CollateWindows, HeldoutSplit, crop_rows
+from neurobridge.train.config import ConfigError, load_config
+from neurobridge.train.loop import NonFiniteLoss, load_state, run_steps, save_state
+from neurobridge.train.pretrain import FAULT_ENV, pretrain, vocabularies
+from neurobridge.train.rows import ROW_COLUMNS
+
+SMALL_MODEL = {"d_model": 32, "heads": 2, "decoder_d_model": 32, "decoder_heads": 2, "depth": 1,
+               "neurons_per_token": 16, "dropout": 0.0}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, ray_cluster):
+    """Two simulated reaching sessions and one decision session, ingested and pinned as mixture 'tiny'."""
+    from neurobridge.config import get_settings
+
+    root = tmp_path_factory.mktemp("pretrain")
+    sim = root / "raw"
+    simulate(str(sim), SimConfig(nwb_subjects=1, nwb_sessions_per_subject=2, alf_subjects=1, alf_sessions_per_subject=1,
+                                 visual_sessions=0, units_min=20, units_max=30, minutes=0.75, write_images=False),
+             progress=False)  # fmt: skip
+    settings = get_settings(store=str(root / "store"), raw_root=str(sim), mlflow_uri=f"sqlite:///{root}/mlflow.db")
+    entries = [
+        CatalogEntry(name="t_nwb", kind="nwb", uri=str(sim / "nwb"),
+                     ingest={"bin_ms": 20, "window": {"mode": "chunks", "chunk_s": 0.6}}),
+        CatalogEntry(name="t_alf", kind="alf", uri=str(sim / "alf"), one={"mode": "local"},
+                     ingest={"bin_ms": 20, "window": {"mode": "chunks", "chunk_s": 1.6}}),
+    ]  # fmt: skip
+    reports = ingest_many(entries, settings, progress=False)
+    assert not any(isinstance(r, Exception) for r in reports), reports
+    write_mixture(settings, "tiny", reports)
+    return settings
+
+
+def small_cfg(**over):
+    base = {"model": SMALL_MODEL, "data.mixture": "tiny", "optim.batch_size": 8, "optim.warmup_steps": 2,
+            "optim.max_steps": 12, "checkpoint_every": 4, "log_every": 2, "seed": 3}  # fmt: skip
+    base.update(over)
+    model = base.pop("model")
+    return load_config(None, {**{f"model.{k}": v for k, v in model.items()}, **base})
+
+
+# ---------------------------------------------------------------- config and data errors
+
+
+def test_unknown_config_key_names_the_nearest_valid_one(tmp_path):
+    with pytest.raises(ConfigError, match=r"optim\.max_step'.*did you mean 'max_steps'"):
+        load_config(None, {"optim.max_step": 5})
+    bad = tmp_path / "cfg.yaml"
+    bad.write_text("optim:\n  lr: 0.001\n  warmup: 3\n")
+    with pytest.raises(ConfigError, match="warmup"):
+        load_config(bad)
+
+
+def test_missing_version_and_missing_card_are_clear_errors(store):
+    with pytest.raises(StoreError, match="t_nwb"):
+        sources(store, ["t_nwb@v-doesnotexist"])
+    with pytest.raises(StoreError):
+        sources(store, ["no_such_dataset"])
+
+
+def test_sqrt_mixing_weights_and_deterministic_repeats():
+    w = mixing_weights({"big": 10_000, "small": 100}, "sqrt")
+    assert w["big"] / w["small"] == pytest.approx(10.0)
+    assert mixing_weights({"a": 30, "b": 10}, "proportional")["a"] == pytest.approx(0.75)
+    plan = epoch_plan({"big": 10_000, "small": 100}, "sqrt")
+    assert plan["small"] > 1 > plan["big"]  # the small dataset repeats, the big one is subsampled
+    ids = [f"s{i}" for i in range(20_000)]
+    r = repeats(ids, 2.3, seed=1)
+    assert set(np.unique(r)) == {2, 3} and abs(r.mean() - 2.3) < 0.02
+    np.testing.assert_array_equal(r, repeats(ids, 2.3, seed=1))
+
+
+def test_long_windows_are_cropped_deterministically():
+    rows = [{"sample_id": "w1", "n_units": 2, "n_bins": 10, "counts": np.arange(20), "mua": None}]
+    out = crop_rows([dict(rows[0])], 4, seed=0)[0]
+    assert out["n_bins"] == 4 and out["counts"].size == 8
+    offset = int(out["counts"][0])
+    np.testing.assert_array_equal(out["counts"], np.r_[offset : offset + 4, 10 + offset : 14 + offset])
+    again = crop_rows([dict(rows[0])], 4, seed=0)[0]
+    np.testing.assert_array_equal(out["counts"], again["counts"])
+
+
+def test_heldout_split_is_stable_and_prefers_official_flags():
+    split = HeldoutSplit({"nlb": {"a": True, "b": False}})
+    np.testing.assert_array_equal(split.flags("nlb", ["a", "b"]), [True, False])
+    units = [f"u{i}" for i in range(400)]
+    flags = HeldoutSplit().flags("sess", units)
+    assert 0.18 < flags.mean() < 0.32
+    np.testing.assert_array_equal(HeldoutSplit().flags("sess", units[::-1]), flags[::-1])  # order-free
+
+
+# ---------------------------------------------------------------- the loop (no Ray)
+
+
+def local_batches(store, cfg, vocabs):
+    srcs = sources(store, [], "tiny")
+    table = pa.concat_tables(
+        [pa.Table.from_batches([b]) for s in srcs for b in iter_local(store, s, "train", ROW_COLUMNS)]
+    )
+    collate = CollateWindows(vocabs, cfg.model.neurons_per_token, HeldoutSplit(), crop_bins=cfg.data.crop_bins)
+    bs = cfg.optim.batch_size
+
+    def batches(epoch):
+        order = np.random.default_rng(epoch).permutation(table.num_rows)
+        for i in range(0, table.num_rows - bs + 1, bs):
+            yield collate(table.take(order[i : i + bs]))
+
+    return batches
+
+
+def train_locally(store, cfg, state=None, model=None):
+    vocabs = vocabularies(sources(store, [], "tiny"))
+    torch.manual_seed(cfg.seed)
+    model = model or MaskedNeuralModel(cfg.model, vocabs)
+    log, states = [], {}
+
+    def report(m, st):
+        log.append((m["step"], m["loss"]))
+        if st is not None:  # state_dict() tensors are live references: snapshot them as a checkpoint write does
+            states[m["step"]] = copy.deepcopy(st)
+
+    run_steps(cfg, model, vocabs, local_batches(store, cfg, vocabs), device=torch.device("cpu"), state=state,
+              report=report)  # fmt: skip
+    return dict(log), states, model, vocabs
+
+
+def test_resuming_from_a_checkpoint_retraces_the_loss_curve(store, tmp_path):
+    cfg = small_cfg(**{"optim.max_steps": 10, "checkpoint_every": 4, "log_every": 1})
+    full, states, _, vocabs = train_locally(store, cfg)
+    save_state(states[4], tmp_path, vocabs, cfg)
+    resumed, _, _, _ = train_locally(store, cfg, state=load_state(tmp_path, cfg))
+    assert sorted(resumed) == list(range(5, 11))
+    for step, loss in resumed.items():
+        assert loss == pytest.approx(full[step], rel=1e-5, abs=1e-6)
+    assert full[10] < full[1]  # and it learns
+
+
+def test_checkpoint_from_another_model_config_is_refused(store, tmp_path):
+    cfg = small_cfg(**{"optim.max_steps": 4})
+    _, states, _, vocabs = train_locally(store, cfg)
+    save_state(states[4], tmp_path, vocabs, cfg)
+    other = small_cfg(**{"optim.max_steps": 4, "model": {**SMALL_MODEL, "d_model": 48}})
+    with pytest.raises(CheckpointError, match="d_model"):
+        load_state(tmp_path, other)
+
+
+def test_nan_loss_stops_naming_the_step_and_windows(store):
+    cfg = small_cfg(**{"optim.max_steps": 3})
+    vocabs = vocabularies(sources(store, [], "tiny"))
+    model = MaskedNeuralModel(cfg.model, vocabs)
+    with torch.no_grad():
+        model.count_head.bias.fill_(float("nan"))
+    with pytest.raises(NonFiniteLoss, match=r"at step 0 .*windows: \['"):
+        run_steps(cfg, model, vocabs, local_batches(store, cfg, vocabs), device=torch.device("cpu"),
+                  report=lambda m, s: None)  # fmt: skip
+
+
+# ---------------------------------------------------------------- Ray Train end to end
+
+
+def test_ray_train_resumes_after_a_worker_is_killed_and_mlflow_holds_the_run(store, tmp_path, monkeypatch):
+    cfg = small_cfg(name="killed")
+    monkeypatch.setenv(FAULT_ENV, f"6:{tmp_path / 'killed.marker'}")
+    result = pretrain(cfg, store)
+    assert (tmp_path / "killed.marker").read_text().startswith("killed at step 6")  # the worker really died
+    assert result.metrics["step"] == 12
+
+    monkeypatch.delenv(FAULT_ENV)
+    clean = pretrain(small_cfg(name="clean"), store)
+    killed_hist = dict(mlflow_run.metric_history(store.mlflow_uri, result.run_id, "loss"))
+    clean_hist = dict(mlflow_run.metric_history(store.mlflow_uri, clean.run_id, "loss"))
+    for step in (8, 10, 12):  # after the restart from the step-4 checkpoint: the same curve as a clean run
+        assert killed_hist[step] == pytest.approx(clean_hist[step], rel=1e-4)
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(store.mlflow_uri)
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["dataset.t_nwb"].startswith("v-") and run.data.tags["git_commit"]
+    assert run.data.params["optim.max_steps"] == "12"
+    artifacts = {a.path for a in client.list_artifacts(result.run_id)} | {
+        a.path for d in ("plots", "model") for a in client.list_artifacts(result.run_id, d)
+    }
+    assert {"config.json", "plots/loss.png", "model/model.pt"} <= artifacts
