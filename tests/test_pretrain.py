@@ -207,3 +207,53 @@ def test_ray_train_resumes_after_a_worker_is_killed_and_mlflow_holds_the_run(sto
         a.path for d in ("plots", "model") for a in client.list_artifacts(result.run_id, d)
     }
     assert {"config.json", "plots/loss.png", "model/model.pt"} <= artifacts
+
+
+# ---------------------------------------------------------------- evaluation and fine-tuning
+
+
+def test_evaluate_reports_model_beside_mean_smoothing_and_oracle_on_the_same_cells(store, tmp_path):
+    from neurobridge.evaluate.report import EvalConfig
+    from neurobridge.evaluate.run import evaluate
+    from neurobridge.models.checkpoint import save_checkpoint
+
+    cfg = small_cfg(**{"optim.max_steps": 6})
+    _, _, model, vocabs = train_locally(store, cfg)
+    save_checkpoint(str(tmp_path / "model.pt"), model, vocabs, {})
+    report = evaluate(str(tmp_path / "model.pt"), ["t_nwb"], truth_dir=f"{store.raw_root}/truth",
+                      cfg=EvalConfig(split="train"), settings=store, track=True)  # fmt: skip
+    rows = report.table()
+    assert {r["session"] for r in rows} == {"monkey00_s00", "monkey00_s01"}
+    for r in rows:
+        assert r["co_bps_mean_rate"] == 0.0  # the NLB null scores exactly zero: alignment sanity
+        assert r["co_bps_oracle"] > r["co_bps_smoothing"] > 0  # the truth beats smoothing, smoothing beats the mean
+        assert np.isfinite(r["co_bps"]) and np.isfinite(r["fp_bps"])
+        assert set(k for k in r if k.startswith("region_bps.")) == {"region_bps.M1", "region_bps.PMd"}
+        assert -1.0 < r["behavior_r2_smoothing"] <= 1.0  # hand velocity is decodable from smoothed spikes
+    pooled = report.pooled["t_nwb"]
+    assert pooled["sessions"] == 2 and pooled["co_bps_oracle"] > 0
+    assert report.run_id is not None
+
+
+def test_finetuning_extends_vocabularies_and_uses_the_same_k_windows_as_scratch(store, tmp_path):
+    from neurobridge.models.checkpoint import save_checkpoint
+    from neurobridge.train.finetune import FinetuneConfig, finetune, pick_windows
+
+    cfg = small_cfg(**{"optim.max_steps": 4, "data.holdout_sessions": ["monkey00_s01"]})
+    vocabs = vocabularies(sources(store, [], "tiny"), ["monkey00_s01"])
+    assert "monkey00_s01" not in vocabs.session  # held out of pretraining entirely
+    torch.manual_seed(0)
+    model = MaskedNeuralModel(cfg.model, vocabs)
+    save_checkpoint(str(tmp_path / "pre.pt"), model, vocabs, {})
+    ft = FinetuneConfig(dataset="t_nwb", session="monkey00_s01", trials=5, steps=3, batch_size=4)
+    pre = finetune(ft, str(tmp_path / "pre.pt"), store)
+    scratch = finetune(ft, None, store, scratch_model=cfg.model)
+    assert "monkey00_s01" in pre.vocabs.session
+    assert pre.windows == scratch.windows and len(pre.windows) == 5
+    assert pre.model.ctx_emb["session"].weight.shape[0] == len(pre.vocabs.session)  # the table grew with it
+    frozen = finetune(ft.model_copy(update={"freeze_backbone": True}), str(tmp_path / "pre.pt"), store)
+    reloaded = MaskedNeuralModel(cfg.model, vocabs)
+    reloaded.load_state_dict(torch.load(tmp_path / "pre.pt", weights_only=True)["state"])
+    torch.testing.assert_close(frozen.model.encoder.state_dict(), reloaded.encoder.state_dict())  # backbone kept
+    rows = [{"sample_id": f"w{i}"} for i in range(50)]
+    assert pick_windows(rows, 5, 0) == pick_windows(list(reversed(rows)), 5, 0)

@@ -224,11 +224,12 @@ def bench_ingest(
 def demo(
     minutes: float = typer.Option(2.0, help="minutes per simulated session"),
     seed: int = typer.Option(0),
+    pretrain_steps: int = typer.Option(150, help="pretraining steps (0: stop after ingest)"),
 ):
-    """The end-to-end demo on the embedded default: simulate → ingest → inspect."""
+    """The end-to-end demo on the embedded default: simulate → ingest → inspect → pretrain → evaluate."""
     from .demo import run_demo
 
-    code = run_demo(minutes=minutes, seed=seed, console=console)
+    code = run_demo(minutes=minutes, seed=seed, console=console, pretrain_steps=pretrain_steps)
     raise typer.Exit(code)
 
 
@@ -265,6 +266,7 @@ def simulate_allen(
 app.command()(cli_train.pretrain)
 app.command()(cli_train.finetune)
 app.command()(cli_train.evaluate)
+bench_app.command("train")(cli_train.bench_train)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -146,3 +146,22 @@ def print_report(report) -> None:
     for ds, d in report.pooled.items():
         p.add_row(ds, *[_fmt(d.get(k)) for k in keys], str(d.get("sessions")))
     console.print(p)
+
+
+def bench_train(
+    config: Path = typer.Option(None, "--config", "-c", help="YAML pretraining config (default: built-in defaults)"),
+    overrides: list[str] = typer.Option(None, "--set", help="override a config key"),
+    steps: int = typer.Option(60, help="training steps per measured run"),
+    data_batches: int = typer.Option(60, help="batches drawn in the data-path measurement"),
+):
+    """Tokens/s through Ray Train vs a plain PyTorch loop (same model, same data), data-path headroom, peak RSS."""
+    from .bench_train import bench_train as run
+    from .train.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(config, {"optim.max_steps": steps, "log_every": 5, "checkpoint_every": steps,
+                                   **parse_overrides(overrides)})  # fmt: skip
+    except ConfigError as err:
+        _fail(str(err))
+    out = run(cfg, data_batches=data_batches, echo=console.print)
+    console.print_json(json.dumps(out))

@@ -15,8 +15,11 @@ from .ingest.mixture import write_mixture
 from .ingest.pipeline import ingest_many
 from .storage import filesystem, is_remote
 
+DEMO_HOLDOUT = "monkey01_s01"  # a simulated reaching session kept out of pretraining (a fine-tuning target)
 
-def run_demo(minutes: float = 2.0, seed: int = 0, console: Console | None = None, catalog: str = "demo") -> int:
+
+def run_demo(minutes: float = 2.0, seed: int = 0, console: Console | None = None, catalog: str = "demo",
+             pretrain_steps: int = 150) -> int:  # fmt: skip
     from .sources.sim import SimConfig, simulate
 
     console = console or Console()
@@ -72,6 +75,8 @@ def run_demo(minutes: float = 2.0, seed: int = 0, console: Console | None = None
             + f", splits {ref.card['splits']}"
         )
         figures.append(inspection.plot(ref, settings, str(reports_dir / f"{ref.dataset}.png"), sessions))
+    if pretrain_steps and reports:
+        failed += _pretrain_and_evaluate(console, settings, catalog, pretrain_steps, f"{sim_root}/truth")
     console.rule("done")
     console.print(f"finished in {time.perf_counter() - t0:.0f} s")
     console.print(f"raw recordings : {sim_root}")
@@ -80,6 +85,28 @@ def run_demo(minutes: float = 2.0, seed: int = 0, console: Console | None = None
     console.print("next           : neurobridge inspect sim_nwb --plot sim_nwb.png")
     console.print(f"read with polars: pl.read_parquet('{settings.store}/tokens/sim_nwb/<version>/part-*.parquet')")
     return 1 if failed else 0
+
+
+def _pretrain_and_evaluate(console: Console, settings, mixture: str, steps: int, truth: str) -> int:
+    """Stages 4-5: masked pretraining on Ray Train over the whole mixture, then co-bps against the baselines."""
+    from .cli_train import print_report
+    from .evaluate.run import evaluate
+    from .train.config import load_config
+    from .train.pretrain import pretrain
+
+    console.rule(f"4. pretrain (Ray Train, {steps} steps, mixture {mixture!r}, MLflow)")
+    cfg = load_config(None, {"name": "demo", "data.mixture": mixture, "data.holdout_sessions": [DEMO_HOLDOUT],
+                             "optim.max_steps": steps, "checkpoint_every": max(steps // 3, 1)})  # fmt: skip
+    result = pretrain(cfg, settings)
+    console.print(f"run {result.run_id}: step {result.metrics.get('step')}, loss {result.metrics.get('loss'):.3f}")
+    console.rule("5. evaluate (held-out units of test windows; baselines on the same cells)")
+    remote = "://" in settings.raw_root
+    report = evaluate(f"runs:/{result.run_id}", ["sim_nwb", "sim_alf"], None, None,
+                      None if remote else truth, settings=settings)  # fmt: skip
+    print_report(report)
+    console.print(f"MLflow: mlflow ui --backend-store-uri {settings.mlflow_uri}  (runs {result.run_id}, "
+                  f"{report.run_id})")  # fmt: skip
+    return 0
 
 
 def _same_config(fs, path: str, cfg) -> bool:

@@ -8,6 +8,7 @@ stopped. A non-finite loss stops the run naming the step and the windows, and th
 from __future__ import annotations
 
 import math
+import resource
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -152,7 +153,8 @@ class _Clock:
         """Averages since the last call: seconds per step waiting and computing, tokens per second of compute."""
         n = max(self.steps, 1)
         out = {"time_data_wait_s": self.wait / n, "time_step_s": self.compute / n,
-               "tokens_per_s": self.tokens / max(self.wait + self.compute, 1e-9)}  # fmt: skip
+               "tokens_per_s": self.tokens / max(self.wait + self.compute, 1e-9),
+               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}  # fmt: skip
         self.wait = self.compute = 0.0
         self.tokens = self.steps = 0
         return out

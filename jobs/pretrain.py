@@ -1,0 +1,29 @@
+"""`ray job submit … -- python jobs/pretrain.py --config jobs/configs/pretrain_demo.yaml [--set key=value …]`:
+masked pretraining on Ray Train (thin: parse, call the library)."""
+
+import argparse
+import sys
+
+import yaml
+from neurobridge.train.config import load_config
+from neurobridge.train.pretrain import pretrain
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", default=None, help="YAML pretraining config (default: built-in defaults)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="key.sub=value (YAML value)")
+    args = parser.parse_args()
+    overrides = {}
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set {item!r}: expected key=value")
+        overrides[key] = yaml.safe_load(value)
+    result = pretrain(load_config(args.config, overrides))
+    print(f"run {result.run_id}: {result.metrics} → model runs:/{result.run_id}, checkpoint {result.checkpoint}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
