@@ -267,6 +267,7 @@ app.command()(cli_train.pretrain)
 app.command()(cli_train.finetune)
 app.command()(cli_train.evaluate)
 bench_app.command("train")(cli_train.bench_train)
+bench_app.command("model")(cli_train.bench_model)
 
 
 def main() -> None:  # pragma: no cover - console entry point

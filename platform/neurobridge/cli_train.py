@@ -165,3 +165,18 @@ def bench_train(
         _fail(str(err))
     out = run(cfg, data_batches=data_batches, echo=console.print)
     console.print_json(json.dumps(out))
+
+
+def bench_model(
+    size: str = typer.Option("small", help="small | base | large"),
+    device: str = typer.Option("cpu", help="cpu or cuda"),
+    batch: int = typer.Option(64),
+    steps: int = typer.Option(10),
+    peak_tflops: float = typer.Option(None, help="device peak for MFU (e.g. 989 for H100 SXM dense bf16)"),
+):
+    """Model-only training-step tokens/s and MFU (FLOPs counted by torch) on CPU or GPU."""
+    from .bench_model import SIZES, run
+
+    if size not in SIZES:
+        _fail(f"--size {size!r}: one of {list(SIZES)}")
+    console.print_json(json.dumps(run(size, device, batch, steps=steps, peak_tflops=peak_tflops)))

@@ -102,7 +102,7 @@ def _pretrain_and_evaluate(console: Console, settings, mixture: str, steps: int,
     console.rule("5. evaluate (held-out units of test windows; baselines on the same cells)")
     remote = "://" in settings.raw_root
     report = evaluate(f"runs:/{result.run_id}", ["sim_nwb", "sim_alf"], None, None,
-                      None if remote else truth, settings=settings)  # fmt: skip
+                      None if remote else truth, settings=settings, exclude_sessions=[DEMO_HOLDOUT])  # fmt: skip
     print_report(report)
     console.print(f"MLflow: mlflow ui --backend-store-uri {settings.mlflow_uri}  (runs {result.run_id}, "
                   f"{report.run_id})")  # fmt: skip

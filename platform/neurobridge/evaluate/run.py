@@ -37,7 +37,8 @@ def resolve_model_file(ref: str, settings: Settings) -> str:
 
 def evaluate(model_ref: str, datasets: list[str] | None = None, mixture: str | None = None,
              sessions: list[str] | None = None, truth_dir: str | None = None, cfg: EvalConfig | None = None,
-             settings: Settings | None = None, track: bool = True, progress=None) -> Report:  # fmt: skip
+             settings: Settings | None = None, track: bool = True, progress=None,
+             exclude_sessions: list[str] | None = None) -> Report:  # fmt: skip
     settings = settings or get_settings()
     cfg = cfg or EvalConfig()
     model_file = resolve_model_file(model_ref, settings)
@@ -50,6 +51,8 @@ def evaluate(model_ref: str, datasets: list[str] | None = None, mixture: str | N
     for src in srcs:
         raw = units_table(settings, src) if truth is not None else {}
         for sess in session_rows(settings, src, (cfg.split, "train"), wanted, cfg.max_sessions):
+            if exclude_sessions and sess.session in exclude_sessions:
+                continue
             if progress is not None:
                 progress(f"{src.name}/{sess.session}")
             r = evaluate_session(model, vocabs, sess, split, cfg, truth, raw.get(sess.session))

@@ -18,6 +18,9 @@ from .patching import CONTEXT, Batch, unpatchify
 from .vocab import Vocabularies
 
 N_CTX = len(CONTEXT) + 1  # session, subject, task, dataset, mode prompt
+# Position codes start small next to the value projection: at unit scale they drown the sparse spike-count signal
+# of each token and the model first spends hundreds of steps learning to amplify its input.
+POS_SCALE = 0.2
 
 
 @dataclass
@@ -88,8 +91,8 @@ class MaskedNeuralModel(nn.Module):
         # Positions start informative (sin-cos time, unit-scale patch codes) so attention can find same-time and
         # same-patch tokens from the first steps; they stay learnable.
         with torch.no_grad():
-            self.time_emb.weight.copy_(_sincos(cfg.max_bins, d))
-            nn.init.normal_(self.patch_emb.weight, std=0.5)
+            self.time_emb.weight.copy_(POS_SCALE * _sincos(cfg.max_bins, d))
+            nn.init.normal_(self.patch_emb.weight, std=POS_SCALE)
 
     # ---------------------------------------------------------------- pieces
 

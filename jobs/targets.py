@@ -1,0 +1,22 @@
+"""`python jobs/targets.py [--out targets.json] [--skip-real]`: the pretraining targets of issue 4, rerunnable
+(simulate → ingest → pretrain on Ray Train → fine-tune → evaluate against smoothing and oracle; MC_Maze real data).
+Thin: parse, call the library."""
+
+import argparse
+import sys
+
+from neurobridge.targets import run_targets
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--configs", default="jobs/configs", help="folder with targets_sim.yaml, targets_mc_maze.yaml")
+    parser.add_argument("--out", default=None, help="write the results JSON here")
+    parser.add_argument("--skip-real", action="store_true", help="skip the MC_Maze real-data target")
+    args = parser.parse_args()
+    results = run_targets(args.configs, args.out, skip_real=args.skip_real)
+    return 0 if all(v for k, v in results["targets"].items() if isinstance(v, bool)) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

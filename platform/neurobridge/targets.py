@@ -1,0 +1,100 @@
+"""The pretraining targets of issue 4, as one rerunnable protocol (`python jobs/targets.py`).
+
+1. Simulated data (the demo simulator's generative model): pretrain on Ray Train with one reaching session held
+   out, fine-tune to it on all its training windows, and compare co-bps on its held-out units with the oracle and
+   with NLB's smoothing baseline (which must stay ≤ 0.7 × oracle: the data must need a model).
+2. Few-shot: fine-tune the pretrained model on 20 windows of the held-out session vs train the same model from
+   scratch on the same 20 windows.
+3. Real data: MC_Maze (the shared NLB excerpt), deterministic held-out units: model vs smoothing.
+
+Every number comes from ``evaluate`` on the same windows and units as its baselines; nothing is hard-coded.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from .catalog import resolve
+from .config import Settings, get_settings
+from .evaluate.report import EvalConfig
+from .evaluate.run import evaluate, resolve_model_file
+from .ingest.mixture import write_mixture
+from .ingest.pipeline import ingest_many
+from .sources.sim import SimConfig, simulate
+from .train.config import load_config
+from .train.finetune import FinetuneConfig, finetune, save
+from .train.pretrain import pretrain
+
+HOLDOUT = "monkey01_s01"
+SIM_DATASET = "sim_nwb"
+MC_MAZE = "nlb_mc_maze_medium_test_local"
+
+
+def _ingest(settings: Settings, names: list[str], catalog: str, mixture: str) -> None:
+    entries = [e for e in resolve(catalog) if e.name in names]
+    reports = ingest_many(entries, settings, progress=False)
+    bad = [r for r in reports if isinstance(r, Exception)]
+    if bad:
+        raise RuntimeError(f"ingest failed: {bad}")
+    write_mixture(settings, mixture, reports)
+
+
+def run_targets(config_dir: str = "jobs/configs", out: str | None = None, console: Console | None = None,
+                skip_real: bool = False, sim: SimConfig | None = None) -> dict:  # fmt: skip
+    console = console or Console()
+    settings = get_settings()
+    results: dict = {}
+    t0 = time.perf_counter()
+    sim = sim or SimConfig(alf_subjects=0, visual_sessions=0, write_images=False)
+    sim_root = f"{settings.raw_root}/sim"
+    console.rule("simulate + ingest (reaching sessions)")
+    simulate(sim_root, sim, progress=False)
+    _ingest(settings, [SIM_DATASET], "demo", "targets_sim")
+    truth = f"{sim_root}/truth"
+
+    console.rule("pretrain on Ray Train (held-out session excluded)")
+    cfg = load_config(Path(config_dir) / "targets_sim.yaml")
+    pre = pretrain(cfg, settings)
+    model = resolve_model_file(f"runs:/{pre.run_id}", settings)
+    held_in = evaluate(model, [SIM_DATASET], truth_dir=truth, settings=settings)
+    results["held_in_sessions"] = held_in.pooled[SIM_DATASET]
+
+    work = Path(settings.store).parent / "targets" if "://" not in settings.store else Path("targets")
+    work.mkdir(parents=True, exist_ok=True)
+    for label, trials, base in (("full_pretrained", None, model), ("k20_pretrained", 20, model),
+                                ("k20_scratch", 20, None)):  # fmt: skip
+        console.rule(f"fine-tune {label} on {HOLDOUT}")
+        ft = FinetuneConfig(dataset=SIM_DATASET, session=HOLDOUT, trials=trials, steps=cfg.optim.max_steps // 2,
+                            heldout_fraction=cfg.data.heldout_fraction)  # fmt: skip
+        res = finetune(ft, base, settings, scratch_model=cfg.model)
+        path = save(res, str(work / f"{label}.pt"), ft)
+        rep = evaluate(path, [SIM_DATASET], sessions=[HOLDOUT], truth_dir=truth, settings=settings)
+        results[label] = rep.pooled[SIM_DATASET] | {"windows": len(res.windows)}
+    full = results["full_pretrained"]
+    results["targets"] = {
+        "smoothing_over_oracle": full.get("smoothing_over_oracle"),
+        "smoothing_at_most_0.7_oracle": (full.get("smoothing_over_oracle") or 1) <= 0.7,
+        "model_over_oracle": full.get("model_over_oracle"),
+        "model_at_least_0.8_oracle": (full.get("model_over_oracle") or 0) >= 0.8,
+        "k20_gap_bps": results["k20_pretrained"]["co_bps"] - results["k20_scratch"]["co_bps"],
+        "k20_pretrained_beats_scratch": results["k20_pretrained"]["co_bps"] > results["k20_scratch"]["co_bps"],
+    }
+    if not skip_real:
+        console.rule("real data: MC_Maze medium (deterministic held-out units)")
+        _ingest(settings, [MC_MAZE], "excerpts", "targets_real")
+        real = pretrain(load_config(Path(config_dir) / "targets_mc_maze.yaml"), settings)
+        rep = evaluate(f"runs:/{real.run_id}", [MC_MAZE], settings=settings, cfg=EvalConfig(split="test"))
+        results["mc_maze"] = rep.pooled[MC_MAZE]
+        results["targets"]["mc_maze_model_beats_smoothing"] = rep.pooled[MC_MAZE]["co_bps"] > rep.pooled[MC_MAZE].get(
+            "co_bps_smoothing", float("inf")
+        )
+    results["seconds"] = time.perf_counter() - t0
+    text = json.dumps(results, indent=1, default=float)
+    console.print_json(text)
+    if out:
+        Path(out).write_text(text)
+    return results
