@@ -93,9 +93,10 @@ def data_cfg(dataset: str, sim_root, **kw) -> AlignDataConfig:
 # ---------------------------------------------------------------------------------------------------- end to end
 
 
-def test_all_regions_find_the_true_image_far_above_chance_and_it_beats_v1(store):
+def test_all_regions_find_the_true_image_far_above_chance_and_it_beats_v1(store, tmp_path, monkeypatch):
     import mlflow
 
+    monkeypatch.chdir(tmp_path)  # MLflow's default artifact root for a SQLite store is ./mlruns
     st_ = store["settings"]
     cfg = AlignConfig(name="sim", data=data_cfg("vis_it", store["it"]), projector=ProjectorConfig(**FAST),
                       region_sets={"all": None, "V1": ["V1"], "IT": ["IT"]})  # fmt: skip

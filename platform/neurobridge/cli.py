@@ -261,5 +261,37 @@ def simulate_allen(
         console.print(f"{s['path']}  {s['session_type']}  units {len(s['unit_ids'])} (pass {sum(s['passes_filter'])})")
 
 
+@app.command("embed-images")
+def embed_images_cmd(
+    images: str = typer.Option(None, help="images root: local path or any fsspec URI (THINGS: <concept>/<file>.jpg)"),
+    model: str = typer.Option(None, help="CLIP vision model: local directory, fsspec URI of one, or hub id"),
+    name: str = typer.Option(None, help="output: <store>/embeddings/<name>/"),
+    config: Path = typer.Option(None, help="YAML EmbedConfig; the options above override it"),
+    id_prefix: str = typer.Option(None, help="stimulus_id = <prefix>/<relative path> (e.g. things, sim_ns)"),
+    strip_extension: bool = typer.Option(None, "--strip-extension/--keep-extension", help="drop .jpg/.png from ids"),
+    mapping: str = typer.Option(None, help="JSON or CSV (path,stimulus_id) naming the ids instead"),
+    batch_size: int = typer.Option(None, help="images per model call"),
+    device: str = typer.Option(None, help="auto | cpu | cuda"),
+    progress: bool = typer.Option(True, help="show a progress bar"),
+):
+    """Embed images with a CLIP vision model (Ray Data) into Parquet; undecodable images are named and skipped."""
+    from .align.config import ConfigError, EmbedConfig, load_yaml
+    from .align.embed_images import EmbedError, embed_images
+
+    opts = {"images": images, "model": model, "name": name, "id_prefix": id_prefix, "strip_extension": strip_extension,
+            "mapping": mapping, "batch_size": batch_size, "device": device}  # fmt: skip
+    try:
+        cfg = load_yaml(EmbedConfig, config, {k: v for k, v in opts.items() if v is not None})
+        report = embed_images(cfg, get_settings(), progress=progress)
+    except (ConfigError, EmbedError, StoreError) as err:
+        _fail(str(err))
+    c = report.card["counts"]
+    console.print(f"[bold]{cfg.name}[/]: {c['embedded']:,} of {c['listed']:,} images embedded (dim "
+                  f"{report.card['dim']}, {report.card['device']}), {c['failed']} failed, {c['unmapped']} unmapped, "
+                  f"{report.images_per_s:,.1f} images/s → {report.path}")  # fmt: skip
+    for f in report.failed:
+        console.print(f"[red]failed[/] {f['path']}: {f['error']}")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app(sys.argv[1:])

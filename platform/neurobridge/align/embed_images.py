@@ -1,8 +1,10 @@
 """`neurobridge embed-images`: images under any fsspec URI → CLIP image embeddings in the store (Ray Data).
 
-The driver only lists file names. Ray Data streams them through two actor pools: CPU actors read the bytes
-(concurrently for object stores), decode with PIL and preprocess with the model's image processor; model actors
-(on a GPU when the cluster has one) embed fixed-size batches. The driver consumes the stream and writes Parquet
+The driver only lists file names. Ray Data streams them through two stages of tasks: CPU tasks read the bytes
+(concurrently for object stores), decode with PIL and preprocess with the model's image processor; model tasks
+(on a GPU when the cluster has one) embed fixed-size batches. Each worker process loads the processor or model
+once and keeps it (Ray reuses task workers), which is what an actor pool would give, and a second job in the same
+session starts warm. The driver consumes the stream and writes Parquet
 parts as it goes, so memory does not grow with the number of images. Images that fail to decode are named,
 skipped and counted in the card, which is written last and lists the parts.
 """
@@ -180,8 +182,20 @@ def decode_error(err: Exception) -> str:
     return f"decode failed: {type(err).__name__}: {err}"
 
 
+_CACHE: dict[str, tuple[str, object]] = {}
+
+
+def _cached(stage: str, key: str, make):
+    """One loaded object per stage and worker process (the latest key only): Ray reuses task workers, so a model
+    or processor is loaded once per process, not once per batch, and a later job in the same session starts warm."""
+    hit = _CACHE.get(stage)
+    if hit is None or hit[0] != key:
+        _CACHE[stage] = (key, make())
+    return _CACHE[stage][1]
+
+
 class _Decoder:
-    """CPU actor: read bytes, decode, preprocess. Failed images keep their row with an error and zero pixels."""
+    """CPU stage: read bytes, decode, preprocess. Failed images keep their row with an error and zero pixels."""
 
     def __init__(self, cfg_json: str, settings_json: str, image_size: int):
         from PIL import Image
@@ -224,7 +238,7 @@ class _Decoder:
 
 
 class _Embedder:
-    """Model actor: CLIP image embeddings of the decoded rows, on a GPU when this worker has one."""
+    """Model stage: CLIP image embeddings of the decoded rows, on a GPU when this worker has one."""
 
     def __init__(self, cfg_json: str, settings_json: str):
         import torch
@@ -258,6 +272,18 @@ class _Embedder:
             bad = ok[~np.isfinite(out[ok]).all(axis=1)]
             errors[bad] = "embedding is not finite"
         return {"stimulus_id": batch["stimulus_id"], "rel": batch["rel"], "embedding": out, "error": errors}
+
+
+def decode_batch(batch: dict, cfg_json: str, settings_json: str, image_size: int) -> dict:
+    c = EmbedConfig.model_validate_json(cfg_json)
+    key = f"{c.images}|{c.model}|{c.processor}|{image_size}|{settings_json}"
+    return _cached("decode", key, lambda: _Decoder(cfg_json, settings_json, image_size))(batch)
+
+
+def embed_batch(batch: dict, cfg_json: str, settings_json: str) -> dict:
+    c = EmbedConfig.model_validate_json(cfg_json)
+    key = f"{c.model}|{c.device}|{c.precision}|{c.normalize}|{settings_json}"
+    return _cached("embed", key, lambda: _Embedder(cfg_json, settings_json))(batch)
 
 
 # ---------------------------------------------------------------------------------------------------- job
@@ -310,17 +336,17 @@ def embed_images(cfg: EmbedConfig, settings: Settings | None = None, progress: b
     ctx.print_on_execution_start = False
     gpu = _use_gpu(cfg)
     args = {"cfg_json": cfg.model_dump_json(), "settings_json": settings.model_dump_json()}
-    blocks = max(1, min(len(rows) // cfg.batch_size, 4 * cfg.decode_workers * 8))
+    blocks = max(1, min(-(-len(rows) // cfg.batch_size), 64 * cfg.decode_workers))
     ds = ray.data.from_items(rows, override_num_blocks=blocks)
     ds = ds.map_batches(
-        _Decoder, batch_size=cfg.batch_size, batch_format="numpy", num_cpus=cfg.decode_cpus,
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.decode_workers),
-        fn_constructor_kwargs={**args, "image_size": info["image_size"]},
+        decode_batch, batch_size=cfg.batch_size, batch_format="numpy", num_cpus=cfg.decode_cpus,
+        compute=ray.data.TaskPoolStrategy(size=min(cfg.decode_workers, blocks)),
+        fn_kwargs={**args, "image_size": info["image_size"]},
     )  # fmt: skip
     ds = ds.map_batches(
-        _Embedder, batch_size=cfg.batch_size, batch_format="numpy", num_cpus=cfg.embed_cpus,
-        num_gpus=1 if gpu else 0, compute=ray.data.ActorPoolStrategy(size=cfg.embed_workers),
-        fn_constructor_kwargs=args,
+        embed_batch, batch_size=cfg.batch_size, batch_format="numpy", num_cpus=cfg.embed_cpus,
+        num_gpus=1 if gpu else 0, compute=ray.data.TaskPoolStrategy(size=min(cfg.embed_workers, blocks)),
+        fn_kwargs=args,
     )  # fmt: skip
 
     base = table_dir(settings, cfg.name)
