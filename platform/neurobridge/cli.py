@@ -219,6 +219,38 @@ def bench_ingest(
     run(n_units=units, minutes=minutes, growth=growth, workdir=workdir, repeats=repeats, echo=console.print)
 
 
+@bench_app.command("embed-images")
+def bench_embed_images_cmd(
+    images: int = typer.Option(256, help="images in the smaller run"),
+    growth: int = typer.Option(4, help="second run with this many times more images, for the memory check (1: skip)"),
+    arch: str = typer.Option("b32", help="b32 (ViT-B/32-shaped, random weights) or tiny"),
+    batch_size: int = typer.Option(32),
+    cpus: int = typer.Option(None, help="logical CPUs for the job's local Ray (default: all)"),
+    workdir: str = typer.Option(None, help="where images and the model are cached"),
+):
+    """embed-images throughput against a plain loop in the same run, and the job's peak memory at N vs growth×N."""
+    from .bench_images import ARCHS, bench_embed_images
+
+    if arch not in ARCHS:
+        _fail(f"unknown --arch {arch!r}: {', '.join(ARCHS)}")
+    bench_embed_images(n_images=images, growth=growth, arch=arch, batch_size=batch_size, workdir=workdir, cpus=cpus,
+                       echo=console.print)  # fmt: skip
+
+
+@bench_app.command("align")
+def bench_align_cmd(
+    images: int = typer.Option(500, help="simulated images"),
+    repeats: int = typer.Option(5, help="presentations per image"),
+    test: int = typer.Option(100, help="test stimuli (candidates for retrieval)"),
+    epochs: int = typer.Option(60),
+    workdir: str = typer.Option(None),
+):
+    """Alignment on simulated V1/V4/IT: retrieval per region set (chance, ridge baseline beside it), tokens/s."""
+    from .bench_images import bench_align
+
+    bench_align(n_images=images, repeats=repeats, n_test=test, workdir=workdir, epochs=epochs, echo=console.print)
+
+
 @app.command()
 def demo(
     minutes: float = typer.Option(2.0, help="minutes per simulated session"),

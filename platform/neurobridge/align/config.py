@@ -94,6 +94,20 @@ class EmbeddingSource(_Strict):
         return self
 
 
+class EncoderSpec(_Strict):
+    """A pretrained masked model (frozen) between the responses and the projector."""
+
+    checkpoint: str = Field(
+        description="URI of a model checkpoint (models.checkpoint format, e.g. pretrain's model.pt)"
+    )
+    init: Literal["pretrained", "random"] = Field(
+        "pretrained", description="random: the same architecture untrained (the control for what pretraining adds)"
+    )
+    seed: int = 0
+    batch_rows: int = Field(64, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
 class AlignDataConfig(_Strict):
     datasets: list[str] = Field(min_length=1, description="token-store dataset refs: name or name@version")
     embeddings: EmbeddingSource
@@ -105,6 +119,9 @@ class AlignDataConfig(_Strict):
     )
     regions: list[str] | None = Field(None, description="region subset (e.g. [IT]); None: all")
     pool: Literal["mean", "bins"] = Field("mean", description="mean over each region's window bins, or every bin")
+    encoder: EncoderSpec | None = Field(
+        None, description="pool a frozen pretrained encoder's latents per region window instead of the responses"
+    )
     transform: Literal["none", "sqrt", "log1p"] = Field("sqrt", description="applied to counts (not MUA)")
     train_average_repeats: bool = Field(False, description="average repeats in train too (default: each one)")
     split: SplitSpec = SplitSpec()

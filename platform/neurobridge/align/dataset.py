@@ -23,7 +23,8 @@ from .config import WINDOW_PRESETS, AlignDataConfig
 from .embeddings import EmbeddingTable, resolve_source
 
 SPLITS = ("train", "val", "test")
-COLUMNS = ["session", "split", "stimulus_id", "n_units", "n_bins", "counts", "mua", "unit_ids", "unit_regions"]
+COLUMNS = ["dataset", "session", "subject", "task", "split", "stimulus_id", "n_units", "n_bins", "counts", "mua",
+           "unit_ids", "unit_regions"]  # fmt: skip
 
 
 class AlignDataError(ValueError):
@@ -173,13 +174,16 @@ class _SessionPlan:
     unit_ids: list[str]
     gather: list[tuple[np.ndarray, np.ndarray]]  # per region: (unit indices, bin indices)
     shape: tuple[int, int]
+    unit_regions: np.ndarray  # every unit's region (the encoder pools region-pure tokens)
+    windows: list[tuple[str, np.ndarray]]  # (region, bin indices) in feature order
 
 
 class _Accumulator:
     """Pooled features per presentation, per session (only pooled values are kept)."""
 
-    def __init__(self, cfg: AlignDataConfig):
+    def __init__(self, cfg: AlignDataConfig, encoder=None):
         self.cfg = cfg
+        self.encoder = encoder  # EncoderFeatures or None
         self.plans: dict[str, _SessionPlan | None] = {}
         self.x: dict[str, list[np.ndarray]] = defaultdict(list)
         self.stim: dict[str, list[np.ndarray]] = defaultdict(list)
@@ -207,8 +211,11 @@ class _Accumulator:
                 )
             u = np.flatnonzero(regions == r)
             gather.append((u, bins))
-            per_unit = 1 if self.cfg.pool == "mean" else len(bins)
-            feat_regions.append(np.repeat(r, len(u) * per_unit))
+            if self.encoder is not None:
+                feat_regions.append(np.repeat(r, self.encoder.dim))
+            else:
+                per_unit = 1 if self.cfg.pool == "mean" else len(bins)
+                feat_regions.append(np.repeat(r, len(u) * per_unit))
             unit_sel.append(units[u])
             cells += len(u) * len(bins)
             by_region[r] = len(u) * len(bins)
@@ -216,17 +223,11 @@ class _Accumulator:
             self.counts["sessions_without_regions"].append(key)
             self.plans[key] = None
             return None
-        sel = np.concatenate(unit_sel)
-        info = SessionInfo(
-            key,
-            sel,
-            np.concatenate(feat_regions),
-            wins,
-            cells,
-            by_region,
-            np.concatenate([np.repeat(r, len(u)) for (u, _), r in zip(gather, wins, strict=True)]),
-        )
-        plan = _SessionPlan(info, units.tolist(), gather, (n_units, n_bins))
+        unit_regions = np.concatenate([np.repeat(r, len(u)) for (u, _), r in zip(gather, wins, strict=True)])
+        info = SessionInfo(key, np.concatenate(unit_sel), np.concatenate(feat_regions), wins, cells, by_region,
+                           unit_regions)  # fmt: skip
+        windows = [(r, bins) for (_, bins), r in zip(gather, wins, strict=True)]
+        plan = _SessionPlan(info, units.tolist(), gather, (n_units, n_bins), regions, windows)
         self.plans[key] = plan
         return plan
 
@@ -253,17 +254,26 @@ class _Accumulator:
             col = counts_col if is_counts.all() else mua_col
             if not is_counts.all() and is_counts.any():
                 raise AlignDataError(f"{key}: session mixes counts and MUA rows")
-            grid = _values(col, rows, U * B).reshape(len(rows), U, B)
-            feats = []
-            for units, bins in plan.gather:
-                part = grid[:, units][:, :, bins]
-                feats.append(part.mean(axis=2) if self.cfg.pool == "mean" else part.reshape(len(rows), -1))
-            x = np.concatenate(feats, axis=1)
-            if is_counts.all() and self.cfg.transform != "none":
-                x = np.sqrt(x) if self.cfg.transform == "sqrt" else np.log1p(x)
+            if self.encoder is not None:
+                x = self.encoder(_row_dicts(batch, rows), plan.unit_regions, plan.windows)
+            else:
+                grid = _values(col, rows, U * B).reshape(len(rows), U, B)
+                feats = []
+                for units, bins in plan.gather:
+                    part = grid[:, units][:, :, bins]
+                    feats.append(part.mean(axis=2) if self.cfg.pool == "mean" else part.reshape(len(rows), -1))
+                x = np.concatenate(feats, axis=1)
+                if is_counts.all() and self.cfg.transform != "none":
+                    x = np.sqrt(x) if self.cfg.transform == "sqrt" else np.log1p(x)
             self.x[key].append(x.astype(np.float32))
             self.stim[key].append(stim[rows].astype(str))
             self.split[key].append(splits[rows].astype(str))
+
+
+def _row_dicts(batch: pa.RecordBatch, rows: np.ndarray) -> list[dict]:
+    from ..train.rows import table_rows
+
+    return table_rows(pa.Table.from_batches([batch.take(pa.array(rows))]))
 
 
 # ---------------------------------------------------------------------------------------------------- splits
@@ -333,7 +343,12 @@ def build_alignment_data(
             f"embedding table {table.model or cfg.embeddings.name} has dimension {table.dim}, "
             f"but data.expected_dim is {cfg.expected_dim}"
         )
-    acc = _Accumulator(cfg)
+    encoder = None
+    if cfg.encoder is not None:
+        from .encoder import EncoderFeatures
+
+        encoder = EncoderFeatures(cfg.encoder, settings)
+    acc = _Accumulator(cfg, encoder)
     for src in sources(settings, cfg.datasets):
         for batch in iter_local(settings, src, None, COLUMNS, cfg.batch_rows):
             acc.add(src, batch)

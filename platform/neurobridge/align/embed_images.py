@@ -356,7 +356,8 @@ def embed_images(cfg: EmbedConfig, settings: Settings | None = None, progress: b
     failed: list[dict] = []
     buffer: list[dict] = []
     buffered = embedded = 0
-    t_first = None
+    t_first = t_last = None
+    first_rows = 0
 
     def flush() -> None:
         nonlocal buffer, buffered
@@ -370,7 +371,6 @@ def embed_images(cfg: EmbedConfig, settings: Settings | None = None, progress: b
     try:
         with bar:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                t_first = t_first or time.perf_counter()
                 err = np.asarray(batch["error"], dtype=object)
                 ok = err == ""
                 for i in np.flatnonzero(~ok):
@@ -382,6 +382,9 @@ def embed_images(cfg: EmbedConfig, settings: Settings | None = None, progress: b
                 if buffered >= cfg.rows_per_part:
                     flush()
                 bar.advance(len(err), len(failed))
+                t_last = time.perf_counter()
+                if t_first is None:
+                    t_first, first_rows = t_last, len(err)
             flush()
         listed = len(rows)
         if embedded == 0 or len(failed) > cfg.max_failed_fraction * listed:
@@ -420,7 +423,8 @@ def embed_images(cfg: EmbedConfig, settings: Settings | None = None, progress: b
         "unmapped": left_out["unmapped"][:MAX_LISTED],
         "seconds": round(seconds, 3),
         "images_per_s": round(embedded / seconds, 3),
-        "steady_images_per_s": round(embedded / max(time.perf_counter() - (t_first or t0), 1e-9), 3),
+        # after the first batch arrived (workers started, model loaded): the rate a long job runs at
+        "steady_images_per_s": round((listed - first_rows) / (t_last - t_first), 3) if t_last > t_first else None,
         "device": "gpu" if gpu else "cpu",
     }
     write_json_atomic(fs, posixpath.join(base_path, CARD), card)
