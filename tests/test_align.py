@@ -344,3 +344,15 @@ def test_a_frozen_encoder_pools_each_regions_latents_over_its_window(store, tmp_
     random = cfg.encoder.model_copy(update={"init": "random", "seed": 1})
     control = build_alignment_data(cfg.model_copy(update={"encoder": random}), st_)
     assert not np.allclose(control.test.blocks[0].x, test.x)  # the untrained control is another network
+
+
+def test_the_demo_step_aligns_every_region_and_prints_retrieval_beside_chance(store, tmp_path, monkeypatch):
+    from neurobridge.align.demo import run_align_demo
+    from rich.console import Console
+
+    monkeypatch.chdir(tmp_path)  # MLflow artifacts
+    console = Console(record=True, width=140)
+    result = run_align_demo(store["settings"], str(store["v1"]), "vis_v1", console, n_test=40, windows=WINDOWS)
+    assert set(result.results) == {"all", "V1", "V4", "IT"}
+    text = console.export_text()
+    assert "retrieval among 40 test images" in text and "0.025" in text  # chance beside each row

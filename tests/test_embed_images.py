@@ -177,3 +177,11 @@ def test_a_mapping_names_the_ids_and_files_it_does_not_list_are_counted(tmp_path
     assert [(r["rel"], r["stimulus_id"]) for r in rows] == [
         ("natural_scene_0.tiff", "allen_ns/frame_000"), ("natural_scene_1.tiff", "allen_ns/frame_001")]  # fmt: skip
     assert left_out == {"ignored": 0, "unmapped": ["natural_scene_2.tiff"], "mapping_without_file": 1}
+
+
+def test_the_shipped_job_config_is_a_valid_embed_config():
+    from conftest import REPO
+    from neurobridge.align.config import load_yaml
+
+    cfg = load_yaml(EmbedConfig, REPO / "jobs" / "embed_things.yaml")
+    assert cfg.id_prefix == "things" and cfg.precision == "fp16"
