@@ -243,12 +243,16 @@ def bench_align_cmd(
     repeats: int = typer.Option(5, help="presentations per image"),
     test: int = typer.Option(100, help="test stimuli (candidates for retrieval)"),
     epochs: int = typer.Option(60),
+    pretrain_steps: int = typer.Option(
+        0, help="also pretrain a small encoder this many steps: pretrained vs untrained"
+    ),
     workdir: str = typer.Option(None),
 ):
     """Alignment on simulated V1/V4/IT: retrieval per region set (chance, ridge baseline beside it), tokens/s."""
     from .bench_images import bench_align
 
-    bench_align(n_images=images, repeats=repeats, n_test=test, workdir=workdir, epochs=epochs, echo=console.print)
+    bench_align(n_images=images, repeats=repeats, n_test=test, workdir=workdir, epochs=epochs,
+                pretrain_steps=pretrain_steps, echo=console.print)  # fmt: skip
 
 
 @app.command()

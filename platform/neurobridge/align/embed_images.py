@@ -44,7 +44,7 @@ class EmbedReport:
     path: str
     card: dict
     seconds: float
-    failed: list[dict] = field(default_factory=list)
+    failed: list[dict] = field(default_factory=list)  # the first MAX_LISTED failures (all are counted in the card)
 
     @property
     def images_per_s(self) -> float:
@@ -120,13 +120,25 @@ def _is_uri(ref: str) -> bool:
 
 
 def local_model_dir(ref: str, settings: Settings) -> str:
-    """A local directory for ``ref``: itself, a copy of an fsspec folder (s3://…), or the hub id unchanged."""
-    if _is_uri(ref):
+    """A local directory for ``ref``: itself, a copy of an fsspec folder (s3://…) cached per machine by URI, or
+    the hub id unchanged (transformers caches those)."""
+    if not _is_uri(ref):
+        return ref
+    import hashlib
+    import os
+    import shutil
+
+    local = os.path.join(tempfile.gettempdir(), "nb-models", hashlib.sha256(ref.encode()).hexdigest()[:16])
+    if not os.path.exists(os.path.join(local, "config.json")):
         fs, path = filesystem(ref, settings)
-        local = tempfile.mkdtemp(prefix="nb-model-")
-        fs.get(path.rstrip("/") + "/", local + "/", recursive=True)
-        return local
-    return ref
+        os.makedirs(os.path.dirname(local), exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix="partial-", dir=os.path.dirname(local))
+        fs.get(path.rstrip("/") + "/", tmp + "/", recursive=True)
+        try:
+            os.rename(tmp, local)  # atomic: a concurrent worker either sees nothing or the whole copy
+        except OSError:  # another worker finished first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return local
 
 
 def model_info(cfg: EmbedConfig, settings: Settings) -> dict:
@@ -355,7 +367,8 @@ def embed_images(cfg: EmbedConfig, settings: Settings | None = None, progress: b
     files: list[str] = []
     failed: list[dict] = []
     buffer: list[dict] = []
-    buffered = embedded = 0
+    buffered = embedded = n_failed = 0
+    stopped = False
     t_first = t_last = None
     first_rows = 0
 
@@ -373,25 +386,29 @@ def embed_images(cfg: EmbedConfig, settings: Settings | None = None, progress: b
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
                 err = np.asarray(batch["error"], dtype=object)
                 ok = err == ""
-                for i in np.flatnonzero(~ok):
+                n_failed += int((~ok).sum())
+                for i in np.flatnonzero(~ok)[: max(0, MAX_LISTED - len(failed))]:
                     failed.append({"path": str(batch["rel"][i]), "error": str(err[i])})
+                if n_failed > cfg.max_failed_fraction * len(rows):  # stop now: the job cannot succeed
+                    stopped = True
+                    break
                 if ok.any():
                     buffer.append({k: np.asarray(batch[k])[ok] for k in ("stimulus_id", "rel", "embedding")})
                     buffered += int(ok.sum())
                     embedded += int(ok.sum())
                 if buffered >= cfg.rows_per_part:
                     flush()
-                bar.advance(len(err), len(failed))
+                bar.advance(len(err), n_failed)
                 t_last = time.perf_counter()
                 if t_first is None:
                     t_first, first_rows = t_last, len(err)
             flush()
         listed = len(rows)
-        if embedded == 0 or len(failed) > cfg.max_failed_fraction * listed:
+        if embedded == 0 or n_failed > cfg.max_failed_fraction * listed:
             names = "; ".join(f"{f['path']}: {f['error']}" for f in failed[:5])
             raise EmbedError(
-                f"{len(failed)} of {listed} images under {cfg.images} failed (max_failed_fraction "
-                f"{cfg.max_failed_fraction}); first: {names}"
+                f"{n_failed} of {listed} images under {cfg.images} failed (max_failed_fraction "
+                f"{cfg.max_failed_fraction}{'; stopped early' if stopped else ''}); first: {names}"
             )
     except BaseException:
         for name in files:  # this run's parts are invisible without a card; remove them anyway
@@ -412,7 +429,7 @@ def embed_images(cfg: EmbedConfig, settings: Settings | None = None, progress: b
         "counts": {
             "listed": listed,
             "embedded": embedded,
-            "failed": len(failed),
+            "failed": n_failed,
             "unmapped": len(left_out["unmapped"]),
             "ignored": left_out["ignored"],
             **(
@@ -424,7 +441,9 @@ def embed_images(cfg: EmbedConfig, settings: Settings | None = None, progress: b
         "seconds": round(seconds, 3),
         "images_per_s": round(embedded / seconds, 3),
         # after the first batch arrived (workers started, model loaded): the rate a long job runs at
-        "steady_images_per_s": round((listed - first_rows) / (t_last - t_first), 3) if t_last > t_first else None,
+        "steady_images_per_s": round((listed - first_rows) / (t_last - t_first), 3)
+        if t_first is not None and t_last > t_first
+        else None,
         "device": "gpu" if gpu else "cpu",
     }
     write_json_atomic(fs, posixpath.join(base_path, CARD), card)
@@ -434,6 +453,7 @@ def embed_images(cfg: EmbedConfig, settings: Settings | None = None, progress: b
 
 def _remove_stale(fs, base_path: str, keep: set[str]) -> None:
     """Parts of earlier runs (no longer in the card) are deleted after the new card is in place."""
+    fs.invalidate_cache(base_path)
     for p in fs.ls(base_path, detail=False):
         name = p.rstrip("/").rsplit("/", 1)[-1]
         if name.startswith("part-") and name not in keep:
