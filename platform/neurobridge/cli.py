@@ -220,6 +220,42 @@ def bench_ingest(
     run(n_units=units, minutes=minutes, growth=growth, workdir=workdir, repeats=repeats, echo=console.print)
 
 
+@bench_app.command("embed-images")
+def bench_embed_images_cmd(
+    images: int = typer.Option(256, help="images in the smaller run"),
+    growth: int = typer.Option(4, help="second run with this many times more images, for the memory check (1: skip)"),
+    arch: str = typer.Option("b32", help="b32 (ViT-B/32-shaped, random weights) or tiny"),
+    batch_size: int = typer.Option(32),
+    cpus: int = typer.Option(None, help="logical CPUs for the job's local Ray (default: all)"),
+    workdir: str = typer.Option(None, help="where images and the model are cached"),
+):
+    """embed-images throughput against a plain loop in the same run, and the job's peak memory at N vs growth×N."""
+    from .bench_images import ARCHS, bench_embed_images
+
+    if arch not in ARCHS:
+        _fail(f"unknown --arch {arch!r}: {', '.join(ARCHS)}")
+    bench_embed_images(n_images=images, growth=growth, arch=arch, batch_size=batch_size, workdir=workdir, cpus=cpus,
+                       echo=console.print)  # fmt: skip
+
+
+@bench_app.command("align")
+def bench_align_cmd(
+    images: int = typer.Option(500, help="simulated images"),
+    repeats: int = typer.Option(5, help="presentations per image"),
+    test: int = typer.Option(100, help="test stimuli (candidates for retrieval)"),
+    epochs: int = typer.Option(60),
+    pretrain_steps: int = typer.Option(
+        0, help="also pretrain a small encoder this many steps: pretrained vs untrained"
+    ),
+    workdir: str = typer.Option(None),
+):
+    """Alignment on simulated V1/V4/IT: retrieval per region set (chance, ridge baseline beside it), tokens/s."""
+    from .bench_images import bench_align
+
+    bench_align(n_images=images, repeats=repeats, n_test=test, workdir=workdir, epochs=epochs,
+                pretrain_steps=pretrain_steps, echo=console.print)  # fmt: skip
+
+
 @app.command()
 def demo(
     minutes: float = typer.Option(2.0, help="minutes per simulated session"),
@@ -261,6 +297,38 @@ def simulate_allen(
     index = simulate_allen_cache(out, AllenSimConfig(seed=seed, sessions=sessions, fc_sessions=fc_sessions))
     for s in index["sessions"]:
         console.print(f"{s['path']}  {s['session_type']}  units {len(s['unit_ids'])} (pass {sum(s['passes_filter'])})")
+
+
+@app.command("embed-images")
+def embed_images_cmd(
+    images: str = typer.Option(None, help="images root: local path or any fsspec URI (THINGS: <concept>/<file>.jpg)"),
+    model: str = typer.Option(None, help="CLIP vision model: local directory, fsspec URI of one, or hub id"),
+    name: str = typer.Option(None, help="output: <store>/embeddings/<name>/"),
+    config: Path = typer.Option(None, help="YAML EmbedConfig; the options above override it"),
+    id_prefix: str = typer.Option(None, help="stimulus_id = <prefix>/<relative path> (e.g. things, sim_ns)"),
+    strip_extension: bool = typer.Option(None, "--strip-extension/--keep-extension", help="drop .jpg/.png from ids"),
+    mapping: str = typer.Option(None, help="JSON or CSV (path,stimulus_id) naming the ids instead"),
+    batch_size: int = typer.Option(None, help="images per model call"),
+    device: str = typer.Option(None, help="auto | cpu | cuda"),
+    progress: bool = typer.Option(True, help="show a progress bar"),
+):
+    """Embed images with a CLIP vision model (Ray Data) into Parquet; undecodable images are named and skipped."""
+    from .align.config import ConfigError, EmbedConfig, load_yaml
+    from .align.embed_images import EmbedError, embed_images
+
+    opts = {"images": images, "model": model, "name": name, "id_prefix": id_prefix, "strip_extension": strip_extension,
+            "mapping": mapping, "batch_size": batch_size, "device": device}  # fmt: skip
+    try:
+        cfg = load_yaml(EmbedConfig, config, {k: v for k, v in opts.items() if v is not None})
+        report = embed_images(cfg, get_settings(), progress=progress)
+    except (ConfigError, EmbedError, StoreError) as err:
+        _fail(str(err))
+    c = report.card["counts"]
+    console.print(f"[bold]{cfg.name}[/]: {c['embedded']:,} of {c['listed']:,} images embedded (dim "
+                  f"{report.card['dim']}, {report.card['device']}), {c['failed']} failed, {c['unmapped']} unmapped, "
+                  f"{report.images_per_s:,.1f} images/s → {report.path}")  # fmt: skip
+    for f in report.failed:
+        console.print(f"[red]failed[/] {f['path']}: {f['error']}")
 
 
 app.command()(cli_train.pretrain)

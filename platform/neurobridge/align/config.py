@@ -1,0 +1,190 @@
+"""Typed configs for image embedding and neural → image alignment; unknown keys are errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ..catalog import describe_validation_error
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+# Response windows per region (ms after stimulus onset). TVSD: the windows the dataset's authors use; the simulator
+# presets follow its latencies (response_ms 150 from each region's latency).
+WINDOW_PRESETS: dict[str, dict[str, tuple[float, float]]] = {
+    "tvsd": {"V1": (25.0, 125.0), "V4": (50.0, 150.0), "IT": (75.0, 175.0)},
+    "sim_tvsd": {"V1": (25.0, 125.0), "V4": (50.0, 150.0), "IT": (75.0, 175.0)},
+    "sim_visual": {"VISp": (40.0, 190.0), "VISl": (60.0, 210.0), "VISal": (80.0, 230.0), "VISam": (100.0, 250.0)},
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ConfigError(ValueError):
+    """A config file or value that does not fit the typed config; the message names the key."""
+
+
+class EmbedConfig(_Strict):
+    """`neurobridge embed-images`: images under a URI → ``<store>/embeddings/<name>/``."""
+
+    name: str = Field(description="output folder under <store>/embeddings/")
+    images: str = Field(description="root of the images: a local path or any fsspec URI (s3://…)")
+    model: str = Field(description="CLIP vision model: a local directory, an fsspec URI of one, or a hub id")
+    processor: str | None = Field(None, description="image processor location (default: the model's)")
+    extensions: list[str] = Field(default_factory=lambda: list(IMAGE_EXTENSIONS))
+    id_prefix: str | None = Field(None, description="stimulus_id = '<prefix>/<path relative to images>'")
+    strip_extension: bool = Field(False, description="drop the file extension from the stimulus id")
+    mapping: str | None = Field(
+        None, description="JSON object or CSV (path,stimulus_id) mapping relative paths to stimulus ids; "
+        "files it does not list are skipped and counted"
+    )  # fmt: skip
+    batch_size: int = Field(32, ge=1, description="images per model call")
+    decode_workers: int = Field(2, ge=1, description="most CPU actors decoding and preprocessing images")
+    embed_workers: int = Field(1, ge=1, description="model actors (one per GPU on a cluster)")
+    decode_cpus: float = Field(1.0, gt=0, description="logical CPUs per decode actor")
+    embed_cpus: float = Field(1.0, gt=0, description="logical CPUs per model actor")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: a GPU when the cluster has one")
+    precision: Literal["fp32", "fp16", "bf16"] = Field("fp32", description="autocast dtype on GPUs")
+    normalize: bool = Field(True, description="L2-normalise embeddings (CLIP compares by cosine)")
+    rows_per_part: int = Field(8192, ge=1, description="embeddings per Parquet part")
+    max_failed_fraction: float = Field(0.5, ge=0, le=1, description="fail the job when more images fail to decode")
+
+    @field_validator("extensions")
+    @classmethod
+    def _lower(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("give at least one file extension")
+        return [e.lower() if e.startswith(".") else f".{e.lower()}" for e in v]
+
+
+class SplitSpec(_Strict):
+    """How stimuli are split; always by stimulus id, so no image is in two splits."""
+
+    rule: Literal["store", "hash"] = Field(
+        "store", description="store: the token store's split column (official TVSD test set); hash: re-split here"
+    )
+    n_test: int | None = Field(None, ge=1, description="hash: exactly this many test stimuli (smallest hashes)")
+    n_val: int | None = Field(None, ge=0, description="hash: exactly this many validation stimuli")
+    test_fraction: float = Field(0.1, ge=0, lt=1)
+    val_fraction: float = Field(0.1, ge=0, lt=1)
+    salt: str = "neurobridge-align"
+
+
+class EmbeddingSource(_Strict):
+    """Where the target embeddings come from: an `embed-images` output or arrays with known ids (simulator)."""
+
+    name: str | None = Field(None, description="<store>/embeddings/<name> written by embed-images")
+    npy: str | None = Field(None, description="a .npy [stimuli, dim] (e.g. the simulator's embeddings.npy)")
+    ids: str | list[str] | None = Field(
+        None, description="stimulus ids of the .npy rows: a list, or a JSON file holding one"
+    )
+    id_prefix: str | None = Field(None, description="prefix added to the ids of the .npy rows")
+
+    @model_validator(mode="after")
+    def _one(self) -> EmbeddingSource:
+        if (self.name is None) == (self.npy is None):
+            raise ValueError("give exactly one of name (embed-images output) or npy (+ ids)")
+        if self.npy is not None and self.ids is None:
+            raise ValueError("npy needs ids (a list or a JSON file of stimulus ids, one per row)")
+        return self
+
+
+class EncoderSpec(_Strict):
+    """A pretrained masked model (frozen) between the responses and the projector."""
+
+    checkpoint: str = Field(
+        description="URI of a model checkpoint (models.checkpoint format, e.g. pretrain's model.pt)"
+    )
+    init: Literal["pretrained", "random"] = Field(
+        "pretrained", description="random: the same architecture untrained (the control for what pretraining adds)"
+    )
+    seed: int = 0
+    batch_rows: int = Field(64, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class AlignDataConfig(_Strict):
+    datasets: list[str] = Field(min_length=1, description="token-store dataset refs: name or name@version")
+    embeddings: EmbeddingSource
+    windows: dict[str, tuple[float, float]] | None = Field(
+        None, description="region → (start_ms, stop_ms) after onset; default: the dataset's preset"
+    )
+    default_window: tuple[float, float] | None = Field(
+        None, description="window for regions not in `windows`; None: such regions are left out"
+    )
+    regions: list[str] | None = Field(None, description="region subset (e.g. [IT]); None: all")
+    pool: Literal["mean", "bins"] = Field("mean", description="mean over each region's window bins, or every bin")
+    encoder: EncoderSpec | None = Field(
+        None, description="pool a frozen pretrained encoder's latents per region window instead of the responses"
+    )
+    transform: Literal["none", "sqrt", "log1p"] = Field("sqrt", description="applied to counts (not MUA)")
+    train_average_repeats: bool = Field(False, description="average repeats in train too (default: each one)")
+    split: SplitSpec = SplitSpec()
+    max_missing_fraction: float = Field(0.05, ge=0, le=1, description="stop when more of the stimuli have no embedding")
+    expected_dim: int | None = Field(None, ge=1, description="refuse an embedding table of another dimension")
+    batch_rows: int = Field(512, ge=1, description="token-store rows read at once")
+
+    @field_validator("windows")
+    @classmethod
+    def _ordered(cls, v):
+        for region, (a, b) in (v or {}).items():
+            if not b > a:
+                raise ValueError(f"window for {region!r} must end after it starts, got ({a}, {b})")
+        return v
+
+
+class ProjectorConfig(_Strict):
+    hidden: int = Field(256, ge=1)
+    depth: int = Field(2, ge=1, description="hidden layers of the shared MLP")
+    dropout: float = Field(0.1, ge=0, lt=1)
+    input_dropout: float = Field(0.1, ge=0, lt=1, description="dropout on the responses (unit dropout)")
+    temperature: float = Field(0.07, gt=0, description="initial InfoNCE temperature (learned)")
+    learn_temperature: bool = True
+    mse_weight: float = Field(0.0, ge=0, description="weight of the MSE to the target embedding")
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    batch_size: int = Field(128, ge=2)
+    epochs: int = Field(60, ge=1)
+    patience: int | None = Field(15, ge=1, description="stop after this many epochs without a better val top-1")
+    seed: int = 0
+    log_every: int = Field(1, ge=1, description="epochs between reports")
+
+
+class AlignConfig(_Strict):
+    name: str = "align"
+    experiment: str = "neurobridge-align"
+    data: AlignDataConfig
+    projector: ProjectorConfig = ProjectorConfig()
+    region_sets: dict[str, list[str] | None] = Field(
+        default_factory=lambda: {"all": None},
+        description="name → regions; one projector per set, reported side by side (e.g. {all: null, IT: [IT]})",
+    )
+    subset_candidates: list[int] = Field(default_factory=lambda: [50], description="MindEye-style candidate N")
+    subset_draws: int = Field(200, ge=1)
+    figure_queries: int = Field(6, ge=1)
+
+
+def load_yaml(model: type[BaseModel], path: str | Path | None, overrides: dict | None = None):
+    """A config from YAML plus dotted overrides; errors name the file and the key."""
+    data: dict = {}
+    where = str(path) if path else "defaults"
+    if path:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such config file") from None
+    for key, value in (overrides or {}).items():
+        cur = data
+        parts = key.split(".")
+        for p in parts[:-1]:
+            cur = cur.setdefault(p, {})
+        cur[parts[-1]] = value
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(describe_validation_error(err, model, where)) from None

@@ -1,0 +1,149 @@
+"""One alignment experiment in a plain process: data → one projector per region set → retrieval, reconstruction
+baseline and figures, tracked in MLflow. The Ray Train job swaps ``fit_projector``'s caller, nothing else.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..config import Settings, get_settings
+from .config import AlignConfig
+from .dataset import AlignmentData, build_alignment_data
+from .embeddings import EmbeddingTable
+from .projector import FitResult, fit_projector, project, save_projector
+from .retrieval import evaluate_split, nearest_train_reconstruction, retrieval_figure, top_k
+
+
+@dataclass
+class RegionResult:
+    name: str
+    regions: list[str] | None
+    fit: FitResult
+    test: dict
+    val: dict
+    recon: dict
+    figures: dict = field(default_factory=dict)  # name → matplotlib figure
+
+
+@dataclass
+class AlignResult:
+    data: AlignmentData
+    results: dict[str, RegionResult]
+    run_id: str | None = None
+
+    def summary(self) -> dict[str, dict]:
+        """set → headline numbers (test top-1/top-5 with chance, brain retrieval, tokens/s)."""
+        out = {}
+        for name, r in self.results.items():
+            m = r.test["mean"]
+            out[name] = {k: m[k] for k in m if k.startswith(("image_", "brain_", "n_candidates"))}
+            out[name].update({"tokens_per_s": r.fit.tokens_per_s, "examples_per_s": r.fit.examples_per_s,
+                              "best_epoch": r.fit.best_epoch, **r.recon})  # fmt: skip
+        return out
+
+
+def train_embeddings(data: AlignmentData) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, embeddings) of the images seen in training: the candidates of the reconstruction baseline."""
+    ids = np.array(sorted(data.train.stimuli))
+    rows, _ = data.embeddings.lookup(ids)
+    return ids, data.embeddings.vectors[rows]
+
+
+def evaluate_region_set(name: str, data: AlignmentData, fit: FitResult, cfg: AlignConfig,
+                        settings: Settings | None = None, figures: bool = True) -> RegionResult:  # fmt: skip
+    kw = {"subsets": tuple(cfg.subset_candidates), "draws": cfg.subset_draws, "seed": cfg.projector.seed}
+    test = evaluate_split(fit.model, data.test, **kw)
+    val = evaluate_split(fit.model, data.val, **kw) if len(data.val) else {"mean": {}, "sessions": {}}
+    train_ids, e_train = train_embeddings(data)
+    recon: dict = {}
+    figs = {}
+    zs = project(fit.model, data.test)
+    for b, z in zip(data.test.blocks, zs, strict=True):
+        m, _ = nearest_train_reconstruction(z, b.y, e_train)
+        for k, v in m.items():
+            recon.setdefault(k, []).append(v)
+    recon = {k: float(np.mean(v)) for k, v in recon.items()}
+    if figures and data.test.blocks:
+        b, z = data.test.blocks[0], zs[0]
+        n = min(cfg.figure_queries, len(b))
+        idx, _ = top_k(z[:n], b.y, k=5)
+        figs["retrieval"] = retrieval_figure(
+            b.stimulus_id[:n].tolist(), [b.stimulus_id[r].tolist() for r in idx], data.embeddings,
+            f"{name}: top-5 among {len(b)} test images ({b.session})", settings,
+        )  # fmt: skip
+        near, _ = top_k(z[:n], e_train, k=3)
+        figs["reconstruction"] = retrieval_figure(
+            b.stimulus_id[:n].tolist(), [train_ids[r].tolist() for r in near], data.embeddings,
+            f"{name}: retrieval-based reconstruction (nearest of {len(train_ids)} training images)", settings,
+        )  # fmt: skip
+    return RegionResult(name, data.regions, fit, test, val, recon, figs)
+
+
+def run_alignment(
+    cfg: AlignConfig, settings: Settings | None = None, embeddings: EmbeddingTable | None = None,
+    track: bool = True, figures: bool = True, echo=None,
+) -> AlignResult:  # fmt: skip
+    """Read the store once, then fit and evaluate one projector per region set."""
+    settings = settings or get_settings()
+    data = build_alignment_data(cfg.data, settings, embeddings)
+    run_id = None
+    if track:
+        from ..data.store import sources
+        from ..tracking import mlflow_run
+
+        tags = {"kind": "align", **{f"dataset.{s.name}": s.ref.version for s in sources(settings, cfg.data.datasets)}}
+        run_id = mlflow_run.start_run(settings.mlflow_uri, cfg.experiment, cfg.name, cfg.model_dump(mode="json"),
+                                      tags)  # fmt: skip
+    results: dict[str, RegionResult] = {}
+    ok = False
+    try:
+        for name, regions in cfg.region_sets.items():
+            sub = data.select_regions(regions)
+            fit = fit_projector(sub.train, sub.val, cfg.projector)
+            res = evaluate_region_set(name, sub, fit, cfg, settings, figures)
+            results[name] = res
+            if echo is not None:
+                m = res.test["mean"]
+                echo(f"{name}: test top-1 {m['image_top1']:.3f} (chance {m['image_chance1']:.3f}), top-5 "
+                     f"{m['image_top5']:.3f} (chance {m['image_chance5']:.3f}) among {m['n_candidates']:.0f}; "
+                     f"brain top-1 {m['brain_top1']:.3f}; {fit.tokens_per_s:,.0f} tokens/s")  # fmt: skip
+            if run_id is not None:
+                _log(settings, run_id, name, res, data)
+        ok = True
+        return AlignResult(data, results, run_id)
+    finally:
+        if run_id is not None:
+            from ..tracking import mlflow_run
+
+            mlflow_run.end_run(settings.mlflow_uri, run_id, ok)
+
+
+def _log(settings: Settings, run_id: str, name: str, res: RegionResult, data: AlignmentData) -> None:
+    import matplotlib.pyplot as plt
+
+    from ..tracking import mlflow_run
+
+    uri = settings.mlflow_uri
+    metrics = {f"{name}.test.{k}": v for k, v in res.test["mean"].items()}
+    metrics.update({f"{name}.val.{k}": v for k, v in res.val["mean"].items()})
+    metrics.update({f"{name}.test.{k}": v for k, v in res.recon.items()})
+    metrics.update({f"{name}.fit.tokens_per_s": res.fit.tokens_per_s, f"{name}.fit.examples_per_s":
+                    res.fit.examples_per_s, f"{name}.fit.best_epoch": res.fit.best_epoch})  # fmt: skip
+    mlflow_run.log_metrics(uri, run_id, metrics)
+    logger = mlflow_run.MetricsLogger(uri, run_id)
+    for rec in res.fit.history:
+        logger.log({f"{name}.train.{k}": v for k, v in rec.items() if k != "epoch"}, rec["epoch"])
+    for fig_name, fig in res.figures.items():
+        mlflow_run.log_figure(uri, run_id, fig, f"plots/{name}_{fig_name}.png")
+        plt.close(fig)
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / f"projector_{name}.pt"
+        save_projector(res.fit.model, str(path))
+        mlflow_run.log_artifact(uri, run_id, str(path), "model")
+
+
+__all__ = ["AlignResult", "RegionResult", "evaluate_region_set", "run_alignment", "train_embeddings"]
