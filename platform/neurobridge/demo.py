@@ -15,6 +15,7 @@ from .ingest.mixture import write_mixture
 from .ingest.pipeline import ingest_many
 from .storage import filesystem, is_remote
 
+DEMO_RATE_HZ = (1.0, 8.0)
 DEMO_HOLDOUT = "monkey01_s01"  # a simulated reaching session kept out of pretraining (a fine-tuning target)
 
 
@@ -27,7 +28,8 @@ def run_demo(minutes: float = 2.0, seed: int = 0, console: Console | None = None
     t0 = time.perf_counter()
     sim_root = f"{settings.raw_root}/sim"
     fs, path = filesystem(f"{sim_root}/simulation.json", settings)
-    cfg = SimConfig(seed=seed, minutes=minutes, tvsd=True, pile=True)
+    # cortical-like baseline rates (1-8 Hz): sparse enough that spike smoothing falls well short of the oracle
+    cfg = SimConfig(seed=seed, minutes=minutes, tvsd=True, pile=True, rate_hz=DEMO_RATE_HZ)
     if fs.exists(path) and _same_config(fs, path, cfg):
         console.print(f"[dim]simulation already at {sim_root} (same seed and size): reusing it[/]")
     else:

@@ -20,6 +20,7 @@ from rich.console import Console
 
 from .catalog import resolve
 from .config import Settings, get_settings
+from .demo import DEMO_RATE_HZ
 from .evaluate.report import EvalConfig
 from .evaluate.run import evaluate, resolve_model_file
 from .ingest.mixture import write_mixture
@@ -49,7 +50,7 @@ def run_targets(config_dir: str = "jobs/configs", out: str | None = None, consol
     settings = get_settings()
     results: dict = {}
     t0 = time.perf_counter()
-    sim = sim or SimConfig(alf_subjects=0, visual_sessions=0, write_images=False)
+    sim = sim or SimConfig(alf_subjects=0, visual_sessions=0, write_images=False, rate_hz=DEMO_RATE_HZ)
     sim_root = f"{settings.raw_root}/sim"
     console.rule("simulate + ingest (reaching sessions)")
     simulate(sim_root, sim, progress=False)

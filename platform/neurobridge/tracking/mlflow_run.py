@@ -51,11 +51,19 @@ def git_commit() -> str:
         return "unknown"
 
 
+def artifact_location(uri: str) -> str | None:
+    """Artifacts of a local SQLite store live beside the database (not in ./mlruns of whatever directory is
+    current); servers choose their own artifact store."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///") :]).parent / "mlartifacts").absolute().as_uri()
+    return None
+
+
 def start_run(uri: str, experiment: str, name: str, config: dict, tags: dict[str, str]) -> str:
     check_tracking(uri)
     client = _client(uri)
     exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
+    exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment, artifact_location(uri))
     run = client.create_run(exp_id, run_name=name, tags={"git_commit": git_commit(), **tags})
     params = flatten(config)
     items = list(params.items())
