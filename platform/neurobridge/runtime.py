@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 from .config import Settings
 
@@ -20,3 +21,20 @@ def ensure_ray(settings: Settings) -> None:
     else:
         # address="local": never attach to a stale cluster file left by an earlier run on this machine.
         ray.init(address="local", num_cpus=settings.ray_num_cpus, **kwargs)
+
+
+def task_attempt() -> int:
+    """0 on a task's first run, n on its n-th retry (Ray retries a task whose worker process died); 0 outside Ray.
+
+    Ray has no public call for this yet; the core worker's counter is read defensively.
+    """
+    ray = sys.modules.get("ray")  # never import Ray just to ask: plain processes (benchmarks) stay light
+    if ray is None:
+        return 0
+    try:
+        if not ray.is_initialized():
+            return 0
+        worker = ray._private.worker.global_worker
+        return int(worker.core_worker.get_current_task_attempt_number())
+    except Exception:  # an API move must never break ingest; callers then see every run as a first attempt
+        return 0
