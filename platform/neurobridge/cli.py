@@ -198,8 +198,22 @@ def bench_ingest(
     source: str = typer.Option("nwb", help="nwb (spike binning), pile (Neural Pile shards) or tvsd (MUA float path)"),
     channels: int = typer.Option(256, help="tvsd: channels per monkey"),
     trials: int = typer.Option(1000, help="tvsd: trials in the smaller dataset"),
+    workers: str = typer.Option(
+        None, help="scaling instead: ingest throughput with these many Ray workers at once, e.g. 1,2 (ratios vs 1)"
+    ),
+    items: int = typer.Option(8, help="--workers: sessions ingested per setting"),
 ):
     """Ingest throughput and peak RSS against a plain-read reference in the same run, per source kind."""
+    if workers:
+        from .bench_scale import bench_scaling
+
+        try:
+            counts = [int(w) for w in workers.split(",")]
+        except ValueError:
+            _fail(f"--workers takes comma-separated counts, e.g. 1,2 (got {workers!r})")
+        bench_scaling(counts, items=items, n_units=units, minutes=minutes, repeats=repeats, workdir=workdir,
+                      echo=console.print)  # fmt: skip
+        return
     if source == "tvsd":
         from .bench_tvsd import bench_tvsd
 
