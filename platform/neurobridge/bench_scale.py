@@ -9,12 +9,11 @@ model scales from (README "Scale on paper"); bytes per token come from the commi
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
 from pathlib import Path
-
-import pyarrow.parquet as pq
 
 from .bench import BIN_MS, CHUNK_S, _line
 from .catalog import CatalogEntry
@@ -42,7 +41,7 @@ def _entry(folder: Path, items: int) -> CatalogEntry:
     )
 
 
-def _run(entry: CatalogEntry, store: Path, workers: int) -> tuple[float, dict, int, float]:
+def _run(entry: CatalogEntry, store: Path, workers: int) -> tuple[float, dict, int, float, float]:
     from .ingest.pipeline import ingest
 
     settings = get_settings(store=str(store))
@@ -52,10 +51,10 @@ def _run(entry: CatalogEntry, store: Path, workers: int) -> tuple[float, dict, i
     if not report.ok or report.processed != report.items:
         raise RuntimeError(f"benchmark ingest did not process every item: {report.failed}")
     size = sum((Path(report.path) / f).stat().st_size for f in report.card["files"])
-    item_seconds = sum(
-        pq.read_table(Path(report.path) / "_manifest.parquet", columns=["seconds"])["seconds"].to_pylist()
-    )
-    return seconds, report.card["counts"], size, item_seconds
+    records = [json.loads(p.read_text()) for p in (Path(report.path) / "_items").glob("*.json")]
+    item_seconds = sum(r["seconds"] for r in records)
+    cpu_seconds = sum(r["cpu_seconds"] for r in records)
+    return seconds, report.card["counts"], size, item_seconds, cpu_seconds
 
 
 def bench_scaling(
@@ -81,13 +80,13 @@ def bench_scaling(
     stores = work / f"scale-stores-{time.time_ns()}"
     load0 = os.getloadavg()
     _run(_entry(folder, max(workers)), stores / "warmup", max(workers))  # starts and warms the worker processes
-    best: dict[int, tuple[float, float]] = {}  # workers → (wall seconds, summed item seconds) of the fastest run
+    best: dict[int, tuple[float, float, float]] = {}  # workers → (wall s, summed item s, summed item CPU s), fastest
     counts, size = {}, 0
     for rep in range(repeats):
         for w in workers if rep % 2 == 0 else workers[::-1]:
-            seconds, counts, size, item_seconds = _run(entry, stores / f"w{w}-r{rep}", w)
-            if seconds < best.get(w, (float("inf"), 0.0))[0]:
-                best[w] = (seconds, item_seconds)
+            seconds, counts, size, item_seconds, cpu_seconds = _run(entry, stores / f"w{w}-r{rep}", w)
+            if seconds < best.get(w, (float("inf"),))[0]:
+                best[w] = (seconds, item_seconds, cpu_seconds)
     load1 = os.getloadavg()
     base = min(workers)
     figures: dict = {
@@ -100,11 +99,14 @@ def bench_scaling(
          f"({BIN_MS:g} ms bins, {CHUNK_S:g} s windows); machine: {os.cpu_count()} cores, "
          f"load average {load0[0]:.2f} before, {load1[0]:.2f} after")  # fmt: skip
     for w in workers:
-        s, item_s = best[w]
+        s, item_s, cpu_s = best[w]
         # items in flight on average, and how long one item took: a slower item at the same concurrency means the
         # workers did not get whole cores (other load), not that Ray failed to run them side by side
         figures[f"w{w}_concurrency"] = item_s / s
         figures[f"w{w}_item_seconds"] = item_s / items
+        figures[f"w{w}_cpu_share"] = cpu_s / item_s  # of one core, per busy worker: < 1 when others took the CPU
+        figures[f"w{w}_spikes_per_cpu_s"] = counts["spikes"] / cpu_s
+        figures[f"w{w}_tokens_per_cpu_s"] = counts["tokens"] / cpu_s
         figures[f"w{w}_seconds"] = s
         figures[f"w{w}_spikes_per_s"] = counts["spikes"] / s
         figures[f"w{w}_tokens_per_s"] = counts["tokens"] / s
@@ -113,7 +115,10 @@ def bench_scaling(
         echo(_line(f"ingest_{w}_workers_spikes_per_s", figures[f"w{w}_spikes_per_s"], f"spikes/s ({s:.2f} s)"))
         echo(_line(f"ingest_{w}_workers_tokens_per_s", figures[f"w{w}_tokens_per_s"], "tokens/s"))
         echo(_line(f"ingest_{w}_workers_spikes_per_s_per_core", figures[f"w{w}_spikes_per_s_per_worker"], "spikes/s"))
-        echo(f"ingest_{w}_workers_items_in_flight: {item_s / s:.2f} (one item: {item_s / items:.2f} s)")
+        echo(f"ingest_{w}_workers_items_in_flight: {item_s / s:.2f} (one item: {item_s / items:.2f} s, "
+             f"{cpu_s / item_s:.0%} of a core while it ran)")  # fmt: skip
+        echo(_line(f"ingest_{w}_workers_spikes_per_cpu_s", figures[f"w{w}_spikes_per_cpu_s"], "spikes per CPU-second"))
+        echo(_line(f"ingest_{w}_workers_tokens_per_cpu_s", figures[f"w{w}_tokens_per_cpu_s"], "tokens per CPU-second"))
         if w != base:
             echo(f"speedup_{w}_vs_{base}_workers: {figures[f'w{w}_speedup']:.2f}x")
     echo(_line("store_bytes_per_token", figures["store_bytes_per_token"], "B (zstd Parquet, rows only)"))

@@ -53,7 +53,7 @@ def write_record(rec: dict, vdir: str, settings: Settings) -> None:
 
 def process_item(entry: CatalogEntry, item: Item, vdir: str, settings: Settings) -> dict:
     """Ingest one item and record its status; never raises for bad input (the record says why)."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     rec = blank_record(item)
     rec["attempt"] = task_attempt() + 1  # > 1: Ray retried the item after its worker process died
     chaos.maybe_kill(settings.chaos, item.rel, item.key, "start")
@@ -68,6 +68,7 @@ def process_item(entry: CatalogEntry, item: Item, vdir: str, settings: Settings)
         where = traceback.extract_tb(err.__traceback__)[-1]
         rec["error"] = f"{item.uri}: {type(err).__name__}: {err} (at {where.filename}:{where.lineno})"
     rec["seconds"] = round(time.perf_counter() - t0, 4)
+    rec["cpu_seconds"] = round(time.process_time() - c0, 4)  # this process's CPU: the cost, whatever the load
     write_record(rec, vdir, settings)
     return rec
 
