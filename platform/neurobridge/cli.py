@@ -97,6 +97,7 @@ def ingest(
     workers: int = typer.Option(None, help="parallel items (default: Ray's CPUs)"),
     progress: bool = typer.Option(True, help="show Ray Data progress bars"),
     mixture: str = typer.Option(None, help="record the resulting dataset versions as this named mixture"),
+    max_retries: int = typer.Option(3, min=0, help="attempts after the worker ingesting an item dies"),
 ):
     """Ingest catalog entries (all in one Ray run) into versioned Parquet; exits 1 if any item failed."""
     from .ingest.mixture import write_mixture
@@ -108,7 +109,7 @@ def ingest(
     except CatalogError as err:
         _fail(str(err))
     try:
-        results = ingest_many(entries, settings, workers=workers, progress=progress)
+        results = ingest_many(entries, settings, workers=workers, progress=progress, max_retries=max_retries)
     except SourceError as err:
         _fail(str(err))
     n_failed, reports = 0, []
@@ -140,6 +141,8 @@ def _print_report(report) -> None:
     )
     for f in report.failed:
         err_console.print(f"  [red]failed[/] {f['rel']}: {f['error']}")
+    for rel in getattr(report, "retried", []):
+        console.print(f"  [yellow]retried[/] {rel}: its worker process died; the retry succeeded")
 
 
 @app.command()
