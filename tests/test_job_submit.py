@@ -33,6 +33,8 @@ from neurobridge.ingest.mixture import read_mixture
 from neurobridge.sources.sim import SimConfig, simulate
 from neurobridge.storage import filesystem, join
 
+pytestmark = pytest.mark.slow  # a cluster, an MLflow server and two jobs: ~90 s on an idle 2-core machine
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 VICTIM = "sub-monkey01_ses-s00.nwb"

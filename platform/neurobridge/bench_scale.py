@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -88,6 +89,7 @@ def bench_scaling(
             if seconds < best.get(w, (float("inf"),))[0]:
                 best[w] = (seconds, item_seconds, cpu_seconds)
     load1 = os.getloadavg()
+    shutil.rmtree(stores, ignore_errors=True)  # the sessions stay cached for the next run; the stores are spent
     base = min(workers)
     figures: dict = {
         "items": items, "spikes": counts["spikes"], "tokens": counts["tokens"], "rows": counts["rows"],
