@@ -148,9 +148,10 @@ def run_simulate(cfg: PipelineConfig, settings: Settings, state: dict, echo: Cal
 
 
 def run_ingest(cfg: PipelineConfig, settings: Settings, state: dict, echo: Callable[[str], None]) -> StageOutcome:
+    from .cluster import worker_origin
     from .ingest.mixture import write_mixture
     from .ingest.pipeline import ingest_many
-    from .runtime import ensure_ray, worker_origin
+    from .runtime import ensure_ray
     from .tracking import mlflow_run
 
     ic = cfg.ingest

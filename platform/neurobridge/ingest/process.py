@@ -18,8 +18,8 @@ import pyarrow.parquet as pq
 
 from .. import chaos
 from ..catalog import CatalogEntry
+from ..cluster import task_attempt
 from ..config import Settings
-from ..runtime import task_attempt
 from ..sources import Item, SourceError, SpikeSource, open_source
 from ..sources.base import BinnedSource, SessionMeta
 from ..storage import filesystem, join, open_atomic, safe_name, write_json_atomic
