@@ -1,8 +1,8 @@
-"""`python jobs/pipeline.py --config jobs/configs/demo.yaml`: the stages a pipeline config lists, in order
+"""`python jobs/pipeline.py --config jobs/pipelines/demo.yaml`: the stages a pipeline config lists, in order
 (simulate, ingest; pretrain/align/register as they land). Thin: parse, call the library. On a cluster:
 
     ray job submit --address http://127.0.0.1:8265 --working-dir . --runtime-env jobs/runtime_env.yaml \\
-        -- python jobs/pipeline.py --config jobs/configs/aws.yaml
+        -- python jobs/pipeline.py --config jobs/pipelines/aws.yaml
 
 Exit status: 0 all stages ok; 1 a stage failed (its reasons are the last lines of the log); 2 a bad config.
 """
@@ -16,7 +16,7 @@ from neurobridge.workflow import PipelineError, load_pipeline, origin, run_pipel
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="jobs/configs/demo.yaml", help="pipeline YAML: a path or any fsspec URI")
+    parser.add_argument("--config", default="jobs/pipelines/demo.yaml", help="pipeline YAML: a path or any fsspec URI")
     parser.add_argument("--stages", default=None, help="comma-separated stages to run instead of the config's list")
     args = parser.parse_args()
     print(f"neurobridge {__version__} from {origin()}", flush=True)

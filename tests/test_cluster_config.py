@@ -147,7 +147,9 @@ def test_nodes_use_instance_profiles_and_no_secrets(config):
 def cluster_jobs() -> list:
     from neurobridge.workflow import load_pipeline
 
-    return [load_pipeline(str(p)) for p in sorted((REPO / "jobs" / "configs").glob("aws*.yaml"))]
+    jobs = [load_pipeline(str(p)) for p in sorted((REPO / "jobs" / "pipelines").glob("aws*.yaml"))]
+    assert jobs, "jobs/pipelines/aws*.yaml: the cluster's pipeline configs"
+    return jobs
 
 
 def test_resources_the_jobs_ask_for_exist_only_on_the_ingest_type(config):
