@@ -15,11 +15,14 @@ def main() -> int:
     parser.add_argument("refs", nargs="+", help="catalog file stems, entry names or YAML paths")
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--mixture", default=None, help="record the dataset versions as this named mixture")
+    parser.add_argument("--max-retries", type=int, default=3, help="attempts after an item's worker process dies")
     args = parser.parse_args()
     settings = get_settings()
     entries = [e for ref in args.refs for e in resolve(ref)]
     failed, reports = 0, []
-    for entry, report in zip(entries, ingest_many(entries, settings, workers=args.workers), strict=True):
+    for entry, report in zip(
+        entries, ingest_many(entries, settings, workers=args.workers, max_retries=args.max_retries), strict=True
+    ):
         if isinstance(report, Exception):
             print(f"{entry.name}: {report}", file=sys.stderr)
             failed += 1

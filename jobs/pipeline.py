@@ -1,18 +1,31 @@
-"""`python jobs/pipeline.py`: the end-to-end demo (simulate → ingest → inspect) on the configured services."""
+"""`python jobs/pipeline.py --config jobs/pipelines/demo.yaml`: the stages a pipeline config lists, in order
+(simulate, ingest; pretrain/align/register as they land). Thin: parse, call the library. On a cluster:
+
+    ray job submit --address http://127.0.0.1:8265 --working-dir . --runtime-env jobs/runtime_env.yaml \\
+        -- python jobs/pipeline.py --config jobs/pipelines/aws.yaml
+
+Exit status: 0 all stages ok; 1 a stage failed (its reasons are the last lines of the log); 2 a bad config.
+"""
 
 import argparse
 import sys
 
-from neurobridge.demo import run_demo
+from neurobridge import __version__
+from neurobridge.workflow import PipelineError, load_pipeline, origin, run_pipeline
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--minutes", type=float, default=2.0, help="minutes per simulated session")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--catalog", default="demo", help="catalog file stem or YAML path")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="jobs/pipelines/demo.yaml", help="pipeline YAML: a path or any fsspec URI")
+    parser.add_argument("--stages", default=None, help="comma-separated stages to run instead of the config's list")
     args = parser.parse_args()
-    return run_demo(minutes=args.minutes, seed=args.seed, catalog=args.catalog)
+    print(f"neurobridge {__version__} from {origin()}", flush=True)
+    try:
+        cfg = load_pipeline(args.config, args.stages.split(",") if args.stages else None)
+    except PipelineError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 2
+    return run_pipeline(cfg, echo=lambda line: print(line, flush=True))
 
 
 if __name__ == "__main__":

@@ -110,14 +110,25 @@ def test_images_match_installed_ray(config):
         assert image.startswith(f"rayproject/ray:{ray.__version__}-py311-"), image
 
 
-def test_setup_installs_pinned_torch_then_project(config):
+def setup_of(config: dict, node_type: str) -> list[str]:
+    """The setup commands `ray up` runs on a node of this type (a type's own list replaces the global ones)."""
+    if node_type == config["head_node_type"]:
+        return config["setup_commands"] + config["head_setup_commands"]
+    own = config["available_node_types"][node_type].get("worker_setup_commands")
+    return own if own is not None else config["setup_commands"] + config["worker_setup_commands"]
+
+
+@pytest.mark.parametrize("node_type", ["head", INGEST_TYPE, GPU_TYPE])
+def test_every_node_type_installs_pinned_torch_then_the_project(config, node_type):
     pin = re.search(r'"(torch==[^"]+)"', (REPO / "pyproject.toml").read_text())
     assert pin, "pyproject.toml pins torch"
-    torch_pin = pin.group(1)
-    cmds = config["setup_commands"]
-    torch_at = next(i for i, c in enumerate(cmds) if torch_pin in c)
+    cmds = setup_of(config, node_type)
+    torch_at = next(i for i, c in enumerate(cmds) if pin.group(1) in c)
     project_at = next(i for i, c in enumerate(cmds) if "~/neurobridge" in c and "pip install" in c)
-    assert torch_at < project_at
+    assert torch_at < project_at  # else pip resolves torch itself (the CUDA wheel, GBs) while installing the project
+    cpu_wheel = "download.pytorch.org/whl/cpu" in cmds[torch_at]
+    has_gpu = config["available_node_types"][node_type]["resources"].get("GPU", 0) > 0
+    assert cpu_wheel != has_gpu, cmds[torch_at]
     assert "~/neurobridge" in config["file_mounts"]
     assert config["head_start_ray_commands"] and config["worker_start_ray_commands"]
 
@@ -128,3 +139,57 @@ def test_nodes_use_instance_profiles_and_no_secrets(config):
     text = CLUSTER_YAML.read_text().lower()
     for secret in ("aws_access_key_id", "aws_secret_access_key", "aws_session_token", "ssh_private_key"):
         assert secret not in text
+
+
+# --- what the jobs rely on ---------------------------------------------------------------------------------------
+
+
+def cluster_jobs() -> list:
+    from neurobridge.workflow import load_pipeline
+
+    jobs = [load_pipeline(str(p)) for p in sorted((REPO / "jobs" / "pipelines").glob("aws*.yaml"))]
+    assert jobs, "jobs/pipelines/aws*.yaml: the cluster's pipeline configs"
+    return jobs
+
+
+def test_resources_the_jobs_ask_for_exist_only_on_the_ingest_type(config):
+    jobs = cluster_jobs()
+    asked = {name for job in jobs if job.ingest for name in job.ingest.resources}
+    assert asked == {"ingest"}, asked
+    types = worker_types(config)
+    for name in asked:
+        having = [t for t, node in types.items() if node["resources"].get(name, 0) >= 1]
+        assert having == [INGEST_TYPE], (name, having)  # so ingest demand scales ingest nodes, never GPU nodes
+        for job in jobs:
+            assert 0 < job.ingest.resources[name] <= 1 / types[INGEST_TYPE]["resources"]["CPU"]  # CPUs stay the limit
+
+
+def test_ingest_concurrency_of_the_cluster_job_fills_the_ingest_fleet(config):
+    """The fleet starts empty, so the job must say how many items may be in flight (the default would be 1)."""
+    node = config["available_node_types"][INGEST_TYPE]
+    fleet = node["max_workers"] * node["resources"]["CPU"]
+    for job in cluster_jobs():
+        assert job.ingest.workers is not None and node["resources"]["CPU"] < job.ingest.workers <= fleet
+
+
+def test_every_node_knows_the_store_and_the_mlflow_server_on_the_head(config):
+    env = [o for o in config["docker"]["run_options"] if o.startswith("--env NB_STORE=")]
+    assert len(env) == 1 and env[0].split("=", 1)[1].startswith("s3://")
+    head_start = " ".join(config["head_start_ray_commands"])
+    server = re.search(r"mlflow server .*--port (\d+)", head_start)
+    assert server and "--artifacts-destination $NB_STORE/" in head_start
+    port = server.group(1)
+    assert head_start.index("mlflow server") < head_start.index("ray start --head")
+    assert f"export NB_MLFLOW_URI=http://localhost:{port};" in head_start.split("ray start --head")[0]
+    worker_start = " ".join(config["worker_start_ray_commands"])
+    assert f"export NB_MLFLOW_URI=http://$RAY_HEAD_IP:{port};" in worker_start.split("ray start")[-2]
+
+
+def test_runtime_env_ships_the_package_as_py_modules():
+    from ray.runtime_env import RuntimeEnv
+
+    env = yaml.safe_load((REPO / "jobs" / "runtime_env.yaml").read_text())
+    RuntimeEnv(**env)  # Ray's own validation of the fields
+    assert env["working_dir"] == "."
+    assert [(REPO / m / "__init__.py").is_file() and Path(m).name == "neurobridge" for m in env["py_modules"]] == [True]
+    assert not (REPO / "platform" / "__init__.py").exists()  # platform/ must never shadow the stdlib module

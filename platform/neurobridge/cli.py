@@ -98,6 +98,7 @@ def ingest(
     workers: int = typer.Option(None, help="parallel items (default: Ray's CPUs)"),
     progress: bool = typer.Option(True, help="show Ray Data progress bars"),
     mixture: str = typer.Option(None, help="record the resulting dataset versions as this named mixture"),
+    max_retries: int = typer.Option(3, min=0, help="attempts after the worker ingesting an item dies"),
 ):
     """Ingest catalog entries (all in one Ray run) into versioned Parquet; exits 1 if any item failed."""
     from .ingest.mixture import write_mixture
@@ -109,7 +110,7 @@ def ingest(
     except CatalogError as err:
         _fail(str(err))
     try:
-        results = ingest_many(entries, settings, workers=workers, progress=progress)
+        results = ingest_many(entries, settings, workers=workers, progress=progress, max_retries=max_retries)
     except SourceError as err:
         _fail(str(err))
     n_failed, reports = 0, []
@@ -141,6 +142,8 @@ def _print_report(report) -> None:
     )
     for f in report.failed:
         err_console.print(f"  [red]failed[/] {f['rel']}: {f['error']}")
+    for rel in getattr(report, "retried", []):
+        console.print(f"  [yellow]retried[/] {rel}: its worker process died; the retry succeeded")
 
 
 @app.command()
@@ -199,8 +202,22 @@ def bench_ingest(
     source: str = typer.Option("nwb", help="nwb (spike binning), pile (Neural Pile shards) or tvsd (MUA float path)"),
     channels: int = typer.Option(256, help="tvsd: channels per monkey"),
     trials: int = typer.Option(1000, help="tvsd: trials in the smaller dataset"),
+    workers: str = typer.Option(
+        None, help="scaling instead: ingest throughput with these many Ray workers at once, e.g. 1,2 (ratios vs 1)"
+    ),
+    items: int = typer.Option(8, help="--workers: sessions ingested per setting"),
 ):
     """Ingest throughput and peak RSS against a plain-read reference in the same run, per source kind."""
+    if workers:
+        from .bench_scale import bench_scaling
+
+        try:
+            counts = [int(w) for w in workers.split(",")]
+        except ValueError:
+            _fail(f"--workers takes comma-separated counts, e.g. 1,2 (got {workers!r})")
+        bench_scaling(counts, items=items, n_units=units, minutes=minutes, repeats=repeats, workdir=workdir,
+                      echo=console.print)  # fmt: skip
+        return
     if source == "tvsd":
         from .bench_tvsd import bench_tvsd
 

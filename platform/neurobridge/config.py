@@ -18,6 +18,7 @@ ENV_VARS = {
     "s3_endpoint": "NB_S3_ENDPOINT",
     "ray_address": "RAY_ADDRESS",
     "ray_num_cpus": "NB_RAY_NUM_CPUS",
+    "chaos": "NB_CHAOS",
 }
 
 
@@ -34,6 +35,9 @@ class Settings(BaseModel):
     s3_endpoint: str | None = Field(default=None, description="S3-compatible endpoint (MinIO, moto, Ceph)")
     ray_address: str | None = Field(default=None, description="None starts a local Ray in-process")
     ray_num_cpus: int | None = Field(default=None, description="logical CPUs for a local Ray")
+    chaos: str | None = Field(
+        default=None, description="fault-injection spec for drills and tests (JSON, see neurobridge.chaos); unset: off"
+    )
     source_options: dict[str, dict] = Field(
         default_factory=dict,
         description="URI prefix → S3 options of a catalog entry (anon, endpoint_url); set by with_source",

@@ -16,7 +16,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .. import chaos
 from ..catalog import CatalogEntry
+from ..cluster import task_attempt
 from ..config import Settings
 from ..sources import Item, SourceError, SpikeSource, open_source
 from ..sources.base import BinnedSource, SessionMeta
@@ -32,9 +34,8 @@ CHUNK_CELLS = 8_000_000  # [windows × units × bins] cells binned at once
 COALESCE_GAP = 1 << 16  # read neighbouring segment ranges in one request when the gap is this small
 
 
-def process_item(entry: CatalogEntry, item: Item, vdir: str, settings: Settings) -> dict:
-    """Ingest one item and record its status; never raises for bad input (the record says why)."""
-    t0 = time.perf_counter()
+def blank_record(item: Item) -> dict:
+    """An item's status record before any work: failed, no rows (what stays if nothing else is learnt)."""
     rec = {
         "item": item.key, "uri": item.uri, "rel": item.rel, "status": "failed", "error": None,
         "session": None, "subject": None, "part": None, "rows": 0, "units": 0, "tokens": 0, "spikes": 0,
@@ -42,6 +43,20 @@ def process_item(entry: CatalogEntry, item: Item, vdir: str, settings: Settings)
     }  # fmt: skip
     if item.extra.get("meta"):
         rec["meta"] = item.extra["meta"]  # listing metadata (e.g. the Allen session type), failed items too
+    return rec
+
+
+def write_record(rec: dict, vdir: str, settings: Settings) -> None:
+    fs, path = filesystem(join(vdir, "_items", f"{rec['item']}.json"), settings)
+    write_json_atomic(fs, path, rec)
+
+
+def process_item(entry: CatalogEntry, item: Item, vdir: str, settings: Settings) -> dict:
+    """Ingest one item and record its status; never raises for bad input (the record says why)."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    rec = blank_record(item)
+    rec["attempt"] = task_attempt() + 1  # > 1: Ray retried the item after its worker process died
+    chaos.maybe_kill(settings.chaos, item.rel, item.key, "start")
     try:
         with open_source(entry, item, settings) as src:
             ingest = ingest_binned if isinstance(src, BinnedSource) else ingest_source
@@ -53,8 +68,8 @@ def process_item(entry: CatalogEntry, item: Item, vdir: str, settings: Settings)
         where = traceback.extract_tb(err.__traceback__)[-1]
         rec["error"] = f"{item.uri}: {type(err).__name__}: {err} (at {where.filename}:{where.lineno})"
     rec["seconds"] = round(time.perf_counter() - t0, 4)
-    fs, path = filesystem(join(vdir, "_items", f"{item.key}.json"), settings)
-    write_json_atomic(fs, path, rec)
+    rec["cpu_seconds"] = round(time.process_time() - c0, 4)  # this process's CPU: the cost, whatever the load
+    write_record(rec, vdir, settings)
     return rec
 
 
@@ -91,6 +106,7 @@ def ingest_source(src: SpikeSource, entry: CatalogEntry, item: Item, vdir: str, 
             beh = behavior.values(w0, w1, grid)
             beh = (beh, behavior.names) if beh is not None else None
             writer.write_table(_rows(entry, src, vocab, windows, w0, w1, c16, item, beh))
+            chaos.maybe_kill(settings.chaos, item.rel, item.key, "write")  # the part is not committed yet
             totals["rows"] += w1 - w0
             totals["tokens"] += int(c16.size)
             totals["spikes"] += int(c16.sum(dtype=np.int64))
@@ -363,6 +379,7 @@ def ingest_binned(src: BinnedSource, entry: CatalogEntry, item: Item, vdir: str,
                 entry, block.meta, vocab.unit_ids, vocab.regions, sample_ids, split, block.t_start, block.bin_s,
                 values, block.stimulus_id, block.repeat, block.behavior, block.behavior_names,
             ))  # fmt: skip
+            chaos.maybe_kill(settings.chaos, item.rel, item.key, "write")
             totals["rows"] += w
             totals["tokens"] += int(values.size)
             sessions.setdefault(block.meta.session, block.meta)

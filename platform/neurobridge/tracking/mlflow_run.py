@@ -110,5 +110,14 @@ def log_metrics(uri: str, run_id: str, metrics: dict, step: int = 0) -> None:
     MetricsLogger(uri, run_id).log(metrics, step)
 
 
+def log_params(uri: str, run_id: str, params: dict) -> None:
+    """Params learnt during the run (e.g. the dataset versions an ingest produced)."""
+    from mlflow.entities import Param
+
+    items = list(flatten(params).items())
+    for i in range(0, len(items), 100):
+        _client(uri).log_batch(run_id, params=[Param(k, v[:6000]) for k, v in items[i : i + 100]])
+
+
 def end_run(uri: str, run_id: str, ok: bool) -> None:
     _client(uri).set_terminated(run_id, "FINISHED" if ok else "FAILED")

@@ -1,0 +1,68 @@
+"""Deliberate worker deaths, for fault-tolerance tests and chaos drills on a cluster.
+
+Off unless ``NB_CHAOS`` (``Settings.chaos``) holds a spec. The spec travels to workers inside the settings, so a
+drill needs no runtime_env change. A matching item makes its Ray worker process exit hard (``os._exit``: no
+exception, no cleanup, like the OOM killer or a lost spot node) on its first ``attempts`` tries, at ``at``:
+
+- ``start``: before the item's source is opened;
+- ``write``: after its first chunk of rows went into the uncommitted Parquet part (the part must never appear).
+
+Example: ``NB_CHAOS='{"kill": "*ses-2*", "attempts": 1, "at": "write"}'`` kills the worker ingesting the items
+whose relative path matches ``*ses-2*`` once; Ray's retry must then produce exactly the rows of a clean run.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import sys
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .cluster import task_attempt
+
+ENV = "NB_CHAOS"
+POINTS = ("start", "write")
+
+
+class ChaosError(ValueError):
+    """An ``NB_CHAOS`` value that is not a valid spec; the message names the key."""
+
+
+class ChaosSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kill: str = Field(description="glob on the item's relative path or key")
+    attempts: int | Literal["all"] = Field(1, description="kill the first N attempts (Ray retries), or all")
+    at: Literal["start", "write"] = "write"
+
+    def kills(self, rel: str, key: str, point: str, attempt: int) -> bool:
+        if point != self.at or not (fnmatch.fnmatch(rel, self.kill) or fnmatch.fnmatch(key, self.kill)):
+            return False
+        return self.attempts == "all" or attempt < self.attempts
+
+
+def parse(raw: str | None) -> ChaosSpec | None:
+    if not raw:
+        return None
+    try:
+        return ChaosSpec.model_validate_json(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = ".".join(str(p) for p in first["loc"]) or "(spec)"
+        raise ChaosError(f"{ENV}: {key}: {first['msg']} (got {raw!r})") from None
+
+
+def maybe_kill(raw: str | None, rel: str, key: str, point: str) -> None:
+    """Exit this process now if the spec says so for this item, point and attempt; otherwise do nothing."""
+    if not raw:
+        return
+    spec = parse(raw)
+    attempt = task_attempt()
+    if spec is not None and spec.kills(rel, key, point, attempt):
+        sys.stderr.write(
+            f"{ENV}: killing worker pid {os.getpid()} ingesting {rel} at {point!r}, attempt {attempt + 1}\n"
+        )
+        sys.stderr.flush()
+        os._exit(1)

@@ -1,0 +1,79 @@
+"""Pipeline configs (`jobs/pipeline.py --config`): typed, strict, and refused before anything runs when they name a
+stage that does not exist (yet), miss a stage's section, or misspell a key; the shipped configs are valid."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from neurobridge.workflow import PLANNED, STAGES, PipelineError, load_pipeline, run_pipeline
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path, cfg: dict) -> str:
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "jobs" / "pipelines").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_pipeline_configs_are_valid(path):  # jobs/pipelines/: pipeline configs only (stage configs elsewhere)
+    cfg = load_pipeline(str(path))
+    assert cfg.stages and all(s in STAGES for s in cfg.stages)
+
+
+@pytest.mark.parametrize("stage", PLANNED)
+def test_a_planned_stage_that_is_not_implemented_is_refused_not_faked(tmp_path, stage):
+    path = write(tmp_path, {"stages": ["ingest", stage], "ingest": {"catalog": ["demo"]}})
+    with pytest.raises(PipelineError, match=f"stage '{stage}' is not available in this version.*remove it"):
+        load_pipeline(path)
+
+
+def test_an_unknown_stage_is_refused_with_the_nearest_name(tmp_path):
+    path = write(tmp_path, {"stages": ["ingset"], "ingest": {"catalog": ["demo"]}})
+    with pytest.raises(
+        PipelineError, match=r"pipeline.yaml: field 'stages': unknown stage 'ingset'; did you mean 'ingest'"
+    ):
+        load_pipeline(path)
+
+
+def test_a_listed_stage_needs_its_section_and_keys_are_checked(tmp_path):
+    with pytest.raises(PipelineError, match="stage 'ingest' is listed in `stages` but there is no `ingest:` section"):
+        load_pipeline(write(tmp_path, {"stages": ["ingest"]}))
+    with pytest.raises(PipelineError, match="unknown field 'ingest.max_retry'; did you mean 'max_retries'"):
+        load_pipeline(write(tmp_path, {"stages": ["ingest"], "ingest": {"catalog": ["demo"], "max_retry": 2}}))
+    with pytest.raises(PipelineError, match="stage\\(s\\) listed twice: ingest"):
+        load_pipeline(write(tmp_path, {"stages": ["ingest", "ingest"], "ingest": {"catalog": ["demo"]}}))
+    with pytest.raises(PipelineError, match="name catalog refs"):
+        load_pipeline(write(tmp_path, {"stages": ["ingest"], "ingest": {"mixture": "x"}}))
+
+
+def test_stages_given_on_the_command_line_replace_the_configs_list(tmp_path):
+    path = write(tmp_path, {"stages": ["simulate", "ingest"], "ingest": {"catalog": ["demo"]}})
+    assert load_pipeline(path, ["ingest"]).stages == ["ingest"]
+
+
+def test_the_config_names_the_locations_and_the_simulate_stage_writes_there(tmp_path, monkeypatch):
+    monkeypatch.setenv("NB_RAW", str(tmp_path / "not-here"))  # the config wins; restored after the test
+    raw = tmp_path / "elsewhere"
+    sim = {"nwb_subjects": 1, "nwb_sessions_per_subject": 1, "alf_subjects": 0, "visual_sessions": 0,
+           "units_min": 5, "units_max": 6, "minutes": 0.2, "write_images": False, "write_truth": False}  # fmt: skip
+    cfg = load_pipeline(write(tmp_path, {"stages": ["simulate"], "settings": {"raw_root": str(raw)}, "simulate": sim}))
+    lines: list[str] = []
+    assert run_pipeline(cfg, echo=lines.append) == 0
+    assert sorted(p.name for p in (raw / "sim" / "nwb").glob("*.nwb")) == ["sub-monkey00_ses-s00.nwb"]
+    assert os.environ["NB_RAW"] == str(raw)  # library code in this driver that reads the settings agrees
+    assert lines[-1].startswith("pipeline result:")
+
+
+def test_the_job_script_exits_2_with_the_reason_on_a_bad_config(tmp_path):
+    path = write(tmp_path, {"stages": ["ingest", "pretrain"], "ingest": {"catalog": ["demo"]}})
+    out = subprocess.run([sys.executable, "jobs/pipeline.py", "--config", path], cwd=REPO, capture_output=True,
+                         text=True, env={**os.environ, "PYTHONPATH": str(REPO / "platform")}, timeout=120)  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    assert "stage 'pretrain' is not available" in out.stderr
