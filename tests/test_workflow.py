@@ -72,8 +72,8 @@ def test_the_config_names_the_locations_and_the_simulate_stage_writes_there(tmp_
 
 
 def test_the_job_script_exits_2_with_the_reason_on_a_bad_config(tmp_path):
-    path = write(tmp_path, {"stages": ["ingest", "pretrain"], "ingest": {"catalog": ["demo"]}})
+    path = write(tmp_path, {"stages": ["ingest", "align"], "ingest": {"catalog": ["demo"]}})
     out = subprocess.run([sys.executable, "jobs/pipeline.py", "--config", path], cwd=REPO, capture_output=True,
                          text=True, env={**os.environ, "PYTHONPATH": str(REPO / "platform")}, timeout=120)  # fmt: skip
     assert out.returncode == 2, out.stderr
-    assert "stage 'pretrain' is not available" in out.stderr
+    assert "stage 'align' is not available" in out.stderr

@@ -26,8 +26,9 @@ from . import __version__
 from .catalog import CatalogEntry, CatalogError, describe_validation_error, resolve
 from .config import ENV_VARS, Settings, get_settings
 from .sources.sim import SimConfig
+from .train.config import PretrainConfig
 
-PLANNED = ("pretrain", "align", "register")  # in the design (ARCHITECTURE.md), not yet stages here
+PLANNED = ("align", "register")  # in the design (ARCHITECTURE.md), not yet stages here
 
 
 class PipelineError(ValueError):
@@ -77,6 +78,7 @@ class PipelineConfig(_Strict):
     settings: SettingsOverrides = SettingsOverrides()
     simulate: SimConfig | None = Field(None, description="simulate stage: ground-truth recordings into <raw>/sim")
     ingest: IngestStage | None = None
+    pretrain: PretrainConfig | None = Field(None, description="pretrain stage: the typed pretraining config")
 
     @field_validator("stages")
     @classmethod
@@ -206,7 +208,24 @@ COUNTS = ("items", "items_ok", "items_failed", "rows", "tokens", "spikes")
 METRICS = (*COUNTS, "retried", "seconds")
 
 StageFn = Callable[[PipelineConfig, Settings, dict, Callable[[str], None]], StageOutcome]
-STAGES: dict[str, StageFn] = {"simulate": run_simulate, "ingest": run_ingest}
+
+
+def run_pretrain(cfg: PipelineConfig, settings: Settings, state: dict, echo: Callable[[str], None]) -> StageOutcome:
+    """Ray Train pretraining; without datasets or a mixture of its own it trains on the ingest stage's mixture."""
+    from .train.pretrain import pretrain
+
+    pc = cfg.pretrain or PretrainConfig()
+    mix = (state.get("ingest") or {}).get("mixture")
+    if mix and not pc.data.datasets and "mixture" not in pc.data.model_fields_set:
+        pc = pc.model_copy(update={"data": pc.data.model_copy(update={"mixture": mix})})
+    result = pretrain(pc, settings)
+    echo(f"pretrain: MLflow run {result.run_id}, step {result.metrics.get('step')}, loss "
+         f"{result.metrics.get('loss', float('nan')):.4f}, model runs:/{result.run_id}")  # fmt: skip
+    state["pretrain"] = {"run_id": result.run_id, "checkpoint": result.checkpoint, "model": f"runs:/{result.run_id}"}
+    return StageOutcome(True, {"run_id": result.run_id, **{k: result.metrics.get(k) for k in ("step", "loss")}})
+
+
+STAGES: dict[str, StageFn] = {"simulate": run_simulate, "ingest": run_ingest, "pretrain": run_pretrain}
 SECTION_REQUIRED = ("ingest",)  # stages that cannot run on defaults alone
 
 
