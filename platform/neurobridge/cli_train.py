@@ -131,17 +131,19 @@ def _fmt(v) -> str:
 
 
 def print_report(report) -> None:
-    cols = [("co_bps", "co-bps"), ("co_bps_smoothing", "smoothing"), ("co_bps_oracle", "oracle"),
-            ("fp_bps", "fp-bps"), ("behavior_r2", "beh R²"), ("behavior_r2_smoothing", "beh R² smooth")]  # fmt: skip
-    t = Table(title="per session (held-out units; mean rate = 0 by definition)")
-    for c in ["dataset", "session", "windows"] + [label for _, label in cols]:
-        t.add_column(c)
+    cols = [("co_bps", "co-bps"), ("co_bps_smoothing", "smooth"), ("co_bps_oracle", "oracle"),
+            ("fp_bps", "fp-bps"), ("behavior_r2", "R²"), ("behavior_r2_smoothing", "R² sm")]  # fmt: skip
+    t = Table(title="per session: co-bps on held-out units (mean rate = 0), behaviour R² (latents vs smoothed)")
+    t.add_column("dataset/session", overflow="fold")
+    t.add_column("win")
+    for _, label in cols:
+        t.add_column(label)
     for r in report.table():
-        t.add_row(r["dataset"], r["session"], str(r["windows"]), *[_fmt(r.get(k)) for k, _ in cols])
+        t.add_row(f"{r['dataset']}/{r['session']}", str(r["windows"]), *[_fmt(r.get(k)) for k, _ in cols])
     console.print(t)
-    p = Table(title="pooled per dataset")
+    p = Table(title="pooled per dataset (co-bps)")
     keys = ["co_bps", "co_bps_smoothing", "co_bps_oracle", "model_over_oracle", "smoothing_over_oracle"]
-    for c in ["dataset", *keys, "sessions"]:
+    for c in ["dataset", "model", "smooth", "oracle", "model/oracle", "smooth/oracle", "sessions"]:
         p.add_column(c)
     for ds, d in report.pooled.items():
         p.add_row(ds, *[_fmt(d.get(k)) for k in keys], str(d.get("sessions")))
