@@ -13,11 +13,10 @@ import resource
 import time
 from collections.abc import Callable
 
-import pyarrow as pa
 import torch
 
 from .config import Settings, get_settings
-from .data.store import iter_local, ray_dataset, sources
+from .data.store import ray_dataset, sources
 from .models.ndt import MaskedNeuralModel
 from .runtime import ensure_ray
 from .tracking import mlflow_run
@@ -32,8 +31,9 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def data_path_rate(settings: Settings, cfg: PretrainConfig, batches: int) -> dict:
-    """Tokens/s the data path delivers with nothing consuming it (iter_torch_batches + the training collate)."""
+def data_path_rate(settings: Settings, cfg: PretrainConfig, batches: int, keep: list | None = None) -> dict:
+    """Tokens/s the data path delivers with nothing consuming it (iter_torch_batches + the training collate);
+    ``keep`` collects the batches so the plain loop trains on exactly the same mixed, padded batches."""
     srcs = sources(settings, cfg.data.datasets, cfg.data.mixture)
     vocabs = vocabularies(srcs, cfg.data.holdout_sessions)
     collate = CollateWindows(vocabs, cfg.model.neurons_per_token, HeldoutSplit(heldout_flags(settings, srcs)),
@@ -51,22 +51,19 @@ def data_path_rate(settings: Settings, cfg: PretrainConfig, batches: int) -> dic
                 continue  # the first batch pays the pipeline start
             n += 1
             tokens += int(item.batch.token_valid.sum())
+            if keep is not None:
+                keep.append(item)
             if n >= batches:
                 break
     elapsed = time.perf_counter() - (t_first or t0)
     return {"tokens_per_s": tokens / elapsed, "batches": n, "startup_s": (t_first or t0) - t0}
 
 
-def plain_loop_rate(settings: Settings, cfg: PretrainConfig, threads: int) -> dict:
-    """Steady-state tokens/s of the training step in one process, no Ray, batches prepared in memory."""
+def plain_loop_rate(settings: Settings, cfg: PretrainConfig, threads: int, prepared: list) -> dict:
+    """Steady-state tokens/s of the training step in one process, no Ray, on batches prepared in memory (the
+    same batches the Ray data path produced, so both loops see the same mix and padding)."""
     srcs = sources(settings, cfg.data.datasets, cfg.data.mixture)
     vocabs = vocabularies(srcs, cfg.data.holdout_sessions)
-    collate = CollateWindows(vocabs, cfg.model.neurons_per_token, HeldoutSplit(heldout_flags(settings, srcs)),
-                             cfg.data.max_units, cfg.data.crop_bins, cfg.seed)  # fmt: skip
-    parts = [pa.Table.from_batches([b]) for s in srcs for b in iter_local(settings, s, "train", ROW_COLUMNS)]
-    table = pa.concat_tables(parts)
-    bs = cfg.optim.batch_size
-    prepared = [collate(table.slice(i, bs)) for i in range(0, table.num_rows - bs + 1, bs)]
     if not prepared:
         raise ValueError("not enough training rows for one batch")
     before = torch.get_num_threads()
@@ -108,9 +105,10 @@ def bench_train(cfg: PretrainConfig, settings: Settings | None = None, data_batc
     echo(f"model d={cfg.model.d_model} depth={cfg.model.depth}, batch {cfg.optim.batch_size}, "
          f"{cfg.optim.max_steps} steps, {s.num_workers} Ray worker(s) × {s.cpus_per_worker} CPU, "
          f"plain loop with {threads} thread(s)")  # fmt: skip
-    data = data_path_rate(settings, cfg, data_batches)
+    prepared: list = []
+    data = data_path_rate(settings, cfg, data_batches, keep=prepared)
     echo(f"data path  : {data['tokens_per_s']:>10,.0f} tokens/s ({data['batches']} batches, no consumer)")
-    plain = plain_loop_rate(settings, cfg, threads)
+    plain = plain_loop_rate(settings, cfg, threads, prepared)
     echo(f"plain loop : {plain['tokens_per_s']:>10,.0f} tokens/s ({plain['steps']} steady steps)")
     t0 = time.perf_counter()
     result = pretrain(cfg.model_copy(update={"name": "bench-train"}), settings)
