@@ -20,10 +20,10 @@ from .data.store import ray_dataset, sources
 from .models.ndt import MaskedNeuralModel
 from .runtime import ensure_ray
 from .tracking import mlflow_run
-from .train.batches import CollateWindows, HeldoutSplit
+from .train.batches import CollateWindows, HeldoutSplit, heldout_flags
 from .train.config import PretrainConfig
 from .train.loop import run_steps
-from .train.pretrain import heldout_flags, pretrain, vocabularies
+from .train.pretrain import pretrain, vocabularies
 from .train.rows import ROW_COLUMNS
 
 
@@ -56,14 +56,12 @@ def data_path_rate(settings: Settings, cfg: PretrainConfig, batches: int, keep: 
             if n >= batches:
                 break
     elapsed = time.perf_counter() - (t_first or t0)
-    return {"tokens_per_s": tokens / elapsed, "batches": n, "startup_s": (t_first or t0) - t0}
+    return {"tokens_per_s": tokens / elapsed, "batches": n, "startup_s": (t_first or t0) - t0, "vocabs": vocabs}
 
 
-def plain_loop_rate(settings: Settings, cfg: PretrainConfig, threads: int, prepared: list) -> dict:
+def plain_loop_rate(cfg: PretrainConfig, vocabs, threads: int, prepared: list) -> dict:
     """Steady-state tokens/s of the training step in one process, no Ray, on batches prepared in memory (the
     same batches the Ray data path produced, so both loops see the same mix and padding)."""
-    srcs = sources(settings, cfg.data.datasets, cfg.data.mixture)
-    vocabs = vocabularies(srcs, cfg.data.holdout_sessions)
     if not prepared:
         raise ValueError("not enough training rows for one batch")
     before = torch.get_num_threads()
@@ -108,7 +106,7 @@ def bench_train(cfg: PretrainConfig, settings: Settings | None = None, data_batc
     prepared: list = []
     data = data_path_rate(settings, cfg, data_batches, keep=prepared)
     echo(f"data path  : {data['tokens_per_s']:>10,.0f} tokens/s ({data['batches']} batches, no consumer)")
-    plain = plain_loop_rate(settings, cfg, threads, prepared)
+    plain = plain_loop_rate(cfg, data["vocabs"], threads, prepared)
     echo(f"plain loop : {plain['tokens_per_s']:>10,.0f} tokens/s ({plain['steps']} steady steps)")
     t0 = time.perf_counter()
     result = pretrain(cfg.model_copy(update={"name": "bench-train"}), settings)

@@ -22,5 +22,7 @@ def ensure_ray(settings: Settings, min_cpus: int = 0) -> None:
         ray.init(address=settings.ray_address, **kwargs)
     else:
         # address="local": never attach to a stale cluster file left by an earlier run on this machine.
-        cpus = settings.ray_num_cpus or max(os.cpu_count() or 1, min_cpus) if min_cpus else settings.ray_num_cpus
+        cpus = settings.ray_num_cpus
+        if cpus is None and min_cpus:
+            cpus = max(os.cpu_count() or 1, min_cpus)
         ray.init(address="local", num_cpus=cpus, **kwargs)

@@ -9,14 +9,13 @@ from pathlib import Path
 import numpy as np
 
 from ..config import Settings, get_settings
-from ..data.store import sources
+from ..data.store import sources, unit_columns
 from ..models.checkpoint import load_checkpoint
 from ..storage import StoreError
 from ..tracking import mlflow_run
-from ..train.batches import HeldoutSplit
-from ..train.pretrain import heldout_flags
+from ..train.batches import HeldoutSplit, heldout_flags
 from .report import EvalConfig, Report, evaluate_session, pool
-from .session_data import Truth, session_rows, units_table
+from .session_data import Truth, session_rows
 
 
 def resolve_model_file(ref: str, settings: Settings) -> str:
@@ -49,7 +48,7 @@ def evaluate(model_ref: str, datasets: list[str] | None = None, mixture: str | N
     wanted = set(sessions) if sessions else None
     results = []
     for src in srcs:
-        raw = units_table(settings, src) if truth is not None else {}
+        raw = unit_columns(settings, src, "raw_id") if truth is not None else {}
         for sess in session_rows(settings, src, (cfg.split, "train"), wanted, cfg.max_sessions):
             if exclude_sessions and sess.session in exclude_sessions:
                 continue

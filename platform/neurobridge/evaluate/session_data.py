@@ -12,11 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from ..config import Settings
 from ..data.store import Source, iter_local
-from ..storage import filesystem, join
 from ..train.rows import table_rows
 
 EVAL_COLUMNS = ["dataset", "session", "subject", "task", "sample_id", "split", "t_start", "bin_ms", "n_units",
@@ -48,19 +46,6 @@ def session_rows(settings: Settings, src: Source, splits: tuple[str, ...], sessi
                 out[s] = SessionRows(src.name, s)
             out[s].rows.setdefault(row["split"], []).append(row)
     return list(out.values())
-
-
-def units_table(settings: Settings, src: Source) -> dict[str, dict[str, str]]:
-    """session → store unit id → raw unit id (from the ``units/`` side table, when the dataset has one)."""
-    info = (src.ref.card.get("side_outputs") or {}).get("units") or {}
-    out: dict[str, dict[str, str]] = {}
-    for rel in info.get("files", []):
-        fs, path = filesystem(join(src.ref.path, rel), settings)
-        with fs.open(path, "rb") as f:
-            t = pq.read_table(f, columns=["session", "unit_id", "raw_id"])
-        for s, u, r in zip(*(t.column(c).to_pylist() for c in t.column_names), strict=True):
-            out.setdefault(s, {})[u] = r
-    return out
 
 
 class Truth:

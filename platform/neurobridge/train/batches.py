@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 from ray.data.collate_fn import ArrowBatchCollateFn
 
+from ..data.store import unit_columns
 from ..models.patching import Batch, collate
 from ..models.vocab import Vocabularies
 from .rows import table_rows
@@ -56,6 +57,12 @@ class HeldoutSplit:
     @classmethod
     def from_dict(cls, d: dict) -> HeldoutSplit:
         return cls(d.get("official"), d.get("fraction", HELDOUT_FRACTION))
+
+
+def heldout_flags(settings, srcs) -> dict[str, dict[str, bool]]:
+    """session → unit id → held-out flag, from the ``units/`` side tables (NLB's official split when present)."""
+    return {sess: {u: bool(f) for u, f in flags.items()}
+            for s in srcs for sess, flags in unit_columns(settings, s, "heldout").items()}  # fmt: skip
 
 
 def with_heldout(rows: list[dict], split: HeldoutSplit | None) -> list[dict]:
@@ -103,7 +110,11 @@ class CollateWindows(ArrowBatchCollateFn):
         self.crop_bins, self.seed = crop_bins, seed
 
     def __call__(self, table: pa.Table) -> Collated:
-        rows = crop_rows(with_heldout(table_rows(table), self.split), self.crop_bins, self.seed)
+        return self.collate_rows(table_rows(table))
+
+    def collate_rows(self, rows: list[dict]) -> Collated:
+        """The same, from row dicts (copied: held-out flags and crops are set on the copies)."""
+        rows = crop_rows(with_heldout([dict(r) for r in rows], self.split), self.crop_bins, self.seed)
         return Collated(
             batch=collate(rows, self.vocabs, self.k, self.max_units),
             sample_ids=[str(r.get("sample_id")) for r in rows],

@@ -21,10 +21,9 @@ from ..models.ndt import MaskedNeuralModel
 from ..models.patching import CONTEXT
 from ..models.vocab import Vocabularies
 from ..storage import StoreError
-from .batches import Collated, CollateWindows, HeldoutSplit
+from .batches import CollateWindows, HeldoutSplit, heldout_flags
 from .config import DataConfig, OptimConfig, PretrainConfig
 from .loop import run_steps
-from .pretrain import heldout_flags
 
 BACKBONE_FREE = ("ctx_emb", "count_head", "mua_head", "region_emb")  # what a frozen backbone still trains
 
@@ -84,19 +83,13 @@ def finetune(cfg: FinetuneConfig, model_file: str | None, settings: Settings | N
             p.requires_grad = name.split(".")[0] in BACKBONE_FREE
     split = HeldoutSplit(heldout_flags(settings, srcs), cfg.heldout_fraction)
     collate_fn = CollateWindows(vocabs, model.cfg.neurons_per_token, split)
-    import pyarrow as pa
-
-    table = pa.Table.from_pylist([{k: (list(v) if hasattr(v, "tolist") else v) for k, v in r.items()
-                                   if k in ("dataset", "session", "subject", "task", "sample_id", "split", "n_units",
-                                            "n_bins", "counts", "mua", "unit_ids", "unit_regions")}
-                                  for r in rows])  # fmt: skip
     bs = min(cfg.batch_size, len(rows))
 
     def batches(epoch: int):
         g = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
         order = torch.randperm(len(rows), generator=g).tolist()
         for i in range(0, len(order) - bs + 1, bs):
-            yield collate_fn(table.take(order[i : i + bs]))
+            yield collate_fn.collate_rows([rows[j] for j in order[i : i + bs]])
 
     pcfg = PretrainConfig(
         name="finetune", seed=cfg.seed, mode=cfg.mode, model=model.cfg, data=DataConfig(mixture=None),
@@ -115,6 +108,3 @@ def save(result: FinetuneResult, path: str, cfg: FinetuneConfig) -> str:
     extra = {"finetuned_on": cfg.session, "trials": cfg.trials or 0, "heldout_fraction": cfg.heldout_fraction}
     save_checkpoint(path, result.model, result.vocabs, extra)
     return path
-
-
-__all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "pick_windows", "save", "Collated"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import resource
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -175,7 +174,3 @@ def load_state(directory: str | Path, cfg: PretrainConfig) -> dict:
     if diffs:
         raise CheckpointError("the checkpoint comes from another model config: " + "; ".join(diffs[:5]))
     return payload
-
-
-def scratch_dir() -> str:
-    return tempfile.mkdtemp(prefix="nb-ckpt-")

@@ -12,15 +12,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from ..config import Settings, get_settings
 from ..data.store import Source, ray_dataset, sources
 from ..models.vocab import Vocabularies
 from ..runtime import ensure_ray
 from ..storage import filesystem, is_local_fs, join
 from ..tracking import mlflow_run
-from .batches import CollateWindows, HeldoutSplit
+from .batches import CollateWindows, HeldoutSplit, heldout_flags
 from .config import PretrainConfig
 from .rows import ROW_COLUMNS
 
@@ -48,21 +46,6 @@ def vocabularies(srcs: list[Source], exclude_sessions=()) -> Vocabularies:
         v.region.add(list((voc.get("regions") or {}).keys()))
         v.dataset.add([s.name])
     return v
-
-
-def heldout_flags(settings: Settings, srcs: list[Source]) -> dict[str, dict[str, bool]]:
-    """session → unit id → held-out flag, from the ``units/`` side tables (NLB's official split when present)."""
-    out: dict[str, dict[str, bool]] = {}
-    for s in srcs:
-        info = (s.ref.card.get("side_outputs") or {}).get("units")
-        for rel in (info or {}).get("files", []):
-            fs, path = filesystem(join(s.ref.path, rel), settings)
-            with fs.open(path, "rb") as f:
-                t = pq.read_table(f, columns=["session", "unit_id", "heldout"])
-            for sess, uid, flag in zip(*(t.column(c).to_pylist() for c in t.column_names), strict=True):
-                if flag is not None:
-                    out.setdefault(sess, {})[uid] = bool(flag)
-    return out
 
 
 def runs_storage(settings: Settings) -> tuple[str, object | None]:
