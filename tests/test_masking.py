@@ -224,17 +224,23 @@ def test_masked_cells_never_reach_the_encoder(data, mode, seed):
     b = collate(rows, vocabs, k)
     torch.manual_seed(0)
     model = MaskedNeuralModel(ModelConfig(neurons_per_token=k, d_model=16, heads=2, decoder_d_model=16), vocabs).eval()
+    for table in (model.unit_embed_in, model.unit_embed_out):  # per-unit rows start at zero: make them count
+        torch.nn.init.normal_(table.weight)
     mask = sample_mask(b, mode, generator=torch.Generator().manual_seed(seed))
     seen = []
     hook = model.in_proj.register_forward_hook(lambda mod, args, out: seen.append(args[0].detach().clone()))
     with torch.no_grad():
         h1, _, pad = model.encode_visible(b, mask)
+        out1 = model(b, mask=mask)
         # scramble every non-visible token (targets, hidden region tokens, padding) with huge counts
         hidden = ~mask.visible
         b.tokens[hidden] = torch.randint(50, 60000, b.tokens[hidden].shape).float()
         h2, _, _ = model.encode_visible(b, mask)
+        out2 = model(b, mask=mask)
     hook.remove()
     assert torch.equal(h1, h2)  # the encoder's output cannot depend on anything it should not see
+    # nor can any prediction (the decoder's per-bin summaries and per-unit read-outs use visible tokens only)
+    assert torch.equal(out1.log_rate, out2.log_rate) and torch.equal(out1.mua, out2.mua)
     # and what entered the encoder is exactly the visible tokens, in order, one per slot (gather, not attention)
     n_vis = mask.visible.sum(dim=1)
     assert seen[0].shape[1] == int(n_vis.max())

@@ -13,7 +13,7 @@ from neurobridge.models.config import ModelConfig
 from neurobridge.models.masking import sample_mask
 from neurobridge.models.ndt import MaskedNeuralModel
 from neurobridge.models.patching import collate, session_arrays
-from neurobridge.models.vocab import PAD, UNK, Vocab, Vocabularies
+from neurobridge.models.vocab import PAD, UNK, Vocab, Vocabularies, unit_key
 from pydantic import ValidationError
 
 SMALL = {"d_model": 16, "heads": 2, "decoder_d_model": 16, "decoder_heads": 2, "dropout": 0.0}
@@ -161,6 +161,30 @@ def test_extend_grows_the_embedding_in_place_and_keeps_old_rows(rows):
         Vocab(["a"]).extend(["b"], table=torch.nn.Embedding(5, 4))
 
 
+def test_units_get_their_own_rows_and_a_new_sessions_units_extend_both_tables(rows):
+    rows = [{**r, "unit_ids": [f"u{i}" for i in range(r["n_units"])]} for r in rows]
+    vocabs = Vocabularies.from_rows(rows)  # pretraining saw every session but s1
+    vocabs.unit.add([unit_key(r["session"], u) for r in rows if r["session"] != "s1" for u in r["unit_ids"]])
+    model = _model(vocabs)
+    assert model.unit_embed_in.num_embeddings == model.unit_embed_out.num_embeddings == len(vocabs.unit)
+    b = collate(rows, vocabs, 8)
+    s1 = [i for i, r in enumerate(rows) if r["session"] == "s1"]
+    real = b.token_cells[s1]
+    assert (b.token_unit[s1][real] == UNK).all()  # units unknown to the vocabulary share the UNK row
+    known = b.token_unit[[i for i in range(len(rows)) if i not in s1]]
+    assert known.max() >= 2 and (known[~b.token_cells[[i for i in range(len(rows)) if i not in s1]]] == PAD).all()
+    old_in, old_out = model.unit_embed_in.weight.detach().clone(), model.unit_embed_out.weight.detach().clone()
+    new = [unit_key("s1", u) for u in rows[s1[0]]["unit_ids"]]
+    assert model.extend_vocab(vocabs, "unit", new) == sorted(new)
+    for table, old in ((model.unit_embed_in, old_in), (model.unit_embed_out, old_out)):
+        assert table.num_embeddings == len(vocabs.unit) == old.shape[0] + len(new)
+        assert torch.equal(table.weight[: old.shape[0]], old) and torch.equal(table.weight[-1], old[UNK])
+    b = collate(rows, vocabs, 8)
+    assert (b.token_unit[s1][b.token_cells[s1]] >= old_in.shape[0]).all()  # now each s1 unit has its own row
+    model(b, mode="heldout").loss.backward()
+    assert model.unit_embed_out.weight.grad[old_in.shape[0] :].abs().sum() > 0  # and the new rows train
+
+
 # ---------------------------------------------------------------- checkpoints
 
 
@@ -206,7 +230,8 @@ def test_training_lowers_the_masked_loss_and_gives_positive_co_bps():
     """A few hundred CPU steps of co-smoothing training on a low-rank latent Poisson population (fixed seeds).
 
     Single session, held-out units masked across all bins (NLB co-smoothing); margins are wide: this run reaches
-    ~0.45 co-bps against an oracle of ~0.7 (measured when this test was written).
+    0.63 co-bps against an oracle of 0.71 (0.12 without the decoder's per-bin summaries, measured when they were
+    added).
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small ops: threads only add contention on shared machines
@@ -216,7 +241,7 @@ def test_training_lowers_the_masked_loss_and_gives_positive_co_bps():
         torch.set_num_threads(threads)
     print(f"co-bps {score:.3f} (oracle {oracle:.3f}); loss {np.mean(losses[:20]):.3f} → {np.mean(losses[-20:]):.3f}")
     assert np.mean(losses[-20:]) < 0.85 * np.mean(losses[:20]), (losses[:20], losses[-20:])
-    assert 0.1 < score < oracle + 0.02, (score, oracle)
+    assert 0.6 * oracle < score < oracle + 0.02, (score, oracle)
 
 
 def _train_and_score():

@@ -35,7 +35,7 @@ def data_path_rate(settings: Settings, cfg: PretrainConfig, batches: int, keep: 
     """Tokens/s the data path delivers with nothing consuming it (iter_torch_batches + the training collate);
     ``keep`` collects the batches so the plain loop trains on exactly the same mixed, padded batches."""
     srcs = sources(settings, cfg.data.datasets, cfg.data.mixture)
-    vocabs = vocabularies(srcs, cfg.data.holdout_sessions)
+    vocabs = vocabularies(srcs, cfg.data.holdout_sessions, settings)
     collate = CollateWindows(vocabs, cfg.model.neurons_per_token, HeldoutSplit(heldout_flags(settings, srcs)),
                              cfg.data.max_units, cfg.data.crop_bins, cfg.seed)  # fmt: skip
     ds = ray_dataset(settings, srcs, "train", cfg.data.mixing, cfg.data.epoch_rows, cfg.seed, ROW_COLUMNS,

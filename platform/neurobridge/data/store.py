@@ -56,16 +56,17 @@ def sources(settings: Settings, datasets: list[str] | None = None, mixture: str 
     return out
 
 
-def unit_columns(settings: Settings, src: Source, key: str) -> dict[str, dict[str, object]]:
-    """session → store unit id → ``key`` (e.g. ``heldout``, ``raw_id``) from the dataset's ``units/`` side table;
-    empty for datasets without one. Null values are left out."""
+def unit_columns(settings: Settings, src: Source, key: str | None) -> dict[str, dict[str, object]]:
+    """session → store unit id → ``key`` (e.g. ``heldout``, ``raw_id``; None: the unit id itself) from the dataset's
+    ``units/`` side table; empty for datasets without one. Null values are left out."""
     info = (src.ref.card.get("side_outputs") or {}).get("units") or {}
     out: dict[str, dict[str, object]] = {}
     for rel in info.get("files", []):
         fs, path = filesystem(join(src.ref.path, rel), settings)
         with fs.open(path, "rb") as f:
-            t = pq.read_table(f, columns=["session", "unit_id", key])
-        for sess, uid, value in zip(*(t.column(c).to_pylist() for c in t.column_names), strict=True):
+            t = pq.read_table(f, columns=["session", "unit_id"] + ([key] if key else []))
+        cols = [t.column(c).to_pylist() for c in t.column_names]
+        for sess, uid, value in zip(cols[0], cols[1], cols[-1], strict=True):
             if value is not None:
                 out.setdefault(sess, {})[uid] = value
     return out

@@ -45,6 +45,8 @@ class ModelConfig(BaseModel):
     mask: MaskConfig = Field(default_factory=MaskConfig)
     count_input: Literal["log1p", "raw"] = "log1p"  # counts enter the embedding as log1p(n): tames bursts
     max_log_rate: float = Field(10.0, gt=0)  # Poisson head: log-rate clamped to [-max, max] before exp
+    bin_summary: bool = True  # decoder tokens also get the mean of their bin's visible tokens: see models/ndt.py
+    unit_embedding: bool = True  # per-unit read-in/read-out rows keyed by (session, unit id): see models/ndt.py
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:

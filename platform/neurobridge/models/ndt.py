@@ -1,5 +1,11 @@
 """Masked autoencoder over neuron-patch tokens with context tokens and mode prompts (NDT2 + MtM ideas).
 
+Units differ between sessions (no correspondence, random loadings), so besides the shared patch read-in and
+read-out every unit has its own rows in two tables keyed by (session, unit id): a read-in vector added to its patch
+token in proportion to its value, and a read-out vector + bias that turn the decoder token into that unit's
+log-rate. Both start at zero (the shared model) and are what a new session's fine-tuning mostly learns; units with
+no row (unknown at training time) share the UNK row.
+
 The encoder runs on the visible tokens only (gathered into a shorter sequence, so its cost scales with what is
 visible); a lighter decoder sees encoder outputs scattered back to their positions plus a learned mask token
 everywhere else, and predicts every unit of every token. The loss scores only target cells of real units.
@@ -15,7 +21,7 @@ from torch import nn
 from .config import ALL_PROMPTS, ModelConfig
 from .masking import MaskResult, no_mask, sample_mask
 from .patching import CONTEXT, Batch, unpatchify
-from .vocab import Vocabularies
+from .vocab import UNK, Vocabularies
 
 N_CTX = len(CONTEXT) + 1  # session, subject, task, dataset, mode prompt
 # Position codes start small next to the value projection: at unit scale they drown the sparse spike-count signal
@@ -53,6 +59,15 @@ def _stack(d: int, heads: int, depth: int, ff: int, dropout: float) -> nn.Transf
     return nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
 
 
+def _grow(table: nn.Embedding, n: int) -> None:
+    """Append ``n`` rows copied from the UNK row (as ``Vocab.extend`` does for the table it is given)."""
+    if n:
+        old = table.weight.data
+        table.weight = nn.Parameter(torch.cat([old, old[UNK : UNK + 1].expand(n, -1).clone()]),
+                                    requires_grad=table.weight.requires_grad)  # fmt: skip
+        table.num_embeddings = old.shape[0] + n
+
+
 def _sincos(n: int, d: int) -> torch.Tensor:
     pos = torch.arange(n, dtype=torch.float32)[:, None]
     freq = torch.exp(-torch.arange(0, d, 2, dtype=torch.float32) * (torch.log(torch.tensor(1e4)) / d))
@@ -81,13 +96,19 @@ class MaskedNeuralModel(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(dd))
         self.decoder = _stack(dd, cfg.decoder_heads, cfg.decoder_depth, cfg.ff_mult, cfg.dropout)
         self.dec_norm = nn.LayerNorm(dd)
+        self.bin_proj = nn.Linear(dd, dd) if cfg.bin_summary else nn.Identity()
         self.count_head = nn.Linear(dd, k)
         self.mua_head = nn.Linear(dd, k)
+        n_units = len(vocabs.unit) if cfg.unit_embedding else 0
+        self.unit_embed_in = nn.Embedding(n_units, d)
+        self.unit_embed_out = nn.Embedding(n_units, dd + 1)  # read-out weights and bias
         for p in (self.ctx_slot, self.mask_token):
             nn.init.normal_(p, std=0.02)
         for m in self.modules():
             if isinstance(m, nn.Embedding):
                 nn.init.normal_(m.weight, std=0.02)
+        for t in (self.unit_embed_in, self.unit_embed_out):
+            nn.init.zeros_(t.weight)
         # Positions start informative (sin-cos time, unit-scale patch codes) so attention can find same-time and
         # same-patch tokens from the first steps; they stay learnable.
         with torch.no_grad():
@@ -97,7 +118,14 @@ class MaskedNeuralModel(nn.Module):
     # ---------------------------------------------------------------- pieces
 
     def extend_vocab(self, vocabs: Vocabularies, name: str, keys) -> list[str]:
-        """Add new context keys (e.g. a fine-tuning session) growing the matching table; old rows kept."""
+        """Add new context keys (e.g. a fine-tuning session or its units) growing the matching tables; old rows
+        kept."""
+        if name == "unit":
+            if not self.cfg.unit_embedding:
+                return vocabs.unit.add(keys)
+            added = vocabs.unit.extend(keys, table=self.unit_embed_in)
+            _grow(self.unit_embed_out, len(added))
+            return added
         table = self.region_emb if name == "region" else self.ctx_emb[name]
         return vocabs[name].extend(keys, table=table)
 
@@ -120,7 +148,10 @@ class MaskedNeuralModel(nn.Module):
         if self.cfg.count_input == "log1p":
             x = torch.where(batch.is_counts[:, None, None], torch.log1p(x.clamp_min(0)), x)
         x = x * batch.token_cells  # padding slots and padding bins carry exactly zero
-        return self.in_proj(torch.cat([x, batch.token_cells.to(x.dtype)], dim=-1)) + self._positions(batch)
+        h = self.in_proj(torch.cat([x, batch.token_cells.to(x.dtype)], dim=-1)) + self._positions(batch)
+        if self.cfg.unit_embedding:
+            h = h + torch.einsum("bnk,bnkd->bnd", x, self.unit_embed_in(batch.token_unit))
+        return h
 
     def _context(self, batch: Batch, mode_ids: torch.Tensor) -> torch.Tensor:
         parts = [self.ctx_emb[f](batch.context[f]) for f in CONTEXT] + [self.prompt_emb(mode_ids)]
@@ -152,7 +183,7 @@ class MaskedNeuralModel(nn.Module):
 
         sub = Batch.__new__(Batch)
         sub.__dict__.update(batch.__dict__)
-        for name in ("tokens", "token_cells", "token_time", "token_patch", "token_region"):
+        for name in ("tokens", "token_cells", "token_time", "token_patch", "token_region", "token_unit"):
             setattr(sub, name, g(getattr(batch, name)))
         sub.tokens = sub.tokens.masked_fill(pad[..., None], 0.0)
         sub.token_cells = sub.token_cells & ~pad[..., None]
@@ -173,6 +204,8 @@ class MaskedNeuralModel(nn.Module):
         bi, j = torch.nonzero(~pad, as_tuple=True)
         dec[bi, order[bi, j]] = proj[:, N_CTX:][bi, j]
         dec = dec + self.dec_pos(self._positions(batch))
+        if self.cfg.bin_summary:
+            dec = dec + self._bin_summary(batch, proj[:, N_CTX:], order, pad)
         # The decoder, too, runs on real tokens only: padding (short windows, narrow sessions) costs nothing.
         valid = batch.token_valid
         n_valid = valid.sum(dim=1)
@@ -186,9 +219,29 @@ class MaskedNeuralModel(nn.Module):
         bi, j = torch.nonzero(~vpad, as_tuple=True)
         out[bi, vorder[bi, j]] = compact[bi, j]
         m = self.cfg.max_log_rate
-        log_rate = self.count_head(out).clamp(-m, m)  # exp link with clamps: log-rate in [-max, max]
-        mua = self.mua_head(out)
+        log_rate, mua = self.count_head(out), self.mua_head(out)
+        if self.cfg.unit_embedding:  # each unit's own read-out (log-rate for counts, value for MUA)
+            w = self.unit_embed_out(batch.token_unit)  # [B, N, k, dd + 1]
+            per_unit = torch.einsum("bnd,bnkd->bnk", out, w[..., :dd]) + w[..., dd]
+            log_rate, mua = log_rate + per_unit, mua + per_unit
+        log_rate = log_rate.clamp(-m, m)  # exp link with clamps: log-rate in [-max, max]
         return self._loss(batch, mask, log_rate, mua)
+
+    def _bin_summary(self, batch: Batch, proj: torch.Tensor, order: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        """Mean of the visible tokens' encodings in each time bin, given to every decoder token of that bin.
+
+        Units are split over several patch tokens per bin; this hands each masked token what the visible patches
+        of its own bin say (NDT1's all-units-per-bin view) without attention having to find them first. Only
+        visible tokens contribute, so nothing masked leaks in.
+        """
+        B, _, T = batch.shape
+        t = batch.token_time.gather(1, order).masked_fill(pad, 0)
+        w = (~pad).to(proj.dtype).unsqueeze(-1)
+        sums = torch.zeros(B, T, proj.shape[-1], dtype=proj.dtype, device=proj.device)
+        sums.scatter_add_(1, t[..., None].expand(-1, -1, proj.shape[-1]), proj * w)
+        n = torch.zeros(B, T, 1, dtype=proj.dtype, device=proj.device).scatter_add_(1, t[..., None], w)
+        mean = self.bin_proj(sums / n.clamp_min(1.0))
+        return mean.gather(1, batch.token_time[..., None].expand(-1, -1, mean.shape[-1]))
 
     def _loss(self, batch: Batch, mask: MaskResult, log_rate: torch.Tensor, mua: torch.Tensor) -> ModelOutput:
         cells = (mask.target & batch.token_valid)[:, :, None] & batch.token_cells

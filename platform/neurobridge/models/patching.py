@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
-from .vocab import Vocabularies
+from .vocab import PAD, UNK, Vocabularies, unit_key
 
 CONTEXT = ("session", "subject", "task", "dataset")
 
@@ -47,6 +47,7 @@ class Batch:
     token_patch: torch.Tensor  # [B, N]
     token_region: torch.Tensor  # [B, N]
     token_heldout: torch.Tensor  # [B, N]
+    token_unit: torch.Tensor  # [B, N, k] unit-vocabulary index of each slot (PAD for empty slots, UNK if unknown)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -68,6 +69,7 @@ def patchify(
     unit_region: torch.Tensor,
     k: int,
     unit_heldout: torch.Tensor | None = None,
+    unit_index: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Cut [B, U, T] windows into region-pure patches of ``k`` units; returns the patching fields of ``Batch``.
 
@@ -109,6 +111,8 @@ def patchify(
     patch_heldout = torch.zeros(B, P, dtype=torch.bool, device=dev)
     patch_heldout[bi, pi] = heldout[bi, ui]
     patch_valid = torch.arange(P, device=dev)[None, :] < n_patches[:, None]
+    slot_unit = torch.full((B, P, k), PAD, dtype=torch.long, device=dev)
+    slot_unit[bi, pi, si] = UNK if unit_index is None else unit_index[bi, ui]
 
     token_valid = (patch_valid[:, :, None] & bin_mask[:, None, :]).reshape(B, P * T)
     return {
@@ -126,6 +130,7 @@ def patchify(
         "token_patch": torch.arange(P, device=dev).repeat_interleave(T).expand(B, P * T),
         "token_region": patch_region.repeat_interleave(T, dim=1),
         "token_heldout": patch_heldout.repeat_interleave(T, dim=1),
+        "token_unit": slot_unit[:, :, None, :].expand(B, P, T, k).reshape(B, P * T, k),
     }
 
 
@@ -147,8 +152,9 @@ def collate(rows: Sequence[dict], vocabs: Vocabularies, neurons_per_token: int, 
     """Store rows (dicts as read from the Parquet token store) → a padded, patched ``Batch``.
 
     Keys: ``counts`` or ``mua`` (flat row-major [n_units × n_bins]), ``n_units``, ``n_bins``, ``unit_regions``,
-    ``session``, ``subject``, ``task``; optional ``dataset``, ``heldout`` (bool per unit), ``sample_id``. Strings
-    unknown to ``vocabs`` map to the UNK index. Rows may mix sessions, unit counts, region layouts, counts and MUA.
+    ``session``, ``subject``, ``task``; optional ``dataset``, ``heldout`` (bool per unit), ``unit_ids``,
+    ``sample_id``. Strings unknown to ``vocabs`` map to the UNK index.
+    Rows may mix sessions, unit counts, region layouts, counts and MUA.
     """
     if not rows:
         raise ValueError("collate needs at least one row")
@@ -162,6 +168,7 @@ def collate(rows: Sequence[dict], vocabs: Vocabularies, neurons_per_token: int, 
     region = np.zeros((B, U), dtype=np.int64)
     held = np.zeros((B, U), dtype=bool)
     is_counts = np.zeros(B, dtype=bool)
+    unit_index = np.full((B, U), UNK, dtype=np.int64)
     for i, r in enumerate(rows):  # one loop per row (not per unit): reshape and copy a whole window
         counts, mua = r.get("counts"), r.get("mua")
         if (counts is None) == (mua is None):
@@ -182,6 +189,9 @@ def collate(rows: Sequence[dict], vocabs: Vocabularies, neurons_per_token: int, 
                 raise ValueError(f"{_row_name(r, i)}: heldout has {h.size} flags for n_units={nu[i]}")
             held[i, : nu[i]] = h
         is_counts[i] = counts is not None
+        if r.get("unit_ids") is not None and len(vocabs.unit) > 2:
+            sess = str(r.get("session") or "")
+            unit_index[i, : nu[i]] = vocabs.unit.lookup([unit_key(sess, u) for u in r["unit_ids"]])
     unit_mask = torch.from_numpy(np.arange(U)[None, :] < nu[:, None])
     bin_mask = torch.from_numpy(np.arange(T)[None, :] < nb[:, None])
     context = {f: torch.from_numpy(vocabs[f].lookup([r.get(f) or "" for r in rows])) for f in CONTEXT}
@@ -194,7 +204,7 @@ def collate(rows: Sequence[dict], vocabs: Vocabularies, neurons_per_token: int, 
         unit_heldout=h,
         is_counts=torch.from_numpy(is_counts),
         context=context,
-        **patchify(v, unit_mask, bin_mask, reg, neurons_per_token, h),
+        **patchify(v, unit_mask, bin_mask, reg, neurons_per_token, h, torch.from_numpy(unit_index)),
     )
 
 

@@ -1,4 +1,4 @@
-"""String-keyed vocabularies for context embeddings (session, subject, task, region, dataset).
+"""String-keyed vocabularies for context embeddings (session, subject, task, region, dataset) and units.
 
 Index 0 is padding and 1 is unknown, so unseen strings at evaluation time map to a learned 'unknown' row instead of
 failing, and a new session at fine-tuning can be added with ``extend`` without disturbing trained rows.
@@ -17,7 +17,12 @@ from torch import nn
 
 PAD, UNK = 0, 1
 SPECIAL = ("<pad>", "<unk>")
-FIELDS = ("session", "subject", "task", "region", "dataset")
+FIELDS = ("session", "subject", "task", "region", "dataset", "unit")
+
+
+def unit_key(session: str, unit_id: str) -> str:
+    """A unit's vocabulary key: store unit ids are unique within a session only."""
+    return f"{session}\x1f{unit_id}"
 
 
 class Vocab:
@@ -83,6 +88,7 @@ class Vocabularies:
     task: Vocab = field(default_factory=Vocab)
     region: Vocab = field(default_factory=Vocab)
     dataset: Vocab = field(default_factory=Vocab)
+    unit: Vocab = field(default_factory=Vocab)  # per-unit read-in/read-out rows (models.ndt)
 
     @classmethod
     def from_rows(cls, rows: Iterable[dict]) -> Vocabularies:

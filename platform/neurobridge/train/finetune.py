@@ -19,13 +19,20 @@ from ..models.checkpoint import load_checkpoint, save_checkpoint
 from ..models.config import ModelConfig
 from ..models.ndt import MaskedNeuralModel
 from ..models.patching import CONTEXT
-from ..models.vocab import Vocabularies
+from ..models.vocab import Vocabularies, unit_key
 from ..storage import StoreError
 from .batches import CollateWindows, HeldoutSplit, heldout_flags
 from .config import DataConfig, OptimConfig, PretrainConfig
 from .loop import run_steps
 
-BACKBONE_FREE = ("ctx_emb", "count_head", "mua_head", "region_emb")  # what a frozen backbone still trains
+BACKBONE_FREE = (
+    "ctx_emb",
+    "count_head",
+    "mua_head",
+    "region_emb",
+    "unit_embed_in",
+    "unit_embed_out",
+)  # what a frozen backbone still trains
 
 
 class FinetuneConfig(BaseModel):
@@ -78,6 +85,8 @@ def finetune(cfg: FinetuneConfig, model_file: str | None, settings: Settings | N
         if key:
             model.extend_vocab(vocabs, name, [key])
     model.extend_vocab(vocabs, "region", sorted({r for row in rows for r in row["unit_regions"]}))
+    if first.get("unit_ids") is not None:  # the new session's units get their own read-in/read-out rows
+        model.extend_vocab(vocabs, "unit", [unit_key(cfg.session, u) for u in first["unit_ids"]])
     if cfg.freeze_backbone:
         for name, p in model.named_parameters():
             p.requires_grad = name.split(".")[0] in BACKBONE_FREE

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import Settings, get_settings
-from ..data.store import Source, ray_dataset, sources
-from ..models.vocab import Vocabularies
+from ..data.store import Source, ray_dataset, sources, unit_columns
+from ..models.vocab import Vocabularies, unit_key
 from ..runtime import ensure_ray
 from ..storage import filesystem, is_local_fs, join
 from ..tracking import mlflow_run
@@ -33,12 +33,15 @@ class PretrainResult:
     storage: str
 
 
-def vocabularies(srcs: list[Source], exclude_sessions=()) -> Vocabularies:
-    """Context vocabularies from the dataset cards (no row scan); held-out sessions are left out, so fine-tuning
-    adds them as new keys exactly as it would for a session recorded after pretraining."""
+def vocabularies(srcs: list[Source], exclude_sessions=(), settings: Settings | None = None) -> Vocabularies:
+    """Context vocabularies from the dataset cards and units side tables (no row scan); held-out sessions are left
+    out, so fine-tuning adds them (and their units) as new keys exactly as for a session recorded after pretraining."""
     v = Vocabularies()
     skip = set(exclude_sessions)
     for s in srcs:
+        if settings is not None:
+            units = unit_columns(settings, s, None)
+            v.unit.add([unit_key(sess, u) for sess, ids in units.items() if sess not in skip for u in ids])
         voc = s.ref.card.get("vocabularies", {})
         v.session.add([x for x in voc.get("sessions", []) if x not in skip])
         v.subject.add(voc.get("subjects", []))
@@ -141,7 +144,7 @@ def pretrain(cfg: PretrainConfig, settings: Settings | None = None, resume_from:
 
     settings = settings or get_settings()
     srcs = sources(settings, cfg.data.datasets, cfg.data.mixture)
-    vocabs = vocabularies(srcs, cfg.data.holdout_sessions)
+    vocabs = vocabularies(srcs, cfg.data.holdout_sessions, settings)
     heldout = HeldoutSplit(heldout_flags(settings, srcs), cfg.data.heldout_fraction)
     s = cfg.scaling
     ensure_ray(settings, min_cpus=int(s.num_workers * s.cpus_per_worker) + 2)
