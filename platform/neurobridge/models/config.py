@@ -42,6 +42,9 @@ class ModelConfig(BaseModel):
     max_bins: int = Field(256, ge=1)  # learned time embedding rows
     max_patches: int = Field(256, ge=1)  # learned patch-position embedding rows
     modes: list[Mode] = Field(default_factory=lambda: [*MODES, "heldout"])  # heldout: NLB co-smoothing as a task
+    mode_weights: dict[Mode, float] = Field(
+        default_factory=dict, description="relative odds of each mode under 'all' (missing: 1); e.g. {heldout: 3}"
+    )
     mask: MaskConfig = Field(default_factory=MaskConfig)
     count_input: Literal["log1p", "raw"] = "log1p"  # counts enter the embedding as log1p(n): tames bursts
     max_log_rate: float = Field(10.0, gt=0)  # Poisson head: log-rate clamped to [-max, max] before exp
@@ -60,4 +63,12 @@ class ModelConfig(BaseModel):
             raise ValueError("modes must list at least one masking mode")
         if len(set(self.modes)) != len(self.modes):
             raise ValueError(f"modes has duplicates: {self.modes}")
+        if set(self.mode_weights) - set(self.modes):
+            raise ValueError(
+                f"mode_weights names modes not in modes: {sorted(set(self.mode_weights) - set(self.modes))}"
+            )
+        if any(w < 0 for w in self.mode_weights.values()) or (
+            self.mode_weights and sum(self.mode_weights.get(m, 1.0) for m in self.modes) <= 0
+        ):
+            raise ValueError(f"mode_weights must be >= 0 with a positive total, got {self.mode_weights}")
         return self

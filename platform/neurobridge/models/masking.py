@@ -21,7 +21,7 @@ says which mode was actually used; a row with a single valid token gets the 'non
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -119,10 +119,15 @@ def sample_mask(
     ratios: MaskConfig | None = None,
     modes: Sequence[str] = MODES,
     generator: torch.Generator | None = None,
+    weights: Mapping[str, float] | None = None,
 ) -> MaskResult:
-    """Mask a batch with one mode (``all``: one mode drawn uniformly from ``modes`` for the whole batch)."""
+    """Mask a batch with one mode (``all``: one mode drawn from ``modes`` for the whole batch, uniformly or by
+    relative ``weights``; modes missing from ``weights`` weigh 1)."""
     ratios = ratios or MaskConfig()
-    if mode == "all":
+    if mode == "all" and weights:
+        w = torch.tensor([float(weights.get(m, 1.0)) for m in modes])
+        mode = modes[int(torch.multinomial(w, 1, generator=generator))]
+    elif mode == "all":
         mode = modes[int(torch.randint(len(modes), (1,), generator=generator))]
     chain = (mode, *FALLBACK.get(mode, ()))
     B = batch.tokens.shape[0]

@@ -195,7 +195,7 @@ class MaskedNeuralModel(nn.Module):
         self, batch: Batch, mode: str = "all", mask: MaskResult | None = None, generator: torch.Generator | None = None
     ) -> ModelOutput:
         if mask is None:
-            mask = sample_mask(batch, mode, self.cfg.mask, self.cfg.modes, generator)
+            mask = sample_mask(batch, mode, self.cfg.mask, self.cfg.modes, generator, self.cfg.mode_weights)
         h, order, pad = self.encode_visible(batch, mask)
         B, N = batch.token_valid.shape
         dd = self.cfg.decoder_d_model
