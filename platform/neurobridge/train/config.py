@@ -22,6 +22,11 @@ class DataConfig(_Strict):
     mixture: str | None = Field("demo", description="a mixture written by `neurobridge ingest --mixture`")
     mixing: Literal["sqrt", "proportional", "uniform"] = "sqrt"
     epoch_rows: int | None = Field(None, ge=1, description="rows per epoch of the mixture (default: all rows)")
+    min_epoch_steps: int = Field(
+        50,
+        ge=1,
+        description="smaller data repeats within an epoch to fill this many steps (each epoch restarts the read)",
+    )
     holdout_sessions: list[str] = Field(
         default_factory=list, description="sessions never trained on (evaluation / fine-tuning targets)"
     )
