@@ -72,7 +72,7 @@ def run_targets(config_dir: str = "jobs/configs", out: str | None = None, consol
     for label, trials, base in (("full_pretrained", None, model), ("k20_pretrained", 20, model),
                                 ("k20_scratch", 20, None)):  # fmt: skip
         console.rule(f"fine-tune {label} on {HOLDOUT}")
-        ft = FinetuneConfig(dataset=SIM_DATASET, session=HOLDOUT, trials=trials, steps=cfg.optim.max_steps // 2,
+        ft = FinetuneConfig(dataset=SIM_DATASET, session=HOLDOUT, trials=trials, steps=300, mode=cfg.mode,
                             heldout_fraction=cfg.data.heldout_fraction)  # fmt: skip
         res = finetune(ft, base, settings, scratch_model=cfg.model)
         path = save(res, str(work / f"{label}.pt"), ft)
