@@ -203,7 +203,7 @@ def bench_align(n_images: int = 500, repeats: int = 5, n_test: int = 100, workdi
                                                     "ids": emb.ids.tolist()},
                  "windows": {"V1": [40, 190], "V4": [60, 210], "IT": [80, 230]},
                  "split": {"rule": "hash", "n_test": n_test, "n_val": max(1, n_test // 2)}},
-        "projector": {"epochs": epochs},
+        "projector": {"epochs": epochs}, "scaling": {"backend": "local"},
         "region_sets": {"all": None, "V1": ["V1"], "V4": ["V4"], "IT": ["IT"]}})  # fmt: skip
     import torch
 
