@@ -84,11 +84,14 @@ class EmbeddingSource(_Strict):
         None, description="stimulus ids of the .npy rows: a list, or a JSON file holding one"
     )
     id_prefix: str | None = Field(None, description="prefix added to the ids of the .npy rows")
+    simulation: str | None = Field(
+        None, description="a simulator output (relative: under NB_RAW, e.g. sim): its images' known embeddings"
+    )
 
     @model_validator(mode="after")
     def _one(self) -> EmbeddingSource:
-        if (self.name is None) == (self.npy is None):
-            raise ValueError("give exactly one of name (embed-images output) or npy (+ ids)")
+        if sum(v is not None for v in (self.name, self.npy, self.simulation)) != 1:
+            raise ValueError("give exactly one of name (embed-images output), npy (+ ids) or simulation")
         if self.npy is not None and self.ids is None:
             raise ValueError("npy needs ids (a list or a JSON file of stimulus ids, one per row)")
         return self
