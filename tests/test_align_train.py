@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from neurobridge.align.config import AlignConfig, ConfigError, EncoderSpec, ProjectorConfig, load_yaml
+from neurobridge.align.config import AlignConfig, ConfigError, EncoderSpec, load_yaml
 from neurobridge.align.dataset import build_alignment_data
 from neurobridge.align.encoder_train import build_encoder_projector, load_aligned_model, session_specs
 from neurobridge.align.experiment import run_alignment
@@ -85,7 +85,9 @@ def test_ray_train_alignment_beats_chance_tenfold_and_tracks_figures_and_a_loada
     arts = {a.path for folder in ("plots", "model") for a in client.list_artifacts(result.run_id, folder)}
     assert {"plots/all_retrieval.png", "plots/all_reconstruction.png", "model/projector_all.pt",
             "model/align_model.json"} <= arts  # fmt: skip
-    card = json.loads(open(client.download_artifacts(result.run_id, "model/align_model.json", str(tmp_path))).read())
+    card = json.loads(
+        Path(client.download_artifacts(result.run_id, "model/align_model.json", str(tmp_path))).read_text()
+    )
     assert card["files"] == {"all": "projector_all.pt"} and card["config"]["scaling"]["backend"] == "ray"
     assert card["test"]["all"]["image_top1"] == s["image_top1"]
     assert list(Path(st_.store, "runs").glob("ray-all-*/checkpoint_*")), "rank 0's checkpoint under <store>/runs"

@@ -23,10 +23,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from . import __version__
+from .align.config import AlignConfig
 from .catalog import CatalogEntry, CatalogError, describe_validation_error, resolve
 from .config import ENV_VARS, Settings, get_settings
 from .sources.sim import SimConfig
-from .align.config import AlignConfig
 from .train.config import PretrainConfig
 
 FROM_PRETRAIN = "pretrain"  # align.data.encoder.checkpoint: the model the pretrain stage of this run produced
