@@ -265,12 +265,13 @@ def bench_align_cmd(
         0, help="also pretrain a small encoder this many steps: pretrained vs untrained"
     ),
     workdir: str = typer.Option(None),
+    ray_train: bool = typer.Option(False, "--ray-train", help="also fit 'all' on Ray Train: tokens/s vs the plain fit"),
 ):
     """Alignment on simulated V1/V4/IT: retrieval per region set (chance, ridge baseline beside it), tokens/s."""
     from .bench_images import bench_align
 
     bench_align(n_images=images, repeats=repeats, n_test=test, workdir=workdir, epochs=epochs,
-                pretrain_steps=pretrain_steps, echo=console.print)  # fmt: skip
+                pretrain_steps=pretrain_steps, ray_train=ray_train, echo=console.print)  # fmt: skip
 
 
 @app.command()
