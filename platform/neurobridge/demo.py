@@ -121,18 +121,33 @@ def _pretrain_and_evaluate(console: Console, settings, mixture: str, steps: int,
 def _align(console: Console, settings, sim_root: str, model_run: str | None) -> None:
     """Stage 6: visual sessions → image embeddings, every region and each alone, retrieval beside chance; then
     the stage-4 encoder (last layer tuned) beside the same architecture from scratch."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small models: one thread is fastest and leaves the other core to Ray
+    try:
+        _align_stage(console, settings, sim_root, model_run)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _align_stage(console: Console, settings, sim_root: str, model_run: str | None) -> None:
     from .align.demo import compare_encoders, demo_config, run_align_demo
     from .align.embeddings import simulation_embeddings
     from .evaluate.run import resolve_model_file
 
     console.rule(f"6. align (sim_visual → image embeddings, {DEMO_ALIGN_TEST} unseen test images, MLflow)")
+    t0 = time.perf_counter()
     run_align_demo(settings, sim_root, console=console, n_test=DEMO_ALIGN_TEST)
+    console.print(f"[dim]{time.perf_counter() - t0:.0f} s[/]")
     if model_run is None:
         return
+    t0 = time.perf_counter()
     known = simulation_embeddings(sim_root, settings)
     source = {"simulation": sim_root}
     base = demo_config(settings, "sim_visual", source, DEMO_ALIGN_TEST)
     compare_encoders(settings, resolve_model_file(f"runs:/{model_run}", settings), base, console, embeddings=known)
+    console.print(f"[dim]{time.perf_counter() - t0:.0f} s[/]")
     console.print("on Ray Train: neurobridge align --config jobs/configs/align_demo.yaml")
 
 

@@ -67,7 +67,7 @@ def run_align_demo(settings: Settings, sim_root: str, dataset: str = "sim_visual
 
 
 def compare_encoders(settings: Settings, model_file: str, base: AlignConfig, console: Console | None = None,
-                     epochs: int = 12, embeddings=None) -> dict[str, AlignResult]:  # fmt: skip
+                     epochs: int = 10, embeddings=None) -> dict[str, AlignResult]:  # fmt: skip
     """The pretrained encoder (last layer fine-tuned with the projector) beside the same architecture trained
     from scratch, on the same data, split and projector: what pretraining adds to alignment."""
     console = console or Console()
