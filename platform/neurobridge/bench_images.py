@@ -325,7 +325,7 @@ def compare_encoders(cfg, settings, emb, data, work: Path, steps: int, echo=prin
                            ("scratch, trained end to end", {"checkpoint": str(ckpt), "train": "scratch"})):  # fmt: skip
         dumped = cfg.model_dump()
         tuned = encoder is not None and "train" in encoder  # the encoder runs in every step: fewer epochs
-        projector = {**dumped["projector"], **({"epochs": min(20, cfg.projector.epochs), "patience": None}
+        projector = {**dumped["projector"], **({"epochs": min(12, cfg.projector.epochs), "patience": None}
                                                if tuned else {})}  # fmt: skip
         c = type(cfg).model_validate({**dumped, "data": {**dumped["data"], "encoder": encoder},
                                       "projector": projector, "region_sets": {"all": None, "IT": ["IT"]}})  # fmt: skip

@@ -144,7 +144,7 @@ def _align_stage(console: Console, settings, sim_root: str, model_run: str | Non
         return
     t0 = time.perf_counter()
     known = simulation_embeddings(sim_root, settings)
-    source = {"simulation": sim_root}
+    source = {"simulation": "sim"}  # under NB_RAW, as jobs/configs/align_demo.yaml names it
     base = demo_config(settings, "sim_visual", source, DEMO_ALIGN_TEST)
     compare_encoders(settings, resolve_model_file(f"runs:/{model_run}", settings), base, console, embeddings=known)
     console.print(f"[dim]{time.perf_counter() - t0:.0f} s[/]")
