@@ -283,6 +283,7 @@ def pretrain_small(settings, dataset: str, train_stimuli: set[str], path: Path, 
     from .models.config import ModelConfig
     from .models.ndt import MaskedNeuralModel
     from .models.vocab import Vocabularies
+    from .train.batches import CollateWindows
     from .train.config import OptimConfig, PretrainConfig
     from .train.loop import run_steps
     from .train.rows import ROW_COLUMNS, table_rows
@@ -298,10 +299,12 @@ def pretrain_small(settings, dataset: str, train_stimuli: set[str], path: Path, 
     torch.manual_seed(0)
     model = MaskedNeuralModel(cfg.model, vocabs)
 
+    collate = CollateWindows(vocabs, cfg.model.neurons_per_token)  # run_steps takes collated batches
+
     def batches(epoch: int):
         order = np.random.default_rng(epoch).permutation(table.num_rows)
         for i in range(0, len(order) - 63, 64):
-            yield table.take(pa.array(order[i : i + 64]))
+            yield collate(table.take(pa.array(order[i : i + 64])))
 
     losses = []
     t0 = time.perf_counter()
