@@ -42,6 +42,7 @@ from neurobridge.sources.sim_tvsd import SIM_REGIONS, TvsdSimConfig, write_files
 REGIONS = ["V1", "V4", "IT"]
 WINDOWS = {"V1": [40, 190], "V4": [60, 210], "IT": [80, 230]}  # the simulator's latencies + response_ms
 FAST = {"epochs": 40, "patience": 10}
+LOCAL = {"backend": "local"}  # this file tests the data, loss and retrieval; Ray Train's path is test_align_train.py
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -99,7 +100,7 @@ def test_all_regions_find_the_true_image_far_above_chance_and_it_beats_v1(store,
     monkeypatch.chdir(tmp_path)  # MLflow's default artifact root for a SQLite store is ./mlruns
     st_ = store["settings"]
     cfg = AlignConfig(name="sim", data=data_cfg("vis_it", store["it"]), projector=ProjectorConfig(**FAST),
-                      region_sets={"all": None, "V1": ["V1"], "IT": ["IT"]})  # fmt: skip
+                      scaling=LOCAL, region_sets={"all": None, "V1": ["V1"], "IT": ["IT"]})  # fmt: skip
     emb = simulation_embeddings(str(store["it"]), st_)  # knows the PNG paths for the figures
     result = run_alignment(cfg, st_, embeddings=emb)
     s = result.summary()
@@ -120,7 +121,8 @@ def test_all_regions_find_the_true_image_far_above_chance_and_it_beats_v1(store,
 def test_region_ordering_comes_from_the_data_not_the_code(store):
     """Same code, the simulator's gains reversed (V1 strongest): now V1 beats IT."""
     cfg = AlignConfig(data=data_cfg("vis_v1", store["v1"], split={"rule": "hash", "n_test": 50, "n_val": 20}),
-                      projector=ProjectorConfig(**FAST), region_sets={"V1": ["V1"], "IT": ["IT"]})  # fmt: skip
+                      projector=ProjectorConfig(**FAST), scaling=LOCAL,
+                      region_sets={"V1": ["V1"], "IT": ["IT"]})  # fmt: skip
     s = run_alignment(cfg, store["settings"], track=False, figures=False).summary()
     assert s["V1"]["image_top1"] > s["IT"]["image_top1"]
 

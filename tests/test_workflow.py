@@ -76,4 +76,14 @@ def test_the_job_script_exits_2_with_the_reason_on_a_bad_config(tmp_path):
     out = subprocess.run([sys.executable, "jobs/pipeline.py", "--config", path], cwd=REPO, capture_output=True,
                          text=True, env={**os.environ, "PYTHONPATH": str(REPO / "platform")}, timeout=120)  # fmt: skip
     assert out.returncode == 2, out.stderr
-    assert "stage 'align' is not available" in out.stderr
+    assert "stage 'align' is listed in `stages` but there is no `align:` section" in out.stderr
+
+
+def test_align_taking_the_pretrain_stages_model_needs_that_stage_first(tmp_path, monkeypatch):
+    monkeypatch.setenv("NB_STORE", str(tmp_path / "store"))  # restored after the test (run_pipeline sets it)
+    align = {"data": {"datasets": ["sim_visual"], "embeddings": {"simulation": "sim"},
+                      "encoder": {"checkpoint": "pretrain", "train": "last_layers"}}}  # fmt: skip
+    cfg = load_pipeline(write(tmp_path, {"stages": ["align"], "align": align}))
+    lines = []
+    assert run_pipeline(cfg, echo=lines.append) == 1
+    assert any("encoder.checkpoint is 'pretrain' but no pretrain stage ran before it" in line for line in lines)

@@ -175,7 +175,7 @@ def bench_embed_images(n_images: int = 256, growth: int = 4, arch: str = "b32", 
 
 
 def bench_align(n_images: int = 500, repeats: int = 5, n_test: int = 100, workdir: str | None = None,
-                epochs: int = 60, pretrain_steps: int = 0, echo=print) -> dict:  # fmt: skip
+                epochs: int = 60, pretrain_steps: int = 0, ray_train: bool = False, echo=print) -> dict:  # fmt: skip
     """Simulate V1/V4/IT (gains rising to IT), ingest, align each region set; ridge beside the projector."""
     from .align.config import AlignConfig
     from .align.embeddings import simulation_embeddings
@@ -203,14 +203,18 @@ def bench_align(n_images: int = 500, repeats: int = 5, n_test: int = 100, workdi
                                                     "ids": emb.ids.tolist()},
                  "windows": {"V1": [40, 190], "V4": [60, 210], "IT": [80, 230]},
                  "split": {"rule": "hash", "n_test": n_test, "n_val": max(1, n_test // 2)}},
-        "projector": {"epochs": epochs},
+        "projector": {"epochs": epochs}, "scaling": {"backend": "local"},
         "region_sets": {"all": None, "V1": ["V1"], "V4": ["V4"], "IT": ["IT"]}})  # fmt: skip
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small MLPs and a small encoder: one thread is fastest and steadiest on shared CPUs
     try:
-        return _align_sets(cfg, settings, emb, work, pretrain_steps, echo)
+        out = _align_sets(cfg, settings, emb, work, pretrain_steps, echo)
+        if ray_train:
+            out["ray_train"] = _ray_vs_plain(cfg, settings, out.pop("_data"), out["all"]["tokens_per_s"], echo)
+        out.pop("_data", None)
+        return out
     finally:
         torch.set_num_threads(threads)
 
@@ -242,7 +246,29 @@ def _align_sets(cfg, settings, emb, work: Path, pretrain_steps: int, echo) -> di
     echo(f"(top-k among {figures['all']['n']:.0f} test stimuli; ridge: closed-form linear map on the same split)")
     if pretrain_steps:
         figures["encoders"] = compare_encoders(cfg, settings, emb, result.data, work, pretrain_steps, echo)
+    figures["_data"] = result.data
     return figures
+
+
+def _ray_vs_plain(cfg, settings, data, plain_tokens_per_s: float, echo) -> dict:
+    """The 'all' set again through a 1-worker ``TorchTrainer`` (same data, same loop, one CPU thread): the
+    training rate inside Ray Train against the plain fit of this run, and the trainer's wall time with start-up."""
+    import time
+
+    from .align.train import fit_on_ray
+
+    ray_cfg = cfg.model_copy(update={"scaling": cfg.scaling.model_copy(update={"backend": "ray"}), "name": "bench"})
+    t0 = time.perf_counter()
+    fit, _ = fit_on_ray(data.train, data.val, ray_cfg, settings, "all", None)
+    wall = time.perf_counter() - t0
+    out = {"tokens_per_s": fit.tokens_per_s, "plain_tokens_per_s": plain_tokens_per_s,
+           "ratio": fit.tokens_per_s / plain_tokens_per_s, "train_seconds": fit.seconds,
+           "wall_seconds": wall}  # fmt: skip
+    echo(
+        f"Ray Train (1 worker) {fit.tokens_per_s:,.0f} tokens/s vs plain {plain_tokens_per_s:,.0f} "
+        f"(ratio {out['ratio']:.2f}); training {fit.seconds:.1f} s inside {wall:.1f} s of trainer wall time"
+    )
+    return out
 
 
 def pretrain_small(settings, dataset: str, train_stimuli: set[str], path: Path, steps: int, echo=print) -> Path:
@@ -257,6 +283,7 @@ def pretrain_small(settings, dataset: str, train_stimuli: set[str], path: Path, 
     from .models.config import ModelConfig
     from .models.ndt import MaskedNeuralModel
     from .models.vocab import Vocabularies
+    from .train.batches import CollateWindows
     from .train.config import OptimConfig, PretrainConfig
     from .train.loop import run_steps
     from .train.rows import ROW_COLUMNS, table_rows
@@ -272,10 +299,12 @@ def pretrain_small(settings, dataset: str, train_stimuli: set[str], path: Path, 
     torch.manual_seed(0)
     model = MaskedNeuralModel(cfg.model, vocabs)
 
+    collate = CollateWindows(vocabs, cfg.model.neurons_per_token)  # run_steps takes collated batches
+
     def batches(epoch: int):
         order = np.random.default_rng(epoch).permutation(table.num_rows)
         for i in range(0, len(order) - 63, 64):
-            yield table.take(pa.array(order[i : i + 64]))
+            yield collate(table.take(pa.array(order[i : i + 64])))
 
     losses = []
     t0 = time.perf_counter()
@@ -291,17 +320,23 @@ def compare_encoders(cfg, settings, emb, data, work: Path, steps: int, echo=prin
 
     ckpt = pretrain_small(settings, cfg.data.datasets[0], data.train.stimuli, work / "pretrained.pt", steps, echo)
     out = {}
-    echo(f"{'input':26} {'regions':8} {'top-1':>7} {'top-5':>7} {'chance1':>8} {'brain1':>7}")
+    echo(f"{'input':28} {'regions':8} {'top-1':>7} {'top-5':>7} {'chance1':>8} {'brain1':>7}")
     for label, encoder in (("binned responses", None),
                            ("pretrained encoder (frozen)", {"checkpoint": str(ckpt), "init": "pretrained"}),
-                           ("untrained encoder (frozen)", {"checkpoint": str(ckpt), "init": "random"})):  # fmt: skip
+                           ("untrained encoder (frozen)", {"checkpoint": str(ckpt), "init": "random"}),
+                           ("pretrained, last layer tuned", {"checkpoint": str(ckpt), "train": "last_layers"}),
+                           ("scratch, trained end to end", {"checkpoint": str(ckpt), "train": "scratch"})):  # fmt: skip
         dumped = cfg.model_dump()
+        tuned = encoder is not None and "train" in encoder  # the encoder runs in every step: fewer epochs
+        projector = {**dumped["projector"], **({"epochs": min(12, cfg.projector.epochs), "patience": None}
+                                               if tuned else {})}  # fmt: skip
         c = type(cfg).model_validate({**dumped, "data": {**dumped["data"], "encoder": encoder},
-                                      "region_sets": {"all": None, "IT": ["IT"]}})  # fmt: skip
+                                      "projector": projector, "region_sets": {"all": None, "IT": ["IT"]}})  # fmt: skip
         res = run_alignment(c, settings, embeddings=emb, track=False, figures=False)
         for name, r in res.results.items():
             m = r.test["mean"]
-            out[f"{label}/{name}"] = {"top1": m["image_top1"], "top5": m["image_top5"], "brain_top1": m["brain_top1"]}
-            echo(f"{label:26} {name:8} {m['image_top1']:7.3f} {m['image_top5']:7.3f} {m['image_chance1']:8.3f} "
+            out[f"{label}/{name}"] = {"top1": m["image_top1"], "top5": m["image_top5"], "brain_top1": m["brain_top1"],
+                                      "tokens_per_s": r.fit.tokens_per_s}  # fmt: skip
+            echo(f"{label:28} {name:8} {m['image_top1']:7.3f} {m['image_top5']:7.3f} {m['image_chance1']:8.3f} "
                  f"{m['brain_top1']:7.3f}")  # fmt: skip
     return out

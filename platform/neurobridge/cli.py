@@ -265,12 +265,13 @@ def bench_align_cmd(
         0, help="also pretrain a small encoder this many steps: pretrained vs untrained"
     ),
     workdir: str = typer.Option(None),
+    ray_train: bool = typer.Option(False, "--ray-train", help="also fit 'all' on Ray Train: tokens/s vs the plain fit"),
 ):
     """Alignment on simulated V1/V4/IT: retrieval per region set (chance, ridge baseline beside it), tokens/s."""
     from .bench_images import bench_align
 
     bench_align(n_images=images, repeats=repeats, n_test=test, workdir=workdir, epochs=epochs,
-                pretrain_steps=pretrain_steps, echo=console.print)  # fmt: skip
+                pretrain_steps=pretrain_steps, ray_train=ray_train, echo=console.print)  # fmt: skip
 
 
 @app.command()
@@ -278,11 +279,12 @@ def demo(
     minutes: float = typer.Option(2.0, help="minutes per simulated session"),
     seed: int = typer.Option(0),
     pretrain_steps: int = typer.Option(150, help="pretraining steps (0: stop after ingest)"),
+    align: bool = typer.Option(True, help="align the visual sessions to their images (stage 6)"),
 ):
-    """The end-to-end demo on the embedded default: simulate → ingest → inspect → pretrain → evaluate."""
+    """The end-to-end demo: simulate → ingest → inspect → pretrain → evaluate → align."""
     from .demo import run_demo
 
-    code = run_demo(minutes=minutes, seed=seed, console=console, pretrain_steps=pretrain_steps)
+    code = run_demo(minutes=minutes, seed=seed, console=console, pretrain_steps=pretrain_steps, align=align)
     raise typer.Exit(code)
 
 
@@ -350,6 +352,7 @@ def embed_images_cmd(
 
 app.command()(cli_train.pretrain)
 app.command()(cli_train.finetune)
+app.command()(cli_train.align)
 app.command()(cli_train.evaluate)
 bench_app.command("train")(cli_train.bench_train)
 bench_app.command("model")(cli_train.bench_model)

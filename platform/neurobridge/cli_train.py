@@ -53,6 +53,39 @@ def pretrain(
     console.print(f"checkpoint   : {result.checkpoint}")
 
 
+def align(
+    config: Path = typer.Option(..., "--config", "-c", help="YAML alignment config (jobs/configs/align_demo.yaml)"),
+    overrides: list[str] = typer.Option(None, "--set", help="override a config key, e.g. --set projector.epochs=20"),
+):
+    """Neural → image alignment on Ray Train: one projector per region set, retrieval beside chance, MLflow."""
+    from .align.config import AlignConfig, ConfigError, load_yaml
+    from .align.dataset import AlignDataError
+    from .align.experiment import run_alignment
+    from .storage import StoreError
+    from .tracking.mlflow_run import TrackingError
+
+    try:
+        cfg = load_yaml(AlignConfig, config, parse_overrides(overrides))
+        result = run_alignment(cfg, _settings(), echo=console.print)
+    except (ConfigError, AlignDataError, StoreError, TrackingError) as err:
+        _fail(str(err))
+    print_alignment(result)
+
+
+def print_alignment(result, title: str | None = None) -> None:
+    """Test retrieval per region set with chance beside each number, and the fit's tokens/s."""
+    n = next(iter(result.summary().values()), {}).get("n_candidates", 0)
+    t = Table("regions", "top-1", "chance", "top-5", "chance", "brain top-1", "recon 2-way", "tokens/s",
+              title=title or f"retrieval among {n:.0f} test images")  # fmt: skip
+    for name, s in result.summary().items():
+        t.add_row(name, f"{s['image_top1']:.3f}", f"{s['image_chance1']:.3f}", f"{s['image_top5']:.3f}",
+                  f"{s['image_chance5']:.3f}", f"{s['brain_top1']:.3f}", f"{s['recon_two_way']:.2f}",
+                  f"{s['tokens_per_s']:,.0f}")  # fmt: skip
+    console.print(t)
+    if result.run_id:
+        console.print(f"MLflow run {result.run_id}: plots/*_retrieval.png, model/ (weights + align_model.json)")
+
+
 def finetune(
     model: str = typer.Option(None, help="model.pt or runs:/<run id>; omit with --scratch"),
     dataset: str = typer.Option(..., help="dataset ref holding the session"),

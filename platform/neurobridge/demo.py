@@ -1,4 +1,5 @@
-"""The end-to-end demo on the embedded default: simulate → ingest (Ray Data) → inspect, with a figure."""
+"""The end-to-end demo on the embedded default: simulate → ingest (Ray Data) → inspect, with a figure → pretrain
+(Ray Train) → evaluate → align the visual sessions to their images (responses, then pretrained vs scratch encoder)."""
 
 from __future__ import annotations
 
@@ -17,10 +18,12 @@ from .storage import filesystem, is_remote
 
 DEMO_RATE_HZ = (1.0, 8.0)
 DEMO_HOLDOUT = "monkey01_s01"  # a simulated reaching session kept out of pretraining (a fine-tuning target)
+# Alignment needs enough images to test among 100 unseen ones: 300 images × 4 presentations (a 10-minute session)
+DEMO_IMAGES, DEMO_REPEATS, DEMO_ALIGN_TEST = 300, 4, 100
 
 
 def run_demo(minutes: float = 2.0, seed: int = 0, console: Console | None = None, catalog: str = "demo",
-             pretrain_steps: int = 150) -> int:  # fmt: skip
+             pretrain_steps: int = 150, align: bool = True) -> int:  # fmt: skip
     from .sources.sim import SimConfig, simulate
 
     console = console or Console()
@@ -29,7 +32,8 @@ def run_demo(minutes: float = 2.0, seed: int = 0, console: Console | None = None
     sim_root = f"{settings.raw_root}/sim"
     fs, path = filesystem(f"{sim_root}/simulation.json", settings)
     # cortical-like baseline rates (1-8 Hz): sparse enough that spike smoothing falls well short of the oracle
-    cfg = SimConfig(seed=seed, minutes=minutes, tvsd=True, pile=True, rate_hz=DEMO_RATE_HZ)
+    cfg = SimConfig(seed=seed, minutes=minutes, tvsd=True, pile=True, rate_hz=DEMO_RATE_HZ, n_images=DEMO_IMAGES,
+                    image_repeats=DEMO_REPEATS)  # fmt: skip
     if fs.exists(path) and _same_config(fs, path, cfg):
         console.print(f"[dim]simulation already at {sim_root} (same seed and size): reusing it[/]")
     else:
@@ -77,8 +81,11 @@ def run_demo(minutes: float = 2.0, seed: int = 0, console: Console | None = None
             + f", splits {ref.card['splits']}"
         )
         figures.append(inspection.plot(ref, settings, str(reports_dir / f"{ref.dataset}.png"), sessions))
+    model_run = None
     if pretrain_steps and reports:
-        failed += _pretrain_and_evaluate(console, settings, catalog, pretrain_steps, f"{sim_root}/truth")
+        model_run = _pretrain_and_evaluate(console, settings, catalog, pretrain_steps, f"{sim_root}/truth")
+    if align and any(r.dataset == "sim_visual" for r in reports):
+        _align(console, settings, sim_root, model_run)
     console.rule("done")
     console.print(f"finished in {time.perf_counter() - t0:.0f} s")
     console.print(f"raw recordings : {sim_root}")
@@ -89,7 +96,7 @@ def run_demo(minutes: float = 2.0, seed: int = 0, console: Console | None = None
     return 1 if failed else 0
 
 
-def _pretrain_and_evaluate(console: Console, settings, mixture: str, steps: int, truth: str) -> int:
+def _pretrain_and_evaluate(console: Console, settings, mixture: str, steps: int, truth: str) -> str:
     """Stages 4-5: masked pretraining on Ray Train over the whole mixture, then co-bps against the baselines."""
     from .cli_train import print_report
     from .evaluate.run import evaluate
@@ -108,7 +115,40 @@ def _pretrain_and_evaluate(console: Console, settings, mixture: str, steps: int,
     print_report(report)
     console.print(f"MLflow: mlflow ui --backend-store-uri {settings.mlflow_uri}  (runs {result.run_id}, "
                   f"{report.run_id})")  # fmt: skip
-    return 0
+    return result.run_id
+
+
+def _align(console: Console, settings, sim_root: str, model_run: str | None) -> None:
+    """Stage 6: visual sessions → image embeddings, every region and each alone, retrieval beside chance; then
+    the stage-4 encoder (last layer tuned) beside the same architecture from scratch."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small models: one thread is fastest and leaves the other core to Ray
+    try:
+        _align_stage(console, settings, sim_root, model_run)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _align_stage(console: Console, settings, sim_root: str, model_run: str | None) -> None:
+    from .align.demo import compare_encoders, demo_config, run_align_demo
+    from .align.embeddings import simulation_embeddings
+    from .evaluate.run import resolve_model_file
+
+    console.rule(f"6. align (sim_visual → image embeddings, {DEMO_ALIGN_TEST} unseen test images, MLflow)")
+    t0 = time.perf_counter()
+    run_align_demo(settings, sim_root, console=console, n_test=DEMO_ALIGN_TEST)
+    console.print(f"[dim]{time.perf_counter() - t0:.0f} s[/]")
+    if model_run is None:
+        return
+    t0 = time.perf_counter()
+    known = simulation_embeddings(sim_root, settings)
+    source = {"simulation": "sim"}  # under NB_RAW, as jobs/configs/align_demo.yaml names it
+    base = demo_config(settings, "sim_visual", source, DEMO_ALIGN_TEST)
+    compare_encoders(settings, resolve_model_file(f"runs:/{model_run}", settings), base, console, embeddings=known)
+    console.print(f"[dim]{time.perf_counter() - t0:.0f} s[/]")
+    console.print("on Ray Train: neurobridge align --config jobs/configs/align_demo.yaml")
 
 
 def _same_config(fs, path: str, cfg) -> bool:

@@ -5,7 +5,7 @@ Stages are registered by name in ``STAGES``; each takes the config, the settings
 not registered fails before anything runs; so does a listed stage without its section. Stages of the design that
 this version does not implement yet (``PLANNED``) get their own message instead of being faked.
 
-The lead adds ``pretrain``/``align``/``register`` by adding a config section and a ``STAGES`` entry each.
+The lead adds ``register`` by adding a config section and a ``STAGES`` entry.
 """
 
 from __future__ import annotations
@@ -23,12 +23,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from . import __version__
+from .align.config import AlignConfig
 from .catalog import CatalogEntry, CatalogError, describe_validation_error, resolve
 from .config import ENV_VARS, Settings, get_settings
 from .sources.sim import SimConfig
 from .train.config import PretrainConfig
 
-PLANNED = ("align", "register")  # in the design (ARCHITECTURE.md), not yet stages here
+FROM_PRETRAIN = "pretrain"  # align.data.encoder.checkpoint: the model the pretrain stage of this run produced
+
+PLANNED = ("register",)  # in the design (ARCHITECTURE.md), not yet stages here
 
 
 class PipelineError(ValueError):
@@ -79,6 +82,9 @@ class PipelineConfig(_Strict):
     simulate: SimConfig | None = Field(None, description="simulate stage: ground-truth recordings into <raw>/sim")
     ingest: IngestStage | None = None
     pretrain: PretrainConfig | None = Field(None, description="pretrain stage: the typed pretraining config")
+    align: AlignConfig | None = Field(
+        None, description="align stage: the typed alignment config (encoder.checkpoint: pretrain = this run's model)"
+    )
 
     @field_validator("stages")
     @classmethod
@@ -225,8 +231,33 @@ def run_pretrain(cfg: PipelineConfig, settings: Settings, state: dict, echo: Cal
     return StageOutcome(True, {"run_id": result.run_id, **{k: result.metrics.get(k) for k in ("step", "loss")}})
 
 
-STAGES: dict[str, StageFn] = {"simulate": run_simulate, "ingest": run_ingest, "pretrain": run_pretrain}
-SECTION_REQUIRED = ("ingest",)  # stages that cannot run on defaults alone
+def run_align(cfg: PipelineConfig, settings: Settings, state: dict, echo: Callable[[str], None]) -> StageOutcome:
+    """Alignment (Ray Train by default); ``encoder.checkpoint: pretrain`` takes the pretrain stage's model."""
+    from .align.experiment import run_alignment
+
+    ac = cfg.align
+    enc = ac.data.encoder
+    if enc is not None and enc.checkpoint == FROM_PRETRAIN:
+        if "pretrain" not in state:
+            return StageOutcome(False, problems=["align: encoder.checkpoint is 'pretrain' but no pretrain stage ran "
+                                                 "before it; list pretrain first or give a model path"])  # fmt: skip
+        from .evaluate.run import resolve_model_file
+
+        file = resolve_model_file(state["pretrain"]["model"], settings)
+        data = ac.data.model_copy(update={"encoder": enc.model_copy(update={"checkpoint": file})})
+        ac = ac.model_copy(update={"data": data})
+    result = run_alignment(ac, settings, echo=lambda m: echo(f"align: {m}"))
+    summary = {name: {k: s[k] for k in ("image_top1", "image_top5", "image_chance1", "image_chance5",
+                                        "n_candidates", "tokens_per_s")}
+               for name, s in result.summary().items()}  # fmt: skip
+    state["align"] = {"run_id": result.run_id, "model": f"runs:/{result.run_id}"}
+    echo(f"align: MLflow run {result.run_id} (model/: weights + align_model.json)")
+    return StageOutcome(True, {"run_id": result.run_id, "retrieval": summary})
+
+
+STAGES: dict[str, StageFn] = {"simulate": run_simulate, "ingest": run_ingest, "pretrain": run_pretrain,
+                              "align": run_align}  # fmt: skip
+SECTION_REQUIRED = ("ingest", "align")  # stages that cannot run on defaults alone
 
 
 def _tags(cfg: PipelineConfig) -> dict[str, str]:

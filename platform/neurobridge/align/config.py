@@ -84,18 +84,22 @@ class EmbeddingSource(_Strict):
         None, description="stimulus ids of the .npy rows: a list, or a JSON file holding one"
     )
     id_prefix: str | None = Field(None, description="prefix added to the ids of the .npy rows")
+    simulation: str | None = Field(
+        None, description="a simulator output (relative: under NB_RAW, e.g. sim): its images' known embeddings"
+    )
 
     @model_validator(mode="after")
     def _one(self) -> EmbeddingSource:
-        if (self.name is None) == (self.npy is None):
-            raise ValueError("give exactly one of name (embed-images output) or npy (+ ids)")
+        if sum(v is not None for v in (self.name, self.npy, self.simulation)) != 1:
+            raise ValueError("give exactly one of name (embed-images output), npy (+ ids) or simulation")
         if self.npy is not None and self.ids is None:
             raise ValueError("npy needs ids (a list or a JSON file of stimulus ids, one per row)")
         return self
 
 
 class EncoderSpec(_Strict):
-    """A pretrained masked model (frozen) between the responses and the projector."""
+    """A masked model between the responses and the projector: frozen (features computed once), its last layers
+    fine-tuned, or the same architecture trained from scratch end to end with the projector."""
 
     checkpoint: str = Field(
         description="URI of a model checkpoint (models.checkpoint format, e.g. pretrain's model.pt)"
@@ -106,6 +110,22 @@ class EncoderSpec(_Strict):
     seed: int = 0
     batch_rows: int = Field(64, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    train: Literal["frozen", "last_layers", "scratch"] = Field(
+        "frozen", description="frozen: precomputed features; last_layers: unfreeze the last `unfreeze_layers` "
+        "transformer layers; scratch: random init, every encoder weight trained (both run the encoder per step)"
+    )  # fmt: skip
+    unfreeze_layers: int = Field(1, ge=1, description="last_layers: transformer layers trained (+ the final norm)")
+    lr: float = Field(3e-4, gt=0, description="learning rate of the trained encoder weights")
+
+    @model_validator(mode="after")
+    def _scratch_is_random(self) -> EncoderSpec:
+        if self.train == "scratch" and self.init == "pretrained":
+            self.init = "random"
+        return self
+
+    @property
+    def trainable(self) -> bool:
+        return self.train != "frozen"
 
 
 class AlignDataConfig(_Strict):
@@ -155,11 +175,23 @@ class ProjectorConfig(_Strict):
     log_every: int = Field(1, ge=1, description="epochs between reports")
 
 
+class AlignScaling(_Strict):
+    """Where the projector trains: Ray Train (``TorchTrainer``, the CLI's and jobs' default) or in this process
+    (tests and the demo skip Ray Train's per-trainer start-up; the loop is the same function)."""
+
+    backend: Literal["ray", "local"] = "ray"
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (DDP when > 1)")
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    max_failures: int = Field(1, ge=0, description="worker failures Ray Train restarts from before giving up")
+
+
 class AlignConfig(_Strict):
     name: str = "align"
     experiment: str = "neurobridge-align"
     data: AlignDataConfig
     projector: ProjectorConfig = ProjectorConfig()
+    scaling: AlignScaling = AlignScaling()
     region_sets: dict[str, list[str] | None] = Field(
         default_factory=lambda: {"all": None},
         description="name → regions; one projector per set, reported side by side (e.g. {all: null, IT: [IT]})",

@@ -52,6 +52,8 @@ class SessionInfo:
     cells: int  # token-grid cells (units × bins) read per presentation
     cells_by_region: dict[str, int] = field(default_factory=dict)
     unit_regions: np.ndarray | None = None  # region of each selected unit
+    bins: dict[str, np.ndarray] = field(default_factory=dict)  # region → bin indices of its window
+    context: dict | None = None  # raw mode: session/subject/task/dataset, n_bins, is_counts (encoder input rows)
 
     @property
     def n_features(self) -> int:
@@ -119,7 +121,9 @@ class AlignmentData:
                 sessions[k] = SessionInfo(k, info.unit_ids[units], info.feature_regions[mask],
                                           {r: w for r, w in info.windows.items() if r in regions}, cells,
                                           {r: n for r, n in info.cells_by_region.items() if r in regions},
-                                          info.unit_regions[units])  # fmt: skip
+                                          info.unit_regions[units],
+                                          {r: b for r, b in info.bins.items() if r in regions},
+                                          info.context)  # fmt: skip
         if not keep:
             raise AlignDataError(f"no session has units in regions {regions}")
 
@@ -179,11 +183,13 @@ class _SessionPlan:
 
 
 class _Accumulator:
-    """Pooled features per presentation, per session (only pooled values are kept)."""
+    """Pooled features per presentation, per session (only pooled values are kept). In raw mode (an encoder
+    trained with the projector) the selected units' whole windows are kept instead, ``[units × bins]`` flat."""
 
     def __init__(self, cfg: AlignDataConfig, encoder=None):
         self.cfg = cfg
         self.encoder = encoder  # EncoderFeatures or None
+        self.raw = cfg.encoder is not None and cfg.encoder.trainable
         self.plans: dict[str, _SessionPlan | None] = {}
         self.x: dict[str, list[np.ndarray]] = defaultdict(list)
         self.stim: dict[str, list[np.ndarray]] = defaultdict(list)
@@ -211,7 +217,9 @@ class _Accumulator:
                 )
             u = np.flatnonzero(regions == r)
             gather.append((u, bins))
-            if self.encoder is not None:
+            if self.raw:
+                feat_regions.append(np.repeat(r, len(u) * n_bins))
+            elif self.encoder is not None:
                 feat_regions.append(np.repeat(r, self.encoder.dim))
             else:
                 per_unit = 1 if self.cfg.pool == "mean" else len(bins)
@@ -224,9 +232,14 @@ class _Accumulator:
             self.plans[key] = None
             return None
         unit_regions = np.concatenate([np.repeat(r, len(u)) for (u, _), r in zip(gather, wins, strict=True)])
-        info = SessionInfo(key, np.concatenate(unit_sel), np.concatenate(feat_regions), wins, cells, by_region,
-                           unit_regions)  # fmt: skip
         windows = [(r, bins) for (_, bins), r in zip(gather, wins, strict=True)]
+        context = None
+        if self.raw:
+            context = {f: batch.column(f)[row].as_py() for f in ("session", "subject", "task", "dataset")}
+            context["n_bins"] = n_bins
+            context["is_counts"] = bool(batch.column("counts").is_valid().to_numpy(zero_copy_only=False)[row])
+        info = SessionInfo(key, np.concatenate(unit_sel), np.concatenate(feat_regions), wins, cells, by_region,
+                           unit_regions, dict(windows), context)  # fmt: skip
         plan = _SessionPlan(info, units.tolist(), gather, (n_units, n_bins), regions, windows)
         self.plans[key] = plan
         return plan
@@ -254,7 +267,10 @@ class _Accumulator:
             col = counts_col if is_counts.all() else mua_col
             if not is_counts.all() and is_counts.any():
                 raise AlignDataError(f"{key}: session mixes counts and MUA rows")
-            if self.encoder is not None:
+            if self.raw:
+                order = np.concatenate([u for u, _ in plan.gather])
+                x = _values(col, rows, U * B).reshape(len(rows), U, B)[:, order].reshape(len(rows), -1)
+            elif self.encoder is not None:
                 x = self.encoder(_row_dicts(batch, rows), plan.unit_regions, plan.windows)
             else:
                 grid = _values(col, rows, U * B).reshape(len(rows), U, B)
@@ -344,7 +360,7 @@ def build_alignment_data(
             f"but data.expected_dim is {cfg.expected_dim}"
         )
     encoder = None
-    if cfg.encoder is not None:
+    if cfg.encoder is not None and not cfg.encoder.trainable:
         from .encoder import EncoderFeatures
 
         encoder = EncoderFeatures(cfg.encoder, settings)

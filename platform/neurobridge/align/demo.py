@@ -1,5 +1,6 @@
 """The alignment step of the demo: simulator images → (optionally) `embed-images` → projector per region set →
-retrieval with chance beside it, tracked in MLflow. Called by the demo after ingest; usable on its own."""
+retrieval with chance beside it, tracked in MLflow; then, given the demo's pretrained model, the encoder
+fine-tuned (last layers) beside the same architecture trained from scratch. Usable on its own."""
 
 from __future__ import annotations
 
@@ -9,20 +10,43 @@ from rich.table import Table
 from ..config import Settings
 from ..ingest.manifest import resolve_dataset
 from ..storage import join
-from .config import AlignConfig
+from .config import AlignConfig, EncoderSpec
 from .embeddings import simulation_embeddings
 from .experiment import AlignResult, run_alignment
 
 
+def _table(result: AlignResult, title: str) -> Table:
+    out = Table("regions", "top-1", "chance", "top-5", "chance", "brain top-1", "recon 2-way", "tokens/s", title=title)
+    for name, s in result.summary().items():
+        out.add_row(name, f"{s['image_top1']:.2f}", f"{s['image_chance1']:.3f}", f"{s['image_top5']:.2f}",
+                    f"{s['image_chance5']:.3f}", f"{s['brain_top1']:.2f}", f"{s['recon_two_way']:.2f}",
+                    f"{s['tokens_per_s']:,.0f}")  # fmt: skip
+    return out
+
+
+def demo_config(settings: Settings, dataset: str, source: dict, n_test: int, windows: dict | None = None,
+                backend: str = "local", epochs: int = 40) -> AlignConfig:  # fmt: skip
+    """All regions and each region alone, split by stimulus hash (``n_test`` test, half as many val images)."""
+    card = resolve_dataset(settings, dataset).card
+    regions = sorted((card.get("vocabularies") or {}).get("regions") or {})
+    sets = {"all": None} | {r: [r] for r in regions if r != "unknown"}
+    return AlignConfig.model_validate({
+        "name": "demo-align",
+        "data": {"datasets": [dataset], "embeddings": source, "windows": windows,
+                 "split": {"rule": "hash", "n_test": n_test, "n_val": max(1, n_test // 2)}},
+        "projector": {"epochs": epochs, "patience": 10}, "scaling": {"backend": backend},
+        "region_sets": sets, "subset_candidates": [min(50, n_test)]})  # fmt: skip
+
+
 def run_align_demo(settings: Settings, sim_root: str, dataset: str = "sim_visual", console: Console | None = None,
-                   clip_model: str | None = None, n_test: int | None = None,
-                   windows: dict | None = None) -> AlignResult:  # fmt: skip
+                   clip_model: str | None = None, n_test: int | None = None, windows: dict | None = None,
+                   backend: str = "local", epochs: int = 40) -> AlignResult:  # fmt: skip
     """Align ``dataset`` (the simulator's visual sessions) to the images' known embeddings, or to CLIP embeddings
     of the simulator's PNGs when ``clip_model`` names a model (then `embed-images` runs first)."""
     console = console or Console()
     known = simulation_embeddings(sim_root, settings)
     n_stimuli = len(known.ids)
-    n_test = n_test or max(2, min(100, n_stimuli // 5))
+    n_test = n_test or max(2, min(100, n_stimuli // 4))
     table = known
     source = {"npy": join(sim_root, "visual/images/embeddings.npy"), "ids": known.ids.tolist()}
     if clip_model:
@@ -35,20 +59,30 @@ def run_align_demo(settings: Settings, sim_root: str, dataset: str = "sim_visual
         report = embed_images(cfg, settings)
         console.print(f"embed-images: {report.card['counts']['embedded']} images, {report.images_per_s:.1f} images/s")
         table, source = read_embeddings(settings, "sim_frames"), {"name": "sim_frames"}
-    card = resolve_dataset(settings, dataset).card
-    regions = sorted((card.get("vocabularies") or {}).get("regions") or {})
-    sets = {"all": None} | {r: [r] for r in regions if r != "unknown"}
-    cfg = AlignConfig.model_validate({
-        "name": "demo-align",
-        "data": {"datasets": [dataset], "embeddings": source, "windows": windows,
-                 "split": {"rule": "hash", "n_test": n_test, "n_val": max(1, n_test // 2)}},
-        "region_sets": sets, "subset_candidates": [min(50, n_test)]})  # fmt: skip
+    cfg = demo_config(settings, dataset, source, n_test, windows, backend, epochs)
     result = run_alignment(cfg, settings, embeddings=table)
-    out = Table("regions", "top-1", "top-5", "chance top-1", "brain top-1", "recon 2-way", "tokens/s",
-                title=f"retrieval among {n_test} test images")  # fmt: skip
-    for name, s in result.summary().items():
-        out.add_row(name, f"{s['image_top1']:.2f}", f"{s['image_top5']:.2f}", f"{s['image_chance1']:.3f}",
-                    f"{s['brain_top1']:.2f}", f"{s['recon_two_way']:.2f}", f"{s['tokens_per_s']:,.0f}")  # fmt: skip
-    console.print(out)
+    console.print(_table(result, f"binned responses → projector: retrieval among {n_test} test images"))
     console.print(f"MLflow run {result.run_id} (figures: plots/*_retrieval.png, plots/*_reconstruction.png)")
     return result
+
+
+def compare_encoders(settings: Settings, model_file: str, base: AlignConfig, console: Console | None = None,
+                     epochs: int = 10, embeddings=None) -> dict[str, AlignResult]:  # fmt: skip
+    """The pretrained encoder (last layer fine-tuned with the projector) beside the same architecture trained
+    from scratch, on the same data, split and projector: what pretraining adds to alignment."""
+    console = console or Console()
+    out = {}
+    for label, train in (("pretrained (last layer tuned)", "last_layers"), ("scratch (same architecture)", "scratch")):
+        cfg = base.model_copy(deep=True, update={"name": f"demo-align-{train}"})
+        cfg.data.encoder = EncoderSpec(checkpoint=model_file, train=train)
+        cfg.projector = cfg.projector.model_copy(update={"epochs": epochs, "patience": None})
+        cfg.region_sets = {"all": None}
+        out[label] = run_alignment(cfg, settings, embeddings=embeddings)
+    t = Table("encoder", "top-1", "chance", "top-5", "chance", "tokens/s", "MLflow run",
+              title="encoder → projector (all regions): pretrained vs scratch")  # fmt: skip
+    for label, r in out.items():
+        s = r.summary()["all"]
+        t.add_row(label, f"{s['image_top1']:.2f}", f"{s['image_chance1']:.3f}", f"{s['image_top5']:.2f}",
+                  f"{s['image_chance5']:.3f}", f"{s['tokens_per_s']:,.0f}", r.run_id[:8])  # fmt: skip
+    console.print(t)
+    return out

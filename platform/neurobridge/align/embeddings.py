@@ -149,6 +149,10 @@ def resolve_source(src, settings: Settings) -> EmbeddingTable:
     """An ``EmbeddingSource`` config → table."""
     if src.name is not None:
         return read_embeddings(settings, src.name)
+    if src.simulation is not None:
+        root = src.simulation if "://" in src.simulation or src.simulation.startswith("/") else join(
+            settings.raw_root, src.simulation)  # fmt: skip
+        return simulation_embeddings(root, settings)
     return from_arrays(src.npy, src.ids, settings, src.id_prefix)
 
 

@@ -1,5 +1,6 @@
-"""One alignment experiment in a plain process: data → one projector per region set → retrieval, reconstruction
-baseline and figures, tracked in MLflow. The Ray Train job swaps ``fit_projector``'s caller, nothing else.
+"""One alignment experiment: data → one projector per region set → retrieval, reconstruction baseline and
+figures, tracked in MLflow. ``scaling.backend`` picks who calls ``fit_projector``: a Ray Train ``TorchTrainer``
+(``align.train``, the default) or this process; everything else is the same.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from ..config import Settings, get_settings
 from .config import AlignConfig
 from .dataset import AlignmentData, build_alignment_data
 from .embeddings import EmbeddingTable
-from .projector import FitResult, fit_projector, project, save_projector
+from .projector import FitResult, fit_projector, project
 from .retrieval import evaluate_split, nearest_train_reconstruction, retrieval_figure, top_k
+from .train import save_model
 
 
 @dataclass
@@ -100,10 +102,11 @@ def run_alignment(
                                       tags)  # fmt: skip
     results: dict[str, RegionResult] = {}
     ok = False
+    checkpoint = _encoder_checkpoint(cfg, settings)
     try:
         for name, regions in cfg.region_sets.items():
             sub = data.select_regions(regions)
-            fit = fit_projector(sub.train, sub.val, cfg.projector)
+            fit = fit_region_set(name, sub, cfg, settings, run_id, checkpoint)
             res = evaluate_region_set(name, sub, fit, cfg, settings, figures)
             results[name] = res
             if echo is not None:
@@ -112,7 +115,9 @@ def run_alignment(
                      f"{m['image_top5']:.3f} (chance {m['image_chance5']:.3f}) among {m['n_candidates']:.0f}; "
                      f"brain top-1 {m['brain_top1']:.3f}; {fit.tokens_per_s:,.0f} tokens/s")  # fmt: skip
             if run_id is not None:
-                _log(settings, run_id, name, res, data)
+                _log(settings, run_id, name, res, history=cfg.scaling.backend == "local")
+        if run_id is not None:
+            _log_model_card(settings, run_id, cfg, data, results)
         ok = True
         return AlignResult(data, results, run_id)
     finally:
@@ -122,7 +127,64 @@ def run_alignment(
             mlflow_run.end_run(settings.mlflow_uri, run_id, ok)
 
 
-def _log(settings: Settings, run_id: str, name: str, res: RegionResult, data: AlignmentData) -> None:
+def _encoder_checkpoint(cfg: AlignConfig, settings: Settings) -> bytes | None:
+    """The encoder checkpoint's bytes when the encoder trains with the projector (shipped to the workers)."""
+    spec = cfg.data.encoder
+    if spec is None or not spec.trainable:
+        return None
+    from ..storage import filesystem
+
+    fs, path = filesystem(spec.checkpoint, settings)
+    return fs.cat_file(path)
+
+
+def fit_region_set(name: str, sub: AlignmentData, cfg: AlignConfig, settings: Settings, run_id: str | None = None,
+                   checkpoint: bytes | None = None) -> FitResult:  # fmt: skip
+    """One region set's fit, on Ray Train or in this process (same loop, same data)."""
+    from .train import fit_on_ray, make_model
+
+    encoder = None
+    if checkpoint is not None:
+        from .encoder_train import session_specs
+
+        encoder = {"spec": cfg.data.encoder.model_dump(mode="json"), "specs": session_specs(sub, sub.train),
+                   "out_dim": sub.dim, "checkpoint": checkpoint}  # fmt: skip
+    if cfg.scaling.backend == "ray":
+        fit, _ = fit_on_ray(sub.train, sub.val, cfg, settings, name, run_id, encoder)
+        return fit
+    import torch
+
+    device = torch.device("cuda" if cfg.scaling.use_gpu and torch.cuda.is_available() else "cpu")
+    model = make_model({"encoder": encoder, "train": sub.train, "projector": cfg.projector.model_dump()}, device)
+    return fit_projector(sub.train, sub.val, cfg.projector, device=device, model=model)
+
+
+MODEL_CARD = "align_model.json"
+
+
+def _log_model_card(settings: Settings, run_id: str, cfg: AlignConfig, data: AlignmentData,
+                    results: dict[str, RegionResult]) -> None:  # fmt: skip
+    """``model/align_model.json``: what each weights file is and the config that trained it (for the registry)."""
+    import json
+
+    from ..tracking import mlflow_run
+
+    card = {"format": "neurobridge.align_model/1", "embedding_dim": data.dim,
+            "embedding_model": data.embeddings.model,
+            "encoder": cfg.data.encoder.model_dump(mode="json") if cfg.data.encoder else None,
+            "files": {name: f"projector_{name}.pt" for name in results},
+            "regions": {name: r.regions for name, r in results.items()},
+            "sessions": sorted(data.sessions), "load": "neurobridge.align.encoder_train.load_aligned_model",
+            "test": {name: {k: r.test["mean"].get(k) for k in ("image_top1", "image_top5", "image_chance1",
+                                                                "n_candidates")} for name, r in results.items()},
+            "config": cfg.model_dump(mode="json")}  # fmt: skip
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / MODEL_CARD
+        path.write_text(json.dumps(card, indent=1, default=float))
+        mlflow_run.log_artifact(settings.mlflow_uri, run_id, str(path), "model")
+
+
+def _log(settings: Settings, run_id: str, name: str, res: RegionResult, history: bool = True) -> None:
     import matplotlib.pyplot as plt
 
     from ..tracking import mlflow_run
@@ -134,15 +196,16 @@ def _log(settings: Settings, run_id: str, name: str, res: RegionResult, data: Al
     metrics.update({f"{name}.fit.tokens_per_s": res.fit.tokens_per_s, f"{name}.fit.examples_per_s":
                     res.fit.examples_per_s, f"{name}.fit.best_epoch": res.fit.best_epoch})  # fmt: skip
     mlflow_run.log_metrics(uri, run_id, metrics)
-    logger = mlflow_run.MetricsLogger(uri, run_id)
-    for rec in res.fit.history:
-        logger.log({f"{name}.train.{k}": v for k, v in rec.items() if k != "epoch"}, rec["epoch"])
+    if history:  # Ray Train's rank 0 logs each epoch live
+        logger = mlflow_run.MetricsLogger(uri, run_id)
+        for rec in res.fit.history:
+            logger.log({f"{name}.train.{k}": v for k, v in rec.items() if k != "epoch"}, rec["epoch"])
     for fig_name, fig in res.figures.items():
         mlflow_run.log_figure(uri, run_id, fig, f"plots/{name}_{fig_name}.png")
         plt.close(fig)
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / f"projector_{name}.pt"
-        save_projector(res.fit.model, str(path))
+        save_model(res.fit.model, str(path))
         mlflow_run.log_artifact(uri, run_id, str(path), "model")
 
 

@@ -90,7 +90,7 @@ def cosine_mse(z: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class FitResult:
-    model: AlignProjector
+    model: nn.Module  # AlignProjector, or an encoder trained with it (encoder_train.EncoderProjector)
     history: list[dict] = field(default_factory=list)
     best_epoch: int = 0
     best_val_top1: float = float("nan")
@@ -144,8 +144,12 @@ def fit_projector(
     rank: int = 0,
     world: int = 1,
     wrap: Callable[[nn.Module], nn.Module] | None = None,
+    model: nn.Module | None = None,
 ) -> FitResult:
-    """Train a projector on ``train``; keep the weights of the epoch with the best validation top-1."""
+    """Train a projector on ``train``; keep the weights of the epoch with the best validation top-1.
+
+    ``model``: a prepared module with the projector's interface (``forward(x, session)``, ``scale()``, optional
+    ``param_groups()``), e.g. an encoder trained with the projector; default: a new ``AlignProjector``."""
     if not train.blocks:
         raise ValueError("no training examples")
     dims = {b.session: b.x.shape[1] for b in train.blocks}
@@ -158,17 +162,20 @@ def fit_projector(
         if b.x.shape[1] != dims[b.session]:
             raise DimensionMismatch(f"{b.session}: {b.x.shape[1]} val features vs {dims[b.session]} in train")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    torch.manual_seed(cfg.seed)
-    model = AlignProjector(dims, out_dims.pop(), cfg)
-    for b in train.blocks:
-        std = b.x.std(axis=0)
-        model.set_normalizer(b.session, b.x.mean(axis=0), np.where(std > 1e-6, std, 1.0))
+    if model is None:
+        torch.manual_seed(cfg.seed)
+        model = AlignProjector(dims, out_dims.pop(), cfg)
+        for b in train.blocks:
+            std = b.x.std(axis=0)
+            model.set_normalizer(b.session, b.x.mean(axis=0), np.where(std > 1e-6, std, 1.0))
     model.to(device)
     net = wrap(model) if wrap is not None else model
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    groups = model.param_groups() if hasattr(model, "param_groups") else [{"params": list(model.parameters()),
+                                                                           "lr": cfg.lr}]  # fmt: skip
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     total_steps = max(1, cfg.epochs * math.ceil(len(train) / cfg.batch_size / max(world, 1)))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps + len(train.blocks),
-                                                pct_start=0.1)  # fmt: skip
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups],
+                                                total_steps=total_steps + len(train.blocks), pct_start=0.1)  # fmt: skip
     codes = {s: i for i, s in enumerate(sorted({s for b in train.blocks for s in b.stimulus_id.tolist()}))}
     tensors = [(torch.as_tensor(b.x, device=device), torch.as_tensor(b.y, device=device),
                 torch.as_tensor(np.array([codes[s] for s in b.stimulus_id.tolist()]), device=device))

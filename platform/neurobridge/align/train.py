@@ -1,0 +1,122 @@
+"""Alignment training on Ray Train: a ``TorchTrainer`` whose workers run ``fit_projector`` (DDP when several).
+
+Alignment examples are small (pooled features, or a few thousand raw windows of a few hundred cells), so the
+driver reads and splits them once and hands them to the workers through ``train_loop_config`` (Ray's object
+store) instead of a Ray Data pipeline; each rank trains on its share of every epoch's batches (``rank::world``).
+Rank 0 logs each epoch to MLflow and reports the best weights as the run's checkpoint under ``<store>/runs``; a
+failed worker restarts the fit from the start (``FailureConfig``: alignment fits take seconds to minutes). The
+same code runs one CPU worker here and N GPU workers on a cluster: only ``scaling`` changes.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from ..config import Settings
+from .config import AlignConfig, EncoderSpec, ProjectorConfig
+from .dataset import AlignmentSplit
+from .projector import FitResult
+
+MODEL_FILE = "model.pt"
+FIT_FILE = "fit.json"
+
+
+def make_model(config: dict, device):
+    """The module to train: None (fit_projector builds a plain projector) or an encoder + projector."""
+    enc = config.get("encoder")
+    if enc is None:
+        return None
+    from .encoder_train import build_encoder_projector
+
+    return build_encoder_projector(config["train"], enc["specs"], enc["out_dim"], EncoderSpec(**enc["spec"]),
+                                   ProjectorConfig(**config["projector"]), enc["checkpoint"], device)  # fmt: skip
+
+
+def save_model(model, path: str) -> None:
+    from .encoder_train import EncoderProjector, save_encoder_projector
+    from .projector import save_projector
+
+    (save_encoder_projector if isinstance(model, EncoderProjector) else save_projector)(model, path)
+
+
+def align_loop_per_worker(config: dict) -> None:
+    """Runs in every Ray Train worker."""
+    import ray.train
+    import ray.train.torch
+    from ray.train import Checkpoint
+
+    from ..tracking import mlflow_run
+    from .projector import fit_projector
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    cfg = ProjectorConfig(**config["projector"])
+    name = config["name"]
+    logger = (
+        mlflow_run.MetricsLogger(config["mlflow_uri"], config["run_id"]) if rank == 0 and config["run_id"] else None
+    )
+
+    def report(rec: dict) -> None:
+        if logger is not None:
+            logger.log({f"{name}.train.{k}": v for k, v in rec.items() if k != "epoch"}, rec["epoch"])
+        ray.train.report({k: v for k, v in rec.items() if v == v})  # NaN-free metrics for Ray's result
+
+    def wrap(model):
+        return ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
+
+    fit = fit_projector(config["train"], config["val"], cfg, device=device, report=report, rank=rank, world=world,
+                        wrap=wrap if world > 1 else None, model=make_model(config, device))  # fmt: skip
+    summary = {"history": fit.history, "best_epoch": fit.best_epoch, "best_val_top1": fit.best_val_top1,
+               "seconds": fit.seconds, "steps": fit.steps, "world": world,
+               # every rank trains on 1/world of the examples in the same time: the job's rate is world × rank 0's
+               "examples_per_s": fit.examples_per_s * world, "tokens_per_s": fit.tokens_per_s * world}  # fmt: skip
+    final = {"final": 1, "tokens_per_s": summary["tokens_per_s"], "best_epoch": fit.best_epoch}
+    with tempfile.TemporaryDirectory() as d:
+        if rank == 0:
+            save_model(fit.model.cpu(), str(Path(d) / MODEL_FILE))
+            (Path(d) / FIT_FILE).write_text(json.dumps(summary, default=float))
+            ray.train.report(final, checkpoint=Checkpoint.from_directory(d))
+        else:
+            ray.train.report(final)
+
+
+def fit_on_ray(train: AlignmentSplit, val: AlignmentSplit | None, cfg: AlignConfig, settings: Settings, name: str,
+               run_id: str | None, encoder: dict | None = None) -> tuple[FitResult, str | None]:  # fmt: skip
+    """Fit one region set's projector with a ``TorchTrainer``; (the fit rebuilt from rank 0's checkpoint, its URI).
+
+    ``encoder``: ``{"spec", "specs", "out_dim", "checkpoint": bytes}`` when an encoder is trained with it."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from ..runtime import ensure_ray
+    from ..train.pretrain import runs_storage
+    from .encoder_train import load_aligned_model
+
+    s = cfg.scaling
+    ensure_ray(settings, min_cpus=int(s.num_workers * s.cpus_per_worker) + 1)
+    path, pa_fs = runs_storage(settings)
+    tag = (run_id or "untracked")[:8]
+    trainer = TorchTrainer(
+        align_loop_per_worker,
+        train_loop_config={"train": train, "val": val, "projector": cfg.projector.model_dump(mode="json"),
+                           "encoder": encoder, "name": name, "mlflow_uri": settings.mlflow_uri, "run_id": run_id},
+        scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
+                                     resources_per_worker={"CPU": s.cpus_per_worker}),
+        run_config=RunConfig(name=f"{cfg.name}-{name}-{tag}", storage_path=path, storage_filesystem=pa_fs,
+                             checkpoint_config=CheckpointConfig(num_to_keep=1),
+                             failure_config=FailureConfig(max_failures=s.max_failures)),
+    )  # fmt: skip
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    if result.checkpoint is None:
+        raise RuntimeError(f"alignment trainer {name}: rank 0 reported no checkpoint")
+    with result.checkpoint.as_directory() as d:
+        model = load_aligned_model(str(Path(d) / MODEL_FILE))
+        summary = json.loads((Path(d) / FIT_FILE).read_text())
+    fit = FitResult(model, summary["history"], summary["best_epoch"], summary["best_val_top1"], summary["seconds"],
+                    summary["examples_per_s"], summary["tokens_per_s"], summary["steps"])  # fmt: skip
+    return fit, result.checkpoint.path
