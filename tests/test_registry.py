@@ -104,7 +104,7 @@ def test_the_registered_model_is_code_plus_weights_with_a_signature_and_example(
     run_id, _ = registered
     client = MlflowClient(store.mlflow_uri)
     files = {a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(run_id, registry.MODEL_DIR)}
-    assert {"MLmodel", "input_example.json"} <= files
+    assert {"MLmodel", "input_example.json", "pyfunc_encoder.py"} <= files  # the code, not a pickle of it
     assert not any(f.endswith(".pkl") for f in files)  # nothing for load to unpickle
     model, info = registry.load("models:/encoder@candidate", store)
     sig = model.metadata.get_input_schema().input_names()
@@ -175,3 +175,20 @@ def test_a_tracking_server_that_is_down_fails_at_start(store, monkeypatch):
         registry.list_versions(down)
     with pytest.raises(TrackingError, match="not reachable"):
         embed(EmbedConfig(model="models:/encoder@champion", dataset="r_nwb"), down, progress=False)
+
+
+def test_the_pipeline_register_stage_registers_and_promotes(store, registered, monkeypatch):
+    from neurobridge.config import ENV_VARS
+    from neurobridge.workflow import PipelineConfig, run_pipeline
+
+    for key in ("store", "mlflow_uri"):  # run_pipeline exports its settings; restore them after the test
+        monkeypatch.setenv(ENV_VARS[key], getattr(store, key))
+    run_id, _ = registered
+    cfg = PipelineConfig(stages=["register"], settings={"store": store.store, "mlflow_uri": store.mlflow_uri},
+                         register={"run": run_id, "name": "pipe", "promote": "champion"})  # fmt: skip
+    lines: list[str] = []
+    assert run_pipeline(cfg, echo=lines.append) == 0, lines
+    champ = registry.resolve("models:/pipe@champion", store)
+    assert champ.run_id == run_id and champ.aliases == ["candidate", "champion"]
+    no_run = PipelineConfig(stages=["register"], settings={"store": store.store, "mlflow_uri": store.mlflow_uri})
+    assert run_pipeline(no_run, echo=lines.append) == 1 and "no run to register" in lines[-1]

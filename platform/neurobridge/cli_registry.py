@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 console = Console()
@@ -107,8 +108,8 @@ def load_cmd(uri: str = typer.Argument(..., help="models:/<name>@<alias> or mode
     console.print(f"  encoder: d_model {cfg.d_model}, depth {cfg.depth}, {cfg.neurons_per_token} units/token, "
                   f"{sum(p.numel() for p in enc.model.parameters()):,} parameters; sessions {sizes['session']}, "
                   f"units {sizes['unit']}")  # fmt: skip
-    console.print(f"  input: {', '.join(model.metadata.get_input_schema().input_names())}")
-    console.print(f"  output: float32 [windows, {enc.dim}] (mean of token latents)")
+    console.print(f"  input: one row per window: {', '.join(model.metadata.get_input_schema().input_names())}")
+    console.print(escape(f"  output: float32 [windows, {enc.dim}] (mean of the encoder's token latents)"))
 
 
 def embed(
@@ -137,7 +138,8 @@ def embed(
     c = result.card
     console.print(f"[bold]{c['name']}[/]: {c['counts']['windows']:,} windows of {c['dataset']['name']}@"
                   f"{c['dataset']['version']} ({c['split'] or 'all splits'}) → dim {c['dim']} with {c['model']['uri']}"
-                  f" ({c['model']['requested']}); {c['windows_per_s']:,.1f} windows/s (steady "
-                  f"{c['steady_windows_per_s'] or float('nan'):,.1f}) → {result.path}")  # fmt: skip
+                  f" ({c['model']['requested']}); {c['windows_per_s']:,.1f} windows/s end to end, "
+                  f"{c['encoder_windows_per_s'] or float('nan'):,.1f} per worker in the encoder → "
+                  f"{result.path}")  # fmt: skip
     if c["counts"]["new_sessions"]:
         console.print(f"sessions new to the model (vocabularies extended): {', '.join(c['counts']['new_sessions'])}")

@@ -21,6 +21,7 @@ from . import mlflow_run
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_encoder.py")
 MODEL_DIR = "registered_model"  # run artifact folder holding the MLflow model (MLmodel, code, artifacts)
 KINDS = {"pretrain": "model.pt"}  # run kind → the file its `model/` artifact folder must hold
+KEY_METRICS = {"pretrain": ("loss", "poisson_nll", "mse", "step")}  # final values tagged on the version
 DEFAULT_ALIAS = "candidate"
 EXAMPLE_BINS = 10
 
@@ -155,7 +156,8 @@ def register(
     lineage = {"kind": kind, "run_id": run_id, "git_commit": tags.get("git_commit", "unknown"),
                "config_hash": config_hash(client, run_id),
                **{k: v for k, v in tags.items() if k.startswith("dataset.") or k == "mixture" and v},
-               **{f"metric.{k}": f"{v:.6g}" for k, v in sorted(run.data.metrics.items())[:50]}}  # fmt: skip
+               **{f"metric.{k}": f"{v:.6g}" for k, v in sorted(run.data.metrics.items())
+                  if k in KEY_METRICS.get(kind, (k,))}}  # fmt: skip
     from mlflow.exceptions import MlflowException
 
     try:
