@@ -28,7 +28,7 @@ from .config import ENV_VARS, Settings, get_settings
 from .sources.sim import SimConfig
 from .train.config import PretrainConfig
 
-PLANNED = ("align", "register")  # in the design (ARCHITECTURE.md), not yet stages here
+PLANNED = ("align",)  # in the design (ARCHITECTURE.md), not yet stages here
 
 
 class PipelineError(ValueError):
