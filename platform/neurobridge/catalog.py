@@ -336,15 +336,19 @@ def _expand(uri: str) -> str:
 
 
 def _field_names(model: type[BaseModel], loc: tuple) -> list[str]:
-    """Valid field names at the location of an error, for 'did you mean' hints."""
+    """Valid field names (as written in files: aliases where set) at the location of an error, for hints."""
+
+    def fields(m: type[BaseModel]) -> dict:
+        return {(f.alias or n): f for n, f in m.model_fields.items()}
+
     current: type[BaseModel] | None = model
     for part in loc[:-1]:
-        if current is None or not isinstance(part, str) or part not in current.model_fields:
+        if current is None or not isinstance(part, str) or part not in fields(current):
             return []
-        ann = current.model_fields[part].annotation
+        ann = fields(current)[part].annotation
         args = getattr(ann, "__args__", ())
         current = next((a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None)
-    return list(current.model_fields) if current else []
+    return list(fields(current)) if current else []
 
 
 def describe_validation_error(err: ValidationError, model: type[BaseModel], where: str) -> str:

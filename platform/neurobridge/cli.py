@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from . import cli_train
+from . import cli_registry, cli_train
 from .catalog import CatalogError, load_catalog, resolve
 from .config import get_settings
 from .sources import SourceError
@@ -22,6 +22,7 @@ catalog_app = typer.Typer(no_args_is_help=True, help="List and validate catalog 
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks with same-run references.")
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(bench_app, name="bench")
+app.add_typer(cli_registry.registry_app, name="registry")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -354,6 +355,7 @@ app.command()(cli_train.pretrain)
 app.command()(cli_train.finetune)
 app.command()(cli_train.align)
 app.command()(cli_train.evaluate)
+app.command()(cli_registry.embed)
 bench_app.command("train")(cli_train.bench_train)
 bench_app.command("model")(cli_train.bench_model)
 

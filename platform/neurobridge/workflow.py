@@ -2,10 +2,7 @@
 
 Stages are registered by name in ``STAGES``; each takes the config, the settings and what earlier stages left in
 ``state`` (the ingest leaves its mixture and dataset versions for pretraining). A config naming a stage that is
-not registered fails before anything runs; so does a listed stage without its section. Stages of the design that
-this version does not implement yet (``PLANNED``) get their own message instead of being faked.
-
-The lead adds ``register`` by adding a config section and a ``STAGES`` entry.
+not registered fails before anything runs; so does a listed stage without its section.
 """
 
 from __future__ import annotations
@@ -30,8 +27,6 @@ from .sources.sim import SimConfig
 from .train.config import PretrainConfig
 
 FROM_PRETRAIN = "pretrain"  # align.data.encoder.checkpoint: the model the pretrain stage of this run produced
-
-PLANNED = ("register",)  # in the design (ARCHITECTURE.md), not yet stages here
 
 
 class PipelineError(ValueError):
@@ -75,10 +70,21 @@ class IngestStage(_Strict):
         return self
 
 
+class RegisterStage(_Strict):
+    """Register the pretrain stage's run (or ``run``) as a new version of ``name``; optionally promote it."""
+
+    name: str = Field("neurobridge-encoder", description="registered model name")
+    run: str | None = Field(None, description="MLflow run id; default: the run the pretrain stage just made")
+    alias: str = Field("candidate", description="alias the new version gets")
+    promote: str | None = Field(None, description="also point this alias (e.g. champion) at the new version")
+
+
 class PipelineConfig(_Strict):
     name: str = Field("pipeline", description="run name: MLflow run names and tags start with it")
     stages: list[str] = Field(min_length=1, description="stages to run, in order")
     settings: SettingsOverrides = SettingsOverrides()
+    register_stage: RegisterStage | None = Field(None, alias="register", description="register stage: the pretrain "
+                                                 "run → model registry (`register:` in YAML)")  # fmt: skip
     simulate: SimConfig | None = Field(None, description="simulate stage: ground-truth recordings into <raw>/sim")
     ingest: IngestStage | None = None
     pretrain: PretrainConfig | None = Field(None, description="pretrain stage: the typed pretraining config")
@@ -92,12 +98,7 @@ class PipelineConfig(_Strict):
         for s in stages:
             if s in STAGES:
                 continue
-            if s in PLANNED:
-                raise ValueError(
-                    f"stage {s!r} is not available in this version of neurobridge yet "
-                    f"(available: {', '.join(STAGES)}); remove it from `stages`"
-                )
-            hint = difflib.get_close_matches(s, [*STAGES, *PLANNED], n=1)
+            hint = difflib.get_close_matches(s, list(STAGES), n=1)
             extra = f"; did you mean {hint[0]!r}?" if hint else ""
             raise ValueError(f"unknown stage {s!r}{extra} (available: {', '.join(STAGES)})")
         dup = sorted({s for s in stages if stages.count(s) > 1})
@@ -277,6 +278,26 @@ def ray_job_id() -> str | None:
         return json.loads(raw).get("metadata", {}).get("job_submission_id")
     except ValueError:
         return None
+
+
+def run_register(cfg: PipelineConfig, settings: Settings, state: dict, echo: Callable[[str], None]) -> StageOutcome:
+    """The pretrain stage's run (or the configured one) → the MLflow model registry, with lineage tags."""
+    from .tracking.registry import promote, register
+
+    rc = cfg.register_stage or RegisterStage()
+    run_id = rc.run or (state.get("pretrain") or {}).get("run_id")
+    if run_id is None:
+        return StageOutcome(False, problems=["register: no run to register (no pretrain stage before it and no "
+                                             "`register.run`)"])  # fmt: skip
+    v = register(run_id, rc.name, rc.alias, settings)
+    if rc.promote:
+        v = promote(rc.name, rc.promote, v.version, settings)
+    echo(f"register: {v.uri} (aliases {', '.join('@' + a for a in v.aliases)}) from run {run_id}")
+    state["register"] = {"uri": v.uri, "aliases": v.aliases}
+    return StageOutcome(True, {"uri": v.uri, "version": v.version, "aliases": v.aliases, "run_id": run_id})
+
+
+STAGES["register"] = run_register
 
 
 def run_pipeline(cfg: PipelineConfig, echo: Callable[[str], None] = print) -> int:

@@ -26,10 +26,26 @@ def check_tracking(uri: str) -> None:
     """Fail now, with the URI named, if the tracking store is unreachable (not after an hour of training)."""
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    if uri.startswith(("http://", "https://")):
+        _probe_server(uri)
     try:
         _client(uri).search_experiments(max_results=1)
     except Exception as err:  # connection refused, bad URI, locked DB: all mean "cannot track"
         raise TrackingError(f"MLflow tracking store {uri} is not reachable: {type(err).__name__}: {err}") from None
+
+
+def _probe_server(uri: str, timeout_s: float = 5.0) -> None:
+    """One short request to the server first: MLflow's client retries a refused connection for minutes."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s).close()
+    except urllib.error.HTTPError:
+        return  # the server answered (a proxy without /health, auth): let the real request decide
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise TrackingError(f"MLflow tracking server {uri} is not reachable: {reason}") from None
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, str]:

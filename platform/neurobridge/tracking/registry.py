@@ -1,0 +1,260 @@
+"""`neurobridge registry`: trained models from MLflow runs → registered versions with lineage and aliases.
+
+A run is registered by its ``kind`` tag (``pretrain`` today; another kind plugs in with a ``KINDS`` entry naming
+the file its ``model/`` folder must hold). The registered model is a pyfunc saved from code
+(``tracking/pyfunc_encoder.py``, nothing pickled) whose artifact is the run's weights-only ``model/`` folder, with a
+signature and an input example. Each version carries the run's lineage as tags (dataset versions, config hash, git
+commit, final metrics) and new versions get the ``candidate`` alias; ``promote`` moves ``champion``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import Settings, get_settings
+from . import mlflow_run
+
+PYFUNC_CODE = Path(__file__).with_name("pyfunc_encoder.py")
+MODEL_DIR = "registered_model"  # run artifact folder holding the MLflow model (MLmodel, code, artifacts)
+KINDS = {"pretrain": "model.pt"}  # run kind → the file its `model/` artifact folder must hold
+KEY_METRICS = {"pretrain": ("loss", "poisson_nll", "mse", "step")}  # final values tagged on the version
+DEFAULT_ALIAS = "candidate"
+EXAMPLE_BINS = 10
+
+
+class RegistryError(ValueError):
+    """A registry request that cannot be served; the message names what exists instead."""
+
+
+@dataclass
+class VersionInfo:
+    name: str
+    version: str
+    run_id: str
+    aliases: list[str]
+    tags: dict[str, str] = field(default_factory=dict)
+    source: str = ""
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+    def lineage(self) -> dict[str, str]:
+        return {k: v for k, v in sorted(self.tags.items()) if k.startswith(("dataset.", "metric.")) or k in LINEAGE}
+
+
+LINEAGE = ("kind", "run_id", "git_commit", "config_hash", "mixture")
+
+
+def _client(settings: Settings):
+    from mlflow.tracking import MlflowClient
+
+    mlflow_run.check_tracking(settings.mlflow_uri)  # a server that is down fails here, naming the URI
+    return MlflowClient(tracking_uri=settings.mlflow_uri, registry_uri=settings.mlflow_uri)
+
+
+def _info(mv, aliases: list[str] | None = None) -> VersionInfo:
+    return VersionInfo(mv.name, str(mv.version), mv.run_id or "", sorted(aliases if aliases is not None else
+                       (mv.aliases or [])), dict(mv.tags or {}), mv.source or "")  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------- register
+
+
+def config_hash(client, run_id: str) -> str:
+    """sha256 (first 16 hex) of the run's resolved config (its ``config.json``; the params when it has none)."""
+    with tempfile.TemporaryDirectory() as d:
+        try:
+            data = json.loads(Path(client.download_artifacts(run_id, "config.json", d)).read_text())
+        except Exception:  # runs logged without config.json: the params are the config
+            data = client.get_run(run_id).data.params
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def input_example(vocabs, neurons_per_token: int):
+    """One window the model knows (its first session and region): the MLflow input example."""
+    import numpy as np
+    import pandas as pd
+
+    def first(name: str) -> str:
+        keys = vocabs[name].to_list()
+        return keys[0] if keys else "unknown"
+
+    n_units = neurons_per_token
+    counts = (np.arange(n_units * EXAMPLE_BINS) % 3).astype(np.int64).tolist()
+    row = {"session": first("session"), "subject": first("subject"), "task": first("task"),
+           "dataset": first("dataset"), "n_units": n_units, "n_bins": EXAMPLE_BINS, "counts": counts,
+           "unit_regions": [first("region")] * n_units, "unit_ids": [f"u{i}" for i in range(n_units)]}  # fmt: skip
+    return pd.DataFrame([row])
+
+
+def signature(d_model: int):
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, Schema, TensorSpec
+
+    inputs = Schema([
+        ColSpec("string", "session"), ColSpec("string", "subject"), ColSpec("string", "task"),
+        ColSpec("string", "dataset", required=False), ColSpec("long", "n_units"), ColSpec("long", "n_bins"),
+        ColSpec(Array("long"), "counts", required=False), ColSpec(Array("double"), "mua", required=False),
+        ColSpec(Array("string"), "unit_regions"), ColSpec(Array("string"), "unit_ids", required=False),
+    ])  # fmt: skip
+    return ModelSignature(inputs=inputs, outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, d_model))]))
+
+
+def _requirements() -> list[str]:
+    import mlflow
+    import torch
+
+    from .. import __version__
+
+    return [f"neurobridge=={__version__}", f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}"]
+
+
+def register(
+    run_id: str, name: str, alias: str | None = DEFAULT_ALIAS, settings: Settings | None = None
+) -> VersionInfo:
+    """Register a FINISHED run's model as a new version of ``name`` (created if new) with lineage tags."""
+    import mlflow.pyfunc
+
+    from ..models.checkpoint import load_checkpoint
+
+    settings = settings or get_settings()
+    client = _client(settings)
+    try:
+        run = client.get_run(run_id)
+    except Exception:
+        raise RegistryError(f"no MLflow run {run_id!r} in {settings.mlflow_uri}") from None
+    status = run.info.status
+    if status != "FINISHED":
+        raise RegistryError(f"run {run_id} ({run.info.run_name}) is {status}: only FINISHED runs are registered")
+    tags = run.data.tags
+    kind = tags.get("kind")
+    if kind not in KINDS:
+        raise RegistryError(f"run {run_id} has kind {kind!r}; registrable kinds: {', '.join(KINDS)}")
+    with tempfile.TemporaryDirectory() as d:
+        try:
+            local = Path(client.download_artifacts(run_id, "model", d))
+        except Exception as err:
+            raise RegistryError(f"run {run_id} logged no model/ folder ({type(err).__name__})") from None
+        if not (local / KINDS[kind]).exists():
+            raise RegistryError(f"run {run_id}: model/ holds {sorted(p.name for p in local.iterdir())}, "
+                                f"not {KINDS[kind]}")  # fmt: skip
+        model, vocabs, _ = load_checkpoint(local / KINDS[kind])  # weights-only; refuses anything else
+        out = Path(d) / MODEL_DIR
+        mlflow.pyfunc.save_model(
+            str(out), python_model=str(PYFUNC_CODE), artifacts={"model": str(local)}, model_config={"kind": kind},
+            signature=signature(model.cfg.d_model), input_example=input_example(vocabs, model.cfg.neurons_per_token),
+            pip_requirements=_requirements(),
+        )  # fmt: skip
+        client.log_artifacts(run_id, str(out), MODEL_DIR)
+    lineage = {"kind": kind, "run_id": run_id, "git_commit": tags.get("git_commit", "unknown"),
+               "config_hash": config_hash(client, run_id),
+               **{k: v for k, v in tags.items() if k.startswith("dataset.") or k == "mixture" and v},
+               **{f"metric.{k}": f"{v:.6g}" for k, v in sorted(run.data.metrics.items())
+                  if k in KEY_METRICS.get(kind, (k,))}}  # fmt: skip
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description=f"neurobridge {kind} model")
+    mv = client.create_model_version(name, f"{run.info.artifact_uri}/{MODEL_DIR}", run_id=run_id, tags=lineage)
+    if alias:
+        client.set_registered_model_alias(name, alias, mv.version)
+    return _info(client.get_model_version(name, mv.version))
+
+
+# ---------------------------------------------------------------------------------------------------- look-ups
+
+
+def _names(client) -> list[str]:
+    return sorted(m.name for m in client.search_registered_models())
+
+
+def _model(client, name: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_registered_model(name)
+    except MlflowException:
+        names = _names(client)
+        raise RegistryError(f"no registered model {name!r}; registered: {', '.join(names) or 'none'}") from None
+
+
+def parse_uri(uri: str) -> tuple[str, str | None, str | None]:
+    """``models:/name@alias`` or ``models:/name/version`` → (name, alias, version)."""
+    if not uri.startswith("models:/"):
+        raise RegistryError(f"{uri!r}: expected models:/<name>@<alias> or models:/<name>/<version>")
+    rest = uri[len("models:/") :].strip("/")
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        return name, alias, None
+    name, _, version = rest.partition("/")
+    if not name or not version.isdigit():
+        raise RegistryError(f"{uri!r}: expected models:/<name>@<alias> or models:/<name>/<version>")
+    return name, None, version
+
+
+def resolve(uri: str, settings: Settings | None = None) -> VersionInfo:
+    """The version a ``models:/`` URI names now; a missing alias or version lists the ones that exist."""
+    from mlflow.exceptions import MlflowException
+
+    settings = settings or get_settings()
+    client = _client(settings)
+    name, alias, version = parse_uri(uri)
+    rm = _model(client, name)
+    if alias is not None:
+        aliases = dict(rm.aliases or {})
+        if alias not in aliases:
+            have = ", ".join(f"@{a} → v{v}" for a, v in sorted(aliases.items())) or "none"
+            raise RegistryError(f"{name} has no alias {alias!r}; its aliases: {have}")
+        version = str(aliases[alias])
+    try:
+        mv = client.get_model_version(name, version)
+    except MlflowException:
+        have = sorted(int(m.version) for m in client.search_model_versions(f"name='{name}'"))
+        raise RegistryError(f"{name} has no version {version}; versions: {have}") from None
+    return _info(mv)
+
+
+def promote(name: str, alias: str = "champion", version: str | None = None,
+            settings: Settings | None = None) -> VersionInfo:  # fmt: skip
+    """Point ``alias`` at ``version`` (default: the version now at ``candidate``)."""
+    settings = settings or get_settings()
+    if version is None:
+        version = resolve(f"models:/{name}@{DEFAULT_ALIAS}", settings).version
+    target = resolve(f"models:/{name}/{version}", settings)
+    _client(settings).set_registered_model_alias(name, alias, target.version)
+    return resolve(f"models:/{name}@{alias}", settings)
+
+
+def list_versions(settings: Settings | None = None, name: str | None = None) -> list[VersionInfo]:
+    settings = settings or get_settings()
+    client = _client(settings)
+    out = []
+    for n in [name] if name else _names(client):
+        aliases: dict[str, list[str]] = {}
+        for a, v in (_model(client, n).aliases or {}).items():
+            aliases.setdefault(str(v), []).append(a)
+        for mv in client.search_model_versions(f"name='{n}'"):
+            out.append(_info(mv, aliases.get(str(mv.version), [])))
+    return sorted(out, key=lambda v: (v.name, int(v.version)))
+
+
+def load(uri: str, settings: Settings | None = None):
+    """(the pyfunc model, its VersionInfo) for a ``models:/`` URI; the alias is pinned to its version first, so a
+    promotion during a job never mixes two versions."""
+    import mlflow.artifacts
+    import mlflow.pyfunc
+
+    settings = settings or get_settings()
+    info = resolve(uri, settings)
+    local = mlflow.artifacts.download_artifacts(artifact_uri=info.source, tracking_uri=settings.mlflow_uri,
+                                                dst_path=tempfile.mkdtemp(prefix="nb-registry-"))  # fmt: skip
+    return mlflow.pyfunc.load_model(local), info

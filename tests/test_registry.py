@@ -1,0 +1,196 @@
+"""Model registry and `neurobridge embed`: a finished pretrain run → registered version with lineage → promoted →
+loaded by alias → one embedding per window in the store, reproducibly; and the refusals (failed run, missing
+alias, tracking server down).
+
+The pretrain run is made the way ``train.pretrain`` makes one (start_run with its tags, the weights-only
+``model/model.pt``, end_run) from a few plain-loop steps, which is what the registry reads, without Ray Train's
+start-up.
+"""
+
+from __future__ import annotations
+
+import socket
+import tempfile
+import time
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from neurobridge.catalog import CatalogEntry
+from neurobridge.data.store import iter_local, sources
+from neurobridge.embed import EmbedConfig, embed, read_embeddings
+from neurobridge.ingest.pipeline import ingest_many
+from neurobridge.models.checkpoint import save_checkpoint
+from neurobridge.models.ndt import MaskedNeuralModel
+from neurobridge.sources.sim import SimConfig, simulate
+from neurobridge.tracking import mlflow_run, registry
+from neurobridge.tracking.mlflow_run import TrackingError
+from neurobridge.tracking.registry import RegistryError
+from neurobridge.train.batches import CollateWindows, HeldoutSplit
+from neurobridge.train.config import load_config
+from neurobridge.train.loop import run_steps
+from neurobridge.train.pretrain import vocabularies
+from neurobridge.train.rows import ROW_COLUMNS
+
+SMALL = {"model.d_model": 32, "model.heads": 2, "model.decoder_d_model": 32, "model.decoder_heads": 2,
+         "model.depth": 1, "model.neurons_per_token": 16, "optim.batch_size": 8, "optim.warmup_steps": 1,
+         "optim.max_steps": 4, "log_every": 1, "checkpoint_every": 4, "data.datasets": ["r_nwb"],
+         "data.holdout_sessions": ["monkey00_s01"]}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, ray_cluster):
+    from neurobridge.config import get_settings
+
+    root = tmp_path_factory.mktemp("registry")
+    sim = root / "raw"
+    sim_cfg = SimConfig(nwb_subjects=1, nwb_sessions_per_subject=2, alf_subjects=0, visual_sessions=0, units_min=20,
+                        units_max=30, minutes=0.5, write_images=False)  # fmt: skip
+    simulate(str(sim), sim_cfg, progress=False)
+    settings = get_settings(store=str(root / "store"), raw_root=str(sim), mlflow_uri=f"sqlite:///{root}/mlflow.db")
+    entry = CatalogEntry(name="r_nwb", kind="nwb", uri=str(sim / "nwb"),
+                         ingest={"bin_ms": 20, "window": {"mode": "chunks", "chunk_s": 0.6}})  # fmt: skip
+    (report,) = ingest_many([entry], settings, progress=False)
+    assert not isinstance(report, Exception), report
+    return settings
+
+
+def pretrain_run(settings, name: str, ok: bool = True) -> str:
+    """A pretrain run as ``train.pretrain`` leaves it: tags, config, metrics, ``model/model.pt``, status."""
+    cfg = load_config(None, {**SMALL, "name": name})
+    srcs = sources(settings, cfg.data.datasets)
+    vocabs = vocabularies(srcs, cfg.data.holdout_sessions, settings)
+    tags = {"kind": "pretrain", "mixture": "", **{f"dataset.{s.name}": s.ref.version for s in srcs}}
+    run_id = mlflow_run.start_run(settings.mlflow_uri, cfg.experiment, name, cfg.model_dump(mode="json"), tags)
+    table = pa.Table.from_batches(list(iter_local(settings, srcs[0], "train", ROW_COLUMNS)))
+    collate = CollateWindows(vocabs, cfg.model.neurons_per_token, HeldoutSplit())
+    torch.manual_seed(cfg.seed)
+    model = MaskedNeuralModel(cfg.model, vocabs)
+    logger = mlflow_run.MetricsLogger(settings.mlflow_uri, run_id)
+
+    def batches(epoch):
+        for i in range(0, table.num_rows - 8 + 1, 8):
+            yield collate(table.slice(i, 8))
+
+    run_steps(cfg, model, vocabs, batches, device=torch.device("cpu"), report=lambda m, s: logger.log(m, m["step"]))
+    with tempfile.TemporaryDirectory() as d:
+        save_checkpoint(f"{d}/model.pt", model, vocabs, {"step": cfg.optim.max_steps})
+        mlflow_run.log_artifact(settings.mlflow_uri, run_id, f"{d}/model.pt", "model")
+    mlflow_run.end_run(settings.mlflow_uri, run_id, ok)
+    return run_id
+
+
+@pytest.fixture(scope="module")
+def registered(store):
+    run_id = pretrain_run(store, "reg-a")
+    info = registry.register(run_id, "encoder", settings=store)
+    return run_id, info
+
+
+def test_register_tags_lineage_and_marks_the_candidate(store, registered):
+    run_id, info = registered
+    assert info.version == "1" and info.aliases == ["candidate"] and info.run_id == run_id
+    version = sources(store, ["r_nwb"])[0].ref.version
+    assert info.tags["dataset.r_nwb"] == version and info.tags["kind"] == "pretrain"
+    assert len(info.tags["config_hash"]) == 16 and info.tags["git_commit"]
+    assert float(info.tags["metric.loss"]) > 0 and info.tags["metric.step"] == "4"
+    listed = registry.list_versions(store)
+    assert [(v.name, v.version, v.aliases) for v in listed] == [("encoder", "1", ["candidate"])]
+
+
+def test_the_registered_model_is_code_plus_weights_with_a_signature_and_example(store, registered):
+    from mlflow.tracking import MlflowClient
+
+    run_id, _ = registered
+    client = MlflowClient(store.mlflow_uri)
+    files = {a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(run_id, registry.MODEL_DIR)}
+    assert {"MLmodel", "input_example.json", "pyfunc_encoder.py"} <= files  # the code, not a pickle of it
+    assert not any(f.endswith(".pkl") for f in files)  # nothing for load to unpickle
+    model, info = registry.load("models:/encoder@candidate", store)
+    sig = model.metadata.get_input_schema().input_names()
+    assert {"session", "counts", "unit_regions", "n_units", "n_bins"} <= set(sig)
+    assert model.metadata.signature.outputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 32)
+    assert model.metadata.saved_input_example_info["type"] == "dataframe"
+
+
+def test_promote_then_load_by_alias_embeds_windows(store, registered):
+    second = registry.register(pretrain_run(store, "reg-b"), "encoder", settings=store)
+    assert second.version == "2" and second.aliases == ["candidate"]  # the alias moved to the new version
+    champ = registry.promote("encoder", "champion", version="1", settings=store)
+    assert champ.version == "1" and "champion" in champ.aliases
+    model, info = registry.load("models:/encoder@champion", store)
+    assert info.version == "1"
+    src = sources(store, ["r_nwb"])[0]
+    rows = pa.Table.from_batches(list(iter_local(store, src, "test", ROW_COLUMNS))).slice(0, 3).to_pandas()
+    out = model.predict(rows)
+    assert out.shape == (3, 32) and np.isfinite(out).all()
+
+
+def test_embed_writes_one_embedding_per_window_reproducibly(store, registered):
+    registry.promote("encoder", "champion", version="1", settings=store)
+    cfg = EmbedConfig(model="models:/encoder@champion", dataset="r_nwb", split="test", name="emb", batch_size=16)
+    first = embed(cfg, store, progress=False)
+    table, card = read_embeddings(store, "emb")
+    src = sources(store, ["r_nwb"])[0]
+    windows = pa.Table.from_batches(list(iter_local(store, src, "test", ROW_COLUMNS)))
+    expected = sorted(windows.column("sample_id").to_pylist())
+    assert sorted(table.column("sample_id").to_pylist()) == expected  # each test window exactly once
+    vectors = np.array(table.column("embedding").to_pylist(), dtype=np.float32)
+    assert vectors.shape == (len(expected), 32) and np.isfinite(vectors).all()
+    assert card["dim"] == 32 and card["model"]["version"] == "1" and card["counts"]["windows"] == len(expected)
+    assert set(table.column("model_version").to_pylist()) == {"1"}
+    assert card["counts"]["new_sessions"] == ["monkey00_s01"]  # held out of pretraining: added as fine-tuning does
+    assert first.windows_per_s > 0
+    model, _ = registry.load("models:/encoder/1", store)  # each window alone through the pyfunc: the same vector
+    order = {s: i for i, s in enumerate(table.column("sample_id").to_pylist())}
+    alone = model.predict(windows.slice(0, 5).to_pandas())
+    rows = [order[s] for s in windows.column("sample_id").to_pylist()[:5]]
+    np.testing.assert_allclose(vectors[rows], alone, rtol=1e-4, atol=1e-5)
+    embed(cfg, store, progress=False)
+    again, card2 = read_embeddings(store, "emb")
+    assert card2["files"] != card["files"]  # a new run's parts replaced the old ones
+    np.testing.assert_array_equal(np.array(again.column("embedding").to_pylist(), dtype=np.float32), vectors)
+
+
+def test_a_failed_run_is_refused(store):
+    run_id = pretrain_run(store, "reg-failed", ok=False)
+    with pytest.raises(RegistryError, match=r"is FAILED: only FINISHED runs"):
+        registry.register(run_id, "encoder", settings=store)
+
+
+def test_a_missing_alias_lists_the_ones_that_exist(store, registered):
+    with pytest.raises(RegistryError, match=r"encoder has no alias 'prod'; its aliases: @candidate → v\d"):
+        registry.load("models:/encoder@prod", store)
+    with pytest.raises(RegistryError, match=r"no registered model 'nope'; registered: encoder"):
+        registry.resolve("models:/nope@champion", store)
+
+
+def test_a_tracking_server_that_is_down_fails_at_start(store):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once the socket is closed
+    down = store.model_copy(update={"mlflow_uri": f"http://127.0.0.1:{port}"})
+    t0 = time.perf_counter()
+    with pytest.raises(TrackingError, match=f"127.0.0.1:{port} is not reachable"):
+        registry.list_versions(down)
+    assert time.perf_counter() - t0 < 10  # not MLflow's minutes of retries
+    with pytest.raises(TrackingError, match="not reachable"):
+        embed(EmbedConfig(model="models:/encoder@champion", dataset="r_nwb"), down, progress=False)
+
+
+def test_the_pipeline_register_stage_registers_and_promotes(store, registered, monkeypatch):
+    from neurobridge.config import ENV_VARS
+    from neurobridge.workflow import PipelineConfig, run_pipeline
+
+    for key in ("store", "mlflow_uri"):  # run_pipeline exports its settings; restore them after the test
+        monkeypatch.setenv(ENV_VARS[key], getattr(store, key))
+    run_id, _ = registered
+    cfg = PipelineConfig(stages=["register"], settings={"store": store.store, "mlflow_uri": store.mlflow_uri},
+                         register={"run": run_id, "name": "pipe", "promote": "champion"})  # fmt: skip
+    lines: list[str] = []
+    assert run_pipeline(cfg, echo=lines.append) == 0, lines
+    champ = registry.resolve("models:/pipe@champion", store)
+    assert champ.run_id == run_id and champ.aliases == ["candidate", "champion"]
+    no_run = PipelineConfig(stages=["register"], settings={"store": store.store, "mlflow_uri": store.mlflow_uri})
+    assert run_pipeline(no_run, echo=lines.append) == 1 and "no run to register" in lines[-1]
