@@ -37,7 +37,9 @@ TINY = {"model.d_model": 16, "model.heads": 2, "model.decoder_d_model": 16, "mod
 def demo_variant(spec: Path, **over) -> dict:
     """Overrides that shrink a shipped spec to the test store (tiny model, a few steps)."""
     out = {f"base_overrides.{k}": v for k, v in TINY.items()}
-    out.update({"evaluate.datasets": ["t_nwb"], "evaluate.max_sessions": 1, "resources.cpu": 0.25})
+    out.update(
+        {"evaluate.datasets": ["t_nwb"], "evaluate.max_sessions": 1, "resources.cpu": 0.25, "max_concurrent_trials": 4}
+    )
     out.update(over)
     return out
 
@@ -125,6 +127,28 @@ def test_a_tracking_server_that_is_down_fails_before_any_trial(store, monkeypatc
         run_ablation(spec, down)
     assert time.perf_counter() - t0 < 30
     assert not (Path(store.store) / "ablations" / "down").exists()
+
+
+# ---------------------------------------------------------------- trial data
+
+
+@pytest.mark.parametrize("rule", ["sqrt", "proportional"])
+def test_in_process_trials_train_on_exactly_the_rows_the_ray_data_pipeline_mixes(store, rule):
+    from collections import Counter
+
+    from neurobridge.data.store import epoch_plan, ray_dataset, sources
+    from neurobridge.train.rows import ROW_COLUMNS
+    from neurobridge.tune.local_data import mixed_rows
+
+    srcs = sources(store, [], "demo")
+    local = mixed_rows(store, srcs, rule, None, seed=5)
+    ray_rows = ray_dataset(store, srcs, "train", rule, None, 5, ROW_COLUMNS).to_pandas()
+    assert Counter(local.column("sample_id").to_pylist()) == Counter(ray_rows["sample_id"])
+    rows = {s.name: s.rows("train") for s in srcs}
+    plan = epoch_plan(rows, rule)
+    got = Counter(local.column("dataset").to_pylist())
+    for name, n in rows.items():
+        assert got[name] == pytest.approx(plan[name] * n, rel=0.15)
 
 
 # ---------------------------------------------------------------- end to end

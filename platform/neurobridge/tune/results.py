@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from .spec import AblationSpec
+from .trainables import COMPLETE
 
 META = ("trial", "seed", "status", "error", "child_run_id")
 
@@ -20,7 +21,7 @@ def table(result_grid, spec: AblationSpec) -> pd.DataFrame:
         row = {"trial": trial["key"], **trial["labels"], "seed": trial["seed"]}
         row.update({k: r.config[k] for k in spec.search.space if k in r.config})
         metrics = r.metrics or {}
-        row["status"] = "error" if r.error is not None else ("ok" if metrics.get("done") else "incomplete")
+        row["status"] = "error" if r.error is not None else ("ok" if metrics.get(COMPLETE) else "incomplete")
         row["error"] = "" if r.error is None else f"{type(r.error).__name__}: {r.error}"[:500]
         row["child_run_id"] = metrics.get("child_run_id", "")
         for k, v in metrics.items():
@@ -32,7 +33,7 @@ def table(result_grid, spec: AblationSpec) -> pd.DataFrame:
 
 
 _TUNE_KEYS = {"timestamp", "time_this_iter_s", "time_total_s", "pid", "training_iteration", "time_since_restore",
-              "iterations_since_restore", "done"}  # fmt: skip
+              "iterations_since_restore", "done", COMPLETE}  # fmt: skip
 
 
 def summarize(df: pd.DataFrame, spec: AblationSpec, metric: str | None = None) -> pd.DataFrame:

@@ -113,6 +113,13 @@ def _search(spec: AblationSpec) -> tuple[dict, dict]:
     return space, kwargs
 
 
+def _trial_dir(trial) -> str:
+    """Short, readable trial folders (Tune's default spells out the whole config)."""
+    key = trial.config.get("trial", {}).get("key", "") if isinstance(trial.config.get("trial"), dict) else ""
+    safe = "".join(c if c.isalnum() or c in "=-_." else "_" for c in key)[:80]
+    return f"{trial.trial_id}_{safe}"
+
+
 def run_ablation(spec: AblationSpec, settings: Settings | None = None,
                  echo: Callable[[str], None] = print) -> AblationResult:  # fmt: skip
     from ray import tune
@@ -147,7 +154,9 @@ def run_ablation(spec: AblationSpec, settings: Settings | None = None,
             tuner = tune.Tuner(
                 trainable, param_space=space,
                 tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent_trials,
-                                            time_budget_s=spec.time_budget_s, **kwargs),
+                                            time_budget_s=spec.time_budget_s, trial_dirname_creator=_trial_dir,
+                                            reuse_actors=True,
+                                            **kwargs),
                 run_config=tune.RunConfig(name=spec.name, storage_path=path, storage_filesystem=pa_fs,
                                           checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=0),
             )  # fmt: skip

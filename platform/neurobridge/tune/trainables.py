@@ -1,10 +1,11 @@
 """What one Tune trial runs: build the trial's typed config, train, evaluate, and track it as an MLflow child run.
 
 Trial design. ``executor: in_process`` (laptops, CI, small models) runs the plain training loop (``run_steps``)
-inside the trial process, fed by the same Ray Data pipeline as ``pretrain``, with a Tune ``report`` callable: every
+inside the trial process, fed from the Parquet parts (``local_data``: the same mixing as ``pretrain``'s Ray Data
+pipeline, without a pipeline start-up per trial), with a Tune ``report`` callable: every
 ``log_every`` steps an intermediate result (ASHA can stop the trial there) and at checkpoints a Tune checkpoint (a
-restored or paused trial resumes from it). The trial holds a fraction of a CPU so Ray Data's read tasks still get
-CPUs; nesting a TorchTrainer here would hold a second CPU per trial and starve a 2-core machine (STACK_NOTES).
+restored or paused trial resumes from it). A trial holds a fraction of a CPU (several fit on a laptop's logical
+CPUs); nesting a TorchTrainer here would hold a second CPU per trial and starve a 2-core machine (STACK_NOTES).
 ``executor: ray_train`` is the switch for clusters (a trial drives a TorchTrainer named by trial id, reporting
 through ``TuneReportCallback``); it is refused until it exists.
 """
@@ -22,6 +23,7 @@ from ..tracking import mlflow_run
 from .spec import AblationSpec, build_config
 
 TRIAL_TAG = "ablation.trial"
+COMPLETE = "trial_complete"  # in the final result only (Tune reserves `done`)
 
 
 def run_trial(config: dict, spec: AblationSpec, settings: dict, parent_run_id: str, cwd: str, git: str) -> None:
@@ -35,6 +37,10 @@ def run_trial(config: dict, spec: AblationSpec, settings: dict, parent_run_id: s
     trial = config["trial"]
     sampled = {k: config[k] for k in spec.search.space}
     cfg = build_config(spec, trial, sampled)
+    done = finished_child(st, spec, parent_run_id, trial["key"])
+    if done is not None:  # finished before the driver died, after Tune's last state snapshot: report, don't rerun
+        tune.report({**done.data.metrics, "child_run_id": done.info.run_id, COMPLETE: 1})
+        return
     versions = _dataset_versions(spec, cfg, st)
     tags = {"mlflow.parentRunId": parent_run_id, "git_commit": git, "ablation": spec.name, TRIAL_TAG: trial["key"],
             "kind": spec.kind, "seed": str(trial["seed"]), "tune.trial_id": tune.get_context().get_trial_id() or "",
@@ -49,10 +55,25 @@ def run_trial(config: dict, spec: AblationSpec, settings: dict, parent_run_id: s
         final = _pretrain(cfg, spec, st, run_id) if spec.kind == "pretrain" else _align(cfg, st)
         final["trial_seconds"] = time.perf_counter() - t0
         mlflow_run.log_metrics(st.mlflow_uri, run_id, final, step=int(final.get("step", 0)))
-        tune.report({**final, "child_run_id": run_id, "done": True})
         ok = True
     finally:
         mlflow_run.end_run(st.mlflow_uri, run_id, ok)
+    # the last report after the child run is closed: Tune may end the trial's thread inside this call
+    tune.report({**final, "child_run_id": run_id, COMPLETE: 1})
+
+
+def finished_child(st: Settings, spec: AblationSpec, parent_run_id: str, key: str):
+    """The FINISHED child run of this trial under this parent, if any: MLflow is the ledger of finished trials."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(st.mlflow_uri)
+    exp = client.get_experiment_by_name(spec.experiment)
+    if exp is None:
+        return None
+    query = (f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.`{TRIAL_TAG}` = '{key}' "
+             "and attributes.status = 'FINISHED'")  # fmt: skip
+    runs = client.search_runs([exp.experiment_id], query, max_results=1)
+    return runs[0] if runs else None
 
 
 def _dataset_versions(spec: AblationSpec, cfg, st: Settings) -> dict[str, str]:
@@ -64,31 +85,25 @@ def _dataset_versions(spec: AblationSpec, cfg, st: Settings) -> dict[str, str]:
 
 
 def _pretrain(cfg, spec: AblationSpec, st: Settings, run_id: str) -> dict:
-    import ray.data
     import torch
     from ray import tune
     from ray.tune import Checkpoint
 
-    from ..data.store import ray_dataset, sources
+    from ..data.store import sources
     from ..models.ndt import MaskedNeuralModel
     from ..train.batches import CollateWindows, HeldoutSplit, heldout_flags
     from ..train.loop import load_state, run_steps, save_state
-    from ..train.pretrain import SHUFFLE_BUFFER, vocabularies
-    from ..train.rows import ROW_COLUMNS
+    from ..train.pretrain import vocabularies
+    from .local_data import epoch_batches, mixed_rows
 
     srcs = sources(st, cfg.data.datasets, cfg.data.mixture)
     vocabs = vocabularies(srcs, cfg.data.holdout_sessions, st)
     heldout = HeldoutSplit(heldout_flags(st, srcs), cfg.data.heldout_fraction)
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
-    ds = ray_dataset(st, srcs, "train", cfg.data.mixing, cfg.data.epoch_rows, cfg.seed, ROW_COLUMNS,
-                     exclude_sessions=frozenset(cfg.data.holdout_sessions))  # fmt: skip
+    rows = mixed_rows(st, srcs, cfg.data.mixing, cfg.data.epoch_rows, cfg.seed,
+                      frozenset(cfg.data.holdout_sessions))  # fmt: skip
     collate = CollateWindows(vocabs, cfg.model.neurons_per_token, heldout, cfg.data.max_units, cfg.data.crop_bins,
                              cfg.seed)  # fmt: skip
-
-    def batches(epoch: int):
-        return ds.iter_torch_batches(batch_size=cfg.optim.batch_size, collate_fn=collate, drop_last=True,
-                                     prefetch_batches=2, local_shuffle_buffer_size=SHUFFLE_BUFFER,
-                                     local_shuffle_seed=cfg.seed + epoch)  # fmt: skip
+    batches = epoch_batches(rows, cfg.optim.batch_size, collate, cfg.seed)
 
     torch.manual_seed(cfg.seed)
     model = MaskedNeuralModel(cfg.model, vocabs)
