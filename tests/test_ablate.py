@@ -255,3 +255,19 @@ def _wait_for_finished_children(store, spec, proc, timeout: float) -> list[str]:
                 return done
         time.sleep(0.5)
     raise AssertionError("no trial finished in time")
+
+
+def test_random_and_asha_searches_sample_the_space_and_asha_needs_an_intermediate_metric():
+    from neurobridge.tune.runner import _search
+    from ray.tune.schedulers import ASHAScheduler
+
+    over = {"search.algorithm": "asha", "search.metric": "loss", "search.num_samples": 4,
+            "search.space": {"optim.lr": {"loguniform": [1e-4, 1e-2]}}}  # fmt: skip
+    spec = load_spec(SPECS / "mixing.yaml", over)
+    space, kwargs = _search(spec)
+    assert kwargs["num_samples"] == 4 and isinstance(kwargs["scheduler"], ASHAScheduler)
+    assert 1e-4 <= space["optim.lr"].sample() <= 1e-2
+    with pytest.raises(SpecError, match="asha stops trials on intermediate results"):
+        load_spec(SPECS / "mixing.yaml", {**over, "search.metric": "co_bps"})
+    with pytest.raises(SpecError, match=r"optim\.lrr'.*did you mean 'lr'"):
+        load_spec(SPECS / "mixing.yaml", {**over, "search.space": {"optim.lrr": {"uniform": [0, 1]}}})

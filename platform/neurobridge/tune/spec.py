@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..catalog import describe_validation_error
 
+INTERMEDIATE = frozenset({"loss", "poisson_nll", "mse"})  # what pretrain trials report every log_every steps
+
 
 class SpecError(ValueError):
     """An ablation spec that cannot run; the message names the file and the problem."""
@@ -211,6 +213,11 @@ def load_spec(path: str | Path, overrides: dict | None = None) -> AblationSpec:
         raise SpecError(f"{path}: the spec has zero trials")
     for trial in grid:
         build_config(spec, trial)
+    if spec.search.algorithm == "asha" and (spec.kind == "align" or spec.search.metric not in INTERMEDIATE):
+        raise SpecError(
+            f"{path}: asha stops trials on intermediate results; pretrain trials report "
+            f"{sorted(INTERMEDIATE)} while training (got kind {spec.kind}, metric {spec.search.metric!r})"
+        )
     sampled = {k: _example(d) for k, d in spec.search.space.items()}
     if sampled:
         if spec.search.algorithm == "grid":
