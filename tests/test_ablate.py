@@ -188,6 +188,15 @@ def test_two_axes_by_two_seeds_track_a_parent_with_one_child_per_trial_and_a_rep
         assert f"| {r['mode']} | {r['mixing']} | {r['co_bps']:.4f} |" in summary
     page = Path(result.report).read_text()
     assert "data:image/png;base64," in page and page.count("<tr>") >= 8
+    from neurobridge.cli import app
+    from typer.testing import CliRunner
+
+    monkeypatch.setenv("NB_STORE", store.store)
+    monkeypatch.setenv("NB_MLFLOW_URI", store.mlflow_uri)
+    out = CliRunner().invoke(app, ["report", spec.name])
+    assert out.exit_code == 0 and result.parent_run_id in out.output, out.output
+    missing = CliRunner().invoke(app, ["report", "no-such-ablation"])
+    assert missing.exit_code == 2 and "no results" in missing.output
 
 
 RESUME_SPEC = """name: resume

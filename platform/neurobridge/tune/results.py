@@ -96,7 +96,7 @@ def errorbar_plot(df: pd.DataFrame, spec: AblationSpec, metric: str | None = Non
             if all(r[a] == k for a, k in zip(rest, key, strict=True)) and r[first] in order and metric in r:
                 ax.plot(order.index(r[first]) + (i - (n - 1) / 2) * width, r[metric], ".", color="0.6", ms=4)
     ax.set_xticks(np.arange(len(order)), order, rotation=20, ha="right")
-    ax.set(xlabel=first, ylabel=metric, title=f"{spec.name}: {metric} (mean ± s.e.m. over {len(spec.seeds)} seeds)")
+    ax.set(xlabel=first, ylabel=f"{metric}\n(mean ± s.e.m., {len(spec.seeds)} seeds; dots: seeds)", title=spec.name)
     if rest:
         ax.legend(fontsize=8)
     fig.tight_layout()
