@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from . import cli_registry, cli_train
+from . import cli_registry, cli_train, cli_tune
 from .catalog import CatalogError, load_catalog, resolve
 from .config import get_settings
 from .sources import SourceError
@@ -356,6 +356,8 @@ app.command()(cli_train.finetune)
 app.command()(cli_train.align)
 app.command()(cli_train.evaluate)
 app.command()(cli_registry.embed)
+app.command()(cli_tune.ablate)
+app.command()(cli_tune.report)
 bench_app.command("train")(cli_train.bench_train)
 bench_app.command("model")(cli_train.bench_model)
 

@@ -1,0 +1,1 @@
+"""Ablations and hyper-parameter search on Ray Tune: specs, trials, results tables and reports."""

@@ -1,0 +1,47 @@
+"""Training batches for an in-process trial, read straight from the Parquet parts (no Ray Data pipeline).
+
+A Ray Data pipeline per trial costs its start-up (tens of seconds on a busy 2-core machine) and CPUs the trials
+compete for; an ablation trial on a laptop trains a small model on a small mixture, so it reads the train rows
+once, mixes them exactly as ``ray_dataset`` does (the same per-row repeat draws, √N or proportional), and shuffles
+per epoch from the seed. Large mixtures belong to the cluster path (a trial driving a TorchTrainer on Ray Data).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from ..config import Settings
+from ..data.store import Source, _mix, epoch_plan, iter_local
+from ..storage import StoreError
+from ..train.rows import ROW_COLUMNS
+
+
+def mixed_rows(settings: Settings, srcs: list[Source], rule: str, epoch_rows: int | None, seed: int,
+               exclude_sessions: frozenset = frozenset()) -> pa.Table:  # fmt: skip
+    """The train rows of one epoch of the mixture (rows repeated or dropped by their dataset's multiple)."""
+    plan = epoch_plan({s.name: s.rows("train") for s in srcs}, rule, epoch_rows)
+    cols = list(dict.fromkeys([*ROW_COLUMNS, "dataset", "session", "sample_id", "split"]))
+    parts = [
+        _mix(pa.Table.from_batches([b]), plan, seed, exclude_sessions)
+        for s in srcs
+        if plan[s.name] > 0
+        for b in iter_local(settings, s, "train", cols)
+    ]
+    parts = [p for p in parts if p.num_rows]
+    if not parts:
+        raise StoreError(f"no train rows in {[s.name for s in srcs]}")
+    return pa.concat_tables(parts, promote_options="permissive")
+
+
+def epoch_batches(table: pa.Table, batch_size: int, collate, seed: int) -> Callable[[int], Iterator]:
+    """``batches(epoch)`` for ``run_steps``: a seeded permutation per epoch, full batches only."""
+
+    def batches(epoch: int):
+        order = np.random.default_rng([seed, epoch]).permutation(table.num_rows)
+        for i in range(0, table.num_rows - batch_size + 1, batch_size):
+            yield collate(table.take(pa.array(order[i : i + batch_size])))
+
+    return batches

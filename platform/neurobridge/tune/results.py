@@ -1,0 +1,103 @@
+"""The results of an ablation: one row per trial, a per-setting summary across seeds, and an error-bar plot."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from .spec import AblationSpec
+from .trainables import COMPLETE
+
+META = ("trial", "seed", "status", "error", "child_run_id")
+
+
+def table(result_grid, spec: AblationSpec) -> pd.DataFrame:
+    """One row per trial of a Tune ``ResultGrid``: trial key, axis labels, seed, status, numeric final metrics."""
+    rows = []
+    for r in result_grid:
+        trial = r.config["trial"]
+        row = {"trial": trial["key"], **trial["labels"], "seed": trial["seed"]}
+        row.update({k: r.config[k] for k in spec.search.space if k in r.config})
+        metrics = r.metrics or {}
+        row["status"] = "error" if r.error is not None else ("ok" if metrics.get(COMPLETE) else "incomplete")
+        row["error"] = "" if r.error is None else f"{type(r.error).__name__}: {r.error}"[:500]
+        row["child_run_id"] = metrics.get("child_run_id", "")
+        for k, v in metrics.items():
+            if isinstance(v, int | float) and not isinstance(v, bool) and k not in row and k not in _TUNE_KEYS:
+                row[k] = float(v)
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    return df.sort_values("trial", kind="stable").reset_index(drop=True) if len(df) else df
+
+
+_TUNE_KEYS = {"timestamp", "time_this_iter_s", "time_total_s", "pid", "training_iteration", "time_since_restore",
+              "iterations_since_restore", "done", COMPLETE}  # fmt: skip
+
+
+def summarize(df: pd.DataFrame, spec: AblationSpec, metric: str | None = None) -> pd.DataFrame:
+    """Mean, standard deviation, standard error and count across seeds for each setting of the axes."""
+    metric = metric or spec.search.metric
+    axes = list(spec.axes)
+    ok = df[df["status"] == "ok"] if "status" in df else df
+    if metric not in ok:
+        raise KeyError(f"metric {metric!r} is not in the results (have: {sorted(c for c in df if c not in META)})")
+    g = ok.groupby(axes, sort=False)[metric]
+    out = g.agg(["mean", "std", "count"]).reset_index()
+    out["sem"] = out["std"] / np.sqrt(out["count"])
+    return out.rename(columns={"count": "seeds"})
+
+
+def summary_markdown(df: pd.DataFrame, spec: AblationSpec, wall_s: float | None = None) -> str:
+    metric = spec.search.metric
+    summ = summarize(df, spec)
+    better = "lower" if spec.search.mode == "min" else "higher"
+    lines = [f"# Ablation `{spec.name}` ({spec.kind})", "",
+             f"{len(df)} trials ({int((df['status'] == 'ok').sum())} ok) over axes {', '.join(spec.axes)} × "
+             f"seeds {spec.seeds}; metric `{metric}` ({better} is better), mean ± s.e.m. across seeds."]  # fmt: skip
+    if wall_s is not None:
+        lines.append(f"Wall time of the last run: {wall_s:.0f} s.")
+    lines += ["", "| " + " | ".join([*spec.axes, metric, "± s.e.m.", "seeds"]) + " |",
+              "|" + "---|" * (len(spec.axes) + 3)]  # fmt: skip
+    for _, r in summ.iterrows():
+        sem = "" if not math.isfinite(r["sem"]) else f"{r['sem']:.4f}"
+        lines.append("| " + " | ".join([*(str(r[a]) for a in spec.axes), f"{r['mean']:.4f}", sem,
+                                        str(int(r["seeds"]))]) + " |")  # fmt: skip
+    failed = df[df["status"] != "ok"]
+    if len(failed):
+        lines += ["", "Trials without a result:", *(f"- {r.trial}: {r.status} {r.error}" for r in failed.itertuples())]
+    return "\n".join(lines) + "\n"
+
+
+def errorbar_plot(df: pd.DataFrame, spec: AblationSpec, metric: str | None = None):
+    """Metric per value of the first axis (x), one series per combination of the other axes; bars: s.e.m."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = metric or spec.search.metric
+    summ = summarize(df, spec, metric)
+    axes = list(spec.axes)
+    first, rest = axes[0], axes[1:]
+    order = [v.label for v in spec.axes[first]]
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(order) + 2.5), 3.8))
+    groups = summ.groupby(rest, sort=False) if rest else [((), summ)]
+    n = max(len(groups), 1)
+    width = 0.8 / n
+    for i, (key, part) in enumerate(groups):
+        part = part.set_index(first).reindex(order)
+        x = np.arange(len(order)) + (i - (n - 1) / 2) * width
+        key = key if isinstance(key, tuple) else (key,)
+        label = ", ".join(f"{a}={k}" for a, k in zip(rest, key, strict=True)) or metric
+        ax.errorbar(x, part["mean"], yerr=part["sem"].fillna(0), fmt="o", capsize=4, label=label)
+        for _, r in df[df["status"] == "ok"].iterrows():  # the seeds themselves, faint
+            if all(r[a] == k for a, k in zip(rest, key, strict=True)) and r[first] in order and metric in r:
+                ax.plot(order.index(r[first]) + (i - (n - 1) / 2) * width, r[metric], ".", color="0.6", ms=4)
+    ax.set_xticks(np.arange(len(order)), order, rotation=20, ha="right")
+    ax.set(xlabel=first, ylabel=f"{metric}\n(mean ± s.e.m., {len(spec.seeds)} seeds; dots: seeds)", title=spec.name)
+    if rest:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,233 @@
+"""Typed ablation specs: a base training config plus axes whose values are config overrides, crossed with seeds.
+
+Every trial's config is built and validated when the spec is loaded, so an axis value naming a key the training
+config does not have fails before Ray starts, naming the spec file, the axis, the value and the nearest valid key.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ..catalog import describe_validation_error
+
+INTERMEDIATE = frozenset({"loss", "poisson_nll", "mse"})  # what pretrain trials report every log_every steps
+
+
+class SpecError(ValueError):
+    """An ablation spec that cannot run; the message names the file and the problem."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AxisValue(_Strict):
+    label: str = Field(description="how the value appears in tables and plots")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="dotted config key → value")
+
+
+class Distribution(_Strict):
+    """One hyper-parameter of a random/ASHA search: exactly one of uniform, loguniform, choice."""
+
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+    randint: tuple[int, int] | None = None
+    choice: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Distribution:
+        given = [k for k in ("uniform", "loguniform", "randint", "choice") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of uniform, loguniform, randint, choice (got {given or 'none'})")
+        return self
+
+
+class SearchConfig(_Strict):
+    algorithm: Literal["grid", "random", "asha"] = Field(
+        "grid", description="grid: every axis value × seed; random/asha: sample `space` num_samples times"
+    )
+    metric: str = Field("loss", description="the trial metric tables, plots and ASHA rank by")
+    mode: Literal["min", "max"] = "min"
+    space: dict[str, Distribution] = Field(default_factory=dict, description="dotted config key → distribution")
+    num_samples: int = Field(1, ge=1, description="random/asha: sampled configs (each crossed with the grid)")
+    grace_period: int = Field(1, ge=1, description="asha: reports before a trial can be stopped")
+    reduction_factor: float = Field(3.0, gt=1)
+
+
+class TrialResources(_Strict):
+    """Logical resources one trial holds. Fractional CPUs on a laptop leave room for the Ray Data read tasks a
+    trial starts (a trial holding a whole CPU of two starves them: STACK_NOTES); on a cluster raise them."""
+
+    cpu: float = Field(0.5, gt=0)
+    gpu: float = Field(0.0, ge=0)
+    threads: int = Field(1, ge=1, description="torch threads inside a trial")
+
+
+class EvaluateConfig(_Strict):
+    """Pretrain trials: co-bps of the trained model on held-out units (evaluate/run.py) after training."""
+
+    enabled: bool = True
+    max_sessions: int | None = Field(2, ge=1, description="per dataset: keeps a trial's evaluation short")
+    datasets: list[str] | None = Field(None, description="default: the datasets the trial trained on")
+
+
+class AblationSpec(_Strict):
+    name: str = Field(description="ablation name: MLflow parent run, <store>/ablations/<name>/")
+    kind: Literal["pretrain", "align"]
+    base: str = Field(description="base training config YAML (relative to the spec file)")
+    base_overrides: dict[str, Any] = Field(default_factory=dict, description="applied to every trial first")
+    axes: dict[str, list[AxisValue]] = Field(description="axis name → values; the grid is their product")
+    seeds: list[int] = Field(default_factory=lambda: [0], description="a seed axis: error bars across seeds")
+    search: SearchConfig = SearchConfig()
+    executor: Literal["in_process", "ray_train"] = Field(
+        "in_process", description="in_process: the loop runs inside the trial (laptops, CI); ray_train: a trial "
+        "drives a TorchTrainer (clusters; not implemented yet)"
+    )  # fmt: skip
+    resources: TrialResources = TrialResources()
+    max_concurrent_trials: int = Field(2, ge=1)
+    time_budget_s: float | None = Field(None, gt=0, description="stop starting trials after this long")
+    evaluate: EvaluateConfig = EvaluateConfig()
+    experiment: str = "neurobridge-ablate"
+    source_file: str | None = Field(None, exclude=True)
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise ValueError("give at least one seed")
+        if len(set(v)) != len(v):
+            raise ValueError(f"seeds has duplicates: {v}")
+        return v
+
+    @field_validator("axes")
+    @classmethod
+    def _axes(cls, v: dict[str, list[AxisValue]]) -> dict[str, list[AxisValue]]:
+        for axis, values in v.items():
+            if not values:
+                raise ValueError(f"axis {axis!r} has no values: the ablation would have zero trials")
+            labels = [x.label for x in values]
+            if len(set(labels)) != len(labels):
+                raise ValueError(f"axis {axis!r} repeats a label: {labels}")
+        return v
+
+    def base_path(self) -> Path:
+        base = Path(self.base)
+        if not base.is_absolute() and self.source_file:
+            base = Path(self.source_file).parent / base
+        return base
+
+
+def trials(spec: AblationSpec) -> list[dict]:
+    """The grid: one dict per (axis values…, seed) with a stable key, labels and merged overrides."""
+    names = list(spec.axes)
+    out = []
+    for combo in itertools.product(*(spec.axes[n] for n in names)):
+        overrides: dict[str, Any] = dict(spec.base_overrides)
+        for value in combo:
+            overrides.update(value.overrides)
+        labels = {n: v.label for n, v in zip(names, combo, strict=True)}
+        for seed in spec.seeds:
+            key = "__".join([*(f"{n}={v.label}" for n, v in zip(names, combo, strict=True)), f"seed={seed}"])
+            out.append({"key": key, "labels": labels, "seed": seed, "overrides": overrides})
+    return out
+
+
+def build_config(spec: AblationSpec, trial: dict, sampled: dict | None = None):
+    """The typed training config of one trial (base file + base overrides + axis overrides + seed + sampled)."""
+    overrides = {**trial["overrides"], **(sampled or {})}
+    where = f"{spec.source_file or spec.name}: trial {trial['key']}"
+    if spec.kind == "pretrain":
+        from ..train.config import ConfigError, load_config
+
+        overrides["seed"] = trial["seed"]
+        try:
+            return load_config(spec.base_path(), overrides)
+        except ConfigError as err:
+            raise SpecError(f"{where}: {err}") from None
+    from ..align.config import AlignConfig, ConfigError, load_yaml
+
+    overrides["projector.seed"] = trial["seed"]
+    _check_keys(AlignConfig, overrides, where)
+    try:
+        return load_yaml(AlignConfig, spec.base_path(), overrides)
+    except ConfigError as err:
+        raise SpecError(f"{where}: {err}") from None
+
+
+def _check_keys(model: type[BaseModel], overrides: dict, where: str) -> None:
+    """Dotted keys must name fields of the typed config (align's loader creates missing parents silently)."""
+    import difflib
+
+    for dotted in overrides:
+        cur: type[BaseModel] | None = model
+        for i, key in enumerate(dotted.split(".")):
+            if cur is None:
+                break
+            if key not in cur.model_fields:
+                hint = difflib.get_close_matches(key, list(cur.model_fields), n=1)
+                at = ".".join(dotted.split(".")[: i + 1])
+                raise SpecError(f"{where}: unknown key {at!r}" + (f"; did you mean {hint[0]!r}?" if hint else ""))
+            cur = _model_of(cur.model_fields[key].annotation)
+
+
+def _model_of(annotation) -> type[BaseModel] | None:
+    import typing
+
+    for a in (annotation, *typing.get_args(annotation)):
+        if isinstance(a, type) and issubclass(a, BaseModel):
+            return a
+    return None
+
+
+def load_spec(path: str | Path, overrides: dict | None = None) -> AblationSpec:
+    """Load and fully validate a spec: the spec's own fields, then every trial's training config."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such ablation spec") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: expected a mapping of spec fields")
+    for key, value in (overrides or {}).items():
+        if key.startswith("base_overrides."):  # the rest is one dotted training-config key
+            data.setdefault("base_overrides", {})[key.split(".", 1)[1]] = value
+            continue
+        cur = data
+        parts = key.split(".")
+        for p in parts[:-1]:
+            cur = cur.setdefault(p, {})
+        cur[parts[-1]] = value
+    try:
+        spec = AblationSpec.model_validate({**data, "source_file": str(path.absolute())})
+    except ValidationError as err:
+        raise SpecError(describe_validation_error(err, AblationSpec, str(path))) from None
+    if not spec.base_path().exists():
+        raise SpecError(f"{path}: base config {spec.base_path()} does not exist")
+    grid = trials(spec)
+    if not grid:
+        raise SpecError(f"{path}: the spec has zero trials")
+    for trial in grid:
+        build_config(spec, trial)
+    if spec.search.algorithm == "asha" and (spec.kind == "align" or spec.search.metric not in INTERMEDIATE):
+        raise SpecError(
+            f"{path}: asha stops trials on intermediate results; pretrain trials report "
+            f"{sorted(INTERMEDIATE)} while training (got kind {spec.kind}, metric {spec.search.metric!r})"
+        )
+    sampled = {k: _example(d) for k, d in spec.search.space.items()}
+    if sampled:
+        if spec.search.algorithm == "grid":
+            raise SpecError(f"{path}: search.space needs algorithm random or asha (grid has no sampler)")
+        build_config(spec, grid[0], sampled)
+    return spec
+
+
+def _example(d: Distribution):
+    if d.choice is not None:
+        return d.choice[0]
+    lo = (d.uniform or d.loguniform or d.randint)[0]  # type: ignore[index]
+    return lo

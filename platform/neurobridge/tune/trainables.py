@@ -1,0 +1,192 @@
+"""What one Tune trial runs: build the trial's typed config, train, evaluate, and track it as an MLflow child run.
+
+Trial design. ``executor: in_process`` (laptops, CI, small models) runs the plain training loop (``run_steps``)
+inside the trial process, fed from the Parquet parts (``local_data``: the same mixing as ``pretrain``'s Ray Data
+pipeline, without a pipeline start-up per trial), with a Tune ``report`` callable: every
+``log_every`` steps an intermediate result (ASHA can stop the trial there) and at checkpoints a Tune checkpoint (a
+restored or paused trial resumes from it). A trial holds a fraction of a CPU (several fit on a laptop's logical
+CPUs); nesting a TorchTrainer here would hold a second CPU per trial and starve a 2-core machine (STACK_NOTES).
+``executor: ray_train`` is the switch for clusters (a trial drives a TorchTrainer named by trial id, reporting
+through ``TuneReportCallback``); it is refused until it exists.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from ..config import Settings
+from ..tracking import mlflow_run
+from .spec import AblationSpec, build_config
+
+TRIAL_TAG = "ablation.trial"
+COMPLETE = "trial_complete"  # in the final result only (Tune reserves `done`)
+
+
+def run_trial(config: dict, spec: AblationSpec, settings: dict, parent_run_id: str, cwd: str, git: str) -> None:
+    """The Tune function trainable (wrapped with ``tune.with_parameters`` by the runner)."""
+    import torch
+    from ray import tune
+
+    os.chdir(cwd)  # relative paths in configs mean what they meant where the ablation was started
+    torch.set_num_threads(spec.resources.threads)
+    st = Settings.model_validate(settings)
+    trial = config["trial"]
+    sampled = {k: config[k] for k in spec.search.space}
+    cfg = build_config(spec, trial, sampled)
+    done = finished_child(st, spec, parent_run_id, trial["key"])
+    if done is not None:  # finished before the driver died, after Tune's last state snapshot: report, don't rerun
+        tune.report({**done.data.metrics, "child_run_id": done.info.run_id, COMPLETE: 1})
+        return
+    versions = _dataset_versions(spec, cfg, st)
+    tags = {"mlflow.parentRunId": parent_run_id, "git_commit": git, "ablation": spec.name, TRIAL_TAG: trial["key"],
+            "kind": spec.kind, "seed": str(trial["seed"]), "tune.trial_id": tune.get_context().get_trial_id() or "",
+            **{f"axis.{k}": v for k, v in trial["labels"].items()},
+            **{f"dataset.{k}": v for k, v in versions.items()}}  # fmt: skip
+    run_id = mlflow_run.start_run(st.mlflow_uri, spec.experiment, trial["key"], cfg.model_dump(mode="json"), tags)
+    ok = False
+    try:
+        if spec.executor != "in_process":
+            raise NotImplementedError("executor ray_train is not implemented yet; use executor: in_process")
+        t0 = time.perf_counter()
+        final = _pretrain(cfg, spec, st, run_id) if spec.kind == "pretrain" else _align(cfg, st)
+        final["trial_seconds"] = time.perf_counter() - t0
+        mlflow_run.log_metrics(st.mlflow_uri, run_id, final, step=int(final.get("step", 0)))
+        ok = True
+    finally:
+        mlflow_run.end_run(st.mlflow_uri, run_id, ok)
+    # the last report after the child run is closed: Tune may end the trial's thread inside this call
+    tune.report({**final, "child_run_id": run_id, COMPLETE: 1})
+
+
+def finished_child(st: Settings, spec: AblationSpec, parent_run_id: str, key: str):
+    """The FINISHED child run of this trial under this parent, if any: MLflow is the ledger of finished trials."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(st.mlflow_uri)
+    exp = client.get_experiment_by_name(spec.experiment)
+    if exp is None:
+        return None
+    query = (f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.`{TRIAL_TAG}` = '{key}' "
+             "and attributes.status = 'FINISHED'")  # fmt: skip
+    runs = client.search_runs([exp.experiment_id], query, max_results=1)
+    return runs[0] if runs else None
+
+
+def _dataset_versions(spec: AblationSpec, cfg, st: Settings) -> dict[str, str]:
+    from ..data.store import sources
+
+    srcs = sources(st, cfg.data.datasets, cfg.data.mixture) if spec.kind == "pretrain" else sources(
+        st, cfg.data.datasets)  # fmt: skip
+    return {s.name: s.ref.version for s in srcs}
+
+
+def _pretrain(cfg, spec: AblationSpec, st: Settings, run_id: str) -> dict:
+    import torch
+    from ray import tune
+    from ray.tune import Checkpoint
+
+    from ..data.store import sources
+    from ..models.ndt import MaskedNeuralModel
+    from ..train.batches import CollateWindows, HeldoutSplit, heldout_flags
+    from ..train.loop import load_state, run_steps, save_state
+    from ..train.pretrain import vocabularies
+    from .local_data import epoch_batches, mixed_rows
+
+    srcs = sources(st, cfg.data.datasets, cfg.data.mixture)
+    vocabs = vocabularies(srcs, cfg.data.holdout_sessions, st)
+    heldout = HeldoutSplit(heldout_flags(st, srcs), cfg.data.heldout_fraction)
+    rows = mixed_rows(st, srcs, cfg.data.mixing, cfg.data.epoch_rows, cfg.seed,
+                      frozenset(cfg.data.holdout_sessions))  # fmt: skip
+    collate = CollateWindows(vocabs, cfg.model.neurons_per_token, heldout, cfg.data.max_units, cfg.data.crop_bins,
+                             cfg.seed)  # fmt: skip
+    batches = epoch_batches(rows, cfg.optim.batch_size, collate, cfg.seed)
+
+    torch.manual_seed(cfg.seed)
+    model = MaskedNeuralModel(cfg.model, vocabs)
+    state = None
+    ckpt = tune.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            state = load_state(d, cfg)
+    logger = mlflow_run.MetricsLogger(st.mlflow_uri, run_id)
+
+    def report(metrics: dict, full_state: dict | None) -> None:
+        logger.log(metrics, metrics["step"])
+        if full_state is None:
+            tune.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            save_state(full_state, d, vocabs, cfg)
+            tune.report(metrics, checkpoint=Checkpoint.from_directory(d))
+
+    last = run_steps(cfg, model, vocabs, batches, device=torch.device("cpu"), state=state, report=report)
+    final = {k: v for k, v in last.items() if isinstance(v, int | float)}
+    with tempfile.TemporaryDirectory() as d:
+        model_file = str(Path(d) / "model.pt")
+        from ..models.checkpoint import save_checkpoint
+
+        save_checkpoint(model_file, model, vocabs, {"step": int(final.get("step", cfg.optim.max_steps)),
+                                                    "heldout_fraction": cfg.data.heldout_fraction})  # fmt: skip
+        mlflow_run.log_artifact(st.mlflow_uri, run_id, model_file, "model")
+        if spec.evaluate.enabled:
+            final.update(_co_bps(model_file, cfg, spec, st))
+    _loss_plot(st, run_id)
+    return final
+
+
+def _co_bps(model_file: str, cfg, spec: AblationSpec, st: Settings) -> dict:
+    """Pooled co-bps over the evaluated datasets (mean of each dataset's pooled value)."""
+    from ..evaluate.report import EvalConfig
+    from ..evaluate.run import evaluate
+
+    datasets = spec.evaluate.datasets or cfg.data.datasets
+    mixture = None if spec.evaluate.datasets else cfg.data.mixture
+    report = evaluate(model_file, datasets, mixture, None, None, EvalConfig(max_sessions=spec.evaluate.max_sessions),
+                      st, track=False, exclude_sessions=cfg.data.holdout_sessions)  # fmt: skip
+    out = {}
+    for ds, d in report.pooled.items():
+        for key in ("co_bps", "co_bps_smoothing"):
+            v = d.get(key)
+            if isinstance(v, int | float) and math.isfinite(v):
+                out[f"{ds}.{key}"] = float(v)
+    vals = [v for k, v in out.items() if k.endswith(".co_bps")]
+    if vals:
+        out["co_bps"] = sum(vals) / len(vals)
+    return out
+
+
+def _loss_plot(st: Settings, run_id: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    hist = mlflow_run.metric_history(st.mlflow_uri, run_id, "loss")
+    if not hist:
+        return
+    fig, ax = plt.subplots(figsize=(5, 3))
+    steps, values = zip(*hist, strict=True)
+    ax.plot(steps, values)
+    ax.set(xlabel="step", ylabel="loss", title="training loss")
+    fig.tight_layout()
+    mlflow_run.log_figure(st.mlflow_uri, run_id, fig, "plots/loss.png")
+    plt.close(fig)
+
+
+def _align(cfg, st: Settings) -> dict:
+    """Headline retrieval numbers: ``<set>.<metric>`` per region set, and the first set's unprefixed."""
+    from ..align.experiment import run_alignment
+
+    result = run_alignment(cfg, st, track=False, figures=False)
+    out: dict = {}
+    for i, (name, numbers) in enumerate(result.summary().items()):
+        for k, v in numbers.items():
+            if isinstance(v, int | float) and math.isfinite(v):
+                out[f"{name}.{k}"] = float(v)
+                if i == 0:
+                    out[k] = float(v)
+    return out
