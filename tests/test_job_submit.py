@@ -101,9 +101,10 @@ def start_mlflow(bucket: str, env: dict, home: Path) -> tuple[subprocess.Popen, 
 
 
 def start_ray_head(env: dict, temp: str) -> tuple[subprocess.Popen, str, Path]:
-    """`ray start --head --block` in its own process group: 2 CPUs, the dashboard (Jobs API) on a free port."""
+    """`ray start --head --block` in its own process group: 4 logical CPUs (a 2-core node declares more so a training
+    worker leaves room for Ray Data, see runtime.ensure_ray), the dashboard (Jobs API) on a free port."""
     ports = {flag: free_port() for flag in RAY_PORT_FLAGS}
-    cmd = [str(BIN / "ray"), "start", "--head", "--block", "--num-cpus", "2", "--include-dashboard", "true",
+    cmd = [str(BIN / "ray"), "start", "--head", "--block", "--num-cpus", "4", "--include-dashboard", "true",
            "--dashboard-host", "127.0.0.1", "--node-ip-address", "127.0.0.1", "--temp-dir", temp,
            "--disable-usage-stats", *(x for flag, port in ports.items() for x in (f"--{flag}", str(port)))]  # fmt: skip
     log = Path(f"{temp}.log")
@@ -167,14 +168,20 @@ def jobs(stack):
             os.environ["RAY_AUTH_MODE"] = prev
 
 
-def pipeline_config(fs, bucket: str, dataset: str, **ingest) -> str:
-    """A pipeline config in S3: the job reads it from there (any fsspec URI works for --config)."""
+def pipeline_config(fs, bucket: str, dataset: str, train: bool = False, **ingest) -> str:
+    """A pipeline config in S3: the job reads it from there (any fsspec URI works for --config). ``train``: also
+    pretrain on Ray Train (a few steps) and register the model in the MLflow server's registry."""
     entry = {"name": dataset, "kind": "nwb", "uri": "sim/nwb", "ingest": {"window": {"mode": "chunks"}}}
     cfg = {
         "name": f"test-{dataset}",
-        "stages": ["ingest"],
+        "stages": ["ingest", "pretrain", "register"] if train else ["ingest"],
         "ingest": {"entries": [entry], "mixture": dataset, **ingest},
     }
+    if train:
+        cfg["pretrain"] = {"name": f"job-{dataset}", "model": {"d_model": 16, "depth": 1, "heads": 2},
+                           "optim": {"max_steps": 6, "warmup_steps": 1, "batch_size": 8},
+                           "checkpoint_every": 3, "log_every": 3}  # fmt: skip
+        cfg["register"] = {"name": f"{dataset}-encoder", "promote": "champion"}
     uri = f"s3://{bucket}/jobs/{dataset}.yaml"
     fs.pipe(uri[len("s3://") :], yaml.safe_dump(cfg).encode())
     return uri
@@ -203,11 +210,11 @@ def mlflow_run_of(server: str, job_id: str):
     return client, runs[0]
 
 
-def test_pipeline_job_submitted_with_the_readme_command_ingests_into_s3_and_tracks_in_mlflow(
+def test_pipeline_job_submitted_with_the_readme_command_ingests_pretrains_and_registers(
     jobs, stack, bucket, s3_endpoint
 ):
     fs, name = bucket
-    config = pipeline_config(fs, name, "job_nwb")
+    config = pipeline_config(fs, name, "job_nwb", train=True)
     job_id = f"nb-test-{uuid.uuid4().hex[:8]}"
     submit = subprocess.run(
         [str(BIN / "ray"), "job", "submit", "--address", stack.cluster, "--submission-id", job_id, "--no-wait",
@@ -216,7 +223,7 @@ def test_pipeline_job_submitted_with_the_readme_command_ingests_into_s3_and_trac
         cwd=REPO, env={**os.environ, "RAY_AUTH_MODE": "disabled"}, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert submit.returncode == 0, submit.stdout + submit.stderr
-    status, info, logs = wait_job(jobs, job_id)
+    status, info, logs = wait_job(jobs, job_id, timeout_s=480)
     assert status == "SUCCEEDED", f"{info.message}\n{logs[-4000:]}"
 
     # the code came from the job's runtime_env package, in the driver and on a worker
@@ -245,6 +252,14 @@ def test_pipeline_job_submitted_with_the_readme_command_ingests_into_s3_and_trac
     assert run.data.tags["pipeline"] == "test-job_nwb"
     artifacts = fs.find(f"{name}/mlflow")
     assert any(a.endswith(f"{run.info.run_id}/artifacts/config.json") for a in artifacts), artifacts  # via the server
+
+    # pretrain ran on Ray Train inside the job, on the ingested version; register put its model in the registry
+    exp = client.get_experiment_by_name("neurobridge-pretrain")
+    (pre,) = client.search_runs([exp.experiment_id], filter_string="attributes.run_name = 'job-job_nwb'")
+    assert pre.info.status == "FINISHED" and pre.data.tags["dataset.job_nwb"] == ref.version
+    version = client.get_model_version_by_alias("job_nwb-encoder", "champion")
+    assert version.run_id == pre.info.run_id and version.tags["dataset.job_nwb"] == ref.version
+    assert any(a.endswith(f"{pre.info.run_id}/artifacts/model/model.pt") for a in fs.find(f"{name}/mlflow"))
 
 
 def test_job_fails_clearly_when_an_items_worker_dies_on_every_attempt(jobs, stack, bucket, s3_endpoint):
