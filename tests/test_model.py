@@ -121,6 +121,17 @@ def test_encode_returns_latents_for_every_valid_token(rows):
     assert lat.pooled().shape == (B, 16)
 
 
+def test_a_mask_that_hides_every_token_still_predicts(rows):
+    """E.g. leave-one-region-out on a single-region session: the context tokens alone must carry the prediction."""
+    vocabs = Vocabularies.from_rows(rows)
+    b = collate(rows, vocabs, 8)
+    mask = sample_mask(b, "heldout")
+    mask.visible[:] = False
+    mask.target[:] = b.token_valid
+    pred = _model(vocabs).eval().predict(b, mask)
+    assert pred.shape == b.values.shape and torch.isfinite(pred).all()
+
+
 def test_model_refuses_batches_it_cannot_embed(rows):
     vocabs = Vocabularies.from_rows(rows)
     model = _model(vocabs, max_bins=10)

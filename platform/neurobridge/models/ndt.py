@@ -171,7 +171,7 @@ class MaskedNeuralModel(nn.Module):
         pad = torch.arange(V, device=order.device)[None, :] >= n_vis[:, None]
         tokens = self._embed_gathered(batch, order, pad)
         seq = torch.cat([self._context(batch, mask.mode_ids), tokens], dim=1)
-        kpm = torch.cat([torch.zeros_like(pad[:, :1]).expand(-1, N_CTX), pad], dim=1)
+        kpm = torch.cat([pad.new_zeros(pad.shape[0], N_CTX), pad], dim=1)
         return self.enc_norm(self.encoder(seq, src_key_padding_mask=kpm)), order, pad
 
     def _embed_gathered(self, batch: Batch, order: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
@@ -213,7 +213,7 @@ class MaskedNeuralModel(nn.Module):
         vorder = torch.sort((~valid).to(torch.int8), dim=1, stable=True).indices[:, :Nv]
         vpad = torch.arange(Nv, device=vorder.device)[None, :] >= n_valid[:, None]
         seq = torch.cat([proj[:, :N_CTX], dec.gather(1, vorder[..., None].expand(-1, -1, dd))], dim=1)
-        kpm = torch.cat([torch.zeros_like(vpad[:, :1]).expand(-1, N_CTX), vpad], dim=1)
+        kpm = torch.cat([vpad.new_zeros(vpad.shape[0], N_CTX), vpad], dim=1)
         compact = self.dec_norm(self.decoder(seq, src_key_padding_mask=kpm))[:, N_CTX:]
         out = torch.zeros(B, N, dd, dtype=compact.dtype, device=compact.device)
         bi, j = torch.nonzero(~vpad, as_tuple=True)
