@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from . import __version__
 from .config import Settings, get_settings
-from .storage import StoreError, filesystem, join, open_atomic, safe_name, write_json_atomic
+from .storage import StoreError, filesystem, join, open_atomic, remove_stale_parts, safe_name, write_json_atomic
 
 CARD = "_embeddings.json"
 SPLITS = ("train", "val", "test")
@@ -193,7 +193,7 @@ def embed(cfg: EmbedConfig, settings: Settings | None = None, progress: bool = T
         "encoder_windows_per_s": round(n_rows / encode_s, 2) if encode_s > 0 else None,
     }  # fmt: skip
     write_json_atomic(fs, posixpath.join(base_path, CARD), card)
-    _remove_stale(fs, base_path, set(files))
+    remove_stale_parts(fs, base_path, set(files))
     return EmbedResult(base, card)
 
 
@@ -210,14 +210,6 @@ def read_embeddings(settings: Settings, name: str) -> tuple[pa.Table, dict]:
         with fs.open(posixpath.join(base_path, fname), "rb") as f:
             parts.append(pq.read_table(f))
     return (pa.concat_tables(parts) if parts else SCHEMA.empty_table()), card
-
-
-def _remove_stale(fs, base_path: str, keep: set[str]) -> None:
-    fs.invalidate_cache(base_path)
-    for p in fs.ls(base_path, detail=False):
-        fname = p.rstrip("/").rsplit("/", 1)[-1]
-        if fname.startswith("part-") and fname not in keep:
-            fs.rm(p)
 
 
 class _Progress:

@@ -101,3 +101,13 @@ class open_atomic:  # noqa: N801 - used as a context manager like open()
             if self.local and self.fs.exists(self.target):
                 self.fs.rm(self.target)
         return False
+
+
+def remove_stale_parts(fs, base_path: str, keep: set[str]) -> None:
+    """``part-*`` files of earlier runs (not in ``keep``, the new card's list) are deleted once that card is in
+    place, so a reader never sees a card whose parts are missing."""
+    fs.invalidate_cache(base_path)
+    for p in fs.ls(base_path, detail=False):
+        name = p.rstrip("/").rsplit("/", 1)[-1]
+        if name.startswith("part-") and name not in keep:
+            fs.rm(p)

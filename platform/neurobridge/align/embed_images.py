@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from .. import __version__
 from ..config import Settings, get_settings
-from ..storage import filesystem, open_atomic, read_json, write_json_atomic
+from ..storage import filesystem, open_atomic, read_json, remove_stale_parts, write_json_atomic
 from .config import EmbedConfig
 from .embeddings import CARD, EMBEDDINGS_SCHEMA, table_dir
 
@@ -447,17 +447,8 @@ def embed_images(cfg: EmbedConfig, settings: Settings | None = None, progress: b
         "device": "gpu" if gpu else "cpu",
     }
     write_json_atomic(fs, posixpath.join(base_path, CARD), card)
-    _remove_stale(fs, base_path, set(files))
+    remove_stale_parts(fs, base_path, set(files))
     return EmbedReport(cfg.name, base, card, seconds, failed)
-
-
-def _remove_stale(fs, base_path: str, keep: set[str]) -> None:
-    """Parts of earlier runs (no longer in the card) are deleted after the new card is in place."""
-    fs.invalidate_cache(base_path)
-    for p in fs.ls(base_path, detail=False):
-        name = p.rstrip("/").rsplit("/", 1)[-1]
-        if name.startswith("part-") and name not in keep:
-            fs.rm(p)
 
 
 class _Progress:
