@@ -125,8 +125,6 @@ def run_ablation(spec: AblationSpec, settings: Settings | None = None,
     from ray import tune
 
     settings = settings or get_settings()
-    if spec.executor != "in_process":
-        raise SpecError(f"{spec.source_file}: executor {spec.executor!r} is not implemented yet; use in_process")
     mlflow_run.check_tracking(settings.mlflow_uri)  # fail now, not after the first trial
     ensure_ray(settings, min_cpus=4)
     path, pa_fs, fs = _storage(settings)

@@ -84,10 +84,6 @@ class AblationSpec(_Strict):
     axes: dict[str, list[AxisValue]] = Field(description="axis name → values; the grid is their product")
     seeds: list[int] = Field(default_factory=lambda: [0], description="a seed axis: error bars across seeds")
     search: SearchConfig = SearchConfig()
-    executor: Literal["in_process", "ray_train"] = Field(
-        "in_process", description="in_process: the loop runs inside the trial (laptops, CI); ray_train: a trial "
-        "drives a TorchTrainer (clusters; not implemented yet)"
-    )  # fmt: skip
     resources: TrialResources = TrialResources()
     max_concurrent_trials: int = Field(2, ge=1)
     time_budget_s: float | None = Field(None, gt=0, description="stop starting trials after this long")

@@ -1,13 +1,12 @@
 """What one Tune trial runs: build the trial's typed config, train, evaluate, and track it as an MLflow child run.
 
-Trial design. ``executor: in_process`` (laptops, CI, small models) runs the plain training loop (``run_steps``)
-inside the trial process, fed from the Parquet parts (``local_data``: the same mixing as ``pretrain``'s Ray Data
-pipeline, without a pipeline start-up per trial), with a Tune ``report`` callable: every
-``log_every`` steps an intermediate result (ASHA can stop the trial there) and at checkpoints a Tune checkpoint (a
-restored or paused trial resumes from it). A trial holds a fraction of a CPU (several fit on a laptop's logical
-CPUs); nesting a TorchTrainer here would hold a second CPU per trial and starve a 2-core machine (STACK_NOTES).
-``executor: ray_train`` is the switch for clusters (a trial drives a TorchTrainer named by trial id, reporting
-through ``TuneReportCallback``); it is refused until it exists.
+Trial design. A trial runs the plain training loop (``run_steps``) inside the trial process, fed from the Parquet
+parts (``local_data``: the same mixing as ``pretrain``'s Ray Data pipeline, without a pipeline start-up per trial),
+with a Tune ``report`` callable: every ``log_every`` steps an intermediate result (ASHA can stop the trial there)
+and at checkpoints a Tune checkpoint (a restored or paused trial resumes from it). A trial holds a fraction of a
+CPU (several fit on a laptop's logical CPUs); nesting a TorchTrainer here would hold a second CPU per trial and
+starve a 2-core machine (STACK_NOTES). Trials that each drive a multi-GPU TorchTrainer on a cluster are not part
+of this version.
 """
 
 from __future__ import annotations
@@ -49,8 +48,6 @@ def run_trial(config: dict, spec: AblationSpec, settings: dict, parent_run_id: s
     run_id = mlflow_run.start_run(st.mlflow_uri, spec.experiment, trial["key"], cfg.model_dump(mode="json"), tags)
     ok = False
     try:
-        if spec.executor != "in_process":
-            raise NotImplementedError("executor ray_train is not implemented yet; use executor: in_process")
         t0 = time.perf_counter()
         final = _pretrain(cfg, spec, st, run_id) if spec.kind == "pretrain" else _align(cfg, st)
         final["trial_seconds"] = time.perf_counter() - t0
