@@ -4,7 +4,7 @@ Ray Tune, tracked in MLflow; rerun the same command to resume after the driver d
 import argparse
 import sys
 
-import yaml
+from neurobridge.config import parse_overrides
 from neurobridge.tune.runner import run_ablation
 from neurobridge.tune.spec import load_spec
 
@@ -14,12 +14,10 @@ def main() -> int:
     parser.add_argument("spec", help="ablation spec YAML")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="key.sub=value (YAML value)")
     args = parser.parse_args()
-    overrides = {}
-    for item in args.overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--set {item!r}: expected key=value")
-        overrides[key] = yaml.safe_load(value)
+    try:
+        overrides = parse_overrides(args.overrides)
+    except ValueError as e:
+        parser.error(str(e))
     result = run_ablation(load_spec(args.spec, overrides))
     print(
         f"ablation {result.name}: {len(result.table)} trials in {result.wall_s:.0f} s wall; parent run "

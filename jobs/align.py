@@ -4,9 +4,9 @@ neural → image alignment on Ray Train (thin: parse, call the library)."""
 import argparse
 import sys
 
-import yaml
 from neurobridge.align.config import AlignConfig, load_yaml
 from neurobridge.align.experiment import run_alignment
+from neurobridge.config import parse_overrides
 
 
 def main() -> int:
@@ -14,12 +14,10 @@ def main() -> int:
     parser.add_argument("--config", required=True, help="YAML alignment config")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="key.sub=value (YAML value)")
     args = parser.parse_args()
-    overrides = {}
-    for item in args.overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--set {item!r}: expected key=value")
-        overrides[key] = yaml.safe_load(value)
+    try:
+        overrides = parse_overrides(args.overrides)
+    except ValueError as e:
+        parser.error(str(e))
     result = run_alignment(load_yaml(AlignConfig, args.config, overrides), echo=print)
     for name, s in result.summary().items():
         print(

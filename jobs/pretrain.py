@@ -4,7 +4,7 @@ masked pretraining on Ray Train (thin: parse, call the library)."""
 import argparse
 import sys
 
-import yaml
+from neurobridge.config import parse_overrides
 from neurobridge.train.config import load_config
 from neurobridge.train.pretrain import pretrain
 
@@ -14,12 +14,10 @@ def main() -> int:
     parser.add_argument("--config", default=None, help="YAML pretraining config (default: built-in defaults)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="key.sub=value (YAML value)")
     args = parser.parse_args()
-    overrides = {}
-    for item in args.overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--set {item!r}: expected key=value")
-        overrides[key] = yaml.safe_load(value)
+    try:
+        overrides = parse_overrides(args.overrides)
+    except ValueError as e:
+        parser.error(str(e))
     result = pretrain(load_config(args.config, overrides))
     print(f"run {result.run_id}: {result.metrics} → model runs:/{result.run_id}, checkpoint {result.checkpoint}")
     return 0

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import typer
-import yaml
 from rich.console import Console
 from rich.table import Table
+
+from .config import parse_overrides as _parse_overrides
 
 console = Console()
 err_console = Console(stderr=True)
@@ -22,13 +23,10 @@ def _fail(message: str, code: int = 2) -> None:
 
 def parse_overrides(items: list[str] | None) -> dict:
     """``key.sub=value`` pairs; values parse as YAML (numbers, lists, null)."""
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            _fail(f"--set {item!r}: expected key=value (e.g. optim.max_steps=200)")
-        key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
-    return out
+    try:
+        return _parse_overrides(items)
+    except ValueError as e:
+        _fail(str(e))
 
 
 def pretrain(

@@ -84,3 +84,25 @@ def get_settings(**overrides) -> Settings:
             values[field] = os.environ[var]
     values.update({k: v for k, v in overrides.items() if v is not None})
     return Settings(**values)
+
+
+def parse_overrides(items: list[str] | None) -> dict:
+    """``--set key.sub=value`` pairs (values parse as YAML: numbers, lists, null) → {dotted key: value}; one parser
+    for the CLI and the job scripts."""
+    import yaml
+
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set {item!r}: expected key=value (e.g. optim.max_steps=200)")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def set_dotted(data: dict, key: str, value) -> None:
+    """``data["a"]["b"] = value`` for ``key="a.b"``, creating the parents."""
+    *parents, last = key.split(".")
+    for p in parents:
+        data = data.setdefault(p, {})
+    data[last] = value

@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..catalog import describe_validation_error
+from ..config import set_dotted
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -211,11 +212,7 @@ def load_yaml(model: type[BaseModel], path: str | Path | None, overrides: dict |
         except FileNotFoundError:
             raise ConfigError(f"{path}: no such config file") from None
     for key, value in (overrides or {}).items():
-        cur = data
-        parts = key.split(".")
-        for p in parts[:-1]:
-            cur = cur.setdefault(p, {})
-        cur[parts[-1]] = value
+        set_dotted(data, key, value)
     try:
         return model.model_validate(data)
     except ValidationError as err:

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..catalog import describe_validation_error
+from ..config import set_dotted
 
 INTERMEDIATE = frozenset({"loss", "poisson_nll", "mse"})  # what pretrain trials report every log_every steps
 
@@ -193,11 +194,7 @@ def load_spec(path: str | Path, overrides: dict | None = None) -> AblationSpec:
         if key.startswith("base_overrides."):  # the rest is one dotted training-config key
             data.setdefault("base_overrides", {})[key.split(".", 1)[1]] = value
             continue
-        cur = data
-        parts = key.split(".")
-        for p in parts[:-1]:
-            cur = cur.setdefault(p, {})
-        cur[parts[-1]] = value
+        set_dotted(data, key, value)
     try:
         spec = AblationSpec.model_validate({**data, "source_file": str(path.absolute())})
     except ValidationError as err:
