@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from neurobridge.catalog import CatalogEntry
@@ -280,3 +281,25 @@ def test_random_and_asha_searches_sample_the_space_and_asha_needs_an_intermediat
         load_spec(SPECS / "mixing.yaml", {**over, "search.metric": "co_bps"})
     with pytest.raises(SpecError, match=r"optim\.lrr'.*did you mean 'lr'"):
         load_spec(SPECS / "mixing.yaml", {**over, "search.space": {"optim.lrr": {"uniform": [0, 1]}}})
+
+
+def test_quasi_random_search_covers_the_space_evenly_and_crosses_every_point_with_every_seed():
+    from neurobridge.tune.runner import _search
+    from neurobridge.tune.spec import quasi_random_points, sampled_values, trial_key
+
+    space = {"optim.lr": {"loguniform": [1e-4, 1e-2]}, "model.depth": {"randint": [1, 4]},
+             "model.dropout": {"choice": [0.0, 0.1]}}  # fmt: skip
+    spec = load_spec(SPECS / "mixing.yaml", {"search.algorithm": "quasi_random", "search.num_samples": 16,
+                                             "search.space": space})  # fmt: skip
+    space_, kwargs = _search(spec)
+    points = space_["sampled"]["grid_search"]
+    assert kwargs["num_samples"] == 1 and len(points) == 16
+    assert points == quasi_random_points(spec.search.space, 16, 0)  # deterministic: a rerun samples the same
+    lr = np.log10([p["optim.lr"] for p in points])
+    assert np.all((lr >= -4) & (lr <= -2))
+    # low discrepancy: every quarter of the log-lr range gets 3-5 of 16 points (independent draws often do not)
+    assert sorted(np.histogram(lr, bins=4, range=(-4, -2))[0])[0] >= 3
+    assert {p["model.depth"] for p in points} == {1, 2, 3} and {p["model.dropout"] for p in points} == {0.0, 0.1}
+    trial = {"key": "mixing=sqrt__seed=0"}
+    keys = {trial_key(trial, sampled_values({"trial": trial, "sampled": p}, spec)) for p in points}
+    assert len(keys) == 16  # each point is its own trial: resume cannot mistake one for another

@@ -116,6 +116,38 @@ def test_all_regions_find_the_true_image_far_above_chance_and_it_beats_v1(store,
     assert run.info.status == "FINISHED" and run.data.metrics["all.test.image_top1"] == s["all"]["image_top1"]
     arts = {a.path for a in mlflow.tracking.MlflowClient(st_.mlflow_uri).list_artifacts(result.run_id, "plots")}
     assert {"plots/all_retrieval.png", "plots/IT_reconstruction.png"} <= arts
+    _registered_projectors_embed_like_the_fitted_ones(st_, result, monkeypatch)
+
+
+def _registered_projectors_embed_like_the_fitted_ones(st_, result, monkeypatch):
+    """The align run → a registered pyfunc (code + weights-only projectors) whose output is the fitted
+    projector's, per region set; embedding windows with it is refused (it maps response vectors)."""
+    import pandas as pd
+    from neurobridge.align.projector import project
+    from neurobridge.embed import EmbedConfig, embed
+    from neurobridge.tracking import registry
+
+    info = registry.register(result.run_id, "sim-align", settings=st_)
+    assert info.tags["kind"] == "align" and info.aliases == ["candidate"]
+    assert float(info.tags["metric.IT.test.image_top1"]) == pytest.approx(result.summary()["IT"]["image_top1"])
+    model, _ = registry.load("models:/sim-align@candidate", st_)
+    assert model.metadata.get_input_schema().input_names() == ["session", "features", "region_set"]
+    for name, regions in (("IT", ["IT"]), ("all", None)):
+        test = result.data.select_regions(regions).test
+        want = project(result.results[name].fit.model, test)
+        for block, expected in zip(test.blocks, want, strict=True):
+            frame = pd.DataFrame({"session": block.session, "features": list(block.x.astype(float)),
+                                  "region_set": name})  # fmt: skip
+            np.testing.assert_allclose(model.predict(frame), expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(registry.RegistryError, match="align"):
+        embed(EmbedConfig(model="models:/sim-align@candidate", dataset="vis_it"), st_, progress=False)
+    from neurobridge.cli import app
+    from typer.testing import CliRunner
+
+    monkeypatch.setenv("NB_STORE", st_.store)
+    monkeypatch.setenv("NB_MLFLOW_URI", st_.mlflow_uri)
+    out = CliRunner().invoke(app, ["registry", "load", "models:/sim-align@candidate"])
+    assert out.exit_code == 0 and "projector IT: regions ['IT']" in out.output, out.output
 
 
 def test_region_ordering_comes_from_the_data_not_the_code(store):

@@ -24,7 +24,7 @@ from neurobridge.storage import StoreError
 from neurobridge.tracking import mlflow_run
 from neurobridge.train.batches import CollateWindows, HeldoutSplit, crop_rows
 from neurobridge.train.config import ConfigError, load_config
-from neurobridge.train.loop import NonFiniteLoss, load_state, run_steps, save_state
+from neurobridge.train.loop import NonFiniteLoss, load_state, run_steps, save_state, val_loss
 from neurobridge.train.pretrain import FAULT_ENV, pretrain, vocabularies
 from neurobridge.train.rows import ROW_COLUMNS
 
@@ -179,18 +179,61 @@ def test_nan_loss_stops_naming_the_step_and_windows(store):
                   report=lambda m, s: None)  # fmt: skip
 
 
+def test_validation_keeps_the_best_weights_and_patience_ends_the_run(store):
+    cfg = small_cfg(**{"optim.max_steps": 40, "validation.every": 2, "validation.patience": 2,
+                       "checkpoint_every": 100, "log_every": 100})  # fmt: skip
+    vocabs = vocabularies(sources(store, [], "tiny"))
+    torch.manual_seed(cfg.seed)
+    model = MaskedNeuralModel(cfg.model, vocabs)
+    scores = iter([5.0, 3.0, 4.0, 4.5, 0.1])  # best at the 2nd pass (step 4), two passes without a new best
+    seen, reports = {}, []
+
+    def validate(m):
+        step = 2 * (len(seen) + 1)
+        seen[step] = copy.deepcopy(m.state_dict())
+        return next(scores)
+
+    last = run_steps(
+        cfg,
+        model,
+        vocabs,
+        local_batches(store, cfg, vocabs),
+        device=torch.device("cpu"),
+        report=lambda m, st: reports.append((dict(m), st and copy.deepcopy(st))),
+        validate=validate,
+    )
+    assert last["step"] == 8  # stopped by patience, not at max_steps
+    assert last["best"]["step"] == 4 and last["best"]["val_loss"] == 3.0
+    torch.testing.assert_close(last["best"]["model"], seen[4])  # the weights as they were when validated
+    assert [m["val_loss"] for m, _ in reports] == [5.0, 3.0, 4.0, 4.5]  # every pass is reported
+    final = reports[-1][1]
+    assert final is not None and final["step"] == 8 and final["best"]["step"] == 4  # checkpointed at the stop
+
+
+def test_val_loss_uses_fixed_masks_so_passes_are_comparable(store):
+    cfg = small_cfg()
+    vocabs = vocabularies(sources(store, [], "tiny"))
+    torch.manual_seed(0)
+    model = MaskedNeuralModel(cfg.model, vocabs)
+    fixed = list(local_batches(store, cfg, vocabs)(0))[:3]
+    first = val_loss(model, fixed, "all", 0, torch.device("cpu"))
+    assert val_loss(model, fixed, "all", 0, torch.device("cpu")) == first
+    assert val_loss(model, fixed, "all", 1, torch.device("cpu")) != first  # the masks come from the seed
+    assert model.training  # left as it was found
+
+
 # ---------------------------------------------------------------- Ray Train end to end
 
 
 def test_ray_train_resumes_after_a_worker_is_killed_and_mlflow_holds_the_run(store, tmp_path, monkeypatch):
-    cfg = small_cfg(name="killed")
+    cfg = small_cfg(name="killed", **{"validation.every": 4})
     monkeypatch.setenv(FAULT_ENV, f"6:{tmp_path / 'killed.marker'}")
     result = pretrain(cfg, store)
     assert (tmp_path / "killed.marker").read_text().startswith("killed at step 6")  # the worker really died
     assert result.metrics["step"] == 12
 
     monkeypatch.delenv(FAULT_ENV)
-    clean = pretrain(small_cfg(name="clean"), store)
+    clean = pretrain(small_cfg(name="clean", **{"validation.every": 4}), store)
     killed_hist = dict(mlflow_run.metric_history(store.mlflow_uri, result.run_id, "loss"))
     clean_hist = dict(mlflow_run.metric_history(store.mlflow_uri, clean.run_id, "loss"))
     for step in (8, 10, 12):  # after the restart from the step-4 checkpoint: the same curve as a clean run
@@ -207,6 +250,11 @@ def test_ray_train_resumes_after_a_worker_is_killed_and_mlflow_holds_the_run(sto
         a.path for d in ("plots", "model") for a in client.list_artifacts(result.run_id, d)
     }
     assert {"config.json", "plots/loss.png", "model/model.pt"} <= artifacts
+    val = dict(mlflow_run.metric_history(store.mlflow_uri, clean.run_id, "val_loss"))
+    assert sorted(val) == [4, 8, 12] and all(np.isfinite(v) for v in val.values())  # val passes on rank 0
+    exported = torch.load(client.download_artifacts(clean.run_id, "model/model.pt", str(tmp_path)), weights_only=True)
+    assert exported["extra"]["step"] == min(val, key=val.get)  # the model of the best val pass is the one exported
+    assert exported["extra"]["last_step"] == 12
 
 
 # ---------------------------------------------------------------- evaluation and fine-tuning
@@ -257,3 +305,6 @@ def test_finetuning_extends_vocabularies_and_uses_the_same_k_windows_as_scratch(
     torch.testing.assert_close(frozen.model.encoder.state_dict(), reloaded.encoder.state_dict())  # backbone kept
     rows = [{"sample_id": f"w{i}"} for i in range(50)]
     assert pick_windows(rows, 5, 0) == pick_windows(list(reversed(rows)), 5, 0)
+    chosen = finetune(ft.model_copy(update={"val_every": 1}), str(tmp_path / "pre.pt"), store)
+    losses = {h["step"]: h["val_loss"] for h in chosen.last["history"] if "val_loss" in h}
+    assert sorted(losses) == [1, 2, 3] and chosen.last["selected_step"] == min(losses, key=losses.get)

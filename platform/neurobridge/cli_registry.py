@@ -57,7 +57,7 @@ def list_cmd(name: str = typer.Argument(None, help="only this registered model")
 
 @registry_app.command("register")
 def register_cmd(
-    run: str = typer.Option(..., help="MLflow run id of a FINISHED pretrain run"),
+    run: str = typer.Option(..., help="MLflow run id of a FINISHED pretrain or align run"),
     name: str = typer.Option(..., help="registered model name (created if new)"),
     alias: str = typer.Option("candidate", help="alias for the new version ('' for none)"),
 ):
@@ -101,14 +101,23 @@ def load_cmd(uri: str = typer.Argument(..., help="models:/<name>@<alias> or mode
         model, v = load(uri, get_settings())
     except _errors() as err:
         _fail(str(err))
-    enc = model.unwrap_python_model().encoder
     _print_version(v)
+    inputs = ", ".join(model.metadata.get_input_schema().input_names())
+    if v.tags.get("kind") == "align":
+        py = model.unwrap_python_model()
+        for name, proj in py.projectors.items():
+            sessions = ", ".join(f"{s} ({d:,} features)" for s, d in proj.in_dims.items())
+            console.print(f"  projector {name}: regions {py.card['regions'].get(name)}; sessions {sessions}")
+        console.print(f"  input: one row per response: {inputs}")
+        console.print(escape(f"  output: float32 [rows, {py.dim}] (L2-normalised, {py.card['embedding_model']} space)"))
+        return
+    enc = model.unwrap_python_model().encoder
     cfg = enc.model.cfg
     sizes = enc.vocabs.sizes()
     console.print(f"  encoder: d_model {cfg.d_model}, depth {cfg.depth}, {cfg.neurons_per_token} units/token, "
                   f"{sum(p.numel() for p in enc.model.parameters()):,} parameters; sessions {sizes['session']}, "
                   f"units {sizes['unit']}")  # fmt: skip
-    console.print(f"  input: one row per window: {', '.join(model.metadata.get_input_schema().input_names())}")
+    console.print(f"  input: one row per window: {inputs}")
     console.print(escape(f"  output: float32 [windows, {enc.dim}] (mean of the encoder's token latents)"))
 
 

@@ -33,10 +33,13 @@ def ablate(
     grid = trials(cfg)
     if check:
         axes = " × ".join(f"{a}[{len(v)}]" for a, v in cfg.axes.items())
-        console.print(
-            f"[green]ok[/] {spec}: {cfg.kind}, {len(grid)} trials ({axes} × seeds {cfg.seeds}), "
-            f"metric {cfg.search.metric}"
-        )
+        s = cfg.search
+        n, sampled = len(grid), ""
+        if s.algorithm != "grid":
+            n *= s.num_samples
+            sampled = f" × {s.num_samples} {s.algorithm} samples of {', '.join(s.space)}"
+        console.print(f"[green]ok[/] {spec}: {cfg.kind}, {n} trials ({axes} × seeds {cfg.seeds}{sampled}), "
+                      f"metric {s.metric}")  # fmt: skip
         return
     try:
         result = run_ablation(cfg, echo=console.print)

@@ -111,6 +111,13 @@ def embed(cfg: EmbedConfig, settings: Settings | None = None, progress: bool = T
         raise StoreError(f"split {cfg.split!r} is not one of {SPLITS}")
     t0 = time.perf_counter()
     info = resolve(cfg.model, settings)  # fails here on a missing alias or a tracking server that is down
+    if info.tags.get("kind", "pretrain") != "pretrain":
+        from .tracking.registry import RegistryError
+
+        raise RegistryError(
+            f"{cfg.model} is a registered {info.tags['kind']!r} model; embedding windows needs a pretrain encoder "
+            "(an align model maps response vectors: load it with `registry load`)"
+        )
     src = sources(settings, [cfg.dataset])[0]
     total = src.rows(cfg.split)
     if total == 0:

@@ -31,7 +31,10 @@ class EvalConfig(BaseModel):
     batch_size: int = Field(64, ge=1)
     forward_fraction: float = Field(0.2, gt=0, lt=1, description="fp-bps scores the last fraction of each window")
     smoothing_sigma_bins: float = Field(2.5, gt=0, description="NLB smoothing baseline kernel s.d. (bins)")
-    glm_l2: float = Field(1e-3, ge=0)
+    glm_l2: list[float] = Field(
+        default_factory=lambda: [1e-3, 1e-2, 1e-1, 1.0], min_length=1,
+        description="smoothing GLM penalties; several: chosen by cross-validation on the training windows",
+    )  # fmt: skip
     ridge_alpha: float = Field(1.0, gt=0)
     max_sessions: int | None = Field(None, ge=1, description="per dataset")
     max_train_windows: int = Field(1000, ge=1, description="training windows per session for baselines/decoders")

@@ -1,10 +1,11 @@
 """`neurobridge registry`: trained models from MLflow runs → registered versions with lineage and aliases.
 
-A run is registered by its ``kind`` tag (``pretrain`` today; another kind plugs in with a ``KINDS`` entry naming
-the file its ``model/`` folder must hold). The registered model is a pyfunc saved from code
-(``tracking/pyfunc_encoder.py``, nothing pickled) whose artifact is the run's weights-only ``model/`` folder, with a
-signature and an input example. Each version carries the run's lineage as tags (dataset versions, config hash, git
-commit, final metrics) and new versions get the ``candidate`` alias; ``promote`` moves ``champion``.
+A run is registered by its ``kind`` tag: ``pretrain`` (a window encoder, ``tracking/pyfunc_encoder.py``) or
+``align`` (projectors from neural responses to image-embedding space, ``tracking/pyfunc_projector.py``); each kind
+names the file its ``model/`` folder must hold. The registered model is a pyfunc saved from code (nothing pickled)
+whose artifact is the run's weights-only ``model/`` folder, with a signature and an input example. Each version
+carries the run's lineage as tags (dataset versions, config hash, git commit, final metrics) and new versions get
+the ``candidate`` alias; ``promote`` moves ``champion``.
 """
 
 from __future__ import annotations
@@ -18,10 +19,19 @@ from pathlib import Path
 from ..config import Settings, get_settings
 from . import mlflow_run
 
-PYFUNC_CODE = Path(__file__).with_name("pyfunc_encoder.py")
+PYFUNC_CODE = {"pretrain": Path(__file__).with_name("pyfunc_encoder.py"),
+               "align": Path(__file__).with_name("pyfunc_projector.py")}  # fmt: skip
 MODEL_DIR = "registered_model"  # run artifact folder holding the MLflow model (MLmodel, code, artifacts)
-KINDS = {"pretrain": "model.pt"}  # run kind → the file its `model/` artifact folder must hold
-KEY_METRICS = {"pretrain": ("loss", "poisson_nll", "mse", "step")}  # final values tagged on the version
+KINDS = {"pretrain": "model.pt", "align": "align_model.json"}  # run kind → the file its `model/` folder must hold
+
+
+def key_metric(kind: str, name: str) -> bool:
+    """Final values tagged on the version: the training losses, or each region set's test retrieval."""
+    if kind == "align":
+        return name.endswith((".test.image_top1", ".test.image_top5", ".test.image_chance1"))
+    return name in ("loss", "poisson_nll", "mse", "step", "val_loss", "best_val_loss", "best_step")
+
+
 DEFAULT_ALIAS = "candidate"
 EXAMPLE_BINS = 10
 
@@ -107,6 +117,34 @@ def signature(d_model: int):
     return ModelSignature(inputs=inputs, outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, d_model))]))
 
 
+def projector_signature(dim: int):
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, Schema, TensorSpec
+
+    inputs = Schema([ColSpec("string", "session"), ColSpec(Array("double"), "features"),
+                     ColSpec("string", "region_set", required=False)])  # fmt: skip
+    return ModelSignature(inputs=inputs, outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, dim))]))
+
+
+def _align_parts(local: Path):
+    """(signature, input example) of an align run's ``model/`` folder, after loading every projector in it."""
+    import numpy as np
+    import pandas as pd
+
+    from ..align.encoder_train import load_aligned_model
+
+    card = json.loads((local / KINDS["align"]).read_text())
+    missing = [f for f in card.get("files", {}).values() if not (local / f).exists()]
+    if not card.get("files") or missing:
+        raise RegistryError(f"{local / KINDS['align']}: projector files missing: {missing or 'none listed'}")
+    first, file = next(iter(card["files"].items()))
+    models = {name: load_aligned_model(str(local / f)) for name, f in card["files"].items()}  # weights-only
+    session, dim = next(iter(models[first].in_dims.items()))
+    example = pd.DataFrame([{"session": session, "features": np.zeros(dim).tolist(), "region_set": first}])
+    return projector_signature(int(card["embedding_dim"])), example
+
+
 def _requirements() -> list[str]:
     import mlflow
     import torch
@@ -145,19 +183,22 @@ def register(
         if not (local / KINDS[kind]).exists():
             raise RegistryError(f"run {run_id}: model/ holds {sorted(p.name for p in local.iterdir())}, "
                                 f"not {KINDS[kind]}")  # fmt: skip
-        model, vocabs, _ = load_checkpoint(local / KINDS[kind])  # weights-only; refuses anything else
+        if kind == "align":
+            sig, example = _align_parts(local)
+        else:
+            model, vocabs, _ = load_checkpoint(local / KINDS[kind])  # weights-only; refuses anything else
+            sig, example = signature(model.cfg.d_model), input_example(vocabs, model.cfg.neurons_per_token)
         out = Path(d) / MODEL_DIR
         mlflow.pyfunc.save_model(
-            str(out), python_model=str(PYFUNC_CODE), artifacts={"model": str(local)}, model_config={"kind": kind},
-            signature=signature(model.cfg.d_model), input_example=input_example(vocabs, model.cfg.neurons_per_token),
-            pip_requirements=_requirements(),
+            str(out), python_model=str(PYFUNC_CODE[kind]), artifacts={"model": str(local)},
+            model_config={"kind": kind}, signature=sig, input_example=example, pip_requirements=_requirements(),
         )  # fmt: skip
         client.log_artifacts(run_id, str(out), MODEL_DIR)
     lineage = {"kind": kind, "run_id": run_id, "git_commit": tags.get("git_commit", "unknown"),
                "config_hash": config_hash(client, run_id),
                **{k: v for k, v in tags.items() if k.startswith("dataset.") or k == "mixture" and v},
                **{f"metric.{k}": f"{v:.6g}" for k, v in sorted(run.data.metrics.items())
-                  if k in KEY_METRICS.get(kind, (k,))}}  # fmt: skip
+                  if key_metric(kind, k)}}  # fmt: skip
     from mlflow.exceptions import MlflowException
 
     try:

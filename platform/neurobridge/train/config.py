@@ -56,6 +56,17 @@ class ScalingConfig(_Strict):
     cpus_per_worker: float = Field(1.0, gt=0)
 
 
+class ValidationConfig(_Strict):
+    """Model selection on the ``val`` split: small data overfits long before ``max_steps`` (MC_Maze: 84 trials)."""
+
+    every: int | None = Field(None, ge=1, description="steps between validation passes (null: no validation)")
+    max_windows: int = Field(256, ge=1, description="val windows scored each pass (the same ones every time)")
+    keep_best: bool = Field(True, description="export the weights of the lowest val loss instead of the last")
+    patience: int | None = Field(
+        None, ge=1, description="stop after this many passes without a new best (null: train to max_steps)"
+    )
+
+
 class PretrainConfig(_Strict):
     name: str = Field("pretrain", description="run name in MLflow and under <store>/runs/")
     experiment: str = "neurobridge-pretrain"
@@ -65,6 +76,7 @@ class PretrainConfig(_Strict):
     model: ModelConfig = ModelConfig()
     optim: OptimConfig = OptimConfig()
     scaling: ScalingConfig = ScalingConfig()
+    validation: ValidationConfig = ValidationConfig()
     log_every: int = Field(10, ge=1)
     checkpoint_every: int = Field(100, ge=1)
     keep_checkpoints: int = Field(2, ge=1)

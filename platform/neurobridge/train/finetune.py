@@ -22,8 +22,8 @@ from ..models.patching import CONTEXT
 from ..models.vocab import Vocabularies, unit_key
 from ..storage import StoreError
 from .batches import CollateWindows, HeldoutSplit, heldout_flags
-from .config import DataConfig, OptimConfig, PretrainConfig
-from .loop import run_steps
+from .config import DataConfig, OptimConfig, PretrainConfig, ValidationConfig
+from .loop import run_steps, val_loss
 
 BACKBONE_FREE = (
     "ctx_emb",
@@ -48,6 +48,9 @@ class FinetuneConfig(BaseModel):
     mode: str = "all"
     seed: int = 0
     heldout_fraction: float = Field(0.25, gt=0, lt=1)
+    val_every: int | None = Field(
+        None, ge=1, description="score the session's val windows every this many steps and keep the best weights"
+    )
 
 
 @dataclass
@@ -69,7 +72,7 @@ def finetune(cfg: FinetuneConfig, model_file: str | None, settings: Settings | N
     """Fine-tune ``model_file`` (or, with ``model_file=None``, train a fresh ``scratch_model``) on the session."""
     settings = settings or get_settings()
     srcs = sources(settings, [cfg.dataset])
-    found = session_rows(settings, srcs[0], ("train",), {cfg.session})
+    found = session_rows(settings, srcs[0], ("train", "val"), {cfg.session})
     if not found or not found[0].split("train"):
         raise StoreError(f"{cfg.dataset}: no training windows for session {cfg.session!r}")
     rows = pick_windows(found[0].split("train"), cfg.trials, cfg.seed)
@@ -103,11 +106,25 @@ def finetune(cfg: FinetuneConfig, model_file: str | None, settings: Settings | N
     pcfg = PretrainConfig(
         name="finetune", seed=cfg.seed, mode=cfg.mode, model=model.cfg, data=DataConfig(mixture=None),
         optim=OptimConfig(lr=cfg.lr, max_steps=cfg.steps, batch_size=bs, warmup_steps=min(20, cfg.steps // 10)),
-        log_every=max(1, cfg.steps // 10), checkpoint_every=cfg.steps,
+        log_every=max(1, cfg.steps // 10), checkpoint_every=cfg.steps, validation=ValidationConfig(every=cfg.val_every),
     )  # fmt: skip
+    validate = None
+    if cfg.val_every is not None:
+        val = found[0].split("val")[: pcfg.validation.max_windows]
+        if not val:
+            raise StoreError(f"{cfg.dataset}: val_every is set but session {cfg.session!r} has no val windows")
+        fixed = [collate_fn.collate_rows(val[i : i + bs]) for i in range(0, len(val), bs)]
+
+        def validate(m) -> float:
+            return val_loss(m, fixed, cfg.mode, cfg.seed, torch.device("cpu"))
+
     history: list[dict] = []
     last = run_steps(pcfg, model, vocabs, batches, device=torch.device("cpu"),
-                     report=lambda m, _state: history.append(dict(m)))  # fmt: skip
+                     report=lambda m, _state: history.append(dict(m)), validate=validate)  # fmt: skip
+    best = last.pop("best", None)
+    if best is not None:
+        model.load_state_dict(best["model"])
+        last["selected_step"] = best["step"]
     for p in model.parameters():
         p.requires_grad = True
     return FinetuneResult(model, vocabs, [r["sample_id"] for r in rows], {**last, "history": history})

@@ -62,17 +62,26 @@ def run_steps(
     state: dict | None = None,
     report: Callable[[dict, dict | None], None],
     ddp_model: torch.nn.Module | None = None,
+    validate: Callable[[MaskedNeuralModel], float] | None = None,
 ) -> dict:
     """Train until ``cfg.optim.max_steps``. ``batches(epoch)`` yields collated windows in a fixed order;
-    ``report(metrics, state_or_None)`` is called every ``log_every`` steps, with the full state at checkpoints."""
+    ``report(metrics, state_or_None)`` is called every ``log_every`` steps, with the full state at checkpoints.
+
+    With ``validate`` (a val loss of the model; rank 0 only) every ``cfg.validation.every`` steps, the best weights so
+    far travel in the state (``best``), so a resumed run keeps them, and ``patience`` passes without a new best
+    end the run early (with a final checkpoint)."""
     net = ddp_model or model
     opt, sched = make_optimizer(model, cfg.optim)
     step, epoch, skip = 0, 0, 0
+    best: dict | None = None
+    stale = 0
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         step, epoch, skip = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
+        best, stale = state.get("best"), int(state.get("stale", 0))
+    val_every = cfg.validation.every if validate is not None else None
     last = {}
     clock = _Clock()
     while step < cfg.optim.max_steps:
@@ -103,16 +112,30 @@ def run_steps(
                     "poisson_nll": float(out.poisson_nll.detach()), "mse": float(out.mse.detach()),
                     "lr": sched.get_last_lr()[0], "grad_norm": float(grad_norm),
                     "tokens": int(batch.token_valid.sum()), "cells": int(batch.token_cells.sum())}  # fmt: skip
-            at_ckpt = step % cfg.checkpoint_every == 0 or step >= cfg.optim.max_steps
-            if at_ckpt or step % cfg.log_every == 0:
+            stop = step >= cfg.optim.max_steps
+            validated = val_every is not None and (step % val_every == 0 or stop)
+            if validated:
+                last["val_loss"] = float(validate(model))
+                if best is None or last["val_loss"] < best["val_loss"]:
+                    weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                    best, stale = {"step": step, "val_loss": last["val_loss"], "model": weights}, 0
+                else:
+                    stale += 1
+                last["best_val_loss"], last["best_step"] = best["val_loss"], best["step"]
+                patience = cfg.validation.patience
+                stop = stop or (patience is not None and stale >= patience)
+            at_ckpt = step % cfg.checkpoint_every == 0 or stop
+            if at_ckpt or validated or step % cfg.log_every == 0:
                 last.update(clock.rates())
             if at_ckpt:
-                report(last, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                              "scheduler": sched.state_dict(), "step": step, "epoch": epoch,
-                              "batch_in_epoch": seen})  # fmt: skip
-            elif step % cfg.log_every == 0:
+                full = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                        "step": step, "epoch": epoch, "batch_in_epoch": seen, "stale": stale}  # fmt: skip
+                if best is not None:
+                    full["best"] = best
+                report(last, full)
+            elif validated or step % cfg.log_every == 0:
                 report(last, None)
-            if step >= cfg.optim.max_steps:
+            if stop:
                 break
         else:
             epoch, skip = epoch + 1, 0
@@ -120,7 +143,7 @@ def run_steps(
                 raise RuntimeError("the training data yielded no batch (empty split or batch larger than the data)")
             continue
         break
-    return last
+    return last if best is None else {**last, "best": best}  # a new dict: Ray may still hold the reported one
 
 
 class _Clock:
@@ -174,3 +197,16 @@ def load_state(directory: str | Path, cfg: PretrainConfig) -> dict:
     if diffs:
         raise CheckpointError("the checkpoint comes from another model config: " + "; ".join(diffs[:5]))
     return payload
+
+
+@torch.no_grad()
+def val_loss(model: MaskedNeuralModel, batches: list[Collated], mode: str, seed: int, device: torch.device) -> float:
+    """Mean masked loss over fixed val batches with fixed masks (a seed per batch): comparable across steps."""
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    for i, item in enumerate(batches):
+        gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + 7_919 * (i + 1))
+        total += float(model(item.batch.to(device), mode=mode, generator=gen).loss)
+    model.train(was_training)
+    return total / max(len(batches), 1)

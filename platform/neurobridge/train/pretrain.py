@@ -16,7 +16,7 @@ from ..config import Settings, get_settings
 from ..data.store import Source, ray_dataset, sources, unit_columns
 from ..models.vocab import Vocabularies, unit_key
 from ..runtime import ensure_ray
-from ..storage import filesystem, is_local_fs, join
+from ..storage import StoreError, filesystem, is_local_fs, join
 from ..tracking import mlflow_run
 from .batches import CollateWindows, HeldoutSplit, heldout_flags
 from .config import PretrainConfig
@@ -83,7 +83,7 @@ def train_loop_per_worker(config: dict) -> None:
     from ray.train import Checkpoint
 
     from ..models.ndt import MaskedNeuralModel
-    from .loop import load_state, run_steps, save_state
+    from .loop import load_state, run_steps, save_state, val_loss
 
     cfg = PretrainConfig.model_validate(config["cfg"])
     vocabs = Vocabularies.from_dict(config["vocabs"])
@@ -126,8 +126,32 @@ def train_loop_per_worker(config: dict) -> None:
             else:
                 ray.train.report(metrics)
 
+    validate = None
+    if rank == 0 and cfg.validation.every is not None:
+        fixed = _val_batches(ray.train.get_dataset_shard("val"), cfg, collate_fn)
+
+        def validate(m) -> float:
+            return val_loss(m, fixed, cfg.mode, cfg.seed, device)
+
     run_steps(cfg, model, vocabs, batches, device=device, rank=rank, world=world, state=state, report=report,
-              ddp_model=ddp)  # fmt: skip
+              ddp_model=ddp, validate=validate)  # fmt: skip
+
+
+def _val_batches(shard, cfg: PretrainConfig, collate_fn: CollateWindows) -> list:
+    """The first ``max_windows`` val windows as fixed collated batches, read once (val sets are small)."""
+    import pyarrow as pa
+
+    tables, n = [], 0
+    for table in shard.iter_batches(batch_size=cfg.optim.batch_size, batch_format="pyarrow"):
+        tables.append(table.slice(0, cfg.validation.max_windows - n))
+        n += tables[-1].num_rows
+        if n >= cfg.validation.max_windows:
+            break
+    if not n:
+        raise RuntimeError("validation is on but the val split yielded no windows")
+    rows = pa.concat_tables(tables)
+    size = cfg.optim.batch_size
+    return [collate_fn(rows.slice(i, size)) for i in range(0, rows.num_rows, size)]
 
 
 FAULT_ENV = "NB_FAULT_KILL_WORKER_AT_STEP"  # "<step>:<marker file>": fault injection for resume tests
@@ -151,7 +175,7 @@ def _maybe_die(fault: dict, step: int, rank: int) -> None:
 
 def pretrain(cfg: PretrainConfig, settings: Settings | None = None, resume_from: str | None = None) -> PretrainResult:
     import ray.data
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     settings = settings or get_settings()
@@ -164,6 +188,13 @@ def pretrain(cfg: PretrainConfig, settings: Settings | None = None, resume_from:
     ctx.execution_options.preserve_order = True  # with seeded shuffles: the same data order on every (re)run
     train = ray_dataset(settings, srcs, "train", cfg.data.mixing, epoch_rows(cfg, srcs), cfg.seed, ROW_COLUMNS,
                         exclude_sessions=frozenset(cfg.data.holdout_sessions))  # fmt: skip
+    datasets = {"train": train}
+    if cfg.validation.every is not None:
+        try:  # every val row once, unmixed; rank 0 scores the first max_windows of them
+            datasets["val"] = ray_dataset(settings, srcs, "val", "proportional", None, cfg.seed, ROW_COLUMNS,
+                                          exclude_sessions=frozenset(cfg.data.holdout_sessions))  # fmt: skip
+        except StoreError as err:
+            raise StoreError(f"validation.every is set but there is nothing to validate on: {err}") from None
     lineage = {f"dataset.{s.name}": s.ref.version for s in srcs}
     tags = {"mixture": cfg.data.mixture or "", "kind": "pretrain", **lineage}
     run_id = mlflow_run.start_run(settings.mlflow_uri, cfg.experiment, cfg.name, cfg.model_dump(mode="json"), tags)
@@ -178,7 +209,8 @@ def pretrain(cfg: PretrainConfig, settings: Settings | None = None, resume_from:
                              storage_path=path, storage_filesystem=pa_fs,
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
                              failure_config=FailureConfig(max_failures=cfg.max_failures)),
-        datasets={"train": train},
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=["train"]),
     )  # fmt: skip
     ok = False
     try:
@@ -202,12 +234,15 @@ def _finish(settings: Settings, run_id: str, cfg: PretrainConfig, vocabs: Vocabu
 
     uri = settings.mlflow_uri
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
-    for key, a in (("loss", ax[0]), ("lr", ax[1])):
-        hist = mlflow_run.metric_history(uri, run_id, key)
-        if hist:
-            steps, values = zip(*hist, strict=True)
-            a.plot(steps, values)
-        a.set(xlabel="step", ylabel=key, title=key)
+    for keys, a in ((("loss", "val_loss"), ax[0]), (("lr",), ax[1])):
+        for key in keys:
+            hist = mlflow_run.metric_history(uri, run_id, key)
+            if hist:
+                steps, values = zip(*hist, strict=True)
+                a.plot(steps, values, label=key)
+        a.set(xlabel="step", ylabel=keys[0], title=" / ".join(keys))
+        if len(keys) > 1:
+            a.legend()
     fig.tight_layout()
     mlflow_run.log_figure(uri, run_id, fig, "plots/loss.png")
     plt.close(fig)
@@ -234,8 +269,12 @@ def export_model(checkpoint: str, cfg: PretrainConfig, pa_fs=None) -> str:
             payload = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
     vocabs = Vocabularies.from_dict(payload["vocabs"])
     model = MaskedNeuralModel(cfg.model, vocabs)
-    model.load_state_dict(payload["model"])
-    save_checkpoint(
-        str(out), model, vocabs, {"step": int(payload["step"]), "heldout_fraction": cfg.data.heldout_fraction}
-    )
+    extra = {"step": int(payload["step"]), "heldout_fraction": cfg.data.heldout_fraction}
+    best = payload.get("best")
+    if best is not None and cfg.validation.keep_best:
+        model.load_state_dict(best["model"])
+        extra |= {"step": int(best["step"]), "val_loss": float(best["val_loss"]), "last_step": int(payload["step"])}
+    else:
+        model.load_state_dict(payload["model"])
+    save_checkpoint(str(out), model, vocabs, extra)
     return str(out)

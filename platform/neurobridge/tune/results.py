@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from .spec import AblationSpec
+from .spec import AblationSpec, sampled_values, trial_key
 from .trainables import COMPLETE
 
 META = ("trial", "seed", "status", "error", "child_run_id")
@@ -18,8 +18,8 @@ def table(result_grid, spec: AblationSpec) -> pd.DataFrame:
     rows = []
     for r in result_grid:
         trial = r.config["trial"]
-        row = {"trial": trial["key"], **trial["labels"], "seed": trial["seed"]}
-        row.update({k: r.config[k] for k in spec.search.space if k in r.config})
+        sampled = sampled_values(r.config, spec)
+        row = {"trial": trial_key(trial, sampled), **trial["labels"], "seed": trial["seed"], **sampled}
         metrics = r.metrics or {}
         row["status"] = "error" if r.error is not None else ("ok" if metrics.get(COMPLETE) else "incomplete")
         row["error"] = "" if r.error is None else f"{type(r.error).__name__}: {r.error}"[:500]
@@ -37,10 +37,11 @@ _TUNE_KEYS = {"timestamp", "time_this_iter_s", "time_total_s", "pid", "training_
 
 
 def summarize(df: pd.DataFrame, spec: AblationSpec, metric: str | None = None) -> pd.DataFrame:
-    """Mean, standard deviation, standard error and count across seeds for each setting of the axes."""
+    """Mean, standard deviation, standard error and count across seeds for each setting of the axes (and of the
+    searched values: quasi_random crosses each point with every seed; random/asha draw anew per trial)."""
     metric = metric or spec.search.metric
-    axes = list(spec.axes)
     ok = df[df["status"] == "ok"] if "status" in df else df
+    axes = list(spec.axes) + [k for k in spec.search.space if k in ok]
     if metric not in ok:
         raise KeyError(f"metric {metric!r} is not in the results (have: {sorted(c for c in df if c not in META)})")
     g = ok.groupby(axes, sort=False)[metric]

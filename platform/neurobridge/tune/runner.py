@@ -24,7 +24,7 @@ from ..storage import StoreError, filesystem, is_local_fs, join
 from ..tracking import mlflow_run
 from . import results as res
 from .report import build_report, results_dir
-from .spec import AblationSpec, SpecError, trials
+from .spec import SAMPLED, AblationSpec, SpecError, quasi_random_points, trials
 from .trainables import TRIAL_TAG, run_trial
 
 PARENT_FILE = "nb_parent.json"
@@ -94,7 +94,9 @@ def _search(spec: AblationSpec) -> tuple[dict, dict]:
     space: dict = {"trial": tune.grid_search(trials(spec))}
     kwargs: dict = {"num_samples": 1}
     s = spec.search
-    if s.algorithm != "grid":
+    if s.algorithm == "quasi_random":
+        space[SAMPLED] = tune.grid_search(quasi_random_points(s.space, s.num_samples, s.sampler_seed))
+    elif s.algorithm != "grid":
         for key, d in s.space.items():
             if d.uniform is not None:
                 space[key] = tune.uniform(*d.uniform)
@@ -146,7 +148,7 @@ def run_ablation(spec: AblationSpec, settings: Settings | None = None,
             resumed = True
         else:
             space, kwargs = _search(spec)
-            n = len(trials(spec)) * kwargs["num_samples"]
+            n = len(trials(spec)) * (spec.search.num_samples if spec.search.algorithm != "grid" else 1)
             echo(f"ablation {spec.name!r}: {n} trials, at most {spec.max_concurrent_trials} at a time, "
                  f"{spec.resources.cpu} CPU each → {exp_path}")  # fmt: skip
             tuner = tune.Tuner(

@@ -49,9 +49,12 @@ class Distribution(_Strict):
 
 
 class SearchConfig(_Strict):
-    algorithm: Literal["grid", "random", "asha"] = Field(
-        "grid", description="grid: every axis value × seed; random/asha: sample `space` num_samples times"
+    algorithm: Literal["grid", "random", "quasi_random", "asha"] = Field(
+        "grid",
+        description="grid: every axis value × seed; random/asha: sample `space` num_samples times; quasi_random: "
+        "num_samples points of a scrambled Halton sequence (covers the space more evenly than independent draws)",
     )
+    sampler_seed: int = Field(0, description="quasi_random: seed of the scrambled sequence")
     metric: str = Field("loss", description="the trial metric tables, plots and ASHA rank by")
     mode: Literal["min", "max"] = "min"
     space: dict[str, Distribution] = Field(default_factory=dict, description="dotted config key → distribution")
@@ -217,6 +220,53 @@ def load_spec(path: str | Path, overrides: dict | None = None) -> AblationSpec:
             raise SpecError(f"{path}: search.space needs algorithm random or asha (grid has no sampler)")
         build_config(spec, grid[0], sampled)
     return spec
+
+
+def quasi_random_points(space: dict[str, Distribution], n: int, seed: int = 0) -> list[dict]:
+    """``n`` configs from a scrambled Halton sequence mapped through each distribution (deterministic by seed)."""
+    import math
+
+    from scipy.stats import qmc
+
+    keys = list(space)
+    if not keys:
+        return [{} for _ in range(n)]
+    points = qmc.Halton(d=len(keys), scramble=True, seed=seed).random(n)
+    out = []
+    for row in points:
+        cfg = {}
+        for key, u in zip(keys, row, strict=True):
+            d = space[key]
+            if d.uniform is not None:
+                cfg[key] = d.uniform[0] + float(u) * (d.uniform[1] - d.uniform[0])
+            elif d.loguniform is not None:
+                lo, hi = math.log(d.loguniform[0]), math.log(d.loguniform[1])
+                cfg[key] = math.exp(lo + float(u) * (hi - lo))
+            elif d.randint is not None:  # [lo, hi) as tune.randint
+                cfg[key] = min(d.randint[0] + int(u * (d.randint[1] - d.randint[0])), d.randint[1] - 1)
+            else:
+                cfg[key] = d.choice[min(int(u * len(d.choice)), len(d.choice) - 1)]  # type: ignore[index]
+        out.append(cfg)
+    return out
+
+
+SAMPLED = "sampled"  # quasi_random: the Tune config key holding one point's {dotted key: value}
+
+
+def sampled_values(config: dict, spec: AblationSpec) -> dict:
+    """The searched values of one Tune trial config (random/asha: top-level keys; quasi_random: one dict)."""
+    if SAMPLED in config:
+        return dict(config[SAMPLED])
+    return {k: config[k] for k in spec.search.space if k in config}
+
+
+def trial_key(trial: dict, sampled: dict) -> str:
+    """A grid cell's key, plus the sampled values: two samples of one cell are two trials (resume tells them
+    apart)."""
+    if not sampled:
+        return trial["key"]
+    return trial["key"] + "".join(f"__{k}={v:.6g}" if isinstance(v, float) else f"__{k}={v}"
+                                  for k, v in sorted(sampled.items()))  # fmt: skip
 
 
 def _example(d: Distribution):

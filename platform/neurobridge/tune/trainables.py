@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..config import Settings
 from ..tracking import mlflow_run
-from .spec import AblationSpec, build_config
+from .spec import AblationSpec, build_config, sampled_values, trial_key
 
 TRIAL_TAG = "ablation.trial"
 COMPLETE = "trial_complete"  # in the final result only (Tune reserves `done`)
@@ -34,18 +34,19 @@ def run_trial(config: dict, spec: AblationSpec, settings: dict, parent_run_id: s
     torch.set_num_threads(spec.resources.threads)
     st = Settings.model_validate(settings)
     trial = config["trial"]
-    sampled = {k: config[k] for k in spec.search.space}
+    sampled = sampled_values(config, spec)
     cfg = build_config(spec, trial, sampled)
-    done = finished_child(st, spec, parent_run_id, trial["key"])
+    key = trial_key(trial, sampled)
+    done = finished_child(st, spec, parent_run_id, key)
     if done is not None:  # finished before the driver died, after Tune's last state snapshot: report, don't rerun
         tune.report({**done.data.metrics, "child_run_id": done.info.run_id, COMPLETE: 1})
         return
     versions = _dataset_versions(spec, cfg, st)
-    tags = {"mlflow.parentRunId": parent_run_id, "git_commit": git, "ablation": spec.name, TRIAL_TAG: trial["key"],
+    tags = {"mlflow.parentRunId": parent_run_id, "git_commit": git, "ablation": spec.name, TRIAL_TAG: key,
             "kind": spec.kind, "seed": str(trial["seed"]), "tune.trial_id": tune.get_context().get_trial_id() or "",
             **{f"axis.{k}": v for k, v in trial["labels"].items()},
             **{f"dataset.{k}": v for k, v in versions.items()}}  # fmt: skip
-    run_id = mlflow_run.start_run(st.mlflow_uri, spec.experiment, trial["key"], cfg.model_dump(mode="json"), tags)
+    run_id = mlflow_run.start_run(st.mlflow_uri, spec.experiment, key, cfg.model_dump(mode="json"), tags)
     ok = False
     try:
         t0 = time.perf_counter()
