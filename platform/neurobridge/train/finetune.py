@@ -51,6 +51,9 @@ class FinetuneConfig(BaseModel):
     val_every: int | None = Field(
         None, ge=1, description="score the session's val windows every this many steps and keep the best weights"
     )
+    val_patience: int | None = Field(
+        None, ge=1, description="with val_every: stop after this many passes without a new best"
+    )
 
 
 @dataclass
@@ -106,7 +109,7 @@ def finetune(cfg: FinetuneConfig, model_file: str | None, settings: Settings | N
     pcfg = PretrainConfig(
         name="finetune", seed=cfg.seed, mode=cfg.mode, model=model.cfg, data=DataConfig(mixture=None),
         optim=OptimConfig(lr=cfg.lr, max_steps=cfg.steps, batch_size=bs, warmup_steps=min(20, cfg.steps // 10)),
-        log_every=max(1, cfg.steps // 10), checkpoint_every=cfg.steps, validation=ValidationConfig(every=cfg.val_every),
+        log_every=max(1, cfg.steps // 10), checkpoint_every=cfg.steps, validation=ValidationConfig(every=cfg.val_every, patience=cfg.val_patience),
     )  # fmt: skip
     validate = None
     if cfg.val_every is not None:
