@@ -109,7 +109,8 @@ def finetune(cfg: FinetuneConfig, model_file: str | None, settings: Settings | N
     pcfg = PretrainConfig(
         name="finetune", seed=cfg.seed, mode=cfg.mode, model=model.cfg, data=DataConfig(mixture=None),
         optim=OptimConfig(lr=cfg.lr, max_steps=cfg.steps, batch_size=bs, warmup_steps=min(20, cfg.steps // 10)),
-        log_every=max(1, cfg.steps // 10), checkpoint_every=cfg.steps, validation=ValidationConfig(every=cfg.val_every, patience=cfg.val_patience),
+        log_every=max(1, cfg.steps // 10), checkpoint_every=cfg.steps,
+        validation=ValidationConfig(every=cfg.val_every, patience=cfg.val_patience),
     )  # fmt: skip
     validate = None
     if cfg.val_every is not None:
