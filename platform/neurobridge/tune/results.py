@@ -59,11 +59,12 @@ def summary_markdown(df: pd.DataFrame, spec: AblationSpec, wall_s: float | None 
              f"seeds {spec.seeds}; metric `{metric}` ({better} is better), mean ± s.e.m. across seeds."]  # fmt: skip
     if wall_s is not None:
         lines.append(f"Wall time of the last run: {wall_s:.0f} s.")
-    lines += ["", "| " + " | ".join([*spec.axes, metric, "± s.e.m.", "seeds"]) + " |",
-              "|" + "---|" * (len(spec.axes) + 3)]  # fmt: skip
-    for _, r in summ.iterrows():
+    cols = [*spec.axes, *searched(summ, spec)]
+    lines += ["", "| " + " | ".join([*cols, metric, "± s.e.m.", "seeds"]) + " |",
+              "|" + "---|" * (len(cols) + 3)]  # fmt: skip
+    for _, r in summ.sort_values("mean", ascending=spec.search.mode == "min", kind="stable").iterrows():
         sem = "" if not math.isfinite(r["sem"]) else f"{r['sem']:.4f}"
-        lines.append("| " + " | ".join([*(str(r[a]) for a in spec.axes), f"{r['mean']:.4f}", sem,
+        lines.append("| " + " | ".join([*(_cell(r[a]) for a in cols), f"{r['mean']:.4f}", sem,
                                         str(int(r["seeds"]))]) + " |")  # fmt: skip
     failed = df[df["status"] != "ok"]
     if len(failed):
@@ -71,8 +72,18 @@ def summary_markdown(df: pd.DataFrame, spec: AblationSpec, wall_s: float | None 
     return "\n".join(lines) + "\n"
 
 
+def searched(table: pd.DataFrame, spec: AblationSpec) -> list[str]:
+    """The search-space keys present in a results or summary table (none for a grid)."""
+    return [k for k in spec.search.space if k in table]
+
+
+def _cell(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
 def errorbar_plot(df: pd.DataFrame, spec: AblationSpec, metric: str | None = None):
-    """Metric per value of the first axis (x), one series per combination of the other axes; bars: s.e.m."""
+    """Metric per value of the first axis (x), one series per combination of the other axes; bars: s.e.m.
+    A search instead plots the metric against each searched value (one panel per key)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -80,6 +91,8 @@ def errorbar_plot(df: pd.DataFrame, spec: AblationSpec, metric: str | None = Non
 
     metric = metric or spec.search.metric
     summ = summarize(df, spec, metric)
+    if searched(summ, spec):
+        return _search_plot(summ, spec, metric)
     axes = list(spec.axes)
     first, rest = axes[0], axes[1:]
     order = [v.label for v in spec.axes[first]]
@@ -100,5 +113,28 @@ def errorbar_plot(df: pd.DataFrame, spec: AblationSpec, metric: str | None = Non
     ax.set(xlabel=first, ylabel=f"{metric}\n(mean ± s.e.m., {len(spec.seeds)} seeds; dots: seeds)", title=spec.name)
     if rest:
         ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _search_plot(summ: pd.DataFrame, spec: AblationSpec, metric: str):
+    import matplotlib.pyplot as plt
+
+    keys = searched(summ, spec)
+    fig, axs = plt.subplots(1, len(keys), figsize=(3.6 * len(keys) + 1, 3.6), squeeze=False)
+    best = summ["mean"].idxmax() if spec.search.mode == "max" else summ["mean"].idxmin()
+    for ax, key in zip(axs[0], keys, strict=True):
+        numeric = pd.api.types.is_numeric_dtype(summ[key])
+        x = summ[key] if numeric else summ[key].astype(str)
+        ax.errorbar(x, summ["mean"], yerr=summ["sem"].fillna(0), fmt="o", capsize=3, color="C0")
+        ax.plot(x[best], summ["mean"][best], "*", ms=12, color="C3", label="best")
+        if spec.search.space[key].loguniform is not None:
+            from matplotlib.ticker import NullFormatter
+
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide on a short log range
+        ax.set(xlabel=key, ylabel=metric)
+    axs[0][0].legend(fontsize=8)
+    fig.suptitle(f"{spec.name}: {len(summ)} sampled configs ({spec.search.algorithm}), mean ± s.e.m. across seeds")
     fig.tight_layout()
     return fig
