@@ -21,7 +21,9 @@ def table(result_grid, spec: AblationSpec) -> pd.DataFrame:
         sampled = sampled_values(r.config, spec)
         row = {"trial": trial_key(trial, sampled), **trial["labels"], "seed": trial["seed"], **sampled}
         metrics = r.metrics or {}
-        row["status"] = "error" if r.error is not None else ("ok" if metrics.get(COMPLETE) else "incomplete")
+        # a trial that neither errored nor completed was stopped by ASHA (or by the time budget / a killed driver)
+        unfinished = "stopped" if spec.search.algorithm == "asha" else "incomplete"
+        row["status"] = "error" if r.error is not None else ("ok" if metrics.get(COMPLETE) else unfinished)
         row["error"] = "" if r.error is None else f"{type(r.error).__name__}: {r.error}"[:500]
         row["child_run_id"] = metrics.get("child_run_id", "")
         for k, v in metrics.items():
