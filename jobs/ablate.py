@@ -4,7 +4,7 @@ Ray Tune, tracked in MLflow; rerun the same command to resume after the driver d
 import argparse
 import sys
 
-from neurobridge.config import parse_overrides
+from neurobridge.config import parse_job_args
 from neurobridge.tune.runner import run_ablation
 from neurobridge.tune.spec import load_spec
 
@@ -12,12 +12,7 @@ from neurobridge.tune.spec import load_spec
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("spec", help="ablation spec YAML")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], help="key.sub=value (YAML value)")
-    args = parser.parse_args()
-    try:
-        overrides = parse_overrides(args.overrides)
-    except ValueError as e:
-        parser.error(str(e))
+    args, overrides = parse_job_args(parser)
     result = run_ablation(load_spec(args.spec, overrides))
     print(
         f"ablation {result.name}: {len(result.table)} trials in {result.wall_s:.0f} s wall; parent run "

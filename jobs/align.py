@@ -6,18 +6,13 @@ import sys
 
 from neurobridge.align.config import AlignConfig, load_yaml
 from neurobridge.align.experiment import run_alignment
-from neurobridge.config import parse_overrides
+from neurobridge.config import parse_job_args
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", required=True, help="YAML alignment config")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], help="key.sub=value (YAML value)")
-    args = parser.parse_args()
-    try:
-        overrides = parse_overrides(args.overrides)
-    except ValueError as e:
-        parser.error(str(e))
+    args, overrides = parse_job_args(parser)
     result = run_alignment(load_yaml(AlignConfig, args.config, overrides), echo=print)
     for name, s in result.summary().items():
         print(

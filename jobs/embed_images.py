@@ -6,15 +6,13 @@ import sys
 
 from neurobridge.align.config import EmbedConfig, load_yaml
 from neurobridge.align.embed_images import embed_images
-from neurobridge.config import get_settings
+from neurobridge.config import get_settings, parse_job_args
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("config", help="YAML EmbedConfig (name, images, model, …)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    args = parser.parse_args()
-    overrides = dict(item.split("=", 1) for item in args.set)
+    args, overrides = parse_job_args(parser)
     report = embed_images(load_yaml(EmbedConfig, args.config, overrides), get_settings())
     c = report.card["counts"]
     print(f"{report.name}: {c['embedded']} of {c['listed']} images embedded, {c['failed']} failed → {report.path}")

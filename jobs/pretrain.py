@@ -4,7 +4,7 @@ masked pretraining on Ray Train (thin: parse, call the library)."""
 import argparse
 import sys
 
-from neurobridge.config import parse_overrides
+from neurobridge.config import parse_job_args
 from neurobridge.train.config import load_config
 from neurobridge.train.pretrain import pretrain
 
@@ -12,12 +12,7 @@ from neurobridge.train.pretrain import pretrain
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", default=None, help="YAML pretraining config (default: built-in defaults)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], help="key.sub=value (YAML value)")
-    args = parser.parse_args()
-    try:
-        overrides = parse_overrides(args.overrides)
-    except ValueError as e:
-        parser.error(str(e))
+    args, overrides = parse_job_args(parser)
     result = pretrain(load_config(args.config, overrides))
     print(f"run {result.run_id}: {result.metrics} → model runs:/{result.run_id}, checkpoint {result.checkpoint}")
     return 0

@@ -36,6 +36,39 @@ def ray_cluster():
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def reaching_store(tmp_path_factory, ray_cluster):
+    """Factory: simulate reaching (NWB) and IBL-like (ALF) sessions, ingest them through Ray as ``t_nwb`` and
+    ``t_alf``, pin them as ``mixture``; returns the settings of that store."""
+
+    def make(name: str, mixture: str, units: tuple[int, int], minutes: float):
+        from neurobridge.catalog import CatalogEntry
+        from neurobridge.config import get_settings
+        from neurobridge.ingest.mixture import write_mixture
+        from neurobridge.ingest.pipeline import ingest_many
+        from neurobridge.sources.sim import SimConfig, simulate
+
+        root = tmp_path_factory.mktemp(name)
+        sim = root / "raw"
+        cfg = SimConfig(nwb_subjects=1, nwb_sessions_per_subject=2, alf_subjects=1, alf_sessions_per_subject=1,
+                        visual_sessions=0, units_min=units[0], units_max=units[1], minutes=minutes,
+                        write_images=False)  # fmt: skip
+        simulate(str(sim), cfg, progress=False)
+        settings = get_settings(store=str(root / "store"), raw_root=str(sim), mlflow_uri=f"sqlite:///{root}/mlflow.db")
+        entries = [
+            CatalogEntry(name="t_nwb", kind="nwb", uri=str(sim / "nwb"),
+                         ingest={"bin_ms": 20, "window": {"mode": "chunks", "chunk_s": 0.6}}),
+            CatalogEntry(name="t_alf", kind="alf", uri=str(sim / "alf"), one={"mode": "local"},
+                         ingest={"bin_ms": 20, "window": {"mode": "chunks", "chunk_s": 1.6}}),
+        ]  # fmt: skip
+        reports = ingest_many(entries, settings, progress=False)
+        assert not any(isinstance(r, Exception) for r in reports), reports
+        write_mixture(settings, mixture, reports)
+        return settings
+
+    return make
+
+
 @pytest.fixture()
 def settings(tmp_path):
     from neurobridge.config import get_settings

@@ -17,10 +17,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from neurobridge.catalog import CatalogEntry
-from neurobridge.ingest.mixture import write_mixture
-from neurobridge.ingest.pipeline import ingest_many
-from neurobridge.sources.sim import SimConfig, simulate
 from neurobridge.tracking.mlflow_run import TrackingError
 from neurobridge.tune.runner import child_runs, run_ablation
 from neurobridge.tune.spec import SpecError, load_spec, trials
@@ -46,26 +42,9 @@ def demo_variant(spec: Path, **over) -> dict:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, ray_cluster):
+def store(reaching_store):
     """Two simulated reaching sessions and one IBL-like session, ingested and pinned as mixture 'demo'."""
-    from neurobridge.config import get_settings
-
-    root = tmp_path_factory.mktemp("ablate")
-    sim = root / "raw"
-    simulate(str(sim), SimConfig(nwb_subjects=1, nwb_sessions_per_subject=2, alf_subjects=1, alf_sessions_per_subject=1,
-                                 visual_sessions=0, units_min=16, units_max=24, minutes=0.5, write_images=False),
-             progress=False)  # fmt: skip
-    settings = get_settings(store=str(root / "store"), raw_root=str(sim), mlflow_uri=f"sqlite:///{root}/mlflow.db")
-    entries = [
-        CatalogEntry(name="t_nwb", kind="nwb", uri=str(sim / "nwb"),
-                     ingest={"bin_ms": 20, "window": {"mode": "chunks", "chunk_s": 0.6}}),
-        CatalogEntry(name="t_alf", kind="alf", uri=str(sim / "alf"), one={"mode": "local"},
-                     ingest={"bin_ms": 20, "window": {"mode": "chunks", "chunk_s": 1.6}}),
-    ]  # fmt: skip
-    reports = ingest_many(entries, settings, progress=False)
-    assert not any(isinstance(r, Exception) for r in reports), reports
-    write_mixture(settings, "demo", reports)
-    return settings
+    return reaching_store("ablate", "demo", units=(16, 24), minutes=0.5)
 
 
 # ---------------------------------------------------------------- specs (no Ray)

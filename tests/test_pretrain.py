@@ -13,13 +13,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
-from neurobridge.catalog import CatalogEntry
 from neurobridge.data.store import epoch_plan, iter_local, mixing_weights, repeats, sources
-from neurobridge.ingest.mixture import write_mixture
-from neurobridge.ingest.pipeline import ingest_many
 from neurobridge.models.checkpoint import CheckpointError
 from neurobridge.models.ndt import MaskedNeuralModel
-from neurobridge.sources.sim import SimConfig, simulate
 from neurobridge.storage import StoreError
 from neurobridge.tracking import mlflow_run
 from neurobridge.train.batches import CollateWindows, HeldoutSplit, crop_rows
@@ -33,26 +29,9 @@ SMALL_MODEL = {"d_model": 32, "heads": 2, "decoder_d_model": 32, "decoder_heads"
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, ray_cluster):
+def store(reaching_store):
     """Two simulated reaching sessions and one decision session, ingested and pinned as mixture 'tiny'."""
-    from neurobridge.config import get_settings
-
-    root = tmp_path_factory.mktemp("pretrain")
-    sim = root / "raw"
-    simulate(str(sim), SimConfig(nwb_subjects=1, nwb_sessions_per_subject=2, alf_subjects=1, alf_sessions_per_subject=1,
-                                 visual_sessions=0, units_min=20, units_max=30, minutes=0.75, write_images=False),
-             progress=False)  # fmt: skip
-    settings = get_settings(store=str(root / "store"), raw_root=str(sim), mlflow_uri=f"sqlite:///{root}/mlflow.db")
-    entries = [
-        CatalogEntry(name="t_nwb", kind="nwb", uri=str(sim / "nwb"),
-                     ingest={"bin_ms": 20, "window": {"mode": "chunks", "chunk_s": 0.6}}),
-        CatalogEntry(name="t_alf", kind="alf", uri=str(sim / "alf"), one={"mode": "local"},
-                     ingest={"bin_ms": 20, "window": {"mode": "chunks", "chunk_s": 1.6}}),
-    ]  # fmt: skip
-    reports = ingest_many(entries, settings, progress=False)
-    assert not any(isinstance(r, Exception) for r in reports), reports
-    write_mixture(settings, "tiny", reports)
-    return settings
+    return reaching_store("pretrain", "tiny", units=(20, 30), minutes=0.75)
 
 
 def small_cfg(**over):

@@ -20,25 +20,21 @@ def ablate(
     ),  # fmt: skip
     check: bool = typer.Option(False, "--check", help="validate the spec and every trial's config, run nothing"),
 ):
-    """Run an ablation (grid / random / ASHA) on Ray Tune; rerun the same command to resume after a crash."""
+    """Run an ablation (grid / random / quasi-random / ASHA) on Ray Tune; rerun the same command to resume."""
     from .storage import StoreError
     from .tracking.mlflow_run import TrackingError
     from .tune.runner import run_ablation
-    from .tune.spec import SpecError, load_spec, trials
+    from .tune.spec import SpecError, load_spec, n_trials
 
     try:
         cfg = load_spec(spec, parse_overrides(overrides))
     except SpecError as err:
         _fail(str(err))
-    grid = trials(cfg)
     if check:
         axes = " × ".join(f"{a}[{len(v)}]" for a, v in cfg.axes.items())
         s = cfg.search
-        n, sampled = len(grid), ""
-        if s.algorithm != "grid":
-            n *= s.num_samples
-            sampled = f" × {s.num_samples} {s.algorithm} samples of {', '.join(s.space)}"
-        console.print(f"[green]ok[/] {spec}: {cfg.kind}, {n} trials ({axes} × seeds {cfg.seeds}{sampled}), "
+        sampled = f" × {s.num_samples} {s.algorithm} samples of {', '.join(s.space)}" if s.algorithm != "grid" else ""
+        console.print(f"[green]ok[/] {spec}: {cfg.kind}, {n_trials(cfg)} trials ({axes} × seeds {cfg.seeds}{sampled}), "
                       f"metric {s.metric}")  # fmt: skip
         return
     try:

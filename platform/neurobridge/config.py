@@ -100,6 +100,17 @@ def parse_overrides(items: list[str] | None) -> dict:
     return out
 
 
+def parse_job_args(parser) -> tuple[object, dict]:
+    """A job script's arguments plus its ``--set key=value`` overrides (a malformed one is a usage error)."""
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key (dotted; the value parses as YAML)")  # fmt: skip
+    args = parser.parse_args()
+    try:
+        return args, parse_overrides(args.overrides)
+    except ValueError as e:
+        parser.error(str(e))
+
+
 def set_dotted(data: dict, key: str, value) -> None:
     """``data["a"]["b"] = value`` for ``key="a.b"``, creating the parents."""
     *parents, last = key.split(".")

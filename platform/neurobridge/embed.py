@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from . import __version__
 from .config import Settings, get_settings
+from .progress import CountBar
 from .storage import StoreError, filesystem, join, open_atomic, remove_stale_parts, safe_name, write_json_atomic
 
 CARD = "_embeddings.json"
@@ -158,7 +159,7 @@ def embed(cfg: EmbedConfig, settings: Settings | None = None, progress: bool = T
             files.append(fname)
             buffer.clear()
 
-    bar = _Progress(progress, total)
+    bar = CountBar(progress, total, "embedding windows")
     try:
         with bar:
             for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -217,28 +218,3 @@ def read_embeddings(settings: Settings, name: str) -> tuple[pa.Table, dict]:
         with fs.open(posixpath.join(base_path, fname), "rb") as f:
             parts.append(pq.read_table(f))
     return (pa.concat_tables(parts) if parts else SCHEMA.empty_table()), card
-
-
-class _Progress:
-    def __init__(self, enabled: bool, total: int):
-        self.bar = self.task = None
-        if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TimeElapsedColumn())  # fmt: skip
-            self.task = self.bar.add_task("embedding windows", total=total)
-
-    def __enter__(self):
-        if self.bar is not None:
-            self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
-        return False
-
-    def advance(self, n: int) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, advance=n)

@@ -256,8 +256,6 @@ def run_align(cfg: PipelineConfig, settings: Settings, state: dict, echo: Callab
     return StageOutcome(True, {"run_id": result.run_id, "retrieval": summary})
 
 
-STAGES: dict[str, StageFn] = {"simulate": run_simulate, "ingest": run_ingest, "pretrain": run_pretrain,
-                              "align": run_align}  # fmt: skip
 SECTION_REQUIRED = ("ingest", "align")  # stages that cannot run on defaults alone
 
 
@@ -297,7 +295,8 @@ def run_register(cfg: PipelineConfig, settings: Settings, state: dict, echo: Cal
     return StageOutcome(True, {"uri": v.uri, "version": v.version, "aliases": v.aliases, "run_id": run_id})
 
 
-STAGES["register"] = run_register
+STAGES: dict[str, StageFn] = {"simulate": run_simulate, "ingest": run_ingest, "pretrain": run_pretrain,
+                              "align": run_align, "register": run_register}  # fmt: skip
 
 
 def run_pipeline(cfg: PipelineConfig, echo: Callable[[str], None] = print) -> int:

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 from .. import __version__
 from ..config import Settings, get_settings
+from ..progress import CountBar
 from ..storage import filesystem, open_atomic, read_json, remove_stale_parts, write_json_atomic
 from .config import EmbedConfig
 from .embeddings import CARD, EMBEDDINGS_SCHEMA, table_dir
@@ -380,7 +381,7 @@ def embed_images(cfg: EmbedConfig, settings: Settings | None = None, progress: b
             files.append(name)
         buffer, buffered = [], 0
 
-    bar = _Progress(progress, len(rows))
+    bar = CountBar(progress, len(rows), "embedding images", failed=0)
     try:
         with bar:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
@@ -398,7 +399,7 @@ def embed_images(cfg: EmbedConfig, settings: Settings | None = None, progress: b
                     embedded += int(ok.sum())
                 if buffered >= cfg.rows_per_part:
                     flush()
-                bar.advance(len(err), n_failed)
+                bar.advance(len(err), failed=n_failed)
                 t_last = time.perf_counter()
                 if t_first is None:
                     t_first, first_rows = t_last, len(err)
@@ -449,28 +450,3 @@ def embed_images(cfg: EmbedConfig, settings: Settings | None = None, progress: b
     write_json_atomic(fs, posixpath.join(base_path, CARD), card)
     remove_stale_parts(fs, base_path, set(files))
     return EmbedReport(cfg.name, base, card, seconds, failed)
-
-
-class _Progress:
-    def __init__(self, enabled: bool, total: int):
-        self.bar = self.task = None
-        if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[failed]} failed"), TimeElapsedColumn())  # fmt: skip
-            self.task = self.bar.add_task("embedding images", total=total, failed=0)
-
-    def __enter__(self):
-        if self.bar is not None:
-            self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
-        return False
-
-    def advance(self, n: int, failed: int) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, advance=n, failed=failed)

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..models.config import ALL_PROMPTS
 from ..models.masking import MaskResult, mask_last_bins, sample_mask
-from ..models.ndt import MaskedNeuralModel
+from ..models.ndt import MaskedNeuralModel, bin_means
 from ..models.patching import Batch, collate
 from ..models.vocab import Vocabularies
 from ..train.batches import HeldoutSplit, with_heldout
@@ -82,14 +82,7 @@ def _region_mask(batch: Batch, region_id: int) -> MaskResult:
 def _latents_per_bin(model: MaskedNeuralModel, batch: Batch) -> np.ndarray:
     """[windows, bins, d]: encoder outputs averaged over each bin's patches (what behaviour decoders read)."""
     lat = model.encode(batch)
-    B, N, d = lat.tokens.shape
-    T = batch.bin_mask.shape[1]
-    out = torch.zeros(B, T, d, dtype=lat.tokens.dtype)
-    n = torch.zeros(B, T, 1, dtype=lat.tokens.dtype)
-    w = lat.token_valid.unsqueeze(-1).to(lat.tokens.dtype)
-    out.scatter_add_(1, batch.token_time.unsqueeze(-1).expand(-1, -1, d), lat.tokens * w)
-    n.scatter_add_(1, batch.token_time.unsqueeze(-1), w)
-    return (out / n.clamp_min(1.0)).double().numpy()
+    return bin_means(lat.tokens, batch.token_time, lat.token_valid, batch.bin_mask.shape[1]).double().numpy()
 
 
 @torch.no_grad()

@@ -68,6 +68,17 @@ def _grow(table: nn.Embedding, n: int) -> None:
         table.num_embeddings = old.shape[0] + n
 
 
+def bin_means(values: torch.Tensor, times: torch.Tensor, keep: torch.Tensor, n_bins: int) -> torch.Tensor:
+    """[B, T, d]: the mean of ``values`` [B, N, d] over the tokens of each time bin (``times`` [B, N]) that ``keep``
+    [B, N] marks; bins without such a token get zeros."""
+    B, _, d = values.shape
+    w = keep.to(values.dtype).unsqueeze(-1)
+    sums = torch.zeros(B, n_bins, d, dtype=values.dtype, device=values.device)
+    sums.scatter_add_(1, times[..., None].expand(-1, -1, d), values * w)
+    n = torch.zeros(B, n_bins, 1, dtype=values.dtype, device=values.device).scatter_add_(1, times[..., None], w)
+    return sums / n.clamp_min(1.0)
+
+
 def _sincos(n: int, d: int) -> torch.Tensor:
     pos = torch.arange(n, dtype=torch.float32)[:, None]
     freq = torch.exp(-torch.arange(0, d, 2, dtype=torch.float32) * (torch.log(torch.tensor(1e4)) / d))
@@ -234,13 +245,8 @@ class MaskedNeuralModel(nn.Module):
         of its own bin say (NDT1's all-units-per-bin view) without attention having to find them first. Only
         visible tokens contribute, so nothing masked leaks in.
         """
-        B, _, T = batch.shape
         t = batch.token_time.gather(1, order).masked_fill(pad, 0)
-        w = (~pad).to(proj.dtype).unsqueeze(-1)
-        sums = torch.zeros(B, T, proj.shape[-1], dtype=proj.dtype, device=proj.device)
-        sums.scatter_add_(1, t[..., None].expand(-1, -1, proj.shape[-1]), proj * w)
-        n = torch.zeros(B, T, 1, dtype=proj.dtype, device=proj.device).scatter_add_(1, t[..., None], w)
-        mean = self.bin_proj(sums / n.clamp_min(1.0))
+        mean = self.bin_proj(bin_means(proj, t, ~pad, batch.shape[2]))
         return mean.gather(1, batch.token_time[..., None].expand(-1, -1, mean.shape[-1]))
 
     def _loss(self, batch: Batch, mask: MaskResult, log_rate: torch.Tensor, mua: torch.Tensor) -> ModelOutput:

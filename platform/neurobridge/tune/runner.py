@@ -24,7 +24,7 @@ from ..storage import StoreError, filesystem, is_local_fs, join
 from ..tracking import mlflow_run
 from . import results as res
 from .report import build_report, results_dir
-from .spec import SAMPLED, AblationSpec, SpecError, quasi_random_points, trials
+from .spec import SAMPLED, AblationSpec, SpecError, n_trials, quasi_random_points, trials
 from .trainables import TRIAL_TAG, run_trial
 
 PARENT_FILE = "nb_parent.json"
@@ -148,7 +148,7 @@ def run_ablation(spec: AblationSpec, settings: Settings | None = None,
             resumed = True
         else:
             space, kwargs = _search(spec)
-            n = len(trials(spec)) * (spec.search.num_samples if spec.search.algorithm != "grid" else 1)
+            n = n_trials(spec)
             echo(f"ablation {spec.name!r}: {n} trials, at most {spec.max_concurrent_trials} at a time, "
                  f"{spec.resources.cpu} CPU each → {exp_path}")  # fmt: skip
             tuner = tune.Tuner(

@@ -137,6 +137,11 @@ def trials(spec: AblationSpec) -> list[dict]:
     return out
 
 
+def n_trials(spec: AblationSpec) -> int:
+    """Trials a run starts: the grid (axes × seeds), times the samples of a random/quasi-random/ASHA search."""
+    return len(trials(spec)) * (spec.search.num_samples if spec.search.algorithm != "grid" else 1)
+
+
 def build_config(spec: AblationSpec, trial: dict, sampled: dict | None = None):
     """The typed training config of one trial (base file + base overrides + axis overrides + seed + sampled)."""
     overrides = {**trial["overrides"], **(sampled or {})}
