@@ -58,12 +58,14 @@ def real_data(settings: Settings, config_dir: str, sim_model: str, work: Path,
     console.rule("real data: MC_Maze medium (deterministic held-out units)")
     _ingest(settings, [MC_MAZE], "excerpts", "targets_real")
     eval_cfg = EvalConfig(split="test")
-    alone = pretrain(load_config(Path(config_dir) / "targets_mc_maze.yaml"), settings)
+    alone_cfg = load_config(Path(config_dir) / "targets_mc_maze.yaml")
+    alone = pretrain(alone_cfg, settings)
     rep = evaluate(f"runs:/{alone.run_id}", [MC_MAZE], settings=settings, cfg=eval_cfg)
     session = session_rows(settings, sources(settings, [MC_MAZE])[0], ("train",))[0].session
     console.rule(f"fine-tune the simulated-data model to MC_Maze ({session}), backbone frozen")
     ft = FinetuneConfig(dataset=MC_MAZE, session=session, trials=None, steps=400, lr=1e-3, freeze_backbone=True,
-                        mode="heldout", val_every=25, val_patience=6)  # fmt: skip
+                        mode="heldout", heldout_fraction=alone_cfg.data.heldout_fraction, val_every=25,
+                        val_patience=6)  # fmt: skip
     res = finetune(ft, sim_model, settings)
     path = save(res, str(work / "mc_maze_finetuned.pt"), ft)
     tuned = evaluate(path, [MC_MAZE], settings=settings, cfg=eval_cfg)
