@@ -113,7 +113,7 @@ def smoothing_baseline(
     predict the evaluation trials. Arrays are [trials, bins, neurons]; returns [eval trials, bins, held-out].
     ``log_inputs`` feeds log(smoothed + 1e-3) instead of the smoothed counts. Several ``l2`` values: the one with
     the best ``folds``-fold cross-validated bits/spike on the training trials (NLB tunes its GLM's penalty too; on
-    84 MC_Maze trials a fixed 1e-3 scores -0.11 co-bps where the tuned penalty scores 0.08).
+    84 MC_Maze trials a fixed 1e-3 scores -0.11 co-bps on the test trials where the tuned penalty scores 0.10).
     """
     tr_in = smooth_spikes(train_heldin, sigma_bins)
     ev_in = smooth_spikes(eval_heldin, sigma_bins)

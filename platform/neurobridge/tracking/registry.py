@@ -138,7 +138,7 @@ def _align_parts(local: Path):
     missing = [f for f in card.get("files", {}).values() if not (local / f).exists()]
     if not card.get("files") or missing:
         raise RegistryError(f"{local / KINDS['align']}: projector files missing: {missing or 'none listed'}")
-    first, file = next(iter(card["files"].items()))
+    first = next(iter(card["files"]))
     models = {name: load_aligned_model(str(local / f)) for name, f in card["files"].items()}  # weights-only
     session, dim = next(iter(models[first].in_dims.items()))
     example = pd.DataFrame([{"session": session, "features": np.zeros(dim).tolist(), "region_set": first}])

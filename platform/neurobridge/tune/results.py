@@ -43,7 +43,7 @@ def summarize(df: pd.DataFrame, spec: AblationSpec, metric: str | None = None) -
     searched values: quasi_random crosses each point with every seed; random/asha draw anew per trial)."""
     metric = metric or spec.search.metric
     ok = df[df["status"] == "ok"] if "status" in df else df
-    axes = list(spec.axes) + [k for k in spec.search.space if k in ok]
+    axes = list(spec.axes) + searched(ok, spec)
     if metric not in ok:
         raise KeyError(f"metric {metric!r} is not in the results (have: {sorted(c for c in df if c not in META)})")
     g = ok.groupby(axes, sort=False)[metric]
