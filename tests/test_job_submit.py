@@ -47,10 +47,27 @@ RAY_PORT_FLAGS = (
 )  # fmt: skip
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+_HANDED_OUT: set[int] = set()
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports, never one handed out before in this run: the sockets stay bound until all are
+    chosen, since a port closed and asked for again can come straight back (Ray then refuses two components on
+    one port)."""
+    socks, ports = [], []
+    try:
+        while len(ports) < n:
+            s = socket.socket()
+            socks.append(s)
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+            if port not in _HANDED_OUT:
+                _HANDED_OUT.add(port)
+                ports.append(port)
+    finally:
+        for s in socks:
+            s.close()
+    return ports
 
 
 def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout_s: float) -> None:
@@ -90,7 +107,7 @@ def bucket(s3_endpoint):
 
 def start_mlflow(bucket: str, env: dict, home: Path) -> tuple[subprocess.Popen, str, Path]:
     """`mlflow server`: runs in SQLite, artifacts proxied to S3 (the placement the README gives for the cluster)."""
-    port = free_port()
+    (port,) = free_ports(1)
     log = home / "mlflow.log"
     cmd = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
            "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
@@ -103,7 +120,7 @@ def start_mlflow(bucket: str, env: dict, home: Path) -> tuple[subprocess.Popen, 
 def start_ray_head(env: dict, temp: str) -> tuple[subprocess.Popen, str, Path]:
     """`ray start --head --block` in its own process group: 4 logical CPUs (a 2-core node declares more so a training
     worker leaves room for Ray Data, see runtime.ensure_ray), the dashboard (Jobs API) on a free port."""
-    ports = {flag: free_port() for flag in RAY_PORT_FLAGS}
+    ports = dict(zip(RAY_PORT_FLAGS, free_ports(len(RAY_PORT_FLAGS)), strict=True))
     cmd = [str(BIN / "ray"), "start", "--head", "--block", "--num-cpus", "4", "--include-dashboard", "true",
            "--dashboard-host", "127.0.0.1", "--node-ip-address", "127.0.0.1", "--temp-dir", temp,
            "--disable-usage-stats", *(x for flag, port in ports.items() for x in (f"--{flag}", str(port)))]  # fmt: skip
