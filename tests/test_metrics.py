@@ -23,6 +23,7 @@ from neurobridge.evaluate.metrics import (
     co_bps,
     fit_ridge,
     fp_bps,
+    paired_bps_difference,
     poisson_nll,
     pooled_bits_per_spike,
     r2_score,
@@ -150,6 +151,33 @@ def test_true_rates_beat_noisy_rates_on_large_samples(seed, noise):
     noisy = rates * np.exp(noise * rng.normal(size=rates.shape))
     assert bits_per_spike(rates, spikes) > bits_per_spike(noisy, spikes)
     assert bits_per_spike(rates, spikes) > 0
+
+
+@PROPS
+@given(spike_arrays(), spike_arrays(), st.floats(0.3, 1.0))
+def test_paired_difference_is_the_difference_of_pooled_bps_whatever_the_nulls(one, two, noise):
+    (ra, sa, rng), (rb, sb, _) = one, two  # two sessions (or folds) with different neurons and nulls
+    noisy = [r * np.exp(noise * rng.normal(size=r.shape)) for r in (ra, rb)]
+    model, other = [(ra, sa), (rb, sb)], [(noisy[0], sa), (noisy[1], sb)]
+    diff = paired_bps_difference(model, other, n_boot=200)
+    expected = pooled_bits_per_spike(model) - pooled_bits_per_spike(other)
+    assert diff.bps == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    assert diff.ci_low <= diff.ci_high and diff.trials == len(sa) + len(sb)
+    assert paired_bps_difference(other, model, n_boot=200).bps == pytest.approx(-diff.bps, rel=1e-9, abs=1e-12)
+
+
+def test_paired_difference_interval_separates_a_real_gain_from_noise():
+    rng = np.random.default_rng(0)
+    rates = 0.5 * np.exp(rng.normal(0, 1, size=(60, 20, 10)))
+    spikes = rng.poisson(rates).astype(float)
+    noisy = rates * np.exp(0.8 * rng.normal(size=rates.shape))
+    real = paired_bps_difference([(rates, spikes)], [(noisy, spikes)])
+    assert real.ci_low > 0 and real.prob_positive > 0.99  # true rates beat noisy ones on every resample
+    twin = rates * np.exp(0.8 * rng.normal(size=rates.shape))  # equally wrong, independently drawn
+    tie = paired_bps_difference([(noisy, spikes)], [(twin, spikes)])
+    assert tie.ci_low < 0 < tie.ci_high and 0.02 < tie.prob_positive < 0.98
+    with pytest.raises(ValueError, match="different spikes"):
+        paired_bps_difference([(rates, spikes)], [(rates, spikes + 1)])
 
 
 # ---------------------------------------------------------------- behaviour R²

@@ -196,6 +196,32 @@ def test_units_get_their_own_rows_and_a_new_sessions_units_extend_both_tables(ro
     assert model.unit_embed_out.weight.grad[old_in.shape[0] :].abs().sum() > 0  # and the new rows train
 
 
+def test_per_unit_rows_get_their_own_weight_decay_only_when_asked(rows):
+    from neurobridge.train.config import OptimConfig
+    from neurobridge.train.loop import make_optimizer
+
+    rows = [{**r, "unit_ids": [f"u{i}" for i in range(r["n_units"])]} for r in rows]
+    vocabs = Vocabularies.from_rows(rows)
+    vocabs.unit.add([unit_key(r["session"], u) for r in rows for u in r["unit_ids"]])
+    model = _model(vocabs)
+    unit = {id(model.unit_embed_in.weight), id(model.unit_embed_out.weight)}
+    plain, _ = make_optimizer(model, OptimConfig())
+    assert [g["weight_decay"] for g in plain.param_groups] == [0.01, 0.0]  # embeddings undecayed, as before
+    assert unit <= {id(p) for p in plain.param_groups[1]["params"]}
+    opt, _ = make_optimizer(model, OptimConfig(unit_weight_decay=20.0))
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.01, 0.0, 20.0]
+    assert {id(p) for p in opt.param_groups[2]["params"]} == unit
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+    before = model.unit_embed_out.weight.detach().clone()
+    with torch.no_grad():
+        before.normal_()
+        model.unit_embed_out.weight.copy_(before)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()  # zero gradients: only decoupled decay moves the rows, toward zero (= the shared model)
+    assert model.unit_embed_out.weight.norm() < before.norm()
+
+
 # ---------------------------------------------------------------- checkpoints
 
 

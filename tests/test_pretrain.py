@@ -8,6 +8,7 @@ resumed loss curve is the one an uninterrupted run produces.
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pyarrow as pa
@@ -260,6 +261,56 @@ def test_evaluate_reports_model_beside_mean_smoothing_and_oracle_on_the_same_cel
     pooled = report.pooled["t_nwb"]
     assert pooled["sessions"] == 2 and pooled["co_bps_oracle"] > 0
     assert report.run_id is not None
+
+
+def test_cross_validation_folds_partition_the_windows_and_val_never_touches_test():
+    from neurobridge.evaluate.crossval import fold_windows
+
+    rows = [{"sample_id": f"w{i:03d}"} for i in range(53)]
+    folds = fold_windows(rows, 5, 0.1)
+    ids = lambda part: {r["sample_id"] for r in part}  # noqa: E731
+    tests = [ids(test) for _, _, test in folds]
+    assert set().union(*tests) == ids(rows) and sum(map(len, tests)) == 53  # every window tested exactly once
+    for train, val, test in folds:
+        assert not (ids(train) & ids(val)) and not (ids(train) | ids(val)) & ids(test)
+        assert len(train) + len(val) + len(test) == 53 and len(val) == round(0.1 * (53 - len(test)))
+    assert [ids(t) for _, _, t in fold_windows(list(reversed(rows)), 5, 0.1)] == tests  # store order is irrelevant
+    with pytest.raises(ValueError, match="at least 5 windows"):
+        fold_windows(rows[:3], 5, 0.1)
+
+
+def test_cross_validated_finetuning_scores_every_window_beside_smoothing(store, tmp_path, monkeypatch):
+    from neurobridge.evaluate.crossval import crossval_finetune
+    from neurobridge.models.checkpoint import save_checkpoint
+    from neurobridge.train.finetune import FinetuneConfig
+
+    cfg = small_cfg(**{"data.holdout_sessions": ["monkey00_s01"]})
+    vocabs = vocabularies(sources(store, [], "tiny"), ["monkey00_s01"])
+    torch.manual_seed(0)
+    save_checkpoint(str(tmp_path / "pre.pt"), MaskedNeuralModel(cfg.model, vocabs), vocabs, {})
+    ft = FinetuneConfig(dataset="t_nwb", session="monkey00_s01", trials=None, steps=4, batch_size=8,
+                        freeze_backbone=True, mode="heldout", val_every=2, unit_weight_decay=5.0)  # fmt: skip
+    seen = []
+    cv = crossval_finetune(ft, str(tmp_path / "pre.pt"), store, folds=3, progress=seen.append)
+    assert len(seen) == 3 and len(cv["per_fold"]) == 3
+    assert sum(f["test_windows"] for f in cv["per_fold"]) == cv["windows"]  # all of the session's windows
+    assert all(f["selected_step"] in (2, 4) for f in cv["per_fold"])  # each fold chose on its own val windows
+    d = cv["minus_smoothing"]
+    assert d["bps"] == pytest.approx(cv["co_bps"] - cv["co_bps_smoothing"], abs=1e-9)
+    assert d["ci_low"] <= d["bps"] <= d["ci_high"] and d["trials"] == cv["windows"]
+    from neurobridge.cli import app
+    from typer.testing import CliRunner
+
+    for var, value in (("NB_STORE", store.store), ("NB_RAW", store.raw_root), ("NB_MLFLOW_URI", store.mlflow_uri)):
+        monkeypatch.setenv(var, value)
+    args = ["finetune", "--scratch", "--dataset", "t_nwb", "--session", "monkey00_s01", "--trials", "0", "--steps",
+            "3", "--mode", "heldout", "--val-every", "1", "--cv", "3", "--out", str(tmp_path / "cv.json")]  # fmt: skip
+    shown = CliRunner().invoke(app, args)
+    assert shown.exit_code == 0, shown.output
+    assert "3-fold CV over" in shown.output and "vs smoothing" in shown.output
+    scratch = json.loads((tmp_path / "cv.json").read_text())
+    assert scratch["windows"] == cv["windows"] and len(scratch["per_fold"]) == 3
+    assert scratch["co_bps_smoothing"] == pytest.approx(cv["co_bps_smoothing"])  # same folds, same baseline
 
 
 def test_finetuning_extends_vocabularies_and_uses_the_same_k_windows_as_scratch(store, tmp_path):

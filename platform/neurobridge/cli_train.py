@@ -90,9 +90,14 @@ def finetune(
     session: str = typer.Option(...),
     trials: int = typer.Option(20, help="training windows (k-shot); 0: all"),
     steps: int = typer.Option(300),
+    lr: float = typer.Option(1e-3),
+    mode: str = typer.Option("all", help="masking mode (heldout: NLB co-smoothing)"),
     freeze_backbone: bool = typer.Option(False, help="train only context embeddings and output heads"),
+    unit_weight_decay: float = typer.Option(0.0, help="decay of the new per-unit rows (small recordings)"),
+    val_every: int = typer.Option(None, help="keep the weights of the best pass over the session's val windows"),
     scratch: bool = typer.Option(False, help="train a fresh model instead (the comparison)"),
-    out: Path = typer.Option(..., help="where to write the fine-tuned model.pt"),
+    cv: int = typer.Option(None, help="K-fold cross-validation over all the session's windows instead: --out is JSON"),
+    out: Path = typer.Option(..., help="where to write the fine-tuned model.pt (with --cv: the results JSON)"),
     seed: int = typer.Option(0),
 ):
     """Fine-tune a pretrained model to a new session (vocabularies extended), or train one from scratch."""
@@ -103,14 +108,25 @@ def finetune(
 
     if (model is None) != scratch:
         _fail("give either --model (fine-tune) or --scratch (train from scratch)")
-    cfg = FinetuneConfig(dataset=dataset, session=session, trials=trials or None, steps=steps,
-                         freeze_backbone=freeze_backbone, seed=seed)  # fmt: skip
+    cfg = FinetuneConfig(dataset=dataset, session=session, trials=trials or None, steps=steps, lr=lr, mode=mode,
+                         freeze_backbone=freeze_backbone, unit_weight_decay=unit_weight_decay, val_every=val_every,
+                         seed=seed)  # fmt: skip
+    out.parent.mkdir(parents=True, exist_ok=True)
     try:
         file = resolve_model_file(model, _settings()) if model else None
+        if cv is not None:
+            from .evaluate.crossval import crossval_finetune
+
+            res = crossval_finetune(cfg, file, _settings(), folds=cv, progress=console.log)
+            out.write_text(json.dumps(res, indent=1, default=float))
+            d = res["minus_smoothing"]
+            console.print(f"{cv}-fold CV over {res['windows']} windows: co-bps {res['co_bps']:.4f} vs smoothing "
+                          f"{res['co_bps_smoothing']:.4f} ({d['bps']:+.4f}, 95 % {d['ci_low']:+.4f} … "
+                          f"{d['ci_high']:+.4f}) → {out}")  # fmt: skip
+            return
         result = run(cfg, file)
-    except StoreError as err:
+    except (StoreError, ValueError) as err:
         _fail(str(err))
-    out.parent.mkdir(parents=True, exist_ok=True)
     save(result, str(out), cfg)
     console.print(
         f"fine-tuned on {len(result.windows)} windows of {session}: loss {result.last.get('loss'):.4f} → {out}"

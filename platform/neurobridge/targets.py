@@ -6,7 +6,8 @@
 2. Few-shot: fine-tune the pretrained model on 20 windows of the held-out session vs train the same model from
    scratch on the same 20 windows.
 3. Real data: MC_Maze (the shared NLB excerpt), deterministic held-out units: model vs smoothing; the model is
-   the simulated-data model fine-tuned to the recording (a model trained on its ~84 trials alone is reported too).
+   the simulated-data model fine-tuned to the recording (a model trained on its trials alone is reported too),
+   judged by 5-fold cross-validation over all 100 trials (the fixed 10-trial test split is reported beside it).
 
 Every number comes from ``evaluate`` on the same windows and units as its baselines; nothing is hard-coded.
 """
@@ -23,6 +24,7 @@ from .catalog import resolve
 from .config import Settings, get_settings
 from .data.store import sources
 from .demo import DEMO_RATE_HZ
+from .evaluate.crossval import crossval_finetune
 from .evaluate.report import EvalConfig
 from .evaluate.run import evaluate, resolve_model_file
 from .evaluate.session_data import session_rows
@@ -47,13 +49,21 @@ def _ingest(settings: Settings, names: list[str], catalog: str, mixture: str) ->
     write_mixture(settings, mixture, reports)
 
 
-def real_data(settings: Settings, config_dir: str, sim_model: str, work: Path,
-              console: Console) -> tuple[dict, dict]:  # fmt: skip
-    """MC_Maze (the shared NLB excerpt, ~84 training trials): a model trained on it alone, and the simulated-data
-    model fine-tuned to it with its backbone frozen (the target's model). Both pick their step on the val trials.
+# The MC_Maze fine-tune (chosen by 5-fold CV, README): backbone frozen, new session context and per-unit rows. The
+# unit rows' strong decay keeps each unit near the shared read-out, so the 84 trials cannot overfit them: without it
+# CV co-bps peaks at step 150 and falls below smoothing by step 250, with it it holds its plateau to step 600.
+MC_MAZE_FINETUNE = {"trials": None, "steps": 600, "lr": 2e-3, "freeze_backbone": True, "mode": "heldout",
+                    "unit_weight_decay": 150.0, "val_every": 25, "val_patience": 8}  # fmt: skip
+CV_FOLDS = 5
 
-    Trained alone, the transformer peaks near smoothing's level and then overfits; the simulated-data backbone with
-    new per-unit read-in/read-out rows is a prior the 84 trials cannot give (README: measured by 5-fold CV).
+
+def real_data(settings: Settings, config_dir: str, sim_model: str, work: Path, console: Console) -> dict:
+    """MC_Maze (the shared NLB excerpt, 100 trials): the simulated-data model fine-tuned to it (the target's model)
+    and a model trained on it alone, each judged against smoothing on the fixed test split and by 5-fold CV.
+
+    Ten test trials cannot separate models 0.01 co-bps apart (smoothing alone scores 0.05-0.10 on different fifths
+    of the trials), so the target is judged on the cross-validated score of all 100 trials, with a paired
+    bootstrap interval over trials; the fixed split is reported beside it.
     """
     console.rule("real data: MC_Maze medium (deterministic held-out units)")
     _ingest(settings, [MC_MAZE], "excerpts", "targets_real")
@@ -63,16 +73,23 @@ def real_data(settings: Settings, config_dir: str, sim_model: str, work: Path,
     rep = evaluate(f"runs:/{alone.run_id}", [MC_MAZE], settings=settings, cfg=eval_cfg)
     session = session_rows(settings, sources(settings, [MC_MAZE])[0], ("train",))[0].session
     console.rule(f"fine-tune the simulated-data model to MC_Maze ({session}), backbone frozen")
-    ft = FinetuneConfig(dataset=MC_MAZE, session=session, trials=None, steps=400, lr=1e-3, freeze_backbone=True,
-                        mode="heldout", heldout_fraction=alone_cfg.data.heldout_fraction, val_every=25,
-                        val_patience=6)  # fmt: skip
+    ft = FinetuneConfig(dataset=MC_MAZE, session=session, heldout_fraction=alone_cfg.data.heldout_fraction,
+                        **MC_MAZE_FINETUNE)  # fmt: skip
     res = finetune(ft, sim_model, settings)
     path = save(res, str(work / "mc_maze_finetuned.pt"), ft)
     tuned = evaluate(path, [MC_MAZE], settings=settings, cfg=eval_cfg)
-    return rep.pooled[MC_MAZE], tuned.pooled[MC_MAZE] | {
-        "windows": len(res.windows),
-        "selected_step": res.last.get("selected_step", ft.steps),
-    }
+    out = {"mc_maze": rep.pooled[MC_MAZE], "mc_maze_finetuned": tuned.pooled[MC_MAZE] | {
+        "windows": len(res.windows), "selected_step": res.last.get("selected_step", ft.steps)}}  # fmt: skip
+    console.rule(f"MC_Maze, {CV_FOLDS}-fold cross-validation over all trials: fine-tuned, then trained alone")
+    out["mc_maze_cv_finetuned"] = crossval_finetune(ft, sim_model, settings, CV_FOLDS, progress=console.log)
+    o = alone_cfg.optim
+    scratch = FinetuneConfig(dataset=MC_MAZE, session=session, trials=None, steps=o.max_steps, lr=o.lr,
+                             batch_size=o.batch_size, mode=alone_cfg.mode, seed=alone_cfg.seed,
+                             heldout_fraction=alone_cfg.data.heldout_fraction, val_every=alone_cfg.validation.every,
+                             val_patience=alone_cfg.validation.patience)  # fmt: skip
+    out["mc_maze_cv_alone"] = crossval_finetune(scratch, None, settings, CV_FOLDS, scratch_model=alone_cfg.model,
+                                                progress=console.log)  # fmt: skip
+    return out
 
 
 def run_targets(config_dir: str = "jobs/configs", out: str | None = None, console: Console | None = None,
@@ -127,10 +144,16 @@ def run_targets(config_dir: str = "jobs/configs", out: str | None = None, consol
         "k20_pretrained_beats_scratch": results["k20_pretrained"]["co_bps"] > results["k20_scratch"]["co_bps"],
     }
     if not skip_real:
-        results["mc_maze"], results["mc_maze_finetuned"] = real_data(settings, config_dir, model, work, console)
-        results["targets"]["mc_maze_model_beats_smoothing"] = results["mc_maze_finetuned"]["co_bps"] > results[
-            "mc_maze_finetuned"
-        ].get("co_bps_smoothing", float("inf"))
+        results |= real_data(settings, config_dir, model, work, console)
+        cv, fixed = results["mc_maze_cv_finetuned"], results["mc_maze_finetuned"]
+        results["targets"] |= {
+            "mc_maze_cv_minus_smoothing": cv["minus_smoothing"]["bps"],
+            "mc_maze_cv_interval_95": [cv["minus_smoothing"]["ci_low"], cv["minus_smoothing"]["ci_high"]],
+            "mc_maze_cv_model_above_smoothing": cv["co_bps"] > cv["co_bps_smoothing"],
+            # judged: better than smoothing beyond trial-to-trial noise (95 % bootstrap interval above 0)
+            "mc_maze_model_beats_smoothing": cv["minus_smoothing"]["ci_low"] > 0,
+            "mc_maze_fixed_split_minus_smoothing": fixed["co_bps"] - fixed.get("co_bps_smoothing", float("nan")),
+        }
     results["seconds"] = time.perf_counter() - t0
     text = json.dumps(results, indent=1, default=float)
     console.print_json(text)

@@ -42,6 +42,9 @@ class DataConfig(_Strict):
 class OptimConfig(_Strict):
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(0.01, ge=0)
+    unit_weight_decay: float = Field(
+        0.0, ge=0, description="AdamW decay of the per-unit read-in/read-out rows (0: none, like other embeddings)"
+    )
     betas: tuple[float, float] = (0.9, 0.98)
     warmup_steps: int = Field(50, ge=0)
     max_steps: int = Field(600, ge=1)

@@ -54,6 +54,9 @@ class FinetuneConfig(BaseModel):
     val_patience: int | None = Field(
         None, ge=1, description="with val_every: stop after this many passes without a new best"
     )
+    unit_weight_decay: float = Field(
+        0.0, ge=0, description="AdamW decay of the new per-unit rows, toward the shared model (small recordings)"
+    )
 
 
 @dataclass
@@ -71,14 +74,20 @@ def pick_windows(rows: list[dict], k: int | None, seed: int) -> list[dict]:
 
 
 def finetune(cfg: FinetuneConfig, model_file: str | None, settings: Settings | None = None,
-             scratch_model: ModelConfig | None = None) -> FinetuneResult:  # fmt: skip
-    """Fine-tune ``model_file`` (or, with ``model_file=None``, train a fresh ``scratch_model``) on the session."""
+             scratch_model: ModelConfig | None = None,
+             windows: tuple[list[dict], list[dict]] | None = None) -> FinetuneResult:  # fmt: skip
+    """Fine-tune ``model_file`` (or, with ``model_file=None``, train a fresh ``scratch_model``) on the session.
+
+    ``windows`` = (train, val) rows of the session replaces its stored train/val splits (cross-validation folds).
+    """
     settings = settings or get_settings()
     srcs = sources(settings, [cfg.dataset])
-    found = session_rows(settings, srcs[0], ("train", "val"), {cfg.session})
-    if not found or not found[0].split("train"):
+    if windows is None:
+        found = session_rows(settings, srcs[0], ("train", "val"), {cfg.session})
+        windows = (found[0].split("train"), found[0].split("val")) if found else ([], [])
+    if not windows[0]:
         raise StoreError(f"{cfg.dataset}: no training windows for session {cfg.session!r}")
-    rows = pick_windows(found[0].split("train"), cfg.trials, cfg.seed)
+    rows = pick_windows(windows[0], cfg.trials, cfg.seed)
     if model_file is not None:
         model, vocabs, _ = load_checkpoint(model_file)
     else:
@@ -108,13 +117,14 @@ def finetune(cfg: FinetuneConfig, model_file: str | None, settings: Settings | N
 
     pcfg = PretrainConfig(
         name="finetune", seed=cfg.seed, mode=cfg.mode, model=model.cfg, data=DataConfig(mixture=None),
-        optim=OptimConfig(lr=cfg.lr, max_steps=cfg.steps, batch_size=bs, warmup_steps=min(20, cfg.steps // 10)),
+        optim=OptimConfig(lr=cfg.lr, max_steps=cfg.steps, batch_size=bs, warmup_steps=min(20, cfg.steps // 10),
+                          unit_weight_decay=cfg.unit_weight_decay),
         log_every=max(1, cfg.steps // 10), checkpoint_every=cfg.steps,
         validation=ValidationConfig(every=cfg.val_every, patience=cfg.val_patience),
     )  # fmt: skip
     validate = None
     if cfg.val_every is not None:
-        val = found[0].split("val")[: pcfg.validation.max_windows]
+        val = windows[1][: pcfg.validation.max_windows]
         if not val:
             raise StoreError(f"{cfg.dataset}: val_every is set but session {cfg.session!r} has no val windows")
         fixed = [collate_fn.collate_rows(val[i : i + bs]) for i in range(0, len(val), bs)]

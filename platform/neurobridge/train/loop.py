@@ -28,13 +28,23 @@ class NonFiniteLoss(RuntimeError):
 
 
 def make_optimizer(model: torch.nn.Module, cfg) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    decay, no_decay = [], []
+    """AdamW with three decay groups: weights, nothing (norms, biases, embeddings), and the per-unit rows.
+
+    Per-unit read-in/read-out rows grow with the number of units, not with the data: on a small recording they are
+    what overfits first, so they get their own (usually much stronger) decay toward the shared model.
+    """
+    decay, no_decay, unit = [], [], []
     for name, p in model.named_parameters():
-        (no_decay if p.ndim < 2 or "norm" in name or "embed" in name.split(".")[-2:][0] else decay).append(p)
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=tuple(cfg.betas),
-    )  # fmt: skip
+        if name.startswith("unit_embed") and cfg.unit_weight_decay > 0:
+            unit.append(p)
+        elif p.ndim < 2 or "norm" in name or "embed" in name.split(".")[-2:][0]:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if unit:  # a third group only when asked for: optimizer states saved without it still load
+        groups.append({"params": unit, "weight_decay": cfg.unit_weight_decay})
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
 
     def schedule(step: int) -> float:  # linear warmup, then cosine to 10 % of the peak
         if step < cfg.warmup_steps:
