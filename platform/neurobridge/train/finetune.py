@@ -55,7 +55,10 @@ class FinetuneConfig(BaseModel):
         None, ge=1, description="with val_every: stop after this many passes without a new best"
     )
     unit_weight_decay: float = Field(
-        0.0, ge=0, description="AdamW decay of the new per-unit rows, toward the shared model (small recordings)"
+        0.0,
+        ge=0,
+        description="AdamW decay of the per-unit rows toward the shared read-out (small recordings); "
+        "decoupled decay shrinks every session's rows, so the result is a model for the new session",
     )
 
 
