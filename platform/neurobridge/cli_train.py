@@ -112,19 +112,20 @@ def finetune(
                          freeze_backbone=freeze_backbone, unit_weight_decay=unit_weight_decay, val_every=val_every,
                          seed=seed)  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
+    settings = _settings()
     try:
-        file = resolve_model_file(model, _settings()) if model else None
+        file = resolve_model_file(model, settings) if model else None
         if cv is not None:
             from .evaluate.crossval import crossval_finetune
 
-            res = crossval_finetune(cfg, file, _settings(), folds=cv, progress=console.log)
+            res = crossval_finetune(cfg, file, settings, folds=cv, progress=console.log)
             out.write_text(json.dumps(res, indent=1, default=float))
             d = res["minus_smoothing"]
             console.print(f"{cv}-fold CV over {res['windows']} windows: co-bps {res['co_bps']:.4f} vs smoothing "
                           f"{res['co_bps_smoothing']:.4f} ({d['bps']:+.4f}, 95 % {d['ci_low']:+.4f} … "
                           f"{d['ci_high']:+.4f}) → {out}")  # fmt: skip
             return
-        result = run(cfg, file)
+        result = run(cfg, file, settings)
     except (StoreError, ValueError) as err:
         _fail(str(err))
     save(result, str(out), cfg)

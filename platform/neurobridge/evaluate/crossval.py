@@ -9,7 +9,6 @@ model-minus-baseline difference is more than trial-to-trial noise.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import asdict
 
@@ -18,16 +17,10 @@ from ..data.store import sources
 from ..models.config import ModelConfig
 from ..storage import StoreError
 from ..train.batches import HeldoutSplit, heldout_flags
-from ..train.finetune import FinetuneConfig, finetune
+from ..train.finetune import FinetuneConfig, finetune, pick_windows
 from . import metrics
 from .report import EvalConfig, evaluate_session
 from .session_data import SessionRows, session_rows
-
-
-def _ranked(rows: list[dict], seed: int, salt: str) -> list[dict]:
-    """Rows ordered by a hash of their ids: the same folds on any machine, whatever order the store returns."""
-    key = lambda r: hashlib.blake2b(f"{salt}\x1f{seed}\x1f{r['sample_id']}".encode()).digest()  # noqa: E731
-    return sorted(rows, key=key)
 
 
 def fold_windows(rows: list[dict], folds: int, val_fraction: float, seed: int = 0
@@ -35,11 +28,11 @@ def fold_windows(rows: list[dict], folds: int, val_fraction: float, seed: int = 
     """(train, val, test) per fold: test folds partition the rows; val is drawn from the rest, disjoint from both."""
     if folds < 2 or len(rows) < folds:
         raise ValueError(f"{folds}-fold cross-validation needs at least {max(folds, 2)} windows, got {len(rows)}")
-    ranked = _ranked(rows, seed, "fold")
+    ranked = pick_windows(rows, None, f"fold\x1f{seed}")  # hash order: the same folds on any machine and store
     out = []
     for f in range(folds):
         test = [r for i, r in enumerate(ranked) if i % folds == f]
-        rest = _ranked([r for i, r in enumerate(ranked) if i % folds != f], seed, "val")
+        rest = pick_windows([r for i, r in enumerate(ranked) if i % folds != f], None, f"val\x1f{seed}")
         n_val = max(1, round(val_fraction * len(rest))) if val_fraction > 0 else 0
         out.append((rest[n_val:], rest[:n_val], test))
     return out

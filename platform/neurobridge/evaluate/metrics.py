@@ -43,8 +43,7 @@ def poisson_nll(rates, spikes) -> float:
 
     Rates of exactly 0 are replaced by ``RATE_FLOOR`` (1e-9) as nlb_tools does; other rates are used unchanged.
     """
-    r, n = _checked(rates, spikes)
-    return float(np.sum(r - n * np.log(r) + gammaln(n + 1.0)))
+    return float(np.sum(_cell_nll(rates, spikes)))
 
 
 def null_rates(spikes) -> np.ndarray:

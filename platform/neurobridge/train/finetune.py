@@ -70,8 +70,11 @@ class FinetuneResult:
     last: dict
 
 
-def pick_windows(rows: list[dict], k: int | None, seed: int) -> list[dict]:
-    """k training windows chosen by a hash of their ids: the same k for pretrained and scratch, on any machine."""
+def pick_windows(rows: list[dict], k: int | None, seed: int | str) -> list[dict]:
+    """k training windows chosen by a hash of their ids: the same k for pretrained and scratch, on any machine.
+
+    A string seed salts the order for another use of the same windows (cross-validation folds).
+    """
     ranked = sorted(rows, key=lambda r: hashlib.blake2b(f"{seed}\x1f{r['sample_id']}".encode()).digest())
     return ranked if k is None else ranked[:k]
 
