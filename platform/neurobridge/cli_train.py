@@ -93,7 +93,7 @@ def finetune(
     lr: float = typer.Option(1e-3),
     mode: str = typer.Option("all", help="masking mode (heldout: NLB co-smoothing)"),
     freeze_backbone: bool = typer.Option(False, help="train only context embeddings and output heads"),
-    unit_weight_decay: float = typer.Option(0.0, help="decay of the new per-unit rows (small recordings)"),
+    unit_weight_decay: float = typer.Option(0.0, help="decay of all per-unit rows toward the shared read-out"),
     val_every: int = typer.Option(None, help="keep the weights of the best pass over the session's val windows"),
     scratch: bool = typer.Option(False, help="train a fresh model instead (the comparison)"),
     cv: int = typer.Option(None, help="K-fold cross-validation over all the session's windows instead: --out is JSON"),

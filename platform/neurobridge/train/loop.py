@@ -28,7 +28,7 @@ class NonFiniteLoss(RuntimeError):
 
 
 def make_optimizer(model: torch.nn.Module, cfg) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW with three decay groups: weights, nothing (norms, biases, embeddings), and the per-unit rows.
+    """AdamW groups: decayed weights, undecayed norms/biases/embeddings, and (when asked) the per-unit rows.
 
     Per-unit read-in/read-out rows grow with the number of units, not with the data: on a small recording they are
     what overfits first, so they get their own (usually much stronger) decay toward the shared model.
