@@ -255,12 +255,51 @@ def test_evaluate_reports_model_beside_mean_smoothing_and_oracle_on_the_same_cel
     for r in rows:
         assert r["co_bps_mean_rate"] == 0.0  # the NLB null scores exactly zero: alignment sanity
         assert r["co_bps_oracle"] > r["co_bps_smoothing"] > 0  # the truth beats smoothing, smoothing beats the mean
-        assert np.isfinite(r["co_bps"]) and np.isfinite(r["fp_bps"])
+        assert np.isfinite(r["co_bps"]) and np.isfinite(r["fp_bps"]) and np.isfinite(r["co_bps_readout"])
         assert set(k for k in r if k.startswith("region_bps.")) == {"region_bps.M1", "region_bps.PMd"}
         assert -1.0 < r["behavior_r2_smoothing"] <= 1.0  # hand velocity is decodable from smoothed spikes
     pooled = report.pooled["t_nwb"]
-    assert pooled["sessions"] == 2 and pooled["co_bps_oracle"] > 0
+    assert pooled["sessions"] == 2 and pooled["co_bps_oracle"] > 0 and "co_bps_readout" in pooled
     assert report.run_id is not None
+
+
+def test_latent_readout_never_sees_heldout_spikes_and_recovers_a_glm_of_the_latents(store):
+    from neurobridge.evaluate import baselines, metrics
+    from neurobridge.evaluate.readout import heldout_latents, latent_readout
+    from neurobridge.evaluate.session_data import session_rows, stack_counts
+    from neurobridge.train.batches import with_heldout
+
+    cfg = small_cfg()
+    vocabs = vocabularies(sources(store, [], "tiny"), [])
+    torch.manual_seed(0)
+    model = MaskedNeuralModel(cfg.model, vocabs)
+    sess = session_rows(store, sources(store, ["t_nwb"])[0], ("train",), {"monkey00_s00"})[0]
+    rows = with_heldout(sess.split("train"), HeldoutSplit(None, 0.25))
+    n = len(rows) * 3 // 4
+    held = np.asarray(rows[0]["heldout"], dtype=bool)
+    assert 0 < held.sum() < len(held)
+    lat = heldout_latents(model, vocabs, rows)
+
+    def altered(which: np.ndarray) -> list[dict]:
+        out = []
+        for r in rows:
+            c = np.asarray(r["counts"], dtype=np.float32).reshape(int(r["n_units"]), int(r["n_bins"])).copy()
+            c[which] = c[which] * 3 + 1
+            out.append({**r, "counts": c.ravel()})
+        return out
+
+    assert np.array_equal(heldout_latents(model, vocabs, altered(held)), lat)  # held-out spikes never reach them
+    assert not np.allclose(heldout_latents(model, vocabs, altered(~held)), lat)  # held-in spikes do
+    # held-out spikes drawn from a Poisson GLM of the latents: the read-out recovers near-oracle rates on new windows
+    g = np.random.default_rng(0)
+    w = g.normal(0, 0.6 / np.sqrt(lat.shape[-1]), (lat.shape[-1], 3))
+    smooth = baselines.smooth_spikes(lat, 2.5)  # what the read-out reads: latents under the baseline's kernel
+    rates = np.exp(((smooth - smooth.mean((0, 1))) / smooth.std((0, 1))) @ w + 0.5)
+    spikes = g.poisson(rates).astype(np.float64)
+    pred = latent_readout(model, vocabs, rows[:n], spikes[:n], rows[n:], [1e-4, 1e-2, 1.0], sigma_bins=2.5)
+    oracle, got = metrics.bits_per_spike(rates[n:], spikes[n:]), metrics.bits_per_spike(pred, spikes[n:])
+    assert oracle > 0.05 and got > 0.9 * oracle
+    assert pred.shape == (len(rows) - n, stack_counts(rows).shape[1], 3)
 
 
 def test_cross_validation_folds_partition_the_windows_and_val_never_touches_test():
@@ -291,13 +330,20 @@ def test_cross_validated_finetuning_scores_every_window_beside_smoothing(store, 
     ft = FinetuneConfig(dataset="t_nwb", session="monkey00_s01", trials=None, steps=4, batch_size=8,
                         freeze_backbone=True, mode="heldout", val_every=2, unit_weight_decay=5.0)  # fmt: skip
     seen = []
-    cv = crossval_finetune(ft, str(tmp_path / "pre.pt"), store, folds=3, progress=seen.append)
+    cv = crossval_finetune(ft, str(tmp_path / "pre.pt"), store, folds=3, progress=seen.append,
+                           smoothing_sigmas=(1.0, 2.5))  # fmt: skip
     assert len(seen) == 3 and len(cv["per_fold"]) == 3
     assert sum(f["test_windows"] for f in cv["per_fold"]) == cv["windows"]  # all of the session's windows
     assert all(f["selected_step"] in (2, 4) for f in cv["per_fold"])  # each fold chose on its own val windows
     d = cv["minus_smoothing"]
     assert d["bps"] == pytest.approx(cv["co_bps"] - cv["co_bps_smoothing"], abs=1e-9)
     assert d["ci_low"] <= d["bps"] <= d["ci_high"] and d["trials"] == cv["windows"]
+    r = cv["readout_minus_smoothing"]  # the latent GLM read-out, judged the same way on the same trials
+    assert r["bps"] == pytest.approx(cv["co_bps_readout"] - cv["co_bps_smoothing"], abs=1e-9)
+    assert all(np.isfinite(f["co_bps_readout"]) for f in cv["per_fold"])
+    assert cv["smoothing_by_sigma"]["2.5"] == pytest.approx(cv["co_bps_smoothing"])  # the default kernel, refitted
+    best = cv["readout_minus_best_smoothing"]  # against the kernel that scored best on the test folds
+    assert best["bps"] == pytest.approx(cv["co_bps_readout"] - max(cv["smoothing_by_sigma"].values()), abs=1e-9)
     from neurobridge.cli import app
     from typer.testing import CliRunner
 
@@ -307,7 +353,7 @@ def test_cross_validated_finetuning_scores_every_window_beside_smoothing(store, 
             "3", "--mode", "heldout", "--val-every", "1", "--cv", "3", "--out", str(tmp_path / "cv.json")]  # fmt: skip
     shown = CliRunner().invoke(app, args)
     assert shown.exit_code == 0, shown.output
-    assert "3-fold CV over" in shown.output and "vs smoothing" in shown.output
+    assert "3-fold CV over" in shown.output and "vs smoothing" in shown.output and "GLM read-out" in shown.output
     scratch = json.loads((tmp_path / "cv.json").read_text())
     assert scratch["windows"] == cv["windows"] and len(scratch["per_fold"]) == 3
     assert scratch["co_bps_smoothing"] == pytest.approx(cv["co_bps_smoothing"])  # same folds, same baseline

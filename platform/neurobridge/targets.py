@@ -55,6 +55,8 @@ def _ingest(settings: Settings, names: list[str], catalog: str, mixture: str) ->
 MC_MAZE_FINETUNE = {"trials": None, "steps": 600, "lr": 2e-3, "freeze_backbone": True, "mode": "heldout",
                     "unit_weight_decay": 150.0, "val_every": 25, "val_patience": 8}  # fmt: skip
 CV_FOLDS = 5
+# smoothing kernels (bins of 20 ms) the read-out is also judged against, the best picked with hindsight on the folds
+SMOOTHING_SIGMAS = (1.5, 2.5, 4.0, 6.0)
 
 
 def real_data(settings: Settings, config_dir: str, sim_model: str, work: Path, console: Console) -> dict:
@@ -81,7 +83,8 @@ def real_data(settings: Settings, config_dir: str, sim_model: str, work: Path, c
     out = {"mc_maze": rep.pooled[MC_MAZE], "mc_maze_finetuned": tuned.pooled[MC_MAZE] | {
         "windows": len(res.windows), "selected_step": res.last.get("selected_step", ft.steps)}}  # fmt: skip
     console.rule(f"MC_Maze, {CV_FOLDS}-fold cross-validation over all trials: fine-tuned, then trained alone")
-    out["mc_maze_cv_finetuned"] = crossval_finetune(ft, sim_model, settings, CV_FOLDS, progress=console.log)
+    out["mc_maze_cv_finetuned"] = crossval_finetune(ft, sim_model, settings, CV_FOLDS, progress=console.log,
+                                                    smoothing_sigmas=SMOOTHING_SIGMAS)  # fmt: skip
     o = alone_cfg.optim
     scratch = FinetuneConfig(dataset=MC_MAZE, session=session, trials=None, steps=o.max_steps, lr=o.lr,
                              batch_size=o.batch_size, mode=alone_cfg.mode, seed=alone_cfg.seed,
@@ -146,13 +149,23 @@ def run_targets(config_dir: str = "jobs/configs", out: str | None = None, consol
     if not skip_real:
         results |= real_data(settings, config_dir, model, work, console)
         cv, fixed = results["mc_maze_cv_finetuned"], results["mc_maze_finetuned"]
+        rd, rd_best = cv["readout_minus_smoothing"], cv["readout_minus_best_smoothing"]
         results["targets"] |= {
             "mc_maze_cv_minus_smoothing": cv["minus_smoothing"]["bps"],
             "mc_maze_cv_interval_95": [cv["minus_smoothing"]["ci_low"], cv["minus_smoothing"]["ci_high"]],
             "mc_maze_cv_model_above_smoothing": cv["co_bps"] > cv["co_bps_smoothing"],
-            # judged: better than smoothing beyond trial-to-trial noise (95 % bootstrap interval above 0)
-            "mc_maze_model_beats_smoothing": cv["minus_smoothing"]["ci_low"] > 0,
+            "mc_maze_cv_readout_minus_smoothing": rd["bps"],
+            "mc_maze_cv_readout_interval_95": [rd["ci_low"], rd["ci_high"]],
+            "mc_maze_cv_readout_minus_best_smoothing": rd_best["bps"],
+            "mc_maze_cv_readout_interval_95_vs_best_smoothing": [rd_best["ci_low"], rd_best["ci_high"]],
+            # judged: the fine-tuned model read out by a GLM on its latents (the small-recording read-out) beats
+            # smoothing beyond trial-to-trial noise (95 % bootstrap interval above 0), both the default kernel (50 ms)
+            # and the kernel that did best on the test folds; the decoder's own read-out is reported beside it
+            "mc_maze_model_beats_smoothing": rd["ci_low"] > 0 and rd_best["ci_low"] > 0,
+            "mc_maze_decoder_readout_beats_smoothing": cv["minus_smoothing"]["ci_low"] > 0,
             "mc_maze_fixed_split_minus_smoothing": fixed["co_bps"] - fixed.get("co_bps_smoothing", float("nan")),
+            "mc_maze_fixed_split_readout_minus_smoothing": fixed.get("co_bps_readout", float("nan"))
+            - fixed.get("co_bps_smoothing", float("nan")),
         }
     results["seconds"] = time.perf_counter() - t0
     text = json.dumps(results, indent=1, default=float)

@@ -15,12 +15,13 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..models.config import ALL_PROMPTS
-from ..models.masking import MaskResult, mask_last_bins, sample_mask
+from ..models.masking import MaskResult, mask_last_bins
 from ..models.ndt import MaskedNeuralModel, bin_means
-from ..models.patching import Batch, collate
+from ..models.patching import Batch
 from ..models.vocab import Vocabularies
 from ..train.batches import HeldoutSplit, with_heldout
 from . import baselines, metrics
+from .readout import batches, heldout_mask, latent_readout
 from .session_data import SessionRows, Truth, stack_behavior, stack_counts
 
 
@@ -38,6 +39,10 @@ class EvalConfig(BaseModel):
     ridge_alpha: float = Field(1.0, gt=0)
     max_sessions: int | None = Field(None, ge=1, description="per dataset")
     max_train_windows: int = Field(1000, ge=1, description="training windows per session for baselines/decoders")
+    latent_readout: bool = Field(
+        True, description="also score held-out units through a Poisson GLM on the encoder's latents, smoothed and "
+        "fitted per session like the smoothing baseline (same kernel, same glm_l2): the few-trial read-out",
+    )  # fmt: skip
 
 
 @dataclass
@@ -52,25 +57,10 @@ class SessionResult:
     pooled: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
 
 
-def _prompt(model: MaskedNeuralModel, mode: str) -> int:
-    """The mode's prompt id if the model trained with it, else the neuron prompt (same mask pattern)."""
-    return ALL_PROMPTS.index(mode if mode in model.cfg.modes else "neuron")
-
-
-def _batches(rows: list[dict], vocabs: Vocabularies, k: int, size: int):
-    for i in range(0, len(rows), size):
-        yield collate(rows[i : i + size], vocabs, k)
-
-
 def _predict(model: MaskedNeuralModel, batch: Batch, mask: MaskResult) -> np.ndarray:
     """[windows, bins, units] expected counts for ``mask``'s target cells (and reconstructions elsewhere)."""
     per_unit = model.predict(batch, mask)  # [B, U, T]
     return per_unit.double().numpy().transpose(0, 2, 1)
-
-
-def _heldout_mask(model: MaskedNeuralModel, batch: Batch) -> MaskResult:
-    m = sample_mask(batch, "heldout")
-    return MaskResult(m.target, m.visible, torch.full_like(m.mode_ids, _prompt(model, "heldout")))
 
 
 def _region_mask(batch: Batch, region_id: int) -> MaskResult:
@@ -104,8 +94,8 @@ def evaluate_session(model: MaskedNeuralModel, vocabs: Vocabularies, sess: Sessi
 
     co, fp, lat_test = [], [], []
     by_region: dict[str, list[np.ndarray]] = {}
-    for batch in _batches(test, vocabs, k, cfg.batch_size):
-        co.append(_predict(model, batch, _heldout_mask(model, batch))[:, :T])
+    for batch in batches(test, vocabs, k, cfg.batch_size):
+        co.append(_predict(model, batch, heldout_mask(model, batch))[:, :T])
         fp.append(_predict(model, batch, mask_last_bins(batch, nf))[:, :T])
         for name in np.unique(regions):
             rid = int(vocabs.region.lookup([name])[0])
@@ -124,6 +114,11 @@ def evaluate_session(model: MaskedNeuralModel, vocabs: Vocabularies, sess: Sessi
                                                       cfg.smoothing_sigma_bins, cfg.glm_l2)  # fmt: skip
                 m["co_bps_smoothing"] = metrics.bits_per_spike(smooth, spikes[..., held])
                 res.pooled["smoothing"] = (smooth, spikes[..., held])
+                if cfg.latent_readout:
+                    rd = latent_readout(model, vocabs, train, tr[..., held], test, cfg.glm_l2,
+                                        cfg.smoothing_sigma_bins, cfg.batch_size)[:, :T]  # fmt: skip
+                    m["co_bps_readout"] = metrics.bits_per_spike(rd, spikes[..., held])
+                    res.pooled["readout"] = (rd, spikes[..., held])
     m["fp_bps"] = metrics.fp_bps(fp_pred, spikes, nf, time_axis=1)
     for name, parts in by_region.items():
         if len(by_region) > 1:
@@ -148,7 +143,7 @@ def _behaviour(model, vocabs, train, test, T, lat_test, cfg: EvalConfig, m: dict
     if y_te is None or y_tr is None or len(train) < 5:
         return
     k = model.cfg.neurons_per_token
-    lat_tr = np.concatenate([_latents_per_bin(model, b) for b in _batches(train, vocabs, k, cfg.batch_size)])
+    lat_tr = np.concatenate([_latents_per_bin(model, b) for b in batches(train, vocabs, k, cfg.batch_size)])
     Tb = min(T, y_te.shape[1], y_tr.shape[1], lat_tr.shape[1])
     x_tr, x_te = lat_tr[:, :Tb], np.concatenate(lat_test)[:, :Tb]
     ytr, yte = y_tr[:, :Tb], y_te[:, :Tb]
@@ -193,7 +188,9 @@ def pool(results: list[SessionResult]) -> dict[str, dict[str, float]]:
     for name in dict.fromkeys(r.dataset for r in results):
         mine = [r for r in results if r.dataset == name]
         d = {}
-        for key, label in (("model", "co_bps"), ("smoothing", "co_bps_smoothing"), ("oracle", "co_bps_oracle")):
+        labels = (("model", "co_bps"), ("readout", "co_bps_readout"), ("smoothing", "co_bps_smoothing"),
+                  ("oracle", "co_bps_oracle"))  # fmt: skip
+        for key, label in labels:
             pairs = [r.pooled[key] for r in mine if key in r.pooled]
             if pairs and len(pairs) == len([r for r in mine if "model" in r.pooled]):
                 d[label] = metrics.pooled_bits_per_spike(pairs)

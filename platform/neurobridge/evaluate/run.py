@@ -99,12 +99,15 @@ def figure(report: Report):
     import matplotlib.pyplot as plt
 
     rows = report.table()
-    keys = [("co_bps_smoothing", "smoothing + GLM"), ("co_bps", "model"), ("co_bps_oracle", "oracle")]
-    fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(rows) + 2), 3.5))
+    keys = [("co_bps_smoothing", "smoothing + GLM"), ("co_bps", "model"), ("co_bps_readout", "model latents + GLM"),
+            ("co_bps_oracle", "oracle")]  # fmt: skip
+    keys = [(k, label) for k, label in keys if any(k in r for r in rows)]
+    fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(rows) + 2), 3.5))
     x = np.arange(len(rows))
+    w = 0.8 / len(keys)
     for i, (key, label) in enumerate(keys):
         vals = [r.get(key, np.nan) for r in rows]
-        ax.bar(x + (i - 1) * 0.27, vals, width=0.27, label=label)
+        ax.bar(x + (i - (len(keys) - 1) / 2) * w, vals, width=w, label=label)
     ax.set_xticks(x, [f"{r['dataset']}\n{r['session']}" for r in rows], rotation=60, ha="right", fontsize=7)
     ax.axhline(0, color="k", lw=0.5)
     ax.set_ylabel("co-bps (held-out units)")

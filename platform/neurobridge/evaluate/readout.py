@@ -1,0 +1,80 @@
+"""Held-out units read out from the model's latents by a per-session Poisson GLM: the few-trial read-out.
+
+The decoder's per-unit read-out rows are fitted by SGD with everything else; on a recording of ~100 trials they are
+what overfits (MC_Maze, issue 4). A convex Poisson GLM from the encoder's per-bin latents to each held-out unit,
+its penalty chosen by cross-validation on the training windows, is the classic small-data read-out. The latents are
+smoothed in time with the smoothing baseline's own kernel, so this read-out and NLB's smoothing baseline run the
+same pipeline (Gaussian kernel → Poisson GLM, penalty by CV) and differ only in what they read: the model's latents
+or the held-in spikes. No test spike reaches it: the latents are computed with the held-out units hidden, exactly
+as for co-smoothing, and the GLM is fitted on training windows only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ..models.config import ALL_PROMPTS
+from ..models.masking import MaskResult, sample_mask
+from ..models.ndt import N_CTX, MaskedNeuralModel, bin_means
+from ..models.patching import Batch, collate
+from ..models.vocab import Vocabularies
+from . import baselines
+
+
+def batches(rows: list[dict], vocabs: Vocabularies, k: int, size: int) -> Iterator[Batch]:
+    for i in range(0, len(rows), size):
+        yield collate(rows[i : i + size], vocabs, k)
+
+
+def prompt_id(model: MaskedNeuralModel, mode: str) -> int:
+    """The mode's prompt id if the model trained with it, else the neuron prompt (same mask pattern)."""
+    return ALL_PROMPTS.index(mode if mode in model.cfg.modes else "neuron")
+
+
+def heldout_mask(model: MaskedNeuralModel, batch: Batch) -> MaskResult:
+    """Co-smoothing's mask: held-out units' tokens are targets, everything else is visible."""
+    m = sample_mask(batch, "heldout")
+    return MaskResult(m.target, m.visible, torch.full_like(m.mode_ids, prompt_id(model, "heldout")))
+
+
+@torch.no_grad()
+def heldout_latents(model: MaskedNeuralModel, vocabs: Vocabularies, rows: list[dict], batch_size: int = 64
+                    ) -> np.ndarray:  # fmt: skip
+    """[windows, bins, d]: the encoder's outputs under the co-smoothing mask, averaged over each bin's tokens.
+
+    Only held-in units are visible (rows must carry ``heldout`` flags), so these latents hold nothing a held-out
+    unit's spikes could leak into.
+    """
+    model.eval()
+    out = []
+    for b in batches(rows, vocabs, model.cfg.neurons_per_token, batch_size):
+        h, order, pad = model.encode_visible(b, heldout_mask(model, b))
+        t = b.token_time.gather(1, order).masked_fill(pad, 0)
+        out.append(bin_means(h[:, N_CTX:], t, ~pad, b.bin_mask.shape[1]).double().numpy())
+    width = max(x.shape[1] for x in out)
+    return np.concatenate([np.pad(x, ((0, 0), (0, width - x.shape[1]), (0, 0))) for x in out])
+
+
+def latent_readout(model: MaskedNeuralModel, vocabs: Vocabularies, train: list[dict], train_spikes: np.ndarray,
+                   test: list[dict], l2: Sequence[float], sigma_bins: float | None = None, batch_size: int = 64,
+                   ) -> np.ndarray:  # fmt: skip
+    """Held-out rates [test windows, bins, held-out units] from a GLM on latents fitted to ``train_spikes``.
+
+    ``train_spikes`` are the training windows' held-out counts [windows, bins, held-out units]; bins beyond its
+    length are dropped from the latents. ``sigma_bins``: Gaussian smoothing of the latents within each window
+    (None: none). Several ``l2``: the best by 3-fold CV over training windows.
+    """
+    T = train_spikes.shape[1]
+    x_tr = heldout_latents(model, vocabs, train, batch_size)[:, :T]
+    x_te = heldout_latents(model, vocabs, test, batch_size)
+    if x_tr.shape[1] != T:
+        raise ValueError(f"training windows have {x_tr.shape[1]} bins of latents, their spikes {T}")
+    if sigma_bins is not None:
+        x_tr, x_te = baselines.smooth_spikes(x_tr, sigma_bins), baselines.smooth_spikes(x_te, sigma_bins)
+    best = float(l2[0]) if len(l2) == 1 else baselines.select_l2(x_tr, train_spikes, list(l2))
+    glm = baselines.fit_poisson_glm(x_tr.reshape(-1, x_tr.shape[-1]), train_spikes.reshape(-1, train_spikes.shape[-1]),
+                                    l2=best)  # fmt: skip
+    return glm.predict(x_te.reshape(-1, x_te.shape[-1])).reshape(*x_te.shape[:2], train_spikes.shape[-1])
