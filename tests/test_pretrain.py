@@ -255,11 +255,11 @@ def test_evaluate_reports_model_beside_mean_smoothing_and_oracle_on_the_same_cel
     for r in rows:
         assert r["co_bps_mean_rate"] == 0.0  # the NLB null scores exactly zero: alignment sanity
         assert r["co_bps_oracle"] > r["co_bps_smoothing"] > 0  # the truth beats smoothing, smoothing beats the mean
-        assert np.isfinite(r["co_bps"]) and np.isfinite(r["fp_bps"]) and np.isfinite(r["co_bps_readout"])
+        assert np.isfinite(r["co_bps"]) and np.isfinite(r["fp_bps"]) and "co_bps_readout" not in r  # opt-in
         assert set(k for k in r if k.startswith("region_bps.")) == {"region_bps.M1", "region_bps.PMd"}
         assert -1.0 < r["behavior_r2_smoothing"] <= 1.0  # hand velocity is decodable from smoothed spikes
     pooled = report.pooled["t_nwb"]
-    assert pooled["sessions"] == 2 and pooled["co_bps_oracle"] > 0 and "co_bps_readout" in pooled
+    assert pooled["sessions"] == 2 and pooled["co_bps_oracle"] > 0
     assert report.run_id is not None
 
 
@@ -340,10 +340,12 @@ def test_cross_validated_finetuning_scores_every_window_beside_smoothing(store, 
     assert d["ci_low"] <= d["bps"] <= d["ci_high"] and d["trials"] == cv["windows"]
     r = cv["readout_minus_smoothing"]  # the latent GLM read-out, judged the same way on the same trials
     assert r["bps"] == pytest.approx(cv["co_bps_readout"] - cv["co_bps_smoothing"], abs=1e-9)
-    assert all(np.isfinite(f["co_bps_readout"]) for f in cv["per_fold"])
+    assert all(np.isfinite(f["co_bps_readout"]) and np.isfinite(f["co_bps_readout_untrained"]) for f in cv["per_fold"])
+    c = cv["readout_minus_untrained"]  # the read-out's control: the same GLM on an untrained encoder's latents
+    assert c["bps"] == pytest.approx(cv["co_bps_readout"] - cv["co_bps_readout_untrained"], abs=1e-9)
     assert cv["smoothing_by_sigma"]["2.5"] == pytest.approx(cv["co_bps_smoothing"])  # the default kernel, refitted
-    best = cv["readout_minus_best_smoothing"]  # against the kernel that scored best on the test folds
-    assert best["bps"] == pytest.approx(cv["co_bps_readout"] - max(cv["smoothing_by_sigma"].values()), abs=1e-9)
+    best = cv["minus_best_smoothing"]  # against the kernel that scored best on the test folds
+    assert best["bps"] == pytest.approx(cv["co_bps"] - max(cv["smoothing_by_sigma"].values()), abs=1e-9)
     from neurobridge.cli import app
     from typer.testing import CliRunner
 
@@ -353,7 +355,7 @@ def test_cross_validated_finetuning_scores_every_window_beside_smoothing(store, 
             "3", "--mode", "heldout", "--val-every", "1", "--cv", "3", "--out", str(tmp_path / "cv.json")]  # fmt: skip
     shown = CliRunner().invoke(app, args)
     assert shown.exit_code == 0, shown.output
-    assert "3-fold CV over" in shown.output and "vs smoothing" in shown.output and "GLM read-out" in shown.output
+    assert "3-fold CV over" in shown.output and "vs smoothing" in shown.output and "untrained" in shown.output
     scratch = json.loads((tmp_path / "cv.json").read_text())
     assert scratch["windows"] == cv["windows"] and len(scratch["per_fold"]) == 3
     assert scratch["co_bps_smoothing"] == pytest.approx(cv["co_bps_smoothing"])  # same folds, same baseline

@@ -124,10 +124,12 @@ def finetune(
             console.print(f"{cv}-fold CV over {res['windows']} windows: co-bps {res['co_bps']:.4f} vs smoothing "
                           f"{res['co_bps_smoothing']:.4f} ({d['bps']:+.4f}, 95 % {d['ci_low']:+.4f} … "
                           f"{d['ci_high']:+.4f}) → {out}")  # fmt: skip
-            if "readout_minus_smoothing" in res:
-                r = res["readout_minus_smoothing"]
-                console.print(f"latents + GLM read-out: co-bps {res['co_bps_readout']:.4f} ({r['bps']:+.4f} vs "
-                              f"smoothing, 95 % {r['ci_low']:+.4f} … {r['ci_high']:+.4f})")  # fmt: skip
+            if "readout_minus_untrained" in res:
+                r, c = res["readout_minus_smoothing"], res["readout_minus_untrained"]
+                console.print(f"GLM read-out of the latents: {res['co_bps_readout']:.4f} ({r['bps']:+.4f} vs "
+                              f"smoothing); of an untrained encoder's: {res['co_bps_readout_untrained']:.4f}; "
+                              f"trained − untrained {c['bps']:+.4f} (95 % {c['ci_low']:+.4f} … "
+                              f"{c['ci_high']:+.4f})")  # fmt: skip
             return
         result = run(cfg, file, settings)
     except (StoreError, ValueError) as err:
@@ -183,9 +185,8 @@ def _fmt(v) -> str:
 
 
 def print_report(report) -> None:
-    cols = [("co_bps", "co-bps"), ("co_bps_readout", "lat+GLM"), ("co_bps_smoothing", "smooth"),
-            ("co_bps_oracle", "oracle"), ("fp_bps", "fp-bps"), ("behavior_r2", "R²"),
-            ("behavior_r2_smoothing", "R² sm")]  # fmt: skip
+    cols = [("co_bps", "co-bps"), ("co_bps_smoothing", "smooth"), ("co_bps_oracle", "oracle"),
+            ("fp_bps", "fp-bps"), ("behavior_r2", "R²"), ("behavior_r2_smoothing", "R² sm")]  # fmt: skip
     t = Table(title="per session: co-bps on held-out units (mean rate = 0), behaviour R² (latents vs smoothed)")
     t.add_column("dataset/session", overflow="fold")
     t.add_column("win")
@@ -195,15 +196,8 @@ def print_report(report) -> None:
         t.add_row(f"{r['dataset']}/{r['session']}", str(r["windows"]), *[_fmt(r.get(k)) for k, _ in cols])
     console.print(t)
     p = Table(title="pooled per dataset (co-bps)")
-    keys = [
-        "co_bps",
-        "co_bps_readout",
-        "co_bps_smoothing",
-        "co_bps_oracle",
-        "model_over_oracle",
-        "smoothing_over_oracle",
-    ]
-    for c in ["dataset", "model", "lat+GLM", "smooth", "oracle", "model/oracle", "smooth/oracle", "sessions"]:
+    keys = ["co_bps", "co_bps_smoothing", "co_bps_oracle", "model_over_oracle", "smoothing_over_oracle"]
+    for c in ["dataset", "model", "smooth", "oracle", "model/oracle", "smooth/oracle", "sessions"]:
         p.add_column(c)
     for ds, d in report.pooled.items():
         p.add_row(ds, *[_fmt(d.get(k)) for k in keys], str(d.get("sessions")))

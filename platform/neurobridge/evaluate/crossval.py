@@ -48,20 +48,21 @@ def crossval_finetune(ft: FinetuneConfig, model_file: str | None, settings: Sett
 
     Uses every window the session has (train, val and test splits of the store). The smoothing baseline of a fold
     is fitted on all its non-test windows (train + val: as much as the model saw, its penalty tuned by inner CV).
-    Returns pooled co-bps of model, its latent GLM read-out and smoothing over all trials, the paired differences
-    with their bootstrap intervals, and per-fold numbers. ``smoothing_sigmas``: the smoothing baseline again with
-    these kernel widths (bins), and the read-out against the best of them, picked on the test folds themselves: a
-    baseline tuned with hindsight, so a win over it does not hinge on the default kernel.
+    Returns pooled co-bps over all trials of the model, of the GLM read-out of its latents and of an untrained
+    encoder's latents (``readout.py``: the read-out's control) and of smoothing, the paired differences with their
+    bootstrap intervals, and per-fold numbers. ``smoothing_sigmas``: the smoothing baseline again with these kernel
+    widths (bins), and model and read-out against the best of them, picked on the test folds themselves: a baseline
+    tuned with hindsight, so a win over it does not hinge on the default kernel.
     """
     settings = settings or get_settings()
-    eval_cfg = eval_cfg or EvalConfig(split="test")
+    eval_cfg = eval_cfg or EvalConfig(split="test", latent_readout=True)
     src = sources(settings, [ft.dataset])[0]
     found = session_rows(settings, src, ("train", "val", "test"), {ft.session})
     if not found:
         raise StoreError(f"{ft.dataset}: no windows for session {ft.session!r}")
     rows = [r for part in found[0].rows.values() for r in part]
     split = HeldoutSplit(heldout_flags(settings, [src]), ft.heldout_fraction)
-    pairs: dict[str, list] = {"model": [], "readout": [], "smoothing": []}
+    pairs: dict[str, list] = {"model": [], "readout": [], "readout_untrained": [], "smoothing": []}
     by_sigma: dict[float, list] = {float(s): [] for s in smoothing_sigmas}
     per_fold = []
     for f, (train, val, test) in enumerate(fold_windows(rows, folds, val_fraction, ft.seed)):
@@ -84,23 +85,26 @@ def crossval_finetune(ft: FinetuneConfig, model_file: str | None, settings: Sett
                 pred = baselines.smoothing_baseline(tr[..., ~held], tr[..., held], te[..., ~held], sigma,
                                                     eval_cfg.glm_l2)  # fmt: skip
                 got.append((pred, te[..., held]))
-        per_fold.append(
-            {k: r.metrics[k] for k in ("co_bps", "co_bps_readout", "co_bps_smoothing") if k in r.metrics}
-            | {"test_windows": len(test), "selected_step": res.last.get("selected_step", ft.steps)}
-        )
-    out = {"folds": folds, "windows": len(rows)}
-    for key, label in (("model", "co_bps"), ("readout", "co_bps_readout"), ("smoothing", "co_bps_smoothing")):
+        scored = {k: v for k, v in r.metrics.items() if k.startswith(("co_bps_readout", "co_bps_smoothing"))}
+        per_fold.append({"co_bps": r.metrics["co_bps"], **scored, "test_windows": len(test),
+                         "selected_step": res.last.get("selected_step", ft.steps)})  # fmt: skip
+    out: dict = {"folds": folds, "windows": len(rows)}
+    for key in pairs:
         if len(pairs[key]) == folds:
-            out[label] = metrics.pooled_bits_per_spike(pairs[key])
-    out["minus_smoothing"] = asdict(metrics.paired_bps_difference(pairs["model"], pairs["smoothing"], seed=ft.seed))
+            out["co_bps" if key == "model" else f"co_bps_{key}"] = metrics.pooled_bits_per_spike(pairs[key])
+
+    def diff(a: str, b: list) -> dict:
+        return asdict(metrics.paired_bps_difference(pairs[a], b, seed=ft.seed))
+
+    out["minus_smoothing"] = diff("model", pairs["smoothing"])
     if len(pairs["readout"]) == folds:
-        d = metrics.paired_bps_difference(pairs["readout"], pairs["smoothing"], seed=ft.seed)
-        out["readout_minus_smoothing"] = asdict(d)
+        out["readout_minus_smoothing"] = diff("readout", pairs["smoothing"])
+        out["readout_minus_untrained"] = diff("readout", pairs["readout_untrained"])  # what the learned weights add
     if by_sigma:
         scores = {sigma: metrics.pooled_bits_per_spike(got) for sigma, got in by_sigma.items()}
         best = max(scores, key=scores.get)
         out["smoothing_by_sigma"] = {str(sigma): v for sigma, v in scores.items()}
+        out["minus_best_smoothing"] = diff("model", by_sigma[best]) | {"sigma_bins": best}
         if len(pairs["readout"]) == folds:
-            d = metrics.paired_bps_difference(pairs["readout"], by_sigma[best], seed=ft.seed)
-            out["readout_minus_best_smoothing"] = asdict(d) | {"sigma_bins": best}
+            out["readout_minus_best_smoothing"] = diff("readout", by_sigma[best]) | {"sigma_bins": best}
     return out | {"per_fold": per_fold}

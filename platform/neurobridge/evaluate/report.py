@@ -21,7 +21,7 @@ from ..models.patching import Batch
 from ..models.vocab import Vocabularies
 from ..train.batches import HeldoutSplit, with_heldout
 from . import baselines, metrics
-from .readout import batches, heldout_mask, latent_readout
+from .readout import batches, heldout_mask, latent_readout, untrained_like
 from .session_data import SessionRows, Truth, stack_behavior, stack_counts
 
 
@@ -40,8 +40,9 @@ class EvalConfig(BaseModel):
     max_sessions: int | None = Field(None, ge=1, description="per dataset")
     max_train_windows: int = Field(1000, ge=1, description="training windows per session for baselines/decoders")
     latent_readout: bool = Field(
-        True, description="also score held-out units through a Poisson GLM on the encoder's latents, smoothed and "
-        "fitted per session like the smoothing baseline (same kernel, same glm_l2): the few-trial read-out",
+        False, description="also score held-out units through a Poisson GLM on the encoder's latents, smoothed and "
+        "fitted per session like the smoothing baseline (same kernel, same glm_l2), beside the same read-out of an "
+        "untrained encoder of the same architecture (its control: random features read out the same way)",
     )  # fmt: skip
 
 
@@ -115,10 +116,12 @@ def evaluate_session(model: MaskedNeuralModel, vocabs: Vocabularies, sess: Sessi
                 m["co_bps_smoothing"] = metrics.bits_per_spike(smooth, spikes[..., held])
                 res.pooled["smoothing"] = (smooth, spikes[..., held])
                 if cfg.latent_readout:
-                    rd = latent_readout(model, vocabs, train, tr[..., held], test, cfg.glm_l2,
-                                        cfg.smoothing_sigma_bins, cfg.batch_size)[:, :T]  # fmt: skip
-                    m["co_bps_readout"] = metrics.bits_per_spike(rd, spikes[..., held])
-                    res.pooled["readout"] = (rd, spikes[..., held])
+                    untrained = untrained_like(model, vocabs)
+                    for key, net in (("readout", model), ("readout_untrained", untrained)):
+                        rd = latent_readout(net, vocabs, train, tr[..., held], test, cfg.glm_l2,
+                                            cfg.smoothing_sigma_bins, cfg.batch_size)[:, :T]  # fmt: skip
+                        m[f"co_bps_{key}"] = metrics.bits_per_spike(rd, spikes[..., held])
+                        res.pooled[key] = (rd, spikes[..., held])
     m["fp_bps"] = metrics.fp_bps(fp_pred, spikes, nf, time_axis=1)
     for name, parts in by_region.items():
         if len(by_region) > 1:
@@ -188,8 +191,8 @@ def pool(results: list[SessionResult]) -> dict[str, dict[str, float]]:
     for name in dict.fromkeys(r.dataset for r in results):
         mine = [r for r in results if r.dataset == name]
         d = {}
-        labels = (("model", "co_bps"), ("readout", "co_bps_readout"), ("smoothing", "co_bps_smoothing"),
-                  ("oracle", "co_bps_oracle"))  # fmt: skip
+        labels = (("model", "co_bps"), ("readout", "co_bps_readout"), ("readout_untrained", "co_bps_readout_untrained"),
+                  ("smoothing", "co_bps_smoothing"), ("oracle", "co_bps_oracle"))  # fmt: skip
         for key, label in labels:
             pairs = [r.pooled[key] for r in mine if key in r.pooled]
             if pairs and len(pairs) == len([r for r in mine if "model" in r.pooled]):
