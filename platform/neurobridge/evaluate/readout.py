@@ -78,15 +78,16 @@ def latent_readout(model: MaskedNeuralModel, vocabs: Vocabularies, train: list[d
                    ) -> np.ndarray:  # fmt: skip
     """Held-out rates [test windows, bins, held-out units] from a GLM on latents fitted to ``train_spikes``.
 
-    ``train_spikes`` are the training windows' held-out counts [windows, bins, held-out units]; bins beyond its
-    length are dropped from the latents. ``sigma_bins``: Gaussian smoothing of the latents within each window
-    (None: none). Several ``l2``: the best by 3-fold CV over training windows.
+    ``train_spikes`` are the training windows' held-out counts [windows, bins, held-out units]; train and test
+    latents are cut to its bins before smoothing, so no padding leaks into the last bins. ``sigma_bins``: Gaussian
+    smoothing of the latents within each window (None: none). Several ``l2``: the best by 3-fold CV over training
+    windows.
     """
     T = train_spikes.shape[1]
     x_tr = heldout_latents(model, vocabs, train, batch_size)[:, :T]
-    x_te = heldout_latents(model, vocabs, test, batch_size)
-    if x_tr.shape[1] != T:
-        raise ValueError(f"training windows have {x_tr.shape[1]} bins of latents, their spikes {T}")
+    x_te = heldout_latents(model, vocabs, test, batch_size)[:, :T]
+    if x_tr.shape[1] != T or x_te.shape[1] != T:
+        raise ValueError(f"latents have {x_tr.shape[1]} (train) and {x_te.shape[1]} (test) bins, the spikes {T}")
     if sigma_bins is not None:
         x_tr, x_te = baselines.smooth_spikes(x_tr, sigma_bins), baselines.smooth_spikes(x_te, sigma_bins)
     best = float(l2[0]) if len(l2) == 1 else baselines.select_l2(x_tr, train_spikes, list(l2))

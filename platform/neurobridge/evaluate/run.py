@@ -100,7 +100,7 @@ def figure(report: Report):
 
     rows = report.table()
     keys = [("co_bps_smoothing", "smoothing + GLM"), ("co_bps", "model"), ("co_bps_readout", "model latents + GLM"),
-            ("co_bps_oracle", "oracle")]  # fmt: skip
+            ("co_bps_readout_untrained", "untrained latents + GLM"), ("co_bps_oracle", "oracle")]  # fmt: skip
     keys = [(k, label) for k, label in keys if any(k in r for r in rows)]
     fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(rows) + 2), 3.5))
     x = np.arange(len(rows))
