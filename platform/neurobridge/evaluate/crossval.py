@@ -77,8 +77,9 @@ def crossval_finetune(ft: FinetuneConfig, model_file: str | None, settings: Sett
             if key in r.pooled:
                 pairs[key].append(r.pooled[key])
         if by_sigma:
-            tr, te = stack_counts(with_heldout(train + val, split)), stack_counts(with_heldout(test, split))
-            held = np.asarray(with_heldout(test[:1], split)[0]["heldout"], dtype=bool)
+            flagged = with_heldout(test, split)
+            tr, te = stack_counts(with_heldout(train + val, split)), stack_counts(flagged)
+            held = np.asarray(flagged[0]["heldout"], dtype=bool)
             T = min(tr.shape[1], te.shape[1])
             tr, te = tr[:, :T], te[:, :T]
             for sigma, got in by_sigma.items():
