@@ -224,13 +224,14 @@ def test_mask_last_bins_is_a_fixed_horizon():
 
 
 @PROPS
-@given(store_rows(), st.sampled_from([*MODES, "heldout"]), st.integers(0, 1000))
-def test_masked_cells_never_reach_the_encoder(data, mode, seed):
+@given(store_rows(), st.sampled_from([*MODES, "heldout"]), st.integers(0, 1000), st.sampled_from([0.0, 1.5]))
+def test_masked_cells_never_reach_the_encoder(data, mode, seed, smoothing):
     rows, k, _ = data
     vocabs = Vocabularies.from_rows(rows)
     b = collate(rows, vocabs, k)
     torch.manual_seed(0)
-    model = MaskedNeuralModel(ModelConfig(neurons_per_token=k, d_model=16, heads=2, decoder_d_model=16), vocabs).eval()
+    cfg = ModelConfig(neurons_per_token=k, d_model=16, heads=2, decoder_d_model=16, output_smoothing=smoothing)
+    model = MaskedNeuralModel(cfg, vocabs).eval()
     for table in (model.unit_embed_in, model.unit_embed_out):  # per-unit rows start at zero: make them count
         torch.nn.init.normal_(table.weight)
     mask = sample_mask(b, mode, generator=torch.Generator().manual_seed(seed))
@@ -246,7 +247,8 @@ def test_masked_cells_never_reach_the_encoder(data, mode, seed):
         out2 = model(b, mask=mask)
     hook.remove()
     assert torch.equal(h1, h2)  # the encoder's output cannot depend on anything it should not see
-    # nor can any prediction (the decoder's per-bin summaries and per-unit read-outs use visible tokens only)
+    # nor can any prediction (the decoder's per-bin summaries, per-unit read-outs and output smoothing use visible
+    # tokens only)
     assert torch.equal(out1.log_rate, out2.log_rate) and torch.equal(out1.mua, out2.mua)
     # and what entered the encoder is exactly the visible tokens, in order, one per slot (gather, not attention)
     n_vis = mask.visible.sum(dim=1)

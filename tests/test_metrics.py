@@ -180,6 +180,32 @@ def test_paired_difference_interval_separates_a_real_gain_from_noise():
         paired_bps_difference([(rates, spikes)], [(rates, spikes + 1)])
 
 
+def test_repeated_cv_resamples_distinct_trials_and_averages_their_repeats():
+    rng = np.random.default_rng(1)
+    rates = 0.5 * np.exp(rng.normal(0, 1, size=(60, 20, 10)))
+    spikes = rng.poisson(rates).astype(float)
+    noisy = [rates * np.exp(0.5 * rng.normal(size=rates.shape)) for _ in range(2)]
+    once = paired_bps_difference([(rates, spikes)], [(noisy[0], spikes)])
+    # the same 60 trials scored twice, in another order the second time (another fold partition)
+    perm = rng.permutation(60)
+    keys = [*range(60), *perm.tolist()]
+    a = [(rates, spikes), (rates[perm], spikes[perm])]
+    twice_same = paired_bps_difference(a, [(noisy[0], spikes), (noisy[0][perm], spikes[perm])], trials=keys)
+    assert twice_same.trials == 60  # distinct trials, not 120
+    assert (twice_same.bps, twice_same.ci_low, twice_same.ci_high) == pytest.approx(
+        (once.bps, once.ci_low, once.ci_high)
+    )
+    naive = paired_bps_difference(a, [(noisy[0], spikes), (noisy[0][perm], spikes[perm])])  # repeats as new trials
+    assert naive.ci_high - naive.ci_low < 0.8 * (once.ci_high - once.ci_low)  # the false precision keys avoid
+    two = paired_bps_difference(a, [(noisy[0], spikes), (noisy[1][perm], spikes[perm])], trials=keys)
+    second = paired_bps_difference([(rates, spikes)], [(noisy[1], spikes)])
+    assert two.bps == pytest.approx((once.bps + second.bps) / 2, rel=1e-9)  # the mean of the repeats' differences
+    with pytest.raises(ValueError, match="60 trial keys for 120 trials"):
+        paired_bps_difference(a, a, trials=keys[:60])
+    with pytest.raises(ValueError, match="repeats have different spike counts"):  # keys out of step with trials
+        paired_bps_difference(a, a, trials=[*range(60), *range(60)])
+
+
 # ---------------------------------------------------------------- behaviour R²
 
 

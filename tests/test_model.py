@@ -11,7 +11,7 @@ from neurobridge.evaluate.metrics import co_bps, pooled_bits_per_spike
 from neurobridge.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from neurobridge.models.config import ModelConfig
 from neurobridge.models.masking import sample_mask
-from neurobridge.models.ndt import MaskedNeuralModel
+from neurobridge.models.ndt import MaskedNeuralModel, smooth_in_time
 from neurobridge.models.patching import collate, session_arrays
 from neurobridge.models.vocab import PAD, UNK, Vocab, Vocabularies, unit_key
 from pydantic import ValidationError
@@ -130,6 +130,30 @@ def test_a_mask_that_hides_every_token_still_predicts(rows):
     mask.target[:] = b.token_valid
     pred = _model(vocabs).eval().predict(b, mask)
     assert pred.shape == b.values.shape and torch.isfinite(pred).all()
+
+
+def test_output_smoothing_keeps_constants_ignores_padding_bins_and_stays_within_its_unit_and_reach(rows):
+    vocabs = Vocabularies.from_rows(rows)
+    b = collate(rows, vocabs, 8)  # windows of 20 bins; bin_mask is all real here, so pad the first row's tail
+    b.bin_mask[0, 15:] = False
+    B, P, T = b.shape
+    sigma = 1.5
+    const = torch.full((B, P * T, 8), 3.0)
+    assert torch.allclose(smooth_in_time(const, b, sigma), const)  # renormalised at window ends and padding
+
+    x = torch.randn(B, P * T, 8)
+    y = x.clone().view(B, P, T, 8)
+    y[0, :, 15:] = 1e6  # padding bins never reach a real one
+    real = b.bin_mask[:, None, :, None].expand(B, P, T, 8).reshape(B, P * T, 8)
+    assert torch.equal(smooth_in_time(x, b, sigma)[real], smooth_in_time(y.view(B, P * T, 8), b, sigma)[real])
+
+    z = x.clone().view(B, P, T, 8)
+    z[1, 0, 10, 3] += 5.0  # one unit, one bin: only that unit's series moves, and only within the kernel's reach
+    moved = (smooth_in_time(z.view(B, P * T, 8), b, sigma) != smooth_in_time(x, b, sigma)).view(B, P, T, 8)
+    reach = int(3 * sigma + 0.5)
+    assert moved[1, 0, 10 - reach : 10 + reach + 1, 3].all() and moved.sum() == 2 * reach + 1
+    # and it shrinks bin-to-bin noise
+    assert smooth_in_time(x, b, sigma).var() < 0.5 * x.var()
 
 
 def test_model_refuses_batches_it_cannot_embed(rows):

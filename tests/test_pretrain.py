@@ -352,13 +352,18 @@ def test_cross_validated_finetuning_scores_every_window_beside_smoothing(store, 
     for var, value in (("NB_STORE", store.store), ("NB_RAW", store.raw_root), ("NB_MLFLOW_URI", store.mlflow_uri)):
         monkeypatch.setenv(var, value)
     args = ["finetune", "--scratch", "--dataset", "t_nwb", "--session", "monkey00_s01", "--trials", "0", "--steps",
-            "3", "--mode", "heldout", "--val-every", "1", "--cv", "3", "--out", str(tmp_path / "cv.json")]  # fmt: skip
+            "3", "--mode", "heldout", "--val-every", "1", "--cv", "3", "--cv-repeats", "2",
+            "--out", str(tmp_path / "cv.json")]  # fmt: skip
     shown = CliRunner().invoke(app, args)
     assert shown.exit_code == 0, shown.output
-    assert "3-fold CV over" in shown.output and "vs smoothing" in shown.output and "untrained" in shown.output
+    assert "2 x 3-fold CV over" in shown.output and "vs smoothing" in shown.output and "untrained" in shown.output
     scratch = json.loads((tmp_path / "cv.json").read_text())
-    assert scratch["windows"] == cv["windows"] and len(scratch["per_fold"]) == 3
-    assert scratch["co_bps_smoothing"] == pytest.approx(cv["co_bps_smoothing"])  # same folds, same baseline
+    assert scratch["windows"] == cv["windows"] and scratch["repeats"] == 2 and len(scratch["per_fold"]) == 6
+    assert [f["repeat"] for f in scratch["per_fold"]] == [0, 0, 0, 1, 1, 1]
+    first = scratch["per_fold"][:3]  # the first repeat has the single run's folds, so the same smoothing scores
+    assert [f["co_bps_smoothing"] for f in first] == pytest.approx([f["co_bps_smoothing"] for f in cv["per_fold"]])
+    d = scratch["minus_smoothing"]  # repeats averaged per trial: the interval is over the session's distinct trials
+    assert d["trials"] == cv["windows"] and d["bps"] == pytest.approx(scratch["co_bps"] - scratch["co_bps_smoothing"])
 
 
 def test_finetuning_extends_vocabularies_and_uses_the_same_k_windows_as_scratch(store, tmp_path):
@@ -381,8 +386,22 @@ def test_finetuning_extends_vocabularies_and_uses_the_same_k_windows_as_scratch(
     reloaded = MaskedNeuralModel(cfg.model, vocabs)
     reloaded.load_state_dict(torch.load(tmp_path / "pre.pt", weights_only=True)["state"])
     torch.testing.assert_close(frozen.model.encoder.state_dict(), reloaded.encoder.state_dict())  # backbone kept
+    torch.testing.assert_close(frozen.model.decoder.state_dict(), reloaded.decoder.state_dict())  # decoder too
+    partly = finetune(ft.model_copy(update={"freeze_backbone": True, "train_decoder": True}), str(tmp_path / "pre.pt"),
+                      store)  # fmt: skip
+    torch.testing.assert_close(partly.model.encoder.state_dict(), reloaded.encoder.state_dict())  # encoder kept
+    assert not torch.equal(partly.model.decoder.layers[0].linear1.weight, reloaded.decoder.layers[0].linear1.weight)
+    with pytest.raises(ValueError, match="train_decoder needs freeze_backbone"):
+        FinetuneConfig(**(ft.model_dump() | {"train_decoder": True}))
     rows = [{"sample_id": f"w{i}"} for i in range(50)]
     assert pick_windows(rows, 5, 0) == pick_windows(list(reversed(rows)), 5, 0)
     chosen = finetune(ft.model_copy(update={"val_every": 1}), str(tmp_path / "pre.pt"), store)
     losses = {h["step"]: h["val_loss"] for h in chosen.last["history"] if "val_loss" in h}
     assert sorted(losses) == [1, 2, 3] and chosen.last["selected_step"] == min(losses, key=losses.get)
+    from neurobridge.models.checkpoint import load_checkpoint
+    from neurobridge.train.finetune import save
+
+    smooth = finetune(ft.model_copy(update={"output_smoothing": 2.0}), str(tmp_path / "pre.pt"), store)
+    assert smooth.model.cfg.output_smoothing == 2.0 and cfg.model.output_smoothing == 0.0  # the source is untouched
+    back, _, _ = load_checkpoint(save(smooth, str(tmp_path / "smooth.pt"), ft))
+    assert back.cfg.output_smoothing == 2.0  # the fine-tuned model keeps its output prior

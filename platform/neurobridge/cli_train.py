@@ -93,10 +93,13 @@ def finetune(
     lr: float = typer.Option(1e-3),
     mode: str = typer.Option("all", help="masking mode (heldout: NLB co-smoothing)"),
     freeze_backbone: bool = typer.Option(False, help="train only context embeddings and output heads"),
+    train_decoder: bool = typer.Option(False, help="with --freeze-backbone: the decoder trains too"),
     unit_weight_decay: float = typer.Option(0.0, help="decay of all per-unit rows toward the shared read-out"),
+    output_smoothing: float = typer.Option(None, help="Gaussian width (bins) of the model's output smoothing"),
     val_every: int = typer.Option(None, help="keep the weights of the best pass over the session's val windows"),
     scratch: bool = typer.Option(False, help="train a fresh model instead (the comparison)"),
     cv: int = typer.Option(None, help="K-fold cross-validation over all the session's windows instead: --out is JSON"),
+    cv_repeats: int = typer.Option(1, help="with --cv: repeat it with other folds and seeds (scores averaged)"),
     out: Path = typer.Option(..., help="where to write the fine-tuned model.pt (with --cv: the results JSON)"),
     seed: int = typer.Option(0),
 ):
@@ -109,8 +112,9 @@ def finetune(
     if (model is None) != scratch:
         _fail("give either --model (fine-tune) or --scratch (train from scratch)")
     cfg = FinetuneConfig(dataset=dataset, session=session, trials=trials or None, steps=steps, lr=lr, mode=mode,
-                         freeze_backbone=freeze_backbone, unit_weight_decay=unit_weight_decay, val_every=val_every,
-                         seed=seed)  # fmt: skip
+                         freeze_backbone=freeze_backbone, train_decoder=train_decoder,
+                         unit_weight_decay=unit_weight_decay, val_every=val_every,
+                         output_smoothing=output_smoothing, seed=seed)  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     settings = _settings()
     try:
@@ -118,10 +122,11 @@ def finetune(
         if cv is not None:
             from .evaluate.crossval import crossval_finetune
 
-            res = crossval_finetune(cfg, file, settings, folds=cv, progress=console.log)
+            res = crossval_finetune(cfg, file, settings, folds=cv, progress=console.log, repeats=cv_repeats)
             out.write_text(json.dumps(res, indent=1, default=float))
             d = res["minus_smoothing"]
-            console.print(f"{cv}-fold CV over {res['windows']} windows: co-bps {res['co_bps']:.4f} vs smoothing "
+            times = f"{cv_repeats} x " if cv_repeats > 1 else ""
+            console.print(f"{times}{cv}-fold CV over {res['windows']} windows: co-bps {res['co_bps']:.4f} vs smoothing "
                           f"{res['co_bps_smoothing']:.4f} ({d['bps']:+.4f}, 95 % {d['ci_low']:+.4f} … "
                           f"{d['ci_high']:+.4f}) → {out}")  # fmt: skip
             if "readout_minus_untrained" in res:

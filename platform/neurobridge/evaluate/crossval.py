@@ -43,7 +43,7 @@ def fold_windows(rows: list[dict], folds: int, val_fraction: float, seed: int = 
 def crossval_finetune(ft: FinetuneConfig, model_file: str | None, settings: Settings | None = None, folds: int = 5,
                       val_fraction: float = 0.1, scratch_model: ModelConfig | None = None,
                       eval_cfg: EvalConfig | None = None, progress: Callable[[str], None] | None = None,
-                      smoothing_sigmas: Sequence[float] = ()) -> dict:  # fmt: skip
+                      smoothing_sigmas: Sequence[float] = (), repeats: int = 1) -> dict:  # fmt: skip
     """Fine-tune ``model_file`` (or train ``scratch_model`` from scratch) on each fold of one session's windows.
 
     Uses every window the session has (train, val and test splits of the store). The smoothing baseline of a fold
@@ -53,7 +53,13 @@ def crossval_finetune(ft: FinetuneConfig, model_file: str | None, settings: Sett
     bootstrap intervals, and per-fold numbers. ``smoothing_sigmas``: the smoothing baseline again with these kernel
     widths (bins), and model and read-out against the best of them, picked on the test folds themselves: a baseline
     tuned with hindsight, so a win over it does not hinge on the default kernel.
+
+    ``repeats`` > 1: repeated K-fold CV, each repeat with other folds and another seed (``ft.seed + r``). A single
+    fine-tune on 80 trials can land well or badly by chance; the scores are means over repeats, and the intervals
+    resample distinct trials with each trial's gains averaged over its repeats.
     """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
     settings = settings or get_settings()
     eval_cfg = eval_cfg or EvalConfig(split="test", latent_readout=True)
     src = sources(settings, [ft.dataset])[0]
@@ -64,11 +70,16 @@ def crossval_finetune(ft: FinetuneConfig, model_file: str | None, settings: Sett
     split = HeldoutSplit(heldout_flags(settings, [src]), ft.heldout_fraction)
     pairs: dict[str, list] = {"model": [], "readout": [], "readout_untrained": [], "smoothing": []}
     by_sigma: dict[float, list] = {float(s): [] for s in smoothing_sigmas}
-    per_fold = []
-    for f, (train, val, test) in enumerate(fold_windows(rows, folds, val_fraction, ft.seed)):
+    per_fold, trial_ids = [], []
+    runs = [(rep, f, part) for rep in range(repeats)
+            for f, part in enumerate(fold_windows(rows, folds, val_fraction, ft.seed + rep))]  # fmt: skip
+    for rep, f, (train, val, test) in runs:
         if progress is not None:
-            progress(f"fold {f + 1}/{folds}: {len(train)} train, {len(val)} val, {len(test)} test windows")
-        res = finetune(ft, model_file, settings, scratch_model, windows=(train, val))
+            progress(f"fold {f + 1}/{folds}" + (f" of repeat {rep + 1}/{repeats}" if repeats > 1 else "")
+                     + f": {len(train)} train, {len(val)} val, {len(test)} test windows")  # fmt: skip
+        ft_rep = ft if rep == 0 else ft.model_copy(update={"seed": ft.seed + rep})
+        res = finetune(ft_rep, model_file, settings, scratch_model, windows=(train, val))
+        trial_ids += [w["sample_id"] for w in test]
         sess = SessionRows(found[0].dataset, ft.session, {"train": train + val, eval_cfg.split: test})
         r = evaluate_session(res.model, res.vocabs, sess, split, eval_cfg)
         if r is None or "model" not in r.pooled or "smoothing" not in r.pooled:
@@ -87,25 +98,29 @@ def crossval_finetune(ft: FinetuneConfig, model_file: str | None, settings: Sett
                                                     eval_cfg.glm_l2)  # fmt: skip
                 got.append((pred, te[..., held]))
         scored = {k: v for k, v in r.metrics.items() if k.startswith(("co_bps_readout", "co_bps_smoothing"))}
-        per_fold.append({"co_bps": r.metrics["co_bps"], **scored, "test_windows": len(test),
+        per_fold.append({"repeat": rep, "co_bps": r.metrics["co_bps"], **scored, "test_windows": len(test),
                          "selected_step": res.last.get("selected_step", ft.steps)})  # fmt: skip
-    out: dict = {"folds": folds, "windows": len(rows)}
+    out: dict = {"folds": folds, "repeats": repeats, "windows": len(rows)}
+
+    def pooled(got: list) -> float:  # pooled over the folds of a repeat, then the mean over repeats
+        return float(np.mean([metrics.pooled_bits_per_spike(got[i : i + folds]) for i in range(0, len(got), folds)]))
+
     for key in pairs:
-        if len(pairs[key]) == folds:
-            out["co_bps" if key == "model" else f"co_bps_{key}"] = metrics.pooled_bits_per_spike(pairs[key])
+        if len(pairs[key]) == len(runs):
+            out["co_bps" if key == "model" else f"co_bps_{key}"] = pooled(pairs[key])
 
     def diff(a: str, b: list) -> dict:
-        return asdict(metrics.paired_bps_difference(pairs[a], b, seed=ft.seed))
+        return asdict(metrics.paired_bps_difference(pairs[a], b, seed=ft.seed, trials=trial_ids))
 
     out["minus_smoothing"] = diff("model", pairs["smoothing"])
-    if len(pairs["readout"]) == folds:
+    if len(pairs["readout"]) == len(runs):
         out["readout_minus_smoothing"] = diff("readout", pairs["smoothing"])
         out["readout_minus_untrained"] = diff("readout", pairs["readout_untrained"])  # what the learned weights add
     if by_sigma:
-        scores = {sigma: metrics.pooled_bits_per_spike(got) for sigma, got in by_sigma.items()}
+        scores = {sigma: pooled(got) for sigma, got in by_sigma.items()}
         best = max(scores, key=scores.get)
         out["smoothing_by_sigma"] = {str(sigma): v for sigma, v in scores.items()}
         out["minus_best_smoothing"] = diff("model", by_sigma[best]) | {"sigma_bins": best}
-        if len(pairs["readout"]) == folds:
+        if len(pairs["readout"]) == len(runs):
             out["readout_minus_best_smoothing"] = diff("readout", by_sigma[best]) | {"sigma_bins": best}
     return out | {"per_fold": per_fold}

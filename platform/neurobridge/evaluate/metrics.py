@@ -106,12 +106,18 @@ class PairedDifference:
 
 
 def paired_bps_difference(a: Sequence[tuple[np.ndarray, np.ndarray]], b: Sequence[tuple[np.ndarray, np.ndarray]],
-                          n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> PairedDifference:  # fmt: skip
+                          n_boot: int = 2000, seed: int = 0, level: float = 0.95,
+                          trials: Sequence | None = None) -> PairedDifference:  # fmt: skip
     """Difference of pooled bits/spike, ``a`` minus ``b``, resampling trials (the first axis) with replacement.
 
     Each element of ``a`` and ``b`` is (rates, spikes) for one session or fold, with the same spikes in both. The
     per-neuron null cancels in a difference, so the point estimate equals ``pooled_bits_per_spike(a) -
     pooled_bits_per_spike(b)`` exactly, and each trial contributes an additive NLL gain and spike count.
+
+    ``trials``: a key per trial of the concatenated elements, for repeated cross-validation where every trial is
+    scored once per repeat. A trial's gains are averaged over its repeats before resampling, so the interval is over
+    distinct trials (treating repeats as new trials would narrow it falsely) and the point estimate is the mean
+    of the repeats' differences.
     """
     if len(a) != len(b) or not a:
         raise ValueError("paired_bps_difference needs the same non-empty list of sessions for both models")
@@ -124,6 +130,15 @@ def paired_bps_difference(a: Sequence[tuple[np.ndarray, np.ndarray]], b: Sequenc
         gains.append((_cell_nll(rb, sb) - _cell_nll(ra, sa)).sum(axis=axes))
         counts.append(np.nansum(sa, axis=axes))
     g, n = np.concatenate(gains), np.concatenate(counts)
+    if trials is not None:
+        if len(trials) != len(g):
+            raise ValueError(f"paired_bps_difference: {len(trials)} trial keys for {len(g)} trials")
+        _, inv = np.unique(np.asarray(trials), return_inverse=True)
+        times = np.bincount(inv)
+        per_trial = np.bincount(inv, weights=n) / times
+        if not np.allclose(n, per_trial[inv]):
+            raise ValueError("paired_bps_difference: a trial key's repeats have different spike counts")
+        g, n = np.bincount(inv, weights=g) / times, per_trial
     if n.sum() <= 0:
         return PairedDifference(float("nan"), float("nan"), float("nan"), float("nan"), len(g))
     idx = np.random.default_rng(seed).integers(0, len(g), size=(n_boot, len(g)))

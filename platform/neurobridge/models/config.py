@@ -50,6 +50,9 @@ class ModelConfig(BaseModel):
     max_log_rate: float = Field(10.0, gt=0)  # Poisson head: log-rate clamped to [-max, max] before exp
     bin_summary: bool = True  # decoder tokens also get the mean of their bin's visible tokens: see models/ndt.py
     unit_embedding: bool = True  # per-unit read-in/read-out rows keyed by (session, unit id): see models/ndt.py
+    output_smoothing: float = Field(
+        0.0, ge=0, le=32, description="Gaussian kernel width (bins) applied along time to predicted log-rates; 0: off"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:

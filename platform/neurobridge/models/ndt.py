@@ -79,6 +79,26 @@ def bin_means(values: torch.Tensor, times: torch.Tensor, keep: torch.Tensor, n_b
     return sums / n.clamp_min(1.0)
 
 
+def smooth_in_time(x: torch.Tensor, batch: Batch, sigma: float) -> torch.Tensor:
+    """Gaussian smoothing of per-token outputs [B, P*T, k] along each patch's time axis, over real bins only.
+
+    A smoothness prior on the predicted rates: per-bin predictions from a small recording are noisy where true rates
+    are smooth. Each output mixes predictions (never targets) of the same unit at nearby bins, so no masked value
+    reaches it. Padding bins get zero weight, and the kernel is renormalised at window edges.
+    """
+    B, P, T = batch.shape
+    k = x.shape[-1]
+    half = min(int(3 * sigma + 0.5), T - 1)
+    offsets = torch.arange(-half, half + 1, device=x.device, dtype=x.dtype)
+    w = torch.exp(-0.5 * (offsets / sigma) ** 2).view(1, 1, -1)
+    m = batch.bin_mask.to(x.dtype)  # [B, T]
+    den = nn.functional.conv1d(m[:, None], w, padding=half)  # [B, 1, T]
+    g = (x.view(B, P, T, k) * m[:, None, :, None]).permute(0, 1, 3, 2).reshape(B, P * k, T)
+    num = nn.functional.conv1d(g.reshape(B * P * k, 1, T), w, padding=half).view(B, P, k, T)
+    out = num / den.clamp_min(1e-6)[:, :, None]
+    return out.permute(0, 1, 3, 2).reshape(B, P * T, k)
+
+
 def _sincos(n: int, d: int) -> torch.Tensor:
     pos = torch.arange(n, dtype=torch.float32)[:, None]
     freq = torch.exp(-torch.arange(0, d, 2, dtype=torch.float32) * (torch.log(torch.tensor(1e4)) / d))
@@ -235,6 +255,8 @@ class MaskedNeuralModel(nn.Module):
             w = self.unit_embed_out(batch.token_unit)  # [B, N, k, dd + 1]
             per_unit = torch.einsum("bnd,bnkd->bnk", out, w[..., :dd]) + w[..., dd]
             log_rate, mua = log_rate + per_unit, mua + per_unit
+        if self.cfg.output_smoothing > 0:
+            log_rate, mua = (smooth_in_time(x, batch, self.cfg.output_smoothing) for x in (log_rate, mua))
         log_rate = log_rate.clamp(-m, m)  # exp link with clamps: log-rate in [-max, max]
         return self._loss(batch, mask, log_rate, mua)
 

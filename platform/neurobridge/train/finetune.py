@@ -10,7 +10,7 @@ import hashlib
 from dataclasses import dataclass
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..config import Settings, get_settings
 from ..data.store import sources
@@ -33,6 +33,8 @@ BACKBONE_FREE = (
     "unit_embed_in",
     "unit_embed_out",
 )  # what a frozen backbone still trains
+# with train_decoder, the lighter decoder adapts too (the encoder's representation stays as pretrained)
+DECODER = ("enc_to_dec", "dec_pos", "mask_token", "decoder", "dec_norm", "bin_proj")
 
 
 class FinetuneConfig(BaseModel):
@@ -45,6 +47,7 @@ class FinetuneConfig(BaseModel):
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(16, ge=1)
     freeze_backbone: bool = Field(False, description="train only context embeddings and output heads")
+    train_decoder: bool = Field(False, description="with freeze_backbone: the decoder trains too (encoder frozen)")
     mode: str = "all"
     seed: int = 0
     heldout_fraction: float = Field(0.25, gt=0, lt=1)
@@ -60,6 +63,15 @@ class FinetuneConfig(BaseModel):
         description="AdamW decay of the per-unit rows toward the shared read-out (small recordings); "
         "decoupled decay shrinks every session's rows, so the result is a model for the new session",
     )
+    output_smoothing: float | None = Field(
+        None, ge=0, le=32, description="set the model's output_smoothing (bins) for fine-tuning and after; null: keep"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> FinetuneConfig:
+        if self.train_decoder and not self.freeze_backbone:
+            raise ValueError("train_decoder needs freeze_backbone (without it every part trains anyway)")
+        return self
 
 
 @dataclass
@@ -100,6 +112,8 @@ def finetune(cfg: FinetuneConfig, model_file: str | None, settings: Settings | N
         torch.manual_seed(cfg.seed)
         vocabs = Vocabularies()
         model = MaskedNeuralModel(scratch_model or ModelConfig(), vocabs)
+    if cfg.output_smoothing is not None:  # no parameters of its own: the checkpoint saves the new config
+        model.cfg = model.cfg.model_copy(update={"output_smoothing": cfg.output_smoothing})
     first = rows[0]
     for name in CONTEXT:  # new session (and subject/task/dataset/regions when unseen) → grown tables
         key = first.get(name) if name != "dataset" else srcs[0].name
@@ -110,7 +124,7 @@ def finetune(cfg: FinetuneConfig, model_file: str | None, settings: Settings | N
         model.extend_vocab(vocabs, "unit", [unit_key(cfg.session, u) for u in first["unit_ids"]])
     if cfg.freeze_backbone:
         for name, p in model.named_parameters():
-            p.requires_grad = name.split(".")[0] in BACKBONE_FREE
+            p.requires_grad = name.split(".")[0] in BACKBONE_FREE + (DECODER if cfg.train_decoder else ())
     split = HeldoutSplit(heldout_flags(settings, srcs), cfg.heldout_fraction)
     collate_fn = CollateWindows(vocabs, model.cfg.neurons_per_token, split)
     bs = min(cfg.batch_size, len(rows))
