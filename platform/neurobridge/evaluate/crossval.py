@@ -77,8 +77,8 @@ def crossval_finetune(ft: FinetuneConfig, model_file: str | None, settings: Sett
         if progress is not None:
             progress(f"fold {f + 1}/{folds}" + (f" of repeat {rep + 1}/{repeats}" if repeats > 1 else "")
                      + f": {len(train)} train, {len(val)} val, {len(test)} test windows")  # fmt: skip
-        ft_rep = ft if rep == 0 else ft.model_copy(update={"seed": ft.seed + rep})
-        res = finetune(ft_rep, model_file, settings, scratch_model, windows=(train, val))
+        res = finetune(ft.model_copy(update={"seed": ft.seed + rep}), model_file, settings, scratch_model,
+                       windows=(train, val))  # fmt: skip
         trial_ids += [w["sample_id"] for w in test]
         sess = SessionRows(found[0].dataset, ft.session, {"train": train + val, eval_cfg.split: test})
         r = evaluate_session(res.model, res.vocabs, sess, split, eval_cfg)
