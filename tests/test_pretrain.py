@@ -15,7 +15,7 @@ import pyarrow as pa
 import pytest
 import torch
 from neurobridge.data.store import epoch_plan, iter_local, mixing_weights, repeats, sources
-from neurobridge.models.checkpoint import CheckpointError
+from neurobridge.models.checkpoint import CheckpointError, load_checkpoint
 from neurobridge.models.ndt import MaskedNeuralModel
 from neurobridge.storage import StoreError
 from neurobridge.tracking import mlflow_run
@@ -368,7 +368,7 @@ def test_cross_validated_finetuning_scores_every_window_beside_smoothing(store, 
 
 def test_finetuning_extends_vocabularies_and_uses_the_same_k_windows_as_scratch(store, tmp_path):
     from neurobridge.models.checkpoint import save_checkpoint
-    from neurobridge.train.finetune import FinetuneConfig, finetune, pick_windows
+    from neurobridge.train.finetune import FinetuneConfig, finetune, pick_windows, save
 
     cfg = small_cfg(**{"optim.max_steps": 4, "data.holdout_sessions": ["monkey00_s01"]})
     vocabs = vocabularies(sources(store, [], "tiny"), ["monkey00_s01"])
@@ -398,9 +398,6 @@ def test_finetuning_extends_vocabularies_and_uses_the_same_k_windows_as_scratch(
     chosen = finetune(ft.model_copy(update={"val_every": 1}), str(tmp_path / "pre.pt"), store)
     losses = {h["step"]: h["val_loss"] for h in chosen.last["history"] if "val_loss" in h}
     assert sorted(losses) == [1, 2, 3] and chosen.last["selected_step"] == min(losses, key=losses.get)
-    from neurobridge.models.checkpoint import load_checkpoint
-    from neurobridge.train.finetune import save
-
     smooth = finetune(ft.model_copy(update={"output_smoothing": 2.0}), str(tmp_path / "pre.pt"), store)
     assert smooth.model.cfg.output_smoothing == 2.0 and cfg.model.output_smoothing == 0.0  # the source is untouched
     back, _, _ = load_checkpoint(save(smooth, str(tmp_path / "smooth.pt"), ft))

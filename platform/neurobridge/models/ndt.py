@@ -255,8 +255,9 @@ class MaskedNeuralModel(nn.Module):
             w = self.unit_embed_out(batch.token_unit)  # [B, N, k, dd + 1]
             per_unit = torch.einsum("bnd,bnkd->bnk", out, w[..., :dd]) + w[..., dd]
             log_rate, mua = log_rate + per_unit, mua + per_unit
-        if self.cfg.output_smoothing > 0:
-            log_rate, mua = (smooth_in_time(x, batch, self.cfg.output_smoothing) for x in (log_rate, mua))
+        if self.cfg.output_smoothing > 0:  # both heads in one pass (one kernel normaliser, one convolution)
+            both = smooth_in_time(torch.cat([log_rate, mua], dim=-1), batch, self.cfg.output_smoothing)
+            log_rate, mua = both.split(log_rate.shape[-1], dim=-1)
         log_rate = log_rate.clamp(-m, m)  # exp link with clamps: log-rate in [-max, max]
         return self._loss(batch, mask, log_rate, mua)
 
