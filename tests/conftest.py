@@ -50,17 +50,34 @@ def reaching_store(tmp_path_factory, ray_cluster):
 
         root = tmp_path_factory.mktemp(name)
         sim = root / "raw"
-        cfg = SimConfig(nwb_subjects=1, nwb_sessions_per_subject=2, alf_subjects=1, alf_sessions_per_subject=1,
-                        visual_sessions=0, units_min=units[0], units_max=units[1], minutes=minutes,
-                        write_images=False)  # fmt: skip
+        cfg = SimConfig(
+            nwb_subjects=1,
+            nwb_sessions_per_subject=2,
+            alf_subjects=1,
+            alf_sessions_per_subject=1,
+            visual_sessions=0,
+            units_min=units[0],
+            units_max=units[1],
+            minutes=minutes,
+            write_images=False,
+        )
         simulate(str(sim), cfg, progress=False)
         settings = get_settings(store=str(root / "store"), raw_root=str(sim), mlflow_uri=f"sqlite:///{root}/mlflow.db")
         entries = [
-            CatalogEntry(name="t_nwb", kind="nwb", uri=str(sim / "nwb"),
-                         ingest={"bin_ms": 20, "window": {"mode": "chunks", "chunk_s": 0.6}}),
-            CatalogEntry(name="t_alf", kind="alf", uri=str(sim / "alf"), one={"mode": "local"},
-                         ingest={"bin_ms": 20, "window": {"mode": "chunks", "chunk_s": 1.6}}),
-        ]  # fmt: skip
+            CatalogEntry(
+                name="t_nwb",
+                kind="nwb",
+                uri=str(sim / "nwb"),
+                ingest={"bin_ms": 20, "window": {"mode": "chunks", "chunk_s": 0.6}},
+            ),
+            CatalogEntry(
+                name="t_alf",
+                kind="alf",
+                uri=str(sim / "alf"),
+                one={"mode": "local"},
+                ingest={"bin_ms": 20, "window": {"mode": "chunks", "chunk_s": 1.6}},
+            ),
+        ]
         reports = ingest_many(entries, settings, progress=False)
         assert not any(isinstance(r, Exception) for r in reports), reports
         write_mixture(settings, mixture, reports)

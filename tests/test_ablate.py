@@ -25,10 +25,22 @@ REPO = Path(__file__).resolve().parents[1]
 SPECS = REPO / "jobs" / "ablations"
 SHIPPED = sorted(p for p in SPECS.glob("*.yaml") if not p.name.startswith("base_"))
 
-TINY = {"model.d_model": 16, "model.heads": 2, "model.decoder_d_model": 16, "model.decoder_heads": 2,
-        "model.depth": 1, "model.neurons_per_token": 16, "model.dropout": 0.0, "optim.batch_size": 8,
-        "optim.warmup_steps": 1, "optim.max_steps": 4, "checkpoint_every": 4, "log_every": 2,
-        "data.mixture": "demo", "data.holdout_sessions": []}  # fmt: skip
+TINY = {
+    "model.d_model": 16,
+    "model.heads": 2,
+    "model.decoder_d_model": 16,
+    "model.decoder_heads": 2,
+    "model.depth": 1,
+    "model.neurons_per_token": 16,
+    "model.dropout": 0.0,
+    "optim.batch_size": 8,
+    "optim.warmup_steps": 1,
+    "optim.max_steps": 4,
+    "checkpoint_every": 4,
+    "log_every": 2,
+    "data.mixture": "demo",
+    "data.holdout_sessions": [],
+}
 
 
 def demo_variant(spec: Path, **over) -> dict:
@@ -67,21 +79,32 @@ def _product(xs) -> int:
 
 def test_the_six_requested_ablations_are_shipped():
     kinds = {p.stem: load_spec(p) for p in SHIPPED}
-    assert {a for s in kinds.values() for a in s.axes} >= {"mode", "data", "mixing", "regions", "encoder", "width",
-                                                           "depth"}  # fmt: skip
+    assert {a for s in kinds.values() for a in s.axes} >= {
+        "mode",
+        "data",
+        "mixing",
+        "regions",
+        "encoder",
+        "width",
+        "depth",
+    }
     modes = [v.label for v in kinds["masking_modes"].axes["mode"]]
     assert modes == ["random", "temporal", "neuron", "intra-region", "inter-region", "all"]
 
 
 def test_an_axis_value_naming_no_config_key_is_an_error_naming_it(tmp_path):
     spec = tmp_path / "bad.yaml"
-    spec.write_text(f"name: bad\nkind: pretrain\nbase: {REPO}/jobs/configs/pretrain_demo.yaml\n"
-                    "axes:\n  lr:\n    - {label: big, overrides: {optim.max_step: 5}}\n")  # fmt: skip
+    spec.write_text(
+        f"name: bad\nkind: pretrain\nbase: {REPO}/jobs/configs/pretrain_demo.yaml\n"
+        "axes:\n  lr:\n    - {label: big, overrides: {optim.max_step: 5}}\n"
+    )
     with pytest.raises(SpecError, match=r"bad\.yaml.*lr=big.*optim\.max_step'.*did you mean 'max_steps'"):
         load_spec(spec)
     align = tmp_path / "bad_align.yaml"
-    align.write_text(f"name: bad\nkind: align\nbase: {SPECS}/base_align_tvsd.yaml\n"
-                     "axes:\n  r:\n    - {label: v1, overrides: {data.region: [V1]}}\n")  # fmt: skip
+    align.write_text(
+        f"name: bad\nkind: align\nbase: {SPECS}/base_align_tvsd.yaml\n"
+        "axes:\n  r:\n    - {label: v1, overrides: {data.region: [V1]}}\n"
+    )
     with pytest.raises(SpecError, match=r"data\.region'.*did you mean 'regions'"):
         load_spec(align)
 
@@ -137,10 +160,18 @@ def test_in_process_trials_train_on_exactly_the_rows_the_ray_data_pipeline_mixes
 def test_two_axes_by_two_seeds_track_a_parent_with_one_child_per_trial_and_a_report(store, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     mixing = load_spec(SPECS / "mixing.yaml").axes["mixing"]
-    over = demo_variant(SPECS / "masking_modes.yaml", name="modes-x-mixing", seeds=[0, 1],
-                        **{"axes.mode": [{"label": "random", "overrides": {"mode": "random"}},
-                                         {"label": "temporal", "overrides": {"mode": "temporal"}}],
-                           "axes.mixing": [v.model_dump() for v in mixing]})  # fmt: skip
+    over = demo_variant(
+        SPECS / "masking_modes.yaml",
+        name="modes-x-mixing",
+        seeds=[0, 1],
+        **{
+            "axes.mode": [
+                {"label": "random", "overrides": {"mode": "random"}},
+                {"label": "temporal", "overrides": {"mode": "temporal"}},
+            ],
+            "axes.mixing": [v.model_dump() for v in mixing],
+        },
+    )
     spec = load_spec(SPECS / "masking_modes.yaml", over)
     result = run_ablation(spec, store, echo=lambda s: None)
     df = result.table
@@ -202,9 +233,14 @@ def test_killing_the_driver_and_rerunning_resumes_without_repeating_finished_tri
     spec_file = tmp_path / "resume.yaml"
     spec_file.write_text(RESUME_SPEC.format(base=REPO / "jobs/configs/pretrain_demo.yaml", over=json.dumps(over)))
     spec = load_spec(spec_file)
-    env = {**os.environ, "NB_STORE": store.store, "NB_RAW": store.raw_root, "NB_MLFLOW_URI": store.mlflow_uri,
-           "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address,
-           "PYTHONPATH": f"{REPO / 'platform'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}  # fmt: skip
+    env = {
+        **os.environ,
+        "NB_STORE": store.store,
+        "NB_RAW": store.raw_root,
+        "NB_MLFLOW_URI": store.mlflow_uri,
+        "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address,
+        "PYTHONPATH": f"{REPO / 'platform'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    }
     cmd = [sys.executable, str(REPO / "jobs" / "ablate.py"), str(spec_file)]
     first = subprocess.Popen(cmd, env=env, cwd=tmp_path, start_new_session=True)
     try:
@@ -238,8 +274,9 @@ def _wait_for_finished_children(store, spec, proc, timeout: float) -> list[str]:
             raise AssertionError(f"the driver exited early with {proc.returncode}")
         if marker.exists():
             parent = json.loads(marker.read_text())["parent_run_id"]
-            done = [r.data.tags["ablation.trial"] for r in child_runs(store, spec, parent)
-                    if r.info.status == "FINISHED"]  # fmt: skip
+            done = [
+                r.data.tags["ablation.trial"] for r in child_runs(store, spec, parent) if r.info.status == "FINISHED"
+            ]
             if done:
                 return done
         time.sleep(0.5)
@@ -250,8 +287,12 @@ def test_random_and_asha_searches_sample_the_space_and_asha_needs_an_intermediat
     from neurobridge.tune.runner import _search
     from ray.tune.schedulers import ASHAScheduler
 
-    over = {"search.algorithm": "asha", "search.metric": "loss", "search.num_samples": 4,
-            "search.space": {"optim.lr": {"loguniform": [1e-4, 1e-2]}}}  # fmt: skip
+    over = {
+        "search.algorithm": "asha",
+        "search.metric": "loss",
+        "search.num_samples": 4,
+        "search.space": {"optim.lr": {"loguniform": [1e-4, 1e-2]}},
+    }
     spec = load_spec(SPECS / "mixing.yaml", over)
     space, kwargs = _search(spec)
     assert kwargs["num_samples"] == 4 and isinstance(kwargs["scheduler"], ASHAScheduler)
@@ -266,10 +307,14 @@ def test_quasi_random_search_covers_the_space_evenly_and_crosses_every_point_wit
     from neurobridge.tune.runner import _search
     from neurobridge.tune.spec import quasi_random_points, sampled_values, trial_key
 
-    space = {"optim.lr": {"loguniform": [1e-4, 1e-2]}, "model.depth": {"randint": [1, 4]},
-             "model.dropout": {"choice": [0.0, 0.1]}}  # fmt: skip
-    spec = load_spec(SPECS / "mixing.yaml", {"search.algorithm": "quasi_random", "search.num_samples": 16,
-                                             "search.space": space})  # fmt: skip
+    space = {
+        "optim.lr": {"loguniform": [1e-4, 1e-2]},
+        "model.depth": {"randint": [1, 4]},
+        "model.dropout": {"choice": [0.0, 0.1]},
+    }
+    spec = load_spec(
+        SPECS / "mixing.yaml", {"search.algorithm": "quasi_random", "search.num_samples": 16, "search.space": space}
+    )
     space_, kwargs = _search(spec)
     points = space_["sampled"]["grid_search"]
     assert kwargs["num_samples"] == 1 and len(points) == 16
@@ -291,9 +336,18 @@ def test_search_results_summarise_each_sampled_config_across_seeds_and_plot_agai
     rows = []
     for i, lr in enumerate([1e-3, 3e-3, 1e-2]):
         for seed in (0, 1):
-            rows.append({"trial": f"t{i}s{seed}", "mode": "all", "seed": seed, "optim.lr": lr,
-                         "optim.weight_decay": 0.01, "model.mask.random": 0.3, "status": "ok",
-                         "co_bps": 0.1 * i + 0.01 * seed})  # fmt: skip
+            rows.append(
+                {
+                    "trial": f"t{i}s{seed}",
+                    "mode": "all",
+                    "seed": seed,
+                    "optim.lr": lr,
+                    "optim.weight_decay": 0.01,
+                    "model.mask.random": 0.3,
+                    "status": "ok",
+                    "co_bps": 0.1 * i + 0.01 * seed,
+                }
+            )
     df = pd.DataFrame(rows)
     summ = res.summarize(df, spec)
     assert len(summ) == 3 and (summ["seeds"] == 2).all()  # one row per sampled config, seeds pooled

@@ -55,16 +55,39 @@ def one_torch_thread():
 
 
 def visual_entry(name: str, root, salt: str = "neurobridge") -> CatalogEntry:
-    return CatalogEntry(name=name, kind="nwb", uri=str(root / "visual"), ingest={
-        "bin_ms": 20, "split": {"salt": salt},
-        "window": {"mode": "intervals", "intervals": "natural_scenes_presentations", "align": "start_time",
-                   "pre_s": 0.0, "post_s": 0.25, "stimulus_column": "frame", "stimulus_prefix": "sim_ns"}})  # fmt: skip
+    return CatalogEntry(
+        name=name,
+        kind="nwb",
+        uri=str(root / "visual"),
+        ingest={
+            "bin_ms": 20,
+            "split": {"salt": salt},
+            "window": {
+                "mode": "intervals",
+                "intervals": "natural_scenes_presentations",
+                "align": "start_time",
+                "pre_s": 0.0,
+                "post_s": 0.25,
+                "stimulus_column": "frame",
+                "stimulus_prefix": "sim_ns",
+            },
+        },
+    )
 
 
 def simulate_visual(root, n_images: int, repeats: int, gain: tuple[float, float]) -> None:
-    cfg = SimConfig(nwb_subjects=0, alf_subjects=0, visual_sessions=1, n_images=n_images, image_repeats=repeats,
-                    visual_regions=REGIONS, visual_latency_ms=[40.0, 60.0, 80.0], visual_gain=gain,
-                    write_truth=False, write_images=False)  # fmt: skip
+    cfg = SimConfig(
+        nwb_subjects=0,
+        alf_subjects=0,
+        visual_sessions=1,
+        n_images=n_images,
+        image_repeats=repeats,
+        visual_regions=REGIONS,
+        visual_latency_ms=[40.0, 60.0, 80.0],
+        visual_gain=gain,
+        write_truth=False,
+        write_images=False,
+    )
     simulate(str(root), cfg, progress=False)
 
 
@@ -73,8 +96,9 @@ def store(ray_cluster, tmp_path_factory):
     """Two simulated V1/V4/IT sessions ingested through Ray: IT carries the embedding most (the simulator's
     default, gain rising along the hierarchy), and the reverse (V1 most), written with another split salt."""
     base = tmp_path_factory.mktemp("align")
-    st_ = get_settings(store=str(base / "store"), raw_root=str(base / "raw"),
-                       mlflow_uri=f"sqlite:///{base / 'mlflow.db'}")  # fmt: skip
+    st_ = get_settings(
+        store=str(base / "store"), raw_root=str(base / "raw"), mlflow_uri=f"sqlite:///{base / 'mlflow.db'}"
+    )
     simulate_visual(base / "it", 500, 5, (0.7, 1.5))
     simulate_visual(base / "v1", 200, 4, (1.5, 0.4))
     for name, root, salt in (("vis_it", base / "it", "neurobridge"), ("vis_v1", base / "v1", "other")):
@@ -85,9 +109,12 @@ def store(ray_cluster, tmp_path_factory):
 
 def data_cfg(dataset: str, sim_root, **kw) -> AlignDataConfig:
     ids = [f"frame_{i:03d}" for i in range(len(np.load(sim_root / "visual/images/embeddings.npy")))]
-    base = {"datasets": [dataset], "windows": WINDOWS,
-            "embeddings": {"npy": str(sim_root / "visual/images/embeddings.npy"), "ids": ids, "id_prefix": "sim_ns"},
-            "split": {"rule": "hash", "n_test": 100, "n_val": 50}}  # fmt: skip
+    base = {
+        "datasets": [dataset],
+        "windows": WINDOWS,
+        "embeddings": {"npy": str(sim_root / "visual/images/embeddings.npy"), "ids": ids, "id_prefix": "sim_ns"},
+        "split": {"rule": "hash", "n_test": 100, "n_val": 50},
+    }
     return AlignDataConfig.model_validate({**base, **kw})
 
 
@@ -99,8 +126,13 @@ def test_all_regions_find_the_true_image_far_above_chance_and_it_beats_v1(store,
 
     monkeypatch.chdir(tmp_path)  # MLflow's default artifact root for a SQLite store is ./mlruns
     st_ = store["settings"]
-    cfg = AlignConfig(name="sim", data=data_cfg("vis_it", store["it"]), projector=ProjectorConfig(**FAST),
-                      scaling=LOCAL, region_sets={"all": None, "V1": ["V1"], "IT": ["IT"]})  # fmt: skip
+    cfg = AlignConfig(
+        name="sim",
+        data=data_cfg("vis_it", store["it"]),
+        projector=ProjectorConfig(**FAST),
+        scaling=LOCAL,
+        region_sets={"all": None, "V1": ["V1"], "IT": ["IT"]},
+    )
     emb = simulation_embeddings(str(store["it"]), st_)  # knows the PNG paths for the figures
     result = run_alignment(cfg, st_, embeddings=emb)
     s = result.summary()
@@ -136,8 +168,9 @@ def _registered_projectors_embed_like_the_fitted_ones(st_, result, monkeypatch):
         test = result.data.select_regions(regions).test
         want = project(result.results[name].fit.model, test)
         for block, expected in zip(test.blocks, want, strict=True):
-            frame = pd.DataFrame({"session": block.session, "features": list(block.x.astype(float)),
-                                  "region_set": name})  # fmt: skip
+            frame = pd.DataFrame(
+                {"session": block.session, "features": list(block.x.astype(float)), "region_set": name}
+            )
             np.testing.assert_allclose(model.predict(frame), expected, rtol=1e-5, atol=1e-6)
     with pytest.raises(registry.RegistryError, match="align"):
         embed(EmbedConfig(model="models:/sim-align@candidate", dataset="vis_it"), st_, progress=False)
@@ -152,9 +185,12 @@ def _registered_projectors_embed_like_the_fitted_ones(st_, result, monkeypatch):
 
 def test_region_ordering_comes_from_the_data_not_the_code(store):
     """Same code, the simulator's gains reversed (V1 strongest): now V1 beats IT."""
-    cfg = AlignConfig(data=data_cfg("vis_v1", store["v1"], split={"rule": "hash", "n_test": 50, "n_val": 20}),
-                      projector=ProjectorConfig(**FAST), scaling=LOCAL,
-                      region_sets={"V1": ["V1"], "IT": ["IT"]})  # fmt: skip
+    cfg = AlignConfig(
+        data=data_cfg("vis_v1", store["v1"], split={"rule": "hash", "n_test": 50, "n_val": 20}),
+        projector=ProjectorConfig(**FAST),
+        scaling=LOCAL,
+        region_sets={"V1": ["V1"], "IT": ["IT"]},
+    )
     s = run_alignment(cfg, store["settings"], track=False, figures=False).summary()
     assert s["V1"]["image_top1"] > s["IT"]["image_top1"]
 
@@ -226,8 +262,9 @@ def tvsd(ray_cluster, tmp_path_factory):
     write_files(out, TvsdSimConfig(n_train=120, n_test=12, test_repeats=10))
     regions = {m: [{"first": a, "last": b, "region": r} for a, b, r in v] for m, v in SIM_REGIONS.items()}
     window = {"mode": "intervals", "pre_s": 0.0, "post_s": 0.2}
-    entry = CatalogEntry(name="sim_tvsd", kind="tvsd", uri=str(out), tvsd={"regions": regions},
-                         ingest={"bin_ms": 10, "window": window})  # fmt: skip
+    entry = CatalogEntry(
+        name="sim_tvsd", kind="tvsd", uri=str(out), tvsd={"regions": regions}, ingest={"bin_ms": 10, "window": window}
+    )
     st_ = get_settings(store=str(base / "store"), raw_root=str(base / "raw"))
     assert ingest(entry, st_, progress=False).ok
     return st_, out.parent / "truth" / "tvsd"
@@ -236,8 +273,10 @@ def tvsd(ray_cluster, tmp_path_factory):
 def test_tvsd_keeps_the_official_test_images_and_uses_the_published_region_windows(tvsd):
     st_, truth = tvsd
     ids = json.loads((truth / "stimulus_ids.json").read_text())
-    cfg = AlignDataConfig(datasets=["sim_tvsd"], embeddings={"npy": str(truth / "embeddings.npy"),
-                                                              "ids": str(truth / "stimulus_ids.json")})  # fmt: skip
+    cfg = AlignDataConfig(
+        datasets=["sim_tvsd"],
+        embeddings={"npy": str(truth / "embeddings.npy"), "ids": str(truth / "stimulus_ids.json")},
+    )
     data = build_alignment_data(cfg, st_)
     official = {s for s in ids if "/simtest" in s}
     assert data.test.stimuli == official and len(data.test.blocks) == 2  # one block per monkey
@@ -269,8 +308,11 @@ def test_window_bins_take_the_bins_whose_centres_fall_in_the_window():
 @given(n=st.integers(5, 200), n_test=st.integers(1, 3), n_val=st.integers(0, 2), salt=st.text(max_size=5))
 def test_hash_splits_are_deterministic_disjoint_and_exact(n, n_test, n_val, salt):
     ids = np.array([f"img/{i}" for i in range(n)])
-    cfg = AlignDataConfig(datasets=["x"], embeddings={"npy": "e.npy", "ids": []},
-                          split={"rule": "hash", "n_test": n_test, "n_val": n_val, "salt": salt})  # fmt: skip
+    cfg = AlignDataConfig(
+        datasets=["x"],
+        embeddings={"npy": "e.npy", "ids": []},
+        split={"rule": "hash", "n_test": n_test, "n_val": n_val, "salt": salt},
+    )
     if n_test + n_val >= n:
         with pytest.raises(AlignDataError, match="leave none of the"):
             assign_splits(ids, {}, cfg)
@@ -284,8 +326,9 @@ def test_hash_splits_are_deterministic_disjoint_and_exact(n, n_test, n_val, salt
 
 def test_assert_no_leak_names_the_image_in_two_splits():
     def split(name, ids):
-        return AlignmentSplit(name, [Block("s", np.zeros((len(ids), 2)), np.zeros((len(ids), 2)), np.array(ids),
-                                           np.ones(len(ids), int))])  # fmt: skip
+        return AlignmentSplit(
+            name, [Block("s", np.zeros((len(ids), 2)), np.zeros((len(ids), 2)), np.array(ids), np.ones(len(ids), int))]
+        )
 
     assert_no_leak(split("train", ["a", "b"]), split("test", ["c"]))
     with pytest.raises(LeakageError, match="'b' is in both train and test"):
@@ -318,8 +361,13 @@ def test_reconstruction_by_nearest_training_image_scores_against_chance_and_ceil
 @settings(max_examples=30, deadline=None)
 @given(sizes=st.lists(st.integers(2, 40), min_size=1, max_size=4), batch=st.integers(2, 16), world=st.integers(1, 3))
 def test_batches_shard_each_epoch_evenly_and_disjointly_across_ranks(sizes, batch, world):
-    split = AlignmentSplit("train", [Block(f"s{i}", np.zeros((n, 1)), np.zeros((n, 1)), np.arange(n).astype(str),
-                                           np.ones(n, int)) for i, n in enumerate(sizes)])  # fmt: skip
+    split = AlignmentSplit(
+        "train",
+        [
+            Block(f"s{i}", np.zeros((n, 1)), np.zeros((n, 1)), np.arange(n).astype(str), np.ones(n, int))
+            for i, n in enumerate(sizes)
+        ],
+    )
     shards = [_batches(split, batch, np.random.default_rng(1), r, world) for r in range(world)]
     assert len({len(s) for s in shards}) == 1  # DDP: every rank takes the same number of steps
     seen = [(bi, int(i)) for s in shards for bi, rows in s for i in rows]
@@ -359,8 +407,9 @@ def test_a_frozen_encoder_pools_each_regions_latents_over_its_window(store, tmp_
     torch.manual_seed(0)
     model = MaskedNeuralModel(ModelConfig(neurons_per_token=4, d_model=16, depth=1, heads=2), vocabs)
     save_checkpoint(str(tmp_path / "model.pt"), model, vocabs)
-    cfg = data_cfg("vis_it", store["it"], regions=["V1", "IT"],
-                   encoder={"checkpoint": str(tmp_path / "model.pt"), "device": "cpu"})  # fmt: skip
+    cfg = data_cfg(
+        "vis_it", store["it"], regions=["V1", "IT"], encoder={"checkpoint": str(tmp_path / "model.pt"), "device": "cpu"}
+    )
     data = build_alignment_data(cfg, st_)
     (test,) = data.test.blocks
     feature_regions = data.sessions[test.session].feature_regions

@@ -41,8 +41,9 @@ def visual(ray_cluster, tmp_path_factory):
     from neurobridge.models.vocab import Vocabularies
 
     base = tmp_path_factory.mktemp("align_train")
-    st_ = get_settings(store=str(base / "store"), raw_root=str(base / "raw"),
-                       mlflow_uri=f"sqlite:///{base / 'mlflow.db'}")  # fmt: skip
+    st_ = get_settings(
+        store=str(base / "store"), raw_root=str(base / "raw"), mlflow_uri=f"sqlite:///{base / 'mlflow.db'}"
+    )
     simulate_visual(base / "sim", N_IMAGES, REPEATS, (0.7, 1.5))
     assert ingest(visual_entry("vis", base / "sim"), st_, progress=False).ok
     vocabs = Vocabularies()
@@ -58,10 +59,13 @@ def visual(ray_cluster, tmp_path_factory):
 
 def config(visual, **kw) -> AlignConfig:
     ids = [f"frame_{i:03d}" for i in range(N_IMAGES)]
-    data = {"datasets": ["vis"], "windows": WINDOWS,
-            "embeddings": {"npy": str(visual["sim"] / "visual/images/embeddings.npy"), "ids": ids,
-                           "id_prefix": "sim_ns"},
-            "split": {"rule": "hash", "n_test": N_TEST, "n_val": N_VAL}, **kw.pop("data", {})}  # fmt: skip
+    data = {
+        "datasets": ["vis"],
+        "windows": WINDOWS,
+        "embeddings": {"npy": str(visual["sim"] / "visual/images/embeddings.npy"), "ids": ids, "id_prefix": "sim_ns"},
+        "split": {"rule": "hash", "n_test": N_TEST, "n_val": N_VAL},
+        **kw.pop("data", {}),
+    }
     return AlignConfig.model_validate({"data": data, "subset_candidates": [20], "subset_draws": 20, **kw})
 
 
@@ -72,8 +76,13 @@ def test_ray_train_alignment_beats_chance_tenfold_and_tracks_figures_and_a_loada
     from mlflow.tracking import MlflowClient
 
     st_ = visual["settings"]
-    cfg = config(visual, name="ray", projector={"epochs": 10, "patience": 5},
-                 scaling={"backend": "ray", "num_workers": 1}, region_sets={"all": None})  # fmt: skip
+    cfg = config(
+        visual,
+        name="ray",
+        projector={"epochs": 10, "patience": 5},
+        scaling={"backend": "ray", "num_workers": 1},
+        region_sets={"all": None},
+    )
     result = run_alignment(cfg, st_)
     s = result.summary()["all"]
     assert s["n_candidates"] == N_TEST and s["image_top1"] >= 10 * s["image_chance1"]
@@ -83,8 +92,12 @@ def test_ray_train_alignment_beats_chance_tenfold_and_tracks_figures_and_a_loada
     epochs = client.get_metric_history(result.run_id, "all.train.loss")  # logged live by rank 0, once per epoch
     assert sorted(m.step for m in epochs) == [h["epoch"] for h in result.results["all"].fit.history]
     arts = {a.path for folder in ("plots", "model") for a in client.list_artifacts(result.run_id, folder)}
-    assert {"plots/all_retrieval.png", "plots/all_reconstruction.png", "model/projector_all.pt",
-            "model/align_model.json"} <= arts  # fmt: skip
+    assert {
+        "plots/all_retrieval.png",
+        "plots/all_reconstruction.png",
+        "model/projector_all.pt",
+        "model/align_model.json",
+    } <= arts
     card = json.loads(
         Path(client.download_artifacts(result.run_id, "model/align_model.json", str(tmp_path))).read_text()
     )
@@ -102,11 +115,20 @@ def test_ray_train_alignment_beats_chance_tenfold_and_tracks_figures_and_a_loada
 
 def _encoder_fit(visual, train: str, regions=None, epochs: int = 6):
     st_ = visual["settings"]
-    cfg = config(visual, data={"encoder": {"checkpoint": str(visual["model"]), "train": train, "device": "cpu"}},
-                 projector={"epochs": epochs, "patience": None, "batch_size": 64})  # fmt: skip
+    cfg = config(
+        visual,
+        data={"encoder": {"checkpoint": str(visual["model"]), "train": train, "device": "cpu"}},
+        projector={"epochs": epochs, "patience": None, "batch_size": 64},
+    )
     data = build_alignment_data(cfg.data, st_).select_regions(regions)
-    model = build_encoder_projector(data.train, session_specs(data, data.train), data.dim, cfg.data.encoder,
-                                    cfg.projector, visual["model"].read_bytes())  # fmt: skip
+    model = build_encoder_projector(
+        data.train,
+        session_specs(data, data.train),
+        data.dim,
+        cfg.data.encoder,
+        cfg.projector,
+        visual["model"].read_bytes(),
+    )
     before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
     fit = fit_projector(data.train, data.val, cfg.projector, device="cpu", model=model)
     after = model.encoder.state_dict()
@@ -177,8 +199,9 @@ def test_the_align_command_prints_retrieval_beside_chance_and_refuses_a_misspelt
         "subset_candidates: [20]\n"
     )
     runner = CliRunner()
-    ok = runner.invoke(app, ["align", "--config", str(path), "--set", "scaling.backend=local",
-                             "--set", "projector.epochs=10"])  # fmt: skip
+    ok = runner.invoke(
+        app, ["align", "--config", str(path), "--set", "scaling.backend=local", "--set", "projector.epochs=10"]
+    )
     assert ok.exit_code == 0, ok.output
     assert f"retrieval among {N_TEST} test images" in ok.output and f"{1 / N_TEST:.3f}" in ok.output
     bad = runner.invoke(app, ["align", "--config", str(path), "--set", "projectr.epochs=1"])

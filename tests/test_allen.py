@@ -292,8 +292,10 @@ class _Frames(SpikeSource):
         self.item, self.meta = "mem://frames", SessionMeta("s", "m", "Mus musculus", "t")
         self.unit_ids, self.unit_regions = np.array(["0"]), np.array(["VISp"])
         self.segments, self.segment_units = np.array([0, 0]), np.array([0])
-        self._iv = Intervals("natural_scenes_presentations", {
-            "start_time": 0.25 * np.arange(len(frames)), "frame": np.asarray(frames, dtype=np.float64)})  # fmt: skip
+        self._iv = Intervals(
+            "natural_scenes_presentations",
+            {"start_time": 0.25 * np.arange(len(frames)), "frame": np.asarray(frames, dtype=np.float64)},
+        )
 
     def read_times(self, start, stop):
         return np.zeros(0)
@@ -305,8 +307,14 @@ class _Frames(SpikeSource):
 @hsettings(max_examples=60, deadline=None)
 @given(st.lists(st.integers(-1, 5), min_size=1, max_size=60))
 def test_blank_presentations_are_excluded_and_repeats_count_occurrences(frames):
-    window = {"mode": "intervals", "intervals": "natural_scenes_presentations", "post_s": 0.25,
-              "stimulus_column": "frame", "stimulus_prefix": "allen_ns", "exclude": {"frame": [-1]}}  # fmt: skip
+    window = {
+        "mode": "intervals",
+        "intervals": "natural_scenes_presentations",
+        "post_s": 0.25,
+        "stimulus_column": "frame",
+        "stimulus_prefix": "allen_ns",
+        "exclude": {"frame": [-1]},
+    }
     cfg = IngestConfig(window=window)
     w = make_windows(_Frames(frames), cfg)
     shown = [f for f in frames if f != -1]
@@ -320,8 +328,12 @@ def test_blank_presentations_are_excluded_and_repeats_count_occurrences(frames):
 def test_exclude_matches_numbers_stored_as_text():
     src = _Frames([0, 1, 2])
     src._iv.columns["frame"] = np.array(["3.0", "-1.0", "blank"])
-    window = {"mode": "intervals", "intervals": "natural_scenes_presentations", "post_s": 0.25,
-              "exclude": {"frame": [-1, "blank"]}}  # fmt: skip
+    window = {
+        "mode": "intervals",
+        "intervals": "natural_scenes_presentations",
+        "post_s": 0.25,
+        "exclude": {"frame": [-1, "blank"]},
+    }
     w = make_windows(src, IngestConfig(window=window))
     assert w.excluded == 2 and list(w.names) == ["natural_scenes_presentations-00000"]
 
@@ -339,8 +351,14 @@ def test_simulate_allen_command_writes_the_cache_layout(tmp_path):
 
 
 def test_exclude_on_a_missing_column_names_it():
-    cfg = IngestConfig(window={"mode": "intervals", "intervals": "natural_scenes_presentations", "post_s": 0.25,
-                               "exclude": {"image": [-1]}})  # fmt: skip
+    cfg = IngestConfig(
+        window={
+            "mode": "intervals",
+            "intervals": "natural_scenes_presentations",
+            "post_s": 0.25,
+            "exclude": {"image": [-1]},
+        }
+    )
     with pytest.raises(SourceError, match="window.exclude names column 'image'"):
         make_windows(_Frames([0, 1]), cfg)
 

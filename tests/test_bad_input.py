@@ -56,8 +56,12 @@ EXPECTED = {
 
 
 def entry_for(root) -> dict:
-    return {"name": "broken", "kind": "nwb", "uri": str(root),
-            "ingest": {"window": {"mode": "intervals", "post_s": 0.7}}}  # fmt: skip
+    return {
+        "name": "broken",
+        "kind": "nwb",
+        "uri": str(root),
+        "ingest": {"window": {"mode": "intervals", "post_s": 0.7}},
+    }
 
 
 def test_each_bad_file_fails_alone_with_a_named_reason(ray_cluster, settings, tmp_path):

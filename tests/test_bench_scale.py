@@ -22,7 +22,8 @@ def test_scaling_bench_reports_consistent_figures(ray_cluster, tmp_path):
 def test_scaling_bench_refuses_more_workers_than_the_cluster_has_cpus(ray_cluster, tmp_path):
     cpus = int(ray_cluster.cluster_resources()["CPU"])
     with pytest.raises(RuntimeError, match=f"has {cpus} CPUs; cannot run {cpus + 1} workers"):
-        bench_scaling([1, cpus + 1], items=1, n_units=4, minutes=0.1, repeats=1, workdir=str(tmp_path),
-                      echo=lambda _: None)  # fmt: skip
+        bench_scaling(
+            [1, cpus + 1], items=1, n_units=4, minutes=0.1, repeats=1, workdir=str(tmp_path), echo=lambda _: None
+        )
     with pytest.raises(ValueError, match="distinct counts"):
         bench_scaling([2, 2], items=1, workdir=str(tmp_path), echo=lambda _: None)

@@ -38,8 +38,10 @@ def test_unknown_field_suggests_the_nearest_valid_one(tmp_path):
 
 
 def test_bad_values_and_missing_fields_are_named(tmp_path):
-    path = write(tmp_path, "entries:\n  - name: a\n    kind: alf\n  - name: b\n    kind: alf\n    uri: u\n"
-                 "    ingest: {bin_ms: -1}\n")  # fmt: skip
+    path = write(
+        tmp_path,
+        "entries:\n  - name: a\n    kind: alf\n  - name: b\n    kind: alf\n    uri: u\n    ingest: {bin_ms: -1}\n",
+    )
     with pytest.raises(CatalogError) as err:
         load_file(path)
     assert "entry a: field 'uri' is required" in str(err.value)

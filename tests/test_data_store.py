@@ -32,15 +32,33 @@ def test_unknown_rule_and_empty_data_are_refused():
 
 
 def test_a_mixture_reads_back_as_mixed_ray_rows(ray_cluster, settings, tmp_path):
-    cfg = SimConfig(nwb_subjects=1, nwb_sessions_per_subject=1, alf_subjects=1, alf_sessions_per_subject=1,
-                    visual_sessions=0, units_min=20, units_max=25, minutes=0.5, write_images=False)  # fmt: skip
+    cfg = SimConfig(
+        nwb_subjects=1,
+        nwb_sessions_per_subject=1,
+        alf_subjects=1,
+        alf_sessions_per_subject=1,
+        visual_sessions=0,
+        units_min=20,
+        units_max=25,
+        minutes=0.5,
+        write_images=False,
+    )
     simulate(str(tmp_path / "sim"), cfg, progress=False)
     entries = [
-        CatalogEntry(name="big", kind="nwb", uri=str(tmp_path / "sim/nwb"),
-                     ingest={"window": {"mode": "chunks", "chunk_s": 0.25}}),
-        CatalogEntry(name="small", kind="alf", uri=str(tmp_path / "sim/alf"), one={"mode": "local"},
-                     ingest={"window": {"mode": "chunks", "chunk_s": 1.0}}),
-    ]  # fmt: skip
+        CatalogEntry(
+            name="big",
+            kind="nwb",
+            uri=str(tmp_path / "sim/nwb"),
+            ingest={"window": {"mode": "chunks", "chunk_s": 0.25}},
+        ),
+        CatalogEntry(
+            name="small",
+            kind="alf",
+            uri=str(tmp_path / "sim/alf"),
+            one={"mode": "local"},
+            ingest={"window": {"mode": "chunks", "chunk_s": 1.0}},
+        ),
+    ]
     write_mixture(settings, "m", ingest_many(entries, settings, progress=False))
     srcs = sources(settings, mixture="m")
     rows = {s.name: s.rows("train") for s in srcs}

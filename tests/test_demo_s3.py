@@ -25,9 +25,11 @@ def test_simulate_then_ingest_the_demo_catalog_on_s3(ray_cluster, s3_endpoint, m
     demo["entries"] = [e for e in demo["entries"] if e["kind"] != "tvsd"]
     (catalog / "demo.yaml").write_text(yaml.safe_dump(demo))
     for var, value in {
-        "NB_S3_ENDPOINT": s3_endpoint, "NB_RAW": f"s3://{bucket}/raw", "NB_STORE": f"s3://{bucket}/store",
+        "NB_S3_ENDPOINT": s3_endpoint,
+        "NB_RAW": f"s3://{bucket}/raw",
+        "NB_STORE": f"s3://{bucket}/store",
         "NB_CATALOG": str(catalog),
-    }.items():  # fmt: skip
+    }.items():
         monkeypatch.setenv(var, value)
     runner = CliRunner()
     sim = runner.invoke(app, ["simulate", "--minutes", "0.5", "--nwb-subjects", "1", "--sessions-per-subject", "1"])

@@ -70,8 +70,17 @@ def things(tmp_path):
 def test_every_decodable_image_is_embedded_as_a_direct_model_call_would_and_bad_ones_are_named(
     ray_cluster, settings, tiny_clip, things
 ):
-    cfg = EmbedConfig(name="things", images=str(things), model=str(tiny_clip), id_prefix="things", batch_size=5,
-                      decode_workers=1, decode_cpus=0.5, embed_cpus=0.5, rows_per_part=7)  # fmt: skip
+    cfg = EmbedConfig(
+        name="things",
+        images=str(things),
+        model=str(tiny_clip),
+        id_prefix="things",
+        batch_size=5,
+        decode_workers=1,
+        decode_cpus=0.5,
+        embed_cpus=0.5,
+        rows_per_part=7,
+    )
     table_dir = f"{settings.store}/embeddings/things"
     stale = f"{table_dir}/part-earlier-00000.parquet"  # left by an earlier run: must not survive or be read
     (things.parent / "store" / "embeddings" / "things").mkdir(parents=True)
@@ -82,7 +91,9 @@ def test_every_decodable_image_is_embedded_as_a_direct_model_call_would_and_bad_
         card = json.load(f)
     assert card["counts"] == {"listed": 14, "embedded": 12, "failed": 2, "unmapped": 0, "ignored": 2}
     assert {f["path"]: f["error"].split(":")[0] for f in card["failed"]} == {
-        "zebra/zebra_09s.jpg": "decode failed", "banana/banana_09s.jpg": "decode failed"}  # fmt: skip
+        "zebra/zebra_09s.jpg": "decode failed",
+        "banana/banana_09s.jpg": "decode failed",
+    }
     assert "not an image" in next(f["error"] for f in card["failed"] if f["path"].startswith("zebra"))
     assert card["dim"] == 16 and card["model"]["projection_dim"] == 16 and len(card["files"]) == 2  # 7 + 5 rows
     assert not any(
@@ -116,8 +127,11 @@ def test_simulator_pngs_from_s3_get_the_token_store_ids_through_the_cli(
     from typer.testing import CliRunner
 
     sim = tmp_path / "sim"
-    simulate(str(sim), SimConfig(nwb_subjects=0, alf_subjects=0, visual_sessions=1, n_images=10, minutes=0.2,
-                                 write_truth=False), progress=False)  # fmt: skip
+    simulate(
+        str(sim),
+        SimConfig(nwb_subjects=0, alf_subjects=0, visual_sessions=1, n_images=10, minutes=0.2, write_truth=False),
+        progress=False,
+    )
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint}, skip_instance_cache=True)
     bucket = f"nb-{uuid.uuid4().hex[:8]}"
     fs.mkdir(bucket)
@@ -125,8 +139,19 @@ def test_simulator_pngs_from_s3_get_the_token_store_ids_through_the_cli(
     fs.put(str(tiny_clip) + "/", f"{bucket}/models/tiny_clip/", recursive=True)  # the model is read from S3 too
     monkeypatch.setenv("NB_S3_ENDPOINT", s3_endpoint)
     monkeypatch.setenv("NB_STORE", f"s3://{bucket}/store")
-    args = ["embed-images", "--images", f"s3://{bucket}/sim/images", "--model", f"s3://{bucket}/models/tiny_clip",
-            "--name", "sim_frames", "--id-prefix", "sim_ns", "--strip-extension", "--no-progress"]  # fmt: skip
+    args = [
+        "embed-images",
+        "--images",
+        f"s3://{bucket}/sim/images",
+        "--model",
+        f"s3://{bucket}/models/tiny_clip",
+        "--name",
+        "sim_frames",
+        "--id-prefix",
+        "sim_ns",
+        "--strip-extension",
+        "--no-progress",
+    ]
     out = CliRunner().invoke(app, args)
     assert out.exit_code == 0, out.output
     assert "10 of 10 images embedded" in out.output
@@ -169,13 +194,19 @@ def test_a_mapping_names_the_ids_and_files_it_does_not_list_are_counted(tmp_path
     images.mkdir()
     for i in range(3):
         Image.new("RGB", (8, 8)).save(images / f"natural_scene_{i}.tiff")
-    lines = ["path,stimulus_id", "natural_scene_0.tiff,allen_ns/frame_000", "natural_scene_1.tiff,allen_ns/frame_001",
-             "not_there.tiff,allen_ns/frame_117"]  # fmt: skip
+    lines = [
+        "path,stimulus_id",
+        "natural_scene_0.tiff,allen_ns/frame_000",
+        "natural_scene_1.tiff,allen_ns/frame_001",
+        "not_there.tiff,allen_ns/frame_117",
+    ]
     (tmp_path / "map.csv").write_text("\n".join(lines) + "\n")
     cfg = EmbedConfig(name="x", images=str(images), model="m", mapping=str(tmp_path / "map.csv"))
     rows, left_out = list_images(cfg, settings)
     assert [(r["rel"], r["stimulus_id"]) for r in rows] == [
-        ("natural_scene_0.tiff", "allen_ns/frame_000"), ("natural_scene_1.tiff", "allen_ns/frame_001")]  # fmt: skip
+        ("natural_scene_0.tiff", "allen_ns/frame_000"),
+        ("natural_scene_1.tiff", "allen_ns/frame_001"),
+    ]
     assert left_out == {"ignored": 0, "unmapped": ["natural_scene_2.tiff"], "mapping_without_file": 1}
 
 

@@ -16,15 +16,28 @@ from neurobridge.ingest.pipeline import ingest
 from neurobridge.sources import discover
 from neurobridge.sources.sim import SimConfig, build_one_cache, simulate
 
-TRIAL_BEHAVIOUR = ["trial.choice", "trial.feedbackType", "trial.contrastLeft", "trial.contrastRight",
-                   "trial.probabilityLeft"]  # fmt: skip
+TRIAL_BEHAVIOUR = [
+    "trial.choice",
+    "trial.feedbackType",
+    "trial.contrastLeft",
+    "trial.contrastRight",
+    "trial.probabilityLeft",
+]
 
 
 @pytest.fixture(scope="module")
 def ibl_sim(tmp_path_factory):
     out = tmp_path_factory.mktemp("ibl")
-    cfg = SimConfig(nwb_subjects=0, visual_sessions=0, alf_subjects=1, alf_sessions_per_subject=2,
-                    units_min=30, units_max=40, minutes=1.0, write_images=False)  # fmt: skip
+    cfg = SimConfig(
+        nwb_subjects=0,
+        visual_sessions=0,
+        alf_subjects=1,
+        alf_sessions_per_subject=2,
+        units_min=30,
+        units_max=40,
+        minutes=1.0,
+        write_images=False,
+    )
     index = simulate(str(out), cfg, progress=False)
     return out, [s for s in index["sessions"] if s["format"] == "alf"]
 
@@ -35,10 +48,17 @@ def entry(root, **over) -> CatalogEntry:
         "kind": "alf",
         "uri": str(root),
         "one": {"mode": "local"},
-        "ingest": {"good_units_only": True,
-                   "window": {"mode": "intervals", "intervals": "trials", "align": "stimOn_times",
-                              "pre_s": 0.5, "post_s": 1.5}},
-    }  # fmt: skip
+        "ingest": {
+            "good_units_only": True,
+            "window": {
+                "mode": "intervals",
+                "intervals": "trials",
+                "align": "stimOn_times",
+                "pre_s": 0.5,
+                "post_s": 1.5,
+            },
+        },
+    }
     for key, value in over.items():
         if isinstance(value, dict) and isinstance(spec.get(key), dict):
             spec[key] = {**spec[key], **value}
@@ -62,8 +82,10 @@ def test_trial_windows_follow_the_mtm_convention_with_good_units_and_behaviour(r
         alf = folder.parent
         label = np.load(folder / "clusters.label.npy")
         stim_on = np.load(alf / "trials.stimOn_times.npy")
-        mine = sorted((r for r in rows if r["session"].endswith(s["session_id"].rsplit("_", 1)[0] + "_probe00")),
-                      key=lambda r: r["t_start"])  # fmt: skip
+        mine = sorted(
+            (r for r in rows if r["session"].endswith(s["session_id"].rsplit("_", 1)[0] + "_probe00")),
+            key=lambda r: r["t_start"],
+        )
         assert len(mine) == len(stim_on)
         assert {r["n_bins"] for r in mine} == {100} and {r["bin_ms"] for r in mine} == {20.0}
         assert {r["n_units"] for r in mine} == {int((label == 1.0).sum())}  # good = all metrics passed

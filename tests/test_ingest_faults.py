@@ -25,8 +25,17 @@ VICTIM = "sub-monkey01_ses-s00.nwb"
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory):
     out = tmp_path_factory.mktemp("faults") / "sim"
-    cfg = SimConfig(nwb_subjects=2, nwb_sessions_per_subject=2, alf_subjects=0, visual_sessions=0, units_min=20,
-                    units_max=30, minutes=0.5, write_images=False, write_truth=False)  # fmt: skip
+    cfg = SimConfig(
+        nwb_subjects=2,
+        nwb_sessions_per_subject=2,
+        alf_subjects=0,
+        visual_sessions=0,
+        units_min=20,
+        units_max=30,
+        minutes=0.5,
+        write_images=False,
+        write_truth=False,
+    )
     simulate(str(out), cfg, progress=False)
     return out / "nwb"
 

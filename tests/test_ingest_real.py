@@ -17,9 +17,12 @@ pytestmark = pytest.mark.skipif(not MC_MAZE.exists(), reason="shared real-data e
 
 def mc_maze_entry(uri: str) -> CatalogEntry:
     return CatalogEntry(
-        name="mc_maze_medium", kind="nwb", uri=uri, species="Macaca mulatta",
+        name="mc_maze_medium",
+        kind="nwb",
+        uri=uri,
+        species="Macaca mulatta",
         ingest={"bin_ms": 20, "window": {"mode": "intervals", "align": "start_time", "post_s": 0.7}},
-    )  # fmt: skip
+    )
 
 
 def ibl_entry(uri: str) -> CatalogEntry:

@@ -42,9 +42,16 @@ PY_MODULES = "runtime_resources/py_modules_files/"
 # Every port a head node opens, each set to a free one: the defaults (6379, 8265, 52365 …) may be taken by
 # another cluster on this machine.
 RAY_PORT_FLAGS = (
-    "port", "dashboard-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "node-manager-port",
-    "runtime-env-agent-port", "metrics-export-port", "object-manager-port", "ray-client-server-port",
-)  # fmt: skip
+    "port",
+    "dashboard-port",
+    "dashboard-agent-listen-port",
+    "dashboard-agent-grpc-port",
+    "node-manager-port",
+    "runtime-env-agent-port",
+    "metrics-export-port",
+    "object-manager-port",
+    "ray-client-server-port",
+)
 
 
 _HANDED_OUT: set[int] = set()
@@ -109,11 +116,23 @@ def start_mlflow(bucket: str, env: dict, home: Path) -> tuple[subprocess.Popen, 
     """`mlflow server`: runs in SQLite, artifacts proxied to S3 (the placement the README gives for the cluster)."""
     (port,) = free_ports(1)
     log = home / "mlflow.log"
-    cmd = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-           "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
-           "--artifacts-destination", f"s3://{bucket}/mlflow"]  # fmt: skip
-    proc = subprocess.Popen(cmd, env={**os.environ, **env}, start_new_session=True, stdout=log.open("w"),
-                            stderr=subprocess.STDOUT)  # fmt: skip
+    cmd = [
+        str(BIN / "mlflow"),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        f"sqlite:///{home / 'mlflow.db'}",
+        "--artifacts-destination",
+        f"s3://{bucket}/mlflow",
+    ]
+    proc = subprocess.Popen(
+        cmd, env={**os.environ, **env}, start_new_session=True, stdout=log.open("w"), stderr=subprocess.STDOUT
+    )
     return proc, f"http://127.0.0.1:{port}", log
 
 
@@ -121,9 +140,24 @@ def start_ray_head(env: dict, temp: str) -> tuple[subprocess.Popen, str, Path]:
     """`ray start --head --block` in its own process group: 4 logical CPUs (a 2-core node declares more so a training
     worker leaves room for Ray Data, see runtime.ensure_ray), the dashboard (Jobs API) on a free port."""
     ports = dict(zip(RAY_PORT_FLAGS, free_ports(len(RAY_PORT_FLAGS)), strict=True))
-    cmd = [str(BIN / "ray"), "start", "--head", "--block", "--num-cpus", "4", "--include-dashboard", "true",
-           "--dashboard-host", "127.0.0.1", "--node-ip-address", "127.0.0.1", "--temp-dir", temp,
-           "--disable-usage-stats", *(x for flag, port in ports.items() for x in (f"--{flag}", str(port)))]  # fmt: skip
+    cmd = [
+        str(BIN / "ray"),
+        "start",
+        "--head",
+        "--block",
+        "--num-cpus",
+        "4",
+        "--include-dashboard",
+        "true",
+        "--dashboard-host",
+        "127.0.0.1",
+        "--node-ip-address",
+        "127.0.0.1",
+        "--temp-dir",
+        temp,
+        "--disable-usage-stats",
+        *(x for flag, port in ports.items() for x in (f"--{flag}", str(port))),
+    ]
     log = Path(f"{temp}.log")
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=log.open("w"), stderr=subprocess.STDOUT)
     return proc, f"http://127.0.0.1:{ports['dashboard-port']}", log
@@ -145,19 +179,32 @@ def stack(bucket, s3_endpoint, tmp_path_factory):
     temp = tempfile.mkdtemp(prefix="nbray", dir="/tmp")  # short: Ray's unix socket paths live below it
     mlflow, mlflow_url, mlflow_log = start_mlflow(name, {**aws, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint}, home)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NB_", "RAY_ADDRESS"))}
-    env.update({
-        **aws,
-        "RAY_AUTH_MODE": "disabled",  # a loopback test cluster; the client below says the same
-        "PATH": f"{BIN}{os.pathsep}{env['PATH']}",  # the job's `python` is the first on the head's PATH
-        # the locations, as cluster.yaml exports them on every node before `ray start`
-        "NB_STORE": f"s3://{name}/store", "NB_RAW": f"s3://{name}/raw", "NB_S3_ENDPOINT": s3_endpoint,
-        "NB_MLFLOW_URI": mlflow_url,
-    })  # fmt: skip
+    env.update(
+        {
+            **aws,
+            "RAY_AUTH_MODE": "disabled",  # a loopback test cluster; the client below says the same
+            "PATH": f"{BIN}{os.pathsep}{env['PATH']}",  # the job's `python` is the first on the head's PATH
+            # the locations, as cluster.yaml exports them on every node before `ray start`
+            "NB_STORE": f"s3://{name}/store",
+            "NB_RAW": f"s3://{name}/raw",
+            "NB_S3_ENDPOINT": s3_endpoint,
+            "NB_MLFLOW_URI": mlflow_url,
+        }
+    )
     head, url, head_log = start_ray_head(env, temp)
     try:
         out = home / "sim"
-        cfg = SimConfig(nwb_subjects=2, nwb_sessions_per_subject=2, alf_subjects=0, visual_sessions=0, units_min=20,
-                        units_max=30, minutes=0.5, write_images=False, write_truth=False)  # fmt: skip
+        cfg = SimConfig(
+            nwb_subjects=2,
+            nwb_sessions_per_subject=2,
+            alf_subjects=0,
+            visual_sessions=0,
+            units_min=20,
+            units_max=30,
+            minutes=0.5,
+            write_images=False,
+            write_truth=False,
+        )
         simulate(str(out), cfg, progress=False)
         fs.put(str(out / "nwb"), f"{name}/raw/sim/nwb", recursive=True)
         wait_http(f"{mlflow_url}/health", mlflow, mlflow_log, 180)
@@ -195,9 +242,13 @@ def pipeline_config(fs, bucket: str, dataset: str, train: bool = False, **ingest
         "ingest": {"entries": [entry], "mixture": dataset, **ingest},
     }
     if train:
-        cfg["pretrain"] = {"name": f"job-{dataset}", "model": {"d_model": 16, "depth": 1, "heads": 2},
-                           "optim": {"max_steps": 6, "warmup_steps": 1, "batch_size": 8},
-                           "checkpoint_every": 3, "log_every": 3}  # fmt: skip
+        cfg["pretrain"] = {
+            "name": f"job-{dataset}",
+            "model": {"d_model": 16, "depth": 1, "heads": 2},
+            "optim": {"max_steps": 6, "warmup_steps": 1, "batch_size": 8},
+            "checkpoint_every": 3,
+            "log_every": 3,
+        }
         cfg["register"] = {"name": f"{dataset}-encoder", "promote": "champion"}
     uri = f"s3://{bucket}/jobs/{dataset}.yaml"
     fs.pipe(uri[len("s3://") :], yaml.safe_dump(cfg).encode())
@@ -234,11 +285,31 @@ def test_pipeline_job_submitted_with_the_readme_command_ingests_pretrains_and_re
     config = pipeline_config(fs, name, "job_nwb", train=True)
     job_id = f"nb-test-{uuid.uuid4().hex[:8]}"
     submit = subprocess.run(
-        [str(BIN / "ray"), "job", "submit", "--address", stack.cluster, "--submission-id", job_id, "--no-wait",
-         "--working-dir", ".", "--runtime-env", "jobs/runtime_env.yaml", "--",
-         "python", "jobs/pipeline.py", "--config", config],
-        cwd=REPO, env={**os.environ, "RAY_AUTH_MODE": "disabled"}, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            str(BIN / "ray"),
+            "job",
+            "submit",
+            "--address",
+            stack.cluster,
+            "--submission-id",
+            job_id,
+            "--no-wait",
+            "--working-dir",
+            ".",
+            "--runtime-env",
+            "jobs/runtime_env.yaml",
+            "--",
+            "python",
+            "jobs/pipeline.py",
+            "--config",
+            config,
+        ],
+        cwd=REPO,
+        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert submit.returncode == 0, submit.stdout + submit.stderr
     status, info, logs = wait_job(jobs, job_id, timeout_s=480)
     assert status == "SUCCEEDED", f"{info.message}\n{logs[-4000:]}"

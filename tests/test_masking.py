@@ -203,9 +203,21 @@ def test_all_mode_draws_one_mode_per_batch_from_the_configured_list():
         seen.add(ALL_PROMPTS[int(m.mode_ids[0])])
     assert seen == {"temporal", "inter_region"}
     # relative odds: a weight of 0 is never drawn, 3:1 shows up as roughly 3:1 over 400 batches
-    drawn = [ALL_PROMPTS[int(sample_mask(b, "all", modes=["temporal", "inter_region", "neuron"], weights=w,
-                                         generator=torch.Generator().manual_seed(s)).mode_ids[0])]
-             for s in range(400) for w in [{"temporal": 3.0, "neuron": 0.0}]]  # fmt: skip
+    drawn = [
+        ALL_PROMPTS[
+            int(
+                sample_mask(
+                    b,
+                    "all",
+                    modes=["temporal", "inter_region", "neuron"],
+                    weights=w,
+                    generator=torch.Generator().manual_seed(s),
+                ).mode_ids[0]
+            )
+        ]
+        for s in range(400)
+        for w in [{"temporal": 3.0, "neuron": 0.0}]
+    ]
     assert "neuron" not in drawn and 2.4 < drawn.count("temporal") / drawn.count("inter_region") < 3.8
     with pytest.raises(ValueError, match="unknown masking mode 'nope'"):
         sample_mask(b, "nope")

@@ -18,26 +18,48 @@ from typer.testing import CliRunner
 @pytest.fixture(scope="module")
 def mixed_sim(tmp_path_factory):
     out = tmp_path_factory.mktemp("mixed")
-    cfg = SimConfig(nwb_subjects=1, nwb_sessions_per_subject=1, alf_subjects=1, alf_sessions_per_subject=1,
-                    visual_sessions=0, units_min=20, units_max=30, minutes=0.5, write_images=False)  # fmt: skip
+    cfg = SimConfig(
+        nwb_subjects=1,
+        nwb_sessions_per_subject=1,
+        alf_subjects=1,
+        alf_sessions_per_subject=1,
+        visual_sessions=0,
+        units_min=20,
+        units_max=30,
+        minutes=0.5,
+        write_images=False,
+    )
     simulate(str(out), cfg, progress=False)
     return out
 
 
 def entries(root):
     return [
-        {"name": "mix_nwb", "kind": "nwb", "uri": str(root / "nwb"),
-         "ingest": {"window": {"mode": "chunks", "chunk_s": 1.0}}},
-        {"name": "mix_alf", "kind": "alf", "uri": str(root / "alf"), "one": {"mode": "local"},
-         "ingest": {"window": {"mode": "chunks", "chunk_s": 1.0}}},
+        {
+            "name": "mix_nwb",
+            "kind": "nwb",
+            "uri": str(root / "nwb"),
+            "ingest": {"window": {"mode": "chunks", "chunk_s": 1.0}},
+        },
+        {
+            "name": "mix_alf",
+            "kind": "alf",
+            "uri": str(root / "alf"),
+            "one": {"mode": "local"},
+            "ingest": {"window": {"mode": "chunks", "chunk_s": 1.0}},
+        },
         {"name": "mix_missing", "kind": "nwb", "uri": str(root / "nowhere")},
-    ]  # fmt: skip
+    ]
 
 
 def test_entries_share_one_run_and_a_bad_entry_fails_alone(ray_cluster, settings, mixed_sim):
     seen = []
-    results = ingest_many([CatalogEntry(**e) for e in entries(mixed_sim)], settings, progress=False,
-                          on_record=lambda r: seen.append(r["_entry"]))  # fmt: skip
+    results = ingest_many(
+        [CatalogEntry(**e) for e in entries(mixed_sim)],
+        settings,
+        progress=False,
+        on_record=lambda r: seen.append(r["_entry"]),
+    )
     nwb, alf, missing = results
     assert nwb.ok and alf.ok and nwb.card["counts"]["rows"] == alf.card["counts"]["rows"] == 30
     assert nwb.version != alf.version and nwb.path != alf.path

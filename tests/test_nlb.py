@@ -20,8 +20,16 @@ from neurobridge.sources.sim import SimConfig, simulate
 @pytest.fixture(scope="module")
 def nlb_sim(tmp_path_factory):
     out = tmp_path_factory.mktemp("nlb")
-    cfg = SimConfig(nwb_subjects=1, nwb_sessions_per_subject=1, alf_subjects=0, visual_sessions=0,
-                    units_min=30, units_max=40, minutes=1.0, write_images=False)  # fmt: skip
+    cfg = SimConfig(
+        nwb_subjects=1,
+        nwb_sessions_per_subject=1,
+        alf_subjects=0,
+        visual_sessions=0,
+        units_min=30,
+        units_max=40,
+        minutes=1.0,
+        write_images=False,
+    )
     index = simulate(str(out), cfg, progress=False)
     return out, index["sessions"][0]
 
@@ -95,16 +103,22 @@ def test_a_requested_behaviour_series_that_is_absent_fails_the_item_by_name(ray_
 
 def test_dandi_assets_resolve_to_the_public_bucket_and_read_anonymously(settings):
     url = "https://dandiarchive.s3.amazonaws.com/blobs/0a1/b2c/0a1b2c3d-0000-4000-8000-000000000000"
-    item = asset_item("sub-Jenkins/sub-Jenkins_ses-full_desc-train_behavior+ecephys.nwb", 123, "ab" * 32,
-                      ["https://api.dandiarchive.org/api/assets/x/download/", url], "000128")  # fmt: skip
+    item = asset_item(
+        "sub-Jenkins/sub-Jenkins_ses-full_desc-train_behavior+ecephys.nwb",
+        123,
+        "ab" * 32,
+        ["https://api.dandiarchive.org/api/assets/x/download/", url],
+        "000128",
+    )
     assert item.uri == "s3://dandiarchive/blobs/0a1/b2c/0a1b2c3d-0000-4000-8000-000000000000"
     assert item.rel.startswith("sub-Jenkins/") and item.fingerprint == f"123:{'ab' * 32}"
     with pytest.raises(SourceError, match="not a DANDI S3 blob URL"):
         blob_uri("https://example.org/blobs/x")
     with pytest.raises(SourceError, match="no S3 content URL"):
         asset_item("a.nwb", 1, None, ["https://api.dandiarchive.org/api/assets/x/download/"], "000128")
-    entry = CatalogEntry(name="dandi_test", kind="nwb", uri="dandi/000128",
-                         dandi={"dandiset": "000128", "version": "0.220113.0400"})  # fmt: skip
+    entry = CatalogEntry(
+        name="dandi_test", kind="nwb", uri="dandi/000128", dandi={"dandiset": "000128", "version": "0.220113.0400"}
+    )
     tuned = entry.settings_for(settings.model_copy(update={"s3_endpoint": "http://127.0.0.1:9"}))
     blob = tuned.storage_options(item.uri)
     assert blob["anon"] is True and "client_kwargs" not in blob  # AWS itself, unsigned

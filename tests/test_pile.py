@@ -26,10 +26,14 @@ HUMAN = {"sim_human_b": "Homo sapiens"}
 
 def pile_entry(uri: str, **extra) -> CatalogEntry:
     return CatalogEntry(
-        name=extra.pop("name", "pile"), kind="pile", uri=uri, species="Macaca mulatta",
+        name=extra.pop("name", "pile"),
+        kind="pile",
+        uri=uri,
+        species="Macaca mulatta",
         ingest={"bin_ms": 20, "window": {"mode": "chunks", "chunk_s": 1.0}, "split": {"val_fraction": 0.5}},
-        pile={"species_map": HUMAN, **extra.pop("pile", {})}, **extra,
-    )  # fmt: skip
+        pile={"species_map": HUMAN, **extra.pop("pile", {})},
+        **extra,
+    )
 
 
 def read_rows(report, settings) -> pa.Table:
@@ -135,8 +139,10 @@ def test_a_shard_is_read_one_row_at_a_time_and_cut_into_blocks_bounded_by_the_bu
     NumPy holds about one block; neither grows with the number of rows in the shard."""
     rng = np.random.default_rng(0)
     n_rows, n_units, n_bins = 60, 32, 4_000
-    rows = [(PileRow("s", "x", str(i), "d", n_units, n_bins), rng.poisson(0.5, (n_units, n_bins)).astype(np.uint8))
-            for i in range(n_rows)]  # fmt: skip
+    rows = [
+        (PileRow("s", "x", str(i), "d", n_units, n_bins), rng.poisson(0.5, (n_units, n_bins)).astype(np.uint8))
+        for i in range(n_rows)
+    ]
     path = tmp_path / "data" / "train-0.parquet"
     write_shard(str(path), rows, row_group_rows=n_rows)  # one row group holding every row, like hub-written shards
     row_cells, shard_cells = n_units * n_bins, n_rows * n_units * n_bins
@@ -215,8 +221,9 @@ def test_coarser_bins_sum_native_bins_exactly_and_non_multiples_are_refused(tmp_
     counts = np.random.default_rng(1).integers(0, 9, (5, 1_000)).astype(np.uint8)
     path = tmp_path / "data" / "test-0.parquet"
     write_shard(str(path), [(PileRow("a", "s", "0", "d", 5, 1_000), counts)])
-    entry = CatalogEntry(name="p", kind="pile", uri=str(tmp_path),
-                         ingest={"bin_ms": 40, "window": {"mode": "chunks", "chunk_s": 1.0}})  # fmt: skip
+    entry = CatalogEntry(
+        name="p", kind="pile", uri=str(tmp_path), ingest={"bin_ms": 40, "window": {"mode": "chunks", "chunk_s": 1.0}}
+    )
     with PileSource(str(path), entry, get_settings(), split="test") as src:
         blocks = list(src.blocks(entry.ingest))
     values = np.concatenate([b.values for b in blocks])

@@ -25,8 +25,15 @@ from neurobridge.train.loop import NonFiniteLoss, load_state, run_steps, save_st
 from neurobridge.train.pretrain import FAULT_ENV, pretrain, vocabularies
 from neurobridge.train.rows import ROW_COLUMNS
 
-SMALL_MODEL = {"d_model": 32, "heads": 2, "decoder_d_model": 32, "decoder_heads": 2, "depth": 1,
-               "neurons_per_token": 16, "dropout": 0.0}  # fmt: skip
+SMALL_MODEL = {
+    "d_model": 32,
+    "heads": 2,
+    "decoder_d_model": 32,
+    "decoder_heads": 2,
+    "depth": 1,
+    "neurons_per_token": 16,
+    "dropout": 0.0,
+}
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +43,16 @@ def store(reaching_store):
 
 
 def small_cfg(**over):
-    base = {"model": SMALL_MODEL, "data.mixture": "tiny", "optim.batch_size": 8, "optim.warmup_steps": 2,
-            "optim.max_steps": 12, "checkpoint_every": 4, "log_every": 2, "seed": 3}  # fmt: skip
+    base = {
+        "model": SMALL_MODEL,
+        "data.mixture": "tiny",
+        "optim.batch_size": 8,
+        "optim.warmup_steps": 2,
+        "optim.max_steps": 12,
+        "checkpoint_every": 4,
+        "log_every": 2,
+        "seed": 3,
+    }
     base.update(over)
     model = base.pop("model")
     return load_config(None, {**{f"model.{k}": v for k, v in model.items()}, **base})
@@ -123,8 +138,9 @@ def train_locally(store, cfg, state=None, model=None):
         if st is not None:  # state_dict() tensors are live references: snapshot them as a checkpoint write does
             states[m["step"]] = copy.deepcopy(st)
 
-    run_steps(cfg, model, vocabs, local_batches(store, cfg, vocabs), device=torch.device("cpu"), state=state,
-              report=report)  # fmt: skip
+    run_steps(
+        cfg, model, vocabs, local_batches(store, cfg, vocabs), device=torch.device("cpu"), state=state, report=report
+    )
     return dict(log), states, model, vocabs
 
 
@@ -155,13 +171,21 @@ def test_nan_loss_stops_naming_the_step_and_windows(store):
     with torch.no_grad():
         model.count_head.bias.fill_(float("nan"))
     with pytest.raises(NonFiniteLoss, match=r"at step 0 .*windows: \['"):
-        run_steps(cfg, model, vocabs, local_batches(store, cfg, vocabs), device=torch.device("cpu"),
-                  report=lambda m, s: None)  # fmt: skip
+        run_steps(
+            cfg, model, vocabs, local_batches(store, cfg, vocabs), device=torch.device("cpu"), report=lambda m, s: None
+        )
 
 
 def test_validation_keeps_the_best_weights_and_patience_ends_the_run(store):
-    cfg = small_cfg(**{"optim.max_steps": 40, "validation.every": 2, "validation.patience": 2,
-                       "checkpoint_every": 100, "log_every": 100})  # fmt: skip
+    cfg = small_cfg(
+        **{
+            "optim.max_steps": 40,
+            "validation.every": 2,
+            "validation.patience": 2,
+            "checkpoint_every": 100,
+            "log_every": 100,
+        }
+    )
     vocabs = vocabularies(sources(store, [], "tiny"))
     torch.manual_seed(cfg.seed)
     model = MaskedNeuralModel(cfg.model, vocabs)
@@ -248,8 +272,14 @@ def test_evaluate_reports_model_beside_mean_smoothing_and_oracle_on_the_same_cel
     cfg = small_cfg(**{"optim.max_steps": 6})
     _, _, model, vocabs = train_locally(store, cfg)
     save_checkpoint(str(tmp_path / "model.pt"), model, vocabs, {})
-    report = evaluate(str(tmp_path / "model.pt"), ["t_nwb"], truth_dir=f"{store.raw_root}/truth",
-                      cfg=EvalConfig(split="train"), settings=store, track=True)  # fmt: skip
+    report = evaluate(
+        str(tmp_path / "model.pt"),
+        ["t_nwb"],
+        truth_dir=f"{store.raw_root}/truth",
+        cfg=EvalConfig(split="train"),
+        settings=store,
+        track=True,
+    )
     rows = report.table()
     assert {r["session"] for r in rows} == {"monkey00_s00", "monkey00_s01"}
     for r in rows:
@@ -327,11 +357,21 @@ def test_cross_validated_finetuning_scores_every_window_beside_smoothing(store, 
     vocabs = vocabularies(sources(store, [], "tiny"), ["monkey00_s01"])
     torch.manual_seed(0)
     save_checkpoint(str(tmp_path / "pre.pt"), MaskedNeuralModel(cfg.model, vocabs), vocabs, {})
-    ft = FinetuneConfig(dataset="t_nwb", session="monkey00_s01", trials=None, steps=4, batch_size=8,
-                        freeze_backbone=True, mode="heldout", val_every=2, unit_weight_decay=5.0)  # fmt: skip
+    ft = FinetuneConfig(
+        dataset="t_nwb",
+        session="monkey00_s01",
+        trials=None,
+        steps=4,
+        batch_size=8,
+        freeze_backbone=True,
+        mode="heldout",
+        val_every=2,
+        unit_weight_decay=5.0,
+    )
     seen = []
-    cv = crossval_finetune(ft, str(tmp_path / "pre.pt"), store, folds=3, progress=seen.append,
-                           smoothing_sigmas=(1.0, 2.5))  # fmt: skip
+    cv = crossval_finetune(
+        ft, str(tmp_path / "pre.pt"), store, folds=3, progress=seen.append, smoothing_sigmas=(1.0, 2.5)
+    )
     assert len(seen) == 3 and len(cv["per_fold"]) == 3
     assert sum(f["test_windows"] for f in cv["per_fold"]) == cv["windows"]  # all of the session's windows
     assert all(f["selected_step"] in (2, 4) for f in cv["per_fold"])  # each fold chose on its own val windows
@@ -351,9 +391,28 @@ def test_cross_validated_finetuning_scores_every_window_beside_smoothing(store, 
 
     for var, value in (("NB_STORE", store.store), ("NB_RAW", store.raw_root), ("NB_MLFLOW_URI", store.mlflow_uri)):
         monkeypatch.setenv(var, value)
-    args = ["finetune", "--scratch", "--dataset", "t_nwb", "--session", "monkey00_s01", "--trials", "0", "--steps",
-            "3", "--mode", "heldout", "--val-every", "1", "--cv", "3", "--cv-repeats", "2",
-            "--out", str(tmp_path / "cv.json")]  # fmt: skip
+    args = [
+        "finetune",
+        "--scratch",
+        "--dataset",
+        "t_nwb",
+        "--session",
+        "monkey00_s01",
+        "--trials",
+        "0",
+        "--steps",
+        "3",
+        "--mode",
+        "heldout",
+        "--val-every",
+        "1",
+        "--cv",
+        "3",
+        "--cv-repeats",
+        "2",
+        "--out",
+        str(tmp_path / "cv.json"),
+    ]
     shown = CliRunner().invoke(app, args)
     assert shown.exit_code == 0, shown.output
     assert "2 x 3-fold CV over" in shown.output and "vs smoothing" in shown.output and "untrained" in shown.output
@@ -387,8 +446,9 @@ def test_finetuning_extends_vocabularies_and_uses_the_same_k_windows_as_scratch(
     reloaded.load_state_dict(torch.load(tmp_path / "pre.pt", weights_only=True)["state"])
     torch.testing.assert_close(frozen.model.encoder.state_dict(), reloaded.encoder.state_dict())  # backbone kept
     torch.testing.assert_close(frozen.model.decoder.state_dict(), reloaded.decoder.state_dict())  # decoder too
-    partly = finetune(ft.model_copy(update={"freeze_backbone": True, "train_decoder": True}), str(tmp_path / "pre.pt"),
-                      store)  # fmt: skip
+    partly = finetune(
+        ft.model_copy(update={"freeze_backbone": True, "train_decoder": True}), str(tmp_path / "pre.pt"), store
+    )
     torch.testing.assert_close(partly.model.encoder.state_dict(), reloaded.encoder.state_dict())  # encoder kept
     assert not torch.equal(partly.model.decoder.layers[0].linear1.weight, reloaded.decoder.layers[0].linear1.weight)
     with pytest.raises(ValueError, match="train_decoder needs freeze_backbone"):

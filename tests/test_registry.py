@@ -33,10 +33,21 @@ from neurobridge.train.loop import run_steps
 from neurobridge.train.pretrain import vocabularies
 from neurobridge.train.rows import ROW_COLUMNS
 
-SMALL = {"model.d_model": 32, "model.heads": 2, "model.decoder_d_model": 32, "model.decoder_heads": 2,
-         "model.depth": 1, "model.neurons_per_token": 16, "optim.batch_size": 8, "optim.warmup_steps": 1,
-         "optim.max_steps": 4, "log_every": 1, "checkpoint_every": 4, "data.datasets": ["r_nwb"],
-         "data.holdout_sessions": ["monkey00_s01"]}  # fmt: skip
+SMALL = {
+    "model.d_model": 32,
+    "model.heads": 2,
+    "model.decoder_d_model": 32,
+    "model.decoder_heads": 2,
+    "model.depth": 1,
+    "model.neurons_per_token": 16,
+    "optim.batch_size": 8,
+    "optim.warmup_steps": 1,
+    "optim.max_steps": 4,
+    "log_every": 1,
+    "checkpoint_every": 4,
+    "data.datasets": ["r_nwb"],
+    "data.holdout_sessions": ["monkey00_s01"],
+}
 
 
 @pytest.fixture(scope="module")
@@ -45,12 +56,24 @@ def store(tmp_path_factory, ray_cluster):
 
     root = tmp_path_factory.mktemp("registry")
     sim = root / "raw"
-    sim_cfg = SimConfig(nwb_subjects=1, nwb_sessions_per_subject=2, alf_subjects=0, visual_sessions=0, units_min=20,
-                        units_max=30, minutes=0.5, write_images=False)  # fmt: skip
+    sim_cfg = SimConfig(
+        nwb_subjects=1,
+        nwb_sessions_per_subject=2,
+        alf_subjects=0,
+        visual_sessions=0,
+        units_min=20,
+        units_max=30,
+        minutes=0.5,
+        write_images=False,
+    )
     simulate(str(sim), sim_cfg, progress=False)
     settings = get_settings(store=str(root / "store"), raw_root=str(sim), mlflow_uri=f"sqlite:///{root}/mlflow.db")
-    entry = CatalogEntry(name="r_nwb", kind="nwb", uri=str(sim / "nwb"),
-                         ingest={"bin_ms": 20, "window": {"mode": "chunks", "chunk_s": 0.6}})  # fmt: skip
+    entry = CatalogEntry(
+        name="r_nwb",
+        kind="nwb",
+        uri=str(sim / "nwb"),
+        ingest={"bin_ms": 20, "window": {"mode": "chunks", "chunk_s": 0.6}},
+    )
     (report,) = ingest_many([entry], settings, progress=False)
     assert not isinstance(report, Exception), report
     return settings
@@ -186,8 +209,11 @@ def test_the_pipeline_register_stage_registers_and_promotes(store, registered, m
     for key in ("store", "mlflow_uri"):  # run_pipeline exports its settings; restore them after the test
         monkeypatch.setenv(ENV_VARS[key], getattr(store, key))
     run_id, _ = registered
-    cfg = PipelineConfig(stages=["register"], settings={"store": store.store, "mlflow_uri": store.mlflow_uri},
-                         register={"run": run_id, "name": "pipe", "promote": "champion"})  # fmt: skip
+    cfg = PipelineConfig(
+        stages=["register"],
+        settings={"store": store.store, "mlflow_uri": store.mlflow_uri},
+        register={"run": run_id, "name": "pipe", "promote": "champion"},
+    )
     lines: list[str] = []
     assert run_pipeline(cfg, echo=lines.append) == 0, lines
     champ = registry.resolve("models:/pipe@champion", store)

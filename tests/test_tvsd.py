@@ -91,8 +91,9 @@ def test_rows_equal_an_independent_numpy_binning_of_the_mat_files(ingested):
         order = sorted(channels, key=lambda c: (region_of(m, c), c))
         expected = expected[np.array(order) - 1].astype(np.float32).transpose(1, 0, 2)  # [trial, unit, bin]
         got = rows.filter(pl.col("session") == m).sort("sample_id")
-        assert got["sample_id"].to_list() == [f"sim_tvsd/{got['sample_id'][0].split('/')[1]}/trial_{i + 1:06d}"
-                                              for i in kept]  # fmt: skip
+        assert got["sample_id"].to_list() == [
+            f"sim_tvsd/{got['sample_id'][0].split('/')[1]}/trial_{i + 1:06d}" for i in kept
+        ]
         values = np.stack(got["mua"].to_numpy()).reshape(len(kept), len(order), 20)
         np.testing.assert_array_equal(values, expected)
         assert got["counts"].null_count() == len(got) and got["t_start"].is_nan().all()
@@ -115,9 +116,13 @@ def test_the_published_channel_maps_are_the_defaults(tmp_path):
     cfg = TvsdSimConfig(monkeys=real, n_train=3, n_test=1, test_repeats=2, normalized=False, tb_ms=(0, 20))
     for i, m in enumerate(MONKEYS):
         write_monkey(tmp_path / m, cfg, m, i)
-    entry = CatalogEntry(name="real_maps", kind="tvsd", uri=str(tmp_path),
-                         tvsd={"datalad": {"url": None}, "responses": False},
-                         ingest={"bin_ms": 10, "window": {"post_s": 0.02}})  # fmt: skip
+    entry = CatalogEntry(
+        name="real_maps",
+        kind="tvsd",
+        uri=str(tmp_path),
+        tvsd={"datalad": {"url": None}, "responses": False},
+        ingest={"bin_ms": 10, "window": {"post_s": 0.02}},
+    )
     st_ = get_settings(raw_root=str(tmp_path), store=str(tmp_path / "store"))
     for item in discover(entry, st_):
         with open_source(entry, item, st_) as src:
@@ -135,8 +140,10 @@ def test_image_ids_survive_with_their_repeats(ingested):
     for m in MONKEYS:
         _, _, allmat, paths = mat(raw / "sim" / "tvsd" / m)
         kept = allmat[allmat[:, 5] == 1]
-        ids = [f"things/{paths['test_imgs'][int(t) - 1]}" if t > 0 else f"things/{paths['train_imgs'][int(r) - 1]}"
-               for r, t in kept[:, 1:3]]  # fmt: skip
+        ids = [
+            f"things/{paths['test_imgs'][int(t) - 1]}" if t > 0 else f"things/{paths['train_imgs'][int(r) - 1]}"
+            for r, t in kept[:, 1:3]
+        ]
         got = rows.filter(pl.col("session") == m).sort("sample_id")
         assert got["stimulus_id"].to_list() == ids
         assert got["repeat"].to_list() == kept[:, 3].astype(int).tolist()
@@ -171,8 +178,9 @@ def test_responses_side_table_matches_the_normalised_file(ingested):
         avg = r.filter(pl.col("repeat").is_null())
         got_train = np.stack(avg.filter(pl.col("split") != "test")["response"].to_numpy())
         np.testing.assert_array_equal(got_train, train[order].T)
-        np.testing.assert_array_equal(np.stack(avg.filter(pl.col("split") == "test")["response"].to_numpy()),
-                                      test[order].T)  # fmt: skip
+        np.testing.assert_array_equal(
+            np.stack(avg.filter(pl.col("split") == "test")["response"].to_numpy()), test[order].T
+        )
         for k in (1, 10):
             got = np.stack(r.filter(pl.col("repeat") == k)["response"].to_numpy())
             np.testing.assert_array_equal(got, reps[order][:, :, k - 1].T)
@@ -188,8 +196,9 @@ def test_a_rerun_is_a_no_op(ingested):
 
 def test_bad_files_fail_alone_with_a_named_reason(ray_cluster, tmp_path):
     src = tmp_path / "src"
-    cfg = TvsdSimConfig(monkeys={"monkeyN": SIM_REGIONS["monkeyN"]}, n_train=12, n_test=2, test_repeats=2,
-                        raw_kb=4, tb_ms=(-20, 220))  # fmt: skip
+    cfg = TvsdSimConfig(
+        monkeys={"monkeyN": SIM_REGIONS["monkeyN"]}, n_train=12, n_test=2, test_repeats=2, raw_kb=4, tb_ms=(-20, 220)
+    )
     write_files(src, cfg)
     for bad in ("monkeyNoMUA", "monkeyTrunc", "monkeyFlat", "monkeyNoMap"):
         shutil.copytree(src / "monkeyN", src / bad)
@@ -205,9 +214,13 @@ def test_bad_files_fail_alone_with_a_named_reason(ray_cluster, tmp_path):
     regions = {"monkeyN": [{"first": a, "last": b, "region": r} for a, b, r in SIM_REGIONS["monkeyN"]]}
     for m in ("monkeyNoMUA", "monkeyTrunc", "monkeyFlat"):
         regions[m] = regions["monkeyN"]
-    entry = CatalogEntry(name="bad_tvsd", kind="tvsd", uri=str(tmp_path / "clone"),
-                         tvsd={"datalad": {"url": str(src)}, "regions": regions},
-                         ingest={"bin_ms": 20, "window": {"post_s": 0.2}})  # fmt: skip
+    entry = CatalogEntry(
+        name="bad_tvsd",
+        kind="tvsd",
+        uri=str(tmp_path / "clone"),
+        tvsd={"datalad": {"url": str(src)}, "regions": regions},
+        ingest={"bin_ms": 20, "window": {"post_s": 0.2}},
+    )
     report = ingest(entry, get_settings(store=str(tmp_path / "store"), raw_root=str(tmp_path)), progress=False)
     failed = {f["rel"].split("/")[0]: f["error"] for f in report.failed}
     assert set(failed) == {"monkeyNoMUA", "monkeyTrunc", "monkeyFlat", "monkeyNoMap"}
@@ -222,8 +235,9 @@ def test_bad_files_fail_alone_with_a_named_reason(ray_cluster, tmp_path):
 
 def test_overlapping_channel_ranges_are_rejected_with_the_monkey_named():
     with pytest.raises(ValidationError, match="monkeyX: channel ranges 1-10 and 5-20 overlap"):
-        TvsdConfig(regions={"monkeyX": [{"first": 1, "last": 10, "region": "V1"},
-                                        {"first": 5, "last": 20, "region": "V4"}]})  # fmt: skip
+        TvsdConfig(
+            regions={"monkeyX": [{"first": 1, "last": 10, "region": "V1"}, {"first": 5, "last": 20, "region": "V4"}]}
+        )
 
 
 @settings(max_examples=50, deadline=None)

@@ -54,8 +54,17 @@ def test_stages_given_on_the_command_line_replace_the_configs_list(tmp_path):
 def test_the_config_names_the_locations_and_the_simulate_stage_writes_there(tmp_path, monkeypatch):
     monkeypatch.setenv("NB_RAW", str(tmp_path / "not-here"))  # the config wins; restored after the test
     raw = tmp_path / "elsewhere"
-    sim = {"nwb_subjects": 1, "nwb_sessions_per_subject": 1, "alf_subjects": 0, "visual_sessions": 0,
-           "units_min": 5, "units_max": 6, "minutes": 0.2, "write_images": False, "write_truth": False}  # fmt: skip
+    sim = {
+        "nwb_subjects": 1,
+        "nwb_sessions_per_subject": 1,
+        "alf_subjects": 0,
+        "visual_sessions": 0,
+        "units_min": 5,
+        "units_max": 6,
+        "minutes": 0.2,
+        "write_images": False,
+        "write_truth": False,
+    }
     cfg = load_pipeline(write(tmp_path, {"stages": ["simulate"], "settings": {"raw_root": str(raw)}, "simulate": sim}))
     lines: list[str] = []
     assert run_pipeline(cfg, echo=lines.append) == 0
@@ -66,16 +75,27 @@ def test_the_config_names_the_locations_and_the_simulate_stage_writes_there(tmp_
 
 def test_the_job_script_exits_2_with_the_reason_on_a_bad_config(tmp_path):
     path = write(tmp_path, {"stages": ["ingest", "align"], "ingest": {"catalog": ["demo"]}})
-    out = subprocess.run([sys.executable, "jobs/pipeline.py", "--config", path], cwd=REPO, capture_output=True,
-                         text=True, env={**os.environ, "PYTHONPATH": str(REPO / "platform")}, timeout=120)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "jobs/pipeline.py", "--config", path],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO / "platform")},
+        timeout=120,
+    )
     assert out.returncode == 2, out.stderr
     assert "stage 'align' is listed in `stages` but there is no `align:` section" in out.stderr
 
 
 def test_align_taking_the_pretrain_stages_model_needs_that_stage_first(tmp_path, monkeypatch):
     monkeypatch.setenv("NB_STORE", str(tmp_path / "store"))  # restored after the test (run_pipeline sets it)
-    align = {"data": {"datasets": ["sim_visual"], "embeddings": {"simulation": "sim"},
-                      "encoder": {"checkpoint": "pretrain", "train": "last_layers"}}}  # fmt: skip
+    align = {
+        "data": {
+            "datasets": ["sim_visual"],
+            "embeddings": {"simulation": "sim"},
+            "encoder": {"checkpoint": "pretrain", "train": "last_layers"},
+        }
+    }
     cfg = load_pipeline(write(tmp_path, {"stages": ["align"], "align": align}))
     lines = []
     assert run_pipeline(cfg, echo=lines.append) == 1

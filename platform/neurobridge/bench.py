@@ -61,9 +61,12 @@ def _run_item_subprocess(path: Path, store: Path) -> dict:
         "print(json.dumps({'seconds':dt,'rss':peak_rss(),'rec':rec}))\n"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code, str(path), str(store)], capture_output=True, text=True, check=False,
+        [sys.executable, "-c", code, str(path), str(store)],
+        capture_output=True,
+        text=True,
+        check=False,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
+    )
     if out.returncode != 0:
         raise RuntimeError(f"benchmark worker failed:\n{out.stderr[-4000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -108,9 +111,13 @@ def _ingest_one(path: str, store: str) -> dict:
 
 
 def bench_ingest(
-    n_units: int = 500, minutes: float = 10.0, growth: int = 8, workdir: str | None = None, repeats: int = 3,
+    n_units: int = 500,
+    minutes: float = 10.0,
+    growth: int = 8,
+    workdir: str | None = None,
+    repeats: int = 3,
     echo=print,
-) -> dict:  # fmt: skip
+) -> dict:
     """Run the ingest benchmark; returns the figures and echoes ``NAME: VALUE UNIT`` lines."""
     work = Path(workdir or Path(tempfile.gettempdir()) / "neurobridge-bench")
     work.mkdir(parents=True, exist_ok=True)
@@ -138,11 +145,16 @@ def bench_ingest(
         t_ref = min(t_ref, time.perf_counter() - t0)
     same = np.array_equal(ref.reshape(n_u, len(grid.starts), grid.n_bins).transpose(1, 0, 2), ours)
     figures = {
-        "spikes": n_spikes, "units": n_u, "tokens": tokens,
-        "binning_spikes_per_s": n_spikes / best, "binning_tokens_per_s": tokens / best,
-        "reference_spikes_per_s": n_spikes / t_ref, "reference_tokens_per_s": tokens / t_ref,
-        "binning_ratio": t_ref / best, "binning_matches_reference": bool(same),
-    }  # fmt: skip
+        "spikes": n_spikes,
+        "units": n_u,
+        "tokens": tokens,
+        "binning_spikes_per_s": n_spikes / best,
+        "binning_tokens_per_s": tokens / best,
+        "reference_spikes_per_s": n_spikes / t_ref,
+        "reference_tokens_per_s": tokens / t_ref,
+        "binning_ratio": t_ref / best,
+        "binning_matches_reference": bool(same),
+    }
     del times, units, ours, ref
     echo(f"session: {n_spikes:,} spikes, {n_u} units, {tokens:,} tokens ({BIN_MS:g} ms bins)")
     echo(_line("binning_spikes_per_s", figures["binning_spikes_per_s"], "spikes/s"))

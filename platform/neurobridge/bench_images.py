@@ -22,11 +22,25 @@ import numpy as np
 
 ARCHS = {
     # a randomly initialised model with ViT-B/32's shape costs what the real one costs to run
-    "b32": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
-            "image_size": 224, "patch_size": 32, "projection_dim": 512},
-    "tiny": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-             "image_size": 32, "patch_size": 8, "projection_dim": 16},
-}  # fmt: skip
+    "b32": {
+        "hidden_size": 768,
+        "intermediate_size": 3072,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "image_size": 224,
+        "patch_size": 32,
+        "projection_dim": 512,
+    },
+    "tiny": {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "image_size": 32,
+        "patch_size": 8,
+        "projection_dim": 16,
+    },
+}
 
 
 def make_model(path: Path, arch: str) -> Path:
@@ -40,8 +54,9 @@ def make_model(path: Path, arch: str) -> Path:
     a = ARCHS[arch]
     transformers.CLIPVisionModelWithProjection(transformers.CLIPVisionConfig(**a)).save_pretrained(path)
     size = a["image_size"]
-    transformers.CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}
-                                    ).save_pretrained(path)  # fmt: skip
+    transformers.CLIPImageProcessor(
+        size={"shortest_edge": size}, crop_size={"height": size, "width": size}
+    ).save_pretrained(path)
     return path
 
 
@@ -117,8 +132,11 @@ def run_job(images: Path, model_dir: Path, store: Path, cpus: int, batch: int, d
     """The job in a fresh process with its own local Ray; the whole process tree's memory sampled meanwhile."""
     proc = subprocess.Popen(
         [sys.executable, "-c", JOB, str(images), str(model_dir), str(store), str(cpus), str(batch), str(decoders)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "RAY_ADDRESS": ""},
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "RAY_ADDRESS": ""},
+    )
     peak = {"pss": 0, "rss": 0}
     stop = threading.Event()
 
@@ -139,8 +157,15 @@ def run_job(images: Path, model_dir: Path, store: Path, cpus: int, batch: int, d
     return {**rec, "peak_pss": peak["pss"], "peak_rss": peak["rss"]}
 
 
-def bench_embed_images(n_images: int = 256, growth: int = 4, arch: str = "b32", batch_size: int = 32,
-                       workdir: str | None = None, cpus: int | None = None, echo=print) -> dict:  # fmt: skip
+def bench_embed_images(
+    n_images: int = 256,
+    growth: int = 4,
+    arch: str = "b32",
+    batch_size: int = 32,
+    workdir: str | None = None,
+    cpus: int | None = None,
+    echo=print,
+) -> dict:
     work = Path(workdir or Path(tempfile.gettempdir()) / "neurobridge-bench-images")
     cpus = cpus or max(os.cpu_count() or 1, 1)
     model_dir = make_model(work / f"clip_{arch}", arch)
@@ -161,21 +186,33 @@ def bench_embed_images(n_images: int = 256, growth: int = 4, arch: str = "b32", 
         figures[f"{key}_peak_pss_mb"] = r["peak_pss"] / 2**20
         figures[f"{key}_peak_process_rss_mb"] = r["peak_rss"] / 2**20
         steady = c["steady_images_per_s"] or float("nan")
-        echo(f"job_{n}_images: {c['images_per_s']:.1f} images/s end to end ({steady:.1f} after "
-             f"the first batch), peak memory of the whole job {r['peak_pss'] / 2**20:,.0f} MB (largest process "
-             f"{r['peak_rss'] / 2**20:,.0f} MB)")  # fmt: skip
+        echo(
+            f"job_{n}_images: {c['images_per_s']:.1f} images/s end to end ({steady:.1f} after "
+            f"the first batch), peak memory of the whole job {r['peak_pss'] / 2**20:,.0f} MB (largest process "
+            f"{r['peak_rss'] / 2**20:,.0f} MB)"
+        )
     last = runs[-1][0]  # the longest run: start-up weighs least there
     figures["job_vs_reference"] = (figures[f"{last}_steady_images_per_s"] or float("nan")) / ref
-    echo(f"job_vs_reference: {figures['job_vs_reference']:.2f}x (steady-state images/s of the "
-         f"{figures[f'{last}_images']}-image run over the plain loop)")  # fmt: skip
+    echo(
+        f"job_vs_reference: {figures['job_vs_reference']:.2f}x (steady-state images/s of the "
+        f"{figures[f'{last}_images']}-image run over the plain loop)"
+    )
     if big:
         figures["memory_growth"] = figures["big_peak_pss_mb"] / figures["n_peak_pss_mb"]
         echo(f"memory_growth_for_{growth}x_images: {figures['memory_growth']:.2f}x")
     return figures
 
 
-def bench_align(n_images: int = 500, repeats: int = 5, n_test: int = 100, workdir: str | None = None,
-                epochs: int = 60, pretrain_steps: int = 0, ray_train: bool = False, echo=print) -> dict:  # fmt: skip
+def bench_align(
+    n_images: int = 500,
+    repeats: int = 5,
+    n_test: int = 100,
+    workdir: str | None = None,
+    epochs: int = 60,
+    pretrain_steps: int = 0,
+    ray_train: bool = False,
+    echo=print,
+) -> dict:
     """Simulate V1/V4/IT (gains rising to IT), ingest, align each region set; ridge beside the projector."""
     from .align.config import AlignConfig
     from .align.embeddings import simulation_embeddings
@@ -188,23 +225,46 @@ def bench_align(n_images: int = 500, repeats: int = 5, n_test: int = 100, workdi
     sim = work / f"sim_{n_images}x{repeats}"
     if not (sim / "simulation.json").exists():
         regions = {"visual_regions": ["V1", "V4", "IT"], "visual_latency_ms": [40.0, 60.0, 80.0]}
-        cfg = SimConfig(nwb_subjects=0, alf_subjects=0, visual_sessions=1, n_images=n_images, image_repeats=repeats,
-                        write_truth=False, **regions)  # fmt: skip
+        cfg = SimConfig(
+            nwb_subjects=0,
+            alf_subjects=0,
+            visual_sessions=1,
+            n_images=n_images,
+            image_repeats=repeats,
+            write_truth=False,
+            **regions,
+        )
         simulate(str(sim), cfg, progress=False)
     settings = get_settings(store=str(work / "store"), raw_root=str(work))
-    window = {"mode": "intervals", "intervals": "natural_scenes_presentations", "align": "start_time", "pre_s": 0.0,
-              "post_s": 0.25, "stimulus_column": "frame", "stimulus_prefix": "sim_ns"}  # fmt: skip
+    window = {
+        "mode": "intervals",
+        "intervals": "natural_scenes_presentations",
+        "align": "start_time",
+        "pre_s": 0.0,
+        "post_s": 0.25,
+        "stimulus_column": "frame",
+        "stimulus_prefix": "sim_ns",
+    }
     name = f"bench_vis_{n_images}x{repeats}"
-    ingest(CatalogEntry(name=name, kind="nwb", uri=str(sim / "visual"), ingest={"bin_ms": 20, "window": window}),
-           settings, progress=False)  # fmt: skip
+    ingest(
+        CatalogEntry(name=name, kind="nwb", uri=str(sim / "visual"), ingest={"bin_ms": 20, "window": window}),
+        settings,
+        progress=False,
+    )
     emb = simulation_embeddings(str(sim), settings)
-    cfg = AlignConfig.model_validate({
-        "data": {"datasets": [name], "embeddings": {"npy": str(sim / "visual/images/embeddings.npy"),
-                                                    "ids": emb.ids.tolist()},
-                 "windows": {"V1": [40, 190], "V4": [60, 210], "IT": [80, 230]},
-                 "split": {"rule": "hash", "n_test": n_test, "n_val": max(1, n_test // 2)}},
-        "projector": {"epochs": epochs}, "scaling": {"backend": "local"},
-        "region_sets": {"all": None, "V1": ["V1"], "V4": ["V4"], "IT": ["IT"]}})  # fmt: skip
+    cfg = AlignConfig.model_validate(
+        {
+            "data": {
+                "datasets": [name],
+                "embeddings": {"npy": str(sim / "visual/images/embeddings.npy"), "ids": emb.ids.tolist()},
+                "windows": {"V1": [40, 190], "V4": [60, 210], "IT": [80, 230]},
+                "split": {"rule": "hash", "n_test": n_test, "n_val": max(1, n_test // 2)},
+            },
+            "projector": {"epochs": epochs},
+            "scaling": {"backend": "local"},
+            "region_sets": {"all": None, "V1": ["V1"], "V4": ["V4"], "IT": ["IT"]},
+        }
+    )
     import torch
 
     threads = torch.get_num_threads()
@@ -237,12 +297,20 @@ def _align_sets(cfg, settings, emb, work: Path, pretrain_steps: int, echo) -> di
             z /= np.linalg.norm(z, axis=1, keepdims=True)
             e = tb.y / np.linalg.norm(tb.y, axis=1, keepdims=True)
             ridge.append(float(np.mean((z @ e.T).argmax(1) == np.arange(len(tb)))))
-        figures[set_name] = {"top1": m["image_top1"], "top5": m["image_top5"], "chance1": m["image_chance1"],
-                             "brain_top1": m["brain_top1"], "ridge_top1": float(np.mean(ridge)),
-                             "tokens_per_s": r.fit.tokens_per_s, "n": m["n_candidates"]}  # fmt: skip
+        figures[set_name] = {
+            "top1": m["image_top1"],
+            "top5": m["image_top5"],
+            "chance1": m["image_chance1"],
+            "brain_top1": m["brain_top1"],
+            "ridge_top1": float(np.mean(ridge)),
+            "tokens_per_s": r.fit.tokens_per_s,
+            "n": m["n_candidates"],
+        }
         f = figures[set_name]
-        echo(f"{set_name:8} {f['top1']:7.3f} {f['top5']:7.3f} {f['chance1']:8.3f} {f['brain_top1']:7.3f} "
-             f"{f['ridge_top1']:7.3f} {f['tokens_per_s']:12,.0f}")  # fmt: skip
+        echo(
+            f"{set_name:8} {f['top1']:7.3f} {f['top5']:7.3f} {f['chance1']:8.3f} {f['brain_top1']:7.3f} "
+            f"{f['ridge_top1']:7.3f} {f['tokens_per_s']:12,.0f}"
+        )
     echo(f"(top-k among {figures['all']['n']:.0f} test stimuli; ridge: closed-form linear map on the same split)")
     if pretrain_steps:
         figures["encoders"] = compare_encoders(cfg, settings, emb, result.data, work, pretrain_steps, echo)
@@ -261,9 +329,13 @@ def _ray_vs_plain(cfg, settings, data, plain_tokens_per_s: float, echo) -> dict:
     t0 = time.perf_counter()
     fit, _ = fit_on_ray(data.train, data.val, ray_cfg, settings, "all", None)
     wall = time.perf_counter() - t0
-    out = {"tokens_per_s": fit.tokens_per_s, "plain_tokens_per_s": plain_tokens_per_s,
-           "ratio": fit.tokens_per_s / plain_tokens_per_s, "train_seconds": fit.seconds,
-           "wall_seconds": wall}  # fmt: skip
+    out = {
+        "tokens_per_s": fit.tokens_per_s,
+        "plain_tokens_per_s": plain_tokens_per_s,
+        "ratio": fit.tokens_per_s / plain_tokens_per_s,
+        "train_seconds": fit.seconds,
+        "wall_seconds": wall,
+    }
     echo(
         f"Ray Train (1 worker) {fit.tokens_per_s:,.0f} tokens/s vs plain {plain_tokens_per_s:,.0f} "
         f"(ratio {out['ratio']:.2f}); training {fit.seconds:.1f} s inside {wall:.1f} s of trainer wall time"
@@ -293,9 +365,12 @@ def pretrain_small(settings, dataset: str, train_stimuli: set[str], path: Path, 
     table = pa.Table.from_batches(parts)
     table = table.filter(pc.is_in(table.column("stimulus_id"), pa.array(sorted(train_stimuli))))
     vocabs = Vocabularies.from_rows(table_rows(table.slice(0, 64)))
-    cfg = PretrainConfig(model=ModelConfig(neurons_per_token=4, d_model=64, depth=2, heads=4),
-                         optim=OptimConfig(max_steps=steps, batch_size=64, warmup_steps=min(50, steps // 5)),
-                         checkpoint_every=steps, log_every=max(1, steps // 5))  # fmt: skip
+    cfg = PretrainConfig(
+        model=ModelConfig(neurons_per_token=4, d_model=64, depth=2, heads=4),
+        optim=OptimConfig(max_steps=steps, batch_size=64, warmup_steps=min(50, steps // 5)),
+        checkpoint_every=steps,
+        log_every=max(1, steps // 5),
+    )
     torch.manual_seed(0)
     model = MaskedNeuralModel(cfg.model, vocabs)
 
@@ -321,22 +396,38 @@ def compare_encoders(cfg, settings, emb, data, work: Path, steps: int, echo=prin
     ckpt = pretrain_small(settings, cfg.data.datasets[0], data.train.stimuli, work / "pretrained.pt", steps, echo)
     out = {}
     echo(f"{'input':28} {'regions':8} {'top-1':>7} {'top-5':>7} {'chance1':>8} {'brain1':>7}")
-    for label, encoder in (("binned responses", None),
-                           ("pretrained encoder (frozen)", {"checkpoint": str(ckpt), "init": "pretrained"}),
-                           ("untrained encoder (frozen)", {"checkpoint": str(ckpt), "init": "random"}),
-                           ("pretrained, last layer tuned", {"checkpoint": str(ckpt), "train": "last_layers"}),
-                           ("scratch, trained end to end", {"checkpoint": str(ckpt), "train": "scratch"})):  # fmt: skip
+    for label, encoder in (
+        ("binned responses", None),
+        ("pretrained encoder (frozen)", {"checkpoint": str(ckpt), "init": "pretrained"}),
+        ("untrained encoder (frozen)", {"checkpoint": str(ckpt), "init": "random"}),
+        ("pretrained, last layer tuned", {"checkpoint": str(ckpt), "train": "last_layers"}),
+        ("scratch, trained end to end", {"checkpoint": str(ckpt), "train": "scratch"}),
+    ):
         dumped = cfg.model_dump()
         tuned = encoder is not None and "train" in encoder  # the encoder runs in every step: fewer epochs
-        projector = {**dumped["projector"], **({"epochs": min(12, cfg.projector.epochs), "patience": None}
-                                               if tuned else {})}  # fmt: skip
-        c = type(cfg).model_validate({**dumped, "data": {**dumped["data"], "encoder": encoder},
-                                      "projector": projector, "region_sets": {"all": None, "IT": ["IT"]}})  # fmt: skip
+        projector = {
+            **dumped["projector"],
+            **({"epochs": min(12, cfg.projector.epochs), "patience": None} if tuned else {}),
+        }
+        c = type(cfg).model_validate(
+            {
+                **dumped,
+                "data": {**dumped["data"], "encoder": encoder},
+                "projector": projector,
+                "region_sets": {"all": None, "IT": ["IT"]},
+            }
+        )
         res = run_alignment(c, settings, embeddings=emb, track=False, figures=False)
         for name, r in res.results.items():
             m = r.test["mean"]
-            out[f"{label}/{name}"] = {"top1": m["image_top1"], "top5": m["image_top5"], "brain_top1": m["brain_top1"],
-                                      "tokens_per_s": r.fit.tokens_per_s}  # fmt: skip
-            echo(f"{label:28} {name:8} {m['image_top1']:7.3f} {m['image_top5']:7.3f} {m['image_chance1']:8.3f} "
-                 f"{m['brain_top1']:7.3f}")  # fmt: skip
+            out[f"{label}/{name}"] = {
+                "top1": m["image_top1"],
+                "top5": m["image_top5"],
+                "brain_top1": m["brain_top1"],
+                "tokens_per_s": r.fit.tokens_per_s,
+            }
+            echo(
+                f"{label:28} {name:8} {m['image_top1']:7.3f} {m['image_top5']:7.3f} {m['image_chance1']:8.3f} "
+                f"{m['brain_top1']:7.3f}"
+            )
     return out

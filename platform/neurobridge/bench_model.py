@@ -30,13 +30,32 @@ SIZES = {
 def synthetic_rows(n: int, units: int, bins: int, seed: int = 0) -> list[dict]:
     rng = np.random.default_rng(seed)
     regions = np.array(["VISp", "CA1", "LP", "MOs"])[np.sort(rng.integers(0, 4, units))]
-    return [{"counts": rng.poisson(0.3, units * bins).astype(np.uint16), "n_units": units, "n_bins": bins,
-             "unit_regions": list(regions), "session": f"s{i % 8}", "subject": "m", "task": "t",
-             "heldout": rng.random(units) < 0.25, "sample_id": f"w{i}"} for i in range(n)]  # fmt: skip
+    return [
+        {
+            "counts": rng.poisson(0.3, units * bins).astype(np.uint16),
+            "n_units": units,
+            "n_bins": bins,
+            "unit_regions": list(regions),
+            "session": f"s{i % 8}",
+            "subject": "m",
+            "task": "t",
+            "heldout": rng.random(units) < 0.25,
+            "sample_id": f"w{i}",
+        }
+        for i in range(n)
+    ]
 
 
-def run(size: str = "small", device: str = "cpu", batch: int = 64, units: int = 128, bins: int = 50,
-        steps: int = 20, peak_tflops: float | None = None, precision: str = "auto") -> dict:  # fmt: skip
+def run(
+    size: str = "small",
+    device: str = "cpu",
+    batch: int = 64,
+    units: int = 128,
+    bins: int = 50,
+    steps: int = 20,
+    peak_tflops: float | None = None,
+    precision: str = "auto",
+) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     dev = torch.device(device)
@@ -71,9 +90,17 @@ def run(size: str = "small", device: str = "cpu", batch: int = 64, units: int = 
     sync()
     dt = (time.perf_counter() - t0) / steps
     tokens = int(b.token_valid.sum())
-    out = {"size": size, "device": str(dev), "params": sum(p.numel() for p in model.parameters()),
-           "tokens_per_step": tokens, "step_s": dt, "tokens_per_s": tokens / dt, "tflops_per_s": flops / dt / 1e12,
-           "bf16": bf16, "threads": torch.get_num_threads()}  # fmt: skip
+    out = {
+        "size": size,
+        "device": str(dev),
+        "params": sum(p.numel() for p in model.parameters()),
+        "tokens_per_step": tokens,
+        "step_s": dt,
+        "tokens_per_s": tokens / dt,
+        "tflops_per_s": flops / dt / 1e12,
+        "bf16": bf16,
+        "threads": torch.get_num_threads(),
+    }
     if dev.type == "cuda":
         out["gpu"] = torch.cuda.get_device_name(dev)
         out["peak_mem_gb"] = torch.cuda.max_memory_allocated(dev) / 1e9

@@ -88,9 +88,15 @@ def full_read(root: str) -> dict:
 
 
 def bench_pile(
-    rows: int = 24, units: int = 200, bins: int = 15_000, long_units: int = 300, long_bins: int = 33_000,
-    growth: int = 4, workdir: str | None = None, echo=print,
-) -> dict:  # fmt: skip
+    rows: int = 24,
+    units: int = 200,
+    bins: int = 15_000,
+    long_units: int = 300,
+    long_bins: int = 33_000,
+    growth: int = 4,
+    workdir: str | None = None,
+    echo=print,
+) -> dict:
     work = Path(workdir or Path(tempfile.gettempdir()) / "neurobridge-bench") / "pile"
     thr = work / f"throughput_r{rows}_u{units}_b{bins}"
     echo(f"simulating Neural Pile shards in {work} …")
@@ -103,12 +109,16 @@ def bench_pile(
     ours = _subprocess("ingest_shards", str(thr), str(store))
     ref = _subprocess("full_read", str(thr))
     figures = {
-        "rows": rows, "cells": cells,
-        "ingest_rows_per_s": rows / ours["seconds"], "ingest_cells_per_s": cells / ours["seconds"],
-        "full_read_rows_per_s": rows / ref["seconds"], "full_read_cells_per_s": cells / ref["seconds"],
+        "rows": rows,
+        "cells": cells,
+        "ingest_rows_per_s": rows / ours["seconds"],
+        "ingest_cells_per_s": cells / ours["seconds"],
+        "full_read_rows_per_s": rows / ref["seconds"],
+        "full_read_cells_per_s": cells / ref["seconds"],
         "ingest_vs_full_read_time": ours["seconds"] / ref["seconds"],
-        "ingest_peak_rss_mb": ours["rss"] / 2**20, "full_read_peak_rss_mb": ref["rss"] / 2**20,
-    }  # fmt: skip
+        "ingest_peak_rss_mb": ours["rss"] / 2**20,
+        "full_read_peak_rss_mb": ref["rss"] / 2**20,
+    }
     echo(f"shards: {rows} rows of {units} units × {bins} bins ({cells:,} cells), 2 shards")
     echo(_line("ingest_rows_per_s", figures["ingest_rows_per_s"], "rows/s (1 core, end to end, Parquet written)"))
     echo(_line("ingest_cells_per_s", figures["ingest_cells_per_s"], "cells/s"))
@@ -130,11 +140,13 @@ def bench_pile(
     rss["many"] = _subprocess("ingest_shards", str(many), str(store))["rss"]
     rss["many_full_read"] = _subprocess("full_read", str(many))["rss"]
     extra_cells = long_units * long_bins * (growth - 1)
-    figures.update({
-        "long_row_peak_rss_mb": {k: v / 2**20 for k, v in rss.items()},
-        "rss_bytes_per_extra_row_cell": (rss[f"x{growth}"] - rss["x1"]) / extra_cells,
-        "rss_ratio_many_rows_vs_one": rss["many"] / rss["x1"],
-    })  # fmt: skip
+    figures.update(
+        {
+            "long_row_peak_rss_mb": {k: v / 2**20 for k, v in rss.items()},
+            "rss_bytes_per_extra_row_cell": (rss[f"x{growth}"] - rss["x1"]) / extra_cells,
+            "rss_ratio_many_rows_vs_one": rss["many"] / rss["x1"],
+        }
+    )
     echo(f"rss_per_extra_cell_of_the_long_row: {figures['rss_bytes_per_extra_row_cell']:.1f} bytes")
     echo(_line(f"shard_{growth}_long_rows_peak_rss", rss["many"] / 2**20, "MB (one row group)"))
     echo(f"rss_{growth}_rows_vs_1_row: {figures['rss_ratio_many_rows_vs_one']:.2f}x")

@@ -59,9 +59,14 @@ def _run(entry: CatalogEntry, store: Path, workers: int) -> tuple[float, dict, i
 
 
 def bench_scaling(
-    workers: list[int], items: int = 8, n_units: int = 500, minutes: float = 10.0, repeats: int = 3,
-    workdir: str | None = None, echo=print,
-) -> dict:  # fmt: skip
+    workers: list[int],
+    items: int = 8,
+    n_units: int = 500,
+    minutes: float = 10.0,
+    repeats: int = 3,
+    workdir: str | None = None,
+    echo=print,
+) -> dict:
     """Ingest throughput per number of concurrent Ray workers, as ratios against 1 worker measured in the same run."""
     from .runtime import ensure_ray
 
@@ -92,14 +97,23 @@ def bench_scaling(
     shutil.rmtree(stores, ignore_errors=True)  # the sessions stay cached for the next run; the stores are spent
     base = min(workers)
     figures: dict = {
-        "items": items, "spikes": counts["spikes"], "tokens": counts["tokens"], "rows": counts["rows"],
-        "store_bytes": size, "store_bytes_per_token": size / counts["tokens"],
-        "store_bytes_per_spike": size / max(counts["spikes"], 1), "cpu_count": os.cpu_count(),
-        "loadavg_before": load0[0], "loadavg_after": load1[0], "reference_workers": base,
-    }  # fmt: skip
-    echo(f"items: {items} sessions, {counts['spikes']:,} spikes, {counts['tokens']:,} tokens "
-         f"({BIN_MS:g} ms bins, {CHUNK_S:g} s windows); machine: {os.cpu_count()} cores, "
-         f"load average {load0[0]:.2f} before, {load1[0]:.2f} after")  # fmt: skip
+        "items": items,
+        "spikes": counts["spikes"],
+        "tokens": counts["tokens"],
+        "rows": counts["rows"],
+        "store_bytes": size,
+        "store_bytes_per_token": size / counts["tokens"],
+        "store_bytes_per_spike": size / max(counts["spikes"], 1),
+        "cpu_count": os.cpu_count(),
+        "loadavg_before": load0[0],
+        "loadavg_after": load1[0],
+        "reference_workers": base,
+    }
+    echo(
+        f"items: {items} sessions, {counts['spikes']:,} spikes, {counts['tokens']:,} tokens "
+        f"({BIN_MS:g} ms bins, {CHUNK_S:g} s windows); machine: {os.cpu_count()} cores, "
+        f"load average {load0[0]:.2f} before, {load1[0]:.2f} after"
+    )
     for w in workers:
         s, item_s, cpu_s = best[w]
         # items in flight on average, and how long one item took: a slower item at the same concurrency means the
@@ -117,8 +131,10 @@ def bench_scaling(
         echo(_line(f"ingest_{w}_workers_spikes_per_s", figures[f"w{w}_spikes_per_s"], f"spikes/s ({s:.2f} s)"))
         echo(_line(f"ingest_{w}_workers_tokens_per_s", figures[f"w{w}_tokens_per_s"], "tokens/s"))
         echo(_line(f"ingest_{w}_workers_spikes_per_s_per_core", figures[f"w{w}_spikes_per_s_per_worker"], "spikes/s"))
-        echo(f"ingest_{w}_workers_items_in_flight: {item_s / s:.2f} (one item: {item_s / items:.2f} s, "
-             f"{cpu_s / item_s:.0%} of a core while it ran)")  # fmt: skip
+        echo(
+            f"ingest_{w}_workers_items_in_flight: {item_s / s:.2f} (one item: {item_s / items:.2f} s, "
+            f"{cpu_s / item_s:.0%} of a core while it ran)"
+        )
         echo(_line(f"ingest_{w}_workers_spikes_per_cpu_s", figures[f"w{w}_spikes_per_cpu_s"], "spikes per CPU-second"))
         echo(_line(f"ingest_{w}_workers_tokens_per_cpu_s", figures[f"w{w}_tokens_per_cpu_s"], "tokens per CPU-second"))
         if w != base:

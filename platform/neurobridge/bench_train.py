@@ -36,16 +36,35 @@ def data_path_rate(settings: Settings, cfg: PretrainConfig, batches: int, keep: 
     ``keep`` collects the batches so the plain loop trains on exactly the same mixed, padded batches."""
     srcs = sources(settings, cfg.data.datasets, cfg.data.mixture)
     vocabs = vocabularies(srcs, cfg.data.holdout_sessions, settings)
-    collate = CollateWindows(vocabs, cfg.model.neurons_per_token, HeldoutSplit(heldout_flags(settings, srcs)),
-                             cfg.data.max_units, cfg.data.crop_bins, cfg.seed)  # fmt: skip
-    ds = ray_dataset(settings, srcs, "train", cfg.data.mixing, cfg.data.epoch_rows, cfg.seed, ROW_COLUMNS,
-                     exclude_sessions=frozenset(cfg.data.holdout_sessions))  # fmt: skip
+    collate = CollateWindows(
+        vocabs,
+        cfg.model.neurons_per_token,
+        HeldoutSplit(heldout_flags(settings, srcs)),
+        cfg.data.max_units,
+        cfg.data.crop_bins,
+        cfg.seed,
+    )
+    ds = ray_dataset(
+        settings,
+        srcs,
+        "train",
+        cfg.data.mixing,
+        cfg.data.epoch_rows,
+        cfg.seed,
+        ROW_COLUMNS,
+        exclude_sessions=frozenset(cfg.data.holdout_sessions),
+    )
     n = tokens = 0
     t0 = time.perf_counter()
     t_first = None
     while n < batches:
-        for item in ds.iter_torch_batches(batch_size=cfg.optim.batch_size, collate_fn=collate, drop_last=True,
-                                          prefetch_batches=2, local_shuffle_buffer_size=256):  # fmt: skip
+        for item in ds.iter_torch_batches(
+            batch_size=cfg.optim.batch_size,
+            collate_fn=collate,
+            drop_last=True,
+            prefetch_batches=2,
+            local_shuffle_buffer_size=256,
+        ):
             if t_first is None:
                 t_first = time.perf_counter()
                 continue  # the first batch pays the pipeline start
@@ -94,15 +113,18 @@ def _steady(marks: list[tuple[int, float, int]]) -> dict:
     return {"tokens_per_s": (n1 - n0) / (t1 - t0), "steps": s1 - s0, "seconds": t1 - t0}
 
 
-def bench_train(cfg: PretrainConfig, settings: Settings | None = None, data_batches: int = 40,
-                echo: Callable[[str], None] = print) -> dict:  # fmt: skip
+def bench_train(
+    cfg: PretrainConfig, settings: Settings | None = None, data_batches: int = 40, echo: Callable[[str], None] = print
+) -> dict:
     settings = settings or get_settings()
     s = cfg.scaling
     ensure_ray(settings, min_cpus=int(s.num_workers * s.cpus_per_worker) + 2)
     threads = max(1, int(s.cpus_per_worker))
-    echo(f"model d={cfg.model.d_model} depth={cfg.model.depth}, batch {cfg.optim.batch_size}, "
-         f"{cfg.optim.max_steps} steps, {s.num_workers} Ray worker(s) × {s.cpus_per_worker} CPU, "
-         f"plain loop with {threads} thread(s)")  # fmt: skip
+    echo(
+        f"model d={cfg.model.d_model} depth={cfg.model.depth}, batch {cfg.optim.batch_size}, "
+        f"{cfg.optim.max_steps} steps, {s.num_workers} Ray worker(s) × {s.cpus_per_worker} CPU, "
+        f"plain loop with {threads} thread(s)"
+    )
     prepared: list = []
     data = data_path_rate(settings, cfg, data_batches, keep=prepared)
     echo(f"data path  : {data['tokens_per_s']:>10,.0f} tokens/s ({data['batches']} batches, no consumer)")
@@ -133,8 +155,10 @@ def bench_train(cfg: PretrainConfig, settings: Settings | None = None, data_batc
         f"Ray Train  : {ray_rate:>10,.0f} tokens/s (steady state; {train_steps} steps took {wall:.0f} s with start-up)"
     )
     echo(f"Ray overhead vs plain loop: {100 * out['ray_overhead']:.1f} %  (target ≤ 15 %)")
-    echo(f"data path / trainer consumption: {out['data_over_consumption']:.1f}×  (target ≥ 5×); "
-         f"mean wait for a batch in the worker {1000 * out['ray_data_wait_s_per_step']:.1f} ms/step")  # fmt: skip
+    echo(
+        f"data path / trainer consumption: {out['data_over_consumption']:.1f}×  (target ≥ 5×); "
+        f"mean wait for a batch in the worker {1000 * out['ray_data_wait_s_per_step']:.1f} ms/step"
+    )
     worker = f", training worker {out['worker_peak_rss_mb']:.0f} MB" if "worker_peak_rss_mb" in out else ""
     echo(f"peak RSS: driver {out['driver_peak_rss_mb']:.0f} MB{worker}")
     return out

@@ -33,8 +33,14 @@ def _folder(work: Path, channels: int, trials: int) -> Path:
     done = root / "done.json"
     if not done.exists():
         n_test, reps = 10, 10
-        cfg = TvsdSimConfig(monkeys={"monkeyB": _regions(channels)}, n_train=max(trials - n_test * reps, 1),
-                            n_test=n_test, test_repeats=reps, normalized=False, raw_kb=1)  # fmt: skip
+        cfg = TvsdSimConfig(
+            monkeys={"monkeyB": _regions(channels)},
+            n_train=max(trials - n_test * reps, 1),
+            n_test=n_test,
+            test_repeats=reps,
+            normalized=False,
+            raw_kb=1,
+        )
         done.parent.mkdir(parents=True, exist_ok=True)
         done.write_text(json.dumps(write_monkey(folder, cfg, "monkeyB", 0)))
     return folder
@@ -46,10 +52,12 @@ def _entry(folder: Path):
     channels = json.loads((folder.parent / "done.json").read_text())["channels"]
     regions = [{"first": a, "last": b, "region": r} for a, b, r in _regions(channels)]
     return CatalogEntry(
-        name="bench_tvsd", kind="tvsd", uri=str(folder.parent),
+        name="bench_tvsd",
+        kind="tvsd",
+        uri=str(folder.parent),
         tvsd={"datalad": {"url": None}, "responses": False, "regions": {"monkeyB": regions}},
         ingest={"bin_ms": BIN_MS, "window": {"pre_s": 0.0, "post_s": WINDOW_S}},
-    )  # fmt: skip
+    )
 
 
 def warm() -> None:
@@ -92,15 +100,21 @@ def _subprocess(fn: str, *args: str) -> dict:
         f"t=time.perf_counter(); rec=bench_tvsd.{fn}(*sys.argv[1:]); dt=time.perf_counter()-t\n"
         "print(json.dumps({'seconds':dt,'rss':peak_rss(),'rec':rec}))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=False,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     if out.returncode != 0:
         raise RuntimeError(f"benchmark worker failed:\n{out.stderr[-4000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def bench_tvsd(channels: int = 256, trials: int = 1000, growth: int = 4, workdir: str | None = None,
-               repeats: int = 2, echo=print) -> dict:  # fmt: skip
+def bench_tvsd(
+    channels: int = 256, trials: int = 1000, growth: int = 4, workdir: str | None = None, repeats: int = 2, echo=print
+) -> dict:
     """Ours vs the full h5py read at ``trials`` and ``growth × trials``; echoes ``NAME: VALUE UNIT`` lines."""
     import tempfile
 
@@ -111,17 +125,20 @@ def bench_tvsd(channels: int = 256, trials: int = 1000, growth: int = 4, workdir
         echo(f"simulating TVSD-style MUA: {channels} channels × {n} trials × 400 ms at 1 kHz in {work} …")
         folder = _folder(work, channels, n)
         mb = (folder / "THINGS_MUA_trials.mat").stat().st_size / 2**20
-        ours = min((_subprocess("ingest_one", str(folder), str(work / "store")) for _ in range(repeats)),
-                   key=lambda r: r["seconds"])  # fmt: skip
+        ours = min(
+            (_subprocess("ingest_one", str(folder), str(work / "store")) for _ in range(repeats)),
+            key=lambda r: r["seconds"],
+        )
         ref = min((_subprocess("full_read", str(folder)) for _ in range(repeats)), key=lambda r: r["seconds"])
         f = {
-            "file_mb": mb, "rows": ours["rec"]["rows"],
+            "file_mb": mb,
+            "rows": ours["rec"]["rows"],
             "ingest_mua_mb_per_s": ours["rec"]["bytes"] / 2**20 / ours["seconds"],
             "ingest_rows_per_s": ours["rec"]["rows"] / ours["seconds"],
             "ingest_peak_rss_mb": ours["rss"] / 2**20,
             "reference_full_read_mb_per_s": ref["rec"]["bytes"] / 2**20 / ref["seconds"],
             "reference_peak_rss_mb": ref["rss"] / 2**20,
-        }  # fmt: skip
+        }
         f["mb_per_s_vs_reference"] = f["ingest_mua_mb_per_s"] / f["reference_full_read_mb_per_s"]
         figures[label] = f
         echo(f"{label} file {mb:,.0f} MB, {f['rows']:,} rows (window {WINDOW_S * 1000:g} ms, {BIN_MS:g} ms bins)")

@@ -83,10 +83,16 @@ def simulate(
     settings = get_settings()
     out = out or f"{settings.raw_root}/sim"
     cfg = SimConfig(
-        seed=seed, minutes=minutes, nwb_subjects=nwb_subjects, alf_subjects=alf_subjects,
-        visual_sessions=visual_sessions, nwb_sessions_per_subject=sessions_per_subject,
-        alf_sessions_per_subject=sessions_per_subject, tvsd=tvsd, pile=pile,
-    )  # fmt: skip
+        seed=seed,
+        minutes=minutes,
+        nwb_subjects=nwb_subjects,
+        alf_subjects=alf_subjects,
+        visual_sessions=visual_sessions,
+        nwb_sessions_per_subject=sessions_per_subject,
+        alf_sessions_per_subject=sessions_per_subject,
+        tvsd=tvsd,
+        pile=pile,
+    )
     summary = run_sim(out, cfg)
     console.print(f"wrote {len(summary['sessions'])} sessions to [bold]{out}[/]")
     if summary.get("tvsd", {}).get("skipped"):
@@ -166,10 +172,22 @@ def inspect(
     failed = inspection.failed_items(ref, settings)
     pct = inspection.rate_percentiles(sessions)
     if as_json:
-        print(json.dumps({"dataset": ref.dataset, "version": ref.version, "path": ref.path,
-                          "counts": ref.card["counts"], "splits": ref.card.get("splits"), "rates_hz": pct,
-                          "sessions": [{k: v for k, v in s.__dict__.items() if k != "rates_hz"} for s in sessions],
-                          "failed": failed}, indent=2, default=str))  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "dataset": ref.dataset,
+                    "version": ref.version,
+                    "path": ref.path,
+                    "counts": ref.card["counts"],
+                    "splits": ref.card.get("splits"),
+                    "rates_hz": pct,
+                    "sessions": [{k: v for k, v in s.__dict__.items() if k != "rates_hz"} for s in sessions],
+                    "failed": failed,
+                },
+                indent=2,
+                default=str,
+            )
+        )
     else:
         c = ref.card["counts"]
         console.print(f"[bold]{ref.dataset}[/] @ {ref.version}  ({ref.path})")
@@ -216,15 +234,22 @@ def bench_ingest(
             counts = [int(w) for w in workers.split(",")]
         except ValueError:
             _fail(f"--workers takes comma-separated counts, e.g. 1,2 (got {workers!r})")
-        bench_scaling(counts, items=items, n_units=units, minutes=minutes, repeats=repeats, workdir=workdir,
-                      echo=console.print)  # fmt: skip
+        bench_scaling(
+            counts, items=items, n_units=units, minutes=minutes, repeats=repeats, workdir=workdir, echo=console.print
+        )
         return
     if source == "tvsd":
         from .bench_tvsd import bench_tvsd
 
         tvsd_growth = growth if growth != 8 else 4  # the spike default (8x) would write ~3.5 GB of MUA
-        bench_tvsd(channels=channels, trials=trials, growth=tvsd_growth, workdir=workdir,
-                   repeats=min(repeats, 2), echo=console.print)  # fmt: skip
+        bench_tvsd(
+            channels=channels,
+            trials=trials,
+            growth=tvsd_growth,
+            workdir=workdir,
+            repeats=min(repeats, 2),
+            echo=console.print,
+        )
         return
     if source == "pile":
         from .bench_pile import bench_pile
@@ -252,8 +277,9 @@ def bench_embed_images_cmd(
 
     if arch not in ARCHS:
         _fail(f"unknown --arch {arch!r}: {', '.join(ARCHS)}")
-    bench_embed_images(n_images=images, growth=growth, arch=arch, batch_size=batch_size, workdir=workdir, cpus=cpus,
-                       echo=console.print)  # fmt: skip
+    bench_embed_images(
+        n_images=images, growth=growth, arch=arch, batch_size=batch_size, workdir=workdir, cpus=cpus, echo=console.print
+    )
 
 
 @bench_app.command("align")
@@ -271,8 +297,16 @@ def bench_align_cmd(
     """Alignment on simulated V1/V4/IT: retrieval per region set (chance, ridge baseline beside it), tokens/s."""
     from .bench_images import bench_align
 
-    bench_align(n_images=images, repeats=repeats, n_test=test, workdir=workdir, epochs=epochs,
-                pretrain_steps=pretrain_steps, ray_train=ray_train, echo=console.print)  # fmt: skip
+    bench_align(
+        n_images=images,
+        repeats=repeats,
+        n_test=test,
+        workdir=workdir,
+        epochs=epochs,
+        pretrain_steps=pretrain_steps,
+        ray_train=ray_train,
+        echo=console.print,
+    )
 
 
 @app.command()
@@ -336,17 +370,27 @@ def embed_images_cmd(
     from .align.config import ConfigError, EmbedConfig, load_yaml
     from .align.embed_images import EmbedError, embed_images
 
-    opts = {"images": images, "model": model, "name": name, "id_prefix": id_prefix, "strip_extension": strip_extension,
-            "mapping": mapping, "batch_size": batch_size, "device": device}  # fmt: skip
+    opts = {
+        "images": images,
+        "model": model,
+        "name": name,
+        "id_prefix": id_prefix,
+        "strip_extension": strip_extension,
+        "mapping": mapping,
+        "batch_size": batch_size,
+        "device": device,
+    }
     try:
         cfg = load_yaml(EmbedConfig, config, {k: v for k, v in opts.items() if v is not None})
         report = embed_images(cfg, get_settings(), progress=progress)
     except (ConfigError, EmbedError, StoreError) as err:
         _fail(str(err))
     c = report.card["counts"]
-    console.print(f"[bold]{cfg.name}[/]: {c['embedded']:,} of {c['listed']:,} images embedded (dim "
-                  f"{report.card['dim']}, {report.card['device']}), {c['failed']} failed, {c['unmapped']} unmapped, "
-                  f"{report.images_per_s:,.1f} images/s → {report.path}")  # fmt: skip
+    console.print(
+        f"[bold]{cfg.name}[/]: {c['embedded']:,} of {c['listed']:,} images embedded (dim "
+        f"{report.card['dim']}, {report.card['device']}), {c['failed']} failed, {c['unmapped']} unmapped, "
+        f"{report.images_per_s:,.1f} images/s → {report.path}"
+    )
     for f in report.failed:
         console.print(f"[red]failed[/] {f['path']}: {f['error']}")
 

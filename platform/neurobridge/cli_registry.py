@@ -48,10 +48,16 @@ def list_cmd(name: str = typer.Argument(None, help="only this registered model")
     table = Table("name", "version", "aliases", "kind", "datasets", "config", "commit", "metrics")
     for v in versions:
         t = v.tags
-        table.add_row(v.name, v.version, ", ".join("@" + a for a in v.aliases), t.get("kind", ""),
-                      "\n".join(f"{k[8:]}@{x}" for k, x in sorted(t.items()) if k.startswith("dataset.")),
-                      t.get("config_hash", ""), t.get("git_commit", "")[:10],
-                      " ".join(f"{k[7:]}={x}" for k, x in sorted(t.items()) if k.startswith("metric.")))  # fmt: skip
+        table.add_row(
+            v.name,
+            v.version,
+            ", ".join("@" + a for a in v.aliases),
+            t.get("kind", ""),
+            "\n".join(f"{k[8:]}@{x}" for k, x in sorted(t.items()) if k.startswith("dataset.")),
+            t.get("config_hash", ""),
+            t.get("git_commit", "")[:10],
+            " ".join(f"{k[7:]}={x}" for k, x in sorted(t.items()) if k.startswith("metric.")),
+        )
     console.print(table)
 
 
@@ -114,9 +120,11 @@ def load_cmd(uri: str = typer.Argument(..., help="models:/<name>@<alias> or mode
     enc = model.unwrap_python_model().encoder
     cfg = enc.model.cfg
     sizes = enc.vocabs.sizes()
-    console.print(f"  encoder: d_model {cfg.d_model}, depth {cfg.depth}, {cfg.neurons_per_token} units/token, "
-                  f"{sum(p.numel() for p in enc.model.parameters()):,} parameters; sessions {sizes['session']}, "
-                  f"units {sizes['unit']}")  # fmt: skip
+    console.print(
+        f"  encoder: d_model {cfg.d_model}, depth {cfg.depth}, {cfg.neurons_per_token} units/token, "
+        f"{sum(p.numel() for p in enc.model.parameters()):,} parameters; sessions {sizes['session']}, "
+        f"units {sizes['unit']}"
+    )
     console.print(f"  input: one row per window: {inputs}")
     console.print(escape(f"  output: float32 [windows, {enc.dim}] (mean of the encoder's token latents)"))
 
@@ -145,10 +153,12 @@ def embed(
     except _errors() as err:
         _fail(str(err))
     c = result.card
-    console.print(f"[bold]{c['name']}[/]: {c['counts']['windows']:,} windows of {c['dataset']['name']}@"
-                  f"{c['dataset']['version']} ({c['split'] or 'all splits'}) → dim {c['dim']} with {c['model']['uri']}"
-                  f" ({c['model']['requested']}); {c['windows_per_s']:,.1f} windows/s end to end, "
-                  f"{c['encoder_windows_per_s'] or float('nan'):,.1f} per worker in the encoder → "
-                  f"{result.path}")  # fmt: skip
+    console.print(
+        f"[bold]{c['name']}[/]: {c['counts']['windows']:,} windows of {c['dataset']['name']}@"
+        f"{c['dataset']['version']} ({c['split'] or 'all splits'}) → dim {c['dim']} with {c['model']['uri']}"
+        f" ({c['model']['requested']}); {c['windows_per_s']:,.1f} windows/s end to end, "
+        f"{c['encoder_windows_per_s'] or float('nan'):,.1f} per worker in the encoder → "
+        f"{result.path}"
+    )
     if c["counts"]["new_sessions"]:
         console.print(f"sessions new to the model (vocabularies extended): {', '.join(c['counts']['new_sessions'])}")

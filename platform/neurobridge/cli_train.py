@@ -73,12 +73,28 @@ def align(
 def print_alignment(result, title: str | None = None) -> None:
     """Test retrieval per region set with chance beside each number, and the fit's tokens/s."""
     n = next(iter(result.summary().values()), {}).get("n_candidates", 0)
-    t = Table("regions", "top-1", "chance", "top-5", "chance", "brain top-1", "recon 2-way", "tokens/s",
-              title=title or f"retrieval among {n:.0f} test images")  # fmt: skip
+    t = Table(
+        "regions",
+        "top-1",
+        "chance",
+        "top-5",
+        "chance",
+        "brain top-1",
+        "recon 2-way",
+        "tokens/s",
+        title=title or f"retrieval among {n:.0f} test images",
+    )
     for name, s in result.summary().items():
-        t.add_row(name, f"{s['image_top1']:.3f}", f"{s['image_chance1']:.3f}", f"{s['image_top5']:.3f}",
-                  f"{s['image_chance5']:.3f}", f"{s['brain_top1']:.3f}", f"{s['recon_two_way']:.2f}",
-                  f"{s['tokens_per_s']:,.0f}")  # fmt: skip
+        t.add_row(
+            name,
+            f"{s['image_top1']:.3f}",
+            f"{s['image_chance1']:.3f}",
+            f"{s['image_top5']:.3f}",
+            f"{s['image_chance5']:.3f}",
+            f"{s['brain_top1']:.3f}",
+            f"{s['recon_two_way']:.2f}",
+            f"{s['tokens_per_s']:,.0f}",
+        )
     console.print(t)
     if result.run_id:
         console.print(f"MLflow run {result.run_id}: plots/*_retrieval.png, model/ (weights + align_model.json)")
@@ -111,10 +127,20 @@ def finetune(
 
     if (model is None) != scratch:
         _fail("give either --model (fine-tune) or --scratch (train from scratch)")
-    cfg = FinetuneConfig(dataset=dataset, session=session, trials=trials or None, steps=steps, lr=lr, mode=mode,
-                         freeze_backbone=freeze_backbone, train_decoder=train_decoder,
-                         unit_weight_decay=unit_weight_decay, val_every=val_every,
-                         output_smoothing=output_smoothing, seed=seed)  # fmt: skip
+    cfg = FinetuneConfig(
+        dataset=dataset,
+        session=session,
+        trials=trials or None,
+        steps=steps,
+        lr=lr,
+        mode=mode,
+        freeze_backbone=freeze_backbone,
+        train_decoder=train_decoder,
+        unit_weight_decay=unit_weight_decay,
+        val_every=val_every,
+        output_smoothing=output_smoothing,
+        seed=seed,
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     settings = _settings()
     try:
@@ -126,15 +152,19 @@ def finetune(
             out.write_text(json.dumps(res, indent=1, default=float))
             d = res["minus_smoothing"]
             times = f"{cv_repeats} x " if cv_repeats > 1 else ""
-            console.print(f"{times}{cv}-fold CV over {res['windows']} windows: co-bps {res['co_bps']:.4f} vs smoothing "
-                          f"{res['co_bps_smoothing']:.4f} ({d['bps']:+.4f}, 95 % {d['ci_low']:+.4f} … "
-                          f"{d['ci_high']:+.4f}) → {out}")  # fmt: skip
+            console.print(
+                f"{times}{cv}-fold CV over {res['windows']} windows: co-bps {res['co_bps']:.4f} vs smoothing "
+                f"{res['co_bps_smoothing']:.4f} ({d['bps']:+.4f}, 95 % {d['ci_low']:+.4f} … "
+                f"{d['ci_high']:+.4f}) → {out}"
+            )
             if "readout_minus_untrained" in res:
                 r, c = res["readout_minus_smoothing"], res["readout_minus_untrained"]
-                console.print(f"GLM read-out of the latents: {res['co_bps_readout']:.4f} ({r['bps']:+.4f} vs "
-                              f"smoothing); of an untrained encoder's: {res['co_bps_readout_untrained']:.4f}; "
-                              f"trained − untrained {c['bps']:+.4f} (95 % {c['ci_low']:+.4f} … "
-                              f"{c['ci_high']:+.4f})")  # fmt: skip
+                console.print(
+                    f"GLM read-out of the latents: {res['co_bps_readout']:.4f} ({r['bps']:+.4f} vs "
+                    f"smoothing); of an untrained encoder's: {res['co_bps_readout_untrained']:.4f}; "
+                    f"trained − untrained {c['bps']:+.4f} (95 % {c['ci_low']:+.4f} … "
+                    f"{c['ci_high']:+.4f})"
+                )
             return
         result = run(cfg, file, settings)
     except (StoreError, ValueError) as err:
@@ -173,8 +203,17 @@ def evaluate(
         _fail("name --dataset (repeatable) or --mixture")
     try:
         with console.status("evaluating…") as status:
-            report = run(model, dataset, mixture, session, truth, EvalConfig(max_sessions=max_sessions),
-                         settings, track, progress=lambda s: status.update(f"evaluating {s}"))  # fmt: skip
+            report = run(
+                model,
+                dataset,
+                mixture,
+                session,
+                truth,
+                EvalConfig(max_sessions=max_sessions),
+                settings,
+                track,
+                progress=lambda s: status.update(f"evaluating {s}"),
+            )
     except StoreError as err:
         _fail(str(err))
     print_report(report)
@@ -190,8 +229,14 @@ def _fmt(v) -> str:
 
 
 def print_report(report) -> None:
-    cols = [("co_bps", "co-bps"), ("co_bps_smoothing", "smooth"), ("co_bps_oracle", "oracle"),
-            ("fp_bps", "fp-bps"), ("behavior_r2", "R²"), ("behavior_r2_smoothing", "R² sm")]  # fmt: skip
+    cols = [
+        ("co_bps", "co-bps"),
+        ("co_bps_smoothing", "smooth"),
+        ("co_bps_oracle", "oracle"),
+        ("fp_bps", "fp-bps"),
+        ("behavior_r2", "R²"),
+        ("behavior_r2_smoothing", "R² sm"),
+    ]
     t = Table(title="per session: co-bps on held-out units (mean rate = 0), behaviour R² (latents vs smoothed)")
     t.add_column("dataset/session", overflow="fold")
     t.add_column("win")
@@ -220,8 +265,9 @@ def bench_train(
     from .train.config import ConfigError, load_config
 
     try:
-        cfg = load_config(config, {"optim.max_steps": steps, "log_every": 5, "checkpoint_every": steps,
-                                   **parse_overrides(overrides)})  # fmt: skip
+        cfg = load_config(
+            config, {"optim.max_steps": steps, "log_every": 5, "checkpoint_every": steps, **parse_overrides(overrides)}
+        )
     except ConfigError as err:
         _fail(str(err))
     out = run(cfg, data_batches=data_batches, echo=console.print)

@@ -17,7 +17,7 @@ def ablate(
     spec: Path = typer.Argument(..., help="ablation spec YAML (e.g. jobs/ablations/masking_modes.yaml)"),
     overrides: list[str] = typer.Option(
         None, "--set", help="override a spec key, e.g. --set seeds=[0,1] or --set base_overrides.optim.max_steps=50"
-    ),  # fmt: skip
+    ),
     check: bool = typer.Option(False, "--check", help="validate the spec and every trial's config, run nothing"),
 ):
     """Run an ablation (grid / random / quasi-random / ASHA) on Ray Tune; rerun the same command to resume."""
@@ -34,8 +34,10 @@ def ablate(
         axes = " × ".join(f"{a}[{len(v)}]" for a, v in cfg.axes.items())
         s = cfg.search
         sampled = f" × {s.num_samples} {s.algorithm} samples of {', '.join(s.space)}" if s.algorithm != "grid" else ""
-        console.print(f"[green]ok[/] {spec}: {cfg.kind}, {n_trials(cfg)} trials ({axes} × seeds {cfg.seeds}{sampled}), "
-                      f"metric {s.metric}")  # fmt: skip
+        console.print(
+            f"[green]ok[/] {spec}: {cfg.kind}, {n_trials(cfg)} trials ({axes} × seeds {cfg.seeds}{sampled}), "
+            f"metric {s.metric}"
+        )
         return
     try:
         result = run_ablation(cfg, echo=console.print)

@@ -102,8 +102,14 @@ def parse_overrides(items: list[str] | None) -> dict:
 
 def parse_job_args(parser) -> tuple[object, dict]:
     """A job script's arguments plus its ``--set key=value`` overrides (a malformed one is a usage error)."""
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key (dotted; the value parses as YAML)")  # fmt: skip
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (dotted; the value parses as YAML)",
+    )
     args = parser.parse_args()
     try:
         return args, parse_overrides(args.overrides)

@@ -22,8 +22,14 @@ DEMO_HOLDOUT = "monkey01_s01"  # a simulated reaching session kept out of pretra
 DEMO_IMAGES, DEMO_REPEATS, DEMO_ALIGN_TEST = 300, 4, 100
 
 
-def run_demo(minutes: float = 2.0, seed: int = 0, console: Console | None = None, catalog: str = "demo",
-             pretrain_steps: int = 150, align: bool = True) -> int:  # fmt: skip
+def run_demo(
+    minutes: float = 2.0,
+    seed: int = 0,
+    console: Console | None = None,
+    catalog: str = "demo",
+    pretrain_steps: int = 150,
+    align: bool = True,
+) -> int:
     from .sources.sim import SimConfig, simulate
 
     console = console or Console()
@@ -32,8 +38,15 @@ def run_demo(minutes: float = 2.0, seed: int = 0, console: Console | None = None
     sim_root = f"{settings.raw_root}/sim"
     fs, path = filesystem(f"{sim_root}/simulation.json", settings)
     # cortical-like baseline rates (1-8 Hz): sparse enough that spike smoothing falls well short of the oracle
-    cfg = SimConfig(seed=seed, minutes=minutes, tvsd=True, pile=True, rate_hz=DEMO_RATE_HZ, n_images=DEMO_IMAGES,
-                    image_repeats=DEMO_REPEATS)  # fmt: skip
+    cfg = SimConfig(
+        seed=seed,
+        minutes=minutes,
+        tvsd=True,
+        pile=True,
+        rate_hz=DEMO_RATE_HZ,
+        n_images=DEMO_IMAGES,
+        image_repeats=DEMO_REPEATS,
+    )
     if fs.exists(path) and _same_config(fs, path, cfg):
         console.print(f"[dim]simulation already at {sim_root} (same seed and size): reusing it[/]")
     else:
@@ -104,21 +117,39 @@ def _pretrain_and_evaluate(console: Console, settings, mixture: str, steps: int,
     from .train.pretrain import pretrain
 
     console.rule(f"4. pretrain (Ray Train, {steps} steps, mixture {mixture!r}, MLflow)")
-    cfg = load_config(None, {"name": "demo", "data.mixture": mixture, "data.holdout_sessions": [DEMO_HOLDOUT],
-                             "optim.max_steps": steps, "checkpoint_every": max(steps // 3, 1)})  # fmt: skip
+    cfg = load_config(
+        None,
+        {
+            "name": "demo",
+            "data.mixture": mixture,
+            "data.holdout_sessions": [DEMO_HOLDOUT],
+            "optim.max_steps": steps,
+            "checkpoint_every": max(steps // 3, 1),
+        },
+    )
     result = pretrain(cfg, settings)
     console.print(f"run {result.run_id}: step {result.metrics.get('step')}, loss {result.metrics.get('loss'):.3f}")
     console.rule("5. evaluate (held-out units of test windows; baselines on the same cells)")
     remote = "://" in settings.raw_root
-    report = evaluate(f"runs:/{result.run_id}", ["sim_nwb", "sim_alf"], None, None,
-                      None if remote else truth, settings=settings, exclude_sessions=[DEMO_HOLDOUT])  # fmt: skip
+    report = evaluate(
+        f"runs:/{result.run_id}",
+        ["sim_nwb", "sim_alf"],
+        None,
+        None,
+        None if remote else truth,
+        settings=settings,
+        exclude_sessions=[DEMO_HOLDOUT],
+    )
     print_report(report)
     if steps < 1000:
-        console.print(f"{steps} steps of mixed-mode pretraining are a smoke run of the pipeline, not a trained model: "
-                      "the co-smoothing task needs ~1000 steps (`python jobs/targets.py` pretrains 1200 and reaches "
-                      "0.82 × oracle on a held-out session after fine-tuning; see the README).")  # fmt: skip
-    console.print(f"MLflow: mlflow ui --backend-store-uri {settings.mlflow_uri}  (runs {result.run_id}, "
-                  f"{report.run_id})")  # fmt: skip
+        console.print(
+            f"{steps} steps of mixed-mode pretraining are a smoke run of the pipeline, not a trained model: "
+            "the co-smoothing task needs ~1000 steps (`python jobs/targets.py` pretrains 1200 and reaches "
+            "0.82 × oracle on a held-out session after fine-tuning; see the README)."
+        )
+    console.print(
+        f"MLflow: mlflow ui --backend-store-uri {settings.mlflow_uri}  (runs {result.run_id}, {report.run_id})"
+    )
     return result.run_id
 
 

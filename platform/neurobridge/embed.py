@@ -27,11 +27,32 @@ from .storage import StoreError, filesystem, join, open_atomic, remove_stale_par
 
 CARD = "_embeddings.json"
 SPLITS = ("train", "val", "test")
-READ_COLUMNS = ["dataset", "session", "subject", "task", "sample_id", "split", "t_start", "n_units", "n_bins",
-                "counts", "mua", "unit_ids", "unit_regions"]  # fmt: skip
-SCHEMA = pa.schema([("sample_id", pa.string()), ("dataset", pa.string()), ("session", pa.string()),
-                    ("t_start", pa.float64()), ("embedding", pa.list_(pa.float32())), ("model_uri", pa.string()),
-                    ("model_version", pa.string())])  # fmt: skip
+READ_COLUMNS = [
+    "dataset",
+    "session",
+    "subject",
+    "task",
+    "sample_id",
+    "split",
+    "t_start",
+    "n_units",
+    "n_bins",
+    "counts",
+    "mua",
+    "unit_ids",
+    "unit_regions",
+]
+SCHEMA = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("dataset", pa.string()),
+        ("session", pa.string()),
+        ("t_start", pa.float64()),
+        ("embedding", pa.list_(pa.float32())),
+        ("model_uri", pa.string()),
+        ("model_version", pa.string()),
+    ]
+)
 
 
 class EmbedConfig(BaseModel):
@@ -40,8 +61,10 @@ class EmbedConfig(BaseModel):
     model: str = Field(description="models:/<name>@<alias> or models:/<name>/<version>")
     dataset: str = Field(description="dataset ref in the token store: name or name@version")
     split: str | None = Field(None, description="train | val | test; None: every window")
-    name: str | None = Field(None, description="output table <store>/embeddings_neural/<name>/; default from the "
-                             "model version, dataset and split")  # fmt: skip
+    name: str | None = Field(
+        None,
+        description="output table <store>/embeddings_neural/<name>/; default from the model version, dataset and split",
+    )
     batch_size: int = Field(64, ge=1, description="windows per encoder call")
     workers: int = Field(1, ge=1, description="embedding tasks in flight, each process holding one copy of the model")
     rows_per_part: int = Field(20_000, ge=1)
@@ -71,8 +94,9 @@ def _encoder(source: str, mlflow_uri: str):
         import mlflow.artifacts
         import mlflow.pyfunc
 
-        local = mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=mlflow_uri,
-                                                    dst_path=tempfile.mkdtemp(prefix="nb-embed-"))  # fmt: skip
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=source, tracking_uri=mlflow_uri, dst_path=tempfile.mkdtemp(prefix="nb-embed-")
+        )
         encoder = mlflow.pyfunc.load_model(local).unwrap_python_model().encoder
         _LOADED.clear()  # one model per process
         _LOADED[source] = (encoder, frozenset(encoder.vocabs.session.to_list()))
@@ -90,14 +114,21 @@ def embed_batch(batch: pa.Table, source: str, mlflow_uri: str, model_uri: str, v
     per_row = (time.perf_counter() - t0) / max(len(rows), 1)
     n, d = emb.shape
     sessions = [r["session"] for r in rows]
-    return pa.table({
-        "sample_id": batch.column("sample_id"), "dataset": batch.column("dataset"),
-        "session": pa.array(sessions, pa.string()), "t_start": batch.column("t_start").cast(pa.float64()),
-        "embedding": pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32) * d), pa.array(emb.ravel())),
-        "model_uri": pa.array([model_uri] * n, pa.string()), "model_version": pa.array([version] * n, pa.string()),
-        "seen_session": pa.array([s in known for s in sessions], pa.bool_()),  # known before this job
-        "encode_s": pa.array([per_row] * n, pa.float64()),  # for the card's encoder rate; not written
-    })  # fmt: skip
+    return pa.table(
+        {
+            "sample_id": batch.column("sample_id"),
+            "dataset": batch.column("dataset"),
+            "session": pa.array(sessions, pa.string()),
+            "t_start": batch.column("t_start").cast(pa.float64()),
+            "embedding": pa.ListArray.from_arrays(
+                pa.array(np.arange(n + 1, dtype=np.int32) * d), pa.array(emb.ravel())
+            ),
+            "model_uri": pa.array([model_uri] * n, pa.string()),
+            "model_version": pa.array([version] * n, pa.string()),
+            "seen_session": pa.array([s in known for s in sessions], pa.bool_()),  # known before this job
+            "encode_s": pa.array([per_row] * n, pa.float64()),  # for the card's encoder rate; not written
+        }
+    )
 
 
 def embed(cfg: EmbedConfig, settings: Settings | None = None, progress: bool = True) -> EmbedResult:
@@ -130,16 +161,22 @@ def embed(cfg: EmbedConfig, settings: Settings | None = None, progress: bool = T
     ctx.enable_progress_bars = False  # the driver shows one bar in windows
     ctx.print_on_execution_start = False
     fs_in, _ = filesystem(src.files[0], settings)
-    ds = ray.data.read_parquet([filesystem(u, settings)[1] for u in src.files], filesystem=fs_in,
-                               columns=READ_COLUMNS)  # fmt: skip
+    ds = ray.data.read_parquet([filesystem(u, settings)[1] for u in src.files], filesystem=fs_in, columns=READ_COLUMNS)
     if cfg.split is not None:
         ds = ds.filter(expr=f"split == '{cfg.split}'")
     ds = ds.map_batches(
-        embed_batch, batch_size=cfg.batch_size, batch_format="pyarrow", num_cpus=1,
+        embed_batch,
+        batch_size=cfg.batch_size,
+        batch_format="pyarrow",
+        num_cpus=1,
         compute=ray.data.TaskPoolStrategy(size=cfg.workers),
-        fn_kwargs={"source": info.source, "mlflow_uri": settings.mlflow_uri, "model_uri": info.uri,
-                   "version": info.version},
-    )  # fmt: skip
+        fn_kwargs={
+            "source": info.source,
+            "mlflow_uri": settings.mlflow_uri,
+            "model_uri": info.uri,
+            "version": info.version,
+        },
+    )
 
     base = table_dir(settings, name)
     fs, base_path = filesystem(base, settings)
@@ -165,8 +202,9 @@ def embed(cfg: EmbedConfig, settings: Settings | None = None, progress: bool = T
             for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
                 if batch.num_rows == 0:
                     continue
-                for s, seen in zip(batch.column("session").to_pylist(), batch.column("seen_session").to_pylist(),
-                                   strict=True):  # fmt: skip
+                for s, seen in zip(
+                    batch.column("session").to_pylist(), batch.column("seen_session").to_pylist(), strict=True
+                ):
                     sessions.setdefault(s, seen)
                 dim = len(batch.column("embedding")[0])
                 encode_s += float(np.sum(batch.column("encode_s").to_numpy()))
@@ -185,21 +223,30 @@ def embed(cfg: EmbedConfig, settings: Settings | None = None, progress: bool = T
         "name": name,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "code_version": __version__,
-        "model": {"requested": cfg.model, "uri": info.uri, "name": info.name, "version": info.version,
-                  "run_id": info.run_id, "lineage": info.lineage()},
+        "model": {
+            "requested": cfg.model,
+            "uri": info.uri,
+            "name": info.name,
+            "version": info.version,
+            "run_id": info.run_id,
+            "lineage": info.lineage(),
+        },
         "dataset": {"name": src.name, "version": src.ref.version},
         "split": cfg.split,
         "dim": dim,
         "pooling": "mean of the encoder's token latents over the window (nothing masked)",
         "files": files,
-        "counts": {"windows": n_rows, "sessions": len(sessions),
-                   "new_sessions": sorted(s for s, seen in sessions.items() if not seen)},
+        "counts": {
+            "windows": n_rows,
+            "sessions": len(sessions),
+            "new_sessions": sorted(s for s, seen in sessions.items() if not seen),
+        },
         "config": cfg.model_dump(mode="json"),
         "seconds": round(seconds, 3),
         "windows_per_s": round(n_rows / seconds, 2),  # end to end: Ray start, model load, read, write
         # windows per second of encoder time in one worker (collate + forward): the rate a long job runs at per worker
         "encoder_windows_per_s": round(n_rows / encode_s, 2) if encode_s > 0 else None,
-    }  # fmt: skip
+    }
     write_json_atomic(fs, posixpath.join(base_path, CARD), card)
     remove_stale_parts(fs, base_path, set(files))
     return EmbedResult(base, card)

@@ -42,11 +42,17 @@ def session_summaries(ref: DatasetRef, settings: Settings) -> list[SessionSummar
         mean = a["sums"] / a["seconds"] if a["kind"] == "counts" else a["sums"] / max(a["windows"] * a["n_bins"], 1)
         out.append(
             SessionSummary(
-                session=session, subject=a["subject"], units=a["units"], windows=a["windows"], tokens=a["tokens"],
-                spikes=int(a["sums"].sum()) if a["kind"] == "counts" else 0, rates_hz=mean,
-                regions={str(r): int(c) for r, c in zip(regions, counts, strict=True)}, kind=a["kind"],
+                session=session,
+                subject=a["subject"],
+                units=a["units"],
+                windows=a["windows"],
+                tokens=a["tokens"],
+                spikes=int(a["sums"].sum()) if a["kind"] == "counts" else 0,
+                rates_hz=mean,
+                regions={str(r): int(c) for r, c in zip(regions, counts, strict=True)},
+                kind=a["kind"],
             )
-        )  # fmt: skip
+        )
     return out
 
 
@@ -70,10 +76,16 @@ def _accumulate(acc: dict, batch) -> None:
                 a = acc.get(session)
             if a is None:
                 a = acc[session] = {
-                    "subject": batch.column("subject")[i].as_py(), "units": u, "windows": 0, "tokens": 0,
-                    "sums": np.zeros(u), "seconds": 0.0, "n_bins": b, "regions": regions[i].as_py(),
+                    "subject": batch.column("subject")[i].as_py(),
+                    "units": u,
+                    "windows": 0,
+                    "tokens": 0,
+                    "sums": np.zeros(u),
+                    "seconds": 0.0,
+                    "n_bins": b,
+                    "regions": regions[i].as_py(),
                     "kind": "mua" if is_mua else "counts",
-                }  # fmt: skip
+                }
         a["sums"] += per_unit
         a["windows"] += 1
         a["tokens"] += u * b
@@ -118,13 +130,15 @@ def plot(ref: DatasetRef, settings: Settings, out_png: str, sessions: list[Sessi
             axes[0].axhline(b, color="white", lw=0.8)
         for start, name in zip([0, *bounds], [regions[i] for i in [0, *bounds]], strict=True):
             axes[0].text(1, start + 1, name, color="white", va="top", fontsize=8)
-        axes[0].set(xlabel="time in window (ms)", ylabel="unit (ordered by region)",
-                    title=f"{row['sample_id']}")  # fmt: skip
+        axes[0].set(xlabel="time in window (ms)", ylabel="unit (ordered by region)", title=f"{row['sample_id']}")
     rates = np.concatenate([s.rates_hz for s in sessions]) if sessions else np.zeros(0)
     axes[1].hist(rates, bins=40, color="tab:blue")
     mua = bool(sessions) and sessions[0].kind == "mua"
-    axes[1].set(xlabel="mean MUA (a.u.)" if mua else "mean firing rate (Hz)", ylabel="units",
-                title=f"{len(rates)} units, {len(sessions)} sessions")  # fmt: skip
+    axes[1].set(
+        xlabel="mean MUA (a.u.)" if mua else "mean firing rate (Hz)",
+        ylabel="units",
+        title=f"{len(rates)} units, {len(sessions)} sessions",
+    )
     fig.suptitle(f"{ref.dataset} @ {ref.version}")
     fig.tight_layout()
     fs, path = filesystem(out_png)

@@ -13,8 +13,9 @@ class CountBar:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             extra = [TextColumn(f"{{task.fields[{k}]}} {k}") for k in fields]
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), *extra,
-                                TimeElapsedColumn())  # fmt: skip
+            self.bar = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), *extra, TimeElapsedColumn()
+            )
             self.task = self.bar.add_task(description, total=total, **fields)
 
     def __enter__(self) -> CountBar:

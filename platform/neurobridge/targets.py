@@ -56,9 +56,17 @@ def _ingest(settings: Settings, names: list[str], catalog: str, mixture: str) ->
 # (model - smoothing): backbone frozen +0.002, + output smoothing (2-3 bins) +0.010, + decoder trained (lr 1e-3)
 # +0.015, everything trained +0.017 (fold seeds 0/1/2: +0.017/+0.019/+0.014); one fine-tune can still land badly
 # on a fold, hence repeated CV.
-MC_MAZE_FINETUNE = {"trials": None, "steps": 600, "lr": 1e-3, "freeze_backbone": False, "mode": "heldout",
-                    "unit_weight_decay": 150.0, "val_every": 25, "val_patience": 8,
-                    "output_smoothing": 2.5}  # fmt: skip
+MC_MAZE_FINETUNE = {
+    "trials": None,
+    "steps": 600,
+    "lr": 1e-3,
+    "freeze_backbone": False,
+    "mode": "heldout",
+    "unit_weight_decay": 150.0,
+    "val_every": 25,
+    "val_patience": 8,
+    "output_smoothing": 2.5,
+}
 CV_FOLDS = 5
 CV_REPEATS = 3  # repeated CV for the judged (fine-tuned) model: other folds and seeds each time
 # smoothing kernels (bins of 20 ms) also reported, the best picked with hindsight on the test folds
@@ -82,39 +90,65 @@ def real_data(settings: Settings, config_dir: str, sim_model: str, work: Path, c
     rep = evaluate(f"runs:/{alone.run_id}", [MC_MAZE], settings=settings, cfg=eval_cfg)
     session = session_rows(settings, sources(settings, [MC_MAZE])[0], ("train",))[0].session
     console.rule(f"fine-tune the simulated-data model to MC_Maze ({session})")
-    ft = FinetuneConfig(dataset=MC_MAZE, session=session, heldout_fraction=alone_cfg.data.heldout_fraction,
-                        **MC_MAZE_FINETUNE)  # fmt: skip
+    ft = FinetuneConfig(
+        dataset=MC_MAZE, session=session, heldout_fraction=alone_cfg.data.heldout_fraction, **MC_MAZE_FINETUNE
+    )
     res = finetune(ft, sim_model, settings)
     path = save(res, str(work / "mc_maze_finetuned.pt"), ft)
     tuned = evaluate(path, [MC_MAZE], settings=settings, cfg=eval_cfg)
-    out = {"mc_maze": rep.pooled[MC_MAZE], "mc_maze_finetuned": tuned.pooled[MC_MAZE] | {
-        "windows": len(res.windows), "selected_step": res.last.get("selected_step", ft.steps)}}  # fmt: skip
+    out = {
+        "mc_maze": rep.pooled[MC_MAZE],
+        "mc_maze_finetuned": tuned.pooled[MC_MAZE]
+        | {"windows": len(res.windows), "selected_step": res.last.get("selected_step", ft.steps)},
+    }
     console.rule(
         f"MC_Maze, {CV_REPEATS} x {CV_FOLDS}-fold cross-validation over all trials: fine-tuned, then "
         "trained alone (one repeat)"
     )
-    out["mc_maze_cv_finetuned"] = crossval_finetune(ft, sim_model, settings, CV_FOLDS, progress=console.log,
-                                                    smoothing_sigmas=SMOOTHING_SIGMAS, repeats=CV_REPEATS)  # fmt: skip
+    out["mc_maze_cv_finetuned"] = crossval_finetune(
+        ft, sim_model, settings, CV_FOLDS, progress=console.log, smoothing_sigmas=SMOOTHING_SIGMAS, repeats=CV_REPEATS
+    )
     o = alone_cfg.optim
-    scratch = FinetuneConfig(dataset=MC_MAZE, session=session, trials=None, steps=o.max_steps, lr=o.lr,
-                             batch_size=o.batch_size, mode=alone_cfg.mode, seed=alone_cfg.seed,
-                             heldout_fraction=alone_cfg.data.heldout_fraction, val_every=alone_cfg.validation.every,
-                             val_patience=alone_cfg.validation.patience)  # fmt: skip
-    out["mc_maze_cv_alone"] = crossval_finetune(scratch, None, settings, CV_FOLDS, scratch_model=alone_cfg.model,
-                                                progress=console.log)  # fmt: skip
+    scratch = FinetuneConfig(
+        dataset=MC_MAZE,
+        session=session,
+        trials=None,
+        steps=o.max_steps,
+        lr=o.lr,
+        batch_size=o.batch_size,
+        mode=alone_cfg.mode,
+        seed=alone_cfg.seed,
+        heldout_fraction=alone_cfg.data.heldout_fraction,
+        val_every=alone_cfg.validation.every,
+        val_patience=alone_cfg.validation.patience,
+    )
+    out["mc_maze_cv_alone"] = crossval_finetune(
+        scratch, None, settings, CV_FOLDS, scratch_model=alone_cfg.model, progress=console.log
+    )
     return out
 
 
-def run_targets(config_dir: str = "jobs/configs", out: str | None = None, console: Console | None = None,
-                skip_real: bool = False, sim: SimConfig | None = None) -> dict:  # fmt: skip
+def run_targets(
+    config_dir: str = "jobs/configs",
+    out: str | None = None,
+    console: Console | None = None,
+    skip_real: bool = False,
+    sim: SimConfig | None = None,
+) -> dict:
     console = console or Console()
     settings = get_settings()
     results: dict = {}
     t0 = time.perf_counter()
     # 8 sessions x 10 min: on the 2-minute demo sessions (~450 training windows) the model overfits within a few
     # hundred steps (held-in test co-bps peaks at 0.41 at step 300, then falls below 0 by step 1000)
-    sim = sim or SimConfig(nwb_sessions_per_subject=4, alf_subjects=0, visual_sessions=0, minutes=10.0,
-                           write_images=False, rate_hz=DEMO_RATE_HZ)  # fmt: skip
+    sim = sim or SimConfig(
+        nwb_sessions_per_subject=4,
+        alf_subjects=0,
+        visual_sessions=0,
+        minutes=10.0,
+        write_images=False,
+        rate_hz=DEMO_RATE_HZ,
+    )
     sim_root = f"{settings.raw_root}/sim"
     console.rule("simulate + ingest (reaching sessions)")
     simulate(sim_root, sim, progress=False)
@@ -135,18 +169,30 @@ def run_targets(config_dir: str = "jobs/configs", out: str | None = None, consol
     # the full fine-tune keeps the weights of its best pass over the session's val windows (budget 800 steps, stops
     # after 8 passes without a new best; at a fixed 300 steps val was still improving); the k-shot arms train a
     # fixed 50 steps, since 20 windows are all a k-shot user has
-    arms = (("full_pretrained", None, model, 800, 25), ("k20_pretrained", 20, model, 50, None),
-            ("k20_scratch", 20, None, 50, None))  # fmt: skip
+    arms = (
+        ("full_pretrained", None, model, 800, 25),
+        ("k20_pretrained", 20, model, 50, None),
+        ("k20_scratch", 20, None, 50, None),
+    )
     for label, trials, base, steps, val_every in arms:
         console.rule(f"fine-tune {label} on {HOLDOUT}")
-        ft = FinetuneConfig(dataset=SIM_DATASET, session=HOLDOUT, trials=trials, steps=steps, mode=cfg.mode,
-                            heldout_fraction=cfg.data.heldout_fraction, val_every=val_every,
-                            val_patience=8 if val_every else None)  # fmt: skip
+        ft = FinetuneConfig(
+            dataset=SIM_DATASET,
+            session=HOLDOUT,
+            trials=trials,
+            steps=steps,
+            mode=cfg.mode,
+            heldout_fraction=cfg.data.heldout_fraction,
+            val_every=val_every,
+            val_patience=8 if val_every else None,
+        )
         res = finetune(ft, base, settings, scratch_model=cfg.model)
         path = save(res, str(work / f"{label}.pt"), ft)
         rep = evaluate(path, [SIM_DATASET], sessions=[HOLDOUT], truth_dir=truth, settings=settings)
-        results[label] = rep.pooled[SIM_DATASET] | {"windows": len(res.windows),
-                                                    "selected_step": res.last.get("selected_step", steps)}  # fmt: skip
+        results[label] = rep.pooled[SIM_DATASET] | {
+            "windows": len(res.windows),
+            "selected_step": res.last.get("selected_step", steps),
+        }
     full = results["full_pretrained"]
     results["targets"] = {
         "smoothing_over_oracle": full.get("smoothing_over_oracle"),
@@ -159,8 +205,9 @@ def run_targets(config_dir: str = "jobs/configs", out: str | None = None, consol
     if not skip_real:
         results |= real_data(settings, config_dir, model, work, console)
         cv, fixed = results["mc_maze_cv_finetuned"], results["mc_maze_finetuned"]
-        rd, rd_best, rd_ctl = (cv[k] for k in ("readout_minus_smoothing", "readout_minus_best_smoothing",
-                                               "readout_minus_untrained"))  # fmt: skip
+        rd, rd_best, rd_ctl = (
+            cv[k] for k in ("readout_minus_smoothing", "readout_minus_best_smoothing", "readout_minus_untrained")
+        )
         results["targets"] |= {
             "mc_maze_cv_minus_smoothing": cv["minus_smoothing"]["bps"],
             "mc_maze_cv_interval_95": [cv["minus_smoothing"]["ci_low"], cv["minus_smoothing"]["ci_high"]],

@@ -53,9 +53,11 @@ class IngestStage(_Strict):
     entries: list[CatalogEntry] = Field(default_factory=list, description="catalog entries written inline")
     mixture: str | None = Field(None, description="pin the resulting dataset versions as this named mixture")
     workers: int | None = Field(
-        None, ge=1, description="items in flight at once; default: the cluster's CPUs now (set it on autoscaling "
-        "clusters, whose CPUs appear only once work asks for them)"
-    )  # fmt: skip
+        None,
+        ge=1,
+        description="items in flight at once; default: the cluster's CPUs now (set it on autoscaling "
+        "clusters, whose CPUs appear only once work asks for them)",
+    )
     max_retries: int = Field(3, ge=0, description="attempts after the worker ingesting an item dies")
     resources: dict[str, float] = Field(
         default_factory=dict, description="custom Ray resources per item task, e.g. {ingest: 0.001} (cluster.yaml)"
@@ -83,8 +85,9 @@ class PipelineConfig(_Strict):
     name: str = Field("pipeline", description="run name: MLflow run names and tags start with it")
     stages: list[str] = Field(min_length=1, description="stages to run, in order")
     settings: SettingsOverrides = SettingsOverrides()
-    register_stage: RegisterStage | None = Field(None, alias="register", description="register stage: the pretrain "
-                                                 "run → model registry (`register:` in YAML)")  # fmt: skip
+    register_stage: RegisterStage | None = Field(
+        None, alias="register", description="register stage: the pretrain run → model registry (`register:` in YAML)"
+    )
     simulate: SimConfig | None = Field(None, description="simulate stage: ground-truth recordings into <raw>/sim")
     ingest: IngestStage | None = None
     pretrain: PretrainConfig | None = Field(None, description="pretrain stage: the typed pretraining config")
@@ -170,15 +173,26 @@ def run_ingest(cfg: PipelineConfig, settings: Settings, state: dict, echo: Calla
         return StageOutcome(False, problems=[str(err)])
     run_id = None
     if ic.track:  # opened first: an unreachable tracking server fails the stage before any work
-        params = {"pipeline": cfg.name, "stage": "ingest", "ingest": ic.model_dump(mode="json", exclude={"entries"}),
-                  "entries": [e.name for e in entries], "store": settings.store}  # fmt: skip
+        params = {
+            "pipeline": cfg.name,
+            "stage": "ingest",
+            "ingest": ic.model_dump(mode="json", exclude={"entries"}),
+            "entries": [e.name for e in entries],
+            "store": settings.store,
+        }
         run_id = mlflow_run.start_run(settings.mlflow_uri, ic.experiment, f"{cfg.name}/ingest", params, _tags(cfg))
         echo(f"ingest: MLflow run {run_id} in {settings.mlflow_uri} (experiment {ic.experiment})")
     ensure_ray(settings)
     echo(f"ingest: Ray workers import neurobridge from {worker_origin()}")
     t0 = time.perf_counter()
-    results = ingest_many(entries, settings, workers=ic.workers, progress=False, max_retries=ic.max_retries,
-                          resources=ic.resources or None)  # fmt: skip
+    results = ingest_many(
+        entries,
+        settings,
+        workers=ic.workers,
+        progress=False,
+        max_retries=ic.max_retries,
+        resources=ic.resources or None,
+    )
     problems, reports = [], []
     for entry, r in zip(entries, results, strict=True):
         if isinstance(r, Exception):
@@ -186,8 +200,10 @@ def run_ingest(cfg: PipelineConfig, settings: Settings, state: dict, echo: Calla
             continue
         reports.append(r)
         c = r.card["counts"]
-        echo(f"ingest: {r.dataset} @ {r.version}: {c['items_ok']}/{c['items']} items ok, {c['rows']:,} windows, "
-             f"{c['tokens']:,} tokens, {c['spikes']:,} spikes → {r.path}")  # fmt: skip
+        echo(
+            f"ingest: {r.dataset} @ {r.version}: {c['items_ok']}/{c['items']} items ok, {c['rows']:,} windows, "
+            f"{c['tokens']:,} tokens, {c['spikes']:,} spikes → {r.path}"
+        )
         for rel in r.retried:
             echo(f"ingest: {r.dataset}: {rel} succeeded after its worker process died (retried)")
         problems += [f"{r.dataset}: item {f['rel']} failed: {f['error']}" for f in r.failed]
@@ -226,8 +242,10 @@ def run_pretrain(cfg: PipelineConfig, settings: Settings, state: dict, echo: Cal
     if mix and not pc.data.datasets and "mixture" not in pc.data.model_fields_set:
         pc = pc.model_copy(update={"data": pc.data.model_copy(update={"mixture": mix})})
     result = pretrain(pc, settings)
-    echo(f"pretrain: MLflow run {result.run_id}, step {result.metrics.get('step')}, loss "
-         f"{result.metrics.get('loss', float('nan')):.4f}, model runs:/{result.run_id}")  # fmt: skip
+    echo(
+        f"pretrain: MLflow run {result.run_id}, step {result.metrics.get('step')}, loss "
+        f"{result.metrics.get('loss', float('nan')):.4f}, model runs:/{result.run_id}"
+    )
     state["pretrain"] = {"run_id": result.run_id, "checkpoint": result.checkpoint, "model": f"runs:/{result.run_id}"}
     return StageOutcome(True, {"run_id": result.run_id, **{k: result.metrics.get(k) for k in ("step", "loss")}})
 
@@ -240,17 +258,26 @@ def run_align(cfg: PipelineConfig, settings: Settings, state: dict, echo: Callab
     enc = ac.data.encoder
     if enc is not None and enc.checkpoint == FROM_PRETRAIN:
         if "pretrain" not in state:
-            return StageOutcome(False, problems=["align: encoder.checkpoint is 'pretrain' but no pretrain stage ran "
-                                                 "before it; list pretrain first or give a model path"])  # fmt: skip
+            return StageOutcome(
+                False,
+                problems=[
+                    "align: encoder.checkpoint is 'pretrain' but no pretrain stage ran "
+                    "before it; list pretrain first or give a model path"
+                ],
+            )
         from .evaluate.run import resolve_model_file
 
         file = resolve_model_file(state["pretrain"]["model"], settings)
         data = ac.data.model_copy(update={"encoder": enc.model_copy(update={"checkpoint": file})})
         ac = ac.model_copy(update={"data": data})
     result = run_alignment(ac, settings, echo=lambda m: echo(f"align: {m}"))
-    summary = {name: {k: s[k] for k in ("image_top1", "image_top5", "image_chance1", "image_chance5",
-                                        "n_candidates", "tokens_per_s")}
-               for name, s in result.summary().items()}  # fmt: skip
+    summary = {
+        name: {
+            k: s[k]
+            for k in ("image_top1", "image_top5", "image_chance1", "image_chance5", "n_candidates", "tokens_per_s")
+        }
+        for name, s in result.summary().items()
+    }
     state["align"] = {"run_id": result.run_id, "model": f"runs:/{result.run_id}"}
     echo(f"align: MLflow run {result.run_id} (model/: weights + align_model.json)")
     return StageOutcome(True, {"run_id": result.run_id, "retrieval": summary})
@@ -285,8 +312,9 @@ def run_register(cfg: PipelineConfig, settings: Settings, state: dict, echo: Cal
     rc = cfg.register_stage or RegisterStage()
     run_id = rc.run or (state.get("pretrain") or {}).get("run_id")
     if run_id is None:
-        return StageOutcome(False, problems=["register: no run to register (no pretrain stage before it and no "
-                                             "`register.run`)"])  # fmt: skip
+        return StageOutcome(
+            False, problems=["register: no run to register (no pretrain stage before it and no `register.run`)"]
+        )
     v = register(run_id, rc.name, rc.alias, settings)
     if rc.promote:
         v = promote(rc.name, rc.promote, v.version, settings)
@@ -295,8 +323,13 @@ def run_register(cfg: PipelineConfig, settings: Settings, state: dict, echo: Cal
     return StageOutcome(True, {"uri": v.uri, "version": v.version, "aliases": v.aliases, "run_id": run_id})
 
 
-STAGES: dict[str, StageFn] = {"simulate": run_simulate, "ingest": run_ingest, "pretrain": run_pretrain,
-                              "align": run_align, "register": run_register}  # fmt: skip
+STAGES: dict[str, StageFn] = {
+    "simulate": run_simulate,
+    "ingest": run_ingest,
+    "pretrain": run_pretrain,
+    "align": run_align,
+    "register": run_register,
+}
 
 
 def run_pipeline(cfg: PipelineConfig, echo: Callable[[str], None] = print) -> int:

@@ -41,9 +41,10 @@ class EmbedConfig(_Strict):
     id_prefix: str | None = Field(None, description="stimulus_id = '<prefix>/<path relative to images>'")
     strip_extension: bool = Field(False, description="drop the file extension from the stimulus id")
     mapping: str | None = Field(
-        None, description="JSON object or CSV (path,stimulus_id) mapping relative paths to stimulus ids; "
-        "files it does not list are skipped and counted"
-    )  # fmt: skip
+        None,
+        description="JSON object or CSV (path,stimulus_id) mapping relative paths to stimulus ids; "
+        "files it does not list are skipped and counted",
+    )
     batch_size: int = Field(32, ge=1, description="images per model call")
     decode_workers: int = Field(2, ge=1, description="most CPU actors decoding and preprocessing images")
     embed_workers: int = Field(1, ge=1, description="model actors (one per GPU on a cluster)")
@@ -112,9 +113,10 @@ class EncoderSpec(_Strict):
     batch_rows: int = Field(64, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     train: Literal["frozen", "last_layers", "scratch"] = Field(
-        "frozen", description="frozen: precomputed features; last_layers: unfreeze the last `unfreeze_layers` "
-        "transformer layers; scratch: random init, every encoder weight trained (both run the encoder per step)"
-    )  # fmt: skip
+        "frozen",
+        description="frozen: precomputed features; last_layers: unfreeze the last `unfreeze_layers` "
+        "transformer layers; scratch: random init, every encoder weight trained (both run the encoder per step)",
+    )
     unfreeze_layers: int = Field(1, ge=1, description="last_layers: transformer layers trained (+ the final norm)")
     lr: float = Field(3e-4, gt=0, description="learning rate of the trained encoder weights")
 

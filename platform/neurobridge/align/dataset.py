@@ -23,8 +23,20 @@ from .config import WINDOW_PRESETS, AlignDataConfig
 from .embeddings import EmbeddingTable, resolve_source
 
 SPLITS = ("train", "val", "test")
-COLUMNS = ["dataset", "session", "subject", "task", "split", "stimulus_id", "n_units", "n_bins", "counts", "mua",
-           "unit_ids", "unit_regions"]  # fmt: skip
+COLUMNS = [
+    "dataset",
+    "session",
+    "subject",
+    "task",
+    "split",
+    "stimulus_id",
+    "n_units",
+    "n_bins",
+    "counts",
+    "mua",
+    "unit_ids",
+    "unit_regions",
+]
 
 
 class AlignDataError(ValueError):
@@ -118,22 +130,41 @@ class AlignmentData:
                 keep[k] = mask
                 units = np.isin(info.unit_regions, regions)
                 cells = sum(n for r, n in info.cells_by_region.items() if r in regions)
-                sessions[k] = SessionInfo(k, info.unit_ids[units], info.feature_regions[mask],
-                                          {r: w for r, w in info.windows.items() if r in regions}, cells,
-                                          {r: n for r, n in info.cells_by_region.items() if r in regions},
-                                          info.unit_regions[units],
-                                          {r: b for r, b in info.bins.items() if r in regions},
-                                          info.context)  # fmt: skip
+                sessions[k] = SessionInfo(
+                    k,
+                    info.unit_ids[units],
+                    info.feature_regions[mask],
+                    {r: w for r, w in info.windows.items() if r in regions},
+                    cells,
+                    {r: n for r, n in info.cells_by_region.items() if r in regions},
+                    info.unit_regions[units],
+                    {r: b for r, b in info.bins.items() if r in regions},
+                    info.context,
+                )
         if not keep:
             raise AlignDataError(f"no session has units in regions {regions}")
 
         def sub(sp: AlignmentSplit) -> AlignmentSplit:
-            return AlignmentSplit(sp.name, [Block(b.session, b.x[:, keep[b.session]], b.y, b.stimulus_id, b.n_repeats,
-                                                  sessions[b.session].cells)
-                                            for b in sp.blocks if b.session in keep])  # fmt: skip
+            return AlignmentSplit(
+                sp.name,
+                [
+                    Block(
+                        b.session, b.x[:, keep[b.session]], b.y, b.stimulus_id, b.n_repeats, sessions[b.session].cells
+                    )
+                    for b in sp.blocks
+                    if b.session in keep
+                ],
+            )
 
-        return AlignmentData(sub(self.train), sub(self.val), sub(self.test), sessions, self.embeddings, regions,
-                             {**self.counts, "regions": regions})  # fmt: skip
+        return AlignmentData(
+            sub(self.train),
+            sub(self.val),
+            sub(self.test),
+            sessions,
+            self.embeddings,
+            regions,
+            {**self.counts, "regions": regions},
+        )
 
 
 # ---------------------------------------------------------------------------------------------------- windows
@@ -238,8 +269,17 @@ class _Accumulator:
             context = {f: batch.column(f)[row].as_py() for f in ("session", "subject", "task", "dataset")}
             context["n_bins"] = n_bins
             context["is_counts"] = bool(batch.column("counts").is_valid().to_numpy(zero_copy_only=False)[row])
-        info = SessionInfo(key, np.concatenate(unit_sel), np.concatenate(feat_regions), wins, cells, by_region,
-                           unit_regions, dict(windows), context)  # fmt: skip
+        info = SessionInfo(
+            key,
+            np.concatenate(unit_sel),
+            np.concatenate(feat_regions),
+            wins,
+            cells,
+            by_region,
+            unit_regions,
+            dict(windows),
+            context,
+        )
         plan = _SessionPlan(info, units.tolist(), gather, (n_units, n_bins), regions, windows)
         self.plans[key] = plan
         return plan
@@ -334,8 +374,10 @@ def assert_no_leak(*splits: AlignmentSplit) -> None:
         for s in sp.stimuli:
             other = seen.setdefault(s, sp.name)
             if other != sp.name:
-                raise LeakageError(f"stimulus {s!r} is in both {other} and {sp.name}; an image seen in training "
-                                   "must never be tested on")  # fmt: skip
+                raise LeakageError(
+                    f"stimulus {s!r} is in both {other} and {sp.name}; an image seen in training "
+                    "must never be tested on"
+                )
 
 
 def _average(x: np.ndarray, stim: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -408,9 +450,13 @@ def build_alignment_data(
             rows, _ = table.lookup(bs)
             parts[name].append(Block(k, bx, table.vectors[rows], bs, br, acc.plans[k].info.cells))
     data = AlignmentData(
-        AlignmentSplit("train", parts["train"]), AlignmentSplit("val", parts["val"]),
-        AlignmentSplit("test", parts["test"]), {k: acc.plans[k].info for k in keys}, table, cfg.regions,
-    )  # fmt: skip
+        AlignmentSplit("train", parts["train"]),
+        AlignmentSplit("val", parts["val"]),
+        AlignmentSplit("test", parts["test"]),
+        {k: acc.plans[k].info for k in keys},
+        table,
+        cfg.regions,
+    )
     assert_no_leak(data.train, data.val, data.test)
     data.counts = {
         **{k: v for k, v in acc.counts.items()},
@@ -430,11 +476,20 @@ def to_arrow(split: AlignmentSplit) -> pa.Table:
     """One split as a table (session, stimulus_id, x, y) for Ray Data (``ray.data.from_arrow``) in a Train job."""
 
     def lists(a: np.ndarray) -> pa.ListArray:
-        return pa.ListArray.from_arrays(pa.array(np.arange(len(a) + 1, dtype=np.int32) * a.shape[1]),
-                                        pa.array(a.ravel(), pa.float32()))  # fmt: skip
+        return pa.ListArray.from_arrays(
+            pa.array(np.arange(len(a) + 1, dtype=np.int32) * a.shape[1]), pa.array(a.ravel(), pa.float32())
+        )
 
-    tables = [pa.table({"session": pa.array([b.session] * len(b), pa.string()),
-                        "stimulus_id": pa.array(b.stimulus_id, pa.string()),
-                        "n_repeats": pa.array(b.n_repeats, pa.int32()), "x": lists(b.x), "y": lists(b.y)})
-              for b in split.blocks]  # fmt: skip
+    tables = [
+        pa.table(
+            {
+                "session": pa.array([b.session] * len(b), pa.string()),
+                "stimulus_id": pa.array(b.stimulus_id, pa.string()),
+                "n_repeats": pa.array(b.n_repeats, pa.int32()),
+                "x": lists(b.x),
+                "y": lists(b.y),
+            }
+        )
+        for b in split.blocks
+    ]
     return pa.concat_tables(tables) if tables else pa.table({})

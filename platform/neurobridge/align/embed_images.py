@@ -96,8 +96,11 @@ def list_images(cfg: EmbedConfig, settings: Settings) -> tuple[list[dict], dict]
     found = sorted(fs.find(root, withdirs=False))
     rel_all = [p[len(root) + 1 :] if p.startswith(root + "/") else posixpath.basename(p) for p in found]
     ext = tuple(cfg.extensions)
-    keep = [i for i, r in enumerate(rel_all)
-            if r.lower().endswith(ext) and not any(part.startswith(".") for part in r.split("/"))]  # fmt: skip
+    keep = [
+        i
+        for i, r in enumerate(rel_all)
+        if r.lower().endswith(ext) and not any(part.startswith(".") for part in r.split("/"))
+    ]
     rel = [rel_all[i] for i in keep]
     mapping = read_mapping(cfg.mapping, settings) if cfg.mapping else None
     ids, unmapped = stimulus_ids(rel, cfg, mapping)
@@ -162,8 +165,14 @@ def model_info(cfg: EmbedConfig, settings: Settings) -> dict:
     dim = getattr(mconf, "projection_dim", None)
     if dim is None or not hasattr(vision, "image_size"):
         raise EmbedError(f"model {ref!r} is a {type(mconf).__name__}, not a CLIP (vision) model with a projection")
-    return {"id": ref, "class": MODEL_CLASS, "model_type": mconf.model_type, "projection_dim": int(dim),
-            "image_size": int(vision.image_size), "commit": getattr(mconf, "_commit_hash", None)}  # fmt: skip
+    return {
+        "id": ref,
+        "class": MODEL_CLASS,
+        "model_type": mconf.model_type,
+        "projection_dim": int(dim),
+        "image_size": int(vision.image_size),
+        "commit": getattr(mconf, "_commit_hash", None),
+    }
 
 
 def load_processor(ref: str, image_size: int):
@@ -246,8 +255,12 @@ class _Decoder:
         ok = [i for i, im in enumerate(images) if im is not None]
         if ok:
             pixels[ok] = self.processor(images=[images[i] for i in ok], return_tensors="np")["pixel_values"]
-        return {"stimulus_id": batch["stimulus_id"], "rel": batch["rel"], "pixel_values": pixels,
-                "error": np.array(errors, dtype=object)}  # fmt: skip
+        return {
+            "stimulus_id": batch["stimulus_id"],
+            "rel": batch["rel"],
+            "pixel_values": pixels,
+            "error": np.array(errors, dtype=object),
+        }
 
 
 class _Embedder:
@@ -352,15 +365,22 @@ def embed_images(cfg: EmbedConfig, settings: Settings | None = None, progress: b
     blocks = max(1, min(-(-len(rows) // cfg.batch_size), 64 * cfg.decode_workers))
     ds = ray.data.from_items(rows, override_num_blocks=blocks)
     ds = ds.map_batches(
-        decode_batch, batch_size=cfg.batch_size, batch_format="numpy", num_cpus=cfg.decode_cpus,
+        decode_batch,
+        batch_size=cfg.batch_size,
+        batch_format="numpy",
+        num_cpus=cfg.decode_cpus,
         compute=ray.data.TaskPoolStrategy(size=min(cfg.decode_workers, blocks)),
         fn_kwargs={**args, "image_size": info["image_size"]},
-    )  # fmt: skip
+    )
     ds = ds.map_batches(
-        embed_batch, batch_size=cfg.batch_size, batch_format="numpy", num_cpus=cfg.embed_cpus,
-        num_gpus=1 if gpu else 0, compute=ray.data.TaskPoolStrategy(size=min(cfg.embed_workers, blocks)),
+        embed_batch,
+        batch_size=cfg.batch_size,
+        batch_format="numpy",
+        num_cpus=cfg.embed_cpus,
+        num_gpus=1 if gpu else 0,
+        compute=ray.data.TaskPoolStrategy(size=min(cfg.embed_workers, blocks)),
         fn_kwargs=args,
-    )  # fmt: skip
+    )
 
     base = table_dir(settings, cfg.name)
     fs, base_path = filesystem(base, settings)
@@ -436,7 +456,7 @@ def embed_images(cfg: EmbedConfig, settings: Settings | None = None, progress: b
             **(
                 {"mapping_without_file": left_out["mapping_without_file"]} if "mapping_without_file" in left_out else {}
             ),
-        },  # fmt: skip
+        },
         "failed": failed[:MAX_LISTED],
         "unmapped": left_out["unmapped"][:MAX_LISTED],
         "seconds": round(seconds, 3),

@@ -102,15 +102,23 @@ def read_embeddings(settings: Settings | None, name: str) -> EmbeddingTable:
         paths.append(t.column("path").to_numpy(zero_copy_only=False))
     vectors = np.concatenate(vecs) if vecs else np.zeros((0, dim), np.float32)
     return EmbeddingTable(
-        np.concatenate(ids) if ids else np.zeros(0, str), vectors,
-        np.concatenate(paths) if paths else None, card.get("images"), card.get("model", {}).get("id"), card,
-    )  # fmt: skip
+        np.concatenate(ids) if ids else np.zeros(0, str),
+        vectors,
+        np.concatenate(paths) if paths else None,
+        card.get("images"),
+        card.get("model", {}).get("id"),
+        card,
+    )
 
 
 def from_arrays(
-    npy: str, ids: str | list[str], settings: Settings | None = None, id_prefix: str | None = None,
-    images: str | None = None, paths: list[str] | None = None,
-) -> EmbeddingTable:  # fmt: skip
+    npy: str,
+    ids: str | list[str],
+    settings: Settings | None = None,
+    id_prefix: str | None = None,
+    images: str | None = None,
+    paths: list[str] | None = None,
+) -> EmbeddingTable:
     """Known embeddings (the simulator's ``embeddings.npy``) with their ids (a list or a JSON list file)."""
     settings = settings or get_settings()
     fs, path = filesystem(npy, settings)
@@ -137,8 +145,14 @@ def simulation_embeddings(sim_root: str, settings: Settings | None = None, prefi
         raise EmbeddingError(f"{sim_root}: the simulation has no visual images")
     frames = images.get("frames")
     paths = [posix_name(frames.format(i)) for i in range(images["n_images"])] if frames else None
-    return from_arrays(join(sim_root, images["embeddings"]), images["stimulus_ids"], settings, prefix,
-                       images=join(sim_root, "visual/images") if frames else None, paths=paths)  # fmt: skip
+    return from_arrays(
+        join(sim_root, images["embeddings"]),
+        images["stimulus_ids"],
+        settings,
+        prefix,
+        images=join(sim_root, "visual/images") if frames else None,
+        paths=paths,
+    )
 
 
 def posix_name(path: str) -> str:
@@ -150,13 +164,25 @@ def resolve_source(src, settings: Settings) -> EmbeddingTable:
     if src.name is not None:
         return read_embeddings(settings, src.name)
     if src.simulation is not None:
-        root = src.simulation if "://" in src.simulation or src.simulation.startswith("/") else join(
-            settings.raw_root, src.simulation)  # fmt: skip
+        root = (
+            src.simulation
+            if "://" in src.simulation or src.simulation.startswith("/")
+            else join(settings.raw_root, src.simulation)
+        )
         return simulation_embeddings(root, settings)
     return from_arrays(src.npy, src.ids, settings, src.id_prefix)
 
 
 __all__ = [
-    "CARD", "EMBEDDINGS_SCHEMA", "EmbeddingError", "EmbeddingTable", "StoreError", "from_arrays", "read_card",
-    "read_embeddings", "resolve_source", "simulation_embeddings", "table_dir",
-]  # fmt: skip
+    "CARD",
+    "EMBEDDINGS_SCHEMA",
+    "EmbeddingError",
+    "EmbeddingTable",
+    "StoreError",
+    "from_arrays",
+    "read_card",
+    "read_embeddings",
+    "resolve_source",
+    "simulation_embeddings",
+    "table_dir",
+]

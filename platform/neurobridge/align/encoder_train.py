@@ -34,10 +34,15 @@ def session_specs(data: AlignmentData, split: AlignmentSplit) -> dict[str, dict]
     for b in split.blocks:
         info = data.sessions[b.session]
         if info.context is None:
-            raise ValueError(f"{b.session}: examples hold pooled features; a trained encoder needs raw windows "
-                             "(data.encoder.train: last_layers or scratch)")  # fmt: skip
-        out[b.session] = {"unit_regions": info.unit_regions.tolist(), "context": dict(info.context),
-                          "bins": {r: np.asarray(v).tolist() for r, v in info.bins.items()}}  # fmt: skip
+            raise ValueError(
+                f"{b.session}: examples hold pooled features; a trained encoder needs raw windows "
+                "(data.encoder.train: last_layers or scratch)"
+            )
+        out[b.session] = {
+            "unit_regions": info.unit_regions.tolist(),
+            "context": dict(info.context),
+            "bins": {r: np.asarray(v).tolist() for r, v in info.bins.items()},
+        }
     return out
 
 
@@ -49,10 +54,14 @@ class _Layout:
         regions = spec["unit_regions"]
         n_units, n_bins = len(regions), int(ctx["n_bins"])
         cells = np.arange(1, n_units * n_bins + 1, dtype=np.float32)
-        row = {"n_units": n_units, "n_bins": n_bins, "unit_regions": regions,
-               **{f: ctx.get(f) for f in ("session", "subject", "task", "dataset")},
-               "counts": cells if ctx.get("is_counts", True) else None,
-               "mua": None if ctx.get("is_counts", True) else cells}  # fmt: skip
+        row = {
+            "n_units": n_units,
+            "n_bins": n_bins,
+            "unit_regions": regions,
+            **{f: ctx.get(f) for f in ("session", "subject", "task", "dataset")},
+            "counts": cells if ctx.get("is_counts", True) else None,
+            "mua": None if ctx.get("is_counts", True) else cells,
+        }
         self.template = collate([row], vocabs, k)
         self.cell = (self.template.tokens[0].round().long() - 1).clamp_min(-1)  # [N, k] flat cell index, -1: pad
         self.shape = (n_units, n_bins)
@@ -92,8 +101,15 @@ class _Layout:
 class EncoderProjector(nn.Module):
     """``forward(x, session)`` like ``AlignProjector``, with the encoder run on the raw windows inside the step."""
 
-    def __init__(self, encoder: MaskedNeuralModel, vocabs: Vocabularies, sessions: dict[str, dict], out_dim: int,
-                 cfg: ProjectorConfig, spec: EncoderSpec):  # fmt: skip
+    def __init__(
+        self,
+        encoder: MaskedNeuralModel,
+        vocabs: Vocabularies,
+        sessions: dict[str, dict],
+        out_dim: int,
+        cfg: ProjectorConfig,
+        spec: EncoderSpec,
+    ):
         super().__init__()
         self.encoder, self.vocabs, self.sessions, self.spec = encoder, vocabs, sessions, spec
         d = encoder.cfg.d_model
@@ -140,9 +156,15 @@ class EncoderProjector(nn.Module):
         self.train(was)
 
 
-def build_encoder_projector(train: AlignmentSplit, specs: dict[str, dict], out_dim: int, spec: EncoderSpec,
-                            cfg: ProjectorConfig, checkpoint: bytes,
-                            device: torch.device | str = "cpu") -> EncoderProjector:  # fmt: skip
+def build_encoder_projector(
+    train: AlignmentSplit,
+    specs: dict[str, dict],
+    out_dim: int,
+    spec: EncoderSpec,
+    cfg: ProjectorConfig,
+    checkpoint: bytes,
+    device: torch.device | str = "cpu",
+) -> EncoderProjector:
     """The module fit_projector trains: pretrained weights (last_layers) or the same architecture re-initialised
     with ``spec.seed`` (scratch); head normalisers from the training examples."""
     from ..models.checkpoint import load_checkpoint
@@ -159,9 +181,16 @@ def build_encoder_projector(train: AlignmentSplit, specs: dict[str, dict], out_d
 
 def save_encoder_projector(model: EncoderProjector, path: str) -> None:
     """Weights + JSON-able constructor arguments, loadable with ``weights_only=True``."""
-    payload = {"format": KIND, "state": model.state_dict(), "encoder_config": model.encoder.cfg.model_dump(mode="json"),
-               "vocabs": model.vocabs.to_dict(), "sessions": model.sessions, "out_dim": model.out_dim,
-               "cfg": model.cfg.model_dump(mode="json"), "spec": model.spec.model_dump(mode="json")}  # fmt: skip
+    payload = {
+        "format": KIND,
+        "state": model.state_dict(),
+        "encoder_config": model.encoder.cfg.model_dump(mode="json"),
+        "vocabs": model.vocabs.to_dict(),
+        "sessions": model.sessions,
+        "out_dim": model.out_dim,
+        "cfg": model.cfg.model_dump(mode="json"),
+        "spec": model.spec.model_dump(mode="json"),
+    }
     torch.save(payload, path)
 
 

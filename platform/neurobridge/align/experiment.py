@@ -43,8 +43,14 @@ class AlignResult:
         for name, r in self.results.items():
             m = r.test["mean"]
             out[name] = {k: m[k] for k in m if k.startswith(("image_", "brain_", "n_candidates"))}
-            out[name].update({"tokens_per_s": r.fit.tokens_per_s, "examples_per_s": r.fit.examples_per_s,
-                              "best_epoch": r.fit.best_epoch, **r.recon})  # fmt: skip
+            out[name].update(
+                {
+                    "tokens_per_s": r.fit.tokens_per_s,
+                    "examples_per_s": r.fit.examples_per_s,
+                    "best_epoch": r.fit.best_epoch,
+                    **r.recon,
+                }
+            )
         return out
 
 
@@ -55,8 +61,14 @@ def train_embeddings(data: AlignmentData) -> tuple[np.ndarray, np.ndarray]:
     return ids, data.embeddings.vectors[rows]
 
 
-def evaluate_region_set(name: str, data: AlignmentData, fit: FitResult, cfg: AlignConfig,
-                        settings: Settings | None = None, figures: bool = True) -> RegionResult:  # fmt: skip
+def evaluate_region_set(
+    name: str,
+    data: AlignmentData,
+    fit: FitResult,
+    cfg: AlignConfig,
+    settings: Settings | None = None,
+    figures: bool = True,
+) -> RegionResult:
     kw = {"subsets": tuple(cfg.subset_candidates), "draws": cfg.subset_draws, "seed": cfg.projector.seed}
     test = evaluate_split(fit.model, data.test, **kw)
     val = evaluate_split(fit.model, data.val, **kw) if len(data.val) else {"mean": {}, "sessions": {}}
@@ -74,21 +86,31 @@ def evaluate_region_set(name: str, data: AlignmentData, fit: FitResult, cfg: Ali
         n = min(cfg.figure_queries, len(b))
         idx, _ = top_k(z[:n], b.y, k=5)
         figs["retrieval"] = retrieval_figure(
-            b.stimulus_id[:n].tolist(), [b.stimulus_id[r].tolist() for r in idx], data.embeddings,
-            f"{name}: top-5 among {len(b)} test images ({b.session})", settings,
-        )  # fmt: skip
+            b.stimulus_id[:n].tolist(),
+            [b.stimulus_id[r].tolist() for r in idx],
+            data.embeddings,
+            f"{name}: top-5 among {len(b)} test images ({b.session})",
+            settings,
+        )
         near, _ = top_k(z[:n], e_train, k=3)
         figs["reconstruction"] = retrieval_figure(
-            b.stimulus_id[:n].tolist(), [train_ids[r].tolist() for r in near], data.embeddings,
-            f"{name}: retrieval-based reconstruction (nearest of {len(train_ids)} training images)", settings,
-        )  # fmt: skip
+            b.stimulus_id[:n].tolist(),
+            [train_ids[r].tolist() for r in near],
+            data.embeddings,
+            f"{name}: retrieval-based reconstruction (nearest of {len(train_ids)} training images)",
+            settings,
+        )
     return RegionResult(name, data.regions, fit, test, val, recon, figs)
 
 
 def run_alignment(
-    cfg: AlignConfig, settings: Settings | None = None, embeddings: EmbeddingTable | None = None,
-    track: bool = True, figures: bool = True, echo=None,
-) -> AlignResult:  # fmt: skip
+    cfg: AlignConfig,
+    settings: Settings | None = None,
+    embeddings: EmbeddingTable | None = None,
+    track: bool = True,
+    figures: bool = True,
+    echo=None,
+) -> AlignResult:
     """Read the store once, then fit and evaluate one projector per region set."""
     settings = settings or get_settings()
     data = build_alignment_data(cfg.data, settings, embeddings)
@@ -98,8 +120,7 @@ def run_alignment(
         from ..tracking import mlflow_run
 
         tags = {"kind": "align", **{f"dataset.{s.name}": s.ref.version for s in sources(settings, cfg.data.datasets)}}
-        run_id = mlflow_run.start_run(settings.mlflow_uri, cfg.experiment, cfg.name, cfg.model_dump(mode="json"),
-                                      tags)  # fmt: skip
+        run_id = mlflow_run.start_run(settings.mlflow_uri, cfg.experiment, cfg.name, cfg.model_dump(mode="json"), tags)
     results: dict[str, RegionResult] = {}
     ok = False
     checkpoint = _encoder_checkpoint(cfg, settings)
@@ -111,9 +132,11 @@ def run_alignment(
             results[name] = res
             if echo is not None:
                 m = res.test["mean"]
-                echo(f"{name}: test top-1 {m['image_top1']:.3f} (chance {m['image_chance1']:.3f}), top-5 "
-                     f"{m['image_top5']:.3f} (chance {m['image_chance5']:.3f}) among {m['n_candidates']:.0f}; "
-                     f"brain top-1 {m['brain_top1']:.3f}; {fit.tokens_per_s:,.0f} tokens/s")  # fmt: skip
+                echo(
+                    f"{name}: test top-1 {m['image_top1']:.3f} (chance {m['image_chance1']:.3f}), top-5 "
+                    f"{m['image_top5']:.3f} (chance {m['image_chance5']:.3f}) among {m['n_candidates']:.0f}; "
+                    f"brain top-1 {m['brain_top1']:.3f}; {fit.tokens_per_s:,.0f} tokens/s"
+                )
             if run_id is not None:
                 _log(settings, run_id, name, res, history=cfg.scaling.backend == "local")
         if run_id is not None:
@@ -138,8 +161,14 @@ def _encoder_checkpoint(cfg: AlignConfig, settings: Settings) -> bytes | None:
     return fs.cat_file(path)
 
 
-def fit_region_set(name: str, sub: AlignmentData, cfg: AlignConfig, settings: Settings, run_id: str | None = None,
-                   checkpoint: bytes | None = None) -> FitResult:  # fmt: skip
+def fit_region_set(
+    name: str,
+    sub: AlignmentData,
+    cfg: AlignConfig,
+    settings: Settings,
+    run_id: str | None = None,
+    checkpoint: bytes | None = None,
+) -> FitResult:
     """One region set's fit, on Ray Train or in this process (same loop, same data)."""
     from .train import fit_on_ray, make_model
 
@@ -147,8 +176,12 @@ def fit_region_set(name: str, sub: AlignmentData, cfg: AlignConfig, settings: Se
     if checkpoint is not None:
         from .encoder_train import session_specs
 
-        encoder = {"spec": cfg.data.encoder.model_dump(mode="json"), "specs": session_specs(sub, sub.train),
-                   "out_dim": sub.dim, "checkpoint": checkpoint}  # fmt: skip
+        encoder = {
+            "spec": cfg.data.encoder.model_dump(mode="json"),
+            "specs": session_specs(sub, sub.train),
+            "out_dim": sub.dim,
+            "checkpoint": checkpoint,
+        }
     if cfg.scaling.backend == "ray":
         fit, _ = fit_on_ray(sub.train, sub.val, cfg, settings, name, run_id, encoder)
         return fit
@@ -162,22 +195,29 @@ def fit_region_set(name: str, sub: AlignmentData, cfg: AlignConfig, settings: Se
 MODEL_CARD = "align_model.json"
 
 
-def _log_model_card(settings: Settings, run_id: str, cfg: AlignConfig, data: AlignmentData,
-                    results: dict[str, RegionResult]) -> None:  # fmt: skip
+def _log_model_card(
+    settings: Settings, run_id: str, cfg: AlignConfig, data: AlignmentData, results: dict[str, RegionResult]
+) -> None:
     """``model/align_model.json``: what each weights file is and the config that trained it (for the registry)."""
     import json
 
     from ..tracking import mlflow_run
 
-    card = {"format": "neurobridge.align_model/1", "embedding_dim": data.dim,
-            "embedding_model": data.embeddings.model,
-            "encoder": cfg.data.encoder.model_dump(mode="json") if cfg.data.encoder else None,
-            "files": {name: f"projector_{name}.pt" for name in results},
-            "regions": {name: r.regions for name, r in results.items()},
-            "sessions": sorted(data.sessions), "load": "neurobridge.align.encoder_train.load_aligned_model",
-            "test": {name: {k: r.test["mean"].get(k) for k in ("image_top1", "image_top5", "image_chance1",
-                                                                "n_candidates")} for name, r in results.items()},
-            "config": cfg.model_dump(mode="json")}  # fmt: skip
+    card = {
+        "format": "neurobridge.align_model/1",
+        "embedding_dim": data.dim,
+        "embedding_model": data.embeddings.model,
+        "encoder": cfg.data.encoder.model_dump(mode="json") if cfg.data.encoder else None,
+        "files": {name: f"projector_{name}.pt" for name in results},
+        "regions": {name: r.regions for name, r in results.items()},
+        "sessions": sorted(data.sessions),
+        "load": "neurobridge.align.encoder_train.load_aligned_model",
+        "test": {
+            name: {k: r.test["mean"].get(k) for k in ("image_top1", "image_top5", "image_chance1", "n_candidates")}
+            for name, r in results.items()
+        },
+        "config": cfg.model_dump(mode="json"),
+    }
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / MODEL_CARD
         path.write_text(json.dumps(card, indent=1, default=float))
@@ -193,8 +233,13 @@ def _log(settings: Settings, run_id: str, name: str, res: RegionResult, history:
     metrics = {f"{name}.test.{k}": v for k, v in res.test["mean"].items()}
     metrics.update({f"{name}.val.{k}": v for k, v in res.val["mean"].items()})
     metrics.update({f"{name}.test.{k}": v for k, v in res.recon.items()})
-    metrics.update({f"{name}.fit.tokens_per_s": res.fit.tokens_per_s, f"{name}.fit.examples_per_s":
-                    res.fit.examples_per_s, f"{name}.fit.best_epoch": res.fit.best_epoch})  # fmt: skip
+    metrics.update(
+        {
+            f"{name}.fit.tokens_per_s": res.fit.tokens_per_s,
+            f"{name}.fit.examples_per_s": res.fit.examples_per_s,
+            f"{name}.fit.best_epoch": res.fit.best_epoch,
+        }
+    )
     mlflow_run.log_metrics(uri, run_id, metrics)
     if history:  # Ray Train's rank 0 logs each epoch live
         logger = mlflow_run.MetricsLogger(uri, run_id)

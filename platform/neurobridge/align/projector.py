@@ -42,8 +42,9 @@ class AlignProjector(nn.Module):
         layers += [nn.LayerNorm(h), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(h, out_dim)]
         self.trunk = nn.Sequential(*layers)
         self.in_drop = nn.Dropout(cfg.input_dropout)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.temperature)),
-                                        requires_grad=cfg.learn_temperature)  # fmt: skip
+        self.logit_scale = nn.Parameter(
+            torch.tensor(math.log(1.0 / cfg.temperature)), requires_grad=cfg.learn_temperature
+        )
 
     def index(self, session: str) -> int:
         try:
@@ -59,8 +60,9 @@ class AlignProjector(nn.Module):
     def forward(self, x: torch.Tensor, session: str) -> torch.Tensor:
         i = self.index(session)
         if x.shape[-1] != self.in_dims[session]:
-            raise DimensionMismatch(f"session {session}: {x.shape[-1]} features, the projector expects "
-                                    f"{self.in_dims[session]}")  # fmt: skip
+            raise DimensionMismatch(
+                f"session {session}: {x.shape[-1]} features, the projector expects {self.in_dims[session]}"
+            )
         x = (x - getattr(self, f"mean_{i}")) / getattr(self, f"std_{i}")
         return self.trunk(self.stems[i](self.in_drop(x)))
 
@@ -105,8 +107,9 @@ def project(model: AlignProjector, split: AlignmentSplit, device: torch.device |
     """Neural embeddings (unit norm) per block of ``split``."""
     device = device or next(model.parameters()).device
     model.eval()
-    return [F.normalize(model(torch.as_tensor(b.x, device=device), b.session), dim=-1).cpu().numpy()
-            for b in split.blocks]  # fmt: skip
+    return [
+        F.normalize(model(torch.as_tensor(b.x, device=device), b.session), dim=-1).cpu().numpy() for b in split.blocks
+    ]
 
 
 def val_top1(model: AlignProjector, split: AlignmentSplit) -> float:
@@ -170,16 +173,23 @@ def fit_projector(
             model.set_normalizer(b.session, b.x.mean(axis=0), np.where(std > 1e-6, std, 1.0))
     model.to(device)
     net = wrap(model) if wrap is not None else model
-    groups = model.param_groups() if hasattr(model, "param_groups") else [{"params": list(model.parameters()),
-                                                                           "lr": cfg.lr}]  # fmt: skip
+    groups = (
+        model.param_groups() if hasattr(model, "param_groups") else [{"params": list(model.parameters()), "lr": cfg.lr}]
+    )
     opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     total_steps = max(1, cfg.epochs * math.ceil(len(train) / cfg.batch_size / max(world, 1)))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups],
-                                                total_steps=total_steps + len(train.blocks), pct_start=0.1)  # fmt: skip
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=[g["lr"] for g in groups], total_steps=total_steps + len(train.blocks), pct_start=0.1
+    )
     codes = {s: i for i, s in enumerate(sorted({s for b in train.blocks for s in b.stimulus_id.tolist()}))}
-    tensors = [(torch.as_tensor(b.x, device=device), torch.as_tensor(b.y, device=device),
-                torch.as_tensor(np.array([codes[s] for s in b.stimulus_id.tolist()]), device=device))
-               for b in train.blocks]  # fmt: skip
+    tensors = [
+        (
+            torch.as_tensor(b.x, device=device),
+            torch.as_tensor(b.y, device=device),
+            torch.as_tensor(np.array([codes[s] for s in b.stimulus_id.tolist()]), device=device),
+        )
+        for b in train.blocks
+    ]
     result = FitResult(model)
     best_state, best, stale, steps, examples, cells, train_time = None, -1.0, 0, 0, 0, 0, 0.0
     for epoch in range(cfg.epochs):
@@ -213,9 +223,15 @@ def fit_projector(
         else:
             stale += 1
         seconds = max(train_time, 1e-9)
-        rec = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan"), "val_top1": score,
-               "temperature": float(1.0 / model.scale().detach()), "steps": steps,
-               "examples_per_s": examples / seconds, "tokens_per_s": cells / seconds}  # fmt: skip
+        rec = {
+            "epoch": epoch,
+            "loss": float(np.mean(losses)) if losses else float("nan"),
+            "val_top1": score,
+            "temperature": float(1.0 / model.scale().detach()),
+            "steps": steps,
+            "examples_per_s": examples / seconds,
+            "tokens_per_s": cells / seconds,
+        }
         result.history.append(rec)
         if report is not None and (epoch % cfg.log_every == 0 or epoch == cfg.epochs - 1):
             report(rec)
@@ -233,8 +249,15 @@ def fit_projector(
 
 def save_projector(model: AlignProjector, path: str) -> None:
     """Weights and the constructor arguments, loadable with ``weights_only=True`` (no pickled classes)."""
-    torch.save({"state": model.state_dict(), "in_dims": model.in_dims, "out_dim": model.out_dim,
-                "cfg": model.cfg.model_dump()}, path)  # fmt: skip
+    torch.save(
+        {
+            "state": model.state_dict(),
+            "in_dims": model.in_dims,
+            "out_dim": model.out_dim,
+            "cfg": model.cfg.model_dump(),
+        },
+        path,
+    )
 
 
 def load_projector(path: str, map_location: str = "cpu") -> AlignProjector:

@@ -102,9 +102,13 @@ def load_thumbnail(uri: str | None, settings: Settings | None = None, size: int 
 
 
 def retrieval_figure(
-    queries: list[str], retrieved: list[list[str]], table: EmbeddingTable, title: str,
-    settings: Settings | None = None, first_label: str = "true image",
-):  # fmt: skip
+    queries: list[str],
+    retrieved: list[list[str]],
+    table: EmbeddingTable,
+    title: str,
+    settings: Settings | None = None,
+    first_label: str = "true image",
+):
     """Rows: the query's true image, then its retrieved images best first (green frame: the true one)."""
     import matplotlib
 

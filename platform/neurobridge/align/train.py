@@ -30,8 +30,15 @@ def make_model(config: dict, device):
         return None
     from .encoder_train import build_encoder_projector
 
-    return build_encoder_projector(config["train"], enc["specs"], enc["out_dim"], EncoderSpec(**enc["spec"]),
-                                   ProjectorConfig(**config["projector"]), enc["checkpoint"], device)  # fmt: skip
+    return build_encoder_projector(
+        config["train"],
+        enc["specs"],
+        enc["out_dim"],
+        EncoderSpec(**enc["spec"]),
+        ProjectorConfig(**config["projector"]),
+        enc["checkpoint"],
+        device,
+    )
 
 
 def save_model(model, path: str) -> None:
@@ -67,12 +74,28 @@ def align_loop_per_worker(config: dict) -> None:
     def wrap(model):
         return ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
 
-    fit = fit_projector(config["train"], config["val"], cfg, device=device, report=report, rank=rank, world=world,
-                        wrap=wrap if world > 1 else None, model=make_model(config, device))  # fmt: skip
-    summary = {"history": fit.history, "best_epoch": fit.best_epoch, "best_val_top1": fit.best_val_top1,
-               "seconds": fit.seconds, "steps": fit.steps, "world": world,
-               # every rank trains on 1/world of the examples in the same time: the job's rate is world × rank 0's
-               "examples_per_s": fit.examples_per_s * world, "tokens_per_s": fit.tokens_per_s * world}  # fmt: skip
+    fit = fit_projector(
+        config["train"],
+        config["val"],
+        cfg,
+        device=device,
+        report=report,
+        rank=rank,
+        world=world,
+        wrap=wrap if world > 1 else None,
+        model=make_model(config, device),
+    )
+    summary = {
+        "history": fit.history,
+        "best_epoch": fit.best_epoch,
+        "best_val_top1": fit.best_val_top1,
+        "seconds": fit.seconds,
+        "steps": fit.steps,
+        "world": world,
+        # every rank trains on 1/world of the examples in the same time: the job's rate is world × rank 0's
+        "examples_per_s": fit.examples_per_s * world,
+        "tokens_per_s": fit.tokens_per_s * world,
+    }
     final = {"final": 1, "tokens_per_s": summary["tokens_per_s"], "best_epoch": fit.best_epoch}
     with tempfile.TemporaryDirectory() as d:
         if rank == 0:
@@ -83,8 +106,15 @@ def align_loop_per_worker(config: dict) -> None:
             ray.train.report(final)
 
 
-def fit_on_ray(train: AlignmentSplit, val: AlignmentSplit | None, cfg: AlignConfig, settings: Settings, name: str,
-               run_id: str | None, encoder: dict | None = None) -> tuple[FitResult, str | None]:  # fmt: skip
+def fit_on_ray(
+    train: AlignmentSplit,
+    val: AlignmentSplit | None,
+    cfg: AlignConfig,
+    settings: Settings,
+    name: str,
+    run_id: str | None,
+    encoder: dict | None = None,
+) -> tuple[FitResult, str | None]:
     """Fit one region set's projector with a ``TorchTrainer``; (the fit rebuilt from rank 0's checkpoint, its URI).
 
     ``encoder``: ``{"spec", "specs", "out_dim", "checkpoint": bytes}`` when an encoder is trained with it."""
@@ -101,14 +131,26 @@ def fit_on_ray(train: AlignmentSplit, val: AlignmentSplit | None, cfg: AlignConf
     tag = (run_id or "untracked")[:8]
     trainer = TorchTrainer(
         align_loop_per_worker,
-        train_loop_config={"train": train, "val": val, "projector": cfg.projector.model_dump(mode="json"),
-                           "encoder": encoder, "name": name, "mlflow_uri": settings.mlflow_uri, "run_id": run_id},
-        scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
-                                     resources_per_worker={"CPU": s.cpus_per_worker}),
-        run_config=RunConfig(name=f"{cfg.name}-{name}-{tag}", storage_path=path, storage_filesystem=pa_fs,
-                             checkpoint_config=CheckpointConfig(num_to_keep=1),
-                             failure_config=FailureConfig(max_failures=s.max_failures)),
-    )  # fmt: skip
+        train_loop_config={
+            "train": train,
+            "val": val,
+            "projector": cfg.projector.model_dump(mode="json"),
+            "encoder": encoder,
+            "name": name,
+            "mlflow_uri": settings.mlflow_uri,
+            "run_id": run_id,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker={"CPU": s.cpus_per_worker}
+        ),
+        run_config=RunConfig(
+            name=f"{cfg.name}-{name}-{tag}",
+            storage_path=path,
+            storage_filesystem=pa_fs,
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
+            failure_config=FailureConfig(max_failures=s.max_failures),
+        ),
+    )
     result = trainer.fit()
     if result.error is not None:
         raise result.error
@@ -117,6 +159,14 @@ def fit_on_ray(train: AlignmentSplit, val: AlignmentSplit | None, cfg: AlignConf
     with result.checkpoint.as_directory() as d:
         model = load_aligned_model(str(Path(d) / MODEL_FILE))
         summary = json.loads((Path(d) / FIT_FILE).read_text())
-    fit = FitResult(model, summary["history"], summary["best_epoch"], summary["best_val_top1"], summary["seconds"],
-                    summary["examples_per_s"], summary["tokens_per_s"], summary["steps"])  # fmt: skip
+    fit = FitResult(
+        model,
+        summary["history"],
+        summary["best_epoch"],
+        summary["best_val_top1"],
+        summary["seconds"],
+        summary["examples_per_s"],
+        summary["tokens_per_s"],
+        summary["steps"],
+    )
     return fit, result.checkpoint.path

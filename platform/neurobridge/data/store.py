@@ -91,8 +91,9 @@ def epoch_plan(rows: dict[str, int], rule: str, epoch_rows: int | None = None) -
     return {k: (total * w / rows[k] if rows[k] else 0.0) for k, w in weights.items()}
 
 
-def iter_local(settings: Settings, src: Source, split: str | None, columns: list[str] | None = None,
-               batch_rows: int = 256) -> Iterator[pa.RecordBatch]:  # fmt: skip
+def iter_local(
+    settings: Settings, src: Source, split: str | None, columns: list[str] | None = None, batch_rows: int = 256
+) -> Iterator[pa.RecordBatch]:
     """Rows of one source without Ray (evaluation, the plain-PyTorch reference loop), streamed in batches."""
     for uri in src.files:
         fs, path = filesystem(uri, settings)
@@ -114,10 +115,13 @@ def repeats(sample_ids, factor: float, seed: int) -> np.ndarray:
     out = np.full(len(sample_ids), whole, dtype=np.int64)
     if frac > 1e-9:
         u = np.fromiter(
-            (int.from_bytes(hashlib.blake2b(f"{seed}\x1f{s}".encode(), digest_size=8).digest(), "big") / 2.0**64
-             for s in sample_ids),
-            dtype=np.float64, count=len(sample_ids),
-        )  # fmt: skip
+            (
+                int.from_bytes(hashlib.blake2b(f"{seed}\x1f{s}".encode(), digest_size=8).digest(), "big") / 2.0**64
+                for s in sample_ids
+            ),
+            dtype=np.float64,
+            count=len(sample_ids),
+        )
         out += u < frac
     return out
 
@@ -134,9 +138,16 @@ def _mix(batch: pa.Table, factors: dict[str, float], seed: int, exclude: frozens
     return batch.take(pa.array(np.repeat(np.arange(len(ids)), n)))
 
 
-def ray_dataset(settings: Settings, srcs: list[Source], split: str | None, rule: str = "sqrt",
-                epoch_rows: int | None = None, seed: int = 0, columns: list[str] | None = None,
-                exclude_sessions: frozenset = frozenset()):  # fmt: skip
+def ray_dataset(
+    settings: Settings,
+    srcs: list[Source],
+    split: str | None,
+    rule: str = "sqrt",
+    epoch_rows: int | None = None,
+    seed: int = 0,
+    columns: list[str] | None = None,
+    exclude_sessions: frozenset = frozenset(),
+):
     """One Ray Dataset over the sources' ``split`` rows, mixed by ``rule`` (rows repeat or are subsampled);
     ``exclude_sessions`` never appear (sessions held out for evaluation or fine-tuning).
 

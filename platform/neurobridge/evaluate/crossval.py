@@ -25,8 +25,9 @@ from .report import EvalConfig, evaluate_session
 from .session_data import SessionRows, session_rows, stack_counts
 
 
-def fold_windows(rows: list[dict], folds: int, val_fraction: float, seed: int = 0
-                 ) -> list[tuple[list[dict], list[dict], list[dict]]]:  # fmt: skip
+def fold_windows(
+    rows: list[dict], folds: int, val_fraction: float, seed: int = 0
+) -> list[tuple[list[dict], list[dict], list[dict]]]:
     """(train, val, test) per fold: test folds partition the rows; val is drawn from the rest, disjoint from both."""
     if folds < 2 or len(rows) < folds:
         raise ValueError(f"{folds}-fold cross-validation needs at least {max(folds, 2)} windows, got {len(rows)}")
@@ -40,10 +41,18 @@ def fold_windows(rows: list[dict], folds: int, val_fraction: float, seed: int = 
     return out
 
 
-def crossval_finetune(ft: FinetuneConfig, model_file: str | None, settings: Settings | None = None, folds: int = 5,
-                      val_fraction: float = 0.1, scratch_model: ModelConfig | None = None,
-                      eval_cfg: EvalConfig | None = None, progress: Callable[[str], None] | None = None,
-                      smoothing_sigmas: Sequence[float] = (), repeats: int = 1) -> dict:  # fmt: skip
+def crossval_finetune(
+    ft: FinetuneConfig,
+    model_file: str | None,
+    settings: Settings | None = None,
+    folds: int = 5,
+    val_fraction: float = 0.1,
+    scratch_model: ModelConfig | None = None,
+    eval_cfg: EvalConfig | None = None,
+    progress: Callable[[str], None] | None = None,
+    smoothing_sigmas: Sequence[float] = (),
+    repeats: int = 1,
+) -> dict:
     """Fine-tune ``model_file`` (or train ``scratch_model`` from scratch) on each fold of one session's windows.
 
     Uses every window the session has (train, val and test splits of the store). The smoothing baseline of a fold
@@ -71,14 +80,21 @@ def crossval_finetune(ft: FinetuneConfig, model_file: str | None, settings: Sett
     pairs: dict[str, list] = {"model": [], "readout": [], "readout_untrained": [], "smoothing": []}
     by_sigma: dict[float, list] = {float(s): [] for s in smoothing_sigmas}
     per_fold, trial_ids = [], []
-    runs = [(rep, f, part) for rep in range(repeats)
-            for f, part in enumerate(fold_windows(rows, folds, val_fraction, ft.seed + rep))]  # fmt: skip
+    runs = [
+        (rep, f, part)
+        for rep in range(repeats)
+        for f, part in enumerate(fold_windows(rows, folds, val_fraction, ft.seed + rep))
+    ]
     for rep, f, (train, val, test) in runs:
         if progress is not None:
-            progress(f"fold {f + 1}/{folds}" + (f" of repeat {rep + 1}/{repeats}" if repeats > 1 else "")
-                     + f": {len(train)} train, {len(val)} val, {len(test)} test windows")  # fmt: skip
-        res = finetune(ft.model_copy(update={"seed": ft.seed + rep}), model_file, settings, scratch_model,
-                       windows=(train, val))  # fmt: skip
+            progress(
+                f"fold {f + 1}/{folds}"
+                + (f" of repeat {rep + 1}/{repeats}" if repeats > 1 else "")
+                + f": {len(train)} train, {len(val)} val, {len(test)} test windows"
+            )
+        res = finetune(
+            ft.model_copy(update={"seed": ft.seed + rep}), model_file, settings, scratch_model, windows=(train, val)
+        )
         trial_ids += [w["sample_id"] for w in test]
         sess = SessionRows(found[0].dataset, ft.session, {"train": train + val, eval_cfg.split: test})
         r = evaluate_session(res.model, res.vocabs, sess, split, eval_cfg)
@@ -94,12 +110,20 @@ def crossval_finetune(ft: FinetuneConfig, model_file: str | None, settings: Sett
             T = min(tr.shape[1], te.shape[1])
             tr, te = tr[:, :T], te[:, :T]
             for sigma, got in by_sigma.items():
-                pred = baselines.smoothing_baseline(tr[..., ~held], tr[..., held], te[..., ~held], sigma,
-                                                    eval_cfg.glm_l2)  # fmt: skip
+                pred = baselines.smoothing_baseline(
+                    tr[..., ~held], tr[..., held], te[..., ~held], sigma, eval_cfg.glm_l2
+                )
                 got.append((pred, te[..., held]))
         scored = {k: v for k, v in r.metrics.items() if k.startswith(("co_bps_readout", "co_bps_smoothing"))}
-        per_fold.append({"repeat": rep, "co_bps": r.metrics["co_bps"], **scored, "test_windows": len(test),
-                         "selected_step": res.last.get("selected_step", ft.steps)})  # fmt: skip
+        per_fold.append(
+            {
+                "repeat": rep,
+                "co_bps": r.metrics["co_bps"],
+                **scored,
+                "test_windows": len(test),
+                "selected_step": res.last.get("selected_step", ft.steps),
+            }
+        )
     out: dict = {"folds": folds, "repeats": repeats, "windows": len(rows)}
 
     def pooled(got: list) -> float:  # pooled over the folds of a repeat, then the mean over repeats

@@ -105,9 +105,14 @@ class PairedDifference:
     trials: int
 
 
-def paired_bps_difference(a: Sequence[tuple[np.ndarray, np.ndarray]], b: Sequence[tuple[np.ndarray, np.ndarray]],
-                          n_boot: int = 2000, seed: int = 0, level: float = 0.95,
-                          trials: Sequence | None = None) -> PairedDifference:  # fmt: skip
+def paired_bps_difference(
+    a: Sequence[tuple[np.ndarray, np.ndarray]],
+    b: Sequence[tuple[np.ndarray, np.ndarray]],
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+    trials: Sequence | None = None,
+) -> PairedDifference:
     """Difference of pooled bits/spike, ``a`` minus ``b``, resampling trials (the first axis) with replacement.
 
     Each element of ``a`` and ``b`` is (rates, spikes) for one session or fold, with the same spikes in both. The

@@ -45,8 +45,9 @@ def heldout_mask(model: MaskedNeuralModel, batch: Batch) -> MaskResult:
 
 
 @torch.no_grad()
-def heldout_latents(model: MaskedNeuralModel, vocabs: Vocabularies, rows: list[dict], batch_size: int = 64
-                    ) -> np.ndarray:  # fmt: skip
+def heldout_latents(
+    model: MaskedNeuralModel, vocabs: Vocabularies, rows: list[dict], batch_size: int = 64
+) -> np.ndarray:
     """[windows, bins, d]: the encoder's outputs under the co-smoothing mask, averaged over each bin's tokens.
 
     Only held-in units are visible (rows must carry ``heldout`` flags), so these latents hold nothing a held-out
@@ -73,9 +74,16 @@ def untrained_like(model: MaskedNeuralModel, vocabs: Vocabularies, seed: int = 0
     return fresh.eval()
 
 
-def latent_readout(model: MaskedNeuralModel, vocabs: Vocabularies, train: list[dict], train_spikes: np.ndarray,
-                   test: list[dict], l2: Sequence[float], sigma_bins: float | None = None, batch_size: int = 64,
-                   ) -> np.ndarray:  # fmt: skip
+def latent_readout(
+    model: MaskedNeuralModel,
+    vocabs: Vocabularies,
+    train: list[dict],
+    train_spikes: np.ndarray,
+    test: list[dict],
+    l2: Sequence[float],
+    sigma_bins: float | None = None,
+    batch_size: int = 64,
+) -> np.ndarray:
     """Held-out rates [test windows, bins, held-out units] from a GLM on latents fitted to ``train_spikes``.
 
     ``train_spikes`` are the training windows' held-out counts [windows, bins, held-out units]; train and test
@@ -91,6 +99,7 @@ def latent_readout(model: MaskedNeuralModel, vocabs: Vocabularies, train: list[d
     if sigma_bins is not None:
         x_tr, x_te = baselines.smooth_spikes(x_tr, sigma_bins), baselines.smooth_spikes(x_te, sigma_bins)
     best = float(l2[0]) if len(l2) == 1 else baselines.select_l2(x_tr, train_spikes, list(l2))
-    glm = baselines.fit_poisson_glm(x_tr.reshape(-1, x_tr.shape[-1]), train_spikes.reshape(-1, train_spikes.shape[-1]),
-                                    l2=best)  # fmt: skip
+    glm = baselines.fit_poisson_glm(
+        x_tr.reshape(-1, x_tr.shape[-1]), train_spikes.reshape(-1, train_spikes.shape[-1]), l2=best
+    )
     return glm.predict(x_te.reshape(-1, x_te.shape[-1])).reshape(*x_te.shape[:2], train_spikes.shape[-1])

@@ -33,17 +33,19 @@ class EvalConfig(BaseModel):
     forward_fraction: float = Field(0.2, gt=0, lt=1, description="fp-bps scores the last fraction of each window")
     smoothing_sigma_bins: float = Field(2.5, gt=0, description="NLB smoothing baseline kernel s.d. (bins)")
     glm_l2: list[float] = Field(
-        default_factory=lambda: [1e-3, 1e-2, 1e-1, 1.0], min_length=1,
+        default_factory=lambda: [1e-3, 1e-2, 1e-1, 1.0],
+        min_length=1,
         description="smoothing GLM penalties; several: chosen by cross-validation on the training windows",
-    )  # fmt: skip
+    )
     ridge_alpha: float = Field(1.0, gt=0)
     max_sessions: int | None = Field(None, ge=1, description="per dataset")
     max_train_windows: int = Field(1000, ge=1, description="training windows per session for baselines/decoders")
     latent_readout: bool = Field(
-        False, description="also score held-out units through a Poisson GLM on the encoder's latents, smoothed and "
+        False,
+        description="also score held-out units through a Poisson GLM on the encoder's latents, smoothed and "
         "fitted per session like the smoothing baseline (same kernel, same glm_l2), beside the same read-out of an "
         "untrained encoder of the same architecture (its control: random features read out the same way)",
-    )  # fmt: skip
+    )
 
 
 @dataclass
@@ -77,9 +79,15 @@ def _latents_per_bin(model: MaskedNeuralModel, batch: Batch) -> np.ndarray:
 
 
 @torch.no_grad()
-def evaluate_session(model: MaskedNeuralModel, vocabs: Vocabularies, sess: SessionRows, split: HeldoutSplit,
-                     cfg: EvalConfig, truth: Truth | None = None, raw_ids: dict[str, str] | None = None,
-                     ) -> SessionResult | None:  # fmt: skip
+def evaluate_session(
+    model: MaskedNeuralModel,
+    vocabs: Vocabularies,
+    sess: SessionRows,
+    split: HeldoutSplit,
+    cfg: EvalConfig,
+    truth: Truth | None = None,
+    raw_ids: dict[str, str] | None = None,
+) -> SessionResult | None:
     test = with_heldout(sess.split(cfg.split), split)
     train = with_heldout(sess.split("train")[: cfg.max_train_windows], split)
     if not test or test[0].get("counts") is None:
@@ -111,15 +119,24 @@ def evaluate_session(model: MaskedNeuralModel, vocabs: Vocabularies, sess: Sessi
         if train:
             tr = stack_counts(train)[:, :T]
             if tr.shape[1] == T:
-                smooth = baselines.smoothing_baseline(tr[..., ~held], tr[..., held], spikes[..., ~held],
-                                                      cfg.smoothing_sigma_bins, cfg.glm_l2)  # fmt: skip
+                smooth = baselines.smoothing_baseline(
+                    tr[..., ~held], tr[..., held], spikes[..., ~held], cfg.smoothing_sigma_bins, cfg.glm_l2
+                )
                 m["co_bps_smoothing"] = metrics.bits_per_spike(smooth, spikes[..., held])
                 res.pooled["smoothing"] = (smooth, spikes[..., held])
                 if cfg.latent_readout:
                     untrained = untrained_like(model, vocabs)
                     for key, net in (("readout", model), ("readout_untrained", untrained)):
-                        rd = latent_readout(net, vocabs, train, tr[..., held], test, cfg.glm_l2,
-                                            cfg.smoothing_sigma_bins, cfg.batch_size)[:, :T]  # fmt: skip
+                        rd = latent_readout(
+                            net,
+                            vocabs,
+                            train,
+                            tr[..., held],
+                            test,
+                            cfg.glm_l2,
+                            cfg.smoothing_sigma_bins,
+                            cfg.batch_size,
+                        )[:, :T]
                         m[f"co_bps_{key}"] = metrics.bits_per_spike(rd, spikes[..., held])
                         res.pooled[key] = (rd, spikes[..., held])
     m["fp_bps"] = metrics.fp_bps(fp_pred, spikes, nf, time_axis=1)
@@ -156,8 +173,9 @@ def _behaviour(model, vocabs, train, test, T, lat_test, cfg: EvalConfig, m: dict
         return
 
     def r2(xtr, xte) -> float:
-        fit = metrics.fit_ridge(xtr.reshape(-1, xtr.shape[-1])[keep_tr], ytr.reshape(-1, ytr.shape[-1])[keep_tr],
-                                cfg.ridge_alpha)  # fmt: skip
+        fit = metrics.fit_ridge(
+            xtr.reshape(-1, xtr.shape[-1])[keep_tr], ytr.reshape(-1, ytr.shape[-1])[keep_tr], cfg.ridge_alpha
+        )
         pred = fit.predict(xte.reshape(-1, xte.shape[-1])[keep_te])
         return metrics.r2_score(yte.reshape(-1, yte.shape[-1])[keep_te], pred)
 
@@ -176,9 +194,16 @@ class Report:
     def table(self) -> list[dict]:
         rows = []
         for r in self.sessions:
-            rows.append({"dataset": r.dataset, "session": r.session, "windows": r.windows,
-                         "heldout_units": r.heldout_units, **r.metrics,
-                         **{f"region_bps.{k}": v for k, v in r.regions.items()}})  # fmt: skip
+            rows.append(
+                {
+                    "dataset": r.dataset,
+                    "session": r.session,
+                    "windows": r.windows,
+                    "heldout_units": r.heldout_units,
+                    **r.metrics,
+                    **{f"region_bps.{k}": v for k, v in r.regions.items()},
+                }
+            )
         return rows
 
     def to_dict(self) -> dict:
@@ -191,8 +216,13 @@ def pool(results: list[SessionResult]) -> dict[str, dict[str, float]]:
     for name in dict.fromkeys(r.dataset for r in results):
         mine = [r for r in results if r.dataset == name]
         d = {}
-        labels = (("model", "co_bps"), ("readout", "co_bps_readout"), ("readout_untrained", "co_bps_readout_untrained"),
-                  ("smoothing", "co_bps_smoothing"), ("oracle", "co_bps_oracle"))  # fmt: skip
+        labels = (
+            ("model", "co_bps"),
+            ("readout", "co_bps_readout"),
+            ("readout_untrained", "co_bps_readout_untrained"),
+            ("smoothing", "co_bps_smoothing"),
+            ("oracle", "co_bps_oracle"),
+        )
         for key, label in labels:
             pairs = [r.pooled[key] for r in mine if key in r.pooled]
             if pairs and len(pairs) == len([r for r in mine if "model" in r.pooled]):

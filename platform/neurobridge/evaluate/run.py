@@ -34,10 +34,18 @@ def resolve_model_file(ref: str, settings: Settings) -> str:
     return ref
 
 
-def evaluate(model_ref: str, datasets: list[str] | None = None, mixture: str | None = None,
-             sessions: list[str] | None = None, truth_dir: str | None = None, cfg: EvalConfig | None = None,
-             settings: Settings | None = None, track: bool = True, progress=None,
-             exclude_sessions: list[str] | None = None) -> Report:  # fmt: skip
+def evaluate(
+    model_ref: str,
+    datasets: list[str] | None = None,
+    mixture: str | None = None,
+    sessions: list[str] | None = None,
+    truth_dir: str | None = None,
+    cfg: EvalConfig | None = None,
+    settings: Settings | None = None,
+    track: bool = True,
+    progress=None,
+    exclude_sessions: list[str] | None = None,
+) -> Report:
     settings = settings or get_settings()
     cfg = cfg or EvalConfig()
     model_file = resolve_model_file(model_ref, settings)
@@ -58,8 +66,10 @@ def evaluate(model_ref: str, datasets: list[str] | None = None, mixture: str | N
             if r is not None:
                 results.append(r)
     if not results:
-        raise StoreError(f"nothing to evaluate: no {cfg.split} windows with spike counts in {[s.name for s in srcs]}"
-                         + (f" for sessions {sorted(wanted)}" if wanted else ""))  # fmt: skip
+        raise StoreError(
+            f"nothing to evaluate: no {cfg.split} windows with spike counts in {[s.name for s in srcs]}"
+            + (f" for sessions {sorted(wanted)}" if wanted else "")
+        )
     report = Report(results, pool(results))
     if track:
         _track(settings, model_ref, report, cfg, {s.name: s.ref.version for s in srcs})
@@ -99,8 +109,13 @@ def figure(report: Report):
     import matplotlib.pyplot as plt
 
     rows = report.table()
-    keys = [("co_bps_smoothing", "smoothing + GLM"), ("co_bps", "model"), ("co_bps_readout", "model latents + GLM"),
-            ("co_bps_readout_untrained", "untrained latents + GLM"), ("co_bps_oracle", "oracle")]  # fmt: skip
+    keys = [
+        ("co_bps_smoothing", "smoothing + GLM"),
+        ("co_bps", "model"),
+        ("co_bps_readout", "model latents + GLM"),
+        ("co_bps_readout_untrained", "untrained latents + GLM"),
+        ("co_bps_oracle", "oracle"),
+    ]
     keys = [(k, label) for k, label in keys if any(k in r for r in rows)]
     fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(rows) + 2), 3.5))
     x = np.arange(len(rows))

@@ -17,8 +17,24 @@ from ..config import Settings
 from ..data.store import Source, iter_local
 from ..train.rows import table_rows
 
-EVAL_COLUMNS = ["dataset", "session", "subject", "task", "sample_id", "split", "t_start", "bin_ms", "n_units",
-                "n_bins", "counts", "mua", "unit_ids", "unit_regions", "behavior", "behavior_names"]  # fmt: skip
+EVAL_COLUMNS = [
+    "dataset",
+    "session",
+    "subject",
+    "task",
+    "sample_id",
+    "split",
+    "t_start",
+    "bin_ms",
+    "n_units",
+    "n_bins",
+    "counts",
+    "mua",
+    "unit_ids",
+    "unit_regions",
+    "behavior",
+    "behavior_names",
+]
 
 
 @dataclass
@@ -31,8 +47,13 @@ class SessionRows:
         return self.rows.get(name, [])
 
 
-def session_rows(settings: Settings, src: Source, splits: tuple[str, ...], sessions: set[str] | None = None,
-                 max_sessions: int | None = None) -> list[SessionRows]:  # fmt: skip
+def session_rows(
+    settings: Settings,
+    src: Source,
+    splits: tuple[str, ...],
+    sessions: set[str] | None = None,
+    max_sessions: int | None = None,
+) -> list[SessionRows]:
     """Rows of the given splits grouped by session (only ``sessions`` when given; the first ``max_sessions``)."""
     out: dict[str, SessionRows] = {}
     for batch in iter_local(settings, src, None, EVAL_COLUMNS):

@@ -16,11 +16,17 @@ def write_mixture(settings: Settings, name: str, reports: list) -> dict:
     datasets = []
     for r in reports:
         c = r.card.get("counts", {})
-        datasets.append({
-            "dataset": r.dataset, "version": r.version, "kind": r.card.get("kind"),
-            "rows": c.get("rows", 0), "tokens": c.get("tokens", 0), "sessions": c.get("sessions", 0),
-            "species": r.card.get("vocabularies", {}).get("species", []),
-        })  # fmt: skip
+        datasets.append(
+            {
+                "dataset": r.dataset,
+                "version": r.version,
+                "kind": r.card.get("kind"),
+                "rows": c.get("rows", 0),
+                "tokens": c.get("tokens", 0),
+                "sessions": c.get("sessions", 0),
+                "species": r.card.get("vocabularies", {}).get("species", []),
+            }
+        )
     mixture = {"name": name, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "datasets": datasets}
     fs, path = filesystem(join(settings.store, "mixtures", f"{safe_name(name)}.json"), settings)
     write_json_atomic(fs, path, mixture)

@@ -98,9 +98,14 @@ def ingest(
 ) -> IngestReport:
     """Ingest one catalog entry into a new (or the matching existing) dataset version."""
     result = ingest_many(
-        [entry], settings, workers=workers, progress=progress, on_record=on_record, max_retries=max_retries,
+        [entry],
+        settings,
+        workers=workers,
+        progress=progress,
+        on_record=on_record,
+        max_retries=max_retries,
         resources=resources,
-    )[0]  # fmt: skip
+    )[0]
     if isinstance(result, Exception):
         raise result
     return result
@@ -164,8 +169,9 @@ def _commit(plan: _Plan, new: list[dict]) -> IngestReport:
     fs, card_path = filesystem(join(plan.vdir, CARD), settings)
     if not plan.todo and fs.exists(card_path):
         card = read_json(fs, card_path)
-        return IngestReport(entry.name, plan.version, plan.vdir, len(items), 0, len(items), [], card,
-                            time.perf_counter() - plan.t0)  # fmt: skip
+        return IngestReport(
+            entry.name, plan.version, plan.vdir, len(items), 0, len(items), [], card, time.perf_counter() - plan.t0
+        )
     if new:
         _sweep_partial_writes(plan)
     by_key = {**plan.done, **{r["item"]: r for r in new}}
@@ -175,12 +181,29 @@ def _commit(plan: _Plan, new: list[dict]) -> IngestReport:
     write_card(plan.vdir, card, settings)  # last: from here on the version exists for readers
     failed = [r for r in ordered if r["status"] != "ok"]
     retried = [r["rel"] for r in new if r["status"] == "ok" and (r.get("attempt") or 1) > 1]
-    return IngestReport(entry.name, plan.version, plan.vdir, len(items), len(plan.todo), len(plan.done), failed,
-                        card, time.perf_counter() - plan.t0, retried)  # fmt: skip
+    return IngestReport(
+        entry.name,
+        plan.version,
+        plan.vdir,
+        len(items),
+        len(plan.todo),
+        len(plan.done),
+        failed,
+        card,
+        time.perf_counter() - plan.t0,
+        retried,
+    )
 
 
-def _run_items(plans: list[_Plan], settings: Settings, workers, progress, on_record, max_retries: int,
-               resources: dict[str, float] | None) -> list[dict]:  # fmt: skip
+def _run_items(
+    plans: list[_Plan],
+    settings: Settings,
+    workers,
+    progress,
+    on_record,
+    max_retries: int,
+    resources: dict[str, float] | None,
+) -> list[dict]:
     import ray
     import ray.data
 

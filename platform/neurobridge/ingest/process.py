@@ -37,10 +37,22 @@ COALESCE_GAP = 1 << 16  # read neighbouring segment ranges in one request when t
 def blank_record(item: Item) -> dict:
     """An item's status record before any work: failed, no rows (what stays if nothing else is learnt)."""
     rec = {
-        "item": item.key, "uri": item.uri, "rel": item.rel, "status": "failed", "error": None,
-        "session": None, "subject": None, "part": None, "rows": 0, "units": 0, "tokens": 0, "spikes": 0,
-        "clipped": 0, "dropped_windows": 0, "checksum": item.fingerprint,
-    }  # fmt: skip
+        "item": item.key,
+        "uri": item.uri,
+        "rel": item.rel,
+        "status": "failed",
+        "error": None,
+        "session": None,
+        "subject": None,
+        "part": None,
+        "rows": 0,
+        "units": 0,
+        "tokens": 0,
+        "spikes": 0,
+        "clipped": 0,
+        "dropped_windows": 0,
+        "checksum": item.fingerprint,
+    }
     if item.extra.get("meta"):
         rec["meta"] = item.extra["meta"]  # listing metadata (e.g. the Allen session type), failed items too
     return rec
@@ -78,11 +90,15 @@ def ingest_source(src: SpikeSource, entry: CatalogEntry, item: Item, vdir: str, 
     windows = make_windows(src, cfg)
     vocab = unit_vocab(entry, src.meta.session, src.unit_ids, src.unit_regions)
     stats = {
-        "session": src.meta.session, "subject": src.meta.subject, "units": len(vocab.unit_ids),
-        "dropped_windows": windows.dropped, "species": src.meta.species, "task": src.meta.task,
+        "session": src.meta.session,
+        "subject": src.meta.subject,
+        "units": len(vocab.unit_ids),
+        "dropped_windows": windows.dropped,
+        "species": src.meta.species,
+        "task": src.meta.task,
         "splits": {str(k): int(v) for k, v in zip(*np.unique(windows.split, return_counts=True), strict=True)},
         "regions": {str(k): int(v) for k, v in zip(*np.unique(vocab.regions, return_counts=True), strict=True)},
-    }  # fmt: skip
+    }
     behavior = plan_behavior(src, windows, cfg)
     if behavior.names:
         stats["behavior"] = behavior.names
@@ -312,7 +328,7 @@ def rows_table(
         "repeat": pa.array(repeat if repeat is not None else [None] * n, type=pa.int32()),
         "behavior": beh,
         "behavior_names": beh_names,
-    }  # fmt: skip
+    }
     return pa.table(columns, schema=SAMPLE_SCHEMA)
 
 
@@ -375,10 +391,23 @@ def ingest_binned(src: BinnedSource, entry: CatalogEntry, item: Item, vdir: str,
                 )
                 split = hash_split(keys, cfg.split.val_fraction, cfg.split.test_fraction, cfg.split.salt)
             sample_ids = [f"{entry.name}/{item.key}/{name}" for name in block.names]
-            writer.write_table(rows_table(
-                entry, block.meta, vocab.unit_ids, vocab.regions, sample_ids, split, block.t_start, block.bin_s,
-                values, block.stimulus_id, block.repeat, block.behavior, block.behavior_names,
-            ))  # fmt: skip
+            writer.write_table(
+                rows_table(
+                    entry,
+                    block.meta,
+                    vocab.unit_ids,
+                    vocab.regions,
+                    sample_ids,
+                    split,
+                    block.t_start,
+                    block.bin_s,
+                    values,
+                    block.stimulus_id,
+                    block.repeat,
+                    block.behavior,
+                    block.behavior_names,
+                )
+            )
             chaos.maybe_kill(settings.chaos, item.rel, item.key, "write")
             totals["rows"] += w
             totals["tokens"] += int(values.size)

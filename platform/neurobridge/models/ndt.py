@@ -63,8 +63,9 @@ def _grow(table: nn.Embedding, n: int) -> None:
     """Append ``n`` rows copied from the UNK row (as ``Vocab.extend`` does for the table it is given)."""
     if n:
         old = table.weight.data
-        table.weight = nn.Parameter(torch.cat([old, old[UNK : UNK + 1].expand(n, -1).clone()]),
-                                    requires_grad=table.weight.requires_grad)  # fmt: skip
+        table.weight = nn.Parameter(
+            torch.cat([old, old[UNK : UNK + 1].expand(n, -1).clone()]), requires_grad=table.weight.requires_grad
+        )
         table.num_embeddings = old.shape[0] + n
 
 

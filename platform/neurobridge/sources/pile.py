@@ -75,9 +75,14 @@ def shard_fingerprint(info: dict) -> str:
     or a local mtime."""
     lfs = info.get("lfs") or {}
     tag = (
-        info.get("ETag") or info.get("etag") or (lfs.get("sha256") if isinstance(lfs, dict) else None)
-        or info.get("blob_id") or info.get("mtime") or info.get("LastModified") or ""
-    )  # fmt: skip
+        info.get("ETag")
+        or info.get("etag")
+        or (lfs.get("sha256") if isinstance(lfs, dict) else None)
+        or info.get("blob_id")
+        or info.get("mtime")
+        or info.get("LastModified")
+        or ""
+    )
     return f"{info.get('size', '')}:{str(tag).strip(chr(34))}"
 
 
@@ -193,9 +198,14 @@ class PileSource(BinnedSource):
         self.opts = entry.pile or PileConfig()
         self.shard_split = split
         self._stats = {
-            "rows_read": 0, "rows_skipped": 0, "bad_rows": [], "windows": 0, "tail_bins_dropped": 0,
-            "tail_cells_dropped": 0, "rows_without_windows": 0,
-        }  # fmt: skip
+            "rows_read": 0,
+            "rows_skipped": 0,
+            "bad_rows": [],
+            "windows": 0,
+            "tail_bins_dropped": 0,
+            "tail_cells_dropped": 0,
+            "rows_without_windows": 0,
+        }
         fs, path = _filesystem(uri, settings)
         self._fh = None
         try:

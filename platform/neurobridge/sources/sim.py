@@ -569,8 +569,15 @@ def _write_nwb(
 
         module = nwb.create_processing_module(name="behavior", description="simulated hand kinematics")
         stamps = (np.arange(len(behavior)) + 0.5) * dt
-        module.add(TimeSeries(name="hand_vel", data=behavior, timestamps=stamps, unit="a.u.",
-                              description="hand velocity: a fixed linear readout of the latent state"))  # fmt: skip
+        module.add(
+            TimeSeries(
+                name="hand_vel",
+                data=behavior,
+                timestamps=stamps,
+                unit="a.u.",
+                description="hand velocity: a fixed linear readout of the latent state",
+            )
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     with NWBHDF5IO(str(path), "w") as io:
         io.write(nwb)

@@ -137,9 +137,13 @@ def write_allen_session(root: Path, cfg: AllenSimConfig, plan: dict, embeddings:
     start, stop, frames = _presentations(rng, cfg, t0=2.0)
     duration = float(stop[-1]) + 2.0
     base = SimConfig(
-        seed=cfg.seed, visual_regions=regions, visual_latency_ms=[50.0 + 10 * i for i in range(len(regions))],
-        n_images=cfg.n_images, embedding_dim=cfg.embedding_dim, minutes=duration / 60.0,
-    )  # fmt: skip
+        seed=cfg.seed,
+        visual_regions=regions,
+        visual_latency_ms=[50.0 + 10 * i for i in range(len(regions))],
+        n_images=cfg.n_images,
+        embedding_dim=cfg.embedding_dim,
+        minutes=duration / 60.0,
+    )
     t_start = datetime(2019, 1, 1, 9, 0, tzinfo=timezone.utc) + timedelta(days=k)
     spec = _Spec("visual", str(plan["specimen_id"]), str(sid), regions, n_units, (_ALLEN_CODE, k), "", t_start)
     shown = np.where(frames >= 0, frames, -1).astype(np.int64) if natural else np.full(len(frames), -1)
@@ -154,10 +158,13 @@ def write_allen_session(root: Path, cfg: AllenSimConfig, plan: dict, embeddings:
 
     nwb = NWBFile(
         session_description=f"simulated Allen Visual Coding session ({plan['session_type']})",
-        identifier=str(sid), session_start_time=t_start, file_create_date=t_start, session_id=str(sid),
+        identifier=str(sid),
+        session_start_time=t_start,
+        file_create_date=t_start,
+        session_id=str(sid),
         subject=Subject(subject_id=str(plan["specimen_id"]), species="Mus musculus", description="simulated"),
         institution="NeuroBridge simulator (Allen layout)",
-    )  # fmt: skip
+    )
     groups = []
     for p in range(len(cfg.probes)):
         device = nwb.create_device(name=f"probe{p}", description="Neuropixels (simulated)")
@@ -190,9 +197,12 @@ def write_allen_session(root: Path, cfg: AllenSimConfig, plan: dict, embeddings:
         table.add_column(name="stimulus_name", description="stimulus")
         for s, e, f in zip(start, stop, frames, strict=True):
             table.add_interval(
-                start_time=float(s), stop_time=float(e), frame=float(f), stimulus_name="natural_scenes",
+                start_time=float(s),
+                stop_time=float(e),
+                frame=float(f),
+                stimulus_name="natural_scenes",
                 tags=["stimulus_time_interval"],
-            )  # fmt: skip
+            )
     else:
         table = TimeIntervals(name="drifting_gratings_75_repeats_presentations", description="gratings")
         table.add_column(name="orientation", description="degrees")
@@ -207,9 +217,10 @@ def write_allen_session(root: Path, cfg: AllenSimConfig, plan: dict, embeddings:
     probe_ids = [810_755_797 + 10 * k + p for p in range(len(cfg.probes))]
     for p, pid in enumerate(probe_ids):  # LFP-only files beside the session file
         lfp = NWBFile(
-            session_description="simulated LFP", identifier=str(uuid.uuid3(_ID_NAMESPACE, f"lfp/{pid}")),
+            session_description="simulated LFP",
+            identifier=str(uuid.uuid3(_ID_NAMESPACE, f"lfp/{pid}")),
             session_start_time=t_start,
-        )  # fmt: skip
+        )
         dev = lfp.create_device(name=f"probe{p}", description="Neuropixels (simulated)")
         grp = lfp.create_electrode_group(f"probe{p}", description="probe", location="", device=dev)
         chans = np.flatnonzero(elec["probe"] == p)
@@ -231,13 +242,15 @@ def write_allen_session(root: Path, cfg: AllenSimConfig, plan: dict, embeddings:
         "unit_regions": [regions[r] for r in model.unit_region],
         "peak_channel_id": [int(c) for c in peak],
         "passes_filter": [bool(x) for x in kept],
-        "metrics": {k_: [None if isinstance(v, float) and np.isnan(v) else v for v in vals.tolist()]
-                    for k_, vals in metrics.items()},
+        "metrics": {
+            k_: [None if isinstance(v, float) and np.isnan(v) else v for v in vals.tolist()]
+            for k_, vals in metrics.items()
+        },
         "channels": {k_: v.tolist() for k_, v in elec.items()},
         "frames": frames.tolist() if natural else None,
         "acronym_column": bool(acronym_col),
         "n_spikes": int(len(times)),
-    }  # fmt: skip
+    }
 
 
 def _write_tables(root: Path, cfg: AllenSimConfig, records: list[dict]) -> None:
@@ -251,11 +264,34 @@ def _write_tables(root: Path, cfg: AllenSimConfig, records: list[dict]) -> None:
 
     write(
         "sessions.csv",
-        ["id", "date_of_acquisition", "published_at", "specimen_id", "session_type", "age_in_days", "sex",
-         "full_genotype", "has_nwb", "isi_experiment_id"],
-        [[r["id"], "2019-01-01T09:00:00Z", "2019-10-03T00:00:00Z", r["specimen_id"], r["session_type"],
-          100 + r["index"], "M", "wt/wt", True, 700_000_000 + r["index"]] for r in records],
-    )  # fmt: skip
+        [
+            "id",
+            "date_of_acquisition",
+            "published_at",
+            "specimen_id",
+            "session_type",
+            "age_in_days",
+            "sex",
+            "full_genotype",
+            "has_nwb",
+            "isi_experiment_id",
+        ],
+        [
+            [
+                r["id"],
+                "2019-01-01T09:00:00Z",
+                "2019-10-03T00:00:00Z",
+                r["specimen_id"],
+                r["session_type"],
+                100 + r["index"],
+                "M",
+                "wt/wt",
+                True,
+                700_000_000 + r["index"],
+            ]
+            for r in records
+        ],
+    )
     probes, channels, units = [], [], []
     for r in records:
         ch = r["channels"]
@@ -266,14 +302,39 @@ def _write_tables(root: Path, cfg: AllenSimConfig, records: list[dict]) -> None:
         m = r["metrics"]
         for i, uid in enumerate(r["unit_ids"]):
             amp = m["amplitude_cutoff"][i]
-            units.append([uid, r["peak_channel_id"][i], m["quality"][i], m["snr"][i], m["isi_violations"][i],
-                          m["presence_ratio"][i], "" if amp is None else amp])  # fmt: skip
-    write("probes.csv", ["id", "ecephys_session_id", "name", "sampling_rate", "lfp_sampling_rate", "phase",
-                         "has_lfp_data"], probes)  # fmt: skip
-    write("channels.csv", ["id", "ecephys_probe_id", "local_index", "probe_horizontal_position",
-                           "probe_vertical_position", "ecephys_structure_acronym"], channels)  # fmt: skip
-    write("units.csv", ["id", "ecephys_channel_id", "quality", "snr", "isi_violations", "presence_ratio",
-                        "amplitude_cutoff"], units)  # fmt: skip
+            units.append(
+                [
+                    uid,
+                    r["peak_channel_id"][i],
+                    m["quality"][i],
+                    m["snr"][i],
+                    m["isi_violations"][i],
+                    m["presence_ratio"][i],
+                    "" if amp is None else amp,
+                ]
+            )
+    write(
+        "probes.csv",
+        ["id", "ecephys_session_id", "name", "sampling_rate", "lfp_sampling_rate", "phase", "has_lfp_data"],
+        probes,
+    )
+    write(
+        "channels.csv",
+        [
+            "id",
+            "ecephys_probe_id",
+            "local_index",
+            "probe_horizontal_position",
+            "probe_vertical_position",
+            "ecephys_structure_acronym",
+        ],
+        channels,
+    )
+    write(
+        "units.csv",
+        ["id", "ecephys_channel_id", "quality", "snr", "isi_violations", "presence_ratio", "amplitude_cutoff"],
+        units,
+    )
 
 
 def simulate_allen_cache(out: str, cfg: AllenSimConfig | None = None, settings=None) -> dict[str, Any]:

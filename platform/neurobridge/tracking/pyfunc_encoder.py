@@ -16,8 +16,7 @@ from pathlib import Path
 import mlflow.pyfunc
 from mlflow.models import set_model
 
-ROW_FIELDS = ("session", "subject", "task", "dataset", "n_units", "n_bins", "counts", "mua", "unit_regions",
-              "unit_ids")  # fmt: skip
+ROW_FIELDS = ("session", "subject", "task", "dataset", "n_units", "n_bins", "counts", "mua", "unit_regions", "unit_ids")
 
 
 def frame_rows(frame) -> list[dict]:

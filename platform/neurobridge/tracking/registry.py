@@ -19,8 +19,10 @@ from pathlib import Path
 from ..config import Settings, get_settings
 from . import mlflow_run
 
-PYFUNC_CODE = {"pretrain": Path(__file__).with_name("pyfunc_encoder.py"),
-               "align": Path(__file__).with_name("pyfunc_projector.py")}  # fmt: skip
+PYFUNC_CODE = {
+    "pretrain": Path(__file__).with_name("pyfunc_encoder.py"),
+    "align": Path(__file__).with_name("pyfunc_projector.py"),
+}
 MODEL_DIR = "registered_model"  # run artifact folder holding the MLflow model (MLmodel, code, artifacts)
 KINDS = {"pretrain": "model.pt", "align": "align_model.json"}  # run kind → the file its `model/` folder must hold
 
@@ -68,8 +70,14 @@ def _client(settings: Settings):
 
 
 def _info(mv, aliases: list[str] | None = None) -> VersionInfo:
-    return VersionInfo(mv.name, str(mv.version), mv.run_id or "", sorted(aliases if aliases is not None else
-                       (mv.aliases or [])), dict(mv.tags or {}), mv.source or "")  # fmt: skip
+    return VersionInfo(
+        mv.name,
+        str(mv.version),
+        mv.run_id or "",
+        sorted(aliases if aliases is not None else (mv.aliases or [])),
+        dict(mv.tags or {}),
+        mv.source or "",
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- register
@@ -97,9 +105,17 @@ def input_example(vocabs, neurons_per_token: int):
 
     n_units = neurons_per_token
     counts = (np.arange(n_units * EXAMPLE_BINS) % 3).astype(np.int64).tolist()
-    row = {"session": first("session"), "subject": first("subject"), "task": first("task"),
-           "dataset": first("dataset"), "n_units": n_units, "n_bins": EXAMPLE_BINS, "counts": counts,
-           "unit_regions": [first("region")] * n_units, "unit_ids": [f"u{i}" for i in range(n_units)]}  # fmt: skip
+    row = {
+        "session": first("session"),
+        "subject": first("subject"),
+        "task": first("task"),
+        "dataset": first("dataset"),
+        "n_units": n_units,
+        "n_bins": EXAMPLE_BINS,
+        "counts": counts,
+        "unit_regions": [first("region")] * n_units,
+        "unit_ids": [f"u{i}" for i in range(n_units)],
+    }
     return pd.DataFrame([row])
 
 
@@ -108,12 +124,20 @@ def signature(d_model: int):
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Array, ColSpec, Schema, TensorSpec
 
-    inputs = Schema([
-        ColSpec("string", "session"), ColSpec("string", "subject"), ColSpec("string", "task"),
-        ColSpec("string", "dataset", required=False), ColSpec("long", "n_units"), ColSpec("long", "n_bins"),
-        ColSpec(Array("long"), "counts", required=False), ColSpec(Array("double"), "mua", required=False),
-        ColSpec(Array("string"), "unit_regions"), ColSpec(Array("string"), "unit_ids", required=False),
-    ])  # fmt: skip
+    inputs = Schema(
+        [
+            ColSpec("string", "session"),
+            ColSpec("string", "subject"),
+            ColSpec("string", "task"),
+            ColSpec("string", "dataset", required=False),
+            ColSpec("long", "n_units"),
+            ColSpec("long", "n_bins"),
+            ColSpec(Array("long"), "counts", required=False),
+            ColSpec(Array("double"), "mua", required=False),
+            ColSpec(Array("string"), "unit_regions"),
+            ColSpec(Array("string"), "unit_ids", required=False),
+        ]
+    )
     return ModelSignature(inputs=inputs, outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, d_model))]))
 
 
@@ -122,8 +146,13 @@ def projector_signature(dim: int):
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Array, ColSpec, Schema, TensorSpec
 
-    inputs = Schema([ColSpec("string", "session"), ColSpec(Array("double"), "features"),
-                     ColSpec("string", "region_set", required=False)])  # fmt: skip
+    inputs = Schema(
+        [
+            ColSpec("string", "session"),
+            ColSpec(Array("double"), "features"),
+            ColSpec("string", "region_set", required=False),
+        ]
+    )
     return ModelSignature(inputs=inputs, outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, dim))]))
 
 
@@ -181,8 +210,9 @@ def register(
         except Exception as err:
             raise RegistryError(f"run {run_id} logged no model/ folder ({type(err).__name__})") from None
         if not (local / KINDS[kind]).exists():
-            raise RegistryError(f"run {run_id}: model/ holds {sorted(p.name for p in local.iterdir())}, "
-                                f"not {KINDS[kind]}")  # fmt: skip
+            raise RegistryError(
+                f"run {run_id}: model/ holds {sorted(p.name for p in local.iterdir())}, not {KINDS[kind]}"
+            )
         if kind == "align":
             sig, example = _align_parts(local)
         else:
@@ -190,15 +220,23 @@ def register(
             sig, example = signature(model.cfg.d_model), input_example(vocabs, model.cfg.neurons_per_token)
         out = Path(d) / MODEL_DIR
         mlflow.pyfunc.save_model(
-            str(out), python_model=str(PYFUNC_CODE[kind]), artifacts={"model": str(local)},
-            model_config={"kind": kind}, signature=sig, input_example=example, pip_requirements=_requirements(),
-        )  # fmt: skip
+            str(out),
+            python_model=str(PYFUNC_CODE[kind]),
+            artifacts={"model": str(local)},
+            model_config={"kind": kind},
+            signature=sig,
+            input_example=example,
+            pip_requirements=_requirements(),
+        )
         client.log_artifacts(run_id, str(out), MODEL_DIR)
-    lineage = {"kind": kind, "run_id": run_id, "git_commit": tags.get("git_commit", "unknown"),
-               "config_hash": config_hash(client, run_id),
-               **{k: v for k, v in tags.items() if k.startswith("dataset.") or k == "mixture" and v},
-               **{f"metric.{k}": f"{v:.6g}" for k, v in sorted(run.data.metrics.items())
-                  if key_metric(kind, k)}}  # fmt: skip
+    lineage = {
+        "kind": kind,
+        "run_id": run_id,
+        "git_commit": tags.get("git_commit", "unknown"),
+        "config_hash": config_hash(client, run_id),
+        **{k: v for k, v in tags.items() if k.startswith("dataset.") or k == "mixture" and v},
+        **{f"metric.{k}": f"{v:.6g}" for k, v in sorted(run.data.metrics.items()) if key_metric(kind, k)},
+    }
     from mlflow.exceptions import MlflowException
 
     try:
@@ -264,8 +302,9 @@ def resolve(uri: str, settings: Settings | None = None) -> VersionInfo:
     return _info(mv)
 
 
-def promote(name: str, alias: str = "champion", version: str | None = None,
-            settings: Settings | None = None) -> VersionInfo:  # fmt: skip
+def promote(
+    name: str, alias: str = "champion", version: str | None = None, settings: Settings | None = None
+) -> VersionInfo:
     """Point ``alias`` at ``version`` (default: the version now at ``candidate``)."""
     settings = settings or get_settings()
     if version is None:
@@ -296,6 +335,7 @@ def load(uri: str, settings: Settings | None = None):
 
     settings = settings or get_settings()
     info = resolve(uri, settings)
-    local = mlflow.artifacts.download_artifacts(artifact_uri=info.source, tracking_uri=settings.mlflow_uri,
-                                                dst_path=tempfile.mkdtemp(prefix="nb-registry-"))  # fmt: skip
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=info.source, tracking_uri=settings.mlflow_uri, dst_path=tempfile.mkdtemp(prefix="nb-registry-")
+    )
     return mlflow.pyfunc.load_model(local), info

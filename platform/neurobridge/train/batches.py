@@ -61,8 +61,11 @@ class HeldoutSplit:
 
 def heldout_flags(settings, srcs) -> dict[str, dict[str, bool]]:
     """session → unit id → held-out flag, from the ``units/`` side tables (NLB's official split when present)."""
-    return {sess: {u: bool(f) for u, f in flags.items()}
-            for s in srcs for sess, flags in unit_columns(settings, s, "heldout").items()}  # fmt: skip
+    return {
+        sess: {u: bool(f) for u, f in flags.items()}
+        for s in srcs
+        for sess, flags in unit_columns(settings, s, "heldout").items()
+    }
 
 
 def with_heldout(rows: list[dict], split: HeldoutSplit | None) -> list[dict]:
@@ -104,8 +107,15 @@ class Collated:
 class CollateWindows(ArrowBatchCollateFn):
     """Arrow table of store rows → ``Collated`` (a padded, patched batch plus the rows' ids for error messages)."""
 
-    def __init__(self, vocabs: Vocabularies, neurons_per_token: int, split: HeldoutSplit | None = None,
-                 max_units: int | None = None, crop_bins: int | None = None, seed: int = 0):  # fmt: skip
+    def __init__(
+        self,
+        vocabs: Vocabularies,
+        neurons_per_token: int,
+        split: HeldoutSplit | None = None,
+        max_units: int | None = None,
+        crop_bins: int | None = None,
+        seed: int = 0,
+    ):
         self.vocabs, self.k, self.split, self.max_units = vocabs, neurons_per_token, split, max_units
         self.crop_bins, self.seed = crop_bins, seed
 

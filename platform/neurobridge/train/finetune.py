@@ -91,9 +91,13 @@ def pick_windows(rows: list[dict], k: int | None, seed: int | str) -> list[dict]
     return ranked if k is None else ranked[:k]
 
 
-def finetune(cfg: FinetuneConfig, model_file: str | None, settings: Settings | None = None,
-             scratch_model: ModelConfig | None = None,
-             windows: tuple[list[dict], list[dict]] | None = None) -> FinetuneResult:  # fmt: skip
+def finetune(
+    cfg: FinetuneConfig,
+    model_file: str | None,
+    settings: Settings | None = None,
+    scratch_model: ModelConfig | None = None,
+    windows: tuple[list[dict], list[dict]] | None = None,
+) -> FinetuneResult:
     """Fine-tune ``model_file`` (or, with ``model_file=None``, train a fresh ``scratch_model``) on the session.
 
     ``windows`` = (train, val) rows of the session replaces its stored train/val splits (cross-validation folds).
@@ -136,12 +140,22 @@ def finetune(cfg: FinetuneConfig, model_file: str | None, settings: Settings | N
             yield collate_fn.collate_rows([rows[j] for j in order[i : i + bs]])
 
     pcfg = PretrainConfig(
-        name="finetune", seed=cfg.seed, mode=cfg.mode, model=model.cfg, data=DataConfig(mixture=None),
-        optim=OptimConfig(lr=cfg.lr, max_steps=cfg.steps, batch_size=bs, warmup_steps=min(20, cfg.steps // 10),
-                          unit_weight_decay=cfg.unit_weight_decay),
-        log_every=max(1, cfg.steps // 10), checkpoint_every=cfg.steps,
+        name="finetune",
+        seed=cfg.seed,
+        mode=cfg.mode,
+        model=model.cfg,
+        data=DataConfig(mixture=None),
+        optim=OptimConfig(
+            lr=cfg.lr,
+            max_steps=cfg.steps,
+            batch_size=bs,
+            warmup_steps=min(20, cfg.steps // 10),
+            unit_weight_decay=cfg.unit_weight_decay,
+        ),
+        log_every=max(1, cfg.steps // 10),
+        checkpoint_every=cfg.steps,
         validation=ValidationConfig(every=cfg.val_every, patience=cfg.val_patience),
-    )  # fmt: skip
+    )
     validate = None
     if cfg.val_every is not None:
         val = windows[1][: pcfg.validation.max_windows]
@@ -153,8 +167,15 @@ def finetune(cfg: FinetuneConfig, model_file: str | None, settings: Settings | N
             return val_loss(m, fixed, cfg.mode, cfg.seed, torch.device("cpu"))
 
     history: list[dict] = []
-    last = run_steps(pcfg, model, vocabs, batches, device=torch.device("cpu"),
-                     report=lambda m, _state: history.append(dict(m)), validate=validate)  # fmt: skip
+    last = run_steps(
+        pcfg,
+        model,
+        vocabs,
+        batches,
+        device=torch.device("cpu"),
+        report=lambda m, _state: history.append(dict(m)),
+        validate=validate,
+    )
     best = last.pop("best", None)
     if best is not None:
         model.load_state_dict(best["model"])

@@ -118,10 +118,17 @@ def run_steps(
             sched.step()
             step += 1
             clock.step_done(int(batch.token_valid.sum()))
-            last = {"step": step, "epoch": epoch, "loss": float(out.loss.detach()),
-                    "poisson_nll": float(out.poisson_nll.detach()), "mse": float(out.mse.detach()),
-                    "lr": sched.get_last_lr()[0], "grad_norm": float(grad_norm),
-                    "tokens": int(batch.token_valid.sum()), "cells": int(batch.token_cells.sum())}  # fmt: skip
+            last = {
+                "step": step,
+                "epoch": epoch,
+                "loss": float(out.loss.detach()),
+                "poisson_nll": float(out.poisson_nll.detach()),
+                "mse": float(out.mse.detach()),
+                "lr": sched.get_last_lr()[0],
+                "grad_norm": float(grad_norm),
+                "tokens": int(batch.token_valid.sum()),
+                "cells": int(batch.token_cells.sum()),
+            }
             stop = step >= cfg.optim.max_steps
             validated = val_every is not None and (step % val_every == 0 or stop)
             if validated:
@@ -138,8 +145,15 @@ def run_steps(
             if at_ckpt or validated or step % cfg.log_every == 0:
                 last.update(clock.rates())
             if at_ckpt:
-                full = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                        "step": step, "epoch": epoch, "batch_in_epoch": seen, "stale": stale}  # fmt: skip
+                full = {
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "step": step,
+                    "epoch": epoch,
+                    "batch_in_epoch": seen,
+                    "stale": stale,
+                }
                 if best is not None:
                     full["best"] = best
                 report(last, full)
@@ -184,9 +198,12 @@ class _Clock:
     def rates(self) -> dict:
         """Averages since the last call: seconds per step waiting and computing, tokens per second of compute."""
         n = max(self.steps, 1)
-        out = {"time_data_wait_s": self.wait / n, "time_step_s": self.compute / n,
-               "tokens_per_s": self.tokens / max(self.wait + self.compute, 1e-9),
-               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}  # fmt: skip
+        out = {
+            "time_data_wait_s": self.wait / n,
+            "time_step_s": self.compute / n,
+            "tokens_per_s": self.tokens / max(self.wait + self.compute, 1e-9),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        }
         self.wait = self.compute = 0.0
         self.tokens = self.steps = 0
         return out

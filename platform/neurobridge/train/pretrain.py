@@ -101,14 +101,24 @@ def train_loop_per_worker(config: dict) -> None:
     ddp = ray.train.torch.prepare_model(model) if world > 1 else None
     shard = ray.train.get_dataset_shard("train")
     logger = mlflow_run.MetricsLogger(config["mlflow_uri"], config["run_id"]) if rank == 0 else None
-    collate_fn = CollateWindows(vocabs, cfg.model.neurons_per_token, HeldoutSplit.from_dict(config["heldout"]),
-                                cfg.data.max_units, cfg.data.crop_bins, cfg.seed)  # fmt: skip
+    collate_fn = CollateWindows(
+        vocabs,
+        cfg.model.neurons_per_token,
+        HeldoutSplit.from_dict(config["heldout"]),
+        cfg.data.max_units,
+        cfg.data.crop_bins,
+        cfg.seed,
+    )
 
     def batches(epoch: int):
         return shard.iter_torch_batches(
-            batch_size=cfg.optim.batch_size, collate_fn=collate_fn, drop_last=True, prefetch_batches=2,
-            local_shuffle_buffer_size=SHUFFLE_BUFFER, local_shuffle_seed=cfg.seed + epoch,
-        )  # fmt: skip
+            batch_size=cfg.optim.batch_size,
+            collate_fn=collate_fn,
+            drop_last=True,
+            prefetch_batches=2,
+            local_shuffle_buffer_size=SHUFFLE_BUFFER,
+            local_shuffle_seed=cfg.seed + epoch,
+        )
 
     fault = config.get("fault") or {}
 
@@ -133,8 +143,19 @@ def train_loop_per_worker(config: dict) -> None:
         def validate(m) -> float:
             return val_loss(m, fixed, cfg.mode, cfg.seed, device)
 
-    run_steps(cfg, model, vocabs, batches, device=device, rank=rank, world=world, state=state, report=report,
-              ddp_model=ddp, validate=validate)  # fmt: skip
+    run_steps(
+        cfg,
+        model,
+        vocabs,
+        batches,
+        device=device,
+        rank=rank,
+        world=world,
+        state=state,
+        report=report,
+        ddp_model=ddp,
+        validate=validate,
+    )
 
 
 def _val_batches(shard, cfg: PretrainConfig, collate_fn: CollateWindows) -> list:
@@ -186,13 +207,29 @@ def pretrain(cfg: PretrainConfig, settings: Settings | None = None, resume_from:
     ensure_ray(settings, min_cpus=int(s.num_workers * s.cpus_per_worker) + 2)
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # with seeded shuffles: the same data order on every (re)run
-    train = ray_dataset(settings, srcs, "train", cfg.data.mixing, epoch_rows(cfg, srcs), cfg.seed, ROW_COLUMNS,
-                        exclude_sessions=frozenset(cfg.data.holdout_sessions))  # fmt: skip
+    train = ray_dataset(
+        settings,
+        srcs,
+        "train",
+        cfg.data.mixing,
+        epoch_rows(cfg, srcs),
+        cfg.seed,
+        ROW_COLUMNS,
+        exclude_sessions=frozenset(cfg.data.holdout_sessions),
+    )
     datasets = {"train": train}
     if cfg.validation.every is not None:
         try:  # every val row once, unmixed; rank 0 scores the first max_windows of them
-            datasets["val"] = ray_dataset(settings, srcs, "val", "proportional", None, cfg.seed, ROW_COLUMNS,
-                                          exclude_sessions=frozenset(cfg.data.holdout_sessions))  # fmt: skip
+            datasets["val"] = ray_dataset(
+                settings,
+                srcs,
+                "val",
+                "proportional",
+                None,
+                cfg.seed,
+                ROW_COLUMNS,
+                exclude_sessions=frozenset(cfg.data.holdout_sessions),
+            )
         except StoreError as err:
             raise StoreError(f"validation.every is set but there is nothing to validate on: {err}") from None
     lineage = {f"dataset.{s.name}": s.ref.version for s in srcs}
@@ -201,17 +238,27 @@ def pretrain(cfg: PretrainConfig, settings: Settings | None = None, resume_from:
     path, pa_fs = runs_storage(settings)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": cfg.model_dump(mode="json"), "vocabs": vocabs.to_dict(), "heldout": heldout.to_dict(),
-                           "mlflow_uri": settings.mlflow_uri, "run_id": run_id, "fault": _fault_spec()},
-        scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
-                                     resources_per_worker={"CPU": s.cpus_per_worker}),
-        run_config=RunConfig(name=f"{cfg.name}-{run_id[:8]}" if resume_from is None else resume_from,
-                             storage_path=path, storage_filesystem=pa_fs,
-                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
-                             failure_config=FailureConfig(max_failures=cfg.max_failures)),
+        train_loop_config={
+            "cfg": cfg.model_dump(mode="json"),
+            "vocabs": vocabs.to_dict(),
+            "heldout": heldout.to_dict(),
+            "mlflow_uri": settings.mlflow_uri,
+            "run_id": run_id,
+            "fault": _fault_spec(),
+        },
+        scaling_config=ScalingConfig(
+            num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker={"CPU": s.cpus_per_worker}
+        ),
+        run_config=RunConfig(
+            name=f"{cfg.name}-{run_id[:8]}" if resume_from is None else resume_from,
+            storage_path=path,
+            storage_filesystem=pa_fs,
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+        ),
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=["train"]),
-    )  # fmt: skip
+    )
     ok = False
     try:
         result = trainer.fit()

@@ -9,9 +9,26 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-ROW_COLUMNS = ["dataset", "session", "subject", "task", "sample_id", "split", "t_start", "bin_ms", "n_units", "n_bins",
-               "counts", "mua",
-               "unit_ids", "unit_regions", "behavior", "behavior_names", "stimulus_id", "repeat"]  # fmt: skip
+ROW_COLUMNS = [
+    "dataset",
+    "session",
+    "subject",
+    "task",
+    "sample_id",
+    "split",
+    "t_start",
+    "bin_ms",
+    "n_units",
+    "n_bins",
+    "counts",
+    "mua",
+    "unit_ids",
+    "unit_regions",
+    "behavior",
+    "behavior_names",
+    "stimulus_id",
+    "repeat",
+]
 
 
 def _views(column: pa.ChunkedArray | pa.Array) -> list[np.ndarray | None]:
@@ -33,8 +50,9 @@ def table_rows(table: pa.Table) -> list[dict]:
     counts = _views(table.column("counts")) if "counts" in cols else [None] * n
     mua = _views(table.column("mua")) if "mua" in cols else [None] * n
     behavior = _views(table.column("behavior")) if "behavior" in cols else [None] * n
-    scalars = {c: table.column(c).to_pylist() for c in ROW_COLUMNS
-               if c in cols and c not in ("counts", "mua", "behavior")}  # fmt: skip
+    scalars = {
+        c: table.column(c).to_pylist() for c in ROW_COLUMNS if c in cols and c not in ("counts", "mua", "behavior")
+    }
     rows = []
     for i in range(n):
         row = {c: v[i] for c, v in scalars.items()}

@@ -19,8 +19,14 @@ from ..storage import StoreError
 from ..train.rows import ROW_COLUMNS
 
 
-def mixed_rows(settings: Settings, srcs: list[Source], rule: str, epoch_rows: int | None, seed: int,
-               exclude_sessions: frozenset = frozenset()) -> pa.Table:  # fmt: skip
+def mixed_rows(
+    settings: Settings,
+    srcs: list[Source],
+    rule: str,
+    epoch_rows: int | None,
+    seed: int,
+    exclude_sessions: frozenset = frozenset(),
+) -> pa.Table:
     """The train rows of one epoch of the mixture (rows repeated or dropped by their dataset's multiple)."""
     plan = epoch_plan({s.name: s.rows("train") for s in srcs}, rule, epoch_rows)
     cols = list(dict.fromkeys([*ROW_COLUMNS, "dataset", "session", "sample_id", "split"]))

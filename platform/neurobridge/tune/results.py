@@ -34,8 +34,17 @@ def table(result_grid, spec: AblationSpec) -> pd.DataFrame:
     return df.sort_values("trial", kind="stable").reset_index(drop=True) if len(df) else df
 
 
-_TUNE_KEYS = {"timestamp", "time_this_iter_s", "time_total_s", "pid", "training_iteration", "time_since_restore",
-              "iterations_since_restore", "done", COMPLETE}  # fmt: skip
+_TUNE_KEYS = {
+    "timestamp",
+    "time_this_iter_s",
+    "time_total_s",
+    "pid",
+    "training_iteration",
+    "time_since_restore",
+    "iterations_since_restore",
+    "done",
+    COMPLETE,
+}
 
 
 def summarize(df: pd.DataFrame, spec: AblationSpec, metric: str | None = None) -> pd.DataFrame:
@@ -56,18 +65,21 @@ def summary_markdown(df: pd.DataFrame, spec: AblationSpec, wall_s: float | None 
     metric = spec.search.metric
     summ = summarize(df, spec)
     better = "lower" if spec.search.mode == "min" else "higher"
-    lines = [f"# Ablation `{spec.name}` ({spec.kind})", "",
-             f"{len(df)} trials ({int((df['status'] == 'ok').sum())} ok) over axes {', '.join(spec.axes)} × "
-             f"seeds {spec.seeds}; metric `{metric}` ({better} is better), mean ± s.e.m. across seeds."]  # fmt: skip
+    lines = [
+        f"# Ablation `{spec.name}` ({spec.kind})",
+        "",
+        f"{len(df)} trials ({int((df['status'] == 'ok').sum())} ok) over axes {', '.join(spec.axes)} × "
+        f"seeds {spec.seeds}; metric `{metric}` ({better} is better), mean ± s.e.m. across seeds.",
+    ]
     if wall_s is not None:
         lines.append(f"Wall time of the last run: {wall_s:.0f} s.")
     cols = [*spec.axes, *searched(summ, spec)]
-    lines += ["", "| " + " | ".join([*cols, metric, "± s.e.m.", "seeds"]) + " |",
-              "|" + "---|" * (len(cols) + 3)]  # fmt: skip
+    lines += ["", "| " + " | ".join([*cols, metric, "± s.e.m.", "seeds"]) + " |", "|" + "---|" * (len(cols) + 3)]
     for _, r in summ.sort_values("mean", ascending=spec.search.mode == "min", kind="stable").iterrows():
         sem = "" if not math.isfinite(r["sem"]) else f"{r['sem']:.4f}"
-        lines.append("| " + " | ".join([*(_cell(r[a]) for a in cols), f"{r['mean']:.4f}", sem,
-                                        str(int(r["seeds"]))]) + " |")  # fmt: skip
+        lines.append(
+            "| " + " | ".join([*(_cell(r[a]) for a in cols), f"{r['mean']:.4f}", sem, str(int(r["seeds"]))]) + " |"
+        )
     failed = df[df["status"] != "ok"]
     if len(failed):
         lines += ["", "Trials without a result:", *(f"- {r.trial}: {r.status} {r.error}" for r in failed.itertuples())]

@@ -63,8 +63,10 @@ def _parent_run(settings: Settings, spec: AblationSpec, fs, exp_path: str) -> tu
         with fs.open(marker, "rb") as f:
             saved = json.loads(f.read())
         if saved["spec_digest"] != digest:
-            raise SpecError(f"ablation {spec.name!r} already exists at {exp_path} with another spec; rename the "
-                            "ablation (name: …) or delete that folder to start over")  # fmt: skip
+            raise SpecError(
+                f"ablation {spec.name!r} already exists at {exp_path} with another spec; rename the "
+                "ablation (name: …) or delete that folder to start over"
+            )
         return saved["parent_run_id"], True
     tags = {"kind": "ablation", "ablation": spec.name, "spec_file": spec.source_file or ""}
     run_id = mlflow_run.start_run(settings.mlflow_uri, spec.experiment, spec.name, spec.model_dump(mode="json"), tags)
@@ -80,8 +82,11 @@ def _kill_stale_children(settings: Settings, spec: AblationSpec, parent: str) ->
 
     client = MlflowClient(settings.mlflow_uri)
     exp = client.get_experiment_by_name(spec.experiment)
-    runs = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent}' and attributes.status = "
-                              "'RUNNING'", max_results=10_000)  # fmt: skip
+    runs = client.search_runs(
+        [exp.experiment_id],
+        f"tags.mlflow.parentRunId = '{parent}' and attributes.status = 'RUNNING'",
+        max_results=10_000,
+    )
     for r in runs:
         client.set_terminated(r.info.run_id, "KILLED")
     return len(runs)
@@ -110,8 +115,9 @@ def _search(spec: AblationSpec) -> tuple[dict, dict]:
     if s.algorithm == "asha":
         from ray.tune.schedulers import ASHAScheduler
 
-        kwargs["scheduler"] = ASHAScheduler(metric=s.metric, mode=s.mode, grace_period=s.grace_period,
-                                            reduction_factor=s.reduction_factor)  # fmt: skip
+        kwargs["scheduler"] = ASHAScheduler(
+            metric=s.metric, mode=s.mode, grace_period=s.grace_period, reduction_factor=s.reduction_factor
+        )
     return space, kwargs
 
 
@@ -122,8 +128,9 @@ def _trial_dir(trial) -> str:
     return f"{trial.trial_id}_{safe}"
 
 
-def run_ablation(spec: AblationSpec, settings: Settings | None = None,
-                 echo: Callable[[str], None] = print) -> AblationResult:  # fmt: skip
+def run_ablation(
+    spec: AblationSpec, settings: Settings | None = None, echo: Callable[[str], None] = print
+) -> AblationResult:
     from ray import tune
 
     settings = settings or get_settings()
@@ -133,33 +140,51 @@ def run_ablation(spec: AblationSpec, settings: Settings | None = None,
     exp_path = f"{path}/{spec.name}"
     parent, resumed = _parent_run(settings, spec, fs, exp_path)
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, spec=spec, settings=settings.model_dump(), parent_run_id=parent,
-                             cwd=os.getcwd(), git=mlflow_run.git_commit()),
+        tune.with_parameters(
+            run_trial,
+            spec=spec,
+            settings=settings.model_dump(),
+            parent_run_id=parent,
+            cwd=os.getcwd(),
+            git=mlflow_run.git_commit(),
+        ),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
-    )  # fmt: skip
+    )
     t0 = time.perf_counter()
     ok = False
     try:
         if tune.Tuner.can_restore(exp_path, storage_filesystem=pa_fs):
             stale = _kill_stale_children(settings, spec, parent)
             echo(f"resuming ablation {spec.name!r} from {exp_path} ({stale} interrupted trial run(s) marked KILLED)")
-            tuner = tune.Tuner.restore(exp_path, trainable, resume_unfinished=True, resume_errored=True,
-                                       storage_filesystem=pa_fs)  # fmt: skip
+            tuner = tune.Tuner.restore(
+                exp_path, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=pa_fs
+            )
             resumed = True
         else:
             space, kwargs = _search(spec)
             n = n_trials(spec)
-            echo(f"ablation {spec.name!r}: {n} trials, at most {spec.max_concurrent_trials} at a time, "
-                 f"{spec.resources.cpu} CPU each → {exp_path}")  # fmt: skip
+            echo(
+                f"ablation {spec.name!r}: {n} trials, at most {spec.max_concurrent_trials} at a time, "
+                f"{spec.resources.cpu} CPU each → {exp_path}"
+            )
             tuner = tune.Tuner(
-                trainable, param_space=space,
-                tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent_trials,
-                                            time_budget_s=spec.time_budget_s, trial_dirname_creator=_trial_dir,
-                                            reuse_actors=True,
-                                            **kwargs),
-                run_config=tune.RunConfig(name=spec.name, storage_path=path, storage_filesystem=pa_fs,
-                                          checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=0),
-            )  # fmt: skip
+                trainable,
+                param_space=space,
+                tune_config=tune.TuneConfig(
+                    max_concurrent_trials=spec.max_concurrent_trials,
+                    time_budget_s=spec.time_budget_s,
+                    trial_dirname_creator=_trial_dir,
+                    reuse_actors=True,
+                    **kwargs,
+                ),
+                run_config=tune.RunConfig(
+                    name=spec.name,
+                    storage_path=path,
+                    storage_filesystem=pa_fs,
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                    verbose=0,
+                ),
+            )
         grid = tuner.fit()
         wall = time.perf_counter() - t0
         df = res.table(grid, spec)
@@ -194,10 +219,19 @@ def _write_results(settings: Settings, spec: AblationSpec, df, parent: str, wall
             fig.savefig(b, format="png", dpi=110)
             plt.close(fig)
             files[f"plots/{m}.png"] = b.getvalue()
-    meta = {"ablation": spec.name, "kind": spec.kind, "spec_file": spec.source_file, "parent_run_id": parent,
-            "mlflow_uri": settings.mlflow_uri, "trials": len(df), "ok": int((df["status"] == "ok").sum()),
-            "metric": spec.search.metric, "mode": spec.search.mode, "wall_s_last_run": round(wall, 1),
-            "git_commit": mlflow_run.git_commit()}  # fmt: skip
+    meta = {
+        "ablation": spec.name,
+        "kind": spec.kind,
+        "spec_file": spec.source_file,
+        "parent_run_id": parent,
+        "mlflow_uri": settings.mlflow_uri,
+        "trials": len(df),
+        "ok": int((df["status"] == "ok").sum()),
+        "metric": spec.search.metric,
+        "mode": spec.search.mode,
+        "wall_s_last_run": round(wall, 1),
+        "git_commit": mlflow_run.git_commit(),
+    }
     files["meta.json"] = json.dumps(meta, indent=1).encode()
     with tempfile.TemporaryDirectory() as d:
         for rel, data in files.items():
@@ -206,8 +240,9 @@ def _write_results(settings: Settings, spec: AblationSpec, df, parent: str, wall
             local = Path(d) / rel
             local.parent.mkdir(parents=True, exist_ok=True)
             local.write_bytes(data)
-            mlflow_run.log_artifact(settings.mlflow_uri, parent, str(local), str(Path(rel).parent) if "/" in rel
-                                    else None)  # fmt: skip
+            mlflow_run.log_artifact(
+                settings.mlflow_uri, parent, str(local), str(Path(rel).parent) if "/" in rel else None
+            )
     if spec.search.metric in ok:
         summ = res.summarize(df, spec)
         best = summ.sort_values("mean", ascending=spec.search.mode == "min").iloc[0]

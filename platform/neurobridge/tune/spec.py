@@ -270,8 +270,9 @@ def trial_key(trial: dict, sampled: dict) -> str:
     apart)."""
     if not sampled:
         return trial["key"]
-    return trial["key"] + "".join(f"__{k}={v:.6g}" if isinstance(v, float) else f"__{k}={v}"
-                                  for k, v in sorted(sampled.items()))  # fmt: skip
+    return trial["key"] + "".join(
+        f"__{k}={v:.6g}" if isinstance(v, float) else f"__{k}={v}" for k, v in sorted(sampled.items())
+    )
 
 
 def _example(d: Distribution):

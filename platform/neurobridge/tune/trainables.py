@@ -42,10 +42,17 @@ def run_trial(config: dict, spec: AblationSpec, settings: dict, parent_run_id: s
         tune.report({**done.data.metrics, "child_run_id": done.info.run_id, COMPLETE: 1})
         return
     versions = _dataset_versions(spec, cfg, st)
-    tags = {"mlflow.parentRunId": parent_run_id, "git_commit": git, "ablation": spec.name, TRIAL_TAG: key,
-            "kind": spec.kind, "seed": str(trial["seed"]), "tune.trial_id": tune.get_context().get_trial_id() or "",
-            **{f"axis.{k}": v for k, v in trial["labels"].items()},
-            **{f"dataset.{k}": v for k, v in versions.items()}}  # fmt: skip
+    tags = {
+        "mlflow.parentRunId": parent_run_id,
+        "git_commit": git,
+        "ablation": spec.name,
+        TRIAL_TAG: key,
+        "kind": spec.kind,
+        "seed": str(trial["seed"]),
+        "tune.trial_id": tune.get_context().get_trial_id() or "",
+        **{f"axis.{k}": v for k, v in trial["labels"].items()},
+        **{f"dataset.{k}": v for k, v in versions.items()},
+    }
     run_id = mlflow_run.start_run(st.mlflow_uri, spec.experiment, key, cfg.model_dump(mode="json"), tags)
     ok = False
     try:
@@ -68,8 +75,10 @@ def finished_child(st: Settings, spec: AblationSpec, parent_run_id: str, key: st
     exp = client.get_experiment_by_name(spec.experiment)
     if exp is None:
         return None
-    query = (f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.`{TRIAL_TAG}` = '{key}' "
-             "and attributes.status = 'FINISHED'")  # fmt: skip
+    query = (
+        f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.`{TRIAL_TAG}` = '{key}' "
+        "and attributes.status = 'FINISHED'"
+    )
     runs = client.search_runs([exp.experiment_id], query, max_results=1)
     return runs[0] if runs else None
 
@@ -77,8 +86,9 @@ def finished_child(st: Settings, spec: AblationSpec, parent_run_id: str, key: st
 def _dataset_versions(spec: AblationSpec, cfg, st: Settings) -> dict[str, str]:
     from ..data.store import sources
 
-    srcs = sources(st, cfg.data.datasets, cfg.data.mixture) if spec.kind == "pretrain" else sources(
-        st, cfg.data.datasets)  # fmt: skip
+    srcs = (
+        sources(st, cfg.data.datasets, cfg.data.mixture) if spec.kind == "pretrain" else sources(st, cfg.data.datasets)
+    )
     return {s.name: s.ref.version for s in srcs}
 
 
@@ -97,10 +107,10 @@ def _pretrain(cfg, spec: AblationSpec, st: Settings, run_id: str) -> dict:
     srcs = sources(st, cfg.data.datasets, cfg.data.mixture)
     vocabs = vocabularies(srcs, cfg.data.holdout_sessions, st)
     heldout = HeldoutSplit(heldout_flags(st, srcs), cfg.data.heldout_fraction)
-    rows = mixed_rows(st, srcs, cfg.data.mixing, cfg.data.epoch_rows, cfg.seed,
-                      frozenset(cfg.data.holdout_sessions))  # fmt: skip
-    collate = CollateWindows(vocabs, cfg.model.neurons_per_token, heldout, cfg.data.max_units, cfg.data.crop_bins,
-                             cfg.seed)  # fmt: skip
+    rows = mixed_rows(st, srcs, cfg.data.mixing, cfg.data.epoch_rows, cfg.seed, frozenset(cfg.data.holdout_sessions))
+    collate = CollateWindows(
+        vocabs, cfg.model.neurons_per_token, heldout, cfg.data.max_units, cfg.data.crop_bins, cfg.seed
+    )
     batches = epoch_batches(rows, cfg.optim.batch_size, collate, cfg.seed)
 
     torch.manual_seed(cfg.seed)
@@ -127,8 +137,12 @@ def _pretrain(cfg, spec: AblationSpec, st: Settings, run_id: str) -> dict:
         model_file = str(Path(d) / "model.pt")
         from ..models.checkpoint import save_checkpoint
 
-        save_checkpoint(model_file, model, vocabs, {"step": int(final.get("step", cfg.optim.max_steps)),
-                                                    "heldout_fraction": cfg.data.heldout_fraction})  # fmt: skip
+        save_checkpoint(
+            model_file,
+            model,
+            vocabs,
+            {"step": int(final.get("step", cfg.optim.max_steps)), "heldout_fraction": cfg.data.heldout_fraction},
+        )
         mlflow_run.log_artifact(st.mlflow_uri, run_id, model_file, "model")
         if spec.evaluate.enabled:
             final.update(_co_bps(model_file, cfg, spec, st))
@@ -143,8 +157,17 @@ def _co_bps(model_file: str, cfg, spec: AblationSpec, st: Settings) -> dict:
 
     datasets = spec.evaluate.datasets or cfg.data.datasets
     mixture = None if spec.evaluate.datasets else cfg.data.mixture
-    report = evaluate(model_file, datasets, mixture, None, None, EvalConfig(max_sessions=spec.evaluate.max_sessions),
-                      st, track=False, exclude_sessions=cfg.data.holdout_sessions)  # fmt: skip
+    report = evaluate(
+        model_file,
+        datasets,
+        mixture,
+        None,
+        None,
+        EvalConfig(max_sessions=spec.evaluate.max_sessions),
+        st,
+        track=False,
+        exclude_sessions=cfg.data.holdout_sessions,
+    )
     out = {}
     for ds, d in report.pooled.items():
         for key in ("co_bps", "co_bps_smoothing"):
