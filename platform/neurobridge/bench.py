@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .catalog import CatalogEntry
-from .ingest.binning import WindowGrid, bin_spikes, reference_histogram
+from neurobridge.catalog import CatalogEntry
+from neurobridge.ingest.binning import WindowGrid, bin_spikes, reference_histogram
 
 BIN_MS = 20.0
 CHUNK_S = 1.0
@@ -31,7 +31,7 @@ def _line(name: str, value: float, unit: str) -> str:
 
 
 def _session(path: Path, n_units: int, minutes: float, seed: int) -> dict:
-    from .sources.sim import simulate_session_file
+    from neurobridge.sources.sim import simulate_session_file
 
     meta_path = path.with_suffix(".json")
     if path.exists() and meta_path.exists():
@@ -42,8 +42,8 @@ def _session(path: Path, n_units: int, minutes: float, seed: int) -> dict:
 
 
 def _load_spikes(path: Path) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
-    from .config import get_settings
-    from .sources.nwb import NWBSource
+    from neurobridge.config import get_settings
+    from neurobridge.sources.nwb import NWBSource
 
     entry = CatalogEntry(name="bench", kind="nwb", uri=str(path.parent))
     with NWBSource(str(path), entry, get_settings()) as src:
@@ -92,9 +92,9 @@ def peak_rss() -> int:
 
 
 def _ingest_one(path: str, store: str) -> dict:
-    from .config import get_settings
-    from .ingest.process import process_item
-    from .sources import discover
+    from neurobridge.config import get_settings
+    from neurobridge.ingest.process import process_item
+    from neurobridge.sources import discover
 
     settings = get_settings(store=store)
     entry = CatalogEntry(

@@ -64,7 +64,7 @@ def make_images(folder: Path, n: int, px: int = 256) -> Path:
     """``n`` JPEGs in a THINGS-like layout (<concept>/<concept>_NN.jpg), smooth like photographs (cached)."""
     from PIL import Image
 
-    from .sources.sim import render_image
+    from neurobridge.sources.sim import render_image
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -81,7 +81,7 @@ def reference_loop(images: Path, model_dir: Path, batch_size: int, limit: int) -
     import torch
     import transformers
 
-    from .align.embed_images import decode_image, load_processor
+    from neurobridge.align.embed_images import decode_image, load_processor
 
     transformers.logging.set_verbosity_error()
     model = transformers.CLIPVisionModelWithProjection.from_pretrained(model_dir).eval()
@@ -214,12 +214,12 @@ def bench_align(
     echo=print,
 ) -> dict:
     """Simulate V1/V4/IT (gains rising to IT), ingest, align each region set; ridge beside the projector."""
-    from .align.config import AlignConfig
-    from .align.embeddings import simulation_embeddings
-    from .catalog import CatalogEntry
-    from .config import get_settings
-    from .ingest.pipeline import ingest
-    from .sources.sim import SimConfig, simulate
+    from neurobridge.align.config import AlignConfig
+    from neurobridge.align.embeddings import simulation_embeddings
+    from neurobridge.catalog import CatalogEntry
+    from neurobridge.config import get_settings
+    from neurobridge.ingest.pipeline import ingest
+    from neurobridge.sources.sim import SimConfig, simulate
 
     work = Path(workdir or Path(tempfile.gettempdir()) / "neurobridge-bench-align")
     sim = work / f"sim_{n_images}x{repeats}"
@@ -280,8 +280,8 @@ def bench_align(
 
 
 def _align_sets(cfg, settings, emb, work: Path, pretrain_steps: int, echo) -> dict:
-    from .align.experiment import run_alignment
-    from .evaluate.metrics import fit_ridge
+    from neurobridge.align.experiment import run_alignment
+    from neurobridge.evaluate.metrics import fit_ridge
 
     result = run_alignment(cfg, settings, embeddings=emb, track=False, figures=False)
     figures = {}
@@ -323,7 +323,7 @@ def _ray_vs_plain(cfg, settings, data, plain_tokens_per_s: float, echo) -> dict:
     training rate inside Ray Train against the plain fit of this run, and the trainer's wall time with start-up."""
     import time
 
-    from .align.train import fit_on_ray
+    from neurobridge.align.train import fit_on_ray
 
     ray_cfg = cfg.model_copy(update={"scaling": cfg.scaling.model_copy(update={"backend": "ray"}), "name": "bench"})
     t0 = time.perf_counter()
@@ -350,15 +350,15 @@ def pretrain_small(settings, dataset: str, train_stimuli: set[str], path: Path, 
     import pyarrow.compute as pc
     import torch
 
-    from .data.store import iter_local, sources
-    from .models.checkpoint import save_checkpoint
-    from .models.config import ModelConfig
-    from .models.ndt import MaskedNeuralModel
-    from .models.vocab import Vocabularies
-    from .train.batches import CollateWindows
-    from .train.config import OptimConfig, PretrainConfig
-    from .train.loop import run_steps
-    from .train.rows import ROW_COLUMNS, table_rows
+    from neurobridge.data.store import iter_local, sources
+    from neurobridge.models.checkpoint import save_checkpoint
+    from neurobridge.models.config import ModelConfig
+    from neurobridge.models.ndt import MaskedNeuralModel
+    from neurobridge.models.vocab import Vocabularies
+    from neurobridge.train.batches import CollateWindows
+    from neurobridge.train.config import OptimConfig, PretrainConfig
+    from neurobridge.train.loop import run_steps
+    from neurobridge.train.rows import ROW_COLUMNS, table_rows
 
     src = sources(settings, [dataset])[0]
     parts = [b for b in iter_local(settings, src, None, ROW_COLUMNS)]
@@ -391,7 +391,7 @@ def pretrain_small(settings, dataset: str, train_stimuli: set[str], path: Path, 
 
 def compare_encoders(cfg, settings, emb, data, work: Path, steps: int, echo=print) -> dict:
     """The same alignment with the binned responses, a frozen pretrained encoder and the untrained encoder."""
-    from .align.experiment import run_alignment
+    from neurobridge.align.experiment import run_alignment
 
     ckpt = pretrain_small(settings, cfg.data.datasets[0], data.train.stimuli, work / "pretrained.pt", steps, echo)
     out = {}

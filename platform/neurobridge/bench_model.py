@@ -15,10 +15,10 @@ import time
 import numpy as np
 import torch
 
-from .models.config import ModelConfig
-from .models.ndt import MaskedNeuralModel
-from .models.patching import collate
-from .models.vocab import Vocabularies
+from neurobridge.models.config import ModelConfig
+from neurobridge.models.ndt import MaskedNeuralModel
+from neurobridge.models.patching import collate
+from neurobridge.models.vocab import Vocabularies
 
 SIZES = {
     "small": {"d_model": 64, "depth": 2, "heads": 4, "decoder_d_model": 48, "decoder_depth": 1},

@@ -18,12 +18,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from .bench import _line
+from neurobridge.bench import _line
 
 
 def _shard(path: Path, rows: list[tuple[str, int, int]], row_group_rows: int) -> int:
     """Write (once) a shard of simulated rows ``(segment, units, bins)``; returns its cells."""
-    from .sources.pile_sim import PileRow, simulate_counts, write_shard
+    from neurobridge.sources.pile_sim import PileRow, simulate_counts, write_shard
 
     cells = sum(u * b for _, u, b in rows)
     if path.exists():
@@ -55,10 +55,10 @@ def _subprocess(fn: str, *args: str) -> dict:
 
 def ingest_shards(root: str, store: str) -> dict:
     """Every shard under ``root`` through the engine's per-item path (no Ray: one core, start-up excluded)."""
-    from .catalog import CatalogEntry
-    from .config import get_settings
-    from .ingest.process import process_item
-    from .sources import discover
+    from neurobridge.catalog import CatalogEntry
+    from neurobridge.config import get_settings
+    from neurobridge.ingest.process import process_item
+    from neurobridge.sources import discover
 
     settings = get_settings(store=store)
     entry = CatalogEntry(name="bench_pile", kind="pile", uri=root, ingest={"window": {"mode": "chunks"}})

@@ -16,13 +16,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from .bench import BIN_MS, CHUNK_S, _line
-from .catalog import CatalogEntry
-from .config import get_settings
+from neurobridge.bench import BIN_MS, CHUNK_S, _line
+from neurobridge.catalog import CatalogEntry
+from neurobridge.config import get_settings
 
 
 def _items(work: Path, items: int, n_units: int, minutes: float) -> Path:
-    from .sources.sim import simulate_session_file
+    from neurobridge.sources.sim import simulate_session_file
 
     folder = work / f"scale_u{n_units}_m{minutes:g}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -43,7 +43,7 @@ def _entry(folder: Path, items: int) -> CatalogEntry:
 
 
 def _run(entry: CatalogEntry, store: Path, workers: int) -> tuple[float, dict, int, float, float]:
-    from .ingest.pipeline import ingest
+    from neurobridge.ingest.pipeline import ingest
 
     settings = get_settings(store=str(store))
     t0 = time.perf_counter()
@@ -68,7 +68,7 @@ def bench_scaling(
     echo=print,
 ) -> dict:
     """Ingest throughput per number of concurrent Ray workers, as ratios against 1 worker measured in the same run."""
-    from .runtime import ensure_ray
+    from neurobridge.runtime import ensure_ray
 
     if sorted(set(workers)) != sorted(workers) or min(workers) < 1:
         raise ValueError(f"--workers must be distinct counts >= 1, got {workers}")

@@ -15,16 +15,16 @@ from collections.abc import Callable
 
 import torch
 
-from .config import Settings, get_settings
-from .data.store import ray_dataset, sources
-from .models.ndt import MaskedNeuralModel
-from .runtime import ensure_ray
-from .tracking import mlflow_run
-from .train.batches import CollateWindows, HeldoutSplit, heldout_flags
-from .train.config import PretrainConfig
-from .train.loop import run_steps
-from .train.pretrain import pretrain, vocabularies
-from .train.rows import ROW_COLUMNS
+from neurobridge.config import Settings, get_settings
+from neurobridge.data.store import ray_dataset, sources
+from neurobridge.models.ndt import MaskedNeuralModel
+from neurobridge.runtime import ensure_ray
+from neurobridge.tracking import mlflow_run
+from neurobridge.train.batches import CollateWindows, HeldoutSplit, heldout_flags
+from neurobridge.train.config import PretrainConfig
+from neurobridge.train.loop import run_steps
+from neurobridge.train.pretrain import pretrain, vocabularies
+from neurobridge.train.rows import ROW_COLUMNS
 
 
 def _peak_rss_mb() -> float:

@@ -26,7 +26,7 @@ def _regions(channels: int) -> list[tuple[int, int, str]]:
 
 
 def _folder(work: Path, channels: int, trials: int) -> Path:
-    from .sources.sim_tvsd import TvsdSimConfig, write_monkey
+    from neurobridge.sources.sim_tvsd import TvsdSimConfig, write_monkey
 
     root = work / f"tvsd_c{channels}_t{trials}"
     folder = root / "monkeyB"
@@ -47,7 +47,7 @@ def _folder(work: Path, channels: int, trials: int) -> Path:
 
 
 def _entry(folder: Path):
-    from .catalog import CatalogEntry
+    from neurobridge.catalog import CatalogEntry
 
     channels = json.loads((folder.parent / "done.json").read_text())["channels"]
     regions = [{"first": a, "last": b, "region": r} for a, b, r in _regions(channels)]
@@ -64,15 +64,15 @@ def warm() -> None:
     """Imports happen before the clock starts, in both processes."""
     import h5py  # noqa: F401
 
-    from .ingest import process  # noqa: F401
-    from .sources import tvsd  # noqa: F401
+    from neurobridge.ingest import process  # noqa: F401
+    from neurobridge.sources import tvsd  # noqa: F401
 
 
 def ingest_one(folder: str, store: str) -> dict:
     """Ours, in this process: the engine's binned-source path for one monkey; returns rows and bytes read."""
-    from .config import get_settings
-    from .ingest.process import ingest_binned
-    from .sources import discover, open_source
+    from neurobridge.config import get_settings
+    from neurobridge.ingest.process import ingest_binned
+    from neurobridge.sources import discover, open_source
 
     settings = get_settings(store=store, raw_root=str(Path(folder).parent))
     entry = _entry(Path(folder))

@@ -15,8 +15,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .config import Settings, get_settings
-from .storage import is_remote, safe_name
+from neurobridge.config import Settings, get_settings
+from neurobridge.storage import is_remote, safe_name
 
 KINDS = ("nwb", "alf", "tvsd", "pile")
 

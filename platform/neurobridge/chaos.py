@@ -20,7 +20,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .cluster import task_attempt
+from neurobridge.cluster import task_attempt
 
 ENV = "NB_CHAOS"
 POINTS = ("start", "write")

@@ -11,11 +11,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from . import cli_registry, cli_train, cli_tune
-from .catalog import CatalogError, load_catalog, resolve
-from .config import get_settings
-from .sources import SourceError
-from .storage import StoreError
+from neurobridge import cli_registry, cli_train, cli_tune
+from neurobridge.catalog import CatalogError, load_catalog, resolve
+from neurobridge.config import get_settings
+from neurobridge.sources import SourceError
+from neurobridge.storage import StoreError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="NeuroBridge: neural data → tokens → models.")
 catalog_app = typer.Typer(no_args_is_help=True, help="List and validate catalog entries.")
@@ -48,7 +48,7 @@ def catalog_list(directory: Path = typer.Option(None, "--dir", help="catalog dir
 def catalog_validate(
     paths: list[Path] = typer.Argument(None, help="YAML files (default: every catalog file)"),
 ):
-    from .catalog import catalog_dir, load_file
+    from neurobridge.catalog import catalog_dir, load_file
 
     files = paths or sorted(catalog_dir().glob("*.yaml"))
     errors = 0
@@ -77,8 +77,8 @@ def simulate(
 ):
     """Write ground-truth recordings (NWB, ALF + ONE cache, Allen-style visual NWB, TVSD, Pile shards) and the
     true rates."""
-    from .sources.sim import SimConfig
-    from .sources.sim import simulate as run_sim
+    from neurobridge.sources.sim import SimConfig
+    from neurobridge.sources.sim import simulate as run_sim
 
     settings = get_settings()
     out = out or f"{settings.raw_root}/sim"
@@ -108,8 +108,8 @@ def ingest(
     max_retries: int = typer.Option(3, min=0, help="attempts after the worker ingesting an item dies"),
 ):
     """Ingest catalog entries (all in one Ray run) into versioned Parquet; exits 1 if any item failed."""
-    from .ingest.mixture import write_mixture
-    from .ingest.pipeline import ingest_many
+    from neurobridge.ingest.mixture import write_mixture
+    from neurobridge.ingest.pipeline import ingest_many
 
     settings = get_settings()
     try:
@@ -160,8 +160,8 @@ def inspect(
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
 ):
     """Sessions, units, windows, tokens, spikes, firing rates and failed items of a dataset version."""
-    from . import inspection
-    from .ingest.manifest import resolve_dataset
+    from neurobridge import inspection
+    from neurobridge.ingest.manifest import resolve_dataset
 
     settings = get_settings()
     try:
@@ -228,7 +228,7 @@ def bench_ingest(
 ):
     """Ingest throughput and peak RSS against a plain-read reference in the same run, per source kind."""
     if workers:
-        from .bench_scale import bench_scaling
+        from neurobridge.bench_scale import bench_scaling
 
         try:
             counts = [int(w) for w in workers.split(",")]
@@ -239,7 +239,7 @@ def bench_ingest(
         )
         return
     if source == "tvsd":
-        from .bench_tvsd import bench_tvsd
+        from neurobridge.bench_tvsd import bench_tvsd
 
         tvsd_growth = growth if growth != 8 else 4  # the spike default (8x) would write ~3.5 GB of MUA
         bench_tvsd(
@@ -252,13 +252,13 @@ def bench_ingest(
         )
         return
     if source == "pile":
-        from .bench_pile import bench_pile
+        from neurobridge.bench_pile import bench_pile
 
         bench_pile(growth=max(growth // 2, 2), workdir=workdir, echo=console.print)
         return
     if source != "nwb":
         _fail(f"unknown --source {source!r}: nwb, pile or tvsd")
-    from .bench import bench_ingest as run
+    from neurobridge.bench import bench_ingest as run
 
     run(n_units=units, minutes=minutes, growth=growth, workdir=workdir, repeats=repeats, echo=console.print)
 
@@ -273,7 +273,7 @@ def bench_embed_images_cmd(
     workdir: str = typer.Option(None, help="where images and the model are cached"),
 ):
     """embed-images throughput against a plain loop in the same run, and the job's peak memory at N vs growth×N."""
-    from .bench_images import ARCHS, bench_embed_images
+    from neurobridge.bench_images import ARCHS, bench_embed_images
 
     if arch not in ARCHS:
         _fail(f"unknown --arch {arch!r}: {', '.join(ARCHS)}")
@@ -295,7 +295,7 @@ def bench_align_cmd(
     ray_train: bool = typer.Option(False, "--ray-train", help="also fit 'all' on Ray Train: tokens/s vs the plain fit"),
 ):
     """Alignment on simulated V1/V4/IT: retrieval per region set (chance, ridge baseline beside it), tokens/s."""
-    from .bench_images import bench_align
+    from neurobridge.bench_images import bench_align
 
     bench_align(
         n_images=images,
@@ -317,7 +317,7 @@ def demo(
     align: bool = typer.Option(True, help="align the visual sessions to their images (stage 6)"),
 ):
     """The end-to-end demo: simulate → ingest → inspect → pretrain → evaluate → align."""
-    from .demo import run_demo
+    from neurobridge.demo import run_demo
 
     code = run_demo(minutes=minutes, seed=seed, console=console, pretrain_steps=pretrain_steps, align=align)
     raise typer.Exit(code)
@@ -328,7 +328,7 @@ def allen_env(
     path: Path = typer.Option(None, help="environment directory (default: $NB_ALLENSDK_ENV or ~/.cache/neurobridge)"),
 ):
     """Create (once) the separate allensdk environment and print its interpreter for NB_ALLENSDK_PYTHON."""
-    from .sources.allensdk_env import ensure_env
+    from neurobridge.sources.allensdk_env import ensure_env
 
     try:
         python = ensure_env(path)
@@ -345,7 +345,7 @@ def simulate_allen(
     fc_sessions: int = typer.Option(1, help="functional_connectivity sessions (no natural scenes)"),
 ):
     """Write an Allen Visual Coding EcephysProjectCache look-alike (sessions.csv, session and LFP NWB files)."""
-    from .sources.sim_allen import AllenSimConfig, simulate_allen_cache
+    from neurobridge.sources.sim_allen import AllenSimConfig, simulate_allen_cache
 
     out = out or f"{get_settings().raw_root}/allen_cache"
     index = simulate_allen_cache(out, AllenSimConfig(seed=seed, sessions=sessions, fc_sessions=fc_sessions))
@@ -367,8 +367,8 @@ def embed_images_cmd(
     progress: bool = typer.Option(True, help="show a progress bar"),
 ):
     """Embed images with a CLIP vision model (Ray Data) into Parquet; undecodable images are named and skipped."""
-    from .align.config import ConfigError, EmbedConfig, load_yaml
-    from .align.embed_images import EmbedError, embed_images
+    from neurobridge.align.config import ConfigError, EmbedConfig, load_yaml
+    from neurobridge.align.embed_images import EmbedError, embed_images
 
     opts = {
         "images": images,

@@ -18,10 +18,10 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def _errors():
-    from .models.checkpoint import CheckpointError
-    from .storage import StoreError
-    from .tracking.mlflow_run import TrackingError
-    from .tracking.registry import RegistryError
+    from neurobridge.models.checkpoint import CheckpointError
+    from neurobridge.storage import StoreError
+    from neurobridge.tracking.mlflow_run import TrackingError
+    from neurobridge.tracking.registry import RegistryError
 
     return RegistryError, TrackingError, StoreError, CheckpointError
 
@@ -35,8 +35,8 @@ def _print_version(v) -> None:
 @registry_app.command("list")
 def list_cmd(name: str = typer.Argument(None, help="only this registered model")):
     """Registered models: versions, aliases and lineage (datasets, config hash, commit, metrics)."""
-    from .config import get_settings
-    from .tracking.registry import list_versions
+    from neurobridge.config import get_settings
+    from neurobridge.tracking.registry import list_versions
 
     try:
         versions = list_versions(get_settings(), name)
@@ -68,8 +68,8 @@ def register_cmd(
     alias: str = typer.Option("candidate", help="alias for the new version ('' for none)"),
 ):
     """Register a finished run's model (pyfunc: code + weights-only checkpoint) with its lineage."""
-    from .config import get_settings
-    from .tracking.registry import register
+    from neurobridge.config import get_settings
+    from neurobridge.tracking.registry import register
 
     try:
         v = register(run, name, alias or None, get_settings())
@@ -86,8 +86,8 @@ def promote_cmd(
     version: str = typer.Option(None, help="version to point it at (default: the one at @candidate)"),
 ):
     """Point an alias (champion by default) at a version."""
-    from .config import get_settings
-    from .tracking.registry import promote
+    from neurobridge.config import get_settings
+    from neurobridge.tracking.registry import promote
 
     try:
         v = promote(name, alias, version, get_settings())
@@ -100,8 +100,8 @@ def promote_cmd(
 @registry_app.command("load")
 def load_cmd(uri: str = typer.Argument(..., help="models:/<name>@<alias> or models:/<name>/<version>")):
     """Load a registered model as MLflow would serve it and say what it is."""
-    from .config import get_settings
-    from .tracking.registry import load
+    from neurobridge.config import get_settings
+    from neurobridge.tracking.registry import load
 
     try:
         model, v = load(uri, get_settings())
@@ -141,9 +141,9 @@ def embed(
     """Neural embeddings (one pooled encoder latent per window) of a dataset with a registered model."""
     from pydantic import ValidationError
 
-    from .config import get_settings
-    from .embed import EmbedConfig
-    from .embed import embed as run
+    from neurobridge.config import get_settings
+    from neurobridge.embed import EmbedConfig
+    from neurobridge.embed import embed as run
 
     try:
         cfg = EmbedConfig(model=model, dataset=dataset, split=split, name=out, batch_size=batch_size, workers=workers)

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .config import parse_overrides as _parse_overrides
+from neurobridge.config import parse_overrides as _parse_overrides
 
 console = Console()
 err_console = Console(stderr=True)
@@ -34,11 +34,11 @@ def pretrain(
     overrides: list[str] = typer.Option(None, "--set", help="override a config key, e.g. --set optim.max_steps=200"),
 ):
     """Masked pretraining on Ray Train over a mixture of token-store datasets; tracked in MLflow."""
-    from .storage import StoreError
-    from .tracking.mlflow_run import TrackingError
-    from .train.config import ConfigError, load_config
-    from .train.loop import NonFiniteLoss
-    from .train.pretrain import pretrain as run
+    from neurobridge.storage import StoreError
+    from neurobridge.tracking.mlflow_run import TrackingError
+    from neurobridge.train.config import ConfigError, load_config
+    from neurobridge.train.loop import NonFiniteLoss
+    from neurobridge.train.pretrain import pretrain as run
 
     try:
         cfg = load_config(config, parse_overrides(overrides))
@@ -56,11 +56,11 @@ def align(
     overrides: list[str] = typer.Option(None, "--set", help="override a config key, e.g. --set projector.epochs=20"),
 ):
     """Neural → image alignment on Ray Train: one projector per region set, retrieval beside chance, MLflow."""
-    from .align.config import AlignConfig, ConfigError, load_yaml
-    from .align.dataset import AlignDataError
-    from .align.experiment import run_alignment
-    from .storage import StoreError
-    from .tracking.mlflow_run import TrackingError
+    from neurobridge.align.config import AlignConfig, ConfigError, load_yaml
+    from neurobridge.align.dataset import AlignDataError
+    from neurobridge.align.experiment import run_alignment
+    from neurobridge.storage import StoreError
+    from neurobridge.tracking.mlflow_run import TrackingError
 
     try:
         cfg = load_yaml(AlignConfig, config, parse_overrides(overrides))
@@ -120,10 +120,10 @@ def finetune(
     seed: int = typer.Option(0),
 ):
     """Fine-tune a pretrained model to a new session (vocabularies extended), or train one from scratch."""
-    from .evaluate.run import resolve_model_file
-    from .storage import StoreError
-    from .train.finetune import FinetuneConfig, save
-    from .train.finetune import finetune as run
+    from neurobridge.evaluate.run import resolve_model_file
+    from neurobridge.storage import StoreError
+    from neurobridge.train.finetune import FinetuneConfig, save
+    from neurobridge.train.finetune import finetune as run
 
     if (model is None) != scratch:
         _fail("give either --model (fine-tune) or --scratch (train from scratch)")
@@ -146,7 +146,7 @@ def finetune(
     try:
         file = resolve_model_file(model, settings) if model else None
         if cv is not None:
-            from .evaluate.crossval import crossval_finetune
+            from neurobridge.evaluate.crossval import crossval_finetune
 
             res = crossval_finetune(cfg, file, settings, folds=cv, progress=console.log, repeats=cv_repeats)
             out.write_text(json.dumps(res, indent=1, default=float))
@@ -176,7 +176,7 @@ def finetune(
 
 
 def _settings():
-    from .config import get_settings
+    from neurobridge.config import get_settings
 
     return get_settings()
 
@@ -192,9 +192,9 @@ def evaluate(
     track: bool = typer.Option(True, help="log the report, metrics and figure to MLflow"),
 ):
     """co-bps / fp-bps / per-region bps / behaviour R² beside mean-rate, smoothing and oracle baselines."""
-    from .evaluate.report import EvalConfig
-    from .evaluate.run import evaluate as run
-    from .storage import StoreError
+    from neurobridge.evaluate.report import EvalConfig
+    from neurobridge.evaluate.run import evaluate as run
+    from neurobridge.storage import StoreError
 
     settings = _settings()
     if truth is None and "://" not in settings.raw_root and (Path(settings.raw_root) / "sim" / "truth").is_dir():
@@ -261,8 +261,8 @@ def bench_train(
     data_batches: int = typer.Option(60, help="batches drawn in the data-path measurement"),
 ):
     """Tokens/s through Ray Train vs a plain PyTorch loop (same model, same data), data-path headroom, peak RSS."""
-    from .bench_train import bench_train as run
-    from .train.config import ConfigError, load_config
+    from neurobridge.bench_train import bench_train as run
+    from neurobridge.train.config import ConfigError, load_config
 
     try:
         cfg = load_config(
@@ -282,7 +282,7 @@ def bench_model(
     peak_tflops: float = typer.Option(None, help="device peak for MFU (e.g. 989 for H100 SXM dense bf16)"),
 ):
     """Model-only training-step tokens/s and MFU (FLOPs counted by torch) on CPU or GPU."""
-    from .bench_model import SIZES, run
+    from neurobridge.bench_model import SIZES, run
 
     if size not in SIZES:
         _fail(f"--size {size!r}: one of {list(SIZES)}")

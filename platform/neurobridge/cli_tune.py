@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .cli_train import _fail, parse_overrides
+from neurobridge.cli_train import _fail, parse_overrides
 
 console = Console()
 
@@ -21,10 +21,10 @@ def ablate(
     check: bool = typer.Option(False, "--check", help="validate the spec and every trial's config, run nothing"),
 ):
     """Run an ablation (grid / random / quasi-random / ASHA) on Ray Tune; rerun the same command to resume."""
-    from .storage import StoreError
-    from .tracking.mlflow_run import TrackingError
-    from .tune.runner import run_ablation
-    from .tune.spec import SpecError, load_spec, n_trials
+    from neurobridge.storage import StoreError
+    from neurobridge.tracking.mlflow_run import TrackingError
+    from neurobridge.tune.runner import run_ablation
+    from neurobridge.tune.spec import SpecError, load_spec, n_trials
 
     try:
         cfg = load_spec(spec, parse_overrides(overrides))
@@ -67,8 +67,8 @@ def print_table(df, spec) -> None:
 
 def report(name: str = typer.Argument(..., help="ablation name (the spec's `name`)")):
     """Render an ablation's results table and plots to a static HTML page and log it to the MLflow parent run."""
-    from .storage import StoreError
-    from .tune.report import build_report
+    from neurobridge.storage import StoreError
+    from neurobridge.tune.report import build_report
 
     try:
         uri, parent = build_report(name)

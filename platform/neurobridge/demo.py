@@ -8,13 +8,13 @@ from pathlib import Path
 
 from rich.console import Console
 
-from . import inspection
-from .catalog import resolve
-from .config import get_settings
-from .ingest.manifest import resolve_dataset
-from .ingest.mixture import write_mixture
-from .ingest.pipeline import ingest_many
-from .storage import filesystem, is_remote
+from neurobridge import inspection
+from neurobridge.catalog import resolve
+from neurobridge.config import get_settings
+from neurobridge.ingest.manifest import resolve_dataset
+from neurobridge.ingest.mixture import write_mixture
+from neurobridge.ingest.pipeline import ingest_many
+from neurobridge.storage import filesystem, is_remote
 
 DEMO_RATE_HZ = (1.0, 8.0)
 DEMO_HOLDOUT = "monkey01_s01"  # a simulated reaching session kept out of pretraining (a fine-tuning target)
@@ -30,7 +30,7 @@ def run_demo(
     pretrain_steps: int = 150,
     align: bool = True,
 ) -> int:
-    from .sources.sim import SimConfig, simulate
+    from neurobridge.sources.sim import SimConfig, simulate
 
     console = console or Console()
     settings = get_settings()
@@ -111,10 +111,10 @@ def run_demo(
 
 def _pretrain_and_evaluate(console: Console, settings, mixture: str, steps: int, truth: str) -> str:
     """Stages 4-5: masked pretraining on Ray Train over the whole mixture, then co-bps against the baselines."""
-    from .cli_train import print_report
-    from .evaluate.run import evaluate
-    from .train.config import load_config
-    from .train.pretrain import pretrain
+    from neurobridge.cli_train import print_report
+    from neurobridge.evaluate.run import evaluate
+    from neurobridge.train.config import load_config
+    from neurobridge.train.pretrain import pretrain
 
     console.rule(f"4. pretrain (Ray Train, {steps} steps, mixture {mixture!r}, MLflow)")
     cfg = load_config(
@@ -167,9 +167,9 @@ def _align(console: Console, settings, sim_root: str, model_run: str | None) -> 
 
 
 def _align_stage(console: Console, settings, sim_root: str, model_run: str | None) -> None:
-    from .align.demo import compare_encoders, demo_config, run_align_demo
-    from .align.embeddings import simulation_embeddings
-    from .evaluate.run import resolve_model_file
+    from neurobridge.align.demo import compare_encoders, demo_config, run_align_demo
+    from neurobridge.align.embeddings import simulation_embeddings
+    from neurobridge.evaluate.run import resolve_model_file
 
     console.rule(f"6. align (sim_visual → image embeddings, {DEMO_ALIGN_TEST} unseen test images, MLflow)")
     t0 = time.perf_counter()

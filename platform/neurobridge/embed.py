@@ -20,10 +20,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
-from . import __version__
-from .config import Settings, get_settings
-from .progress import CountBar
-from .storage import StoreError, filesystem, join, open_atomic, remove_stale_parts, safe_name, write_json_atomic
+from neurobridge import __version__
+from neurobridge.config import Settings, get_settings
+from neurobridge.progress import CountBar
+from neurobridge.storage import (
+    StoreError,
+    filesystem,
+    join,
+    open_atomic,
+    remove_stale_parts,
+    safe_name,
+    write_json_atomic,
+)
 
 CARD = "_embeddings.json"
 SPLITS = ("train", "val", "test")
@@ -105,7 +113,7 @@ def _encoder(source: str, mlflow_uri: str):
 
 def embed_batch(batch: pa.Table, source: str, mlflow_uri: str, model_uri: str, version: str) -> pa.Table:
     """Ray Data task: Arrow windows → their embeddings (the registered model, loaded once per worker process)."""
-    from .train.rows import table_rows
+    from neurobridge.train.rows import table_rows
 
     encoder, known = _encoder(source, mlflow_uri)
     t0 = time.perf_counter()
@@ -134,9 +142,9 @@ def embed_batch(batch: pa.Table, source: str, mlflow_uri: str, model_uri: str, v
 def embed(cfg: EmbedConfig, settings: Settings | None = None, progress: bool = True) -> EmbedResult:
     import ray.data
 
-    from .data.store import sources
-    from .runtime import ensure_ray
-    from .tracking.registry import resolve
+    from neurobridge.data.store import sources
+    from neurobridge.runtime import ensure_ray
+    from neurobridge.tracking.registry import resolve
 
     settings = settings or get_settings()
     if cfg.split is not None and cfg.split not in SPLITS:
@@ -144,7 +152,7 @@ def embed(cfg: EmbedConfig, settings: Settings | None = None, progress: bool = T
     t0 = time.perf_counter()
     info = resolve(cfg.model, settings)  # fails here on a missing alias or a tracking server that is down
     if info.tags.get("kind", "pretrain") != "pretrain":
-        from .tracking.registry import RegistryError
+        from neurobridge.tracking.registry import RegistryError
 
         raise RegistryError(
             f"{cfg.model} is a registered {info.tags['kind']!r} model; embedding windows needs a pretrain encoder "
@@ -254,7 +262,7 @@ def embed(cfg: EmbedConfig, settings: Settings | None = None, progress: bool = T
 
 def read_embeddings(settings: Settings, name: str) -> tuple[pa.Table, dict]:
     """The table and its card; the card's file list decides what is read (never a listing)."""
-    from .storage import read_json
+    from neurobridge.storage import read_json
 
     fs, base_path = filesystem(table_dir(settings, name), settings)
     if not fs.exists(posixpath.join(base_path, CARD)):

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow.parquet as pq
 
-from .config import Settings
-from .ingest.manifest import MANIFEST, DatasetRef
-from .storage import filesystem, join
+from neurobridge.config import Settings
+from neurobridge.ingest.manifest import MANIFEST, DatasetRef
+from neurobridge.storage import filesystem, join
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
-from .config import Settings
+from neurobridge.config import Settings
 
 
 def ensure_ray(settings: Settings, min_cpus: int = 0) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import fsspec
 from fsspec.core import url_to_fs
 
-from .config import Settings, get_settings
+from neurobridge.config import Settings, get_settings
 
 
 class StoreError(ValueError):

@@ -21,20 +21,20 @@ from pathlib import Path
 
 from rich.console import Console
 
-from .catalog import resolve
-from .config import Settings, get_settings
-from .data.store import sources
-from .demo import DEMO_RATE_HZ
-from .evaluate.crossval import crossval_finetune
-from .evaluate.report import EvalConfig
-from .evaluate.run import evaluate, resolve_model_file
-from .evaluate.session_data import session_rows
-from .ingest.mixture import write_mixture
-from .ingest.pipeline import ingest_many
-from .sources.sim import SimConfig, simulate
-from .train.config import load_config
-from .train.finetune import FinetuneConfig, finetune, save
-from .train.pretrain import pretrain
+from neurobridge.catalog import resolve
+from neurobridge.config import Settings, get_settings
+from neurobridge.data.store import sources
+from neurobridge.demo import DEMO_RATE_HZ
+from neurobridge.evaluate.crossval import crossval_finetune
+from neurobridge.evaluate.report import EvalConfig
+from neurobridge.evaluate.run import evaluate, resolve_model_file
+from neurobridge.evaluate.session_data import session_rows
+from neurobridge.ingest.mixture import write_mixture
+from neurobridge.ingest.pipeline import ingest_many
+from neurobridge.sources.sim import SimConfig, simulate
+from neurobridge.train.config import load_config
+from neurobridge.train.finetune import FinetuneConfig, finetune, save
+from neurobridge.train.pretrain import pretrain
 
 HOLDOUT = "monkey01_s01"
 SIM_DATASET = "sim_nwb"

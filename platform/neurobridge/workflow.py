@@ -19,12 +19,12 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from . import __version__
-from .align.config import AlignConfig
-from .catalog import CatalogEntry, CatalogError, describe_validation_error, resolve
-from .config import ENV_VARS, Settings, get_settings
-from .sources.sim import SimConfig
-from .train.config import PretrainConfig
+from neurobridge import __version__
+from neurobridge.align.config import AlignConfig
+from neurobridge.catalog import CatalogEntry, CatalogError, describe_validation_error, resolve
+from neurobridge.config import ENV_VARS, Settings, get_settings
+from neurobridge.sources.sim import SimConfig
+from neurobridge.train.config import PretrainConfig
 
 FROM_PRETRAIN = "pretrain"  # align.data.encoder.checkpoint: the model the pretrain stage of this run produced
 
@@ -119,7 +119,7 @@ class PipelineConfig(_Strict):
 
 def load_pipeline(path: str, stages: list[str] | None = None) -> PipelineConfig:
     """Read a pipeline config from a local path or any fsspec URI (s3://…); ``stages`` replaces the listed ones."""
-    from .storage import filesystem
+    from neurobridge.storage import filesystem
 
     try:
         fs, p = filesystem(path)
@@ -150,7 +150,7 @@ class StageOutcome:
 
 
 def run_simulate(cfg: PipelineConfig, settings: Settings, state: dict, echo: Callable[[str], None]) -> StageOutcome:
-    from .sources.sim import simulate
+    from neurobridge.sources.sim import simulate
 
     out = f"{settings.raw_root.rstrip('/')}/sim"
     index = simulate(out, cfg.simulate or SimConfig(), progress=False)
@@ -160,11 +160,11 @@ def run_simulate(cfg: PipelineConfig, settings: Settings, state: dict, echo: Cal
 
 
 def run_ingest(cfg: PipelineConfig, settings: Settings, state: dict, echo: Callable[[str], None]) -> StageOutcome:
-    from .cluster import worker_origin
-    from .ingest.mixture import write_mixture
-    from .ingest.pipeline import ingest_many
-    from .runtime import ensure_ray
-    from .tracking import mlflow_run
+    from neurobridge.cluster import worker_origin
+    from neurobridge.ingest.mixture import write_mixture
+    from neurobridge.ingest.pipeline import ingest_many
+    from neurobridge.runtime import ensure_ray
+    from neurobridge.tracking import mlflow_run
 
     ic = cfg.ingest
     try:
@@ -235,7 +235,7 @@ StageFn = Callable[[PipelineConfig, Settings, dict, Callable[[str], None]], Stag
 
 def run_pretrain(cfg: PipelineConfig, settings: Settings, state: dict, echo: Callable[[str], None]) -> StageOutcome:
     """Ray Train pretraining; without datasets or a mixture of its own it trains on the ingest stage's mixture."""
-    from .train.pretrain import pretrain
+    from neurobridge.train.pretrain import pretrain
 
     pc = cfg.pretrain or PretrainConfig()
     mix = (state.get("ingest") or {}).get("mixture")
@@ -252,7 +252,7 @@ def run_pretrain(cfg: PipelineConfig, settings: Settings, state: dict, echo: Cal
 
 def run_align(cfg: PipelineConfig, settings: Settings, state: dict, echo: Callable[[str], None]) -> StageOutcome:
     """Alignment (Ray Train by default); ``encoder.checkpoint: pretrain`` takes the pretrain stage's model."""
-    from .align.experiment import run_alignment
+    from neurobridge.align.experiment import run_alignment
 
     ac = cfg.align
     enc = ac.data.encoder
@@ -265,7 +265,7 @@ def run_align(cfg: PipelineConfig, settings: Settings, state: dict, echo: Callab
                     "before it; list pretrain first or give a model path"
                 ],
             )
-        from .evaluate.run import resolve_model_file
+        from neurobridge.evaluate.run import resolve_model_file
 
         file = resolve_model_file(state["pretrain"]["model"], settings)
         data = ac.data.model_copy(update={"encoder": enc.model_copy(update={"checkpoint": file})})
@@ -307,7 +307,7 @@ def ray_job_id() -> str | None:
 
 def run_register(cfg: PipelineConfig, settings: Settings, state: dict, echo: Callable[[str], None]) -> StageOutcome:
     """The pretrain stage's run (or the configured one) → the MLflow model registry, with lineage tags."""
-    from .tracking.registry import promote, register
+    from neurobridge.tracking.registry import promote, register
 
     rc = cfg.register_stage or RegisterStage()
     run_id = rc.run or (state.get("pretrain") or {}).get("run_id")

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from ..config import Settings, get_settings
-from ..data.store import Source, iter_local, sources
-from .config import WINDOW_PRESETS, AlignDataConfig
-from .embeddings import EmbeddingTable, resolve_source
+from neurobridge.align.config import WINDOW_PRESETS, AlignDataConfig
+from neurobridge.align.embeddings import EmbeddingTable, resolve_source
+from neurobridge.config import Settings, get_settings
+from neurobridge.data.store import Source, iter_local, sources
 
 SPLITS = ("train", "val", "test")
 COLUMNS = [
@@ -327,7 +327,7 @@ class _Accumulator:
 
 
 def _row_dicts(batch: pa.RecordBatch, rows: np.ndarray) -> list[dict]:
-    from ..train.rows import table_rows
+    from neurobridge.train.rows import table_rows
 
     return table_rows(pa.Table.from_batches([batch.take(pa.array(rows))]))
 
@@ -403,7 +403,7 @@ def build_alignment_data(
         )
     encoder = None
     if cfg.encoder is not None and not cfg.encoder.trainable:
-        from .encoder import EncoderFeatures
+        from neurobridge.align.encoder import EncoderFeatures
 
         encoder = EncoderFeatures(cfg.encoder, settings)
     acc = _Accumulator(cfg, encoder)

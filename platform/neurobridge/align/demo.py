@@ -7,12 +7,12 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from ..config import Settings
-from ..ingest.manifest import resolve_dataset
-from ..storage import join
-from .config import AlignConfig, EncoderSpec
-from .embeddings import simulation_embeddings
-from .experiment import AlignResult, run_alignment
+from neurobridge.align.config import AlignConfig, EncoderSpec
+from neurobridge.align.embeddings import simulation_embeddings
+from neurobridge.align.experiment import AlignResult, run_alignment
+from neurobridge.config import Settings
+from neurobridge.ingest.manifest import resolve_dataset
+from neurobridge.storage import join
 
 
 def _table(result: AlignResult, title: str) -> Table:
@@ -81,9 +81,9 @@ def run_align_demo(
     table = known
     source = {"npy": join(sim_root, "visual/images/embeddings.npy"), "ids": known.ids.tolist()}
     if clip_model:
-        from .config import EmbedConfig
-        from .embed_images import embed_images
-        from .embeddings import read_embeddings
+        from neurobridge.align.config import EmbedConfig
+        from neurobridge.align.embed_images import embed_images
+        from neurobridge.align.embeddings import read_embeddings
 
         cfg = EmbedConfig(
             name="sim_frames",

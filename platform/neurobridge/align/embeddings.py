@@ -13,8 +13,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..config import Settings, get_settings
-from ..storage import StoreError, filesystem, join, read_json, safe_name
+from neurobridge.config import Settings, get_settings
+from neurobridge.storage import StoreError, filesystem, join, read_json, safe_name
 
 CARD = "_embeddings.json"
 EMBEDDINGS_SCHEMA = pa.schema(

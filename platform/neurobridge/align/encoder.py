@@ -11,15 +11,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..config import Settings
-from ..storage import filesystem
-from .config import EncoderSpec
+from neurobridge.align.config import EncoderSpec
+from neurobridge.config import Settings
+from neurobridge.storage import filesystem
 
 
 class EncoderFeatures:
     def __init__(self, spec: EncoderSpec, settings: Settings):
-        from ..models.checkpoint import load_checkpoint
-        from ..models.ndt import MaskedNeuralModel
+        from neurobridge.models.checkpoint import load_checkpoint
+        from neurobridge.models.ndt import MaskedNeuralModel
 
         fs, path = filesystem(spec.checkpoint, settings)
         model, vocabs, _ = load_checkpoint(fs.cat_file(path))
@@ -37,7 +37,7 @@ class EncoderFeatures:
     def __call__(self, rows: list[dict], regions: np.ndarray, windows: list[tuple[str, np.ndarray]]) -> np.ndarray:
         """[rows, len(windows) × d]: rows of one session (same units and bins); ``regions``: each unit's region;
         ``windows``: (region, bin indices) in feature order."""
-        from ..models.patching import collate
+        from neurobridge.models.patching import collate
 
         out = []
         for i in range(0, len(rows), self.spec.batch_rows):

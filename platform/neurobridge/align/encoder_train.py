@@ -16,13 +16,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..models.config import ModelConfig
-from ..models.ndt import MaskedNeuralModel
-from ..models.patching import Batch, collate
-from ..models.vocab import Vocabularies
-from .config import EncoderSpec, ProjectorConfig
-from .dataset import AlignmentData, AlignmentSplit
-from .projector import AlignProjector
+from neurobridge.align.config import EncoderSpec, ProjectorConfig
+from neurobridge.align.dataset import AlignmentData, AlignmentSplit
+from neurobridge.align.projector import AlignProjector
+from neurobridge.models.config import ModelConfig
+from neurobridge.models.ndt import MaskedNeuralModel
+from neurobridge.models.patching import Batch, collate
+from neurobridge.models.vocab import Vocabularies
 
 KIND = "neurobridge.encoder_projector/1"
 _UNUSED_BY_ENCODE = ("enc_to_dec", "dec_pos", "mask_token", "decoder", "dec_norm", "count_head", "mua_head")
@@ -167,7 +167,7 @@ def build_encoder_projector(
 ) -> EncoderProjector:
     """The module fit_projector trains: pretrained weights (last_layers) or the same architecture re-initialised
     with ``spec.seed`` (scratch); head normalisers from the training examples."""
-    from ..models.checkpoint import load_checkpoint
+    from neurobridge.models.checkpoint import load_checkpoint
 
     encoder, vocabs, _ = load_checkpoint(checkpoint)
     if spec.init == "random":
@@ -196,7 +196,7 @@ def save_encoder_projector(model: EncoderProjector, path: str) -> None:
 
 def load_aligned_model(source: str | bytes, map_location: str = "cpu") -> nn.Module:
     """A saved projector (``save_projector``) or encoder + projector (``save_encoder_projector``)."""
-    from .projector import load_projector
+    from neurobridge.align.projector import load_projector
 
     raw = io.BytesIO(source) if isinstance(source, bytes) else source
     payload = torch.load(raw, map_location=map_location, weights_only=True)

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import Settings, get_settings
-from .config import AlignConfig
-from .dataset import AlignmentData, build_alignment_data
-from .embeddings import EmbeddingTable
-from .projector import FitResult, fit_projector, project
-from .retrieval import evaluate_split, nearest_train_reconstruction, retrieval_figure, top_k
-from .train import save_model
+from neurobridge.align.config import AlignConfig
+from neurobridge.align.dataset import AlignmentData, build_alignment_data
+from neurobridge.align.embeddings import EmbeddingTable
+from neurobridge.align.projector import FitResult, fit_projector, project
+from neurobridge.align.retrieval import evaluate_split, nearest_train_reconstruction, retrieval_figure, top_k
+from neurobridge.align.train import save_model
+from neurobridge.config import Settings, get_settings
 
 
 @dataclass
@@ -116,8 +116,8 @@ def run_alignment(
     data = build_alignment_data(cfg.data, settings, embeddings)
     run_id = None
     if track:
-        from ..data.store import sources
-        from ..tracking import mlflow_run
+        from neurobridge.data.store import sources
+        from neurobridge.tracking import mlflow_run
 
         tags = {"kind": "align", **{f"dataset.{s.name}": s.ref.version for s in sources(settings, cfg.data.datasets)}}
         run_id = mlflow_run.start_run(settings.mlflow_uri, cfg.experiment, cfg.name, cfg.model_dump(mode="json"), tags)
@@ -145,7 +145,7 @@ def run_alignment(
         return AlignResult(data, results, run_id)
     finally:
         if run_id is not None:
-            from ..tracking import mlflow_run
+            from neurobridge.tracking import mlflow_run
 
             mlflow_run.end_run(settings.mlflow_uri, run_id, ok)
 
@@ -155,7 +155,7 @@ def _encoder_checkpoint(cfg: AlignConfig, settings: Settings) -> bytes | None:
     spec = cfg.data.encoder
     if spec is None or not spec.trainable:
         return None
-    from ..storage import filesystem
+    from neurobridge.storage import filesystem
 
     fs, path = filesystem(spec.checkpoint, settings)
     return fs.cat_file(path)
@@ -170,11 +170,11 @@ def fit_region_set(
     checkpoint: bytes | None = None,
 ) -> FitResult:
     """One region set's fit, on Ray Train or in this process (same loop, same data)."""
-    from .train import fit_on_ray, make_model
+    from neurobridge.align.train import fit_on_ray, make_model
 
     encoder = None
     if checkpoint is not None:
-        from .encoder_train import session_specs
+        from neurobridge.align.encoder_train import session_specs
 
         encoder = {
             "spec": cfg.data.encoder.model_dump(mode="json"),
@@ -201,7 +201,7 @@ def _log_model_card(
     """``model/align_model.json``: what each weights file is and the config that trained it (for the registry)."""
     import json
 
-    from ..tracking import mlflow_run
+    from neurobridge.tracking import mlflow_run
 
     card = {
         "format": "neurobridge.align_model/1",
@@ -227,7 +227,7 @@ def _log_model_card(
 def _log(settings: Settings, run_id: str, name: str, res: RegionResult, history: bool = True) -> None:
     import matplotlib.pyplot as plt
 
-    from ..tracking import mlflow_run
+    from neurobridge.tracking import mlflow_run
 
     uri = settings.mlflow_uri
     metrics = {f"{name}.test.{k}": v for k, v in res.test["mean"].items()}

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ProjectorConfig
-from .dataset import AlignmentSplit, DimensionMismatch
+from neurobridge.align.config import ProjectorConfig
+from neurobridge.align.dataset import AlignmentSplit, DimensionMismatch
 
 
 class AlignProjector(nn.Module):

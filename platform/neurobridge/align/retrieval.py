@@ -9,12 +9,12 @@ import io
 
 import numpy as np
 
-from ..config import Settings, get_settings
-from ..evaluate.metrics import retrieval_topk, retrieval_topk_subsets
-from ..storage import filesystem
-from .dataset import AlignmentSplit
-from .embeddings import EmbeddingTable
-from .projector import AlignProjector, project
+from neurobridge.align.dataset import AlignmentSplit
+from neurobridge.align.embeddings import EmbeddingTable
+from neurobridge.align.projector import AlignProjector, project
+from neurobridge.config import Settings, get_settings
+from neurobridge.evaluate.metrics import retrieval_topk, retrieval_topk_subsets
+from neurobridge.storage import filesystem
 
 
 def unit(a: np.ndarray) -> np.ndarray:

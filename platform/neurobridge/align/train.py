@@ -14,10 +14,10 @@ import json
 import tempfile
 from pathlib import Path
 
-from ..config import Settings
-from .config import AlignConfig, EncoderSpec, ProjectorConfig
-from .dataset import AlignmentSplit
-from .projector import FitResult
+from neurobridge.align.config import AlignConfig, EncoderSpec, ProjectorConfig
+from neurobridge.align.dataset import AlignmentSplit
+from neurobridge.align.projector import FitResult
+from neurobridge.config import Settings
 
 MODEL_FILE = "model.pt"
 FIT_FILE = "fit.json"
@@ -28,7 +28,7 @@ def make_model(config: dict, device):
     enc = config.get("encoder")
     if enc is None:
         return None
-    from .encoder_train import build_encoder_projector
+    from neurobridge.align.encoder_train import build_encoder_projector
 
     return build_encoder_projector(
         config["train"],
@@ -42,8 +42,8 @@ def make_model(config: dict, device):
 
 
 def save_model(model, path: str) -> None:
-    from .encoder_train import EncoderProjector, save_encoder_projector
-    from .projector import save_projector
+    from neurobridge.align.encoder_train import EncoderProjector, save_encoder_projector
+    from neurobridge.align.projector import save_projector
 
     (save_encoder_projector if isinstance(model, EncoderProjector) else save_projector)(model, path)
 
@@ -54,8 +54,8 @@ def align_loop_per_worker(config: dict) -> None:
     import ray.train.torch
     from ray.train import Checkpoint
 
-    from ..tracking import mlflow_run
-    from .projector import fit_projector
+    from neurobridge.align.projector import fit_projector
+    from neurobridge.tracking import mlflow_run
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -121,9 +121,9 @@ def fit_on_ray(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from ..runtime import ensure_ray
-    from ..train.pretrain import runs_storage
-    from .encoder_train import load_aligned_model
+    from neurobridge.align.encoder_train import load_aligned_model
+    from neurobridge.runtime import ensure_ray
+    from neurobridge.train.pretrain import runs_storage
 
     s = cfg.scaling
     ensure_ray(settings, min_cpus=int(s.num_workers * s.cpus_per_worker) + 1)

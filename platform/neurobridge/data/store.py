@@ -15,10 +15,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..config import Settings
-from ..ingest.manifest import DatasetRef, resolve_dataset
-from ..ingest.mixture import read_mixture
-from ..storage import StoreError, filesystem, join
+from neurobridge.config import Settings
+from neurobridge.ingest.manifest import DatasetRef, resolve_dataset
+from neurobridge.ingest.mixture import read_mixture
+from neurobridge.storage import StoreError, filesystem, join
 
 MIXING_RULES = ("sqrt", "proportional", "uniform")
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .metrics import bits_per_spike, null_rates, pooled_bits_per_spike
+from neurobridge.evaluate.metrics import bits_per_spike, null_rates, pooled_bits_per_spike
 
 
 def mean_rate_baseline(spikes) -> np.ndarray:

@@ -14,15 +14,15 @@ from dataclasses import asdict
 
 import numpy as np
 
-from ..config import Settings, get_settings
-from ..data.store import sources
-from ..models.config import ModelConfig
-from ..storage import StoreError
-from ..train.batches import HeldoutSplit, heldout_flags, with_heldout
-from ..train.finetune import FinetuneConfig, finetune, pick_windows
-from . import baselines, metrics
-from .report import EvalConfig, evaluate_session
-from .session_data import SessionRows, session_rows, stack_counts
+from neurobridge.config import Settings, get_settings
+from neurobridge.data.store import sources
+from neurobridge.evaluate import baselines, metrics
+from neurobridge.evaluate.report import EvalConfig, evaluate_session
+from neurobridge.evaluate.session_data import SessionRows, session_rows, stack_counts
+from neurobridge.models.config import ModelConfig
+from neurobridge.storage import StoreError
+from neurobridge.train.batches import HeldoutSplit, heldout_flags, with_heldout
+from neurobridge.train.finetune import FinetuneConfig, finetune, pick_windows
 
 
 def fold_windows(

@@ -20,12 +20,12 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from ..models.config import ALL_PROMPTS
-from ..models.masking import MaskResult, sample_mask
-from ..models.ndt import N_CTX, MaskedNeuralModel, bin_means
-from ..models.patching import Batch, collate
-from ..models.vocab import Vocabularies
-from . import baselines
+from neurobridge.evaluate import baselines
+from neurobridge.models.config import ALL_PROMPTS
+from neurobridge.models.masking import MaskResult, sample_mask
+from neurobridge.models.ndt import N_CTX, MaskedNeuralModel, bin_means
+from neurobridge.models.patching import Batch, collate
+from neurobridge.models.vocab import Vocabularies
 
 
 def batches(rows: list[dict], vocabs: Vocabularies, k: int, size: int) -> Iterator[Batch]:

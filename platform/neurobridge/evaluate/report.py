@@ -14,15 +14,15 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..models.config import ALL_PROMPTS
-from ..models.masking import MaskResult, mask_last_bins
-from ..models.ndt import MaskedNeuralModel, bin_means
-from ..models.patching import Batch
-from ..models.vocab import Vocabularies
-from ..train.batches import HeldoutSplit, with_heldout
-from . import baselines, metrics
-from .readout import batches, heldout_mask, latent_readout, untrained_like
-from .session_data import SessionRows, Truth, stack_behavior, stack_counts
+from neurobridge.evaluate import baselines, metrics
+from neurobridge.evaluate.readout import batches, heldout_mask, latent_readout, untrained_like
+from neurobridge.evaluate.session_data import SessionRows, Truth, stack_behavior, stack_counts
+from neurobridge.models.config import ALL_PROMPTS
+from neurobridge.models.masking import MaskResult, mask_last_bins
+from neurobridge.models.ndt import MaskedNeuralModel, bin_means
+from neurobridge.models.patching import Batch
+from neurobridge.models.vocab import Vocabularies
+from neurobridge.train.batches import HeldoutSplit, with_heldout
 
 
 class EvalConfig(BaseModel):

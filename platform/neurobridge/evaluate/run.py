@@ -8,14 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import Settings, get_settings
-from ..data.store import sources, unit_columns
-from ..models.checkpoint import load_checkpoint
-from ..storage import StoreError
-from ..tracking import mlflow_run
-from ..train.batches import HeldoutSplit, heldout_flags
-from .report import EvalConfig, Report, evaluate_session, pool
-from .session_data import Truth, session_rows
+from neurobridge.config import Settings, get_settings
+from neurobridge.data.store import sources, unit_columns
+from neurobridge.evaluate.report import EvalConfig, Report, evaluate_session, pool
+from neurobridge.evaluate.session_data import Truth, session_rows
+from neurobridge.models.checkpoint import load_checkpoint
+from neurobridge.storage import StoreError
+from neurobridge.tracking import mlflow_run
+from neurobridge.train.batches import HeldoutSplit, heldout_flags
 
 
 def resolve_model_file(ref: str, settings: Settings) -> str:

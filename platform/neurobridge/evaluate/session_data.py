@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from ..config import Settings
-from ..data.store import Source, iter_local
-from ..train.rows import table_rows
+from neurobridge.config import Settings
+from neurobridge.data.store import Source, iter_local
+from neurobridge.train.rows import table_rows
 
 EVAL_COLUMNS = [
     "dataset",

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..catalog import IngestConfig
-from ..sources.base import SourceError, SpikeSource, TimeSeries
-from .binning import WindowGrid, bin_timeseries
-from .windows import SessionWindows
+from neurobridge.catalog import IngestConfig
+from neurobridge.ingest.binning import WindowGrid, bin_timeseries
+from neurobridge.ingest.windows import SessionWindows
+from neurobridge.sources.base import SourceError, SpikeSource, TimeSeries
 
 
 @dataclass

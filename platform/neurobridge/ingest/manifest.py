@@ -17,11 +17,12 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .. import __version__
-from ..catalog import CatalogEntry
-from ..config import Settings
-from ..sources import Item
-from ..storage import (
+from neurobridge import __version__
+from neurobridge.catalog import CatalogEntry
+from neurobridge.config import Settings
+from neurobridge.ingest.schema import ALGORITHM_VERSION, MANIFEST_SCHEMA, SAMPLE_SCHEMA, SCHEMA_VERSION
+from neurobridge.sources import Item
+from neurobridge.storage import (
     StoreError,
     filesystem,
     join,
@@ -30,7 +31,6 @@ from ..storage import (
     write_bytes_atomic,
     write_json_atomic,
 )
-from .schema import ALGORITHM_VERSION, MANIFEST_SCHEMA, SAMPLE_SCHEMA, SCHEMA_VERSION
 
 CARD = "_dataset.json"
 MANIFEST = "_manifest.parquet"

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import time
 
-from ..config import Settings
-from ..storage import StoreError, filesystem, join, read_json, safe_name, write_json_atomic
+from neurobridge.config import Settings
+from neurobridge.storage import StoreError, filesystem, join, read_json, safe_name, write_json_atomic
 
 
 def write_mixture(settings: Settings, name: str, reports: list) -> dict:

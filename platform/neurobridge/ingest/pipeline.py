@@ -18,13 +18,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import chaos
-from ..catalog import CatalogEntry
-from ..config import Settings, get_settings
-from ..runtime import ensure_ray
-from ..sources import Item, SourceError, discover
-from ..storage import StoreError, filesystem, is_local_fs, join, read_json
-from .manifest import (
+from neurobridge import chaos
+from neurobridge.catalog import CatalogEntry
+from neurobridge.config import Settings, get_settings
+from neurobridge.ingest.manifest import (
     CARD,
     build_card,
     dataset_version,
@@ -33,7 +30,10 @@ from .manifest import (
     write_card,
     write_manifest,
 )
-from .process import blank_record, process_item, write_record
+from neurobridge.ingest.process import blank_record, process_item, write_record
+from neurobridge.runtime import ensure_ray
+from neurobridge.sources import Item, SourceError, discover
+from neurobridge.storage import StoreError, filesystem, is_local_fs, join, read_json
 
 MAX_RETRIES = 3  # Ray Data's own default retries a dying task forever: one poison item would hang the run
 

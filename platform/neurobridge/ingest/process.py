@@ -16,18 +16,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .. import chaos
-from ..catalog import CatalogEntry
-from ..cluster import task_attempt
-from ..config import Settings
-from ..sources import Item, SourceError, SpikeSource, open_source
-from ..sources.base import BinnedSource, SessionMeta
-from ..storage import filesystem, join, open_atomic, safe_name, write_json_atomic
-from .behavior import plan_behavior
-from .binning import WindowGrid, bin_spikes, to_uint16
-from .schema import SAMPLE_SCHEMA, UNITS_SCHEMA
-from .tokenize import UnitVocab, unit_vocab
-from .windows import SessionWindows, hash_split, make_windows
+from neurobridge import chaos
+from neurobridge.catalog import CatalogEntry
+from neurobridge.cluster import task_attempt
+from neurobridge.config import Settings
+from neurobridge.ingest.behavior import plan_behavior
+from neurobridge.ingest.binning import WindowGrid, bin_spikes, to_uint16
+from neurobridge.ingest.schema import SAMPLE_SCHEMA, UNITS_SCHEMA
+from neurobridge.ingest.tokenize import UnitVocab, unit_vocab
+from neurobridge.ingest.windows import SessionWindows, hash_split, make_windows
+from neurobridge.sources import Item, SourceError, SpikeSource, open_source
+from neurobridge.sources.base import BinnedSource, SessionMeta
+from neurobridge.storage import filesystem, join, open_atomic, safe_name, write_json_atomic
 
 GROUP_WINDOWS = 32  # windows per planning group; chunks are runs of groups
 CHUNK_CELLS = 8_000_000  # [windows × units × bins] cells binned at once

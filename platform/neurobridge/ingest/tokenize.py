@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..catalog import CatalogEntry
+from neurobridge.catalog import CatalogEntry
 
 
 @dataclass

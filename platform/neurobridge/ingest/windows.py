@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..catalog import IngestConfig
-from ..sources.base import SourceError, SpikeSource
-from .binning import WindowGrid
+from neurobridge.catalog import IngestConfig
+from neurobridge.ingest.binning import WindowGrid
+from neurobridge.sources.base import SourceError, SpikeSource
 
 SPLITS = ("train", "val", "test")
 

@@ -12,9 +12,9 @@ from typing import Any, BinaryIO
 
 import torch
 
-from .config import ModelConfig
-from .ndt import MaskedNeuralModel
-from .vocab import Vocabularies
+from neurobridge.models.config import ModelConfig
+from neurobridge.models.ndt import MaskedNeuralModel
+from neurobridge.models.vocab import Vocabularies
 
 FORMAT = "neurobridge.masked_model/1"
 

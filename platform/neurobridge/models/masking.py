@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import ALL_PROMPTS, MODES, MaskConfig
-from .patching import Batch
+from neurobridge.models.config import ALL_PROMPTS, MODES, MaskConfig
+from neurobridge.models.patching import Batch
 
 FALLBACK: dict[str, tuple[str, ...]] = {
     "random": (),

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .config import ALL_PROMPTS, ModelConfig
-from .masking import MaskResult, no_mask, sample_mask
-from .patching import CONTEXT, Batch, unpatchify
-from .vocab import UNK, Vocabularies
+from neurobridge.models.config import ALL_PROMPTS, ModelConfig
+from neurobridge.models.masking import MaskResult, no_mask, sample_mask
+from neurobridge.models.patching import CONTEXT, Batch, unpatchify
+from neurobridge.models.vocab import UNK, Vocabularies
 
 N_CTX = len(CONTEXT) + 1  # session, subject, task, dataset, mode prompt
 # Position codes start small next to the value projection: at unit scale they drown the sparse spike-count signal

@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
-from .vocab import PAD, UNK, Vocabularies, unit_key
+from neurobridge.models.vocab import PAD, UNK, Vocabularies, unit_key
 
 CONTEXT = ("session", "subject", "task", "dataset")
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .ndt import MaskedNeuralModel
-from .patching import CONTEXT, collate
-from .vocab import Vocabularies, unit_key
+from neurobridge.models.ndt import MaskedNeuralModel
+from neurobridge.models.patching import CONTEXT, collate
+from neurobridge.models.vocab import Vocabularies, unit_key
 
 
 class WindowEncoder:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from importlib import import_module
 
-from ..catalog import CatalogEntry
-from ..config import Settings
-from .base import BinnedSource, Item, SourceError, SpikeSource, WindowBlock
+from neurobridge.catalog import CatalogEntry
+from neurobridge.config import Settings
+from neurobridge.sources.base import BinnedSource, Item, SourceError, SpikeSource, WindowBlock
 
 # catalog kind → module in this package; each module has discover(entry, settings) -> list[Item] and
 # open_item(entry, item, settings) -> SpikeSource | BinnedSource

@@ -14,10 +14,9 @@ import re
 
 import numpy as np
 
-from ..catalog import CatalogEntry
-from ..config import Settings
-from ..storage import filesystem, is_local_fs
-from .base import (
+from neurobridge.catalog import CatalogEntry
+from neurobridge.config import Settings
+from neurobridge.sources.base import (
     Intervals,
     Item,
     SessionMeta,
@@ -30,6 +29,7 @@ from .base import (
     item_key,
     make_items,
 )
+from neurobridge.storage import filesystem, is_local_fs
 
 REGION_FILES = ("clusters.brainLocationAcronyms_ccf_2017.npy", "clusters.acronym.npy")
 # Allen CCF structure ids, per cluster or per channel (BWM releases): mapped to acronyms with region_map
@@ -203,7 +203,7 @@ def _region_table_cached(uri: str, settings_json: str) -> dict[str, str]:
     import csv
     import io
 
-    from ..config import Settings
+    from neurobridge.config import Settings
 
     fs, path = filesystem(uri, Settings.model_validate_json(settings_json))
     try:

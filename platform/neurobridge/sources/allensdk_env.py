@@ -15,8 +15,8 @@ import sys
 import venv
 from pathlib import Path
 
-from ..catalog import EcephysCache
-from .base import SourceError
+from neurobridge.catalog import EcephysCache
+from neurobridge.sources.base import SourceError
 
 ALLENSDK_REQUIREMENT = "allensdk==2.16.2"
 ADAPTER = Path(__file__).with_name("allensdk_listing.py")

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import re
 
-from ..catalog import CatalogEntry
-from .base import Item, SourceError, item_key
+from neurobridge.catalog import CatalogEntry
+from neurobridge.sources.base import Item, SourceError, item_key
 
 BUCKET = "dandiarchive"
 _BLOB_URL = re.compile(r"^https?://(?:dandiarchive\.s3\.amazonaws\.com|s3\.amazonaws\.com/dandiarchive)/(?P<key>.+)$")

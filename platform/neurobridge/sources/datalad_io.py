@@ -15,7 +15,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from .base import SourceError
+from neurobridge.sources.base import SourceError
 
 
 def is_dataset(path: Path) -> bool:

@@ -20,10 +20,10 @@ import posixpath
 from collections import Counter
 from fnmatch import fnmatch
 
-from ..catalog import CatalogEntry, EcephysCache
-from ..config import Settings
-from ..storage import filesystem
-from .base import Item, SourceError, fingerprint, item_key
+from neurobridge.catalog import CatalogEntry, EcephysCache
+from neurobridge.config import Settings
+from neurobridge.sources.base import Item, SourceError, fingerprint, item_key
+from neurobridge.storage import filesystem
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def discover(entry: CatalogEntry, cache: EcephysCache, settings: Settings) -> li
     """Items from the cache's session listing, or None when the tree has no sessions table (glob instead)."""
     root = entry.resolved_uri(settings)
     if cache.manifest:
-        from .allensdk_env import list_sessions
+        from neurobridge.sources.allensdk_env import list_sessions
 
         if "://" in root:
             raise SourceError(f"{root}: nwb.cache.manifest needs a local cache directory as the entry uri")

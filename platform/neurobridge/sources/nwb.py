@@ -11,11 +11,10 @@ import posixpath
 import h5py
 import numpy as np
 
-from ..catalog import CatalogEntry, NwbOptions, UnitRule
-from ..config import Settings
-from ..storage import filesystem, is_local_fs
-from . import ecephys_cache
-from .base import (
+from neurobridge.catalog import CatalogEntry, NwbOptions, UnitRule
+from neurobridge.config import Settings
+from neurobridge.sources import ecephys_cache
+from neurobridge.sources.base import (
     Intervals,
     Item,
     SessionMeta,
@@ -26,13 +25,14 @@ from .base import (
     glob_under,
     make_items,
 )
+from neurobridge.storage import filesystem, is_local_fs
 
 DEFAULT_OPTIONS = NwbOptions()
 
 
 def discover(entry: CatalogEntry, settings: Settings) -> list[Item]:
     if entry.dandi is not None and entry.dandi.resolve == "api":
-        from .dandi import discover_dandi
+        from neurobridge.sources.dandi import discover_dandi
 
         return discover_dandi(entry)
     root = entry.resolved_uri(settings)

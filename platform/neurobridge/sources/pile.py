@@ -30,11 +30,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..catalog import CatalogEntry, IngestConfig, PileConfig
-from ..config import Settings
-from ..ingest.windows import hash_split
-from ..storage import filesystem, is_local_fs
-from .base import BinnedSource, Item, SessionMeta, SourceError, WindowBlock, glob_under, make_items
+from neurobridge.catalog import CatalogEntry, IngestConfig, PileConfig
+from neurobridge.config import Settings
+from neurobridge.ingest.windows import hash_split
+from neurobridge.sources.base import BinnedSource, Item, SessionMeta, SourceError, WindowBlock, glob_under, make_items
+from neurobridge.storage import filesystem, is_local_fs
 
 NATIVE_BIN_MS = 20.0
 ID_COLUMNS = ("subject_id", "session_id", "segment_id")

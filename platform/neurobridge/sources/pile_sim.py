@@ -16,8 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..storage import filesystem, is_local_fs
-from .sim import SimConfig, _build_model, _chunk_rates, _latents, _rng, _Spec
+from neurobridge.sources.sim import SimConfig, _build_model, _chunk_rates, _latents, _rng, _Spec
+from neurobridge.storage import filesystem, is_local_fs
 
 PILE_SCHEMA = pa.schema(
     [

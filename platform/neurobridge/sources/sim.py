@@ -37,7 +37,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..storage import filesystem, is_local_fs, write_json_atomic
+from neurobridge.storage import filesystem, is_local_fs, write_json_atomic
 
 FORMAT = Literal["nwb", "alf", "visual"]
 SCHEMA_VERSION = 1
@@ -802,7 +802,7 @@ def simulate(out: str, cfg: SimConfig | None = None, progress: bool = True) -> d
                     rec["collection"] = "alf/probe00"
         tvsd = _simulate_tvsd(root, cfg, local_fs) if cfg.tvsd else None
         if cfg.pile:
-            from .pile_sim import write_demo_shards
+            from neurobridge.sources.pile_sim import write_demo_shards
 
             shards = write_demo_shards(str(root / "pile"), seed=cfg.seed)  # names hold data/train-*, data/test-*
         index = {
@@ -896,7 +896,7 @@ def _simulate_tvsd(root: Path, cfg: SimConfig, local: bool) -> dict[str, Any]:
     """The TVSD-style DataLad dataset in ``<root>/tvsd`` (see sim_tvsd); DataLad cannot live on object stores."""
     if not local:
         return {"skipped": "a DataLad dataset needs a local path; simulate to a local out for tvsd"}
-    from .sim_tvsd import TvsdSimConfig, simulate_tvsd
+    from neurobridge.sources.sim_tvsd import TvsdSimConfig, simulate_tvsd
 
     return simulate_tvsd(root / "tvsd", TvsdSimConfig(seed=cfg.seed))
 
@@ -933,7 +933,7 @@ __all__ = ["SimConfig", "build_one_cache", "image_embeddings", "render_image", "
 # sim_allen.py, which builds on this module; resolved lazily here so the simulator has one entry point.
 def __getattr__(name: str):
     if name in ("AllenSimConfig", "simulate_allen_cache", "write_allen_session"):
-        from . import sim_allen
+        from neurobridge.sources import sim_allen
 
         return getattr(sim_allen, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

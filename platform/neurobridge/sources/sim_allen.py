@@ -27,8 +27,17 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..storage import filesystem, is_local_fs
-from .sim import _FORMAT_CODE, _ID_NAMESPACE, SimConfig, _build_model, _generate, _publish, _rng, _Spec
+from neurobridge.sources.sim import (
+    _FORMAT_CODE,
+    _ID_NAMESPACE,
+    SimConfig,
+    _build_model,
+    _generate,
+    _publish,
+    _rng,
+    _Spec,
+)
+from neurobridge.storage import filesystem, is_local_fs
 
 NATURAL_SCENES = "brain_observatory_1.1"
 FUNCTIONAL_CONNECTIVITY = "functional_connectivity"

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from . import matv73
+from neurobridge.sources import matv73
 
 _TVSD_CODE = 6  # random-stream namespace of this simulator (see sim._FORMAT_CODE)
 

@@ -25,15 +25,15 @@ import h5py
 import numpy as np
 import pyarrow as pa
 
-from ..catalog import CatalogEntry, IngestConfig, TvsdConfig
-from ..config import Settings
-from ..ingest.schema import TVSD_RESPONSES_SCHEMA, TVSD_UNITS_SCHEMA
-from ..ingest.tokenize import unit_vocab
-from ..ingest.windows import hash_split
-from ..storage import is_remote
-from . import matv73
-from .base import BinnedSource, Item, SessionMeta, SourceError, WindowBlock, item_key
-from .datalad_io import ensure_clone, fingerprint_files, get_files
+from neurobridge.catalog import CatalogEntry, IngestConfig, TvsdConfig
+from neurobridge.config import Settings
+from neurobridge.ingest.schema import TVSD_RESPONSES_SCHEMA, TVSD_UNITS_SCHEMA
+from neurobridge.ingest.tokenize import unit_vocab
+from neurobridge.ingest.windows import hash_split
+from neurobridge.sources import matv73
+from neurobridge.sources.base import BinnedSource, Item, SessionMeta, SourceError, WindowBlock, item_key
+from neurobridge.sources.datalad_io import ensure_clone, fingerprint_files, get_files
+from neurobridge.storage import is_remote
 
 ALLMAT_COLUMNS = ("trial_idx", "train_idx", "test_idx", "rep", "count", "correct", "day")
 METRICS = {"reliab": "reliab", "SNR": "snr", "lats": "lats", "oracle": "oracle"}

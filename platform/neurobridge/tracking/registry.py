@@ -16,8 +16,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import Settings, get_settings
-from . import mlflow_run
+from neurobridge.config import Settings, get_settings
+from neurobridge.tracking import mlflow_run
 
 PYFUNC_CODE = {
     "pretrain": Path(__file__).with_name("pyfunc_encoder.py"),
@@ -161,7 +161,7 @@ def _align_parts(local: Path):
     import numpy as np
     import pandas as pd
 
-    from ..align.encoder_train import load_aligned_model
+    from neurobridge.align.encoder_train import load_aligned_model
 
     card = json.loads((local / KINDS["align"]).read_text())
     missing = [f for f in card.get("files", {}).values() if not (local / f).exists()]
@@ -178,7 +178,7 @@ def _requirements() -> list[str]:
     import mlflow
     import torch
 
-    from .. import __version__
+    from neurobridge import __version__
 
     return [f"neurobridge=={__version__}", f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}"]
 
@@ -189,7 +189,7 @@ def register(
     """Register a FINISHED run's model as a new version of ``name`` (created if new) with lineage tags."""
     import mlflow.pyfunc
 
-    from ..models.checkpoint import load_checkpoint
+    from neurobridge.models.checkpoint import load_checkpoint
 
     settings = settings or get_settings()
     client = _client(settings)

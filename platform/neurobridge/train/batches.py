@@ -15,10 +15,10 @@ import numpy as np
 import pyarrow as pa
 from ray.data.collate_fn import ArrowBatchCollateFn
 
-from ..data.store import unit_columns
-from ..models.patching import Batch, collate
-from ..models.vocab import Vocabularies
-from .rows import table_rows
+from neurobridge.data.store import unit_columns
+from neurobridge.models.patching import Batch, collate
+from neurobridge.models.vocab import Vocabularies
+from neurobridge.train.rows import table_rows
 
 HELDOUT_FRACTION = 0.25
 

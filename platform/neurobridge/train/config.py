@@ -9,8 +9,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..catalog import describe_validation_error
-from ..models.config import ModelConfig
+from neurobridge.catalog import describe_validation_error
+from neurobridge.models.config import ModelConfig
 
 
 class _Strict(BaseModel):

@@ -12,18 +12,18 @@ from dataclasses import dataclass
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..config import Settings, get_settings
-from ..data.store import sources
-from ..evaluate.session_data import session_rows
-from ..models.checkpoint import load_checkpoint, save_checkpoint
-from ..models.config import ModelConfig
-from ..models.ndt import MaskedNeuralModel
-from ..models.patching import CONTEXT
-from ..models.vocab import Vocabularies, unit_key
-from ..storage import StoreError
-from .batches import CollateWindows, HeldoutSplit, heldout_flags
-from .config import DataConfig, OptimConfig, PretrainConfig, ValidationConfig
-from .loop import run_steps, val_loss
+from neurobridge.config import Settings, get_settings
+from neurobridge.data.store import sources
+from neurobridge.evaluate.session_data import session_rows
+from neurobridge.models.checkpoint import load_checkpoint, save_checkpoint
+from neurobridge.models.config import ModelConfig
+from neurobridge.models.ndt import MaskedNeuralModel
+from neurobridge.models.patching import CONTEXT
+from neurobridge.models.vocab import Vocabularies, unit_key
+from neurobridge.storage import StoreError
+from neurobridge.train.batches import CollateWindows, HeldoutSplit, heldout_flags
+from neurobridge.train.config import DataConfig, OptimConfig, PretrainConfig, ValidationConfig
+from neurobridge.train.loop import run_steps, val_loss
 
 BACKBONE_FREE = (
     "ctx_emb",

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from ..models.ndt import MaskedNeuralModel
-from ..models.vocab import Vocabularies
-from .batches import Collated
-from .config import PretrainConfig
+from neurobridge.models.ndt import MaskedNeuralModel
+from neurobridge.models.vocab import Vocabularies
+from neurobridge.train.batches import Collated
+from neurobridge.train.config import PretrainConfig
 
 STATE_FILE = "train_state.pt"
 
@@ -217,7 +217,7 @@ def save_state(state: dict, directory: str | Path, vocabs: Vocabularies, cfg: Pr
 
 def load_state(directory: str | Path, cfg: PretrainConfig) -> dict:
     """A training state written by ``save_state``; refuses one from another model config."""
-    from ..models.checkpoint import CheckpointError, _diff
+    from neurobridge.models.checkpoint import CheckpointError, _diff
 
     payload = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
     diffs = _diff(payload["config"]["model"], cfg.model.model_dump(mode="json"), "model.")

@@ -12,15 +12,15 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import Settings, get_settings
-from ..data.store import Source, ray_dataset, sources, unit_columns
-from ..models.vocab import Vocabularies, unit_key
-from ..runtime import ensure_ray
-from ..storage import StoreError, filesystem, is_local_fs, join
-from ..tracking import mlflow_run
-from .batches import CollateWindows, HeldoutSplit, heldout_flags
-from .config import PretrainConfig
-from .rows import ROW_COLUMNS
+from neurobridge.config import Settings, get_settings
+from neurobridge.data.store import Source, ray_dataset, sources, unit_columns
+from neurobridge.models.vocab import Vocabularies, unit_key
+from neurobridge.runtime import ensure_ray
+from neurobridge.storage import StoreError, filesystem, is_local_fs, join
+from neurobridge.tracking import mlflow_run
+from neurobridge.train.batches import CollateWindows, HeldoutSplit, heldout_flags
+from neurobridge.train.config import PretrainConfig
+from neurobridge.train.rows import ROW_COLUMNS
 
 SHUFFLE_BUFFER = 256
 
@@ -82,8 +82,8 @@ def train_loop_per_worker(config: dict) -> None:
     import torch
     from ray.train import Checkpoint
 
-    from ..models.ndt import MaskedNeuralModel
-    from .loop import load_state, run_steps, save_state, val_loss
+    from neurobridge.models.ndt import MaskedNeuralModel
+    from neurobridge.train.loop import load_state, run_steps, save_state, val_loss
 
     cfg = PretrainConfig.model_validate(config["cfg"])
     vocabs = Vocabularies.from_dict(config["vocabs"])
@@ -302,9 +302,9 @@ def export_model(checkpoint: str, cfg: PretrainConfig, pa_fs=None) -> str:
     """The final training state as a standalone model checkpoint (``models.checkpoint`` format)."""
     import torch
 
-    from ..models.checkpoint import save_checkpoint
-    from ..models.ndt import MaskedNeuralModel
-    from .loop import STATE_FILE
+    from neurobridge.models.checkpoint import save_checkpoint
+    from neurobridge.models.ndt import MaskedNeuralModel
+    from neurobridge.train.loop import STATE_FILE
 
     out = Path(tempfile.mkdtemp(prefix="nb-model-")) / "model.pt"
     if pa_fs is None:

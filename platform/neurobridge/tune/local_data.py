@@ -13,10 +13,10 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pyarrow as pa
 
-from ..config import Settings
-from ..data.store import Source, _mix, epoch_plan, iter_local
-from ..storage import StoreError
-from ..train.rows import ROW_COLUMNS
+from neurobridge.config import Settings
+from neurobridge.data.store import Source, _mix, epoch_plan, iter_local
+from neurobridge.storage import StoreError
+from neurobridge.train.rows import ROW_COLUMNS
 
 
 def mixed_rows(

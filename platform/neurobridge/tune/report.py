@@ -9,8 +9,8 @@ import json
 
 import pandas as pd
 
-from ..config import Settings, get_settings
-from ..storage import StoreError, filesystem, join
+from neurobridge.config import Settings, get_settings
+from neurobridge.storage import StoreError, filesystem, join
 
 
 def results_dir(settings: Settings, name: str) -> str:
@@ -66,7 +66,7 @@ def build_report(name: str, settings: Settings | None = None) -> tuple[str, str]
         import tempfile
         from pathlib import Path
 
-        from ..tracking import mlflow_run
+        from neurobridge.tracking import mlflow_run
 
         with tempfile.TemporaryDirectory() as d:
             local = Path(d) / "report.html"

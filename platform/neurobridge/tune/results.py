@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from .spec import AblationSpec, sampled_values, trial_key
-from .trainables import COMPLETE
+from neurobridge.tune.spec import AblationSpec, sampled_values, trial_key
+from neurobridge.tune.trainables import COMPLETE
 
 META = ("trial", "seed", "status", "error", "child_run_id")
 

@@ -18,14 +18,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import Settings, get_settings
-from ..runtime import ensure_ray
-from ..storage import StoreError, filesystem, is_local_fs, join
-from ..tracking import mlflow_run
-from . import results as res
-from .report import build_report, results_dir
-from .spec import SAMPLED, AblationSpec, SpecError, n_trials, quasi_random_points, trials
-from .trainables import TRIAL_TAG, run_trial
+from neurobridge.config import Settings, get_settings
+from neurobridge.runtime import ensure_ray
+from neurobridge.storage import StoreError, filesystem, is_local_fs, join
+from neurobridge.tracking import mlflow_run
+from neurobridge.tune import results as res
+from neurobridge.tune.report import build_report, results_dir
+from neurobridge.tune.spec import SAMPLED, AblationSpec, SpecError, n_trials, quasi_random_points, trials
+from neurobridge.tune.trainables import TRIAL_TAG, run_trial
 
 PARENT_FILE = "nb_parent.json"
 

@@ -13,8 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..catalog import describe_validation_error
-from ..config import set_dotted
+from neurobridge.catalog import describe_validation_error
+from neurobridge.config import set_dotted
 
 INTERMEDIATE = frozenset({"loss", "poisson_nll", "mse"})  # what pretrain trials report every log_every steps
 
@@ -147,14 +147,14 @@ def build_config(spec: AblationSpec, trial: dict, sampled: dict | None = None):
     overrides = {**trial["overrides"], **(sampled or {})}
     where = f"{spec.source_file or spec.name}: trial {trial['key']}"
     if spec.kind == "pretrain":
-        from ..train.config import ConfigError, load_config
+        from neurobridge.train.config import ConfigError, load_config
 
         overrides["seed"] = trial["seed"]
         try:
             return load_config(spec.base_path(), overrides)
         except ConfigError as err:
             raise SpecError(f"{where}: {err}") from None
-    from ..align.config import AlignConfig, ConfigError, load_yaml
+    from neurobridge.align.config import AlignConfig, ConfigError, load_yaml
 
     overrides["projector.seed"] = trial["seed"]
     _check_keys(AlignConfig, overrides, where)

@@ -17,9 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..config import Settings
-from ..tracking import mlflow_run
-from .spec import AblationSpec, build_config, sampled_values, trial_key
+from neurobridge.config import Settings
+from neurobridge.tracking import mlflow_run
+from neurobridge.tune.spec import AblationSpec, build_config, sampled_values, trial_key
 
 TRIAL_TAG = "ablation.trial"
 COMPLETE = "trial_complete"  # in the final result only (Tune reserves `done`)
@@ -84,7 +84,7 @@ def finished_child(st: Settings, spec: AblationSpec, parent_run_id: str, key: st
 
 
 def _dataset_versions(spec: AblationSpec, cfg, st: Settings) -> dict[str, str]:
-    from ..data.store import sources
+    from neurobridge.data.store import sources
 
     srcs = (
         sources(st, cfg.data.datasets, cfg.data.mixture) if spec.kind == "pretrain" else sources(st, cfg.data.datasets)
@@ -97,12 +97,12 @@ def _pretrain(cfg, spec: AblationSpec, st: Settings, run_id: str) -> dict:
     from ray import tune
     from ray.tune import Checkpoint
 
-    from ..data.store import sources
-    from ..models.ndt import MaskedNeuralModel
-    from ..train.batches import CollateWindows, HeldoutSplit, heldout_flags
-    from ..train.loop import load_state, run_steps, save_state
-    from ..train.pretrain import vocabularies
-    from .local_data import epoch_batches, mixed_rows
+    from neurobridge.data.store import sources
+    from neurobridge.models.ndt import MaskedNeuralModel
+    from neurobridge.train.batches import CollateWindows, HeldoutSplit, heldout_flags
+    from neurobridge.train.loop import load_state, run_steps, save_state
+    from neurobridge.train.pretrain import vocabularies
+    from neurobridge.tune.local_data import epoch_batches, mixed_rows
 
     srcs = sources(st, cfg.data.datasets, cfg.data.mixture)
     vocabs = vocabularies(srcs, cfg.data.holdout_sessions, st)
@@ -135,7 +135,7 @@ def _pretrain(cfg, spec: AblationSpec, st: Settings, run_id: str) -> dict:
     final = {k: v for k, v in last.items() if isinstance(v, int | float)}
     with tempfile.TemporaryDirectory() as d:
         model_file = str(Path(d) / "model.pt")
-        from ..models.checkpoint import save_checkpoint
+        from neurobridge.models.checkpoint import save_checkpoint
 
         save_checkpoint(
             model_file,
@@ -152,8 +152,8 @@ def _pretrain(cfg, spec: AblationSpec, st: Settings, run_id: str) -> dict:
 
 def _co_bps(model_file: str, cfg, spec: AblationSpec, st: Settings) -> dict:
     """Pooled co-bps over the evaluated datasets (mean of each dataset's pooled value)."""
-    from ..evaluate.report import EvalConfig
-    from ..evaluate.run import evaluate
+    from neurobridge.evaluate.report import EvalConfig
+    from neurobridge.evaluate.run import evaluate
 
     datasets = spec.evaluate.datasets or cfg.data.datasets
     mixture = None if spec.evaluate.datasets else cfg.data.mixture
@@ -200,7 +200,7 @@ def _loss_plot(st: Settings, run_id: str) -> None:
 
 def _align(cfg, st: Settings) -> dict:
     """Headline retrieval numbers: ``<set>.<metric>`` per region set, and the first set's unprefixed."""
-    from ..align.experiment import run_alignment
+    from neurobridge.align.experiment import run_alignment
 
     result = run_alignment(cfg, st, track=False, figures=False)
     out: dict = {}
