@@ -21,10 +21,13 @@ demo: sysdeps $(STAMP)
 	$(VENV)/bin/neurobridge demo
 
 test: sysdeps $(STAMP)
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff format --check . && $(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check . && $(VENV)/bin/ruff check . && $(VENV)/bin/lint-imports
 
 bench: $(STAMP)
 	$(VENV)/bin/neurobridge bench ingest

@@ -2,7 +2,7 @@
 
 import argparse
 
-from neurobridge.bench import bench_ingest
+from neurobridge.bench.ingest import bench_ingest
 
 
 def main() -> None:

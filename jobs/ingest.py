@@ -6,8 +6,8 @@ import sys
 
 from neurobridge.catalog import resolve
 from neurobridge.config import get_settings
-from neurobridge.ingest.mixture import write_mixture
 from neurobridge.ingest.pipeline import ingest_many
+from neurobridge.store.mixtures import write_mixture
 
 
 def main() -> int:

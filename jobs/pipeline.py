@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from neurobridge import __version__
-from neurobridge.workflow import PipelineError, load_pipeline, origin, run_pipeline
+from neurobridge.workflows.pipeline import PipelineError, load_pipeline, origin, run_pipeline
 
 
 def main() -> int:

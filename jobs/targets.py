@@ -5,7 +5,7 @@ Thin: parse, call the library."""
 import argparse
 import sys
 
-from neurobridge.targets import run_targets
+from neurobridge.workflows.protocols import run_targets
 
 
 def main() -> int:

@@ -21,6 +21,17 @@ MC_MAZE = SHARED_DATA / "nlb_mc_maze_medium" / "sub-Jenkins_ses-medium_desc-test
 IBL_EXCERPT = SHARED_DATA / "ibl_spikes_excerpt"
 
 
+# Tests that start Ray, a Ray job, a moto server or a pipeline run end to end are "slow" (seconds to minutes each);
+# everything else is a unit test, and `pytest -m "not slow"` runs those alone in under a minute.
+SLOW_FIXTURES = {"ray_cluster", "reaching_store", "s3_endpoint"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """One local Ray for the whole session (start-up is ~10 s here)."""
@@ -44,9 +55,9 @@ def reaching_store(tmp_path_factory, ray_cluster):
     def make(name: str, mixture: str, units: tuple[int, int], minutes: float):
         from neurobridge.catalog import CatalogEntry
         from neurobridge.config import get_settings
-        from neurobridge.ingest.mixture import write_mixture
         from neurobridge.ingest.pipeline import ingest_many
-        from neurobridge.sources.sim import SimConfig, simulate
+        from neurobridge.sim import SimConfig, simulate
+        from neurobridge.store.mixtures import write_mixture
 
         root = tmp_path_factory.mktemp(name)
         sim = root / "raw"
@@ -64,13 +75,13 @@ def reaching_store(tmp_path_factory, ray_cluster):
         simulate(str(sim), cfg, progress=False)
         settings = get_settings(store=str(root / "store"), raw_root=str(sim), mlflow_uri=f"sqlite:///{root}/mlflow.db")
         entries = [
-            CatalogEntry(
+            CatalogEntry.of(
                 name="t_nwb",
                 kind="nwb",
                 uri=str(sim / "nwb"),
                 ingest={"bin_ms": 20, "window": {"mode": "chunks", "chunk_s": 0.6}},
             ),
-            CatalogEntry(
+            CatalogEntry.of(
                 name="t_alf",
                 kind="alf",
                 uri=str(sim / "alf"),

@@ -139,8 +139,8 @@ def test_a_tracking_server_that_is_down_fails_before_any_trial(store, monkeypatc
 def test_in_process_trials_train_on_exactly_the_rows_the_ray_data_pipeline_mixes(store, rule):
     from collections import Counter
 
-    from neurobridge.data.store import epoch_plan, ray_dataset, sources
-    from neurobridge.train.rows import ROW_COLUMNS
+    from neurobridge.store.read import epoch_plan, ray_dataset, sources
+    from neurobridge.store.rows import ROW_COLUMNS
     from neurobridge.tune.local_data import mixed_rows
 
     srcs = sources(store, [], "demo")

@@ -36,8 +36,8 @@ from neurobridge.align.retrieval import nearest_train_reconstruction, retrieval_
 from neurobridge.catalog import CatalogEntry
 from neurobridge.config import get_settings
 from neurobridge.ingest.pipeline import ingest
-from neurobridge.sources.sim import SimConfig, simulate
-from neurobridge.sources.sim_tvsd import SIM_REGIONS, TvsdSimConfig, write_files
+from neurobridge.sim import SimConfig, simulate
+from neurobridge.sim.tvsd import SIM_REGIONS, TvsdSimConfig, write_files
 
 REGIONS = ["V1", "V4", "IT"]
 WINDOWS = {"V1": [40, 190], "V4": [60, 210], "IT": [80, 230]}  # the simulator's latencies + response_ms
@@ -55,7 +55,7 @@ def one_torch_thread():
 
 
 def visual_entry(name: str, root, salt: str = "neurobridge") -> CatalogEntry:
-    return CatalogEntry(
+    return CatalogEntry.of(
         name=name,
         kind="nwb",
         uri=str(root / "visual"),
@@ -156,10 +156,11 @@ def _registered_projectors_embed_like_the_fitted_ones(st_, result, monkeypatch):
     projector's, per region set; embedding windows with it is refused (it maps response vectors)."""
     import pandas as pd
     from neurobridge.align.projector import project
-    from neurobridge.embed import EmbedConfig, embed
+    from neurobridge.inference import registrable
+    from neurobridge.inference.embed import EmbedConfig, embed
     from neurobridge.tracking import registry
 
-    info = registry.register(result.run_id, "sim-align", settings=st_)
+    info = registrable.register(result.run_id, "sim-align", settings=st_)
     assert info.tags["kind"] == "align" and info.aliases == ["candidate"]
     assert float(info.tags["metric.IT.test.image_top1"]) == pytest.approx(result.summary()["IT"]["image_top1"])
     model, _ = registry.load("models:/sim-align@candidate", st_)
@@ -262,7 +263,7 @@ def tvsd(ray_cluster, tmp_path_factory):
     write_files(out, TvsdSimConfig(n_train=120, n_test=12, test_repeats=10))
     regions = {m: [{"first": a, "last": b, "region": r} for a, b, r in v] for m, v in SIM_REGIONS.items()}
     window = {"mode": "intervals", "pre_s": 0.0, "post_s": 0.2}
-    entry = CatalogEntry(
+    entry = CatalogEntry.of(
         name="sim_tvsd", kind="tvsd", uri=str(out), tvsd={"regions": regions}, ingest={"bin_ms": 10, "window": window}
     )
     st_ = get_settings(store=str(base / "store"), raw_root=str(base / "raw"))
@@ -398,7 +399,7 @@ def test_a_frozen_encoder_pools_each_regions_latents_over_its_window(store, tmp_
     from neurobridge.models.ndt import MaskedNeuralModel
     from neurobridge.models.patching import collate
     from neurobridge.models.vocab import Vocabularies
-    from neurobridge.train.rows import table_rows
+    from neurobridge.store.rows import table_rows
 
     st_ = store["settings"]
     rows = pl.read_parquet(f"{st_.store}/tokens/vis_it/*/part-*.parquet")
@@ -430,7 +431,7 @@ def test_a_frozen_encoder_pools_each_regions_latents_over_its_window(store, tmp_
 
 
 def test_the_demo_step_aligns_every_region_and_prints_retrieval_beside_chance(store, tmp_path, monkeypatch):
-    from neurobridge.align.demo import run_align_demo
+    from neurobridge.workflows.demo_align import run_align_demo
     from rich.console import Console
 
     monkeypatch.chdir(tmp_path)  # MLflow artifacts

@@ -22,12 +22,12 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from neurobridge.catalog import CatalogEntry, CatalogError, IngestConfig, load_file, parse_entries
 from neurobridge.config import get_settings
+from neurobridge.ingest.item import process_item
 from neurobridge.ingest.pipeline import ingest
-from neurobridge.ingest.process import process_item
 from neurobridge.ingest.windows import make_windows
+from neurobridge.sim.allen import AllenSimConfig, simulate_allen_cache
 from neurobridge.sources import SourceError, discover, open_source
 from neurobridge.sources.base import Intervals, SessionMeta, SpikeSource
-from neurobridge.sources.sim_allen import AllenSimConfig, simulate_allen_cache
 from neurobridge.storage import filesystem, join
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,7 +40,7 @@ def allen_entry(uri: str, **nwb_cache) -> CatalogEntry:
     data = entry.model_dump(exclude={"source_file"})
     data["uri"] = uri
     data["nwb"]["cache"].update(nwb_cache)
-    return CatalogEntry(**data)
+    return CatalogEntry.of(**data)
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +96,7 @@ def passes_allen_defaults(units) -> np.ndarray:
 
 def read_rows(report, settings) -> list[dict]:
     rows = []
-    for part in report.card["files"]:
+    for part in report.card.files:
         fs, p = filesystem(join(report.path, part), settings)
         with fs.open(p, "rb") as f:
             rows += pq.read_table(f).to_pylist()
@@ -122,13 +122,13 @@ def test_allen_cache_in_a_public_bucket_ingests_through_ray(ray_cluster, tree, b
     assert not any("lfp" in r["uri"] for r in records.values()) and lfp
     # the functional_connectivity session fails alone, naming the missing table and what the file has
     (fc,) = [s for s in truth["sessions"] if s["session_type"] == "functional_connectivity"]
-    assert [f["uri"] for f in report.failed] == [f"s3://{name}/{PREFIX}/{fc['path']}"]
-    error = report.failed[0]["error"]
+    assert [f.uri for f in report.failed] == [f"s3://{name}/{PREFIX}/{fc['path']}"]
+    error = report.failed[0].error
     assert "natural_scenes_presentations" in error and "drifting_gratings_75_repeats_presentations" in error
     assert records[fc["path"]]["meta"]["session_type"] == "functional_connectivity"
 
     blanks = sum(f == -1 for s in truth["sessions"] if s["frames"] for f in s["frames"])
-    assert report.card["counts"]["excluded_windows"] == blanks > 0
+    assert report.card.counts.excluded_windows == blanks > 0
     rows = read_rows(report, settings)
     by_session = defaultdict(list)
     for r in rows:
@@ -147,12 +147,12 @@ def test_allen_cache_in_a_public_bucket_ingests_through_ray(ray_cluster, tree, b
         kept_ids = {str(u) for u in units.index[keep]}
         assert {u.rsplit("/", 1)[1] for u in got[0]["unit_ids"]} == kept_ids
         assert 0 < len(kept_ids) < len(units)
-        removed = rec["unit_filter"]["removed_by"]
+        removed = rec["stats"]["unit_filter"]["removed_by"]
         assert removed["quality"] == int((units["quality"] != "good").sum())
         assert removed["amplitude_cutoff"] == int((~(units["amplitude_cutoff"] <= 0.1)).sum())  # NaN removed
         assert removed["presence_ratio"] == int((units["presence_ratio"] < 0.95).sum())
         assert removed["isi_violations"] == int((units["isi_violations"] > 0.5).sum())
-        assert rec["unit_filter"]["units_kept"] == len(kept_ids) == rec["units"]
+        assert rec["stats"]["unit_filter"]["units_kept"] == len(kept_ids) == rec["units"]
         # regions: each unit's peak channel id → electrodes row with that id → its structure (grey → unknown)
         expected = {f"allen_vcn/{sid}/{u}": ref["regions"][u].replace("grey", "unknown") for u in kept_ids}
         assert dict(zip(got[0]["unit_ids"], got[0]["unit_regions"], strict=True)) == expected
@@ -245,7 +245,7 @@ def test_cache_listing_carries_session_metadata_and_names_missing_files(tree, tm
         truth["sessions"][0]["specimen_id"]
     )
     rec = process_item(entry, items[1], str(tmp_path / "store" / "v"), settings)
-    assert rec["status"] == "failed" and "listed in the session table (sessions.csv) but no such file" in rec["error"]
+    assert rec.status == "failed" and "listed in the session table (sessions.csv) but no such file" in rec.error
 
     (copy / "sessions.csv").unlink()  # no table: fall back to the include glob (all sessions present)
     assert [i.rel for i in discover(entry, settings)] == [truth["sessions"][0]["path"], truth["sessions"][2]["path"]]
@@ -260,7 +260,7 @@ def test_unit_filter_and_peak_channel_errors_name_the_column(tree, tmp_path):
     item = discover(entry.model_copy(update={"nwb": None}), settings)[0]
 
     def run(e) -> dict:
-        return process_item(e, item, str(tmp_path / "store" / uuid.uuid4().hex), settings)
+        return process_item(e, item, str(tmp_path / "store" / uuid.uuid4().hex), settings).model_dump()
 
     ingest_cfg = entry.ingest.model_dump()
     ingest_cfg["unit_filter"]["waveform_spread"] = {"max": 100}
@@ -268,7 +268,7 @@ def test_unit_filter_and_peak_channel_errors_name_the_column(tree, tmp_path):
     assert rec["status"] == "failed" and "unit_filter names column 'waveform_spread'" in rec["error"]
     ingest_cfg["unit_filter"]["waveform_spread"]["optional"] = True
     rec = run(entry.model_copy(update={"ingest": IngestConfig(**ingest_cfg)}))
-    assert rec["status"] == "ok" and rec["unit_filter"]["skipped_rules"] == ["waveform_spread"]
+    assert rec["status"] == "ok" and rec["stats"]["unit_filter"]["skipped_rules"] == ["waveform_spread"]
 
     with h5py.File(path, "r+") as f:  # a peak channel that is not in the electrodes table is an error, not a guess
         f["units/peak_channel_id"][2] = 123
@@ -371,7 +371,7 @@ def test_exclude_on_a_missing_column_names_it():
 @pytest.fixture(scope="session")
 def allensdk_python():
     """The allensdk venv, installed once per machine/CI run under ~/.cache/neurobridge (or $NB_ALLENSDK_ENV)."""
-    from neurobridge.sources.allensdk_env import default_env_dir, ensure_env
+    from neurobridge.sources.io.allensdk_env import default_env_dir, ensure_env
 
     t0 = time.perf_counter()
     try:
@@ -406,7 +406,7 @@ def test_allensdk_lists_the_sessions_the_core_ingests(ray_cluster, allensdk_pyth
         keys = ("session_id", "session_type", "specimen_id", "sex", "age_in_days")
         assert {k: x.extra["meta"][k] for k in keys} == {k: y.extra["meta"][k] for k in keys}
 
-    from neurobridge.sources.allensdk_env import list_sessions
+    from neurobridge.sources.io.allensdk_env import list_sessions
 
     listing = list_sessions(via_sdk.nwb.cache, str(cache_dir))
     assert listing["allensdk"] == "2.16.2"

@@ -10,9 +10,9 @@ import pytest
 import yaml
 from conftest import IBL_EXCERPT, MC_MAZE
 from neurobridge.catalog import CatalogEntry
-from neurobridge.ingest.manifest import resolve_dataset
 from neurobridge.ingest.pipeline import ingest
 from neurobridge.storage import StoreError, filesystem, join, open_atomic
+from neurobridge.store.versions import resolve_dataset
 from typer.testing import CliRunner
 
 pytestmark = pytest.mark.skipif(not MC_MAZE.exists(), reason="shared real-data excerpts not present")
@@ -66,25 +66,25 @@ def entry_for(root) -> dict:
 
 def test_each_bad_file_fails_alone_with_a_named_reason(ray_cluster, settings, tmp_path):
     root = broken_nwb_folder(tmp_path / "raw" / "broken")
-    report = ingest(CatalogEntry(**entry_for(root)), settings, progress=False)
-    failed = {f["rel"]: f["error"] for f in report.failed}
+    report = ingest(CatalogEntry.of(**entry_for(root)), settings, progress=False)
+    failed = {f.rel: f.error for f in report.failed}
     assert set(failed) == set(EXPECTED)
     for rel, needle in EXPECTED.items():
         assert needle in failed[rel] and rel in failed[rel], failed[rel]
     card = report.card
-    assert card["counts"]["items_ok"] == 1 and card["counts"]["rows"] == 100
-    assert card["files"] == [f"part-{next(r['item'] for r in [_ok(report)])}.parquet"]
+    assert card.counts.items_ok == 1 and card.counts.rows == 100
+    assert card.files == [f"part-{next(r['item'] for r in [_ok(report)])}.parquet"]
     # the reasons are in the manifest too, and inspect reports them
-    from neurobridge.inspection import failed_items
+    from neurobridge.workflows.inspect import failed_items
 
     ref = resolve_dataset(settings, "broken")
     assert {r["rel"] for r in failed_items(ref, settings)} == set(EXPECTED)
 
 
 def _ok(report) -> dict:
-    from neurobridge.ingest.manifest import load_item_records
+    from neurobridge.store.card import load_item_records
 
-    return next(r for r in load_item_records(report.path, get_settings_of(report)).values() if r["status"] == "ok")
+    return next(r.model_dump() for r in load_item_records(report.path, get_settings_of(report)).values() if r.ok)
 
 
 def get_settings_of(report):
@@ -107,18 +107,18 @@ def test_unsorted_nan_and_mismatched_alf_arrays_are_refused(ray_cluster, setting
         t, c = edit(np.load(IBL_EXCERPT / "spikes.times.npy"), np.load(IBL_EXCERPT / "spikes.clusters.npy"))
         np.save(d / "spikes.times.npy", t)
         np.save(d / "spikes.clusters.npy", c)
-    entry = CatalogEntry(name="alf_bad", kind="alf", uri=str(root), ingest={"window": {"mode": "chunks"}})
+    entry = CatalogEntry.of(name="alf_bad", kind="alf", uri=str(root), ingest={"window": {"mode": "chunks"}})
     report = ingest(entry, settings, progress=False)
-    failed = {f["rel"]: f["error"] for f in report.failed}
+    failed = {f.rel: f.error for f in report.failed}
     assert set(failed) == {"mismatched", "unsorted", "nan"}
     assert "spikes.clusters has shape" in failed["mismatched"]
     assert "not sorted" in failed["unsorted"] and "not finite" in failed["nan"]
-    assert report.card["counts"]["items_ok"] == 1
+    assert report.card.counts.items_ok == 1
 
 
 def test_rerun_retries_only_failed_items(ray_cluster, settings, tmp_path):
     root = broken_nwb_folder(tmp_path / "raw" / "broken")
-    entry = CatalogEntry(**entry_for(root))
+    entry = CatalogEntry.of(**entry_for(root))
     first = ingest(entry, settings, progress=False)
     again = ingest(entry, settings, progress=False)
     assert again.version == first.version
@@ -159,4 +159,4 @@ def test_paths_escaping_the_store_are_refused(settings):
     with pytest.raises(StoreError):
         resolve_dataset(settings, "../../etc")
     with pytest.raises(ValueError, match="not a valid store name"):
-        CatalogEntry(name="../evil", kind="nwb", uri="x")
+        CatalogEntry.of(name="../evil", kind="nwb", uri="x")

@@ -4,7 +4,7 @@ with the store it wrote (the numbers themselves are measured by running it, not 
 from __future__ import annotations
 
 import pytest
-from neurobridge.bench_scale import bench_scaling
+from neurobridge.bench.scale import bench_scaling
 
 
 def test_scaling_bench_reports_consistent_figures(ray_cluster, tmp_path):

@@ -145,7 +145,7 @@ def test_nodes_use_instance_profiles_and_no_secrets(config):
 
 
 def cluster_jobs() -> list:
-    from neurobridge.workflow import load_pipeline
+    from neurobridge.workflows.pipeline import load_pipeline
 
     jobs = [load_pipeline(str(p)) for p in sorted((REPO / "jobs" / "pipelines").glob("aws*.yaml"))]
     assert jobs, "jobs/pipelines/aws*.yaml: the cluster's pipeline configs"

@@ -7,11 +7,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from neurobridge.catalog import CatalogEntry
-from neurobridge.data.store import epoch_plan, iter_local, mixing_weights, ray_dataset, sources
-from neurobridge.ingest.mixture import write_mixture
 from neurobridge.ingest.pipeline import ingest_many
-from neurobridge.sources.sim import SimConfig, simulate
+from neurobridge.sim import SimConfig, simulate
 from neurobridge.storage import StoreError
+from neurobridge.store.mixtures import write_mixture
+from neurobridge.store.read import epoch_plan, iter_local, mixing_weights, ray_dataset, sources
 
 
 @given(st.dictionaries(st.text(min_size=1, max_size=5), st.integers(1, 10**9), min_size=1, max_size=6))
@@ -45,13 +45,13 @@ def test_a_mixture_reads_back_as_mixed_ray_rows(ray_cluster, settings, tmp_path)
     )
     simulate(str(tmp_path / "sim"), cfg, progress=False)
     entries = [
-        CatalogEntry(
+        CatalogEntry.of(
             name="big",
             kind="nwb",
             uri=str(tmp_path / "sim/nwb"),
             ingest={"window": {"mode": "chunks", "chunk_s": 0.25}},
         ),
-        CatalogEntry(
+        CatalogEntry.of(
             name="small",
             kind="alf",
             uri=str(tmp_path / "sim/alf"),

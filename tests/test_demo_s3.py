@@ -10,8 +10,8 @@ import yaml
 from conftest import REPO
 from neurobridge.cli import app
 from neurobridge.config import get_settings
-from neurobridge.ingest.manifest import resolve_dataset
 from neurobridge.storage import filesystem, join
+from neurobridge.store.versions import resolve_dataset
 from typer.testing import CliRunner
 
 
@@ -41,7 +41,7 @@ def test_simulate_then_ingest_the_demo_catalog_on_s3(ray_cluster, s3_endpoint, m
 
     settings = get_settings()
     visual = resolve_dataset(settings, "sim_visual")
-    fs, path = filesystem(join(visual.path, visual.card["files"][0]), settings)
+    fs, path = filesystem(join(visual.path, visual.card.files[0]), settings)
     with fs.open(path, "rb") as f:
         df = pl.read_parquet(f)
     assert df["stimulus_id"].str.starts_with("sim_ns/frame_").all()
@@ -49,5 +49,5 @@ def test_simulate_then_ingest_the_demo_catalog_on_s3(ray_cluster, s3_endpoint, m
     assert per_image["n"].max() == 1  # an image never lands in two splits
     assert df["repeat"].max() >= 1
     alf = resolve_dataset(settings, "sim_alf")  # ONE local mode on cache tables stored in S3
-    assert alf.card["counts"]["items_ok"] == alf.card["counts"]["items"] >= 1
-    assert alf.card["vocabularies"]["species"] == ["Mus musculus"]
+    assert alf.card.counts.items_ok == alf.card.counts.items >= 1
+    assert alf.card.vocabularies.species == ["Mus musculus"]

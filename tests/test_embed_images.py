@@ -123,7 +123,7 @@ def test_simulator_pngs_from_s3_get_the_token_store_ids_through_the_cli(
 ):
     import s3fs
     from neurobridge.cli import app
-    from neurobridge.sources.sim import SimConfig, simulate
+    from neurobridge.sim import SimConfig, simulate
     from typer.testing import CliRunner
 
     sim = tmp_path / "sim"

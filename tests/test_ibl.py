@@ -11,10 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from neurobridge.catalog import CatalogEntry
-from neurobridge.ingest.manifest import resolve_dataset
 from neurobridge.ingest.pipeline import ingest
+from neurobridge.sim import SimConfig, build_one_cache, simulate
 from neurobridge.sources import discover
-from neurobridge.sources.sim import SimConfig, build_one_cache, simulate
+from neurobridge.store.versions import resolve_dataset
 
 TRIAL_BEHAVIOUR = [
     "trial.choice",
@@ -64,7 +64,7 @@ def entry(root, **over) -> CatalogEntry:
             spec[key] = {**spec[key], **value}
         else:
             spec[key] = value
-    return CatalogEntry(**spec)
+    return CatalogEntry.of(**spec)
 
 
 def rows_of(settings, name):
@@ -121,7 +121,7 @@ def test_whole_session_chunks_for_pretraining_keep_the_wheel_but_not_trial_value
         assert np.allclose(np.diff(starts), 2.0) and starts[0] <= 0.0 + 2.0 and starts[-1] + 2.0 >= 58.0
         assert {r["n_bins"] for r in chunk_rows} == {100}
         assert chunk_rows[0]["behavior_names"] == ["wheel.velocity"]
-    assert sum(r["counts"] is not None and sum(r["counts"]) for r in rows) == report.card["counts"]["spikes"]
+    assert sum(r["counts"] is not None and sum(r["counts"]) for r in rows) == report.card.counts.spikes
 
 
 def bwm_layout(src, dst):
@@ -174,7 +174,7 @@ def test_good_units_only_without_any_quality_label_is_a_named_error(ray_cluster,
     (folder / "clusters.label.npy").unlink()
     report = ingest(entry(tmp_path / "nolabel", name="nolabel", one=None), settings, progress=False)
     assert len(report.failed) == 1
-    assert "no quality labels" in report.failed[0]["error"] and "probe00" in report.failed[0]["error"]
+    assert "no quality labels" in report.failed[0].error and "probe00" in report.failed[0].error
 
 
 def test_one_collection_globs_select_probe_collections(settings, ibl_sim, tmp_path):

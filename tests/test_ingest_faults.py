@@ -13,11 +13,11 @@ import json
 import pyarrow.parquet as pq
 import pytest
 from neurobridge.catalog import CatalogEntry
-from neurobridge.chaos import ChaosError, parse
 from neurobridge.config import get_settings
 from neurobridge.ingest.pipeline import ingest
-from neurobridge.sources.sim import SimConfig, simulate
+from neurobridge.sim import SimConfig, simulate
 from neurobridge.storage import filesystem, join, read_json
+from neurobridge.testing.faults import ChaosError, parse
 
 VICTIM = "sub-monkey01_ses-s00.nwb"
 
@@ -41,7 +41,7 @@ def sim(tmp_path_factory):
 
 
 def entry(root) -> CatalogEntry:
-    return CatalogEntry(name="faulty", kind="nwb", uri=str(root), ingest={"window": {"mode": "chunks"}})
+    return CatalogEntry.of(name="faulty", kind="nwb", uri=str(root), ingest={"window": {"mode": "chunks"}})
 
 
 def store_digest(report, settings) -> dict:
@@ -51,7 +51,7 @@ def store_digest(report, settings) -> dict:
         manifest = pq.read_table(f).to_pylist()
     rows: dict[str, str] = {}
     n_rows = 0
-    for part in report.card["files"]:
+    for part in report.card.files:
         with fs.open(filesystem(join(report.path, part), settings)[1], "rb") as f:
             table = pq.read_table(f)
         n_rows += table.num_rows
@@ -62,7 +62,7 @@ def store_digest(report, settings) -> dict:
         "manifest": sorted(tuple(r[k] for k in keep) for r in manifest),
         "n_rows": n_rows,
         "rows": rows,
-        "counts": report.card["counts"],
+        "counts": report.card.counts,
     }
 
 
@@ -95,7 +95,7 @@ def test_worker_killed_mid_write_is_retried_and_the_store_matches_a_clean_run(ra
     digest = store_digest(report, settings)
     assert report.version == clean_report.version
     assert digest == clean_digest  # manifest, counts, row count and every row's content hash
-    assert digest["n_rows"] == len(digest["rows"]) == clean_report.card["counts"]["rows"]  # no duplicates
+    assert digest["n_rows"] == len(digest["rows"]) == clean_report.card.counts.rows  # no duplicates
     assert files_left(report, settings) == files_left(clean_report, clean_settings)  # the killed write left nothing
 
 
@@ -104,12 +104,12 @@ def test_item_whose_worker_always_dies_fails_alone_and_a_rerun_repairs_it(ray_cl
     spec = json.dumps({"kill": f"*{VICTIM}", "attempts": "all", "at": "start"})
     report = ingest(entry(sim), get_settings(store=store, chaos=spec), progress=False, max_retries=1)
 
-    assert [f["rel"] for f in report.failed] == [VICTIM]
-    reason = report.failed[0]["error"]
+    assert [f.rel for f in report.failed] == [VICTIM]
+    reason = report.failed[0].error
     assert "no result after 2 attempt(s)" in reason and "worker process" in reason and "retries exhausted" in reason
-    c = report.card["counts"]
-    assert (c["items"], c["items_ok"], c["items_failed"]) == (4, 3, 1)
-    assert report.card["failed"][0]["error"] == reason  # the card says why, for `neurobridge inspect`
+    c = report.card.counts
+    assert (c.items, c.items_ok, c.items_failed) == (4, 3, 1)
+    assert report.card.failed[0].error == reason  # the card says why, for `neurobridge inspect`
     _, clean_digest, _ = clean
     settings = get_settings(store=store)
     partial = store_digest(report, settings)["rows"]

@@ -8,15 +8,15 @@ import polars as pl
 import pytest
 from conftest import IBL_EXCERPT, MC_MAZE
 from neurobridge.catalog import CatalogEntry
-from neurobridge.ingest.manifest import resolve_dataset
 from neurobridge.ingest.pipeline import ingest
-from neurobridge.inspection import plot, rate_percentiles, session_summaries
+from neurobridge.store.versions import resolve_dataset
+from neurobridge.workflows.inspect import plot, rate_percentiles, session_summaries
 
 pytestmark = pytest.mark.skipif(not MC_MAZE.exists(), reason="shared real-data excerpts not present")
 
 
 def mc_maze_entry(uri: str) -> CatalogEntry:
-    return CatalogEntry(
+    return CatalogEntry.of(
         name="mc_maze_medium",
         kind="nwb",
         uri=uri,
@@ -26,7 +26,9 @@ def mc_maze_entry(uri: str) -> CatalogEntry:
 
 
 def ibl_entry(uri: str) -> CatalogEntry:
-    return CatalogEntry(name="ibl_excerpt", kind="alf", uri=uri, ingest={"window": {"mode": "chunks", "chunk_s": 1.0}})
+    return CatalogEntry.of(
+        name="ibl_excerpt", kind="alf", uri=uri, ingest={"window": {"mode": "chunks", "chunk_s": 1.0}}
+    )
 
 
 def nwb_spikes_by_unit(path) -> dict[str, np.ndarray]:
@@ -45,8 +47,8 @@ def rows_of(report) -> pl.DataFrame:
 def test_mc_maze_windows_hold_exactly_each_units_spikes(ray_cluster, settings):
     report = ingest(mc_maze_entry(str(MC_MAZE.parent)), settings, progress=False)
     assert report.ok, report.failed
-    c = report.card["counts"]
-    assert (c["items_ok"], c["rows"], c["units"], c["spikes"]) == (1, 100, 114, 32_324)
+    c = report.card.counts
+    assert (c.items_ok, c.rows, c.units, c.spikes) == (1, 100, 114, 32_324)
     spikes = nwb_spikes_by_unit(MC_MAZE)
     df = rows_of(report)
     assert df["n_bins"].unique().to_list() == [35] and df["counts"].dtype == pl.List(pl.UInt16)
@@ -67,8 +69,8 @@ def test_ibl_alf_excerpt_chunks_hold_exactly_each_clusters_spikes(ray_cluster, s
     assert report.ok, report.failed
     times = np.load(IBL_EXCERPT / "spikes.times.npy")
     clusters = np.load(IBL_EXCERPT / "spikes.clusters.npy")
-    assert report.card["counts"]["spikes"] == len(times) == 124_905
-    assert report.card["counts"]["units"] == len(np.unique(clusters)) == 289
+    assert report.card.counts.spikes == len(times) == 124_905
+    assert report.card.counts.units == len(np.unique(clusters)) == 289
     df = rows_of(report).sort("t_start")
     starts = df["t_start"].to_numpy()
     ends = np.append(starts[1:], starts[-1] + 1.0)  # fixed chunks tile the session

@@ -28,10 +28,10 @@ import pytest
 import s3fs
 import yaml
 from neurobridge.config import get_settings
-from neurobridge.ingest.manifest import resolve_dataset
-from neurobridge.ingest.mixture import read_mixture
-from neurobridge.sources.sim import SimConfig, simulate
+from neurobridge.sim import SimConfig, simulate
 from neurobridge.storage import filesystem, join
+from neurobridge.store.mixtures import read_mixture
+from neurobridge.store.versions import resolve_dataset
 
 pytestmark = pytest.mark.slow  # a cluster, an MLflow server and two jobs: ~90 s on an idle 2-core machine
 
@@ -322,21 +322,21 @@ def test_pipeline_job_submitted_with_the_readme_command_ingests_pretrains_and_re
     # the store on S3: a complete version with every item, and the mixture that pins it
     settings = get_settings(store=f"s3://{name}/store", s3_endpoint=s3_endpoint)
     ref = resolve_dataset(settings, "job_nwb")
-    counts = ref.card["counts"]
-    assert (counts["items"], counts["items_ok"], counts["items_failed"]) == (4, 4, 0)
+    counts = ref.card.counts
+    assert (counts.items, counts.items_ok, counts.items_failed) == (4, 4, 0)
     assert ref.path.startswith(f"s3://{name}/store/tokens/job_nwb/")
     mfs, mpath = filesystem(join(ref.path, "_manifest.parquet"), settings)
     with mfs.open(mpath, "rb") as f:
         manifest = pq.read_table(f).to_pylist()
     assert sorted(r["rel"] for r in manifest) == stack.raw and {r["status"] for r in manifest} == {"ok"}
-    assert read_mixture(settings, "job_nwb")["datasets"][0]["version"] == ref.version
+    assert read_mixture(settings, "job_nwb").datasets[0].version == ref.version
     assert f"job_nwb @ {ref.version}: 4/4 items ok" in logs
 
     # the MLflow server has the ingest run: finished, with the dataset version, the counts and the job id
     client, run = mlflow_run_of(stack.mlflow, job_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["dataset.job_nwb"] == ref.version
-    assert run.data.metrics["rows"] == counts["rows"] and run.data.metrics["items_failed"] == 0
+    assert run.data.metrics["rows"] == counts.rows and run.data.metrics["items_failed"] == 0
     assert run.data.tags["pipeline"] == "test-job_nwb"
     artifacts = fs.find(f"{name}/mlflow")
     assert any(a.endswith(f"{run.info.run_id}/artifacts/config.json") for a in artifacts), artifacts  # via the server
@@ -371,7 +371,7 @@ def test_job_fails_clearly_when_an_items_worker_dies_on_every_attempt(jobs, stac
 
     settings = get_settings(store=f"s3://{name}/store", s3_endpoint=s3_endpoint)
     card = resolve_dataset(settings, "job_nwb_faulty").card
-    assert (card["counts"]["items_ok"], card["counts"]["items_failed"]) == (3, 1)  # the rest completed
-    assert [f["uri"].rsplit("/", 1)[-1] for f in card["failed"]] == [VICTIM]
+    assert (card.counts.items_ok, card.counts.items_failed) == (3, 1)  # the rest completed
+    assert [f.uri.rsplit("/", 1)[-1] for f in card.failed] == [VICTIM]
     _, run = mlflow_run_of(stack.mlflow, job_id)
     assert run.info.status == "FAILED" and run.data.metrics["items_failed"] == 1

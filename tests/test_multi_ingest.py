@@ -7,11 +7,11 @@ import json
 import pytest
 import yaml
 from neurobridge.catalog import CatalogEntry
-from neurobridge.ingest.mixture import read_mixture
 from neurobridge.ingest.pipeline import ingest_many
+from neurobridge.sim import SimConfig, simulate
 from neurobridge.sources import SourceError
-from neurobridge.sources.sim import SimConfig, simulate
 from neurobridge.storage import StoreError
+from neurobridge.store.mixtures import read_mixture
 from typer.testing import CliRunner
 
 
@@ -55,22 +55,22 @@ def entries(root):
 def test_entries_share_one_run_and_a_bad_entry_fails_alone(ray_cluster, settings, mixed_sim):
     seen = []
     results = ingest_many(
-        [CatalogEntry(**e) for e in entries(mixed_sim)],
+        [CatalogEntry.of(**e) for e in entries(mixed_sim)],
         settings,
         progress=False,
-        on_record=lambda r: seen.append(r["_entry"]),
+        on_record=lambda name, _record: seen.append(name),
     )
     nwb, alf, missing = results
-    assert nwb.ok and alf.ok and nwb.card["counts"]["rows"] == alf.card["counts"]["rows"] == 30
+    assert nwb.ok and alf.ok and nwb.card.counts.rows == alf.card.counts.rows == 30
     assert nwb.version != alf.version and nwb.path != alf.path
     assert sorted(seen) == ["mix_alf", "mix_nwb"]  # one Ray run carried both entries' items
     assert isinstance(missing, SourceError) and "nowhere" in str(missing)
-    again = ingest_many([CatalogEntry(**e) for e in entries(mixed_sim)[:2]], settings, progress=False)
+    again = ingest_many([CatalogEntry.of(**e) for e in entries(mixed_sim)[:2]], settings, progress=False)
     assert [(r.version, r.processed) for r in again] == [(nwb.version, 0), (alf.version, 0)]
 
 
 def test_the_same_entry_twice_is_refused(settings, mixed_sim):
-    e = CatalogEntry(**entries(mixed_sim)[0])
+    e = CatalogEntry.of(**entries(mixed_sim)[0])
     with pytest.raises(SourceError, match="more than once"):
         ingest_many([e, e], settings, progress=False)
 
@@ -85,9 +85,9 @@ def test_cli_pins_the_versions_as_a_named_mixture(ray_cluster, mixed_sim, tmp_pa
     result = CliRunner().invoke(app, ["ingest", str(catalog), "--mixture", "pretrain_small", "--no-progress"])
     assert result.exit_code == 0, result.output
     mix = read_mixture(get_settings(), "pretrain_small")
-    assert [d["dataset"] for d in mix["datasets"]] == ["mix_nwb", "mix_alf"]
-    for d in mix["datasets"]:
-        card = json.loads((tmp_path / "store" / "tokens" / d["dataset"] / d["version"] / "_dataset.json").read_text())
-        assert card["counts"]["rows"] == d["rows"] and card["version"] == d["version"]
+    assert [d.dataset for d in mix.datasets] == ["mix_nwb", "mix_alf"]
+    for d in mix.datasets:
+        card = json.loads((tmp_path / "store" / "tokens" / d.dataset / d.version / "_dataset.json").read_text())
+        assert card["counts"]["rows"] == d.rows and card["version"] == d.version
     with pytest.raises(StoreError, match="known: pretrain_small"):
         read_mixture(get_settings(), "pretrain_big")

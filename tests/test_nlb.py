@@ -12,9 +12,9 @@ import pytest
 from conftest import MC_MAZE
 from neurobridge.catalog import CatalogEntry
 from neurobridge.ingest.pipeline import ingest
+from neurobridge.sim import SimConfig, simulate
 from neurobridge.sources import SourceError
-from neurobridge.sources.dandi import asset_item, blob_uri
-from neurobridge.sources.sim import SimConfig, simulate
+from neurobridge.sources.io.dandi import asset_item, blob_uri
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def nlb_sim(tmp_path_factory):
 def nlb_entry(uri, **ingest_over) -> CatalogEntry:
     window = {"mode": "intervals", "intervals": "trials", "align": "move_onset_time", "pre_s": 0.25, "post_s": 0.45}
     ingest = {"bin_ms": 20, "window": window, "split": {"rule": "column"}, **ingest_over}
-    return CatalogEntry(name="nlb_test", kind="nwb", uri=str(uri), ingest=ingest)
+    return CatalogEntry.of(name="nlb_test", kind="nwb", uri=str(uri), ingest=ingest)
 
 
 def read_parts(report, sub=""):
@@ -79,13 +79,13 @@ def test_held_out_units_are_kept_in_the_units_table_in_grid_order(ray_cluster, s
     assert [u["region"] for u in units] == row["unit_regions"]
     assert {u["raw_id"]: u["heldout"] for u in units} == heldout
     assert 0 < sum(heldout.values()) < len(heldout)
-    assert report.card["side_outputs"]["units"]["rows"] == len(units)
+    assert report.card.side_outputs["units"].rows == len(units)
 
 
 @pytest.mark.skipif(not MC_MAZE.exists(), reason="shared real-data excerpts not present")
 def test_real_mc_maze_test_split_keeps_its_held_in_flags_and_has_no_behaviour(ray_cluster, settings):
     window = {"mode": "intervals", "align": "start_time", "post_s": 0.7}
-    entry = CatalogEntry(name="mc_maze_real", kind="nwb", uri=str(MC_MAZE.parent), ingest={"window": window})
+    entry = CatalogEntry.of(name="mc_maze_real", kind="nwb", uri=str(MC_MAZE.parent), ingest={"window": window})
     report = ingest(entry, settings, progress=False)
     assert report.ok, report.failed
     rows, units = read_parts(report), read_parts(report, "units")
@@ -98,7 +98,7 @@ def test_a_requested_behaviour_series_that_is_absent_fails_the_item_by_name(ray_
     out, _ = nlb_sim
     report = ingest(nlb_entry(out / "nwb", behavior=["cursor_pos"]), settings, progress=False)
     assert len(report.failed) == 1
-    assert "cursor_pos" in report.failed[0]["error"] and "hand_vel" in report.failed[0]["error"]
+    assert "cursor_pos" in report.failed[0].error and "hand_vel" in report.failed[0].error
 
 
 def test_dandi_assets_resolve_to_the_public_bucket_and_read_anonymously(settings):
@@ -116,7 +116,7 @@ def test_dandi_assets_resolve_to_the_public_bucket_and_read_anonymously(settings
         blob_uri("https://example.org/blobs/x")
     with pytest.raises(SourceError, match="no S3 content URL"):
         asset_item("a.nwb", 1, None, ["https://api.dandiarchive.org/api/assets/x/download/"], "000128")
-    entry = CatalogEntry(
+    entry = CatalogEntry.of(
         name="dandi_test", kind="nwb", uri="dandi/000128", dandi={"dandiset": "000128", "version": "0.220113.0400"}
     )
     tuned = entry.settings_for(settings.model_copy(update={"s3_endpoint": "http://127.0.0.1:9"}))

@@ -14,18 +14,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from neurobridge.catalog import CatalogEntry
 from neurobridge.config import get_settings
-from neurobridge.ingest.manifest import load_item_records
 from neurobridge.ingest.pipeline import ingest
+from neurobridge.sim.pile import PileRow, nested_counts, write_demo_shards, write_shard
 from neurobridge.sources import SourceError, discover
 from neurobridge.sources.pile import PileSource, shard_fingerprint, shard_split, window_blocks
-from neurobridge.sources.pile_sim import PileRow, nested_counts, write_demo_shards, write_shard
 from neurobridge.storage import filesystem, join
+from neurobridge.store.card import load_item_records
 
 HUMAN = {"sim_human_b": "Homo sapiens"}
 
 
 def pile_entry(uri: str, **extra) -> CatalogEntry:
-    return CatalogEntry(
+    return CatalogEntry.of(
         name=extra.pop("name", "pile"),
         kind="pile",
         uri=uri,
@@ -38,7 +38,7 @@ def pile_entry(uri: str, **extra) -> CatalogEntry:
 
 def read_rows(report, settings) -> pa.Table:
     tables = []
-    for part in report.card["files"]:
+    for part in report.card.files:
         fs, path = filesystem(join(report.path, part), settings)
         with fs.open(path, "rb") as f:
             tables.append(pq.read_table(f))
@@ -97,12 +97,12 @@ def test_local_and_s3_shards_ingest_exactly_with_counted_tails_and_reruns_are_no
 
     records = load_item_records(r_local.path, local)
     all_rows = [row for pairs in shards.values() for row, _ in pairs]
-    assert sum(r["pile_tail_bins_dropped"] for r in records.values()) == sum(r.n_bins % 50 for r in all_rows)
-    assert sum(r["pile_tail_cells_dropped"] for r in records.values()) == sum(
+    assert sum(r.stats["pile_tail_bins_dropped"] for r in records.values()) == sum(r.n_bins % 50 for r in all_rows)
+    assert sum(r.stats["pile_tail_cells_dropped"] for r in records.values()) == sum(
         (r.n_bins % 50) * r.n_units for r in all_rows
     )
-    assert r_local.card["counts"]["rows"] == sum(r.n_bins // 50 for r in all_rows)
-    assert set(r_local.card["splits"]) == {"train", "val", "test"}  # val carved out of train by segment
+    assert r_local.card.counts.rows == sum(r.n_bins // 50 for r in all_rows)
+    assert set(r_local.card.splits) == {"train", "val", "test"}  # val carved out of train by segment
 
     again = ingest(pile_entry(str(tmp_path / "pile")), local, progress=False)
     assert (again.version, again.processed, again.skipped) == (r_local.version, 0, 3)
@@ -201,15 +201,18 @@ def test_bad_rows_fail_their_shard_with_file_row_and_reason_while_other_shards_i
     }
 
     report = ingest(pile_entry(str(tmp_path / "pile")), get_settings(store=str(tmp_path / "s")), progress=False)
-    errors = {f["uri"].rsplit("/", 1)[1]: f["error"] for f in report.failed}
+    errors = {f.uri.rsplit("/", 1)[1]: f.error for f in report.failed}
     assert set(errors) == set(expected)
     for name, reason in expected.items():
         assert errors[name].startswith(str(root / name)) and reason in errors[name], errors[name]
-    assert report.card["counts"]["rows"] == 2  # the good shard's two windows
+    assert report.card.counts.rows == 2  # the good shard's two windows
 
     skip = pile_entry(str(tmp_path / "pile"), pile={"on_bad_row": "skip"})
     report = ingest(skip, get_settings(store=str(tmp_path / "s2")), progress=False)
-    records = {r["rel"]: r for r in load_item_records(report.path, get_settings(store=str(tmp_path / "s2"))).values()}
+    records = {
+        r.rel: {**r.model_dump(), **r.stats}
+        for r in load_item_records(report.path, get_settings(store=str(tmp_path / "s2"))).values()
+    }
     assert records["data/train-ragged.parquet"]["status"] == "ok"
     assert records["data/train-ragged.parquet"]["pile_rows_skipped"] == 1
     assert "row 2: ragged" in records["data/train-ragged.parquet"]["pile_bad_rows"][0]
@@ -221,7 +224,7 @@ def test_coarser_bins_sum_native_bins_exactly_and_non_multiples_are_refused(tmp_
     counts = np.random.default_rng(1).integers(0, 9, (5, 1_000)).astype(np.uint8)
     path = tmp_path / "data" / "test-0.parquet"
     write_shard(str(path), [(PileRow("a", "s", "0", "d", 5, 1_000), counts)])
-    entry = CatalogEntry(
+    entry = CatalogEntry.of(
         name="p", kind="pile", uri=str(tmp_path), ingest={"bin_ms": 40, "window": {"mode": "chunks", "chunk_s": 1.0}}
     )
     with PileSource(str(path), entry, get_settings(), split="test") as src:
@@ -231,7 +234,7 @@ def test_coarser_bins_sum_native_bins_exactly_and_non_multiples_are_refused(tmp_
     assert np.array_equal(values[3], counts[:, 150:200].reshape(5, 25, 2).sum(axis=2))  # 1 s = 50 native bins
     assert np.allclose(np.concatenate([b.t_start for b in blocks]), np.arange(20) * 1.0)
 
-    bad = CatalogEntry(name="p", kind="pile", uri=str(tmp_path), ingest={"bin_ms": 30})
+    bad = CatalogEntry.of(name="p", kind="pile", uri=str(tmp_path), ingest={"bin_ms": 30})
     with pytest.raises(SourceError, match="bin_ms is 30 but Neural Pile counts are binned at 20 ms"):
         discover(bad, get_settings())
 

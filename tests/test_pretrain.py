@@ -14,16 +14,18 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
-from neurobridge.data.store import epoch_plan, iter_local, mixing_weights, repeats, sources
 from neurobridge.models.checkpoint import CheckpointError, load_checkpoint
 from neurobridge.models.ndt import MaskedNeuralModel
 from neurobridge.storage import StoreError
+from neurobridge.store.read import epoch_plan, iter_local, mixing_weights, repeats, sources
+from neurobridge.store.rows import ROW_COLUMNS
+from neurobridge.store.splits import HeldoutSplit
 from neurobridge.tracking import mlflow_run
-from neurobridge.train.batches import CollateWindows, HeldoutSplit, crop_rows
+from neurobridge.train.batches import CollateWindows, crop_rows
+from neurobridge.train.components import load_state, save_state
 from neurobridge.train.config import ConfigError, load_config
-from neurobridge.train.loop import NonFiniteLoss, load_state, run_steps, save_state, val_loss
-from neurobridge.train.pretrain import FAULT_ENV, pretrain, vocabularies
-from neurobridge.train.rows import ROW_COLUMNS
+from neurobridge.train.loop import NonFiniteLoss, run_steps, val_loss
+from neurobridge.train.pretrain import pretrain, vocabularies
 
 SMALL_MODEL = {
     "d_model": 32,
@@ -229,14 +231,13 @@ def test_val_loss_uses_fixed_masks_so_passes_are_comparable(store):
 # ---------------------------------------------------------------- Ray Train end to end
 
 
-def test_ray_train_resumes_after_a_worker_is_killed_and_mlflow_holds_the_run(store, tmp_path, monkeypatch):
+def test_ray_train_resumes_after_a_worker_is_killed_and_mlflow_holds_the_run(store, tmp_path):
     cfg = small_cfg(name="killed", **{"validation.every": 4})
-    monkeypatch.setenv(FAULT_ENV, f"6:{tmp_path / 'killed.marker'}")
-    result = pretrain(cfg, store)
+    drill = store.model_copy(update={"train_fault": f"6:{tmp_path / 'killed.marker'}"})  # NB_FAULT_KILL_WORKER_AT_STEP
+    result = pretrain(cfg, drill)
     assert (tmp_path / "killed.marker").read_text().startswith("killed at step 6")  # the worker really died
     assert result.metrics["step"] == 12
 
-    monkeypatch.delenv(FAULT_ENV)
     clean = pretrain(small_cfg(name="clean", **{"validation.every": 4}), store)
     killed_hist = dict(mlflow_run.metric_history(store.mlflow_uri, result.run_id, "loss"))
     clean_hist = dict(mlflow_run.metric_history(store.mlflow_uri, clean.run_id, "loss"))
@@ -296,8 +297,8 @@ def test_evaluate_reports_model_beside_mean_smoothing_and_oracle_on_the_same_cel
 def test_latent_readout_never_sees_heldout_spikes_and_recovers_a_glm_of_the_latents(store):
     from neurobridge.evaluate import baselines, metrics
     from neurobridge.evaluate.readout import heldout_latents, latent_readout
-    from neurobridge.evaluate.session_data import session_rows, stack_counts
-    from neurobridge.train.batches import with_heldout
+    from neurobridge.store.rows import session_rows, stack_counts
+    from neurobridge.store.splits import with_heldout
 
     cfg = small_cfg()
     vocabs = vocabularies(sources(store, [], "tiny"), [])

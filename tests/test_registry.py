@@ -18,20 +18,22 @@ import pyarrow as pa
 import pytest
 import torch
 from neurobridge.catalog import CatalogEntry
-from neurobridge.data.store import iter_local, sources
-from neurobridge.embed import EmbedConfig, embed, read_embeddings
+from neurobridge.inference import registrable
+from neurobridge.inference.embed import EmbedConfig, embed, read_embeddings
 from neurobridge.ingest.pipeline import ingest_many
 from neurobridge.models.checkpoint import save_checkpoint
 from neurobridge.models.ndt import MaskedNeuralModel
-from neurobridge.sources.sim import SimConfig, simulate
+from neurobridge.sim import SimConfig, simulate
+from neurobridge.store.read import iter_local, sources
+from neurobridge.store.rows import ROW_COLUMNS
+from neurobridge.store.splits import HeldoutSplit
 from neurobridge.tracking import mlflow_run, registry
 from neurobridge.tracking.mlflow_run import TrackingError
 from neurobridge.tracking.registry import RegistryError
-from neurobridge.train.batches import CollateWindows, HeldoutSplit
+from neurobridge.train.batches import CollateWindows
 from neurobridge.train.config import load_config
 from neurobridge.train.loop import run_steps
 from neurobridge.train.pretrain import vocabularies
-from neurobridge.train.rows import ROW_COLUMNS
 
 SMALL = {
     "model.d_model": 32,
@@ -68,7 +70,7 @@ def store(tmp_path_factory, ray_cluster):
     )
     simulate(str(sim), sim_cfg, progress=False)
     settings = get_settings(store=str(root / "store"), raw_root=str(sim), mlflow_uri=f"sqlite:///{root}/mlflow.db")
-    entry = CatalogEntry(
+    entry = CatalogEntry.of(
         name="r_nwb",
         kind="nwb",
         uri=str(sim / "nwb"),
@@ -107,7 +109,7 @@ def pretrain_run(settings, name: str, ok: bool = True) -> str:
 @pytest.fixture(scope="module")
 def registered(store):
     run_id = pretrain_run(store, "reg-a")
-    info = registry.register(run_id, "encoder", settings=store)
+    info = registrable.register(run_id, "encoder", settings=store)
     return run_id, info
 
 
@@ -138,7 +140,7 @@ def test_the_registered_model_is_code_plus_weights_with_a_signature_and_example(
 
 
 def test_promote_then_load_by_alias_embeds_windows(store, registered):
-    second = registry.register(pretrain_run(store, "reg-b"), "encoder", settings=store)
+    second = registrable.register(pretrain_run(store, "reg-b"), "encoder", settings=store)
     assert second.version == "2" and second.aliases == ["candidate"]  # the alias moved to the new version
     champ = registry.promote("encoder", "champion", version="1", settings=store)
     assert champ.version == "1" and "champion" in champ.aliases
@@ -179,7 +181,7 @@ def test_embed_writes_one_embedding_per_window_reproducibly(store, registered):
 def test_a_failed_run_is_refused(store):
     run_id = pretrain_run(store, "reg-failed", ok=False)
     with pytest.raises(RegistryError, match=r"is FAILED: only FINISHED runs"):
-        registry.register(run_id, "encoder", settings=store)
+        registrable.register(run_id, "encoder", settings=store)
 
 
 def test_a_missing_alias_lists_the_ones_that_exist(store, registered):
@@ -204,7 +206,7 @@ def test_a_tracking_server_that_is_down_fails_at_start(store):
 
 def test_the_pipeline_register_stage_registers_and_promotes(store, registered, monkeypatch):
     from neurobridge.config import ENV_VARS
-    from neurobridge.workflow import PipelineConfig, run_pipeline
+    from neurobridge.workflows.pipeline import PipelineConfig, run_pipeline
 
     for key in ("store", "mlflow_uri"):  # run_pipeline exports its settings; restore them after the test
         monkeypatch.setenv(ENV_VARS[key], getattr(store, key))

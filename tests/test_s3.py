@@ -11,9 +11,9 @@ import s3fs
 from conftest import IBL_EXCERPT, MC_MAZE
 from neurobridge.catalog import CatalogEntry
 from neurobridge.config import get_settings
-from neurobridge.ingest.manifest import resolve_dataset
 from neurobridge.ingest.pipeline import ingest
-from neurobridge.inspection import session_summaries
+from neurobridge.store.versions import resolve_dataset
+from neurobridge.workflows.inspect import session_summaries
 
 pytestmark = pytest.mark.skipif(not MC_MAZE.exists(), reason="shared real-data excerpts not present")
 
@@ -29,7 +29,7 @@ def s3(s3_endpoint):
 def counts_by_sample(path, settings):
     ref = resolve_dataset(settings, path)
     out = {}
-    for part in ref.card["files"]:
+    for part in ref.card.files:
         from neurobridge.storage import filesystem, join
 
         fs, p = filesystem(join(ref.path, part), settings)
@@ -49,20 +49,20 @@ def test_nwb_and_alf_stream_from_s3_into_an_s3_store(ray_cluster, s3, s3_endpoin
     nwb = dict(name="mc", kind="nwb", ingest={"window": {"mode": "intervals", "post_s": 0.7}})
     alf = dict(name="ibl", kind="alf", ingest={"window": {"mode": "chunks"}})
 
-    r_nwb = ingest(CatalogEntry(**nwb, uri="nlb"), remote, progress=False)  # relative: under NB_RAW on S3
-    r_alf = ingest(CatalogEntry(**alf, uri=f"s3://{bucket}/raw/ibl"), remote, progress=False)
+    r_nwb = ingest(CatalogEntry.of(**nwb, uri="nlb"), remote, progress=False)  # relative: under NB_RAW on S3
+    r_alf = ingest(CatalogEntry.of(**alf, uri=f"s3://{bucket}/raw/ibl"), remote, progress=False)
     assert r_nwb.ok and r_alf.ok, (r_nwb.failed, r_alf.failed)
     assert r_nwb.path.startswith(f"s3://{bucket}/store/tokens/mc/")
     assert fs.exists(f"{bucket}/store/tokens/mc/{r_nwb.version}/_dataset.json")
-    assert r_nwb.card["counts"]["spikes"] == 32_324 and r_alf.card["counts"]["spikes"] == 124_905
+    assert r_nwb.card.counts.spikes == 32_324 and r_alf.card.counts.spikes == 124_905
 
     # identical rows to a local ingest of the same files
-    l_nwb = ingest(CatalogEntry(**nwb, uri=str(MC_MAZE.parent)), local, progress=False)
+    l_nwb = ingest(CatalogEntry.of(**nwb, uri=str(MC_MAZE.parent)), local, progress=False)
     a, b = counts_by_sample("mc", remote), counts_by_sample("mc", local)
     assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)
-    assert l_nwb.card["counts"] == r_nwb.card["counts"]
+    assert l_nwb.card.counts == r_nwb.card.counts
 
-    again = ingest(CatalogEntry(**nwb, uri="nlb"), remote, progress=False)
+    again = ingest(CatalogEntry.of(**nwb, uri="nlb"), remote, progress=False)
     assert (again.version, again.processed) == (r_nwb.version, 0)
     sessions = session_summaries(resolve_dataset(remote, "ibl"), remote)
     assert sum(s.spikes for s in sessions) == 124_905

@@ -9,7 +9,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from neurobridge.sources.sim import SimConfig, simulate, simulate_session_file
+from neurobridge.sim import SimConfig, simulate, simulate_session_file
 from pydantic import ValidationError
 
 SMALL = dict(

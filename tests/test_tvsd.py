@@ -18,10 +18,10 @@ from hypothesis import strategies as st
 from neurobridge.catalog import CatalogEntry, TvsdConfig, resolve
 from neurobridge.config import get_settings
 from neurobridge.ingest.pipeline import ingest
+from neurobridge.sim import SimConfig, simulate
+from neurobridge.sim.tvsd import SIM_REGIONS, TvsdSimConfig, make_dataset, write_files, write_monkey
 from neurobridge.sources import discover, open_source
-from neurobridge.sources.matv73 import decode_chars
-from neurobridge.sources.sim import SimConfig, simulate
-from neurobridge.sources.sim_tvsd import SIM_REGIONS, TvsdSimConfig, make_dataset, write_files, write_monkey
+from neurobridge.sources.io.matv73 import decode_chars
 from pydantic import ValidationError
 
 MONKEYS = ("monkeyF", "monkeyN")
@@ -65,7 +65,7 @@ def mat(monkey_dir: Path):
 
 def test_ingest_clones_the_dataset_and_fetches_only_the_selected_files(ingested):
     raw, report = ingested["raw"], ingested["report"]
-    assert report.ok and report.card["counts"]["items_ok"] == 2
+    assert report.ok and report.card.counts.items_ok == 2
     clone = raw / "sim_tvsd"
     assert (clone / ".git").exists()
     origin = subprocess.run(["git", "-C", str(clone), "config", "remote.origin.url"], capture_output=True, text=True)
@@ -116,7 +116,7 @@ def test_the_published_channel_maps_are_the_defaults(tmp_path):
     cfg = TvsdSimConfig(monkeys=real, n_train=3, n_test=1, test_repeats=2, normalized=False, tb_ms=(0, 20))
     for i, m in enumerate(MONKEYS):
         write_monkey(tmp_path / m, cfg, m, i)
-    entry = CatalogEntry(
+    entry = CatalogEntry.of(
         name="real_maps",
         kind="tvsd",
         uri=str(tmp_path),
@@ -214,7 +214,7 @@ def test_bad_files_fail_alone_with_a_named_reason(ray_cluster, tmp_path):
     regions = {"monkeyN": [{"first": a, "last": b, "region": r} for a, b, r in SIM_REGIONS["monkeyN"]]}
     for m in ("monkeyNoMUA", "monkeyTrunc", "monkeyFlat"):
         regions[m] = regions["monkeyN"]
-    entry = CatalogEntry(
+    entry = CatalogEntry.of(
         name="bad_tvsd",
         kind="tvsd",
         uri=str(tmp_path / "clone"),
@@ -222,7 +222,7 @@ def test_bad_files_fail_alone_with_a_named_reason(ray_cluster, tmp_path):
         ingest={"bin_ms": 20, "window": {"post_s": 0.2}},
     )
     report = ingest(entry, get_settings(store=str(tmp_path / "store"), raw_root=str(tmp_path)), progress=False)
-    failed = {f["rel"].split("/")[0]: f["error"] for f in report.failed}
+    failed = {f.rel.split("/")[0]: f.error for f in report.failed}
     assert set(failed) == {"monkeyNoMUA", "monkeyTrunc", "monkeyFlat", "monkeyNoMap"}
     assert "no 'ALLMUA' variable" in failed["monkeyNoMUA"]
     assert "cannot be opened as MATLAB v7.3/HDF5 (truncated" in failed["monkeyTrunc"]
@@ -230,7 +230,7 @@ def test_bad_files_fail_alone_with_a_named_reason(ray_cluster, tmp_path):
     assert "no channel → region map for 'monkeyNoMap'" in failed["monkeyNoMap"]
     for m, msg in failed.items():
         assert f"{m}/THINGS_MUA_trials.mat" in msg
-    assert report.card["counts"]["items_ok"] == 1 and report.card["counts"]["rows"] == 12 + 2 * 2
+    assert report.card.counts.items_ok == 1 and report.card.counts.rows == 12 + 2 * 2
 
 
 def test_overlapping_channel_ranges_are_rejected_with_the_monkey_named():

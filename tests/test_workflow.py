@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from neurobridge.workflow import STAGES, PipelineError, load_pipeline, run_pipeline
+from neurobridge.workflows.pipeline import STAGES, PipelineError, load_pipeline, run_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -6,10 +6,13 @@ overridden from the environment so that the same code runs against S3, an MLflow
 
 from __future__ import annotations
 
+import difflib
+import logging
 import os
+import sys
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 ENV_VARS = {
     "store": "NB_STORE",
@@ -19,7 +22,9 @@ ENV_VARS = {
     "ray_address": "RAY_ADDRESS",
     "ray_num_cpus": "NB_RAY_NUM_CPUS",
     "chaos": "NB_CHAOS",
+    "train_fault": "NB_FAULT_KILL_WORKER_AT_STEP",
 }
+FAULT_HOOK = "neurobridge.testing.faults:inject"  # imported by name: production code never imports test code
 
 
 def _home() -> Path:
@@ -36,7 +41,11 @@ class Settings(BaseModel):
     ray_address: str | None = Field(default=None, description="None starts a local Ray in-process")
     ray_num_cpus: int | None = Field(default=None, description="logical CPUs for a local Ray")
     chaos: str | None = Field(
-        default=None, description="fault-injection spec for drills and tests (JSON, see neurobridge.chaos); unset: off"
+        default=None,
+        description="ingest fault-injection spec for drills and tests (JSON, neurobridge.testing.faults); unset: off",
+    )
+    train_fault: str | None = Field(
+        default=None, description="'<step>:<marker file>': kill training rank 0 once at that step (resume drills)"
     )
     source_options: dict[str, dict] = Field(
         default_factory=dict,
@@ -63,6 +72,10 @@ class Settings(BaseModel):
                 opts["client_kwargs"] = {"endpoint_url": endpoint}
             return opts
         return {}
+
+    def faults(self) -> dict[str, str]:
+        """The fault-injection specs that are set (they travel to Ray workers inside the settings or a loop config)."""
+        return {k: v for k, v in {"chaos": self.chaos, "train_fault": self.train_fault}.items() if v}
 
     def with_source(self, uri: str, options: dict) -> Settings:
         """Settings whose storage options apply a catalog entry's S3 options below its URI (e.g. anonymous
@@ -123,3 +136,123 @@ def set_dotted(data: dict, key: str, value) -> None:
     for p in parents:
         data = data.setdefault(p, {})
     data[last] = value
+
+
+# -- fault injection: named points where drills and tests may kill a worker -------------------------------------
+
+
+def _fault_hook():
+    import importlib
+
+    module, _, name = FAULT_HOOK.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def fault_point(faults: Settings | dict[str, str] | None, point: str, **context) -> None:
+    """Give a drill the chance to inject a fault here (``point``: "ingest.start", "ingest.write", "train.step").
+
+    Off (one dict lookup) unless a fault spec is set: the hook that acts on it lives in ``neurobridge.testing``."""
+    specs = faults.faults() if isinstance(faults, Settings) else (faults or {})
+    if specs:
+        _fault_hook()(specs, point, **context)
+
+
+def check_faults(settings: Settings) -> None:
+    """Parse the fault specs once on the driver, so a bad one fails here and not in every worker."""
+    if settings.faults():
+        _fault_hook()(settings.faults(), "check")
+
+
+# -- readable validation errors (catalog files, job configs, ablation specs) ------------------------------------
+
+
+def _field_names(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Valid field names (as written in files: aliases where set) at the location of an error, for hints."""
+
+    def fields(m: type[BaseModel]) -> dict:
+        return {(f.alias or n): f for n, f in m.model_fields.items()}
+
+    current: type[BaseModel] | None = model
+    for part in loc[:-1]:
+        if current is None or not isinstance(part, str) or part not in fields(current):
+            return []
+        ann = fields(current)[part].annotation
+        args = getattr(ann, "__args__", ())
+        current = next((a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    return list(fields(current)) if current else []
+
+
+def describe_validation_error(err: ValidationError, model: type[BaseModel], where: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        field = ".".join(str(p) for p in loc) or "(entry)"
+        if e["type"] == "extra_forbidden":
+            valid = [f for f in _field_names(model, loc) if f != "source_file"]
+            hint = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+            fix = f"did you mean {hint[0]!r}?" if hint else f"valid fields here: {', '.join(valid)}"
+            lines.append(f"{where}: unknown field {field!r}; {fix}")
+        elif e["type"] == "missing":
+            lines.append(f"{where}: field {field!r} is required; add it")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(f"{where}: field {field!r}: {msg} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+# -- Ray: where this code runs -----------------------------------------------------------------------------------
+
+
+def ensure_ray(settings: Settings, min_cpus: int = 0) -> None:
+    """Join ``RAY_ADDRESS`` or start a local Ray. ``min_cpus`` declares at least that many logical CPUs locally:
+    a training worker holding one of a laptop's two CPUs must leave room for Ray Data's read tasks, or both wait
+    forever (oversubscribing logical CPUs on a small machine is what keeps them both moving)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    kwargs = {"logging_level": logging.WARNING, "include_dashboard": False}
+    if settings.ray_address:
+        ray.init(address=settings.ray_address, **kwargs)
+    else:
+        # address="local": never attach to a stale cluster file left by an earlier run on this machine.
+        cpus = settings.ray_num_cpus
+        if cpus is None and min_cpus:
+            cpus = max(os.cpu_count() or 1, min_cpus)
+        ray.init(address="local", num_cpus=cpus, **kwargs)
+
+
+def task_attempt() -> int:
+    """0 on a task's first run, n on its n-th retry (Ray retries a task whose worker process died); 0 outside Ray.
+
+    Ray has no public call for this yet; the core worker's counter is read defensively.
+    """
+    ray = sys.modules.get("ray")  # never import Ray just to ask: plain processes (benchmarks) stay light
+    if ray is None:
+        return 0
+    try:
+        if not ray.is_initialized():
+            return 0
+        worker = ray._private.worker.global_worker
+        return int(worker.core_worker.get_current_task_attempt_number())
+    except Exception:  # an API move must never break ingest; callers then see every run as a first attempt
+        return 0
+
+
+def worker_origin(timeout_s: float = 300.0) -> str:
+    """Where a Ray worker imports neurobridge from, asked before any real work is scheduled.
+
+    On a cluster this shows that the job's code reached the workers (runtime_env ``py_modules``) and not some older
+    installed copy; a worker that cannot import the package fails here, with Ray's reason, instead of in the middle
+    of an ingest. ``num_cpus=0``: it may run on a head node that schedules no work.
+    """
+    import ray
+
+    @ray.remote(num_cpus=0)
+    def where() -> str:
+        import neurobridge
+
+        return os.path.dirname(neurobridge.__file__)
+
+    return ray.get(where.remote(), timeout=timeout_s)

@@ -8,8 +8,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from neurobridge.catalog import describe_validation_error
-from neurobridge.config import set_dotted
+from neurobridge.config import describe_validation_error, set_dotted
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 

@@ -20,7 +20,7 @@ import pyarrow as pa
 from neurobridge.align.config import WINDOW_PRESETS, AlignDataConfig
 from neurobridge.align.embeddings import EmbeddingTable, resolve_source
 from neurobridge.config import Settings, get_settings
-from neurobridge.data.store import Source, iter_local, sources
+from neurobridge.store.read import Source, iter_local, sources
 
 SPLITS = ("train", "val", "test")
 COLUMNS = [
@@ -231,8 +231,8 @@ class _Accumulator:
         key = f"{src.name}/{session}"
         if key in self.plans:
             return self.plans[key]
-        window = src.ref.card["entry"]["ingest"]
-        bin_ms, pre_ms = float(window["bin_ms"]), float(window["window"]["pre_s"]) * 1000.0
+        ingest = src.ref.card.ingest
+        bin_ms, pre_ms = float(ingest.bin_ms), float(ingest.window.pre_s) * 1000.0
         n_units, n_bins = int(batch.column("n_units")[row].as_py()), int(batch.column("n_bins")[row].as_py())
         units = np.array(batch.column("unit_ids")[row].as_py(), dtype=str)
         regions = np.array(batch.column("unit_regions")[row].as_py(), dtype=str)
@@ -327,7 +327,7 @@ class _Accumulator:
 
 
 def _row_dicts(batch: pa.RecordBatch, rows: np.ndarray) -> list[dict]:
-    from neurobridge.train.rows import table_rows
+    from neurobridge.store.rows import table_rows
 
     return table_rows(pa.Table.from_batches([batch.take(pa.array(rows))]))
 

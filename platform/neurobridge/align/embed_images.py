@@ -28,7 +28,7 @@ from neurobridge import __version__
 from neurobridge.align.config import EmbedConfig
 from neurobridge.align.embeddings import CARD, EMBEDDINGS_SCHEMA, table_dir
 from neurobridge.config import Settings, get_settings
-from neurobridge.progress import CountBar
+from neurobridge.console import CountBar
 from neurobridge.storage import filesystem, open_atomic, read_json, remove_stale_parts, write_json_atomic
 
 MODEL_CLASS = "CLIPVisionModelWithProjection"
@@ -348,7 +348,7 @@ def embed_images(cfg: EmbedConfig, settings: Settings | None = None, progress: b
     """Run the job; returns the report (the card is also at ``<store>/embeddings/<name>/_embeddings.json``)."""
     import ray.data
 
-    from neurobridge.runtime import ensure_ray
+    from neurobridge.config import ensure_ray
 
     settings = settings or get_settings()
     t0 = time.perf_counter()

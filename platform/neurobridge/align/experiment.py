@@ -116,7 +116,7 @@ def run_alignment(
     data = build_alignment_data(cfg.data, settings, embeddings)
     run_id = None
     if track:
-        from neurobridge.data.store import sources
+        from neurobridge.store.read import sources
         from neurobridge.tracking import mlflow_run
 
         tags = {"kind": "align", **{f"dataset.{s.name}": s.ref.version for s in sources(settings, cfg.data.datasets)}}

@@ -11,7 +11,6 @@ same code runs one CPU worker here and N GPU workers on a cluster: only ``scalin
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 from neurobridge.align.config import AlignConfig, EncoderSpec, ProjectorConfig
@@ -52,10 +51,10 @@ def align_loop_per_worker(config: dict) -> None:
     """Runs in every Ray Train worker."""
     import ray.train
     import ray.train.torch
-    from ray.train import Checkpoint
 
     from neurobridge.align.projector import fit_projector
     from neurobridge.tracking import mlflow_run
+    from neurobridge.train.components import Reporter, ray_train_backend
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -66,10 +65,10 @@ def align_loop_per_worker(config: dict) -> None:
         mlflow_run.MetricsLogger(config["mlflow_uri"], config["run_id"]) if rank == 0 and config["run_id"] else None
     )
 
-    def report(rec: dict) -> None:
-        if logger is not None:
-            logger.log({f"{name}.train.{k}": v for k, v in rec.items() if k != "epoch"}, rec["epoch"])
-        ray.train.report({k: v for k, v in rec.items() if v == v})  # NaN-free metrics for Ray's result
+    def backend(metrics: dict, directory: str | None) -> None:  # NaN-free metrics for Ray's result
+        ray_train_backend({k: v for k, v in metrics.items() if v == v}, directory)
+
+    report = Reporter(backend, write_fit, logger=logger, rank=rank).logging(f"{name}.train.", step_key="epoch")
 
     def wrap(model):
         return ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
@@ -97,13 +96,13 @@ def align_loop_per_worker(config: dict) -> None:
         "tokens_per_s": fit.tokens_per_s * world,
     }
     final = {"final": 1, "tokens_per_s": summary["tokens_per_s"], "best_epoch": fit.best_epoch}
-    with tempfile.TemporaryDirectory() as d:
-        if rank == 0:
-            save_model(fit.model.cpu(), str(Path(d) / MODEL_FILE))
-            (Path(d) / FIT_FILE).write_text(json.dumps(summary, default=float))
-            ray.train.report(final, checkpoint=Checkpoint.from_directory(d))
-        else:
-            ray.train.report(final)
+    Reporter(ray_train_backend, write_fit, rank=rank)(final, {"model": fit.model.cpu(), "summary": summary})
+
+
+def write_fit(state: dict, directory: str) -> None:
+    """A fitted alignment model and its fit summary into a checkpoint directory (rank 0)."""
+    save_model(state["model"], str(Path(directory) / MODEL_FILE))
+    (Path(directory) / FIT_FILE).write_text(json.dumps(state["summary"], default=float))
 
 
 def fit_on_ray(
@@ -122,8 +121,8 @@ def fit_on_ray(
     from ray.train.torch import TorchTrainer
 
     from neurobridge.align.encoder_train import load_aligned_model
-    from neurobridge.runtime import ensure_ray
-    from neurobridge.train.pretrain import runs_storage
+    from neurobridge.config import ensure_ray
+    from neurobridge.train.components import runs_storage
 
     s = cfg.scaling
     ensure_ray(settings, min_cpus=int(s.num_workers * s.cpus_per_worker) + 1)

@@ -15,13 +15,13 @@ from dataclasses import asdict
 import numpy as np
 
 from neurobridge.config import Settings, get_settings
-from neurobridge.data.store import sources
 from neurobridge.evaluate import baselines, metrics
 from neurobridge.evaluate.report import EvalConfig, evaluate_session
-from neurobridge.evaluate.session_data import SessionRows, session_rows, stack_counts
 from neurobridge.models.config import ModelConfig
 from neurobridge.storage import StoreError
-from neurobridge.train.batches import HeldoutSplit, heldout_flags, with_heldout
+from neurobridge.store.read import sources
+from neurobridge.store.rows import SessionRows, session_rows, stack_counts
+from neurobridge.store.splits import HeldoutSplit, heldout_flags, with_heldout
 from neurobridge.train.finetune import FinetuneConfig, finetune, pick_windows
 
 

@@ -16,13 +16,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from neurobridge.evaluate import baselines, metrics
 from neurobridge.evaluate.readout import batches, heldout_mask, latent_readout, untrained_like
-from neurobridge.evaluate.session_data import SessionRows, Truth, stack_behavior, stack_counts
+from neurobridge.evaluate.truth import Truth
 from neurobridge.models.config import ALL_PROMPTS
 from neurobridge.models.masking import MaskResult, mask_last_bins
 from neurobridge.models.ndt import MaskedNeuralModel, bin_means
 from neurobridge.models.patching import Batch
 from neurobridge.models.vocab import Vocabularies
-from neurobridge.train.batches import HeldoutSplit, with_heldout
+from neurobridge.store.rows import SessionRows, stack_behavior, stack_counts
+from neurobridge.store.splits import HeldoutSplit, with_heldout
 
 
 class EvalConfig(BaseModel):

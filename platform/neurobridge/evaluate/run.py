@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 
 from neurobridge.config import Settings, get_settings
-from neurobridge.data.store import sources, unit_columns
 from neurobridge.evaluate.report import EvalConfig, Report, evaluate_session, pool
-from neurobridge.evaluate.session_data import Truth, session_rows
+from neurobridge.evaluate.truth import Truth
 from neurobridge.models.checkpoint import load_checkpoint
 from neurobridge.storage import StoreError
+from neurobridge.store.read import sources, unit_columns
+from neurobridge.store.rows import session_rows
+from neurobridge.store.splits import HeldoutSplit, heldout_flags
 from neurobridge.tracking import mlflow_run
-from neurobridge.train.batches import HeldoutSplit, heldout_flags
 
 
 def resolve_model_file(ref: str, settings: Settings) -> str:

@@ -7,7 +7,6 @@ one image never lands in two splits) or of the window.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,8 +14,7 @@ import numpy as np
 from neurobridge.catalog import IngestConfig
 from neurobridge.ingest.binning import WindowGrid
 from neurobridge.sources.base import SourceError, SpikeSource
-
-SPLITS = ("train", "val", "test")
+from neurobridge.store.splits import SPLITS, hash_split
 
 
 @dataclass
@@ -156,13 +154,6 @@ def _repeat_index(stim: np.ndarray) -> np.ndarray:
     out = np.empty(len(stim), dtype=np.int32)
     out[order] = within
     return out
-
-
-def hash_split(keys, val_fraction: float, test_fraction: float, salt: str) -> np.ndarray:
-    u = np.array(
-        [int.from_bytes(hashlib.blake2b(f"{salt}|{k}".encode(), digest_size=8).digest(), "big") / 2**64 for k in keys]
-    )
-    return np.where(u < test_fraction, "test", np.where(u < test_fraction + val_fraction, "val", "train"))
 
 
 def _splits(column, kept, stim, names, session: str, cfg: IngestConfig) -> np.ndarray:

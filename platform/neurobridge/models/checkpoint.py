@@ -37,10 +37,10 @@ def save_checkpoint(
     torch.save(payload, target)
 
 
-def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+def config_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         keys = sorted(set(a) | set(b))
-        return [d for k in keys for d in _diff(a.get(k), b.get(k), f"{prefix}{k}.")]
+        return [d for k in keys for d in config_diff(a.get(k), b.get(k), f"{prefix}{k}.")]
     return [] if a == b else [f"{prefix.rstrip('.')}: checkpoint {a!r} vs expected {b!r}"]
 
 
@@ -62,7 +62,7 @@ def load_checkpoint(
     except Exception as e:
         raise CheckpointError(f"{name}: invalid model config in checkpoint ({e})") from e
     if expected is not None:
-        diffs = _diff(cfg.model_dump(mode="json"), expected.model_dump(mode="json"))
+        diffs = config_diff(cfg.model_dump(mode="json"), expected.model_dump(mode="json"))
         if diffs:
             raise CheckpointError(f"{name}: checkpoint was saved with a different model config: " + "; ".join(diffs))
     vocabs = Vocabularies.from_dict(payload["vocabs"])

@@ -1,4 +1,5 @@
-"""Readers for raw recording formats, one module per kind; the registry maps catalog kinds to them."""
+"""Readers for raw recording formats: one file per catalog kind (``sources/<kind>.py``), which declares the entry
+model it reads (its options) and registers itself; shared I/O helpers live in ``sources/io/``."""
 
 from __future__ import annotations
 
@@ -6,26 +7,30 @@ from importlib import import_module
 
 from neurobridge.catalog import CatalogEntry
 from neurobridge.config import Settings
-from neurobridge.sources.base import BinnedSource, Item, SourceError, SpikeSource, WindowBlock
-
-# catalog kind → module in this package; each module has discover(entry, settings) -> list[Item] and
-# open_item(entry, item, settings) -> SpikeSource | BinnedSource
-READERS = {"nwb": "nwb", "alf": "alf", "tvsd": "tvsd", "pile": "pile"}
+from neurobridge.sources.base import READERS, BinnedSource, Item, Reader, SourceError, SpikeSource, WindowBlock
 
 
-def _reader(entry: CatalogEntry):
-    if entry.kind not in READERS:
-        raise SourceError(f"catalog entry {entry.name!r}: kind {entry.kind!r} has no reader")
-    return import_module(f"{__name__}.{READERS[entry.kind]}")
+def reader(kind: str) -> Reader:
+    """The reader of ``kind``: the module ``sources/<kind>.py``, imported on first use (each pulls its own
+    dependencies, e.g. datalad for TVSD, only when that kind is ingested)."""
+    if kind not in READERS:
+        try:
+            import_module(f"{__name__}.{kind}")
+        except ModuleNotFoundError as err:
+            if err.name != f"{__name__}.{kind}":
+                raise
+    if kind not in READERS:
+        raise SourceError(f"catalog kind {kind!r} has no reader (sources/{kind}.py registering it)")
+    return READERS[kind]
 
 
 def discover(entry: CatalogEntry, settings: Settings) -> list[Item]:
     """List the items of a catalog entry (listing only: no recording is opened)."""
-    return _reader(entry).discover(entry, settings)
+    return reader(entry.kind).discover(entry, settings)
 
 
 def open_source(entry: CatalogEntry, item: Item, settings: Settings) -> SpikeSource | BinnedSource:
-    return _reader(entry).open_item(entry, item, settings)
+    return reader(entry.kind).open_item(entry, item, settings)
 
 
-__all__ = ["BinnedSource", "Item", "SourceError", "SpikeSource", "WindowBlock", "discover", "open_source"]
+__all__ = ["BinnedSource", "Item", "Reader", "SourceError", "SpikeSource", "WindowBlock", "discover", "open_source"]

@@ -14,7 +14,7 @@ import re
 
 import numpy as np
 
-from neurobridge.catalog import CatalogEntry
+from neurobridge.catalog import AlfEntry, CatalogEntry
 from neurobridge.config import Settings
 from neurobridge.sources.base import (
     Intervals,
@@ -28,6 +28,7 @@ from neurobridge.sources.base import (
     glob_under,
     item_key,
     make_items,
+    register,
 )
 from neurobridge.storage import filesystem, is_local_fs
 
@@ -436,3 +437,6 @@ def _ancestors(folder: str, root: str | None, depth: int = 3) -> list[str]:
             break
         current = parent
     return out
+
+
+READER = register(AlfEntry, discover, open_item)

@@ -12,11 +12,33 @@ import hashlib
 import posixpath
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+
+from neurobridge.catalog import CatalogEntry
+from neurobridge.config import Settings
+
+
+@dataclass(frozen=True)
+class Reader:
+    """What a reader file declares: the entry model it reads (its kind and options) and how it lists and opens
+    items. ``discover`` lists without opening any recording; ``open_item`` returns a spike or a binned source."""
+
+    entry: type[CatalogEntry]
+    discover: Callable[[CatalogEntry, Settings], list[Item]]
+    open_item: Callable[[CatalogEntry, Item, Settings], SpikeSource | BinnedSource]
+
+
+READERS: dict[str, Reader] = {}
+
+
+def register(entry: type[CatalogEntry], discover, open_item) -> Reader:
+    """Make ``entry.KIND`` readable; called once at the bottom of each ``sources/<kind>.py``."""
+    READERS[entry.KIND] = Reader(entry, discover, open_item)
+    return READERS[entry.KIND]
 
 
 class SourceError(ValueError):
@@ -116,8 +138,10 @@ class WindowBlock:
     """Sample windows that a binned source (MUA, pre-binned counts) has already cut, for one session.
 
     ``values`` is ``[windows, units, bins]`` in the source's unit order: integer counts (→ ``counts``) or floats
-    (→ ``mua``). ``split`` is the source's official split per window; None lets the entry's split rule decide
-    (by stimulus id when there is one, so an image never lands in two splits).
+    (→ ``mua``). Readers never decide splits: ``split`` is the source's *official* split per window (None: it has
+    none) and ``split_key`` what must never straddle two splits (an image, a segment; default: the stimulus id, else
+    the window). Ingest keeps official test/val windows, carves val out of official train windows by hashing
+    ``split_key``, and hashes every window into train/val/test when there is no official split.
     """
 
     meta: SessionMeta
@@ -128,6 +152,7 @@ class WindowBlock:
     bin_s: float
     values: np.ndarray  # [W, U, B]
     split: np.ndarray | None = None
+    split_key: np.ndarray | None = None
     stimulus_id: np.ndarray | None = None
     repeat: np.ndarray | None = None
     behavior: np.ndarray | None = None  # [W, B, K] float32
@@ -148,7 +173,8 @@ class BinnedSource(ABC):
 
     def side_outputs(self) -> Iterator[tuple[str, pa.Table]]:
         """Extra tables written beside the rows as ``<version>/<name>/part-<item>.parquet`` (e.g. TVSD's
-        normalised per-image responses); each name's tables must share one schema."""
+        normalised per-image responses); each name's tables must share one schema. A table with ``split`` and
+        ``stimulus_id`` columns holds official splits: ingest carves val out of train by image, as for the rows."""
         return iter(())
 
     def stats(self) -> dict:

@@ -11,9 +11,8 @@ import posixpath
 import h5py
 import numpy as np
 
-from neurobridge.catalog import CatalogEntry, NwbOptions, UnitRule
+from neurobridge.catalog import CatalogEntry, NwbEntry, NwbOptions, UnitRule
 from neurobridge.config import Settings
-from neurobridge.sources import ecephys_cache
 from neurobridge.sources.base import (
     Intervals,
     Item,
@@ -24,7 +23,9 @@ from neurobridge.sources.base import (
     decode_strings,
     glob_under,
     make_items,
+    register,
 )
+from neurobridge.sources.io import ecephys_cache
 from neurobridge.storage import filesystem, is_local_fs
 
 DEFAULT_OPTIONS = NwbOptions()
@@ -32,7 +33,7 @@ DEFAULT_OPTIONS = NwbOptions()
 
 def discover(entry: CatalogEntry, settings: Settings) -> list[Item]:
     if entry.dandi is not None and entry.dandi.resolve == "api":
-        from neurobridge.sources.dandi import discover_dandi
+        from neurobridge.sources.io.dandi import discover_dandi
 
         return discover_dandi(entry)
     root = entry.resolved_uri(settings)
@@ -303,3 +304,6 @@ def _passes(values: np.ndarray, rule: UnitRule, where: str) -> np.ndarray:
                 raise SourceError(f"{where} is numeric but the unit_filter rule lists {x!r}") from None
         ok &= np.isin(v, numbers)
     return ok
+
+
+READER = register(NwbEntry, discover, open_item)

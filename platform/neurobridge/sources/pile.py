@@ -30,10 +30,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from neurobridge.catalog import CatalogEntry, IngestConfig, PileConfig
+from neurobridge.catalog import CatalogEntry, IngestConfig, PileConfig, PileEntry
 from neurobridge.config import Settings
-from neurobridge.ingest.windows import hash_split
-from neurobridge.sources.base import BinnedSource, Item, SessionMeta, SourceError, WindowBlock, glob_under, make_items
+from neurobridge.sources.base import (
+    BinnedSource,
+    Item,
+    SessionMeta,
+    SourceError,
+    WindowBlock,
+    glob_under,
+    make_items,
+    register,
+)
 from neurobridge.storage import filesystem, is_local_fs
 
 NATIVE_BIN_MS = 20.0
@@ -255,7 +263,6 @@ class PileSource(BinnedSource):
         self._stats["tail_cells_dropped"] += tail * n_units
         self._stats["windows"] += n_windows
         self._stats["rows_without_windows"] += int(n_windows == 0)
-        split = self._split(key, cfg)
         unit_ids = np.arange(n_units).astype(str)
         regions = np.full(n_units, "unknown")
         for w0, values in window_blocks(counts, n_bins, k, self.opts.block_cells):
@@ -268,7 +275,8 @@ class PileSource(BinnedSource):
                 t_start=w * span * (NATIVE_BIN_MS / 1000.0),
                 bin_s=bin_s,
                 values=values,
-                split=np.full(len(values), split),
+                split=None if self.shard_split is None else np.full(len(values), self.shard_split),
+                split_key=np.full(len(values), key),  # val is carved per segment (or per session)
             )
 
     def _meta(self, batch: pa.RecordBatch, where: str) -> tuple[SessionMeta, str]:
@@ -289,14 +297,6 @@ class PileSource(BinnedSource):
         meta = SessionMeta(session=session, subject=f"{parts[0]}/{parts[1]}", species=species, task=self.entry.task)
         return meta, key
 
-    def _split(self, key: str, cfg: IngestConfig) -> str:
-        s = cfg.split
-        if self.shard_split == "test" or self.shard_split == "val":
-            return self.shard_split
-        if self.shard_split == "train":
-            return str(hash_split([key], s.val_fraction, 0.0, s.salt)[0])
-        return str(hash_split([key], s.val_fraction, s.test_fraction, s.salt)[0])
-
     def stats(self) -> dict:
         return {f"pile_{k}": v for k, v in self._stats.items()}
 
@@ -304,3 +304,6 @@ class PileSource(BinnedSource):
         if getattr(self, "_fh", None) is not None:
             self._fh.close()
             self._fh = None
+
+
+READER = register(PileEntry, discover, open_item)

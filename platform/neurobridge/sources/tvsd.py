@@ -25,15 +25,14 @@ import h5py
 import numpy as np
 import pyarrow as pa
 
-from neurobridge.catalog import CatalogEntry, IngestConfig, TvsdConfig
+from neurobridge.catalog import CatalogEntry, IngestConfig, TvsdConfig, TvsdEntry
 from neurobridge.config import Settings
-from neurobridge.ingest.schema import TVSD_RESPONSES_SCHEMA, TVSD_UNITS_SCHEMA
-from neurobridge.ingest.tokenize import unit_vocab
-from neurobridge.ingest.windows import hash_split
-from neurobridge.sources import matv73
-from neurobridge.sources.base import BinnedSource, Item, SessionMeta, SourceError, WindowBlock, item_key
-from neurobridge.sources.datalad_io import ensure_clone, fingerprint_files, get_files
+from neurobridge.sources.base import BinnedSource, Item, SessionMeta, SourceError, WindowBlock, item_key, register
+from neurobridge.sources.io import matv73
+from neurobridge.sources.io.datalad import ensure_clone, fingerprint_files, get_files
 from neurobridge.storage import is_remote
+from neurobridge.store.schema import TVSD_RESPONSES_SCHEMA, TVSD_UNITS_SCHEMA
+from neurobridge.store.units import unit_vocab
 
 ALLMAT_COLUMNS = ("trial_idx", "train_idx", "test_idx", "rep", "count", "correct", "day")
 METRICS = {"reliab": "reliab", "SNR": "snr", "lats": "lats", "oracle": "oracle"}
@@ -183,16 +182,10 @@ class TVSDSource(BinnedSource):
         self.stimulus_id = np.char.add(f"{prefix}/", paths.astype(str))
         self.train_ids = np.char.add(f"{prefix}/", train_paths.astype(str))
         self.test_ids = np.char.add(f"{prefix}/", test_paths.astype(str))
-        self.split = np.where(is_test, "test", self._train_split(self.stimulus_id))
+        self.split = np.where(is_test, "test", "train")  # official; ingest carves val out of train by image
         self.repeat = m[:, 3].astype(np.int32)
         keep = m[:, 5] == 1 if self.cfg.correct_only else np.ones(len(m), dtype=bool)
         self.kept = np.flatnonzero(keep)
-
-    def _train_split(self, ids: np.ndarray) -> np.ndarray:
-        """train or val per image (hashed once per distinct image)."""
-        split_cfg = self.entry.ingest.split
-        uniq, inv = np.unique(ids, return_inverse=True)
-        return hash_split(uniq, split_cfg.val_fraction, 0.0, split_cfg.salt)[inv]
 
     def _regions(self) -> None:
         ranges = self.cfg.regions.get(self.subject)
@@ -273,6 +266,7 @@ class TVSDSource(BinnedSource):
                 bin_s=cfg.bin_ms / 1000.0,
                 values=values,
                 split=self.split[idx],
+                split_key=self.stimulus_id[idx],  # an image never lands in two splits
                 stimulus_id=self.stimulus_id[idx],
                 repeat=self.repeat[idx],
             )
@@ -331,12 +325,11 @@ class TVSDSource(BinnedSource):
                     f"expected [{n} channels, {shape[0]} images]"
                 )
         per = max(1, int(self.cfg.chunk_mb * 2**20 // (n * 4)))
-        train_split = self._train_split(self.train_ids)
-        for name, ids, split in (("train_MUA", self.train_ids, train_split), ("test_MUA", self.test_ids, None)):
-            ds = norm[name]
+        for name, ids, split in (("train_MUA", self.train_ids, "train"), ("test_MUA", self.test_ids, "test")):
+            ds = norm[name]  # official splits: ingest carves val out of train by image, as it does for the rows
             for a in range(0, ds.shape[0], per):
                 b = min(a + per, ds.shape[0])
-                yield self._response_table(ds[a:b, :], ids[a:b], split[a:b] if split is not None else "test", None)
+                yield self._response_table(ds[a:b, :], ids[a:b], split, None)
         if "test_MUA_reps" in norm:
             ds = norm["test_MUA_reps"]
             if ds.ndim != 3 or ds.shape[1:] != (len(self.test_ids), n):
@@ -392,3 +385,6 @@ def _image_paths(path: Path) -> tuple[np.ndarray, np.ndarray]:
             except ValueError as err:
                 raise SourceError(f"{path}: {name}.things_path: {err}") from None
     return out[0], out[1]
+
+
+READER = register(TvsdEntry, discover, open_item)

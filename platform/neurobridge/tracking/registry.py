@@ -1,8 +1,8 @@
-"""`neurobridge registry`: trained models from MLflow runs → registered versions with lineage and aliases.
+"""The MLflow model registry: trained models from MLflow runs → registered versions with lineage and aliases.
 
-A run is registered by its ``kind`` tag: ``pretrain`` (a window encoder, ``tracking/pyfunc_encoder.py``) or
-``align`` (projectors from neural responses to image-embedding space, ``tracking/pyfunc_projector.py``); each kind
-names the file its ``model/`` folder must hold. The registered model is a pyfunc saved from code (nothing pickled)
+A run is registered by its ``kind`` tag, through the ``ModelKind`` its model family supplies (the window encoder
+and the alignment projectors: ``inference/registrable.py``); each kind names the file its ``model/`` folder must
+hold. The registered model is a pyfunc saved from code (nothing pickled)
 whose artifact is the run's weights-only ``model/`` folder, with a signature and an input example. Each version
 carries the run's lineage as tags (dataset versions, config hash, git commit, final metrics) and new versions get
 the ``candidate`` alias; ``promote`` moves ``champion``.
@@ -13,29 +13,33 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from neurobridge.config import Settings, get_settings
 from neurobridge.tracking import mlflow_run
 
-PYFUNC_CODE = {
-    "pretrain": Path(__file__).with_name("pyfunc_encoder.py"),
-    "align": Path(__file__).with_name("pyfunc_projector.py"),
-}
 MODEL_DIR = "registered_model"  # run artifact folder holding the MLflow model (MLmodel, code, artifacts)
-KINDS = {"pretrain": "model.pt", "align": "align_model.json"}  # run kind → the file its `model/` folder must hold
 
 
-def key_metric(kind: str, name: str) -> bool:
-    """Final values tagged on the version: the training losses, or each region set's test retrieval."""
-    if kind == "align":
-        return name.endswith((".test.image_top1", ".test.image_top5", ".test.image_chance1"))
-    return name in ("loss", "poisson_nll", "mse", "step", "val_loss", "best_val_loss", "best_step")
+@dataclass(frozen=True)
+class ModelKind:
+    """How runs of one ``kind`` tag become registered models; the model families supply these (``inference``),
+    so this module knows MLflow and lineage, never a model class.
+
+    ``describe(folder)`` loads the run's ``model/`` folder weights-only (refusing anything else) and returns the
+    MLflow signature and input example; ``key_metric(name)`` says which final metrics are tagged on the version."""
+
+    kind: str
+    file: str  # the file a run's model/ folder must hold
+    pyfunc_code: Path  # the PythonModel module saved with the model (models from code: nothing pickled)
+    describe: Callable[[Path], tuple[Any, Any]]
+    key_metric: Callable[[str], bool]
 
 
 DEFAULT_ALIAS = "candidate"
-EXAMPLE_BINS = 10
 
 
 class RegistryError(ValueError):
@@ -94,86 +98,6 @@ def config_hash(client, run_id: str) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def input_example(vocabs, neurons_per_token: int):
-    """One window the model knows (its first session and region): the MLflow input example."""
-    import numpy as np
-    import pandas as pd
-
-    def first(name: str) -> str:
-        keys = vocabs[name].to_list()
-        return keys[0] if keys else "unknown"
-
-    n_units = neurons_per_token
-    counts = (np.arange(n_units * EXAMPLE_BINS) % 3).astype(np.int64).tolist()
-    row = {
-        "session": first("session"),
-        "subject": first("subject"),
-        "task": first("task"),
-        "dataset": first("dataset"),
-        "n_units": n_units,
-        "n_bins": EXAMPLE_BINS,
-        "counts": counts,
-        "unit_regions": [first("region")] * n_units,
-        "unit_ids": [f"u{i}" for i in range(n_units)],
-    }
-    return pd.DataFrame([row])
-
-
-def signature(d_model: int):
-    import numpy as np
-    from mlflow.models import ModelSignature
-    from mlflow.types.schema import Array, ColSpec, Schema, TensorSpec
-
-    inputs = Schema(
-        [
-            ColSpec("string", "session"),
-            ColSpec("string", "subject"),
-            ColSpec("string", "task"),
-            ColSpec("string", "dataset", required=False),
-            ColSpec("long", "n_units"),
-            ColSpec("long", "n_bins"),
-            ColSpec(Array("long"), "counts", required=False),
-            ColSpec(Array("double"), "mua", required=False),
-            ColSpec(Array("string"), "unit_regions"),
-            ColSpec(Array("string"), "unit_ids", required=False),
-        ]
-    )
-    return ModelSignature(inputs=inputs, outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, d_model))]))
-
-
-def projector_signature(dim: int):
-    import numpy as np
-    from mlflow.models import ModelSignature
-    from mlflow.types.schema import Array, ColSpec, Schema, TensorSpec
-
-    inputs = Schema(
-        [
-            ColSpec("string", "session"),
-            ColSpec(Array("double"), "features"),
-            ColSpec("string", "region_set", required=False),
-        ]
-    )
-    return ModelSignature(inputs=inputs, outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, dim))]))
-
-
-def _align_parts(local: Path):
-    """(signature, input example) of an align run's ``model/`` folder, after loading every projector in it."""
-    import numpy as np
-    import pandas as pd
-
-    from neurobridge.align.encoder_train import load_aligned_model
-
-    card = json.loads((local / KINDS["align"]).read_text())
-    missing = [f for f in card.get("files", {}).values() if not (local / f).exists()]
-    if not card.get("files") or missing:
-        raise RegistryError(f"{local / KINDS['align']}: projector files missing: {missing or 'none listed'}")
-    first = next(iter(card["files"]))
-    models = {name: load_aligned_model(str(local / f)) for name, f in card["files"].items()}  # weights-only
-    session, dim = next(iter(models[first].in_dims.items()))
-    example = pd.DataFrame([{"session": session, "features": np.zeros(dim).tolist(), "region_set": first}])
-    return projector_signature(int(card["embedding_dim"])), example
-
-
 def _requirements() -> list[str]:
     import mlflow
     import torch
@@ -184,12 +108,14 @@ def _requirements() -> list[str]:
 
 
 def register(
-    run_id: str, name: str, alias: str | None = DEFAULT_ALIAS, settings: Settings | None = None
+    run_id: str,
+    name: str,
+    kinds: Mapping[str, ModelKind],
+    alias: str | None = DEFAULT_ALIAS,
+    settings: Settings | None = None,
 ) -> VersionInfo:
     """Register a FINISHED run's model as a new version of ``name`` (created if new) with lineage tags."""
     import mlflow.pyfunc
-
-    from neurobridge.models.checkpoint import load_checkpoint
 
     settings = settings or get_settings()
     client = _client(settings)
@@ -202,26 +128,23 @@ def register(
         raise RegistryError(f"run {run_id} ({run.info.run_name}) is {status}: only FINISHED runs are registered")
     tags = run.data.tags
     kind = tags.get("kind")
-    if kind not in KINDS:
-        raise RegistryError(f"run {run_id} has kind {kind!r}; registrable kinds: {', '.join(KINDS)}")
+    if kind not in kinds:
+        raise RegistryError(f"run {run_id} has kind {kind!r}; registrable kinds: {', '.join(kinds)}")
+    spec = kinds[kind]
     with tempfile.TemporaryDirectory() as d:
         try:
             local = Path(client.download_artifacts(run_id, "model", d))
         except Exception as err:
             raise RegistryError(f"run {run_id} logged no model/ folder ({type(err).__name__})") from None
-        if not (local / KINDS[kind]).exists():
+        if not (local / spec.file).exists():
             raise RegistryError(
-                f"run {run_id}: model/ holds {sorted(p.name for p in local.iterdir())}, not {KINDS[kind]}"
+                f"run {run_id}: model/ holds {sorted(p.name for p in local.iterdir())}, not {spec.file}"
             )
-        if kind == "align":
-            sig, example = _align_parts(local)
-        else:
-            model, vocabs, _ = load_checkpoint(local / KINDS[kind])  # weights-only; refuses anything else
-            sig, example = signature(model.cfg.d_model), input_example(vocabs, model.cfg.neurons_per_token)
+        sig, example = spec.describe(local)
         out = Path(d) / MODEL_DIR
         mlflow.pyfunc.save_model(
             str(out),
-            python_model=str(PYFUNC_CODE[kind]),
+            python_model=str(spec.pyfunc_code),
             artifacts={"model": str(local)},
             model_config={"kind": kind},
             signature=sig,
@@ -235,7 +158,7 @@ def register(
         "git_commit": tags.get("git_commit", "unknown"),
         "config_hash": config_hash(client, run_id),
         **{k: v for k, v in tags.items() if k.startswith("dataset.") or k == "mixture" and v},
-        **{f"metric.{k}": f"{v:.6g}" for k, v in sorted(run.data.metrics.items()) if key_metric(kind, k)},
+        **{f"metric.{k}": f"{v:.6g}" for k, v in sorted(run.data.metrics.items()) if spec.key_metric(k)},
     }
     from mlflow.exceptions import MlflowException
 

@@ -7,74 +7,16 @@ uses: NLB's official ``heldout`` flags where a session has them, else a determin
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 from ray.data.collate_fn import ArrowBatchCollateFn
 
-from neurobridge.data.store import unit_columns
 from neurobridge.models.patching import Batch, collate
 from neurobridge.models.vocab import Vocabularies
-from neurobridge.train.rows import table_rows
-
-HELDOUT_FRACTION = 0.25
-
-
-def _hash_fraction(session: str, unit: str) -> float:
-    digest = hashlib.blake2b(f"{session}\x1f{unit}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2.0**64
-
-
-class HeldoutSplit:
-    """session → unit id → held-out flag: official flags where given (any True), else ``fraction`` by hash.
-
-    The hash rule is stable across runs, machines and unit order, and a session's split never depends on which
-    other sessions are loaded, so training, fine-tuning and evaluation all agree on it.
-    """
-
-    def __init__(self, official: Mapping[str, Mapping[str, bool]] | None = None, fraction: float = HELDOUT_FRACTION):
-        self.official = {s: dict(f) for s, f in (official or {}).items() if any(f.values())}
-        self.fraction = fraction
-        self._cache: dict[str, dict[str, bool]] = {}
-
-    def flags(self, session: str, unit_ids) -> np.ndarray:
-        table = self.official.get(session)
-        if table is None:
-            table = self._cache.setdefault(session, {})
-            missing = [u for u in unit_ids if u not in table]
-            for u in missing:
-                table[u] = _hash_fraction(session, u) < self.fraction
-            if missing and not any(table.values()) and len(table) >= 2:
-                table[min(table, key=lambda u: _hash_fraction(session, u))] = True  # at least one held-out unit
-        return np.fromiter((table.get(u, False) for u in unit_ids), dtype=bool, count=len(unit_ids))
-
-    def to_dict(self) -> dict:
-        return {"official": self.official, "fraction": self.fraction}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> HeldoutSplit:
-        return cls(d.get("official"), d.get("fraction", HELDOUT_FRACTION))
-
-
-def heldout_flags(settings, srcs) -> dict[str, dict[str, bool]]:
-    """session → unit id → held-out flag, from the ``units/`` side tables (NLB's official split when present)."""
-    return {
-        sess: {u: bool(f) for u, f in flags.items()}
-        for s in srcs
-        for sess, flags in unit_columns(settings, s, "heldout").items()
-    }
-
-
-def with_heldout(rows: list[dict], split: HeldoutSplit | None) -> list[dict]:
-    if split is None:
-        return rows
-    for r in rows:
-        if r.get("unit_ids") is not None and r.get("session") is not None:
-            r["heldout"] = split.flags(r["session"], list(r["unit_ids"]))
-    return rows
+from neurobridge.store.rows import table_rows
+from neurobridge.store.splits import HeldoutSplit, hash_fraction, with_heldout
 
 
 def crop_rows(rows: list[dict], max_bins: int | None, seed: int) -> list[dict]:
@@ -89,7 +31,7 @@ def crop_rows(rows: list[dict], max_bins: int | None, seed: int) -> list[dict]:
         nb, nu = int(r["n_bins"]), int(r["n_units"])
         if nb <= max_bins:
             continue
-        offset = int(_hash_fraction(str(seed), str(r.get("sample_id"))) * (nb - max_bins + 1))
+        offset = int(hash_fraction(str(seed), str(r.get("sample_id"))) * (nb - max_bins + 1))
         for key in ("counts", "mua"):
             if r.get(key) is not None:
                 r[key] = np.asarray(r[key]).reshape(nu, nb)[:, offset : offset + max_bins].reshape(-1)

@@ -9,7 +9,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from neurobridge.catalog import describe_validation_error
+from neurobridge.config import describe_validation_error
 from neurobridge.models.config import ModelConfig
 
 

@@ -13,15 +13,17 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from neurobridge.config import Settings, get_settings
-from neurobridge.data.store import sources
-from neurobridge.evaluate.session_data import session_rows
 from neurobridge.models.checkpoint import load_checkpoint, save_checkpoint
 from neurobridge.models.config import ModelConfig
 from neurobridge.models.ndt import MaskedNeuralModel
 from neurobridge.models.patching import CONTEXT
 from neurobridge.models.vocab import Vocabularies, unit_key
 from neurobridge.storage import StoreError
-from neurobridge.train.batches import CollateWindows, HeldoutSplit, heldout_flags
+from neurobridge.store.read import sources
+from neurobridge.store.rows import session_rows
+from neurobridge.store.splits import HeldoutSplit, heldout_flags
+from neurobridge.train.batches import CollateWindows
+from neurobridge.train.components import Reporter
 from neurobridge.train.config import DataConfig, OptimConfig, PretrainConfig, ValidationConfig
 from neurobridge.train.loop import run_steps, val_loss
 
@@ -173,7 +175,7 @@ def finetune(
         vocabs,
         batches,
         device=torch.device("cpu"),
-        report=lambda m, _state: history.append(dict(m)),
+        report=Reporter(lambda m, _d: history.append(dict(m))),
         validate=validate,
     )
     best = last.pop("best", None)

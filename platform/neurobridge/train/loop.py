@@ -11,7 +11,6 @@ import math
 import resource
 import time
 from collections.abc import Callable, Iterable
-from pathlib import Path
 
 import torch
 
@@ -19,8 +18,6 @@ from neurobridge.models.ndt import MaskedNeuralModel
 from neurobridge.models.vocab import Vocabularies
 from neurobridge.train.batches import Collated
 from neurobridge.train.config import PretrainConfig
-
-STATE_FILE = "train_state.pt"
 
 
 class NonFiniteLoss(RuntimeError):
@@ -207,23 +204,6 @@ class _Clock:
         self.wait = self.compute = 0.0
         self.tokens = self.steps = 0
         return out
-
-
-def save_state(state: dict, directory: str | Path, vocabs: Vocabularies, cfg: PretrainConfig) -> Path:
-    path = Path(directory) / STATE_FILE
-    torch.save({**state, "vocabs": vocabs.to_dict(), "config": cfg.model_dump(mode="json")}, path)
-    return path
-
-
-def load_state(directory: str | Path, cfg: PretrainConfig) -> dict:
-    """A training state written by ``save_state``; refuses one from another model config."""
-    from neurobridge.models.checkpoint import CheckpointError, _diff
-
-    payload = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
-    diffs = _diff(payload["config"]["model"], cfg.model.model_dump(mode="json"), "model.")
-    if diffs:
-        raise CheckpointError("the checkpoint comes from another model config: " + "; ".join(diffs[:5]))
-    return payload
 
 
 @torch.no_grad()

@@ -7,20 +7,26 @@ laptop or N GPUs on a cluster: only ``scaling`` changes.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
-from neurobridge.config import Settings, get_settings
-from neurobridge.data.store import Source, ray_dataset, sources, unit_columns
+from neurobridge.config import Settings, ensure_ray, get_settings
 from neurobridge.models.vocab import Vocabularies, unit_key
-from neurobridge.runtime import ensure_ray
-from neurobridge.storage import StoreError, filesystem, is_local_fs, join
+from neurobridge.storage import StoreError
+from neurobridge.store.read import Source, ray_dataset, sources, unit_columns
+from neurobridge.store.rows import ROW_COLUMNS
+from neurobridge.store.splits import HeldoutSplit, heldout_flags
 from neurobridge.tracking import mlflow_run
-from neurobridge.train.batches import CollateWindows, HeldoutSplit, heldout_flags
+from neurobridge.train.batches import CollateWindows
+from neurobridge.train.components import (
+    Reporter,
+    export_model,
+    load_state,
+    loss_figure,
+    ray_train_backend,
+    runs_storage,
+    state_writer,
+)
 from neurobridge.train.config import PretrainConfig
-from neurobridge.train.rows import ROW_COLUMNS
 
 SHUFFLE_BUFFER = 256
 
@@ -42,11 +48,11 @@ def vocabularies(srcs: list[Source], exclude_sessions=(), settings: Settings | N
         if settings is not None:
             units = unit_columns(settings, s, None)
             v.unit.add([unit_key(sess, u) for sess, ids in units.items() if sess not in skip for u in ids])
-        voc = s.ref.card.get("vocabularies", {})
-        v.session.add([x for x in voc.get("sessions", []) if x not in skip])
-        v.subject.add(voc.get("subjects", []))
-        v.task.add(voc.get("tasks", []))
-        v.region.add(list((voc.get("regions") or {}).keys()))
+        voc = s.ref.card.vocabularies
+        v.session.add([x for x in voc.sessions if x not in skip])
+        v.subject.add(voc.subjects)
+        v.task.add(voc.tasks)
+        v.region.add(list(voc.regions))
         v.dataset.add([s.name])
     return v
 
@@ -63,27 +69,14 @@ def epoch_rows(cfg: PretrainConfig, srcs: list[Source]) -> int | None:
     return need if sum(s.rows("train") for s in srcs) < need else None
 
 
-def runs_storage(settings: Settings) -> tuple[str, object | None]:
-    """Ray Train storage under ``<store>/runs``: a path, plus a pyarrow filesystem for object stores."""
-    uri = join(settings.store, "runs")
-    fs, path = filesystem(uri, settings)
-    if is_local_fs(fs):
-        Path(path).mkdir(parents=True, exist_ok=True)
-        return path, None
-    import pyarrow.fs as pafs
-
-    return path, pafs.PyFileSystem(pafs.FSSpecHandler(fs))
-
-
 def train_loop_per_worker(config: dict) -> None:
     """Runs in every Ray Train worker."""
     import ray.train
     import ray.train.torch
     import torch
-    from ray.train import Checkpoint
 
     from neurobridge.models.ndt import MaskedNeuralModel
-    from neurobridge.train.loop import load_state, run_steps, save_state, val_loss
+    from neurobridge.train.loop import run_steps, val_loss
 
     cfg = PretrainConfig.model_validate(config["cfg"])
     vocabs = Vocabularies.from_dict(config["vocabs"])
@@ -120,21 +113,9 @@ def train_loop_per_worker(config: dict) -> None:
             local_shuffle_seed=cfg.seed + epoch,
         )
 
-    fault = config.get("fault") or {}
-
-    def report(metrics: dict, full_state: dict | None) -> None:
-        _maybe_die(fault, metrics["step"], rank)
-        if logger is not None:
-            logger.log(metrics, metrics["step"])
-        if full_state is None:
-            ray.train.report(metrics)
-            return
-        with tempfile.TemporaryDirectory() as d:
-            if rank == 0:
-                save_state(full_state, d, vocabs, cfg)
-                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))
-            else:
-                ray.train.report(metrics)
+    report = Reporter(
+        ray_train_backend, state_writer(vocabs, cfg), logger=logger, rank=rank, faults=config.get("faults")
+    )
 
     validate = None
     if rank == 0 and cfg.validation.every is not None:
@@ -173,25 +154,6 @@ def _val_batches(shard, cfg: PretrainConfig, collate_fn: CollateWindows) -> list
     rows = pa.concat_tables(tables)
     size = cfg.optim.batch_size
     return [collate_fn(rows.slice(i, size)) for i in range(0, rows.num_rows, size)]
-
-
-FAULT_ENV = "NB_FAULT_KILL_WORKER_AT_STEP"  # "<step>:<marker file>": fault injection for resume tests
-
-
-def _fault_spec() -> dict | None:
-    """Read on the driver and shipped in the loop config, so it reaches workers on any cluster."""
-    raw = os.environ.get(FAULT_ENV)
-    if not raw:
-        return None
-    step, _, marker = raw.partition(":")
-    return {"step": int(step), "marker": marker}
-
-
-def _maybe_die(fault: dict, step: int, rank: int) -> None:
-    """Kill this worker process (no exception, no cleanup: a real crash) once, at the given step, on rank 0."""
-    if fault and rank == 0 and step >= fault["step"] and not os.path.exists(fault["marker"]):
-        Path(fault["marker"]).write_text(f"killed at step {step}\n")
-        os._exit(17)
 
 
 def pretrain(cfg: PretrainConfig, settings: Settings | None = None, resume_from: str | None = None) -> PretrainResult:
@@ -244,7 +206,7 @@ def pretrain(cfg: PretrainConfig, settings: Settings | None = None, resume_from:
             "heldout": heldout.to_dict(),
             "mlflow_uri": settings.mlflow_uri,
             "run_id": run_id,
-            "fault": _fault_spec(),
+            "faults": settings.faults(),
         },
         scaling_config=ScalingConfig(
             num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker={"CPU": s.cpus_per_worker}
@@ -266,62 +228,14 @@ def pretrain(cfg: PretrainConfig, settings: Settings | None = None, resume_from:
         if result.error is not None:
             raise result.error
         checkpoint = result.checkpoint.path if result.checkpoint is not None else None
-        _finish(settings, run_id, cfg, vocabs, checkpoint, pa_fs)
+        _finish(settings, run_id, cfg, checkpoint, pa_fs)
         return PretrainResult(run_id, checkpoint, dict(result.metrics or {}), path)
     finally:
         mlflow_run.end_run(settings.mlflow_uri, run_id, ok)
 
 
-def _finish(settings: Settings, run_id: str, cfg: PretrainConfig, vocabs: Vocabularies, checkpoint, pa_fs) -> None:
+def _finish(settings: Settings, run_id: str, cfg: PretrainConfig, checkpoint, pa_fs) -> None:
     """Loss curve figure and the final model (weights-only checkpoint + vocabularies) into the MLflow run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    uri = settings.mlflow_uri
-    fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
-    for keys, a in ((("loss", "val_loss"), ax[0]), (("lr",), ax[1])):
-        for key in keys:
-            hist = mlflow_run.metric_history(uri, run_id, key)
-            if hist:
-                steps, values = zip(*hist, strict=True)
-                a.plot(steps, values, label=key)
-        a.set(xlabel="step", ylabel=keys[0], title=" / ".join(keys))
-        if len(keys) > 1:
-            a.legend()
-    fig.tight_layout()
-    mlflow_run.log_figure(uri, run_id, fig, "plots/loss.png")
-    plt.close(fig)
+    loss_figure(settings.mlflow_uri, run_id)
     if checkpoint is not None:
-        model_file = export_model(checkpoint, cfg, pa_fs)
-        mlflow_run.log_artifact(uri, run_id, model_file, "model")
-
-
-def export_model(checkpoint: str, cfg: PretrainConfig, pa_fs=None) -> str:
-    """The final training state as a standalone model checkpoint (``models.checkpoint`` format)."""
-    import torch
-
-    from neurobridge.models.checkpoint import save_checkpoint
-    from neurobridge.models.ndt import MaskedNeuralModel
-    from neurobridge.train.loop import STATE_FILE
-
-    out = Path(tempfile.mkdtemp(prefix="nb-model-")) / "model.pt"
-    if pa_fs is None:
-        payload = torch.load(Path(checkpoint) / STATE_FILE, map_location="cpu", weights_only=True)
-    else:
-        with pa_fs.open_input_file(f"{checkpoint}/{STATE_FILE}") as f:
-            import io
-
-            payload = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
-    vocabs = Vocabularies.from_dict(payload["vocabs"])
-    model = MaskedNeuralModel(cfg.model, vocabs)
-    extra = {"step": int(payload["step"]), "heldout_fraction": cfg.data.heldout_fraction}
-    best = payload.get("best")
-    if best is not None and cfg.validation.keep_best:
-        model.load_state_dict(best["model"])
-        extra |= {"step": int(best["step"]), "val_loss": float(best["val_loss"]), "last_step": int(payload["step"])}
-    else:
-        model.load_state_dict(payload["model"])
-    save_checkpoint(str(out), model, vocabs, extra)
-    return str(out)
+        mlflow_run.log_artifact(settings.mlflow_uri, run_id, export_model(checkpoint, cfg, pa_fs), "model")

@@ -14,9 +14,9 @@ import numpy as np
 import pyarrow as pa
 
 from neurobridge.config import Settings
-from neurobridge.data.store import Source, _mix, epoch_plan, iter_local
 from neurobridge.storage import StoreError
-from neurobridge.train.rows import ROW_COLUMNS
+from neurobridge.store.read import Source, epoch_plan, iter_local, mix_rows, one_bin_width
+from neurobridge.store.rows import ROW_COLUMNS
 
 
 def mixed_rows(
@@ -28,10 +28,11 @@ def mixed_rows(
     exclude_sessions: frozenset = frozenset(),
 ) -> pa.Table:
     """The train rows of one epoch of the mixture (rows repeated or dropped by their dataset's multiple)."""
+    one_bin_width(srcs)
     plan = epoch_plan({s.name: s.rows("train") for s in srcs}, rule, epoch_rows)
     cols = list(dict.fromkeys([*ROW_COLUMNS, "dataset", "session", "sample_id", "split"]))
     parts = [
-        _mix(pa.Table.from_batches([b]), plan, seed, exclude_sessions)
+        mix_rows(pa.Table.from_batches([b]), plan, seed, exclude_sessions)
         for s in srcs
         if plan[s.name] > 0
         for b in iter_local(settings, s, "train", cols)

@@ -18,8 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from neurobridge.config import Settings, get_settings
-from neurobridge.runtime import ensure_ray
+from neurobridge.config import Settings, ensure_ray, get_settings
 from neurobridge.storage import StoreError, filesystem, is_local_fs, join
 from neurobridge.tracking import mlflow_run
 from neurobridge.tune import results as res

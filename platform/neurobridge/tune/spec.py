@@ -13,8 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from neurobridge.catalog import describe_validation_error
-from neurobridge.config import set_dotted
+from neurobridge.config import describe_validation_error, set_dotted
 
 INTERMEDIATE = frozenset({"loss", "poisson_nll", "mse"})  # what pretrain trials report every log_every steps
 

@@ -84,7 +84,7 @@ def finished_child(st: Settings, spec: AblationSpec, parent_run_id: str, key: st
 
 
 def _dataset_versions(spec: AblationSpec, cfg, st: Settings) -> dict[str, str]:
-    from neurobridge.data.store import sources
+    from neurobridge.store.read import sources
 
     srcs = (
         sources(st, cfg.data.datasets, cfg.data.mixture) if spec.kind == "pretrain" else sources(st, cfg.data.datasets)
@@ -95,12 +95,14 @@ def _dataset_versions(spec: AblationSpec, cfg, st: Settings) -> dict[str, str]:
 def _pretrain(cfg, spec: AblationSpec, st: Settings, run_id: str) -> dict:
     import torch
     from ray import tune
-    from ray.tune import Checkpoint
 
-    from neurobridge.data.store import sources
+    from neurobridge.models.checkpoint import save_checkpoint
     from neurobridge.models.ndt import MaskedNeuralModel
-    from neurobridge.train.batches import CollateWindows, HeldoutSplit, heldout_flags
-    from neurobridge.train.loop import load_state, run_steps, save_state
+    from neurobridge.store.read import sources
+    from neurobridge.store.splits import HeldoutSplit, heldout_flags
+    from neurobridge.train.batches import CollateWindows
+    from neurobridge.train.components import Reporter, load_state, log_model, loss_figure, state_writer, tune_backend
+    from neurobridge.train.loop import run_steps
     from neurobridge.train.pretrain import vocabularies
     from neurobridge.tune.local_data import epoch_batches, mixed_rows
 
@@ -122,31 +124,17 @@ def _pretrain(cfg, spec: AblationSpec, st: Settings, run_id: str) -> dict:
             state = load_state(d, cfg)
     logger = mlflow_run.MetricsLogger(st.mlflow_uri, run_id)
 
-    def report(metrics: dict, full_state: dict | None) -> None:
-        logger.log(metrics, metrics["step"])
-        if full_state is None:
-            tune.report(metrics)
-            return
-        with tempfile.TemporaryDirectory() as d:
-            save_state(full_state, d, vocabs, cfg)
-            tune.report(metrics, checkpoint=Checkpoint.from_directory(d))
-
+    report = Reporter(tune_backend, state_writer(vocabs, cfg), logger=logger)
     last = run_steps(cfg, model, vocabs, batches, device=torch.device("cpu"), state=state, report=report)
     final = {k: v for k, v in last.items() if isinstance(v, int | float)}
-    with tempfile.TemporaryDirectory() as d:
-        model_file = str(Path(d) / "model.pt")
-        from neurobridge.models.checkpoint import save_checkpoint
-
-        save_checkpoint(
-            model_file,
-            model,
-            vocabs,
-            {"step": int(final.get("step", cfg.optim.max_steps)), "heldout_fraction": cfg.data.heldout_fraction},
-        )
-        mlflow_run.log_artifact(st.mlflow_uri, run_id, model_file, "model")
-        if spec.evaluate.enabled:
+    extra = {"step": int(final.get("step", cfg.optim.max_steps)), "heldout_fraction": cfg.data.heldout_fraction}
+    log_model(st.mlflow_uri, run_id, model, vocabs, extra)
+    if spec.evaluate.enabled:
+        with tempfile.TemporaryDirectory() as d:
+            model_file = str(Path(d) / "model.pt")
+            save_checkpoint(model_file, model, vocabs, extra)
             final.update(_co_bps(model_file, cfg, spec, st))
-    _loss_plot(st, run_id)
+    loss_figure(st.mlflow_uri, run_id, (("loss",),))
     return final
 
 
@@ -178,24 +166,6 @@ def _co_bps(model_file: str, cfg, spec: AblationSpec, st: Settings) -> dict:
     if vals:
         out["co_bps"] = sum(vals) / len(vals)
     return out
-
-
-def _loss_plot(st: Settings, run_id: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    hist = mlflow_run.metric_history(st.mlflow_uri, run_id, "loss")
-    if not hist:
-        return
-    fig, ax = plt.subplots(figsize=(5, 3))
-    steps, values = zip(*hist, strict=True)
-    ax.plot(steps, values)
-    ax.set(xlabel="step", ylabel="loss", title="training loss")
-    fig.tight_layout()
-    mlflow_run.log_figure(st.mlflow_uri, run_id, fig, "plots/loss.png")
-    plt.close(fig)
 
 
 def _align(cfg, st: Settings) -> dict:

@@ -1,0 +1,164 @@
+"""`neurobridge bench train`: the same model and data through Ray Train vs a plain PyTorch loop, in one run.
+
+Three measurements, all on the configured mixture: (1) the data path alone (Parquet → Ray Data → collated torch
+batches, exactly what a worker iterates), (2) a plain single-process loop over the same batches with the same
+thread count as a Ray worker, (3) ``pretrain`` on Ray Train. Rates are steady-state (the first steps are warm-up),
+so the reported Ray overhead is the per-step cost of Ray Train and Ray Data, not the worker start-up (reported
+separately).
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from collections.abc import Callable
+
+import torch
+
+from neurobridge.config import Settings, ensure_ray, get_settings
+from neurobridge.models.ndt import MaskedNeuralModel
+from neurobridge.store.read import ray_dataset, sources
+from neurobridge.store.rows import ROW_COLUMNS
+from neurobridge.store.splits import HeldoutSplit, heldout_flags
+from neurobridge.tracking import mlflow_run
+from neurobridge.train.batches import CollateWindows
+from neurobridge.train.config import PretrainConfig
+from neurobridge.train.loop import run_steps
+from neurobridge.train.pretrain import pretrain, vocabularies
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def data_path_rate(settings: Settings, cfg: PretrainConfig, batches: int, keep: list | None = None) -> dict:
+    """Tokens/s the data path delivers with nothing consuming it (iter_torch_batches + the training collate);
+    ``keep`` collects the batches so the plain loop trains on exactly the same mixed, padded batches."""
+    srcs = sources(settings, cfg.data.datasets, cfg.data.mixture)
+    vocabs = vocabularies(srcs, cfg.data.holdout_sessions, settings)
+    collate = CollateWindows(
+        vocabs,
+        cfg.model.neurons_per_token,
+        HeldoutSplit(heldout_flags(settings, srcs)),
+        cfg.data.max_units,
+        cfg.data.crop_bins,
+        cfg.seed,
+    )
+    ds = ray_dataset(
+        settings,
+        srcs,
+        "train",
+        cfg.data.mixing,
+        cfg.data.epoch_rows,
+        cfg.seed,
+        ROW_COLUMNS,
+        exclude_sessions=frozenset(cfg.data.holdout_sessions),
+    )
+    n = tokens = 0
+    t0 = time.perf_counter()
+    t_first = None
+    while n < batches:
+        for item in ds.iter_torch_batches(
+            batch_size=cfg.optim.batch_size,
+            collate_fn=collate,
+            drop_last=True,
+            prefetch_batches=2,
+            local_shuffle_buffer_size=256,
+        ):
+            if t_first is None:
+                t_first = time.perf_counter()
+                continue  # the first batch pays the pipeline start
+            n += 1
+            tokens += int(item.batch.token_valid.sum())
+            if keep is not None:
+                keep.append(item)
+            if n >= batches:
+                break
+    elapsed = time.perf_counter() - (t_first or t0)
+    return {"tokens_per_s": tokens / elapsed, "batches": n, "startup_s": (t_first or t0) - t0, "vocabs": vocabs}
+
+
+def plain_loop_rate(cfg: PretrainConfig, vocabs, threads: int, prepared: list) -> dict:
+    """Steady-state tokens/s of the training step in one process, no Ray, on batches prepared in memory (the
+    same batches the Ray data path produced, so both loops see the same mix and padding)."""
+    if not prepared:
+        raise ValueError("not enough training rows for one batch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(cfg.seed)
+        model = MaskedNeuralModel(cfg.model, vocabs)
+        marks: list[tuple[int, float, int]] = []
+        tokens = {"n": 0}
+
+        def batches(epoch: int):
+            for item in prepared:
+                tokens["n"] += int(item.batch.token_valid.sum())
+                yield item
+
+        def report(m: dict, _state) -> None:
+            marks.append((m["step"], time.perf_counter(), tokens["n"]))
+
+        run_steps(cfg, model, vocabs, batches, device=torch.device("cpu"), report=report)
+    finally:
+        torch.set_num_threads(before)
+    return _steady(marks)
+
+
+def _steady(marks: list[tuple[int, float, int]]) -> dict:
+    """Rate between the second report and the last (skips warm-up and the first interval)."""
+    if len(marks) < 3:
+        raise ValueError("too few steps to measure: raise --steps or lower log_every")
+    (s0, t0, n0), (s1, t1, n1) = marks[1], marks[-1]
+    return {"tokens_per_s": (n1 - n0) / (t1 - t0), "steps": s1 - s0, "seconds": t1 - t0}
+
+
+def bench_train(
+    cfg: PretrainConfig, settings: Settings | None = None, data_batches: int = 40, echo: Callable[[str], None] = print
+) -> dict:
+    settings = settings or get_settings()
+    s = cfg.scaling
+    ensure_ray(settings, min_cpus=int(s.num_workers * s.cpus_per_worker) + 2)
+    threads = max(1, int(s.cpus_per_worker))
+    echo(
+        f"model d={cfg.model.d_model} depth={cfg.model.depth}, batch {cfg.optim.batch_size}, "
+        f"{cfg.optim.max_steps} steps, {s.num_workers} Ray worker(s) × {s.cpus_per_worker} CPU, "
+        f"plain loop with {threads} thread(s)"
+    )
+    prepared: list = []
+    data = data_path_rate(settings, cfg, data_batches, keep=prepared)
+    echo(f"data path  : {data['tokens_per_s']:>10,.0f} tokens/s ({data['batches']} batches, no consumer)")
+    plain = plain_loop_rate(cfg, data["vocabs"], threads, prepared)
+    echo(f"plain loop : {plain['tokens_per_s']:>10,.0f} tokens/s ({plain['steps']} steady steps)")
+    t0 = time.perf_counter()
+    result = pretrain(cfg.model_copy(update={"name": "bench-train"}), settings)
+    wall = time.perf_counter() - t0
+    hist = mlflow_run.metric_history(settings.mlflow_uri, result.run_id, "tokens_per_s")
+    waits = mlflow_run.metric_history(settings.mlflow_uri, result.run_id, "time_data_wait_s")
+    steady = [v for step, v in hist[1:]]  # skip the interval holding the first (warm-up) steps
+    ray_rate = sum(steady) / len(steady)
+    train_steps = cfg.optim.max_steps
+    out = {
+        "data_tokens_per_s": data["tokens_per_s"],
+        "plain_tokens_per_s": plain["tokens_per_s"],
+        "ray_tokens_per_s": ray_rate,
+        "ray_overhead": 1.0 - ray_rate / plain["tokens_per_s"],
+        "data_over_consumption": data["tokens_per_s"] / ray_rate,
+        "ray_data_wait_s_per_step": sum(v for _, v in waits[1:]) / max(len(waits) - 1, 1),
+        "ray_wall_s": wall,
+        "driver_peak_rss_mb": _peak_rss_mb(),
+    }
+    peak = mlflow_run.metric_history(settings.mlflow_uri, result.run_id, "peak_rss_mb")
+    if peak:
+        out["worker_peak_rss_mb"] = max(v for _, v in peak)
+    echo(
+        f"Ray Train  : {ray_rate:>10,.0f} tokens/s (steady state; {train_steps} steps took {wall:.0f} s with start-up)"
+    )
+    echo(f"Ray overhead vs plain loop: {100 * out['ray_overhead']:.1f} %  (target ≤ 15 %)")
+    echo(
+        f"data path / trainer consumption: {out['data_over_consumption']:.1f}×  (target ≥ 5×); "
+        f"mean wait for a batch in the worker {1000 * out['ray_data_wait_s_per_step']:.1f} ms/step"
+    )
+    worker = f", training worker {out['worker_peak_rss_mb']:.0f} MB" if "worker_peak_rss_mb" in out else ""
+    echo(f"peak RSS: driver {out['driver_peak_rss_mb']:.0f} MB{worker}")
+    return out

@@ -1,0 +1,228 @@
+"""`neurobridge pretrain | finetune | evaluate`: training and evaluation commands (registered by cli.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from neurobridge.config import parse_overrides as _parse_overrides
+from neurobridge.workflows.tables import print_alignment, print_report
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err_console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def parse_overrides(items: list[str] | None) -> dict:
+    """``key.sub=value`` pairs; values parse as YAML (numbers, lists, null)."""
+    try:
+        return _parse_overrides(items)
+    except ValueError as e:
+        _fail(str(e))
+
+
+def pretrain(
+    config: Path = typer.Option(None, "--config", "-c", help="YAML config (default: built-in defaults)"),
+    overrides: list[str] = typer.Option(None, "--set", help="override a config key, e.g. --set optim.max_steps=200"),
+):
+    """Masked pretraining on Ray Train over a mixture of token-store datasets; tracked in MLflow."""
+    from neurobridge.storage import StoreError
+    from neurobridge.tracking.mlflow_run import TrackingError
+    from neurobridge.train.config import ConfigError, load_config
+    from neurobridge.train.loop import NonFiniteLoss
+    from neurobridge.train.pretrain import pretrain as run
+
+    try:
+        cfg = load_config(config, parse_overrides(overrides))
+        result = run(cfg)
+    except (ConfigError, StoreError, TrackingError, NonFiniteLoss) as err:
+        _fail(str(err))
+    m = result.metrics
+    console.print(f"[bold]pretrained[/] {cfg.name}: step {m.get('step')}, loss {m.get('loss', float('nan')):.4f}")
+    console.print(f"MLflow run   : {result.run_id}  (model: runs:/{result.run_id})")
+    console.print(f"checkpoint   : {result.checkpoint}")
+
+
+def align(
+    config: Path = typer.Option(..., "--config", "-c", help="YAML alignment config (jobs/configs/align_demo.yaml)"),
+    overrides: list[str] = typer.Option(None, "--set", help="override a config key, e.g. --set projector.epochs=20"),
+):
+    """Neural → image alignment on Ray Train: one projector per region set, retrieval beside chance, MLflow."""
+    from neurobridge.align.config import AlignConfig, ConfigError, load_yaml
+    from neurobridge.align.dataset import AlignDataError
+    from neurobridge.align.experiment import run_alignment
+    from neurobridge.storage import StoreError
+    from neurobridge.tracking.mlflow_run import TrackingError
+
+    try:
+        cfg = load_yaml(AlignConfig, config, parse_overrides(overrides))
+        result = run_alignment(cfg, _settings(), echo=console.print)
+    except (ConfigError, AlignDataError, StoreError, TrackingError) as err:
+        _fail(str(err))
+    print_alignment(result)
+
+
+def finetune(
+    model: str = typer.Option(None, help="model.pt or runs:/<run id>; omit with --scratch"),
+    dataset: str = typer.Option(..., help="dataset ref holding the session"),
+    session: str = typer.Option(...),
+    trials: int = typer.Option(20, help="training windows (k-shot); 0: all"),
+    steps: int = typer.Option(300),
+    lr: float = typer.Option(1e-3),
+    mode: str = typer.Option("all", help="masking mode (heldout: NLB co-smoothing)"),
+    freeze_backbone: bool = typer.Option(False, help="train only context embeddings and output heads"),
+    train_decoder: bool = typer.Option(False, help="with --freeze-backbone: the decoder trains too"),
+    unit_weight_decay: float = typer.Option(0.0, help="decay of all per-unit rows toward the shared read-out"),
+    output_smoothing: float = typer.Option(None, help="Gaussian width (bins) of the model's output smoothing"),
+    val_every: int = typer.Option(None, help="keep the weights of the best pass over the session's val windows"),
+    scratch: bool = typer.Option(False, help="train a fresh model instead (the comparison)"),
+    cv: int = typer.Option(None, help="K-fold cross-validation over all the session's windows instead: --out is JSON"),
+    cv_repeats: int = typer.Option(1, help="with --cv: repeat it with other folds and seeds (scores averaged)"),
+    out: Path = typer.Option(..., help="where to write the fine-tuned model.pt (with --cv: the results JSON)"),
+    seed: int = typer.Option(0),
+):
+    """Fine-tune a pretrained model to a new session (vocabularies extended), or train one from scratch."""
+    from neurobridge.evaluate.run import resolve_model_file
+    from neurobridge.storage import StoreError
+    from neurobridge.train.finetune import FinetuneConfig, save
+    from neurobridge.train.finetune import finetune as run
+
+    if (model is None) != scratch:
+        _fail("give either --model (fine-tune) or --scratch (train from scratch)")
+    cfg = FinetuneConfig(
+        dataset=dataset,
+        session=session,
+        trials=trials or None,
+        steps=steps,
+        lr=lr,
+        mode=mode,
+        freeze_backbone=freeze_backbone,
+        train_decoder=train_decoder,
+        unit_weight_decay=unit_weight_decay,
+        val_every=val_every,
+        output_smoothing=output_smoothing,
+        seed=seed,
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    settings = _settings()
+    try:
+        file = resolve_model_file(model, settings) if model else None
+        if cv is not None:
+            from neurobridge.evaluate.crossval import crossval_finetune
+
+            res = crossval_finetune(cfg, file, settings, folds=cv, progress=console.log, repeats=cv_repeats)
+            out.write_text(json.dumps(res, indent=1, default=float))
+            d = res["minus_smoothing"]
+            times = f"{cv_repeats} x " if cv_repeats > 1 else ""
+            console.print(
+                f"{times}{cv}-fold CV over {res['windows']} windows: co-bps {res['co_bps']:.4f} vs smoothing "
+                f"{res['co_bps_smoothing']:.4f} ({d['bps']:+.4f}, 95 % {d['ci_low']:+.4f} … "
+                f"{d['ci_high']:+.4f}) → {out}"
+            )
+            if "readout_minus_untrained" in res:
+                r, c = res["readout_minus_smoothing"], res["readout_minus_untrained"]
+                console.print(
+                    f"GLM read-out of the latents: {res['co_bps_readout']:.4f} ({r['bps']:+.4f} vs "
+                    f"smoothing); of an untrained encoder's: {res['co_bps_readout_untrained']:.4f}; "
+                    f"trained − untrained {c['bps']:+.4f} (95 % {c['ci_low']:+.4f} … "
+                    f"{c['ci_high']:+.4f})"
+                )
+            return
+        result = run(cfg, file, settings)
+    except (StoreError, ValueError) as err:
+        _fail(str(err))
+    save(result, str(out), cfg)
+    console.print(
+        f"fine-tuned on {len(result.windows)} windows of {session}: loss {result.last.get('loss'):.4f} → {out}"
+    )
+
+
+def _settings():
+    from neurobridge.config import get_settings
+
+    return get_settings()
+
+
+def evaluate(
+    model: str = typer.Argument(..., help="model.pt or runs:/<run id>"),
+    dataset: list[str] = typer.Option(None, help="dataset refs (repeatable)"),
+    mixture: str = typer.Option(None, help="a mixture name instead of datasets"),
+    session: list[str] = typer.Option(None, help="only these sessions (repeatable)"),
+    truth: str = typer.Option(None, help="simulator truth folder (oracle); default <NB_RAW>/sim/truth if present"),
+    max_sessions: int = typer.Option(None, help="sessions per dataset"),
+    out: Path = typer.Option(None, help="also write the report as JSON here"),
+    track: bool = typer.Option(True, help="log the report, metrics and figure to MLflow"),
+):
+    """co-bps / fp-bps / per-region bps / behaviour R² beside mean-rate, smoothing and oracle baselines."""
+    from neurobridge.evaluate.report import EvalConfig
+    from neurobridge.evaluate.run import evaluate as run
+    from neurobridge.storage import StoreError
+
+    settings = _settings()
+    if truth is None and "://" not in settings.raw_root and (Path(settings.raw_root) / "sim" / "truth").is_dir():
+        truth = str(Path(settings.raw_root) / "sim" / "truth")
+    if not dataset and not mixture:
+        _fail("name --dataset (repeatable) or --mixture")
+    try:
+        with console.status("evaluating…") as status:
+            report = run(
+                model,
+                dataset,
+                mixture,
+                session,
+                truth,
+                EvalConfig(max_sessions=max_sessions),
+                settings,
+                track,
+                progress=lambda s: status.update(f"evaluating {s}"),
+            )
+    except StoreError as err:
+        _fail(str(err))
+    print_report(report)
+    if out:
+        out.write_text(json.dumps(report.to_dict(), indent=1, default=float))
+        console.print(f"report → {out}")
+    if report.run_id:
+        console.print(f"MLflow run: {report.run_id}")
+
+
+def bench_train(
+    config: Path = typer.Option(None, "--config", "-c", help="YAML pretraining config (default: built-in defaults)"),
+    overrides: list[str] = typer.Option(None, "--set", help="override a config key"),
+    steps: int = typer.Option(60, help="training steps per measured run"),
+    data_batches: int = typer.Option(60, help="batches drawn in the data-path measurement"),
+):
+    """Tokens/s through Ray Train vs a plain PyTorch loop (same model, same data), data-path headroom, peak RSS."""
+    from neurobridge.bench.train import bench_train as run
+    from neurobridge.train.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(
+            config, {"optim.max_steps": steps, "log_every": 5, "checkpoint_every": steps, **parse_overrides(overrides)}
+        )
+    except ConfigError as err:
+        _fail(str(err))
+    out = run(cfg, data_batches=data_batches, echo=console.print)
+    console.print_json(json.dumps(out))
+
+
+def bench_model(
+    size: str = typer.Option("small", help="small | base | large"),
+    device: str = typer.Option("cpu", help="cpu or cuda"),
+    batch: int = typer.Option(64),
+    steps: int = typer.Option(10),
+    peak_tflops: float = typer.Option(None, help="device peak for MFU (e.g. 989 for H100 SXM dense bf16)"),
+):
+    """Model-only training-step tokens/s and MFU (FLOPs counted by torch) on CPU or GPU."""
+    from neurobridge.bench.model import SIZES, run
+
+    if size not in SIZES:
+        _fail(f"--size {size!r}: one of {list(SIZES)}")
+    console.print_json(json.dumps(run(size, device, batch, steps=steps, peak_tflops=peak_tflops)))

@@ -1,0 +1,130 @@
+"""The model families that can be registered: the masked window encoder (pretraining runs) and the alignment
+projectors (align runs). Each is a ``tracking.registry.ModelKind``: which file its run logs, how that folder is
+loaded weights-only, its MLflow signature and input example, and which final metrics tag the version."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from neurobridge.config import Settings
+from neurobridge.tracking import registry
+from neurobridge.tracking.registry import DEFAULT_ALIAS, RegistryError, VersionInfo
+
+EXAMPLE_BINS = 10
+
+
+def input_example(vocabs, neurons_per_token: int):
+    """One window the model knows (its first session and region): the MLflow input example."""
+    import numpy as np
+    import pandas as pd
+
+    def first(name: str) -> str:
+        keys = vocabs[name].to_list()
+        return keys[0] if keys else "unknown"
+
+    n_units = neurons_per_token
+    counts = (np.arange(n_units * EXAMPLE_BINS) % 3).astype(np.int64).tolist()
+    row = {
+        "session": first("session"),
+        "subject": first("subject"),
+        "task": first("task"),
+        "dataset": first("dataset"),
+        "n_units": n_units,
+        "n_bins": EXAMPLE_BINS,
+        "counts": counts,
+        "unit_regions": [first("region")] * n_units,
+        "unit_ids": [f"u{i}" for i in range(n_units)],
+    }
+    return pd.DataFrame([row])
+
+
+def signature(d_model: int):
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, Schema, TensorSpec
+
+    inputs = Schema(
+        [
+            ColSpec("string", "session"),
+            ColSpec("string", "subject"),
+            ColSpec("string", "task"),
+            ColSpec("string", "dataset", required=False),
+            ColSpec("long", "n_units"),
+            ColSpec("long", "n_bins"),
+            ColSpec(Array("long"), "counts", required=False),
+            ColSpec(Array("double"), "mua", required=False),
+            ColSpec(Array("string"), "unit_regions"),
+            ColSpec(Array("string"), "unit_ids", required=False),
+        ]
+    )
+    return ModelSignature(inputs=inputs, outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, d_model))]))
+
+
+def projector_signature(dim: int):
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, Schema, TensorSpec
+
+    inputs = Schema(
+        [
+            ColSpec("string", "session"),
+            ColSpec(Array("double"), "features"),
+            ColSpec("string", "region_set", required=False),
+        ]
+    )
+    return ModelSignature(inputs=inputs, outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, dim))]))
+
+
+def _align_parts(local: Path):
+    """(signature, input example) of an align run's ``model/`` folder, after loading every projector in it."""
+    import numpy as np
+    import pandas as pd
+
+    from neurobridge.align.encoder_train import load_aligned_model
+
+    card = json.loads((local / ALIGN_FILE).read_text())
+    missing = [f for f in card.get("files", {}).values() if not (local / f).exists()]
+    if not card.get("files") or missing:
+        raise RegistryError(f"{local / ALIGN_FILE}: projector files missing: {missing or 'none listed'}")
+    first = next(iter(card["files"]))
+    models = {name: load_aligned_model(str(local / f)) for name, f in card["files"].items()}  # weights-only
+    session, dim = next(iter(models[first].in_dims.items()))
+    example = pd.DataFrame([{"session": session, "features": np.zeros(dim).tolist(), "region_set": first}])
+    return projector_signature(int(card["embedding_dim"])), example
+
+
+def _describe_encoder(local: Path):
+    from neurobridge.models.checkpoint import load_checkpoint
+
+    model, vocabs, _ = load_checkpoint(local / ENCODER_FILE)  # weights-only; refuses anything else
+    return signature(model.cfg.d_model), input_example(vocabs, model.cfg.neurons_per_token)
+
+
+def _encoder_metric(name: str) -> bool:
+    return name in ("loss", "poisson_nll", "mse", "step", "val_loss", "best_val_loss", "best_step")
+
+
+def _align_metric(name: str) -> bool:
+    return name.endswith((".test.image_top1", ".test.image_top5", ".test.image_chance1"))
+
+
+ENCODER_FILE, ALIGN_FILE = "model.pt", "align_model.json"
+KINDS = {
+    "pretrain": registry.ModelKind(
+        "pretrain", ENCODER_FILE, Path(__file__).with_name("pyfunc_encoder.py"), _describe_encoder, _encoder_metric
+    ),
+    "align": registry.ModelKind(
+        "align", ALIGN_FILE, Path(__file__).with_name("pyfunc_projector.py"), _align_parts, _align_metric
+    ),
+}
+
+
+def register(
+    run_id: str, name: str, alias: str | None = DEFAULT_ALIAS, settings: Settings | None = None
+) -> VersionInfo:
+    """Register a FINISHED pretraining or alignment run's model as a new version of ``name``."""
+    return registry.register(run_id, name, KINDS, alias, settings)
+
+
+__all__ = ["KINDS", "RegistryError", "register"]

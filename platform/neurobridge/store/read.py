@@ -1,0 +1,191 @@
+"""Training-side reading of the token store: dataset versions and mixtures → rows, with dataset mixing weights.
+
+Reading goes through the card (``_dataset.json``), never a directory listing, so a version being written (no card
+yet) or a side table (``units/``) is never read as rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from neurobridge.config import Settings
+from neurobridge.storage import StoreError, filesystem, join
+from neurobridge.store.mixtures import read_mixture
+from neurobridge.store.versions import DatasetRef, resolve_dataset
+
+MIXING_RULES = ("sqrt", "proportional", "uniform")
+
+
+@dataclass
+class Source:
+    """One dataset version as training sees it."""
+
+    ref: DatasetRef
+    files: list[str]  # absolute URIs of the row parts
+
+    @property
+    def name(self) -> str:
+        return self.ref.dataset
+
+    @property
+    def bin_ms(self) -> float:
+        return self.ref.card.bin_ms
+
+    def rows(self, split: str | None = None) -> int:
+        return self.ref.card.split_rows(split)
+
+
+def sources(settings: Settings, datasets: list[str] | None = None, mixture: str | None = None) -> list[Source]:
+    """Sources named by dataset refs (``name`` or ``name@version``) and/or a mixture name."""
+    refs = list(datasets or [])
+    if mixture:
+        refs += [d.ref for d in read_mixture(settings, mixture).datasets]
+    if not refs:
+        raise StoreError("name at least one dataset or a mixture to train on")
+    out = []
+    for r in refs:
+        ref = resolve_dataset(settings, r)
+        files = [join(ref.path, f) for f in ref.card.files]
+        if not files:
+            raise StoreError(f"{ref.dataset}@{ref.version} has no rows (all items failed or were empty)")
+        out.append(Source(ref, files))
+    return out
+
+
+def unit_columns(settings: Settings, src: Source, key: str | None) -> dict[str, dict[str, object]]:
+    """session → store unit id → ``key`` (e.g. ``heldout``, ``raw_id``; None: the unit id itself) from the dataset's
+    ``units/`` side table; empty for datasets without one. Null values are left out."""
+    info = src.ref.card.side_outputs.get("units")
+    out: dict[str, dict[str, object]] = {}
+    for rel in info.files if info is not None else []:
+        fs, path = filesystem(join(src.ref.path, rel), settings)
+        with fs.open(path, "rb") as f:
+            t = pq.read_table(f, columns=["session", "unit_id"] + ([key] if key else []))
+        cols = [t.column(c).to_pylist() for c in t.column_names]
+        for sess, uid, value in zip(cols[0], cols[1], cols[-1], strict=True):
+            if value is not None:
+                out.setdefault(sess, {})[uid] = value
+    return out
+
+
+def one_bin_width(srcs: list[Source]) -> float:
+    """The bin width every source shares, or an error naming each dataset's: a model has one bin size."""
+    widths = {s.ref.ref: s.bin_ms for s in srcs}
+    if len(set(widths.values())) > 1:
+        listed = ", ".join(f"{r} {w:g} ms" for r, w in widths.items())
+        raise StoreError(
+            f"these datasets have different bin widths ({listed}): a model's time axis has one bin size; "
+            "train on datasets ingested at one bin_ms (set ingest.bin_ms in their catalog entries)"
+        )
+    return next(iter(widths.values()))
+
+
+def mixing_weights(rows: dict[str, int], rule: str = "sqrt") -> dict[str, float]:
+    """Sampling weight per dataset: ``sqrt`` (∝ √N, so big datasets do not drown small ones), ``proportional``
+    (∝ N: every row equally likely) or ``uniform`` (each dataset equally)."""
+    if rule not in MIXING_RULES:
+        raise ValueError(f"mixing rule {rule!r} is not one of {MIXING_RULES}")
+    n = np.array([max(int(v), 0) for v in rows.values()], dtype=np.float64)
+    if n.sum() == 0:
+        raise StoreError(f"no rows to mix in {list(rows)}")
+    raw = {"sqrt": np.sqrt(n), "proportional": n, "uniform": (n > 0).astype(float)}[rule]
+    return dict(zip(rows, raw / raw.sum(), strict=True))
+
+
+def epoch_plan(rows: dict[str, int], rule: str, epoch_rows: int | None = None) -> dict[str, float]:
+    """Rows drawn from each dataset per epoch, as a multiple of its size (> 1: the dataset repeats)."""
+    weights = mixing_weights(rows, rule)
+    total = epoch_rows or sum(rows.values())
+    return {k: (total * w / rows[k] if rows[k] else 0.0) for k, w in weights.items()}
+
+
+def iter_local(
+    settings: Settings, src: Source, split: str | None, columns: list[str] | None = None, batch_rows: int = 256
+) -> Iterator[pa.RecordBatch]:
+    """Rows of one source without Ray (evaluation, the plain-PyTorch reference loop), streamed in batches."""
+    for uri in src.files:
+        fs, path = filesystem(uri, settings)
+        with fs.open(path, "rb") as f:
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_rows, columns=columns):
+                if split is not None:
+                    batch = batch.filter(pc.equal(batch.column("split"), split))
+                if batch.num_rows:
+                    yield batch
+
+
+def repeats(sample_ids, factor: float, seed: int) -> np.ndarray:
+    """How many times each row appears in an epoch drawn with ``factor`` (its dataset's multiple).
+
+    Whole multiples repeat every row; the fractional part keeps each row with that probability, decided by a hash
+    of (seed, sample id), so a rerun (or a resumed run) draws exactly the same rows on any worker.
+    """
+    whole, frac = int(factor), factor - int(factor)
+    out = np.full(len(sample_ids), whole, dtype=np.int64)
+    if frac > 1e-9:
+        u = np.fromiter(
+            (
+                int.from_bytes(hashlib.blake2b(f"{seed}\x1f{s}".encode(), digest_size=8).digest(), "big") / 2.0**64
+                for s in sample_ids
+            ),
+            dtype=np.float64,
+            count=len(sample_ids),
+        )
+        out += u < frac
+    return out
+
+
+def mix_rows(batch: pa.Table, factors: dict[str, float], seed: int, exclude: frozenset) -> pa.Table:
+    ids = batch.column("sample_id").to_pylist()
+    names = batch.column("dataset").to_pylist()
+    n = np.zeros(len(ids), dtype=np.int64)
+    for name in set(names):
+        rows = np.array([i for i, d in enumerate(names) if d == name], dtype=np.int64)
+        n[rows] = repeats([ids[i] for i in rows], factors.get(name, 0.0), seed)
+    if exclude:
+        n[np.isin(np.array(batch.column("session").to_pylist(), dtype=object), list(exclude))] = 0
+    return batch.take(pa.array(np.repeat(np.arange(len(ids)), n)))
+
+
+def ray_dataset(
+    settings: Settings,
+    srcs: list[Source],
+    split: str | None,
+    rule: str = "sqrt",
+    epoch_rows: int | None = None,
+    seed: int = 0,
+    columns: list[str] | None = None,
+    exclude_sessions: frozenset = frozenset(),
+):
+    """One Ray Dataset over the sources' ``split`` rows, mixed by ``rule`` (rows repeat or are subsampled);
+    ``exclude_sessions`` never appear (sessions held out for evaluation or fine-tuning).
+
+    One streaming read and one map, no global shuffle: file order is randomised by seed and the trainer's local
+    shuffle buffer mixes rows, so an epoch costs one pass over the Parquet parts.
+    """
+    import ray.data
+
+    one_bin_width(srcs)
+    plan = epoch_plan({s.name: s.rows(split) for s in srcs}, rule, epoch_rows)
+    files = [u for s in srcs if plan[s.name] > 0 for u in s.files]
+    if not files:
+        raise StoreError(f"no {split} rows in {[s.name for s in srcs]}")
+    fs, _ = filesystem(files[0], settings)
+    cols = None if columns is None else list(dict.fromkeys([*columns, "dataset", "session", "sample_id", "split"]))
+    paths = [filesystem(u, settings)[1] for u in files]
+    # streaming: file order randomised (the same each epoch, so a resumed run replays it), no all-to-all barrier
+    shuffle = ray.data.FileShuffleConfig(seed=seed, reseed_after_execution=False)
+    ds = ray.data.read_parquet(paths, filesystem=fs, columns=cols, shuffle=shuffle)
+    if split is not None:
+        ds = ds.filter(expr=f"split == '{split}'")
+    return ds.map_batches(
+        mix_rows,
+        fn_kwargs={"factors": plan, "seed": seed, "exclude": frozenset(exclude_sessions)},
+        batch_format="pyarrow",
+    )
