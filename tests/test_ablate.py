@@ -139,13 +139,13 @@ def test_a_tracking_server_that_is_down_fails_before_any_trial(store, monkeypatc
 def test_in_process_trials_train_on_exactly_the_rows_the_ray_data_pipeline_mixes(store, rule):
     from collections import Counter
 
-    from neurobridge.store.read import epoch_plan, ray_dataset, sources
+    from neurobridge.store.read import Mixing, epoch_plan, ray_dataset, sources
     from neurobridge.store.rows import ROW_COLUMNS
     from neurobridge.tune.local_data import mixed_rows
 
     srcs = sources(store, [], "demo")
-    local = mixed_rows(store, srcs, rule, None, seed=5)
-    ray_rows = ray_dataset(store, srcs, "train", rule, None, 5, ROW_COLUMNS).to_pandas()
+    local = mixed_rows(store, srcs, Mixing(rule, None, seed=5))
+    ray_rows = ray_dataset(store, srcs, "train", Mixing(rule, None, 5), ROW_COLUMNS).to_pandas()
     assert Counter(local.column("sample_id").to_pylist()) == Counter(ray_rows["sample_id"])
     rows = {s.name: s.rows("train") for s in srcs}
     plan = epoch_plan(rows, rule)

@@ -11,7 +11,7 @@ from neurobridge.ingest.pipeline import ingest_many
 from neurobridge.sim import SimConfig, simulate
 from neurobridge.storage import StoreError
 from neurobridge.store.mixtures import write_mixture
-from neurobridge.store.read import epoch_plan, iter_local, mixing_weights, ray_dataset, sources
+from neurobridge.store.read import Mixing, epoch_plan, iter_local, mixing_weights, ray_dataset, sources
 
 
 @given(st.dictionaries(st.text(min_size=1, max_size=5), st.integers(1, 10**9), min_size=1, max_size=6))
@@ -66,7 +66,7 @@ def test_a_mixture_reads_back_as_mixed_ray_rows(ray_cluster, settings, tmp_path)
     local = sum(b.num_rows for s in srcs for b in iter_local(settings, s, "train", ["split"]))
     assert local == sum(rows.values())
     plan = epoch_plan(rows, "sqrt")
-    ds = ray_dataset(settings, srcs, "train", "sqrt", columns=["dataset", "split"])
+    ds = ray_dataset(settings, srcs, "train", Mixing("sqrt"), columns=["dataset", "split"])
     got = {}
     for r in ds.iter_rows():
         assert r["split"] == "train"

@@ -140,9 +140,7 @@ def train_locally(store, cfg, state=None, model=None):
         if st is not None:  # state_dict() tensors are live references: snapshot them as a checkpoint write does
             states[m["step"]] = copy.deepcopy(st)
 
-    run_steps(
-        cfg, model, vocabs, local_batches(store, cfg, vocabs), device=torch.device("cpu"), state=state, report=report
-    )
+    run_steps(cfg, model, local_batches(store, cfg, vocabs), report=report, state=state)
     return dict(log), states, model, vocabs
 
 
@@ -173,9 +171,7 @@ def test_nan_loss_stops_naming_the_step_and_windows(store):
     with torch.no_grad():
         model.count_head.bias.fill_(float("nan"))
     with pytest.raises(NonFiniteLoss, match=r"at step 0 .*windows: \['"):
-        run_steps(
-            cfg, model, vocabs, local_batches(store, cfg, vocabs), device=torch.device("cpu"), report=lambda m, s: None
-        )
+        run_steps(cfg, model, local_batches(store, cfg, vocabs), report=lambda m, s: None)
 
 
 def test_validation_keeps_the_best_weights_and_patience_ends_the_run(store):
@@ -202,9 +198,7 @@ def test_validation_keeps_the_best_weights_and_patience_ends_the_run(store):
     last = run_steps(
         cfg,
         model,
-        vocabs,
         local_batches(store, cfg, vocabs),
-        device=torch.device("cpu"),
         report=lambda m, st: reports.append((dict(m), st and copy.deepcopy(st))),
         validate=validate,
     )

@@ -98,7 +98,7 @@ def pretrain_run(settings, name: str, ok: bool = True) -> str:
         for i in range(0, table.num_rows - 8 + 1, 8):
             yield collate(table.slice(i, 8))
 
-    run_steps(cfg, model, vocabs, batches, device=torch.device("cpu"), report=lambda m, s: logger.log(m, m["step"]))
+    run_steps(cfg, model, batches, report=lambda m, s: logger.log(m, m["step"]))
     with tempfile.TemporaryDirectory() as d:
         save_checkpoint(f"{d}/model.pt", model, vocabs, {"step": cfg.optim.max_steps})
         mlflow_run.log_artifact(settings.mlflow_uri, run_id, f"{d}/model.pt", "model")

@@ -17,7 +17,7 @@ import torch
 
 from neurobridge.config import Settings, ensure_ray, get_settings
 from neurobridge.models.ndt import MaskedNeuralModel
-from neurobridge.store.read import ray_dataset, sources
+from neurobridge.store.read import Mixing, ray_dataset, sources
 from neurobridge.store.rows import ROW_COLUMNS
 from neurobridge.store.splits import HeldoutSplit, heldout_flags
 from neurobridge.tracking import mlflow_run
@@ -44,16 +44,8 @@ def data_path_rate(settings: Settings, cfg: PretrainConfig, batches: int, keep: 
         cfg.data.crop_bins,
         cfg.seed,
     )
-    ds = ray_dataset(
-        settings,
-        srcs,
-        "train",
-        cfg.data.mixing,
-        cfg.data.epoch_rows,
-        cfg.seed,
-        ROW_COLUMNS,
-        exclude_sessions=frozenset(cfg.data.holdout_sessions),
-    )
+    mixing = Mixing(cfg.data.mixing, cfg.data.epoch_rows, cfg.seed, frozenset(cfg.data.holdout_sessions))
+    ds = ray_dataset(settings, srcs, "train", mixing, ROW_COLUMNS)
     n = tokens = 0
     t0 = time.perf_counter()
     t_first = None
@@ -69,7 +61,7 @@ def data_path_rate(settings: Settings, cfg: PretrainConfig, batches: int, keep: 
                 t_first = time.perf_counter()
                 continue  # the first batch pays the pipeline start
             n += 1
-            tokens += int(item.batch.token_valid.sum())
+            tokens += item.n_tokens
             if keep is not None:
                 keep.append(item)
             if n >= batches:
@@ -93,13 +85,13 @@ def plain_loop_rate(cfg: PretrainConfig, vocabs, threads: int, prepared: list) -
 
         def batches(epoch: int):
             for item in prepared:
-                tokens["n"] += int(item.batch.token_valid.sum())
+                tokens["n"] += item.n_tokens
                 yield item
 
         def report(m: dict, _state) -> None:
             marks.append((m["step"], time.perf_counter(), tokens["n"]))
 
-        run_steps(cfg, model, vocabs, batches, device=torch.device("cpu"), report=report)
+        run_steps(cfg, model, batches, report=report)
     finally:
         torch.set_num_threads(before)
     return _steady(marks)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from neurobridge.config import parse_overrides as _parse_overrides
 from neurobridge.workflows.tables import print_alignment, print_report
@@ -214,15 +215,27 @@ def bench_train(
 
 
 def bench_model(
-    size: str = typer.Option("small", help="small | base | large"),
+    size: str = typer.Option("small", help="small | base | large | all"),
     device: str = typer.Option("cpu", help="cpu or cuda"),
-    batch: int = typer.Option(64),
-    steps: int = typer.Option(10),
-    peak_tflops: float = typer.Option(None, help="device peak for MFU (e.g. 989 for H100 SXM dense bf16)"),
+    batch: int = typer.Option(32, help="windows per step (the demo's: 32)"),
+    units: int = typer.Option(96, help="units per window (the demo's: 96)"),
+    bins: int = typer.Option(50, help="bins per window (the demo's: 50)"),
+    steps: int = typer.Option(20, help="timed steps per size"),
+    precision: str = typer.Option("auto", help="fp32 | bf16 | auto (bf16 on GPUs that have it)"),
 ):
-    """Model-only training-step tokens/s and MFU (FLOPs counted by torch) on CPU or GPU."""
-    from neurobridge.bench.model import SIZES, run
+    """Model-only training-step tokens/s and MFU against the same-run dense-matmul peak, per model size."""
+    from neurobridge.bench.model import SIZES, Shape, run
 
-    if size not in SIZES:
-        _fail(f"--size {size!r}: one of {list(SIZES)}")
-    console.print_json(json.dumps(run(size, device, batch, steps=steps, peak_tflops=peak_tflops)))
+    if size not in (*SIZES, "all"):
+        _fail(f"--size {size!r}: one of {[*SIZES, 'all']}")
+    if precision not in ("auto", "fp32", "bf16"):
+        _fail(f"--precision {precision!r}: one of auto, fp32, bf16")
+    table = Table("size", "precision", "tokens/s", "TFLOP/s", "matmul peak", "MFU", title=f"bench model ({device})")
+    results = []
+    for s in SIZES if size == "all" else [size]:
+        r = run(s, device, Shape(batch, units, bins), steps, precision)
+        results.append(r)
+        rates = (f"{r['tokens_per_s']:,.0f}", f"{r['tflops_per_s']:.4f}", f"{r['matmul_peak_tflops_per_s']:.4f}")
+        table.add_row(s, r["precision"], *rates, f"{r['mfu']:.0%}")
+    console.print(table)
+    console.print_json(json.dumps(results))

@@ -113,6 +113,18 @@ def _per_mode(batch: Batch, mode: str, ratios: MaskConfig, g) -> tuple[torch.Ten
     raise ValueError(f"unknown masking mode {mode!r}; expected one of {ALL_PROMPTS} or 'all'")
 
 
+def choose_mode(
+    mode: str, modes: Sequence[str], generator: torch.Generator | None, weights: Mapping[str, float] | None = None
+) -> str:
+    """``mode`` itself, or for ``all`` one of ``modes`` drawn uniformly or by relative ``weights`` (missing: 1)."""
+    if mode != "all":
+        return mode
+    if weights:
+        w = torch.tensor([float(weights.get(m, 1.0)) for m in modes])
+        return modes[int(torch.multinomial(w, 1, generator=generator))]
+    return modes[int(torch.randint(len(modes), (1,), generator=generator))]
+
+
 def sample_mask(
     batch: Batch,
     mode: str = "all",
@@ -124,11 +136,7 @@ def sample_mask(
     """Mask a batch with one mode (``all``: one mode drawn from ``modes`` for the whole batch, uniformly or by
     relative ``weights``; modes missing from ``weights`` weigh 1)."""
     ratios = ratios or MaskConfig()
-    if mode == "all" and weights:
-        w = torch.tensor([float(weights.get(m, 1.0)) for m in modes])
-        mode = modes[int(torch.multinomial(w, 1, generator=generator))]
-    elif mode == "all":
-        mode = modes[int(torch.randint(len(modes), (1,), generator=generator))]
+    mode = choose_mode(mode, modes, generator, weights)
     chain = (mode, *FALLBACK.get(mode, ()))
     B = batch.tokens.shape[0]
     target = torch.zeros_like(batch.token_valid)

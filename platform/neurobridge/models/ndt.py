@@ -38,6 +38,10 @@ class ModelOutput:
     log_rate: torch.Tensor  # [B, N, k] clamped log expected count per bin
     mua: torch.Tensor  # [B, N, k]
     mask: MaskResult
+    nll_sum: torch.Tensor  # the sums behind the means, so parts of one step combine into one mean
+    se_sum: torch.Tensor
+    n_counts: torch.Tensor
+    n_mua: torch.Tensor
 
 
 @dataclass
@@ -98,6 +102,15 @@ def smooth_in_time(x: torch.Tensor, batch: Batch, sigma: float) -> torch.Tensor:
     num = nn.functional.conv1d(g.reshape(B * P * k, 1, T), w, padding=half).view(B, P, k, T)
     out = num / den.clamp_min(1e-6)[:, :, None]
     return out.permute(0, 1, 3, 2).reshape(B, P * T, k)
+
+
+def _compact(valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(order [B, M], pad [B, M]): positions of each row's ``valid`` tokens first, in order, padded to the row with
+    the most; ``pad`` marks slots past a row's count."""
+    n = valid.sum(dim=1)
+    m = int(n.max()) if n.numel() else 0
+    order = torch.sort((~valid).to(torch.int8), dim=1, stable=True).indices[:, :m]
+    return order, torch.arange(m, device=order.device)[None, :] >= n[:, None]
 
 
 def _sincos(n: int, d: int) -> torch.Tensor:
@@ -181,8 +194,13 @@ class MaskedNeuralModel(nn.Module):
             x = torch.where(batch.is_counts[:, None, None], torch.log1p(x.clamp_min(0)), x)
         x = x * batch.token_cells  # padding slots and padding bins carry exactly zero
         h = self.in_proj(torch.cat([x, batch.token_cells.to(x.dtype)], dim=-1)) + self._positions(batch)
-        if self.cfg.unit_embedding:
-            h = h + torch.einsum("bnk,bnkd->bnd", x, self.unit_embed_in(batch.token_unit))
+        if self.cfg.unit_embedding:  # Σ_k x_k · E[unit_k] per token, without materialising [B, N, k, d]
+            B, N, k = x.shape
+            w = self.unit_embed_in.weight
+            per = nn.functional.embedding_bag(
+                batch.token_unit.reshape(-1, k), w, per_sample_weights=x.reshape(-1, k).to(w.dtype), mode="sum"
+            )
+            h = h + per.view(B, N, w.shape[1]).to(h.dtype)
         return h
 
     def _context(self, batch: Batch, mode_ids: torch.Tensor) -> torch.Tensor:
@@ -196,11 +214,7 @@ class MaskedNeuralModel(nn.Module):
         Non-visible tokens are never gathered, so their values cannot reach the encoder.
         """
         self._check(batch)
-        visible = mask.visible & batch.token_valid
-        n_vis = visible.sum(dim=1)
-        V = int(n_vis.max()) if n_vis.numel() else 0
-        order = torch.sort((~visible).to(torch.int8), dim=1, stable=True).indices[:, :V]
-        pad = torch.arange(V, device=order.device)[None, :] >= n_vis[:, None]
+        order, pad = _compact(mask.visible & batch.token_valid)
         tokens = self._embed_gathered(batch, order, pad)
         seq = torch.cat([self._context(batch, mask.mode_ids), tokens], dim=1)
         kpm = torch.cat([pad.new_zeros(pad.shape[0], N_CTX), pad], dim=1)
@@ -224,54 +238,79 @@ class MaskedNeuralModel(nn.Module):
     # ---------------------------------------------------------------- public
 
     def forward(
-        self, batch: Batch, mode: str = "all", mask: MaskResult | None = None, generator: torch.Generator | None = None
+        self,
+        batch: Batch,
+        mode: str = "all",
+        mask: MaskResult | None = None,
+        generator: torch.Generator | None = None,
+        outputs: str = "all",
     ) -> ModelOutput:
+        """Loss and predictions for ``batch`` under ``mask`` (sampled from ``mode`` when not given).
+
+        ``outputs="targets"`` (training) runs the heads only on the target tokens the loss scores; ``"all"`` on every
+        real token, so ``log_rate``/``mua`` hold a prediction everywhere (evaluation, output smoothing)."""
         if mask is None:
             mask = sample_mask(batch, mode, self.cfg.mask, self.cfg.modes, generator, self.cfg.mode_weights)
         h, order, pad = self.encode_visible(batch, mask)
-        B, N = batch.token_valid.shape
-        dd = self.cfg.decoder_d_model
         proj = self.enc_to_dec(h)
-        dec = self.mask_token.expand(B, N, dd).clone()
-        bi, j = torch.nonzero(~pad, as_tuple=True)
-        dec[bi, order[bi, j]] = proj[:, N_CTX:][bi, j]
-        dec = dec + self.dec_pos(self._positions(batch))
-        if self.cfg.bin_summary:
-            dec = dec + self._bin_summary(batch, proj[:, N_CTX:], order, pad)
-        # The decoder, too, runs on real tokens only: padding (short windows, narrow sessions) costs nothing.
-        valid = batch.token_valid
-        n_valid = valid.sum(dim=1)
-        Nv = int(n_valid.max()) if n_valid.numel() else 0
-        vorder = torch.sort((~valid).to(torch.int8), dim=1, stable=True).indices[:, :Nv]
-        vpad = torch.arange(Nv, device=vorder.device)[None, :] >= n_valid[:, None]
-        seq = torch.cat([proj[:, :N_CTX], dec.gather(1, vorder[..., None].expand(-1, -1, dd))], dim=1)
+        # The decoder runs on real tokens only (padding of short windows and narrow sessions costs nothing): its
+        # input is the encoder's output where a token was visible and the mask token elsewhere, plus positions.
+        vorder, vpad = _compact(batch.token_valid)
+        dec = self._decoder_input(batch, proj, order, pad, vorder, vpad)
+        seq = torch.cat([proj[:, :N_CTX], dec], dim=1)
         kpm = torch.cat([vpad.new_zeros(vpad.shape[0], N_CTX), vpad], dim=1)
         compact = self.dec_norm(self.decoder(seq, src_key_padding_mask=kpm))[:, N_CTX:]
-        out = torch.zeros(B, N, dd, dtype=compact.dtype, device=compact.device)
-        bi, j = torch.nonzero(~vpad, as_tuple=True)
-        out[bi, vorder[bi, j]] = compact[bi, j]
-        m = self.cfg.max_log_rate
-        log_rate, mua = self.count_head(out), self.mua_head(out)
-        if self.cfg.unit_embedding:  # each unit's own read-out (log-rate for counts, value for MUA)
-            w = self.unit_embed_out(batch.token_unit)  # [B, N, k, dd + 1]
-            per_unit = torch.einsum("bnd,bnkd->bnk", out, w[..., :dd]) + w[..., dd]
-            log_rate, mua = log_rate + per_unit, mua + per_unit
+        everything = outputs == "all" or self.cfg.output_smoothing > 0
+        keep = ~vpad if everything else ~vpad & mask.target.gather(1, vorder)
+        bi, j = torch.nonzero(keep, as_tuple=True)
+        pos = vorder[bi, j]
+        log_rate, mua = self._heads(compact[bi, j], batch.token_unit[bi, pos])
+        B, N = batch.token_valid.shape
+        k = log_rate.shape[-1]
+        full_rate = log_rate.new_zeros(B, N, k).index_put((bi, pos), log_rate)
+        full_mua = mua.new_zeros(B, N, k).index_put((bi, pos), mua)
         if self.cfg.output_smoothing > 0:  # both heads in one pass (one kernel normaliser, one convolution)
-            both = smooth_in_time(torch.cat([log_rate, mua], dim=-1), batch, self.cfg.output_smoothing)
-            log_rate, mua = both.split(log_rate.shape[-1], dim=-1)
-        log_rate = log_rate.clamp(-m, m)  # exp link with clamps: log-rate in [-max, max]
-        return self._loss(batch, mask, log_rate, mua)
+            both = smooth_in_time(torch.cat([full_rate, full_mua], dim=-1), batch, self.cfg.output_smoothing)
+            full_rate, full_mua = both.split(k, dim=-1)
+        full_rate = full_rate.clamp(-self.cfg.max_log_rate, self.cfg.max_log_rate)  # exp link with clamps
+        return self._loss(batch, mask, full_rate, full_mua)
 
-    def _bin_summary(self, batch: Batch, proj: torch.Tensor, order: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
-        """Mean of the visible tokens' encodings in each time bin, given to every decoder token of that bin.
+    def _decoder_input(self, batch: Batch, proj, order, pad, vorder, vpad) -> torch.Tensor:
+        """[B, Nv, dd]: for each real token (compact order ``vorder``), its encoder output if it was visible, else
+        the mask token; plus its position (and its bin's visible summary)."""
+        B, N = batch.token_valid.shape
+        dd = self.cfg.decoder_d_model
+        Nv = vorder.shape[1]
+        slot = torch.full((B, N + 1), Nv, dtype=torch.long, device=vorder.device)  # token → compact slot
+        slot.scatter_(1, vorder.masked_fill(vpad, N), torch.arange(Nv, device=vorder.device).expand(B, -1))
+        enc_slot = slot.gather(1, order.masked_fill(pad, N))  # encoder slot → compact slot (Nv: none)
+        dec = self.mask_token.to(proj.dtype).expand(B, Nv + 1, dd).clone()
+        dec = dec.scatter(1, enc_slot[..., None].expand(-1, -1, dd), proj[:, N_CTX:])[:, :Nv]
+        positions = self._positions_at(batch, vorder)
+        dec = dec + self.dec_pos(positions)
+        if self.cfg.bin_summary:
+            t = batch.token_time.gather(1, order).masked_fill(pad, 0)
+            mean = self.bin_proj(bin_means(proj[:, N_CTX:], t, ~pad, batch.shape[2]))
+            dec = dec + mean.gather(1, batch.token_time.gather(1, vorder)[..., None].expand(-1, -1, dd))
+        return dec
 
-        Units are split over several patch tokens per bin; this hands each masked token what the visible patches
-        of its own bin say (NDT1's all-units-per-bin view) without attention having to find them first. Only
-        visible tokens contribute, so nothing masked leaks in.
-        """
-        t = batch.token_time.gather(1, order).masked_fill(pad, 0)
-        mean = self.bin_proj(bin_means(proj, t, ~pad, batch.shape[2]))
-        return mean.gather(1, batch.token_time[..., None].expand(-1, -1, mean.shape[-1]))
+    def _positions_at(self, batch: Batch, idx: torch.Tensor) -> torch.Tensor:
+        return (
+            self.time_emb(batch.token_time.gather(1, idx))
+            + self.patch_emb(batch.token_patch.gather(1, idx))
+            + self.region_emb(batch.token_region.gather(1, idx))
+        )
+
+    def _heads(self, h: torch.Tensor, units: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-unit log-rates and MUA values [M, k] of M decoded tokens: the shared heads plus each unit's own
+        read-out row and bias (zero for a new unit until fine-tuning learns it)."""
+        log_rate, mua = self.count_head(h), self.mua_head(h)
+        if self.cfg.unit_embedding:
+            dd = self.cfg.decoder_d_model
+            w = self.unit_embed_out(units)  # [M, k, dd + 1]: only the decoded tokens' units are gathered
+            per_unit = torch.bmm(w[..., :dd], h.unsqueeze(-1).to(w.dtype)).squeeze(-1) + w[..., dd]
+            log_rate, mua = log_rate + per_unit.to(log_rate.dtype), mua + per_unit.to(mua.dtype)
+        return log_rate, mua
 
     def _loss(self, batch: Batch, mask: MaskResult, log_rate: torch.Tensor, mua: torch.Tensor) -> ModelOutput:
         cells = (mask.target & batch.token_valid)[:, :, None] & batch.token_cells
@@ -280,9 +319,9 @@ class MaskedNeuralModel(nn.Module):
         y = batch.tokens
         nll = torch.exp(log_rate) - y * log_rate + torch.lgamma(y + 1.0)
         n_c, n_m = counts.sum(), conts.sum()
-        poisson = (nll * counts).sum() / n_c.clamp_min(1)
-        mse = (((mua - y) ** 2) * conts).sum() / n_m.clamp_min(1)
-        return ModelOutput(poisson + mse, poisson, mse, n_c + n_m, log_rate, mua, mask)
+        nll_sum, se_sum = (nll * counts).sum(), (((mua - y) ** 2) * conts).sum()
+        poisson, mse = nll_sum / n_c.clamp_min(1), se_sum / n_m.clamp_min(1)
+        return ModelOutput(poisson + mse, poisson, mse, n_c + n_m, log_rate, mua, mask, nll_sum, se_sum, n_c, n_m)
 
     @torch.no_grad()
     def predict(self, batch: Batch, mask: MaskResult) -> torch.Tensor:

@@ -153,18 +153,26 @@ def mix_rows(batch: pa.Table, factors: dict[str, float], seed: int, exclude: fro
     return batch.take(pa.array(np.repeat(np.arange(len(ids)), n)))
 
 
+@dataclass(frozen=True)
+class Mixing:
+    """How the datasets of a training read are mixed into one epoch: ``rule`` weights them (``MIXING_RULES``),
+    ``epoch_rows`` sizes the epoch (None: all rows), ``seed`` fixes which rows repeat or drop, and
+    ``exclude_sessions`` never appear (sessions held out for evaluation or fine-tuning)."""
+
+    rule: str = "sqrt"
+    epoch_rows: int | None = None
+    seed: int = 0
+    exclude_sessions: frozenset[str] = frozenset()
+
+
 def ray_dataset(
     settings: Settings,
     srcs: list[Source],
     split: str | None,
-    rule: str = "sqrt",
-    epoch_rows: int | None = None,
-    seed: int = 0,
+    mixing: Mixing = Mixing(),
     columns: list[str] | None = None,
-    exclude_sessions: frozenset = frozenset(),
 ):
-    """One Ray Dataset over the sources' ``split`` rows, mixed by ``rule`` (rows repeat or are subsampled);
-    ``exclude_sessions`` never appear (sessions held out for evaluation or fine-tuning).
+    """One Ray Dataset over the sources' ``split`` rows, mixed as ``mixing`` says (rows repeat or are subsampled).
 
     One streaming read and one map, no global shuffle: file order is randomised by seed and the trainer's local
     shuffle buffer mixes rows, so an epoch costs one pass over the Parquet parts.
@@ -172,7 +180,7 @@ def ray_dataset(
     import ray.data
 
     one_bin_width(srcs)
-    plan = epoch_plan({s.name: s.rows(split) for s in srcs}, rule, epoch_rows)
+    plan = epoch_plan({s.name: s.rows(split) for s in srcs}, mixing.rule, mixing.epoch_rows)
     files = [u for s in srcs if plan[s.name] > 0 for u in s.files]
     if not files:
         raise StoreError(f"no {split} rows in {[s.name for s in srcs]}")
@@ -180,12 +188,12 @@ def ray_dataset(
     cols = None if columns is None else list(dict.fromkeys([*columns, "dataset", "session", "sample_id", "split"]))
     paths = [filesystem(u, settings)[1] for u in files]
     # streaming: file order randomised (the same each epoch, so a resumed run replays it), no all-to-all barrier
-    shuffle = ray.data.FileShuffleConfig(seed=seed, reseed_after_execution=False)
+    shuffle = ray.data.FileShuffleConfig(seed=mixing.seed, reseed_after_execution=False)
     ds = ray.data.read_parquet(paths, filesystem=fs, columns=cols, shuffle=shuffle)
     if split is not None:
         ds = ds.filter(expr=f"split == '{split}'")
     return ds.map_batches(
         mix_rows,
-        fn_kwargs={"factors": plan, "seed": seed, "exclude": frozenset(exclude_sessions)},
+        fn_kwargs={"factors": plan, "seed": mixing.seed, "exclude": frozenset(mixing.exclude_sessions)},
         batch_format="pyarrow",
     )

@@ -41,13 +41,43 @@ def crop_rows(rows: list[dict], max_bins: int | None, seed: int) -> list[dict]:
 
 @dataclass
 class Collated:
-    batch: Batch
+    """One training step's windows: patched batches (``parts``) plus the windows' ids for error messages.
+
+    A step's windows are split into a few parts of similar size (``size_groups``): attention costs the square of
+    a row's tokens, so padding a 100-token window to the 400 tokens of the widest session in the batch would cost
+    16 times its own attention. The step's loss is one mean over all parts' cells, as if they were one batch.
+    """
+
+    parts: list[Batch]
     sample_ids: list[str]
     sessions: list[str]
 
+    @property
+    def n_tokens(self) -> int:
+        return sum(int(p.token_valid.sum()) for p in self.parts)
+
+    def to(self, device) -> Collated:
+        return Collated([p.to(device) for p in self.parts], self.sample_ids, self.sessions)
+
+
+GROUP_RATIO = 0.7  # a window joins a part while its tokens are at least this fraction of the part's widest
+MAX_PARTS = 4  # more parts cost more per-step overhead than their padding saves
+
+
+def size_groups(sizes: list[int], ratio: float = GROUP_RATIO, max_parts: int = MAX_PARTS) -> list[list[int]]:
+    """Indices of ``sizes`` (tokens per window) in groups of similar size, widest first; deterministic."""
+    order = sorted(range(len(sizes)), key=lambda i: (-sizes[i], i))
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and (sizes[i] >= ratio * sizes[groups[-1][0]] or len(groups) == max_parts):
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
 
 class CollateWindows(ArrowBatchCollateFn):
-    """Arrow table of store rows → ``Collated`` (a padded, patched batch plus the rows' ids for error messages)."""
+    """Arrow table of store rows → ``Collated`` (patched parts of similar size plus the rows' ids)."""
 
     def __init__(
         self,
@@ -67,8 +97,10 @@ class CollateWindows(ArrowBatchCollateFn):
     def collate_rows(self, rows: list[dict]) -> Collated:
         """The same, from row dicts (copied: held-out flags and crops are set on the copies)."""
         rows = crop_rows(with_heldout([dict(r) for r in rows], self.split), self.crop_bins, self.seed)
+        sizes = [-(-int(r["n_units"]) // self.k) * int(r["n_bins"]) for r in rows]
+        groups = [[rows[i] for i in g] for g in size_groups(sizes)]
         return Collated(
-            batch=collate(rows, self.vocabs, self.k, self.max_units),
-            sample_ids=[str(r.get("sample_id")) for r in rows],
-            sessions=[str(r.get("session")) for r in rows],
+            parts=[collate(g, self.vocabs, self.k, self.max_units) for g in groups],
+            sample_ids=[str(r.get("sample_id")) for g in groups for r in g],
+            sessions=[str(r.get("session")) for g in groups for r in g],
         )

@@ -169,15 +169,7 @@ def finetune(
             return val_loss(m, fixed, cfg.mode, cfg.seed, torch.device("cpu"))
 
     history: list[dict] = []
-    last = run_steps(
-        pcfg,
-        model,
-        vocabs,
-        batches,
-        device=torch.device("cpu"),
-        report=Reporter(lambda m, _d: history.append(dict(m))),
-        validate=validate,
-    )
+    last = run_steps(pcfg, model, batches, report=Reporter(lambda m, _d: history.append(dict(m))), validate=validate)
     best = last.pop("best", None)
     if best is not None:
         model.load_state_dict(best["model"])

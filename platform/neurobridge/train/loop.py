@@ -11,11 +11,13 @@ import math
 import resource
 import time
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 
 import torch
 
+from neurobridge.models.masking import choose_mode, sample_mask
 from neurobridge.models.ndt import MaskedNeuralModel
-from neurobridge.models.vocab import Vocabularies
 from neurobridge.train.batches import Collated
 from neurobridge.train.config import PretrainConfig
 
@@ -57,18 +59,129 @@ def _autocast(precision: str, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
 
+@dataclass
+class Placement:
+    """Where a loop runs: its device, its rank among ``world`` data-parallel workers, and the DDP wrapper."""
+
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    rank: int = 0
+    world: int = 1
+    ddp_model: torch.nn.Module | None = None
+
+
+@dataclass
+class StepResult:
+    loss: float
+    poisson_nll: float
+    mse: float
+    grad_norm: float
+    tokens: int
+    cells: int
+
+
+def masked_loss(net, model: MaskedNeuralModel, item: Collated, mode: str, gen: torch.Generator, train=None):
+    """(loss, poisson_nll, mse) of ``item``'s parts as one mean per cell kind (Poisson over count cells, MSE over
+    MUA cells), one masking mode for the whole step; None when a part's loss is not finite.
+
+    ``train``: a context factory for the forward (autocast); each part's share is then back-propagated as soon as
+    it is computed (one part's graph in memory at a time) and DDP syncs gradients once, on the last part."""
+    mode = choose_mode(mode, model.cfg.modes, gen, model.cfg.mode_weights)
+    masks = [sample_mask(p, mode, model.cfg.mask, model.cfg.modes, gen) for p in item.parts]
+    n_c = sum(_cells(p, m, True) for p, m in zip(item.parts, masks, strict=True))
+    n_m = sum(_cells(p, m, False) for p, m in zip(item.parts, masks, strict=True))
+    nll = se = 0.0
+    for i, (part, mask) in enumerate(zip(item.parts, masks, strict=True)):
+        sync = i == len(item.parts) - 1 or not hasattr(net, "no_sync")
+        with nullcontext() if sync else net.no_sync(), (train or nullcontext)():
+            out = net(part, mask=mask, outputs="targets")
+            share = out.nll_sum / max(n_c, 1) + out.se_sum / max(n_m, 1)
+        if train is not None:
+            if not torch.isfinite(share):
+                return None
+            share.backward()
+        nll, se = nll + float(out.nll_sum.detach()), se + float(out.se_sum.detach())
+    poisson, mse = nll / max(n_c, 1), se / max(n_m, 1)
+    return poisson + mse, poisson, mse
+
+
+def _cells(part, mask, counts: bool) -> int:
+    kind = part.is_counts if counts else ~part.is_counts
+    return int(((mask.target & part.token_valid)[:, :, None] & part.token_cells & kind[:, None, None]).sum())
+
+
+class Loop:
+    """The state of one training run between steps: optimizer, schedule, position in the data, best weights."""
+
+    def __init__(self, cfg: PretrainConfig, model: MaskedNeuralModel, place: Placement, state: dict | None):
+        self.cfg, self.model, self.place = cfg, model, place
+        self.net = place.ddp_model or model
+        self.opt, self.sched = make_optimizer(model, cfg.optim)
+        self.step = self.epoch = self.skip = self.stale = 0
+        self.best: dict | None = None
+        if state is not None:  # resume: weights, optimizer, schedule and the place in the epoch's data order
+            model.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["optimizer"])
+            self.sched.load_state_dict(state["scheduler"])
+            self.step, self.epoch, self.skip = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
+            self.best, self.stale = state.get("best"), int(state.get("stale", 0))
+
+    def train_step(self, item: Collated) -> StepResult:
+        cfg, place = self.cfg, self.place
+        seed = (cfg.seed * 1_000_003 + self.step) * max(place.world, 1) + place.rank
+        torch.manual_seed(seed)
+        gen = torch.Generator(device="cpu").manual_seed(seed)  # masks are drawn on the CPU: the same on any device
+        item = item.to(place.device)
+        self.net.train()
+        self.opt.zero_grad(set_to_none=True)
+        got = masked_loss(
+            self.net, self.model, item, cfg.mode, gen, lambda: _autocast(cfg.optim.precision, place.device)
+        )
+        if got is None or not math.isfinite(got[0]):
+            raise NonFiniteLoss(
+                f"loss is not finite at step {self.step} (epoch {self.epoch}); windows: {item.sample_ids[:8]}"
+            )
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.optim.grad_clip)
+        self.opt.step()
+        self.sched.step()
+        self.step += 1
+        cells = sum(int(p.token_cells.sum()) for p in item.parts)
+        return StepResult(*got, float(grad_norm), item.n_tokens, cells)
+
+    def validate(self, validate: Callable[[MaskedNeuralModel], float], last: dict) -> bool:
+        """Score the model on val; keep the best weights; True when patience ran out."""
+        last["val_loss"] = float(validate(self.model))
+        if self.best is None or last["val_loss"] < self.best["val_loss"]:
+            weights = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+            self.best, self.stale = {"step": self.step, "val_loss": last["val_loss"], "model": weights}, 0
+        else:
+            self.stale += 1
+        last["best_val_loss"], last["best_step"] = self.best["val_loss"], self.best["step"]
+        patience = self.cfg.validation.patience
+        return patience is not None and self.stale >= patience
+
+    def full_state(self, seen: int) -> dict:
+        full = {
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": seen,
+            "stale": self.stale,
+        }
+        if self.best is not None:
+            full["best"] = self.best
+        return full
+
+
 def run_steps(
     cfg: PretrainConfig,
     model: MaskedNeuralModel,
-    vocabs: Vocabularies,
     batches: Callable[[int], Iterable[Collated]],
     *,
-    device: torch.device,
-    rank: int = 0,
-    world: int = 1,
-    state: dict | None = None,
     report: Callable[[dict, dict | None], None],
-    ddp_model: torch.nn.Module | None = None,
+    place: Placement | None = None,
+    state: dict | None = None,
     validate: Callable[[MaskedNeuralModel], float] | None = None,
 ) -> dict:
     """Train until ``cfg.optim.max_steps``. ``batches(epoch)`` yields collated windows in a fixed order;
@@ -77,94 +190,33 @@ def run_steps(
     With ``validate`` (a val loss of the model; rank 0 only) every ``cfg.validation.every`` steps, the best weights so
     far travel in the state (``best``), so a resumed run keeps them, and ``patience`` passes without a new best
     end the run early (with a final checkpoint)."""
-    net = ddp_model or model
-    opt, sched = make_optimizer(model, cfg.optim)
-    step, epoch, skip = 0, 0, 0
-    best: dict | None = None
-    stale = 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        step, epoch, skip = int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"])
-        best, stale = state.get("best"), int(state.get("stale", 0))
+    loop = Loop(cfg, model, place or Placement(), state)
     val_every = cfg.validation.every if validate is not None else None
-    last = {}
+    last: dict = {}
     clock = _Clock()
-    while step < cfg.optim.max_steps:
+    while loop.step < cfg.optim.max_steps:
         seen = 0
-        for item in clock.timed(batches(epoch)):
-            if seen < skip:  # resuming mid-epoch: replay the order, skip what was already trained on
-                seen += 1
-                continue
+        for item in clock.timed(batches(loop.epoch)):
             seen += 1
-            batch = item.batch.to(device)
-            seed = (cfg.seed * 1_000_003 + step) * max(world, 1) + rank
-            torch.manual_seed(seed)
-            gen = torch.Generator(device=device).manual_seed(seed)
-            net.train()
-            with _autocast(cfg.optim.precision, device):
-                out = net(batch, mode=cfg.mode, generator=gen)
-            if not torch.isfinite(out.loss):
-                ids = item.sample_ids[:8]
-                raise NonFiniteLoss(f"loss is {out.loss.item()} at step {step} (epoch {epoch}); windows: {ids}")
-            opt.zero_grad(set_to_none=True)
-            out.loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.optim.grad_clip)
-            opt.step()
-            sched.step()
-            step += 1
-            clock.step_done(int(batch.token_valid.sum()))
-            last = {
-                "step": step,
-                "epoch": epoch,
-                "loss": float(out.loss.detach()),
-                "poisson_nll": float(out.poisson_nll.detach()),
-                "mse": float(out.mse.detach()),
-                "lr": sched.get_last_lr()[0],
-                "grad_norm": float(grad_norm),
-                "tokens": int(batch.token_valid.sum()),
-                "cells": int(batch.token_cells.sum()),
-            }
-            stop = step >= cfg.optim.max_steps
-            validated = val_every is not None and (step % val_every == 0 or stop)
+            if seen <= loop.skip:  # resuming mid-epoch: replay the order, skip what was already trained on
+                continue
+            r = loop.train_step(item)
+            clock.step_done(r.tokens)
+            last = {"step": loop.step, "epoch": loop.epoch, "lr": loop.sched.get_last_lr()[0], **r.__dict__}
+            stop = loop.step >= cfg.optim.max_steps
+            validated = val_every is not None and (loop.step % val_every == 0 or stop)
             if validated:
-                last["val_loss"] = float(validate(model))
-                if best is None or last["val_loss"] < best["val_loss"]:
-                    weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-                    best, stale = {"step": step, "val_loss": last["val_loss"], "model": weights}, 0
-                else:
-                    stale += 1
-                last["best_val_loss"], last["best_step"] = best["val_loss"], best["step"]
-                patience = cfg.validation.patience
-                stop = stop or (patience is not None and stale >= patience)
-            at_ckpt = step % cfg.checkpoint_every == 0 or stop
-            if at_ckpt or validated or step % cfg.log_every == 0:
+                stop = loop.validate(validate, last) or stop
+            at_ckpt = loop.step % cfg.checkpoint_every == 0 or stop
+            if at_ckpt or validated or loop.step % cfg.log_every == 0:
                 last.update(clock.rates())
-            if at_ckpt:
-                full = {
-                    "model": model.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(),
-                    "step": step,
-                    "epoch": epoch,
-                    "batch_in_epoch": seen,
-                    "stale": stale,
-                }
-                if best is not None:
-                    full["best"] = best
-                report(last, full)
-            elif validated or step % cfg.log_every == 0:
-                report(last, None)
+                report(last, loop.full_state(seen) if at_ckpt else None)
             if stop:
-                break
-        else:
-            epoch, skip = epoch + 1, 0
-            if seen == 0:
-                raise RuntimeError("the training data yielded no batch (empty split or batch larger than the data)")
-            continue
-        break
-    return last if best is None else {**last, "best": best}  # a new dict: Ray may still hold the reported one
+                return last if loop.best is None else {**last, "best": loop.best}  # a new dict: Ray may hold last
+        if seen == 0:
+            raise RuntimeError("the training data yielded no batch (empty split or batch larger than the data)")
+        loop.epoch, loop.skip = loop.epoch + 1, 0
+    return last if loop.best is None else {**last, "best": loop.best}
 
 
 class _Clock:
@@ -213,7 +265,7 @@ def val_loss(model: MaskedNeuralModel, batches: list[Collated], mode: str, seed:
     model.eval()
     total = 0.0
     for i, item in enumerate(batches):
-        gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + 7_919 * (i + 1))
-        total += float(model(item.batch.to(device), mode=mode, generator=gen).loss)
+        gen = torch.Generator(device="cpu").manual_seed(seed * 1_000_003 + 7_919 * (i + 1))
+        total += masked_loss(model, model, item.to(device), mode, gen)[0]
     model.train(was_training)
     return total / max(len(batches), 1)

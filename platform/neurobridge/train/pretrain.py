@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from neurobridge.config import Settings, ensure_ray, get_settings
 from neurobridge.models.vocab import Vocabularies, unit_key
 from neurobridge.storage import StoreError
-from neurobridge.store.read import Source, ray_dataset, sources, unit_columns
+from neurobridge.store.read import Mixing, Source, ray_dataset, sources, unit_columns
 from neurobridge.store.rows import ROW_COLUMNS
 from neurobridge.store.splits import HeldoutSplit, heldout_flags
 from neurobridge.tracking import mlflow_run
@@ -76,13 +76,15 @@ def train_loop_per_worker(config: dict) -> None:
     import torch
 
     from neurobridge.models.ndt import MaskedNeuralModel
-    from neurobridge.train.loop import run_steps, val_loss
+    from neurobridge.train.loop import Placement, run_steps, val_loss
 
     cfg = PretrainConfig.model_validate(config["cfg"])
     vocabs = Vocabularies.from_dict(config["vocabs"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
+    if device.type == "cpu":  # the worker's CPUs are its compute: one thread per CPU it holds (Ray sets 1 by default)
+        torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = MaskedNeuralModel(cfg.model, vocabs)
     state = None
@@ -124,19 +126,8 @@ def train_loop_per_worker(config: dict) -> None:
         def validate(m) -> float:
             return val_loss(m, fixed, cfg.mode, cfg.seed, device)
 
-    run_steps(
-        cfg,
-        model,
-        vocabs,
-        batches,
-        device=device,
-        rank=rank,
-        world=world,
-        state=state,
-        report=report,
-        ddp_model=ddp,
-        validate=validate,
-    )
+    place = Placement(device, rank, world, ddp)
+    run_steps(cfg, model, batches, report=report, place=place, state=state, validate=validate)
 
 
 def _val_batches(shard, cfg: PretrainConfig, collate_fn: CollateWindows) -> list:
@@ -169,28 +160,15 @@ def pretrain(cfg: PretrainConfig, settings: Settings | None = None, resume_from:
     ensure_ray(settings, min_cpus=int(s.num_workers * s.cpus_per_worker) + 2)
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # with seeded shuffles: the same data order on every (re)run
+    held = frozenset(cfg.data.holdout_sessions)
     train = ray_dataset(
-        settings,
-        srcs,
-        "train",
-        cfg.data.mixing,
-        epoch_rows(cfg, srcs),
-        cfg.seed,
-        ROW_COLUMNS,
-        exclude_sessions=frozenset(cfg.data.holdout_sessions),
+        settings, srcs, "train", Mixing(cfg.data.mixing, epoch_rows(cfg, srcs), cfg.seed, held), ROW_COLUMNS
     )
     datasets = {"train": train}
     if cfg.validation.every is not None:
         try:  # every val row once, unmixed; rank 0 scores the first max_windows of them
             datasets["val"] = ray_dataset(
-                settings,
-                srcs,
-                "val",
-                "proportional",
-                None,
-                cfg.seed,
-                ROW_COLUMNS,
-                exclude_sessions=frozenset(cfg.data.holdout_sessions),
+                settings, srcs, "val", Mixing("proportional", None, cfg.seed, held), ROW_COLUMNS
             )
         except StoreError as err:
             raise StoreError(f"validation.every is set but there is nothing to validate on: {err}") from None

@@ -15,24 +15,18 @@ import pyarrow as pa
 
 from neurobridge.config import Settings
 from neurobridge.storage import StoreError
-from neurobridge.store.read import Source, epoch_plan, iter_local, mix_rows, one_bin_width
+from neurobridge.store.read import Mixing, Source, epoch_plan, iter_local, mix_rows, one_bin_width
 from neurobridge.store.rows import ROW_COLUMNS
 
 
-def mixed_rows(
-    settings: Settings,
-    srcs: list[Source],
-    rule: str,
-    epoch_rows: int | None,
-    seed: int,
-    exclude_sessions: frozenset = frozenset(),
-) -> pa.Table:
-    """The train rows of one epoch of the mixture (rows repeated or dropped by their dataset's multiple)."""
+def mixed_rows(settings: Settings, srcs: list[Source], mixing: Mixing) -> pa.Table:
+    """The train rows of one epoch of the mixture (rows repeated or dropped by their dataset's multiple): the same
+    rows ``store.read.ray_dataset`` yields, read in-process for Tune trials."""
     one_bin_width(srcs)
-    plan = epoch_plan({s.name: s.rows("train") for s in srcs}, rule, epoch_rows)
+    plan = epoch_plan({s.name: s.rows("train") for s in srcs}, mixing.rule, mixing.epoch_rows)
     cols = list(dict.fromkeys([*ROW_COLUMNS, "dataset", "session", "sample_id", "split"]))
     parts = [
-        mix_rows(pa.Table.from_batches([b]), plan, seed, exclude_sessions)
+        mix_rows(pa.Table.from_batches([b]), plan, mixing.seed, mixing.exclude_sessions)
         for s in srcs
         if plan[s.name] > 0
         for b in iter_local(settings, s, "train", cols)

@@ -98,7 +98,7 @@ def _pretrain(cfg, spec: AblationSpec, st: Settings, run_id: str) -> dict:
 
     from neurobridge.models.checkpoint import save_checkpoint
     from neurobridge.models.ndt import MaskedNeuralModel
-    from neurobridge.store.read import sources
+    from neurobridge.store.read import Mixing, sources
     from neurobridge.store.splits import HeldoutSplit, heldout_flags
     from neurobridge.train.batches import CollateWindows
     from neurobridge.train.components import Reporter, load_state, log_model, loss_figure, state_writer, tune_backend
@@ -109,7 +109,8 @@ def _pretrain(cfg, spec: AblationSpec, st: Settings, run_id: str) -> dict:
     srcs = sources(st, cfg.data.datasets, cfg.data.mixture)
     vocabs = vocabularies(srcs, cfg.data.holdout_sessions, st)
     heldout = HeldoutSplit(heldout_flags(st, srcs), cfg.data.heldout_fraction)
-    rows = mixed_rows(st, srcs, cfg.data.mixing, cfg.data.epoch_rows, cfg.seed, frozenset(cfg.data.holdout_sessions))
+    held = frozenset(cfg.data.holdout_sessions)
+    rows = mixed_rows(st, srcs, Mixing(cfg.data.mixing, cfg.data.epoch_rows, cfg.seed, held))
     collate = CollateWindows(
         vocabs, cfg.model.neurons_per_token, heldout, cfg.data.max_units, cfg.data.crop_bins, cfg.seed
     )
@@ -125,7 +126,7 @@ def _pretrain(cfg, spec: AblationSpec, st: Settings, run_id: str) -> dict:
     logger = mlflow_run.MetricsLogger(st.mlflow_uri, run_id)
 
     report = Reporter(tune_backend, state_writer(vocabs, cfg), logger=logger)
-    last = run_steps(cfg, model, vocabs, batches, device=torch.device("cpu"), state=state, report=report)
+    last = run_steps(cfg, model, batches, report=report, state=state)
     final = {k: v for k, v in last.items() if isinstance(v, int | float)}
     extra = {"step": int(final.get("step", cfg.optim.max_steps)), "heldout_fraction": cfg.data.heldout_fraction}
     log_model(st.mlflow_uri, run_id, model, vocabs, extra)
