@@ -16,23 +16,21 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from neurobridge.align.config import AlignConfig, AlignDataConfig, ProjectorConfig
-from neurobridge.align.dataset import (
+from neurobridge.align.dataset import build_alignment_data, to_arrow
+from neurobridge.align.embeddings import EmbeddingTable, simulation_embeddings
+from neurobridge.align.examples import (
     AlignDataError,
     AlignmentSplit,
     Block,
     DimensionMismatch,
     LeakageError,
     MissingEmbeddings,
-    assert_no_leak,
-    assign_splits,
-    build_alignment_data,
-    to_arrow,
-    window_bins,
 )
-from neurobridge.align.embeddings import EmbeddingTable, simulation_embeddings
 from neurobridge.align.experiment import run_alignment
 from neurobridge.align.projector import _batches, fit_projector, info_nce, load_projector, save_projector
+from neurobridge.align.responses import window_bins
 from neurobridge.align.retrieval import nearest_train_reconstruction, retrieval_scores
+from neurobridge.align.splits import assert_no_leak, assign_splits
 from neurobridge.catalog import CatalogEntry
 from neurobridge.config import get_settings
 from neurobridge.ingest.pipeline import ingest

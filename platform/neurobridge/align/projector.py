@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from neurobridge.align.config import ProjectorConfig
-from neurobridge.align.dataset import AlignmentSplit, DimensionMismatch
+from neurobridge.align.examples import AlignmentSplit, DimensionMismatch
 
 
 class AlignProjector(nn.Module):

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from neurobridge.align.config import AlignConfig, EncoderSpec, ProjectorConfig
-from neurobridge.align.dataset import AlignmentSplit
+from neurobridge.align.examples import AlignmentSplit
 from neurobridge.align.projector import FitResult
 from neurobridge.config import Settings
 
