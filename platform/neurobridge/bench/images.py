@@ -81,7 +81,7 @@ def reference_loop(images: Path, model_dir: Path, batch_size: int, limit: int) -
     import torch
     import transformers
 
-    from neurobridge.align.embed_images import decode_image, load_processor
+    from neurobridge.align.clip_stages import decode_image, load_processor
 
     transformers.logging.set_verbosity_error()
     model = transformers.CLIPVisionModelWithProjection.from_pretrained(model_dir).eval()

@@ -368,7 +368,8 @@ def embed_images_cmd(
 ):
     """Embed images with a CLIP vision model (Ray Data) into Parquet; undecodable images are named and skipped."""
     from neurobridge.align.config import ConfigError, EmbedConfig, load_yaml
-    from neurobridge.align.embed_images import EmbedError, embed_images
+    from neurobridge.align.embed_images import embed_images
+    from neurobridge.align.image_files import EmbedError
 
     opts = {
         "images": images,
