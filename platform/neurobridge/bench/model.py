@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -46,18 +47,26 @@ def synthetic_rows(n: int, units: int, bins: int, seed: int = 0) -> list[dict]:
     ]
 
 
-def run(
-    size: str = "small",
-    device: str = "cpu",
-    batch: int = 64,
-    units: int = 128,
-    bins: int = 50,
-    steps: int = 20,
-    peak_tflops: float | None = None,
-    precision: str = "auto",
-) -> dict:
+@dataclass
+class ModelBenchConfig:
+    """The model measured, where, and on what batches."""
+
+    size: str = "small"  # one of SIZES
+    device: str = "cpu"
+    batch: int = 64  # windows per step
+    units: int = 128  # units per synthetic window
+    bins: int = 50  # bins per synthetic window
+    steps: int = 20  # timed steps (after one counted and three warm-up steps)
+    peak_tflops: float | None = None  # the device's peak, for MFU
+    precision: str = "auto"  # bf16, or auto: bf16 on a CUDA device that supports it; anything else: fp32
+
+
+def run(bench: ModelBenchConfig | None = None) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
+    bench = bench or ModelBenchConfig()
+    size, device, batch, units, bins = bench.size, bench.device, bench.batch, bench.units, bench.bins
+    steps, peak_tflops, precision = bench.steps, bench.peak_tflops, bench.precision
     dev = torch.device(device)
     vocabs = Vocabularies.from_rows(synthetic_rows(8, units, bins))
     cfg = ModelConfig(**SIZES[size])
@@ -119,7 +128,16 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--peak-tflops", type=float, default=None, help="device peak (e.g. 989 for H100 SXM dense bf16)")
     a = p.parse_args()
-    print(json.dumps(run(a.size, a.device, a.batch, a.units, a.bins, a.steps, a.peak_tflops)))
+    bench = ModelBenchConfig(
+        size=a.size,
+        device=a.device,
+        batch=a.batch,
+        units=a.units,
+        bins=a.bins,
+        steps=a.steps,
+        peak_tflops=a.peak_tflops,
+    )
+    print(json.dumps(run(bench)))
 
 
 if __name__ == "__main__":

@@ -252,9 +252,9 @@ def bench_ingest(
         )
         return
     if source == "pile":
-        from neurobridge.bench.pile import bench_pile
+        from neurobridge.bench.pile import PileBenchSizes, bench_pile
 
-        bench_pile(growth=max(growth // 2, 2), workdir=workdir, echo=console.print)
+        bench_pile(PileBenchSizes(growth=max(growth // 2, 2)), workdir=workdir, echo=console.print)
         return
     if source != "nwb":
         _fail(f"unknown --source {source!r}: nwb, pile or tvsd")
@@ -295,18 +295,12 @@ def bench_align_cmd(
     ray_train: bool = typer.Option(False, "--ray-train", help="also fit 'all' on Ray Train: tokens/s vs the plain fit"),
 ):
     """Alignment on simulated V1/V4/IT: retrieval per region set (chance, ridge baseline beside it), tokens/s."""
-    from neurobridge.bench.images import bench_align
+    from neurobridge.bench.align import AlignBenchConfig, bench_align
 
-    bench_align(
-        n_images=images,
-        repeats=repeats,
-        n_test=test,
-        workdir=workdir,
-        epochs=epochs,
-        pretrain_steps=pretrain_steps,
-        ray_train=ray_train,
-        echo=console.print,
+    bench = AlignBenchConfig(
+        n_images=images, repeats=repeats, n_test=test, epochs=epochs, pretrain_steps=pretrain_steps, ray_train=ray_train
     )
+    bench_align(bench, workdir=workdir, echo=console.print)
 
 
 @app.command()

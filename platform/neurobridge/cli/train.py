@@ -221,8 +221,9 @@ def bench_model(
     peak_tflops: float = typer.Option(None, help="device peak for MFU (e.g. 989 for H100 SXM dense bf16)"),
 ):
     """Model-only training-step tokens/s and MFU (FLOPs counted by torch) on CPU or GPU."""
-    from neurobridge.bench.model import SIZES, run
+    from neurobridge.bench.model import SIZES, ModelBenchConfig, run
 
     if size not in SIZES:
         _fail(f"--size {size!r}: one of {list(SIZES)}")
-    console.print_json(json.dumps(run(size, device, batch, steps=steps, peak_tflops=peak_tflops)))
+    bench = ModelBenchConfig(size=size, device=device, batch=batch, steps=steps, peak_tflops=peak_tflops)
+    console.print_json(json.dumps(run(bench)))
