@@ -429,12 +429,13 @@ def test_a_frozen_encoder_pools_each_regions_latents_over_its_window(store, tmp_
 
 
 def test_the_demo_step_aligns_every_region_and_prints_retrieval_beside_chance(store, tmp_path, monkeypatch):
-    from neurobridge.workflows.demo_align import run_align_demo
+    from neurobridge.workflows.demo_align import DemoAlignOptions, run_align_demo
     from rich.console import Console
 
     monkeypatch.chdir(tmp_path)  # MLflow artifacts
     console = Console(record=True, width=140)
-    result = run_align_demo(store["settings"], str(store["v1"]), "vis_v1", console, n_test=40, windows=WINDOWS)
+    options = DemoAlignOptions(dataset="vis_v1", n_test=40, windows=WINDOWS)
+    result = run_align_demo(store["settings"], str(store["v1"]), options, console)
     assert set(result.results) == {"all", "V1", "V4", "IT"}
     text = console.export_text()
     assert "retrieval among 40 test images" in text and "0.025" in text  # chance beside each row
