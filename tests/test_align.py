@@ -16,23 +16,21 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from neurobridge.align.config import AlignConfig, AlignDataConfig, ProjectorConfig
-from neurobridge.align.dataset import (
+from neurobridge.align.dataset import build_alignment_data, to_arrow
+from neurobridge.align.embeddings import EmbeddingTable, simulation_embeddings
+from neurobridge.align.examples import (
     AlignDataError,
     AlignmentSplit,
     Block,
     DimensionMismatch,
     LeakageError,
     MissingEmbeddings,
-    assert_no_leak,
-    assign_splits,
-    build_alignment_data,
-    to_arrow,
-    window_bins,
 )
-from neurobridge.align.embeddings import EmbeddingTable, simulation_embeddings
 from neurobridge.align.experiment import run_alignment
 from neurobridge.align.projector import _batches, fit_projector, info_nce, load_projector, save_projector
+from neurobridge.align.responses import window_bins
 from neurobridge.align.retrieval import nearest_train_reconstruction, retrieval_scores
+from neurobridge.align.splits import assert_no_leak, assign_splits
 from neurobridge.catalog import CatalogEntry
 from neurobridge.config import get_settings
 from neurobridge.ingest.pipeline import ingest
@@ -431,12 +429,13 @@ def test_a_frozen_encoder_pools_each_regions_latents_over_its_window(store, tmp_
 
 
 def test_the_demo_step_aligns_every_region_and_prints_retrieval_beside_chance(store, tmp_path, monkeypatch):
-    from neurobridge.workflows.demo_align import run_align_demo
+    from neurobridge.workflows.demo_align import DemoAlignOptions, run_align_demo
     from rich.console import Console
 
     monkeypatch.chdir(tmp_path)  # MLflow artifacts
     console = Console(record=True, width=140)
-    result = run_align_demo(store["settings"], str(store["v1"]), "vis_v1", console, n_test=40, windows=WINDOWS)
+    options = DemoAlignOptions(dataset="vis_v1", n_test=40, windows=WINDOWS)
+    result = run_align_demo(store["settings"], str(store["v1"]), options, console)
     assert set(result.results) == {"all", "V1", "V4", "IT"}
     text = console.export_text()
     assert "retrieval among 40 test images" in text and "0.025" in text  # chance beside each row

@@ -12,9 +12,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from neurobridge.align.clip_stages import model_info
 from neurobridge.align.config import EmbedConfig
-from neurobridge.align.embed_images import EmbedError, embed_images, list_images, model_info
+from neurobridge.align.embed_images import embed_images
 from neurobridge.align.embeddings import CARD, read_embeddings, simulation_embeddings
+from neurobridge.align.image_files import EmbedError, list_images
 from neurobridge.config import get_settings
 from PIL import Image
 
@@ -39,7 +41,7 @@ def tiny_clip(tmp_path_factory):
 
 def reference_embeddings(model_dir, images: list[Image.Image]) -> np.ndarray:
     """The same model and processor called directly, without Ray: what every row must equal."""
-    from neurobridge.align.embed_images import load_processor
+    from neurobridge.align.clip_stages import load_processor
 
     model = transformers.CLIPVisionModelWithProjection.from_pretrained(model_dir).eval()
     pixels = load_processor(str(model_dir), 32)(images=images, return_tensors="pt")["pixel_values"]

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from neurobridge.align.config import EncoderSpec, ProjectorConfig
-from neurobridge.align.dataset import AlignmentData, AlignmentSplit
+from neurobridge.align.examples import AlignmentData, AlignmentSplit
 from neurobridge.align.projector import AlignProjector
 from neurobridge.models.config import ModelConfig
 from neurobridge.models.ndt import MaskedNeuralModel

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from neurobridge.align.config import AlignConfig
-from neurobridge.align.dataset import AlignmentData, build_alignment_data
+from neurobridge.align.dataset import build_alignment_data
 from neurobridge.align.embeddings import EmbeddingTable
+from neurobridge.align.examples import AlignmentData
 from neurobridge.align.projector import FitResult, fit_projector, project
 from neurobridge.align.retrieval import evaluate_split, nearest_train_reconstruction, retrieval_figure, top_k
 from neurobridge.align.train import save_model

@@ -2,9 +2,10 @@
 
 Sessions record different units, so each gets its own standardisation and linear read-in into a shared hidden
 space; the MLP above it is shared. ``fit_projector`` is a plain PyTorch loop: it runs as is in a process, or
-inside a Ray Train worker with ``report`` = ``ray.train.report``, ``rank/world`` sharding the batches and
-``wrap`` = ``ray.train.torch.prepare_model`` (with ``parallel_strategy_kwargs={"find_unused_parameters": True}``
-when several sessions are trained: a step uses one session's read-in only).
+inside a Ray Train worker given a ``TrainWorker`` with ``report`` = ``ray.train.report``, ``rank/world`` sharding
+the batches and ``wrap`` = ``ray.train.torch.prepare_model`` (with
+``parallel_strategy_kwargs={"find_unused_parameters": True}`` when several sessions are trained: a step uses one
+session's read-in only).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from neurobridge.align.config import ProjectorConfig
-from neurobridge.align.dataset import AlignmentSplit, DimensionMismatch
+from neurobridge.align.examples import AlignmentSplit, DimensionMismatch
 
 
 class AlignProjector(nn.Module):
@@ -137,114 +138,168 @@ def _batches(split: AlignmentSplit, size: int, rng: np.random.Generator, rank: i
     return out[rank::world]
 
 
+@dataclass
+class TrainWorker:
+    """Where the loop runs when it is one worker of several (Ray Train): its ``rank`` of ``world`` shards the
+    batches, ``report`` receives each logged epoch's record (e.g. ``ray.train.report``), and ``wrap`` prepares the
+    module for data-parallel training (e.g. ``ray.train.torch.prepare_model``). The defaults are one process."""
+
+    rank: int = 0
+    world: int = 1
+    report: Callable[[dict], None] | None = None
+    wrap: Callable[[nn.Module], nn.Module] | None = None
+
+
 def fit_projector(
     train: AlignmentSplit,
     val: AlignmentSplit | None,
     cfg: ProjectorConfig,
     *,
     device: torch.device | str | None = None,
-    report: Callable[[dict], None] | None = None,
-    rank: int = 0,
-    world: int = 1,
-    wrap: Callable[[nn.Module], nn.Module] | None = None,
     model: nn.Module | None = None,
+    worker: TrainWorker | None = None,
 ) -> FitResult:
     """Train a projector on ``train``; keep the weights of the epoch with the best validation top-1.
 
     ``model``: a prepared module with the projector's interface (``forward(x, session)``, ``scale()``, optional
-    ``param_groups()``), e.g. an encoder trained with the projector; default: a new ``AlignProjector``."""
-    if not train.blocks:
-        raise ValueError("no training examples")
-    dims = {b.session: b.x.shape[1] for b in train.blocks}
-    out_dims = {b.y.shape[1] for b in train.blocks} | {b.y.shape[1] for b in (val.blocks if val else [])}
-    if len(out_dims) != 1:
-        raise DimensionMismatch(f"target embeddings have several dimensions: {sorted(out_dims)}")
-    for b in val.blocks if val else []:
-        if b.session not in dims:
-            raise ValueError(f"validation session {b.session} has no training examples")
-        if b.x.shape[1] != dims[b.session]:
-            raise DimensionMismatch(f"{b.session}: {b.x.shape[1]} val features vs {dims[b.session]} in train")
+    ``param_groups()``), e.g. an encoder trained with the projector; default: a new ``AlignProjector``.
+    ``worker``: rank, world size, reporting and wrapping inside a Ray Train worker (default: one process)."""
+    worker = worker or TrainWorker()
+    dims, out_dim = _check_dimensions(train, val)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if model is None:
-        torch.manual_seed(cfg.seed)
-        model = AlignProjector(dims, out_dims.pop(), cfg)
-        for b in train.blocks:
-            std = b.x.std(axis=0)
-            model.set_normalizer(b.session, b.x.mean(axis=0), np.where(std > 1e-6, std, 1.0))
+        model = _new_projector(train, dims, out_dim, cfg)
     model.to(device)
-    net = wrap(model) if wrap is not None else model
-    groups = (
-        model.param_groups() if hasattr(model, "param_groups") else [{"params": list(model.parameters()), "lr": cfg.lr}]
-    )
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    total_steps = max(1, cfg.epochs * math.ceil(len(train) / cfg.batch_size / max(world, 1)))
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=[g["lr"] for g in groups], total_steps=total_steps + len(train.blocks), pct_start=0.1
-    )
-    codes = {s: i for i, s in enumerate(sorted({s for b in train.blocks for s in b.stimulus_id.tolist()}))}
-    tensors = [
-        (
-            torch.as_tensor(b.x, device=device),
-            torch.as_tensor(b.y, device=device),
-            torch.as_tensor(np.array([codes[s] for s in b.stimulus_id.tolist()]), device=device),
-        )
-        for b in train.blocks
-    ]
+    loop = _EpochLoop(model, train, cfg, device, worker)
+    has_val = val is not None and len(val) > 0
     result = FitResult(model)
-    best_state, best, stale, steps, examples, cells, train_time = None, -1.0, 0, 0, 0, 0, 0.0
+    best_state, best, stale = None, -1.0, 0
     for epoch in range(cfg.epochs):
-        rng = np.random.default_rng((cfg.seed, epoch))
-        t0 = time.perf_counter()
-        net.train()
-        losses = []
-        for bi, rows in _batches(train, cfg.batch_size, rng, rank, world):
-            x, y, ids = (t[torch.as_tensor(rows, device=device)] for t in tensors[bi])
-            z = net(x, train.blocks[bi].session)
-            loss = info_nce(z, y, model.scale(), ids)
-            if cfg.mse_weight > 0:
-                loss = loss + cfg.mse_weight * cosine_mse(z, y)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}, step {steps}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if steps < total_steps:
-                sched.step()
-            steps += 1
-            examples += len(rows)
-            cells += len(rows) * train.blocks[bi].cells
-            losses.append(float(loss.detach()))
-        train_time += time.perf_counter() - t0
-        score = val_top1(model, val) if val is not None and len(val) else float("nan")
+        losses = loop.run_epoch(epoch)
+        score = val_top1(model, val) if has_val else float("nan")
         metric = score if not math.isnan(score) else -float(np.mean(losses))
         if metric > best:
             best, stale, result.best_epoch = metric, 0, epoch
             best_state = copy.deepcopy(model.state_dict())
         else:
             stale += 1
-        seconds = max(train_time, 1e-9)
-        rec = {
-            "epoch": epoch,
-            "loss": float(np.mean(losses)) if losses else float("nan"),
-            "val_top1": score,
-            "temperature": float(1.0 / model.scale().detach()),
-            "steps": steps,
-            "examples_per_s": examples / seconds,
-            "tokens_per_s": cells / seconds,
-        }
+        rec = loop.record(epoch, losses, score)
         result.history.append(rec)
-        if report is not None and (epoch % cfg.log_every == 0 or epoch == cfg.epochs - 1):
-            report(rec)
+        if worker.report is not None and (epoch % cfg.log_every == 0 or epoch == cfg.epochs - 1):
+            worker.report(rec)
         if cfg.patience is not None and stale >= cfg.patience:
             break
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    result.best_val_top1 = best if val is not None and len(val) else float("nan")
-    result.seconds, result.steps = train_time, steps
-    result.examples_per_s = examples / max(train_time, 1e-9)
-    result.tokens_per_s = cells / max(train_time, 1e-9)
+    result.best_val_top1 = best if has_val else float("nan")
+    result.seconds, result.steps = loop.seconds, loop.steps
+    result.examples_per_s, result.tokens_per_s = loop.rates()
     return result
+
+
+def _check_dimensions(train: AlignmentSplit, val: AlignmentSplit | None) -> tuple[dict[str, int], int]:
+    """Features per training session and the one target dimension; val sessions must be trained sessions with the
+    same features."""
+    if not train.blocks:
+        raise ValueError("no training examples")
+    dims = {b.session: b.x.shape[1] for b in train.blocks}
+    val_blocks = val.blocks if val else []
+    out_dims = {b.y.shape[1] for b in train.blocks} | {b.y.shape[1] for b in val_blocks}
+    if len(out_dims) != 1:
+        raise DimensionMismatch(f"target embeddings have several dimensions: {sorted(out_dims)}")
+    for b in val_blocks:
+        if b.session not in dims:
+            raise ValueError(f"validation session {b.session} has no training examples")
+        if b.x.shape[1] != dims[b.session]:
+            raise DimensionMismatch(f"{b.session}: {b.x.shape[1]} val features vs {dims[b.session]} in train")
+    return dims, out_dims.pop()
+
+
+def _new_projector(train: AlignmentSplit, dims: dict[str, int], out_dim: int, cfg: ProjectorConfig) -> AlignProjector:
+    """A projector seeded by ``cfg.seed``, each session standardised by its training features' mean and std."""
+    torch.manual_seed(cfg.seed)
+    model = AlignProjector(dims, out_dim, cfg)
+    for b in train.blocks:
+        std = b.x.std(axis=0)
+        model.set_normalizer(b.session, b.x.mean(axis=0), np.where(std > 1e-6, std, 1.0))
+    return model
+
+
+class _EpochLoop:
+    """The optimiser, schedule and training tensors of one fit, and what it has done so far (steps, examples,
+    token-grid cells, training seconds: validation is not timed)."""
+
+    def __init__(self, model: nn.Module, train: AlignmentSplit, cfg: ProjectorConfig, device, worker: TrainWorker):
+        self.model, self.train, self.cfg, self.device, self.worker = model, train, cfg, device, worker
+        self.net = worker.wrap(model) if worker.wrap is not None else model
+        groups = (
+            model.param_groups()
+            if hasattr(model, "param_groups")
+            else [{"params": list(model.parameters()), "lr": cfg.lr}]
+        )
+        self.opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.total_steps = max(1, cfg.epochs * math.ceil(len(train) / cfg.batch_size / max(worker.world, 1)))
+        self.sched = torch.optim.lr_scheduler.OneCycleLR(
+            self.opt, max_lr=[g["lr"] for g in groups], total_steps=self.total_steps + len(train.blocks), pct_start=0.1
+        )
+        codes = {s: i for i, s in enumerate(sorted({s for b in train.blocks for s in b.stimulus_id.tolist()}))}
+        self.tensors = [
+            (
+                torch.as_tensor(b.x, device=device),
+                torch.as_tensor(b.y, device=device),
+                torch.as_tensor(np.array([codes[s] for s in b.stimulus_id.tolist()]), device=device),
+            )
+            for b in train.blocks
+        ]
+        self.steps, self.examples, self.cells, self.seconds = 0, 0, 0, 0.0
+
+    def run_epoch(self, epoch: int) -> list[float]:
+        """One pass over this worker's shard of the batches; returns the step losses."""
+        rng = np.random.default_rng((self.cfg.seed, epoch))
+        t0 = time.perf_counter()
+        self.net.train()
+        losses = []
+        for bi, rows in _batches(self.train, self.cfg.batch_size, rng, self.worker.rank, self.worker.world):
+            losses.append(self._step(epoch, bi, rows))
+        self.seconds += time.perf_counter() - t0
+        return losses
+
+    def _step(self, epoch: int, bi: int, rows: np.ndarray) -> float:
+        cfg = self.cfg
+        x, y, ids = (t[torch.as_tensor(rows, device=self.device)] for t in self.tensors[bi])
+        z = self.net(x, self.train.blocks[bi].session)
+        loss = info_nce(z, y, self.model.scale(), ids)
+        if cfg.mse_weight > 0:
+            loss = loss + cfg.mse_weight * cosine_mse(z, y)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}, step {self.steps}")
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        if self.steps < self.total_steps:
+            self.sched.step()
+        self.steps += 1
+        self.examples += len(rows)
+        self.cells += len(rows) * self.train.blocks[bi].cells
+        return float(loss.detach())
+
+    def rates(self) -> tuple[float, float]:
+        """(examples/s, tokens/s) of training time so far."""
+        seconds = max(self.seconds, 1e-9)
+        return self.examples / seconds, self.cells / seconds
+
+    def record(self, epoch: int, losses: list[float], val_top1: float) -> dict:
+        examples_per_s, tokens_per_s = self.rates()
+        return {
+            "epoch": epoch,
+            "loss": float(np.mean(losses)) if losses else float("nan"),
+            "val_top1": val_top1,
+            "temperature": float(1.0 / self.model.scale().detach()),
+            "steps": self.steps,
+            "examples_per_s": examples_per_s,
+            "tokens_per_s": tokens_per_s,
+        }
 
 
 def save_projector(model: AlignProjector, path: str) -> None:

@@ -9,8 +9,8 @@ import io
 
 import numpy as np
 
-from neurobridge.align.dataset import AlignmentSplit
 from neurobridge.align.embeddings import EmbeddingTable
+from neurobridge.align.examples import AlignmentSplit
 from neurobridge.align.projector import AlignProjector, project
 from neurobridge.config import Settings, get_settings
 from neurobridge.evaluate.metrics import retrieval_topk, retrieval_topk_subsets

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from neurobridge.align.config import AlignConfig, EncoderSpec, ProjectorConfig
-from neurobridge.align.dataset import AlignmentSplit
+from neurobridge.align.examples import AlignmentSplit
 from neurobridge.align.projector import FitResult
 from neurobridge.config import Settings
 
@@ -52,7 +52,7 @@ def align_loop_per_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from neurobridge.align.projector import fit_projector
+    from neurobridge.align.projector import TrainWorker, fit_projector
     from neurobridge.tracking import mlflow_run
     from neurobridge.train.components import Reporter, ray_train_backend
 
@@ -78,11 +78,8 @@ def align_loop_per_worker(config: dict) -> None:
         config["val"],
         cfg,
         device=device,
-        report=report,
-        rank=rank,
-        world=world,
-        wrap=wrap if world > 1 else None,
         model=make_model(config, device),
+        worker=TrainWorker(rank=rank, world=world, report=report, wrap=wrap if world > 1 else None),
     )
     summary = {
         "history": fit.history,

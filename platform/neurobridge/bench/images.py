@@ -1,10 +1,9 @@
-"""Alignment benchmarks, with same-run references.
+"""Image-embedding benchmark, with same-run references (``neurobridge bench embed-images``).
 
-- ``embed-images``: the Ray Data job's throughput (images/s) against a plain single-process loop (decode,
-  preprocess, embed) over the same files with the same model; and the peak memory of the whole job (driver, Ray
-  daemons and workers, summed proportional set sizes) for N and ``growth``×N images, which must stay nearly flat.
-- ``align``: alignment on simulated V1/V4/IT recordings: retrieval per region set with chance beside it, the
-  closed-form ridge baseline on the same split, and projector training throughput in tokens/s.
+The Ray Data job's throughput (images/s) against a plain single-process loop (decode, preprocess, embed) over the
+same files with the same model; and the peak memory of the whole job (driver, Ray daemons and workers, summed
+proportional set sizes) for N and ``growth``×N images, which must stay nearly flat. The alignment benchmark is
+``bench/align.py``.
 """
 
 from __future__ import annotations
@@ -81,7 +80,7 @@ def reference_loop(images: Path, model_dir: Path, batch_size: int, limit: int) -
     import torch
     import transformers
 
-    from neurobridge.align.embed_images import decode_image, load_processor
+    from neurobridge.align.clip_stages import decode_image, load_processor
 
     transformers.logging.set_verbosity_error()
     model = transformers.CLIPVisionModelWithProjection.from_pretrained(model_dir).eval()
@@ -201,6 +200,7 @@ def bench_embed_images(
         figures["memory_growth"] = figures["big_peak_pss_mb"] / figures["n_peak_pss_mb"]
         echo(f"memory_growth_for_{growth}x_images: {figures['memory_growth']:.2f}x")
     return figures
+<<<<<<< HEAD
 
 
 def bench_align(
@@ -431,3 +431,5 @@ def compare_encoders(cfg, settings, emb, data, work: Path, steps: int, echo=prin
                 f"{m['brain_top1']:7.3f}"
             )
     return out
+=======
+>>>>>>> cx

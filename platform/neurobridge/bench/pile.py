@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from neurobridge.bench.ingest import _line
@@ -87,16 +88,23 @@ def full_read(root: str) -> dict:
     return {"rows": rows, "cells": cells}
 
 
-def bench_pile(
-    rows: int = 24,
-    units: int = 200,
-    bins: int = 15_000,
-    long_units: int = 300,
-    long_bins: int = 33_000,
-    growth: int = 4,
-    workdir: str | None = None,
-    echo=print,
-) -> dict:
+@dataclass
+class PileBenchSizes:
+    """The simulated shards: the throughput shards' rows and their shape, and the long row measured for memory at
+    one length and ``growth`` times it (then ``growth`` such rows in one row group)."""
+
+    rows: int = 24
+    units: int = 200
+    bins: int = 15_000
+    long_units: int = 300
+    long_bins: int = 33_000
+    growth: int = 4
+
+
+def bench_pile(sizes: PileBenchSizes | None = None, workdir: str | None = None, echo=print) -> dict:
+    sizes = sizes or PileBenchSizes()
+    rows, units, bins, growth = sizes.rows, sizes.units, sizes.bins, sizes.growth
+    long_units, long_bins = sizes.long_units, sizes.long_bins
     work = Path(workdir or Path(tempfile.gettempdir()) / "neurobridge-bench") / "pile"
     thr = work / f"throughput_r{rows}_u{units}_b{bins}"
     echo(f"simulating Neural Pile shards in {work} …")

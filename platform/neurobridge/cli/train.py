@@ -57,7 +57,7 @@ def align(
 ):
     """Neural → image alignment on Ray Train: one projector per region set, retrieval beside chance, MLflow."""
     from neurobridge.align.config import AlignConfig, ConfigError, load_yaml
-    from neurobridge.align.dataset import AlignDataError
+    from neurobridge.align.examples import AlignDataError
     from neurobridge.align.experiment import run_alignment
     from neurobridge.storage import StoreError
     from neurobridge.tracking.mlflow_run import TrackingError

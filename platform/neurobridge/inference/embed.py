@@ -140,91 +140,21 @@ def embed_batch(batch: pa.Table, source: str, mlflow_uri: str, model_uri: str, v
 
 
 def embed(cfg: EmbedConfig, settings: Settings | None = None, progress: bool = True) -> EmbedResult:
-    import ray.data
-
-    from neurobridge.config import ensure_ray
-    from neurobridge.store.read import sources
-    from neurobridge.tracking.registry import resolve
-
     settings = settings or get_settings()
     if cfg.split is not None and cfg.split not in SPLITS:
         raise StoreError(f"split {cfg.split!r} is not one of {SPLITS}")
     t0 = time.perf_counter()
-    info = resolve(cfg.model, settings)  # fails here on a missing alias or a tracking server that is down
-    if info.tags.get("kind", "pretrain") != "pretrain":
-        from neurobridge.tracking.registry import RegistryError
-
-        raise RegistryError(
-            f"{cfg.model} is a registered {info.tags['kind']!r} model; embedding windows needs a pretrain encoder "
-            "(an align model maps response vectors: load it with `registry load`)"
-        )
-    src = sources(settings, [cfg.dataset])[0]
-    total = src.rows(cfg.split)
-    if total == 0:
-        raise StoreError(f"{src.name}@{src.ref.version} has no {cfg.split or ''} windows".replace("  ", " "))
+    info = _pretrain_encoder(cfg, settings)
+    src, total = _source(cfg, settings)
     name = cfg.name or f"{info.name}-v{info.version}-{src.name}-{cfg.split or 'all'}"
-    ensure_ray(settings)
-    ctx = ray.data.DataContext.get_current()
-    ctx.execution_options.preserve_order = True  # fixed batches in a fixed order: a rerun writes the same numbers
-    ctx.enable_progress_bars = False  # the driver shows one bar in windows
-    ctx.print_on_execution_start = False
-    fs_in, _ = filesystem(src.files[0], settings)
-    ds = ray.data.read_parquet([filesystem(u, settings)[1] for u in src.files], filesystem=fs_in, columns=READ_COLUMNS)
-    if cfg.split is not None:
-        ds = ds.filter(expr=f"split == '{cfg.split}'")
-    ds = ds.map_batches(
-        embed_batch,
-        batch_size=cfg.batch_size,
-        batch_format="pyarrow",
-        num_cpus=1,
-        compute=ray.data.TaskPoolStrategy(size=cfg.workers),
-        fn_kwargs={
-            "source": info.source,
-            "mlflow_uri": settings.mlflow_uri,
-            "model_uri": info.uri,
-            "version": info.version,
-        },
-    )
-
+    ds = _embedding_stream(cfg, settings, src, info)
     base = table_dir(settings, name)
     fs, base_path = filesystem(base, settings)
-    run = uuid.uuid4().hex[:8]
-    files: list[str] = []
-    buffer: list[pa.Table] = []
-    n_rows = 0
-    sessions: dict[str, bool] = {}
-    dim = None
-    encode_s = 0.0
-
-    def flush() -> None:
-        if buffer:
-            fname = f"part-{run}-{len(files):05d}.parquet"
-            with open_atomic(fs, posixpath.join(base_path, fname)) as f:
-                pq.write_table(pa.concat_tables(buffer).cast(SCHEMA), f)
-            files.append(fname)
-            buffer.clear()
-
-    bar = CountBar(progress, total, "embedding windows")
+    parts = _PartWriter(fs, base_path, cfg.rows_per_part)
     try:
-        with bar:
-            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-                if batch.num_rows == 0:
-                    continue
-                for s, seen in zip(
-                    batch.column("session").to_pylist(), batch.column("seen_session").to_pylist(), strict=True
-                ):
-                    sessions.setdefault(s, seen)
-                dim = len(batch.column("embedding")[0])
-                encode_s += float(np.sum(batch.column("encode_s").to_numpy()))
-                buffer.append(batch.drop_columns(["seen_session", "encode_s"]))
-                n_rows += batch.num_rows
-                if sum(t.num_rows for t in buffer) >= cfg.rows_per_part:
-                    flush()
-                bar.advance(batch.num_rows)
-            flush()
+        _consume(ds, parts, total, progress)
     except BaseException:
-        for fname in files:  # invisible without a card; removed anyway
-            fs.rm(posixpath.join(base_path, fname))
+        parts.remove()  # invisible without a card; removed anyway
         raise
     seconds = time.perf_counter() - t0
     card = {
@@ -241,23 +171,131 @@ def embed(cfg: EmbedConfig, settings: Settings | None = None, progress: bool = T
         },
         "dataset": {"name": src.name, "version": src.ref.version},
         "split": cfg.split,
-        "dim": dim,
+        "dim": parts.dim,
         "pooling": "mean of the encoder's token latents over the window (nothing masked)",
-        "files": files,
+        "files": parts.files,
         "counts": {
-            "windows": n_rows,
-            "sessions": len(sessions),
-            "new_sessions": sorted(s for s, seen in sessions.items() if not seen),
+            "windows": parts.n_rows,
+            "sessions": len(parts.sessions),
+            "new_sessions": sorted(s for s, seen in parts.sessions.items() if not seen),
         },
         "config": cfg.model_dump(mode="json"),
         "seconds": round(seconds, 3),
-        "windows_per_s": round(n_rows / seconds, 2),  # end to end: Ray start, model load, read, write
+        "windows_per_s": round(parts.n_rows / seconds, 2),  # end to end: Ray start, model load, read, write
         # windows per second of encoder time in one worker (collate + forward): the rate a long job runs at per worker
-        "encoder_windows_per_s": round(n_rows / encode_s, 2) if encode_s > 0 else None,
+        "encoder_windows_per_s": round(parts.n_rows / parts.encode_s, 2) if parts.encode_s > 0 else None,
     }
     write_json_atomic(fs, posixpath.join(base_path, CARD), card)
-    remove_stale_parts(fs, base_path, set(files))
+    remove_stale_parts(fs, base_path, set(parts.files))
     return EmbedResult(base, card)
+
+
+def _pretrain_encoder(cfg: EmbedConfig, settings: Settings):
+    """The registered version ``cfg.model`` resolves to now (pinned for the whole job); refused unless it is a
+    pretrain encoder. Fails here on a missing alias or a tracking server that is down."""
+    from neurobridge.tracking.registry import resolve
+
+    info = resolve(cfg.model, settings)
+    if info.tags.get("kind", "pretrain") != "pretrain":
+        from neurobridge.tracking.registry import RegistryError
+
+        raise RegistryError(
+            f"{cfg.model} is a registered {info.tags['kind']!r} model; embedding windows needs a pretrain encoder "
+            "(an align model maps response vectors: load it with `registry load`)"
+        )
+    return info
+
+
+def _source(cfg: EmbedConfig, settings: Settings):
+    """The dataset version to embed and its windows in the requested split; refused when there are none."""
+    from neurobridge.store.read import sources
+
+    src = sources(settings, [cfg.dataset])[0]
+    total = src.rows(cfg.split)
+    if total == 0:
+        raise StoreError(f"{src.name}@{src.ref.version} has no {cfg.split or ''} windows".replace("  ", " "))
+    return src, total
+
+
+def _embedding_stream(cfg: EmbedConfig, settings: Settings, src, info):
+    """The Ray Data plan: the dataset's Parquet rows (one split or all), embedded by ``workers`` tasks in a fixed
+    order; nothing runs until the driver iterates it."""
+    import ray.data
+
+    from neurobridge.config import ensure_ray
+
+    ensure_ray(settings)
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True  # fixed batches in a fixed order: a rerun writes the same numbers
+    ctx.enable_progress_bars = False  # the driver shows one bar in windows
+    ctx.print_on_execution_start = False
+    fs_in, _ = filesystem(src.files[0], settings)
+    ds = ray.data.read_parquet([filesystem(u, settings)[1] for u in src.files], filesystem=fs_in, columns=READ_COLUMNS)
+    if cfg.split is not None:
+        ds = ds.filter(expr=f"split == '{cfg.split}'")
+    return ds.map_batches(
+        embed_batch,
+        batch_size=cfg.batch_size,
+        batch_format="pyarrow",
+        num_cpus=1,
+        compute=ray.data.TaskPoolStrategy(size=cfg.workers),
+        fn_kwargs={
+            "source": info.source,
+            "mlflow_uri": settings.mlflow_uri,
+            "model_uri": info.uri,
+            "version": info.version,
+        },
+    )
+
+
+class _PartWriter:
+    """Embedded windows buffered and written as Parquet parts of at least ``rows_per_part`` rows (named by this
+    run), and what the card reports of them: rows, dimension, sessions (and whether the model knew each before this
+    job), and the encoder's own seconds."""
+
+    def __init__(self, fs, base_path: str, rows_per_part: int):
+        self.fs, self.base_path, self.rows_per_part = fs, base_path, rows_per_part
+        self.run = uuid.uuid4().hex[:8]
+        self.files: list[str] = []
+        self.buffer: list[pa.Table] = []
+        self.n_rows = 0
+        self.sessions: dict[str, bool] = {}
+        self.dim: int | None = None
+        self.encode_s = 0.0
+
+    def add(self, batch: pa.Table) -> None:
+        sessions, seen = batch.column("session").to_pylist(), batch.column("seen_session").to_pylist()
+        for s, known in zip(sessions, seen, strict=True):
+            self.sessions.setdefault(s, known)
+        self.dim = len(batch.column("embedding")[0])
+        self.encode_s += float(np.sum(batch.column("encode_s").to_numpy()))
+        self.buffer.append(batch.drop_columns(["seen_session", "encode_s"]))
+        self.n_rows += batch.num_rows
+        if sum(t.num_rows for t in self.buffer) >= self.rows_per_part:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.buffer:
+            fname = f"part-{self.run}-{len(self.files):05d}.parquet"
+            with open_atomic(self.fs, posixpath.join(self.base_path, fname)) as f:
+                pq.write_table(pa.concat_tables(self.buffer).cast(SCHEMA), f)
+            self.files.append(fname)
+            self.buffer.clear()
+
+    def remove(self) -> None:
+        for fname in self.files:
+            self.fs.rm(posixpath.join(self.base_path, fname))
+
+
+def _consume(ds, parts: _PartWriter, total: int, progress: bool) -> None:
+    """Drive the stream, writing parts as batches arrive."""
+    with CountBar(progress, total, "embedding windows") as bar:
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            if batch.num_rows == 0:
+                continue
+            parts.add(batch)
+            bar.advance(batch.num_rows)
+        parts.flush()
 
 
 def read_embeddings(settings: Settings, name: str) -> tuple[pa.Table, dict]:

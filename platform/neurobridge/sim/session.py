@@ -10,7 +10,7 @@ import numpy as np
 from neurobridge.sim.config import SPECIES, TASKS, SimConfig, Spec, random_stream
 from neurobridge.sim.dynamics import build_model, generate
 from neurobridge.sim.events import ibl_trials, nlb_trials, presentations
-from neurobridge.sim.writers import write_alf, write_nwb, write_truth_rates, write_wheel
+from neurobridge.sim.writers import NwbSession, write_alf, write_nwb, write_truth_rates, write_wheel
 
 
 def simulate_one(
@@ -54,21 +54,18 @@ def simulate_one(
             unit_ids = np.arange(U)
         heldout = np.zeros(U, dtype=bool)
         heldout[ev_rng.permutation(U)[: int(round(0.25 * U))]] = True
-        write_nwb(
-            root / spec.rel_path,
-            spec,
-            SPECIES[spec.fmt],
+        session = NwbSession(
             unit_ids,
             model.unit_region,
             times,
             counts,
             heldout,
-            ev_rng,
             trials=trials if spec.fmt == "nwb" else None,
             presentations=(start, stop, frames) if spec.fmt == "visual" else None,
             behavior=np.concatenate(model.behavior_out) if model.behavior_out else None,
             dt=dt,
         )
+        write_nwb(root / spec.rel_path, spec, SPECIES[spec.fmt], session, ev_rng)
     if write_truth:
         write_truth_rates(root, spec, unit_ids, spec.regions, model.unit_region, cfg.truth_bin_ms)
     return {

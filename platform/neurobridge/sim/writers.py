@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,26 +16,25 @@ from neurobridge.sim.config import ID_NAMESPACE, TASKS, Spec
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def write_nwb(
-    path: Path,
-    spec: Spec,
-    species: str,
-    unit_ids: np.ndarray,
-    unit_region: np.ndarray,
-    times: np.ndarray,
-    counts: np.ndarray,
-    heldout: np.ndarray,
-    rng: np.random.Generator,
-    trials: dict | None = None,
-    presentations: tuple | None = None,
-    behavior: np.ndarray | None = None,
-    dt: float = 0.01,
-) -> None:
-    from hdmf.common import DynamicTableRegion, VectorData, VectorIndex
+@dataclass
+class NwbSession:
+    """What one simulated session writes to NWB: its units and their spikes, and the events and behaviour of its
+    format (trials for reaching, image presentations for visual sessions, hand velocity sampled every ``dt``)."""
+
+    unit_ids: np.ndarray
+    unit_region: np.ndarray  # index into spec.regions, per unit
+    times: np.ndarray  # spike times (s), grouped by unit
+    counts: np.ndarray  # spikes per unit
+    heldout: np.ndarray  # held-out units for co-smoothing
+    trials: dict | None = None
+    presentations: tuple | None = None  # (start, stop, frame) arrays
+    behavior: np.ndarray | None = None
+    dt: float = 0.01
+
+
+def write_nwb(path: Path, spec: Spec, species: str, session: NwbSession, rng: np.random.Generator) -> None:
     from pynwb import NWBHDF5IO, NWBFile
-    from pynwb.epoch import TimeIntervals
     from pynwb.file import Subject
-    from pynwb.misc import Units
 
     nwb = NWBFile(
         session_description=f"NeuroBridge simulation ({TASKS[spec.fmt]})",
@@ -45,6 +45,24 @@ def write_nwb(
         subject=Subject(subject_id=spec.subject, species=species, description="simulated subject"),
         institution="NeuroBridge simulator",
     )
+    _add_units(nwb, spec, session, rng)
+    if session.trials is not None:
+        _add_trials(nwb, session.trials)
+    if session.presentations is not None:
+        _add_presentations(nwb, session.presentations)
+    if session.behavior is not None:
+        _add_hand_velocity(nwb, session.behavior, session.dt)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with NWBHDF5IO(str(path), "w") as io:
+        io.write(nwb)
+
+
+def _add_units(nwb, spec: Spec, session: NwbSession, rng: np.random.Generator) -> None:
+    """16 electrodes per region, each unit on a random one of its region's, and the units table (spike times,
+    electrodes, held-out flags)."""
+    from hdmf.common import DynamicTableRegion, VectorData, VectorIndex
+    from pynwb.misc import Units
+
     device = nwb.create_device(name="probe" if spec.fmt == "visual" else "array", description="simulated")
     per_region = 16
     for region in spec.regions:
@@ -53,11 +71,12 @@ def write_nwb(
         )
         for _ in range(per_region):
             nwb.add_electrode(group=group, location=region)
+    unit_region = session.unit_region
     rows = unit_region * per_region + rng.integers(0, per_region, len(unit_region))
-    spike_times = VectorData(name="spike_times", description="spike times (s)", data=times)
+    spike_times = VectorData(name="spike_times", description="spike times (s)", data=session.times)
     columns = [
         spike_times,
-        VectorIndex(name="spike_times_index", data=np.cumsum(counts).astype(np.int64), target=spike_times),
+        VectorIndex(name="spike_times_index", data=np.cumsum(session.counts).astype(np.int64), target=spike_times),
     ]
     electrodes = DynamicTableRegion(
         name="electrodes", description="electrode of each unit", data=rows.astype(np.int64), table=nwb.electrodes
@@ -65,42 +84,49 @@ def write_nwb(
     columns += [
         electrodes,
         VectorIndex(name="electrodes_index", data=np.arange(1, len(rows) + 1, dtype=np.int64), target=electrodes),
-        VectorData(name="heldout", description="held-out unit for co-smoothing", data=heldout.astype(bool)),
+        VectorData(name="heldout", description="held-out unit for co-smoothing", data=session.heldout.astype(bool)),
     ]
-    nwb.units = Units(name="units", description="simulated units", id=unit_ids.astype(np.int64), columns=columns)
-    if trials is not None:
-        nwb.add_trial_column(name="move_onset_time", description="movement onset (s)")
-        nwb.add_trial_column(name="split", description="train / val / test")
-        for i in range(len(trials["start_time"])):
-            nwb.add_trial(
-                start_time=float(trials["start_time"][i]),
-                stop_time=float(trials["stop_time"][i]),
-                move_onset_time=float(trials["move_onset_time"][i]),
-                split=str(trials["split"][i]),
-            )
-    if presentations is not None:
-        table = TimeIntervals(name="natural_scenes_presentations", description="natural scene presentations")
-        table.add_column(name="frame", description="image index")
-        for s, e, f in zip(*presentations, strict=True):
-            table.add_interval(start_time=float(s), stop_time=float(e), frame=int(f))
-        nwb.add_time_intervals(table)
-    if behavior is not None:  # NLB layout: processing/behavior/hand_vel with explicit timestamps
-        from pynwb import TimeSeries
+    ids = session.unit_ids.astype(np.int64)
+    nwb.units = Units(name="units", description="simulated units", id=ids, columns=columns)
 
-        module = nwb.create_processing_module(name="behavior", description="simulated hand kinematics")
-        stamps = (np.arange(len(behavior)) + 0.5) * dt
-        module.add(
-            TimeSeries(
-                name="hand_vel",
-                data=behavior,
-                timestamps=stamps,
-                unit="a.u.",
-                description="hand velocity: a fixed linear readout of the latent state",
-            )
+
+def _add_trials(nwb, trials: dict) -> None:
+    nwb.add_trial_column(name="move_onset_time", description="movement onset (s)")
+    nwb.add_trial_column(name="split", description="train / val / test")
+    for i in range(len(trials["start_time"])):
+        nwb.add_trial(
+            start_time=float(trials["start_time"][i]),
+            stop_time=float(trials["stop_time"][i]),
+            move_onset_time=float(trials["move_onset_time"][i]),
+            split=str(trials["split"][i]),
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with NWBHDF5IO(str(path), "w") as io:
-        io.write(nwb)
+
+
+def _add_presentations(nwb, presentations: tuple) -> None:
+    from pynwb.epoch import TimeIntervals
+
+    table = TimeIntervals(name="natural_scenes_presentations", description="natural scene presentations")
+    table.add_column(name="frame", description="image index")
+    for s, e, f in zip(*presentations, strict=True):
+        table.add_interval(start_time=float(s), stop_time=float(e), frame=int(f))
+    nwb.add_time_intervals(table)
+
+
+def _add_hand_velocity(nwb, behavior: np.ndarray, dt: float) -> None:
+    """NLB layout: processing/behavior/hand_vel with explicit timestamps."""
+    from pynwb import TimeSeries
+
+    module = nwb.create_processing_module(name="behavior", description="simulated hand kinematics")
+    stamps = (np.arange(len(behavior)) + 0.5) * dt
+    module.add(
+        TimeSeries(
+            name="hand_vel",
+            data=behavior,
+            timestamps=stamps,
+            unit="a.u.",
+            description="hand velocity: a fixed linear readout of the latent state",
+        )
+    )
 
 
 def write_alf(

@@ -1,12 +1,12 @@
 """IBL ALF sessions: ``spikes.*``, ``clusters.*`` and ``trials.*`` NumPy files, found by path or through ONE.
 
-``.npy`` files are read by byte range after parsing their header, so a session streams from S3 as well as from
-disk, and object arrays are refused (``allow_pickle=False`` everywhere: input is never unpickled).
+``.npy`` files are read by byte range after parsing their header (``sources/io/npy.py``), so a session streams from
+S3 as well as from disk, and object arrays are refused (``allow_pickle=False`` everywhere: input is never
+unpickled). Sessions listed and fetched through ONE are ``sources/io/ibl_one.py``.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import functools
 import hashlib
 import posixpath
@@ -26,11 +26,12 @@ from neurobridge.sources.base import (
     decode_strings,
     fingerprint,
     glob_under,
-    item_key,
     make_items,
     register,
 )
-from neurobridge.storage import filesystem, is_local_fs
+from neurobridge.sources.io.ibl_one import discover_sessions, download_item
+from neurobridge.sources.io.npy import NpyRange, load_npy
+from neurobridge.storage import filesystem
 
 REGION_FILES = ("clusters.brainLocationAcronyms_ccf_2017.npy", "clusters.acronym.npy")
 # Allen CCF structure ids, per cluster or per channel (BWM releases): mapped to acronyms with region_map
@@ -42,7 +43,7 @@ SESSION_RE = re.compile(r"(?P<subject>[^/]+)/(?P<date>\d{4}-\d{2}-\d{2})/(?P<num
 
 def discover(entry: CatalogEntry, settings: Settings) -> list[Item]:
     if entry.one is not None:
-        return _discover_one(entry, settings)
+        return discover_sessions(entry, settings)
     root = entry.resolved_uri(settings)
     fs, path = filesystem(root, settings)
     found = set(glob_under(fs, root, path, entry.selection.include or ["**/spikes.times.npy"], "spikes.times.npy"))
@@ -64,139 +65,11 @@ def _folder_fingerprint(fs, folder: str) -> str:
     return hashlib.blake2b("|".join(parts).encode(), digest_size=8).hexdigest()
 
 
-def _one(entry: CatalogEntry, settings: Settings):
-    """A ONE instance; a cache on object storage is used through a local copy of its (small) cache tables."""
-    from one.api import ONE
-
-    cfg = entry.one
-    cache_dir = entry.resolved_uri(settings)
-    if "://" in cache_dir:
-        if cfg.mode != "local":
-            raise SourceError(f"{cache_dir}: a remote ONE cache needs one.mode 'local' (ONE downloads to local disks)")
-        cache_dir = _local_tables(cache_dir, settings)
-    if cfg.mode == "local":
-        return ONE(mode="local", cache_dir=cache_dir)
-    return ONE(base_url=cfg.base_url, cache_dir=cache_dir, silent=True)
-
-
-def _local_tables(uri: str, settings: Settings) -> str:
-    import tempfile
-
-    fs, path = filesystem(uri, settings)
-    tables = fs.glob(posixpath.join(path, "*.pqt"))
-    if not tables:
-        raise SourceError(f"{uri}: no ONE cache tables (sessions.pqt, datasets.pqt) found")
-    local = tempfile.mkdtemp(prefix="nb-one-")
-    for t in tables:
-        fs.get(t, posixpath.join(local, posixpath.basename(t)))
-    return local
-
-
-def _discover_one(entry: CatalogEntry, settings: Settings) -> list[Item]:
-    """Items from ONE's session and dataset tables: one per session and spike-sorting collection."""
-    one = _one(entry, settings)
-    root = entry.resolved_uri(settings)
-    eids, sessions = one.search(details=True, **entry.one.search)
-    items = []
-    for eid, info in zip(eids, sessions, strict=True):
-        eid = str(eid)
-        session_rel = f"{info['lab']}/Subjects/{info['subject']}/{info['date']}/{int(info['number']):03d}"
-        datasets = one.list_datasets(eid, details=True)
-        if datasets is None or len(datasets) == 0:
-            continue
-        for _, row in datasets.reset_index().iterrows():
-            rel_path = str(row["rel_path"]).replace("\\", "/")
-            if posixpath.basename(rel_path) != "spikes.times.npy":
-                continue
-            collection = posixpath.dirname(rel_path)
-            if entry.one.collection and not fnmatch.fnmatchcase(collection, entry.one.collection):
-                continue
-            rel = posixpath.join(session_rel, collection)
-            items.append(
-                Item(
-                    key=item_key(rel),
-                    uri=_under(root, rel),
-                    rel=rel,
-                    fingerprint=f"{row.get('file_size', '')}:{row.get('hash', '')}",
-                    extra={"eid": eid, "collection": collection},
-                )
-            )
-    items.sort(key=lambda i: i.rel)
-    return items[: entry.selection.limit] if entry.selection.limit else items
-
-
 def open_item(entry: CatalogEntry, item: Item, settings: Settings) -> ALFSource:
     if entry.one is not None and entry.one.mode == "remote":
-        _download_one(entry, item, settings)
+        download_item(entry, item, settings)
     root = None if entry.one is not None else entry.resolved_uri(settings)
     return ALFSource(item.uri, entry, settings, root_uri=root)
-
-
-def _download_one(entry: CatalogEntry, item: Item, settings: Settings) -> None:
-    """Fetch the ALF objects an item needs into the ONE cache (users online; tests use local mode)."""
-    one = _one(entry, settings)
-    eid, collection = item.extra["eid"], item.extra["collection"]
-    objects = [("spikes", collection), ("clusters", collection), ("channels", collection), ("trials", "alf")]
-    if entry.ingest.behavior is None or any(b.startswith("wheel") for b in entry.ingest.behavior):
-        objects.append(("wheel", "alf"))
-    for obj, coll in objects:
-        try:
-            one.load_object(eid, obj, collection=coll, download_only=True)
-        except Exception as err:  # ONE raises its own ALFObjectNotFound for absent objects
-            if obj == "spikes":
-                raise SourceError(f"{item.uri}: ONE could not download {obj} ({err})") from None
-
-
-def _under(root: str, rel: str) -> str:
-    return f"{root.rstrip('/')}/{rel}"
-
-
-class NpyRange:
-    """A ``.npy`` array read by ranges: memory-mapped locally, byte ranges through fsspec otherwise."""
-
-    def __init__(self, fs, path: str, label: str):
-        self.label = label
-        try:
-            if is_local_fs(fs):
-                self._f = None
-                self._arr = np.load(path, mmap_mode="r", allow_pickle=False)
-                self.dtype, self.shape = self._arr.dtype, self._arr.shape
-            else:
-                self._arr = None
-                self._f = fs.open(path, "rb", block_size=8 << 20, cache_type="readahead")
-                version = np.lib.format.read_magic(self._f)
-                read_header = (
-                    np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-                )
-                self.shape, fortran, self.dtype = read_header(self._f)
-                if fortran and len(self.shape) > 1:
-                    raise SourceError(f"{label}: Fortran-ordered arrays are not supported")
-                self._offset = self._f.tell()
-        except FileNotFoundError:
-            raise SourceError(f"{label}: file not found") from None
-        except ValueError as err:
-            raise SourceError(f"{label}: not a readable .npy array (object arrays are refused): {err}") from None
-        if self.dtype.hasobject:
-            raise SourceError(f"{label}: stores Python objects; refusing to unpickle input")
-
-    def __len__(self) -> int:
-        return self.shape[0] if self.shape else 0
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        stop = min(stop, len(self))
-        start = min(start, stop)
-        if self._arr is not None:
-            return np.array(self._arr[start:stop])
-        row = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
-        self._f.seek(self._offset + start * row)
-        buf = self._f.read((stop - start) * row)
-        if len(buf) != (stop - start) * row:
-            raise SourceError(f"{self.label}: truncated .npy file (expected {stop - start} more rows)")
-        return np.frombuffer(buf, dtype=self.dtype).reshape((stop - start, *self.shape[1:]))
-
-    def close(self) -> None:
-        if self._f is not None:
-            self._f.close()
 
 
 @functools.lru_cache(maxsize=8)
@@ -219,14 +92,6 @@ def _region_table_cached(uri: str, settings_json: str) -> dict[str, str]:
 
 def _region_table(uri: str, settings: Settings) -> dict[str, str]:
     return _region_table_cached(uri, settings.model_dump_json())
-
-
-def _load_small(fs, path: str, label: str) -> np.ndarray:
-    arr = NpyRange(fs, path, label)
-    try:
-        return arr.read(0, len(arr))
-    finally:
-        arr.close()
 
 
 class ALFSource(SpikeSource):
@@ -298,19 +163,19 @@ class ALFSource(SpikeSource):
         for name in REGION_FILES:
             p = posixpath.join(d, name)
             if fs.exists(p):
-                return decode_strings(_load_small(fs, p, f"{self.item}/{name}"))
+                return decode_strings(load_npy(fs, p, f"{self.item}/{name}"))
         ids = None
         for name in REGION_ID_FILES:
             p = posixpath.join(d, name)
             if fs.exists(p):
-                ids = _load_small(fs, p, f"{self.item}/{name}")
+                ids = load_npy(fs, p, f"{self.item}/{name}")
         ch_path, ch_ids = (
             posixpath.join(d, "clusters.channels.npy"),
             posixpath.join(d, "channels.brainLocationIds_ccf_2017.npy"),
         )
         if ids is None and fs.exists(ch_path) and fs.exists(ch_ids):
-            channels = _load_small(fs, ch_path, f"{self.item}/clusters.channels.npy").astype(np.int64)
-            per_channel = _load_small(fs, ch_ids, f"{self.item}/channels.brainLocationIds_ccf_2017.npy")
+            channels = load_npy(fs, ch_path, f"{self.item}/clusters.channels.npy").astype(np.int64)
+            per_channel = load_npy(fs, ch_ids, f"{self.item}/channels.brainLocationIds_ccf_2017.npy")
             if len(channels) and (channels.min() < 0 or channels.max() >= len(per_channel)):
                 raise SourceError(
                     f"{self.item}: clusters.channels points outside channels.brainLocationIds_ccf_2017 "
@@ -330,7 +195,7 @@ class ALFSource(SpikeSource):
         fs, d = self._fs, self._dir
         p = posixpath.join(d, "clusters.label.npy")
         if fs.exists(p):
-            return _load_small(fs, p, f"{self.item}/clusters.label.npy")
+            return load_npy(fs, p, f"{self.item}/clusters.label.npy")
         p = posixpath.join(d, "clusters.metrics.pqt")
         if fs.exists(p):
             import pyarrow.parquet as pq
@@ -386,7 +251,7 @@ class ALFSource(SpikeSource):
             columns: dict[str, np.ndarray] = {}
             for f in sorted(files):
                 attr = posixpath.basename(f)[len(name) + 1 : -len(".npy")]
-                arr = _load_small(fs, f, f)
+                arr = load_npy(fs, f, f)
                 if arr.ndim == 2 and arr.shape[1] == 2 and attr == "intervals":
                     columns["start_time"], columns["stop_time"] = arr[:, 0], arr[:, 1]
                 elif arr.ndim == 1:
@@ -406,8 +271,8 @@ class ALFSource(SpikeSource):
             ts_path = posixpath.join(folder, "wheel.timestamps.npy")
             if not (fs.exists(pos_path) and fs.exists(ts_path)):
                 continue
-            pos = np.asarray(_load_small(fs, pos_path, pos_path), dtype=np.float64).ravel()
-            ts = np.asarray(_load_small(fs, ts_path, ts_path), dtype=np.float64).ravel()
+            pos = np.asarray(load_npy(fs, pos_path, pos_path), dtype=np.float64).ravel()
+            ts = np.asarray(load_npy(fs, ts_path, ts_path), dtype=np.float64).ravel()
             if len(pos) != len(ts):
                 raise SourceError(f"{folder}: wheel.position has {len(pos)} samples, wheel.timestamps {len(ts)}")
             if len(ts) < 2:

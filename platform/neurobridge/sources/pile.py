@@ -24,6 +24,7 @@ from __future__ import annotations
 import posixpath
 import re
 from collections.abc import Iterator
+from typing import NamedTuple
 from urllib.parse import quote
 
 import numpy as np
@@ -199,6 +200,14 @@ def check_schema(schema: pa.Schema, n_rows: int, where: str) -> None:
         )
 
 
+class WindowGrid(NamedTuple):
+    """The windows cut from every row: ``n_bins`` output bins of ``bin_s`` seconds, each ``k`` native bins."""
+
+    n_bins: int
+    k: int
+    bin_s: float
+
+
 class PileSource(BinnedSource):
     def __init__(self, uri: str, entry: CatalogEntry, settings: Settings, split: str | None = None):
         self.item = uri
@@ -235,8 +244,7 @@ class PileSource(BinnedSource):
 
     def blocks(self, cfg: IngestConfig) -> Iterator[WindowBlock]:
         k = rebin_factor(cfg.bin_ms, self.item)
-        n_bins = window_bins(cfg, self.item)
-        bin_s = cfg.bin_ms / 1000.0
+        grid = WindowGrid(n_bins=window_bins(cfg, self.item), k=k, bin_s=cfg.bin_ms / 1000.0)
         batches = self._pf.iter_batches(batch_size=1, columns=self._columns, use_threads=False)
         for row, batch in enumerate(batches):
             self._stats["rows_read"] += 1
@@ -251,10 +259,12 @@ class PileSource(BinnedSource):
                 if len(self._stats["bad_rows"]) < MAX_REPORTED_BAD_ROWS:
                     self._stats["bad_rows"].append(str(err))
                 continue
-            yield from self._row_blocks(counts, meta, key, row, n_bins, k, bin_s, cfg)
+            yield from self._row_blocks(counts, meta, key, row, grid)
             del counts, batch  # the row's buffers go before the next row is decoded
 
-    def _row_blocks(self, counts, meta: SessionMeta, key: str, row: int, n_bins: int, k: int, bin_s: float, cfg):
+    def _row_blocks(self, counts, meta: SessionMeta, key: str, row: int, grid: WindowGrid) -> Iterator[WindowBlock]:
+        """One row's whole windows (the tail that does not fill a window is dropped and counted)."""
+        n_bins, k, bin_s = grid
         n_units, n_native = counts.shape
         span = n_bins * k
         n_windows = n_native // span if n_units else 0

@@ -169,11 +169,11 @@ def _align(console: Console, settings, sim_root: str, model_run: str | None) -> 
 def _align_stage(console: Console, settings, sim_root: str, model_run: str | None) -> None:
     from neurobridge.align.embeddings import simulation_embeddings
     from neurobridge.evaluate.run import resolve_model_file
-    from neurobridge.workflows.demo_align import compare_encoders, demo_config, run_align_demo
+    from neurobridge.workflows.demo_align import DemoAlignOptions, compare_encoders, demo_config, run_align_demo
 
     console.rule(f"6. align (sim_visual → image embeddings, {DEMO_ALIGN_TEST} unseen test images, MLflow)")
     t0 = time.perf_counter()
-    run_align_demo(settings, sim_root, console=console, n_test=DEMO_ALIGN_TEST)
+    run_align_demo(settings, sim_root, DemoAlignOptions(n_test=DEMO_ALIGN_TEST), console)
     console.print(f"[dim]{time.perf_counter() - t0:.0f} s[/]")
     if model_run is None:
         return

@@ -4,6 +4,8 @@ fine-tuned (last layers) beside the same architecture trained from scratch. Usab
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from rich.console import Console
 from rich.table import Table
 
@@ -61,26 +63,34 @@ def demo_config(
     )
 
 
+@dataclass
+class DemoAlignOptions:
+    """What the demo's alignment step aligns, and how: the visual dataset, the CLIP model whose embeddings of the
+    simulator's PNGs are the targets (None: the images' known embeddings), test images (default: a quarter of the
+    stimuli, 2 to 100), response windows (default: the dataset's preset), where the projector trains and for how
+    many epochs."""
+
+    dataset: str = "sim_visual"
+    clip_model: str | None = None
+    n_test: int | None = None
+    windows: dict | None = None
+    backend: str = "local"
+    epochs: int = 40
+
+
 def run_align_demo(
-    settings: Settings,
-    sim_root: str,
-    dataset: str = "sim_visual",
-    console: Console | None = None,
-    clip_model: str | None = None,
-    n_test: int | None = None,
-    windows: dict | None = None,
-    backend: str = "local",
-    epochs: int = 40,
+    settings: Settings, sim_root: str, options: DemoAlignOptions | None = None, console: Console | None = None
 ) -> AlignResult:
-    """Align ``dataset`` (the simulator's visual sessions) to the images' known embeddings, or to CLIP embeddings
-    of the simulator's PNGs when ``clip_model`` names a model (then `embed-images` runs first)."""
+    """Align ``options.dataset`` (the simulator's visual sessions) to the images' known embeddings, or to CLIP
+    embeddings of the simulator's PNGs when ``options.clip_model`` names a model (then `embed-images` runs first)."""
+    options = options or DemoAlignOptions()
     console = console or Console()
     known = simulation_embeddings(sim_root, settings)
     n_stimuli = len(known.ids)
-    n_test = n_test or max(2, min(100, n_stimuli // 4))
+    n_test = options.n_test or max(2, min(100, n_stimuli // 4))
     table = known
     source = {"npy": join(sim_root, "visual/images/embeddings.npy"), "ids": known.ids.tolist()}
-    if clip_model:
+    if options.clip_model:
         from neurobridge.align.config import EmbedConfig
         from neurobridge.align.embed_images import embed_images
         from neurobridge.align.embeddings import read_embeddings
@@ -88,14 +98,14 @@ def run_align_demo(
         cfg = EmbedConfig(
             name="sim_frames",
             images=join(sim_root, "visual/images"),
-            model=clip_model,
+            model=options.clip_model,
             id_prefix="sim_ns",
             strip_extension=True,
         )
         report = embed_images(cfg, settings)
         console.print(f"embed-images: {report.card['counts']['embedded']} images, {report.images_per_s:.1f} images/s")
         table, source = read_embeddings(settings, "sim_frames"), {"name": "sim_frames"}
-    cfg = demo_config(settings, dataset, source, n_test, windows, backend, epochs)
+    cfg = demo_config(settings, options.dataset, source, n_test, options.windows, options.backend, options.epochs)
     result = run_alignment(cfg, settings, embeddings=table)
     console.print(_table(result, f"binned responses → projector: retrieval among {n_test} test images"))
     console.print(f"MLflow run {result.run_id} (figures: plots/*_retrieval.png, plots/*_reconstruction.png)")
