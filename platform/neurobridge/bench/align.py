@@ -205,7 +205,7 @@ def pretrain_small(settings, dataset: str, train_stimuli: set[str], path: Path, 
 
     losses = []
     t0 = time.perf_counter()
-    run_steps(cfg, model, vocabs, batches, device=torch.device("cpu"), report=lambda m, _: losses.append(m["loss"]))
+    run_steps(cfg, model, batches, report=lambda m, _: losses.append(m["loss"]))
     echo(f"pretrained {steps} steps in {time.perf_counter() - t0:.0f} s: loss {losses[0]:.3f} → {losses[-1]:.3f}")
     save_checkpoint(str(path), model.eval(), vocabs, {"step": steps})
     return path
