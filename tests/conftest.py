@@ -1,4 +1,5 @@
-"""Real components, started by the tests: one local Ray per session, a moto S3 server over HTTP, temp stores."""
+"""Real components, started by the tests: one local Ray per session, a moto S3 server over HTTP, temp stores; and
+the simulated stores that several test files share, each built once per session."""
 
 from __future__ import annotations
 
@@ -19,6 +20,10 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("NB_SHARED_DATA", REPO.parent / "shared" / "data"))
 MC_MAZE = SHARED_DATA / "nlb_mc_maze_medium" / "sub-Jenkins_ses-medium_desc-test_ecephys.nwb"
 IBL_EXCERPT = SHARED_DATA / "ibl_spikes_excerpt"
+needs_real_data = pytest.mark.skipif(not MC_MAZE.exists(), reason="shared real-data excerpts not present")
+
+# Builders shared by several test files live in tests/helpers/; their asserts report like the tests' own.
+pytest.register_assert_rewrite("helpers")
 
 
 # Tests that start Ray, a Ray job, a moto server or a pipeline run end to end are "slow" (seconds to minutes each);
@@ -131,3 +136,147 @@ def copy_shared(tmp_path):
         return dst
 
     return _copy
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stores several test files share: built once per session, on first use.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pretrain_store(reaching_store):
+    """Two simulated reaching sessions and one decision session, ingested and pinned as mixture 'tiny' (training,
+    evaluation and store-reading tests)."""
+    return reaching_store("pretrain", "tiny", units=(20, 30), minutes=0.75)
+
+
+@pytest.fixture(scope="session")
+def ablation_store(reaching_store):
+    """Two simulated reaching sessions and one IBL-like session, ingested and pinned as mixture 'demo' (tune tests)."""
+    return reaching_store("ablate", "demo", units=(16, 24), minutes=0.5)
+
+
+@pytest.fixture(scope="session")
+def align_store(ray_cluster, tmp_path_factory):
+    """Two simulated V1/V4/IT sessions ingested through Ray: IT carries the embedding most (the simulator's
+    default, gain rising along the hierarchy), and the reverse (V1 most), written with another split salt."""
+    from helpers.align import simulate_visual, visual_entry
+    from neurobridge.config import get_settings
+    from neurobridge.ingest.pipeline import ingest
+
+    base = tmp_path_factory.mktemp("align")
+    st_ = get_settings(
+        store=str(base / "store"), raw_root=str(base / "raw"), mlflow_uri=f"sqlite:///{base / 'mlflow.db'}"
+    )
+    simulate_visual(base / "it", 500, 5, (0.7, 1.5))
+    simulate_visual(base / "v1", 200, 4, (1.5, 0.4))
+    for name, root, salt in (("vis_it", base / "it", "neurobridge"), ("vis_v1", base / "v1", "other")):
+        report = ingest(visual_entry(name, root, salt), st_, progress=False)
+        assert report.ok
+    return {"settings": st_, "it": base / "it", "v1": base / "v1"}
+
+
+@pytest.fixture(scope="session")
+def visual(ray_cluster, tmp_path_factory):
+    """One simulated V1/V4/IT session (IT carries the embedding most), ingested; a small masked model checkpoint
+    whose vocabularies know the session (the 'pretrained' encoder)."""
+    import torch
+    from helpers.align import N_IMAGES, REPEATS, simulate_visual, visual_entry
+    from neurobridge.config import get_settings
+    from neurobridge.ingest.pipeline import ingest
+    from neurobridge.models.checkpoint import save_checkpoint
+    from neurobridge.models.config import ModelConfig
+    from neurobridge.models.ndt import MaskedNeuralModel
+    from neurobridge.models.vocab import Vocabularies
+
+    base = tmp_path_factory.mktemp("align_train")
+    st_ = get_settings(
+        store=str(base / "store"), raw_root=str(base / "raw"), mlflow_uri=f"sqlite:///{base / 'mlflow.db'}"
+    )
+    simulate_visual(base / "sim", N_IMAGES, REPEATS, (0.7, 1.5))
+    assert ingest(visual_entry("vis", base / "sim"), st_, progress=False).ok
+    vocabs = Vocabularies()
+    vocabs.session.add(["vismouse00_s00"])
+    vocabs.subject.add(["vismouse00"])
+    vocabs.region.add(["V1", "V4", "IT"])
+    vocabs.dataset.add(["vis"])
+    torch.manual_seed(123)  # not the scratch seed: a 'pretrained' encoder is never the fresh init
+    model = MaskedNeuralModel(ModelConfig(neurons_per_token=4, d_model=16, depth=2, heads=2), vocabs)
+    save_checkpoint(str(base / "model.pt"), model, vocabs)
+    return {"settings": st_, "sim": base / "sim", "model": base / "model.pt"}
+
+
+@pytest.fixture(scope="session")
+def registry_store(tmp_path_factory, ray_cluster):
+    """Two simulated reaching sessions ingested as ``r_nwb``, with an MLflow store (registry and inference tests)."""
+    from neurobridge.catalog import CatalogEntry
+    from neurobridge.config import get_settings
+    from neurobridge.ingest.pipeline import ingest_many
+    from neurobridge.sim import SimConfig, simulate
+
+    root = tmp_path_factory.mktemp("registry")
+    sim = root / "raw"
+    sim_cfg = SimConfig(
+        nwb_subjects=1,
+        nwb_sessions_per_subject=2,
+        alf_subjects=0,
+        visual_sessions=0,
+        units_min=20,
+        units_max=30,
+        minutes=0.5,
+        write_images=False,
+    )
+    simulate(str(sim), sim_cfg, progress=False)
+    settings = get_settings(store=str(root / "store"), raw_root=str(sim), mlflow_uri=f"sqlite:///{root}/mlflow.db")
+    entry = CatalogEntry.of(
+        name="r_nwb",
+        kind="nwb",
+        uri=str(sim / "nwb"),
+        ingest={"bin_ms": 20, "window": {"mode": "chunks", "chunk_s": 0.6}},
+    )
+    (report,) = ingest_many([entry], settings, progress=False)
+    assert not isinstance(report, Exception), report
+    return settings
+
+
+@pytest.fixture(scope="session")
+def registered(registry_store):
+    """A finished pretrain run registered as model ``encoder`` (version 1, alias ``candidate``): (run id, info)."""
+    from helpers.registry import pretrain_run
+    from neurobridge.inference import registrable
+
+    run_id = pretrain_run(registry_store, "reg-a")
+    info = registrable.register(run_id, "encoder", settings=registry_store)
+    return run_id, info
+
+
+@pytest.fixture(scope="session")
+def mixed_sim(tmp_path_factory):
+    """A small simulation with one NWB and one ALF session (the multi-entry catalog of ``helpers.ingest.entries``)."""
+    from neurobridge.sim import SimConfig, simulate
+
+    out = tmp_path_factory.mktemp("mixed")
+    cfg = SimConfig(
+        nwb_subjects=1,
+        nwb_sessions_per_subject=1,
+        alf_subjects=1,
+        alf_sessions_per_subject=1,
+        visual_sessions=0,
+        units_min=20,
+        units_max=30,
+        minutes=0.5,
+        write_images=False,
+    )
+    simulate(str(out), cfg, progress=False)
+    return out
+
+
+@pytest.fixture()
+def one_torch_thread():
+    """Small MLPs: one thread is fastest, and spinning OpenMP threads only slow a shared 2-core machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -1,12 +1,12 @@
-"""Catalog files validate, and a mistake gets an error naming the file, the entry, the field and a fix."""
+"""catalog: catalog files validate, and a mistake gets an error naming the file, the entry, the field and a fix;
+kind-specific options are checked where they are declared."""
 
 from __future__ import annotations
 
 import pytest
 from conftest import REPO
-from neurobridge.catalog import CatalogError, load_catalog, load_file, resolve
-from neurobridge.cli import app
-from typer.testing import CliRunner
+from neurobridge.catalog import CatalogError, TvsdConfig, load_catalog, load_file, parse_entries, resolve
+from pydantic import ValidationError
 
 
 def test_every_shipped_catalog_file_validates():
@@ -56,9 +56,15 @@ def test_refs_resolve_to_files_and_entries(monkeypatch):
         resolve("demoo")
 
 
-def test_cli_validate_exits_non_zero_on_a_bad_file(tmp_path):
-    bad = write(tmp_path, "name: x\nkind: zarr\nuri: d\n")
-    result = CliRunner().invoke(app, ["catalog", "validate", str(bad)])
-    assert result.exit_code == 1 and "unknown kind 'zarr'" in result.output
-    ok = CliRunner().invoke(app, ["catalog", "validate", str(REPO / "catalog" / "demo.yaml")])
-    assert ok.exit_code == 0, ok.output
+def test_catalog_refuses_unit_rules_that_would_be_ignored_or_empty():
+    with pytest.raises(CatalogError, match="ingest.unit_filter applies to kind 'nwb' only"):
+        parse_entries({"name": "x", "kind": "alf", "uri": "/x", "ingest": {"unit_filter": {"snr": {"min": 1}}}}, "f")
+    with pytest.raises(CatalogError, match="'ingest.unit_filter.snr': a unit rule needs at least one of"):
+        parse_entries({"name": "x", "kind": "nwb", "uri": "/x", "ingest": {"unit_filter": {"snr": {}}}}, "f")
+
+
+def test_overlapping_channel_ranges_are_rejected_with_the_monkey_named():
+    with pytest.raises(ValidationError, match="monkeyX: channel ranges 1-10 and 5-20 overlap"):
+        TvsdConfig(
+            regions={"monkeyX": [{"first": 1, "last": 10, "region": "V1"}, {"first": 5, "last": 20, "region": "V4"}]}
+        )

@@ -1,0 +1,111 @@
+"""train/loop: the training loop, run here without Ray. A NaN loss stops naming the step and windows, validation
+keeps the best weights and patience ends the run, val loss uses fixed masks, per-unit rows get their own decay."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from helpers.models import latent_rows, small_model
+from helpers.train import local_batches, small_cfg
+from neurobridge.models.ndt import MaskedNeuralModel
+from neurobridge.models.vocab import Vocabularies, unit_key
+from neurobridge.store.read import sources
+from neurobridge.train.loop import NonFiniteLoss, run_steps, val_loss
+from neurobridge.train.pretrain import vocabularies
+
+
+@pytest.fixture(scope="module")
+def store(pretrain_store):
+    """This file's store: simulated reaching sessions pinned as mixture 'tiny' (conftest)."""
+    return pretrain_store
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return latent_rows(0, trials=8, mua_session=True)
+
+
+def test_nan_loss_stops_naming_the_step_and_windows(store):
+    cfg = small_cfg(**{"optim.max_steps": 3})
+    vocabs = vocabularies(sources(store, [], "tiny"))
+    model = MaskedNeuralModel(cfg.model, vocabs)
+    with torch.no_grad():
+        model.count_head.bias.fill_(float("nan"))
+    with pytest.raises(NonFiniteLoss, match=r"at step 0 .*windows: \['"):
+        run_steps(cfg, model, local_batches(store, cfg, vocabs), report=lambda m, s: None)
+
+
+def test_validation_keeps_the_best_weights_and_patience_ends_the_run(store):
+    cfg = small_cfg(
+        **{
+            "optim.max_steps": 40,
+            "validation.every": 2,
+            "validation.patience": 2,
+            "checkpoint_every": 100,
+            "log_every": 100,
+        }
+    )
+    vocabs = vocabularies(sources(store, [], "tiny"))
+    torch.manual_seed(cfg.seed)
+    model = MaskedNeuralModel(cfg.model, vocabs)
+    scores = iter([5.0, 3.0, 4.0, 4.5, 0.1])  # best at the 2nd pass (step 4), two passes without a new best
+    seen, reports = {}, []
+
+    def validate(m):
+        step = 2 * (len(seen) + 1)
+        seen[step] = copy.deepcopy(m.state_dict())
+        return next(scores)
+
+    last = run_steps(
+        cfg,
+        model,
+        local_batches(store, cfg, vocabs),
+        report=lambda m, st: reports.append((dict(m), st and copy.deepcopy(st))),
+        validate=validate,
+    )
+    assert last["step"] == 8  # stopped by patience, not at max_steps
+    assert last["best"]["step"] == 4 and last["best"]["val_loss"] == 3.0
+    torch.testing.assert_close(last["best"]["model"], seen[4])  # the weights as they were when validated
+    assert [m["val_loss"] for m, _ in reports] == [5.0, 3.0, 4.0, 4.5]  # every pass is reported
+    final = reports[-1][1]
+    assert final is not None and final["step"] == 8 and final["best"]["step"] == 4  # checkpointed at the stop
+
+
+def test_val_loss_uses_fixed_masks_so_passes_are_comparable(store):
+    cfg = small_cfg()
+    vocabs = vocabularies(sources(store, [], "tiny"))
+    torch.manual_seed(0)
+    model = MaskedNeuralModel(cfg.model, vocabs)
+    fixed = list(local_batches(store, cfg, vocabs)(0))[:3]
+    first = val_loss(model, fixed, "all", 0, torch.device("cpu"))
+    assert val_loss(model, fixed, "all", 0, torch.device("cpu")) == first
+    assert val_loss(model, fixed, "all", 1, torch.device("cpu")) != first  # the masks come from the seed
+    assert model.training  # left as it was found
+
+
+def test_per_unit_rows_get_their_own_weight_decay_only_when_asked(rows):
+    from neurobridge.train.config import OptimConfig
+    from neurobridge.train.loop import make_optimizer
+
+    rows = [{**r, "unit_ids": [f"u{i}" for i in range(r["n_units"])]} for r in rows]
+    vocabs = Vocabularies.from_rows(rows)
+    vocabs.unit.add([unit_key(r["session"], u) for r in rows for u in r["unit_ids"]])
+    model = small_model(vocabs)
+    unit = {id(model.unit_embed_in.weight), id(model.unit_embed_out.weight)}
+    plain, _ = make_optimizer(model, OptimConfig())
+    assert [g["weight_decay"] for g in plain.param_groups] == [0.01, 0.0]  # embeddings undecayed, as before
+    assert unit <= {id(p) for p in plain.param_groups[1]["params"]}
+    opt, _ = make_optimizer(model, OptimConfig(unit_weight_decay=20.0))
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.01, 0.0, 20.0]
+    assert {id(p) for p in opt.param_groups[2]["params"]} == unit
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+    before = model.unit_embed_out.weight.detach().clone()
+    with torch.no_grad():
+        before.normal_()
+        model.unit_embed_out.weight.copy_(before)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()  # zero gradients: only decoupled decay moves the rows, toward zero (= the shared model)
+    assert model.unit_embed_out.weight.norm() < before.norm()

@@ -1,0 +1,50 @@
+"""train/pretrain: pretraining on Ray Train from an ingested store, tracked in MLflow: a run whose worker is killed
+resumes onto a clean run's loss curve, and the model of the best validation pass is the one exported.
+
+The training worker process really dies mid-run (``os._exit``); FailureConfig resumes it from the last checkpoint."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from helpers.train import small_cfg
+from neurobridge.tracking import mlflow_run
+from neurobridge.train.pretrain import pretrain
+
+
+@pytest.fixture(scope="module")
+def store(pretrain_store):
+    """This file's store: simulated reaching sessions pinned as mixture 'tiny' (conftest)."""
+    return pretrain_store
+
+
+def test_ray_train_resumes_after_a_worker_is_killed_and_mlflow_holds_the_run(store, tmp_path):
+    cfg = small_cfg(name="killed", **{"validation.every": 4})
+    drill = store.model_copy(update={"train_fault": f"6:{tmp_path / 'killed.marker'}"})  # NB_FAULT_KILL_WORKER_AT_STEP
+    result = pretrain(cfg, drill)
+    assert (tmp_path / "killed.marker").read_text().startswith("killed at step 6")  # the worker really died
+    assert result.metrics["step"] == 12
+
+    clean = pretrain(small_cfg(name="clean", **{"validation.every": 4}), store)
+    killed_hist = dict(mlflow_run.metric_history(store.mlflow_uri, result.run_id, "loss"))
+    clean_hist = dict(mlflow_run.metric_history(store.mlflow_uri, clean.run_id, "loss"))
+    for step in (8, 10, 12):  # after the restart from the step-4 checkpoint: the same curve as a clean run
+        assert killed_hist[step] == pytest.approx(clean_hist[step], rel=1e-4)
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(store.mlflow_uri)
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["dataset.t_nwb"].startswith("v-") and run.data.tags["git_commit"]
+    assert run.data.params["optim.max_steps"] == "12"
+    artifacts = {a.path for a in client.list_artifacts(result.run_id)} | {
+        a.path for d in ("plots", "model") for a in client.list_artifacts(result.run_id, d)
+    }
+    assert {"config.json", "plots/loss.png", "model/model.pt"} <= artifacts
+    val = dict(mlflow_run.metric_history(store.mlflow_uri, clean.run_id, "val_loss"))
+    assert sorted(val) == [4, 8, 12] and all(np.isfinite(v) for v in val.values())  # val passes on rank 0
+    exported = torch.load(client.download_artifacts(clean.run_id, "model/model.pt", str(tmp_path)), weights_only=True)
+    assert exported["extra"]["step"] == min(val, key=val.get)  # the model of the best val pass is the one exported
+    assert exported["extra"]["last_step"] == 12
