@@ -48,3 +48,18 @@ def test_ray_train_resumes_after_a_worker_is_killed_and_mlflow_holds_the_run(sto
     exported = torch.load(client.download_artifacts(clean.run_id, "model/model.pt", str(tmp_path)), weights_only=True)
     assert exported["extra"]["step"] == min(val, key=val.get)  # the model of the best val pass is the one exported
     assert exported["extra"]["last_step"] == 12
+
+
+def test_two_workers_with_batch_b_train_like_one_worker_with_batch_2b(store):
+    """Data-parallel training through Ray Train (2 gloo workers on CPU): each step's loss is one mean over both
+    workers' cells (counts and sums all-reduced), so 2 × B follows the loss curve of 1 × 2B within sampling noise
+    (different windows and masks per run), and both learn."""
+    over = {"optim.max_steps": 20, "optim.warmup_steps": 4, "log_every": 2, "checkpoint_every": 20}
+    two = pretrain(small_cfg(name="ddp2", **over, **{"optim.batch_size": 8, "scaling.num_workers": 2}), store)
+    one = pretrain(small_cfg(name="ddp1", **over, **{"optim.batch_size": 16, "scaling.num_workers": 1}), store)
+    curves = [dict(mlflow_run.metric_history(store.mlflow_uri, r.run_id, "loss")) for r in (two, one)]
+    assert all(sorted(c) == list(range(2, 21, 2)) for c in curves)  # rank 0 reported every logged step
+    late = [np.mean([c[s] for s in range(12, 21, 2)]) for c in curves]
+    early = [np.mean([c[s] for s in (2, 4)]) for c in curves]
+    assert late[0] == pytest.approx(late[1], rel=0.12)  # the same objective at the same scale
+    assert late[0] < early[0] and late[1] < early[1]  # and both learn

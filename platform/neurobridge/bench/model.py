@@ -96,11 +96,11 @@ def _attention_flops() -> dict:
 
     aten = torch.ops.aten
 
-    def fwd(query, key, value, *args, out_val=None, **kwargs) -> int:
-        return sdpa_flop_count(query.shape, key.shape, value.shape)
+    def fwd(query, key, value, *args, out_shape=None, **kwargs) -> int:  # FlopCounterMode passes shapes
+        return sdpa_flop_count(query, key, value)
 
-    def bwd(grad_out, query, key, value, *args, out_val=None, **kwargs) -> int:
-        return sdpa_backward_flop_count(grad_out.shape, query.shape, key.shape, value.shape)
+    def bwd(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_backward_flop_count(grad_out, query, key, value)
 
     names = {"_scaled_dot_product_flash_attention_for_cpu": fwd}
     names["_scaled_dot_product_flash_attention_for_cpu_backward"] = bwd

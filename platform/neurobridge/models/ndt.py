@@ -104,6 +104,12 @@ def smooth_in_time(x: torch.Tensor, batch: Batch, sigma: float) -> torch.Tensor:
     return out.permute(0, 1, 3, 2).reshape(B, P * T, k)
 
 
+def patch_units(batch: Batch) -> torch.Tensor:
+    """[B, P, k] unit-vocabulary index of each patch's slots (the same at every bin of the patch)."""
+    B, P, T = batch.shape
+    return batch.token_unit.reshape(B, P, T, -1)[:, :, 0]
+
+
 def _compact(valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(order [B, M], pad [B, M]): positions of each row's ``valid`` tokens first, in order, padded to the row with
     the most; ``pad`` marks slots past a row's count."""
@@ -188,20 +194,26 @@ class MaskedNeuralModel(nn.Module):
     def _positions(self, batch: Batch) -> torch.Tensor:
         return self.time_emb(batch.token_time) + self.patch_emb(batch.token_patch) + self.region_emb(batch.token_region)
 
-    def _embed(self, batch: Batch) -> torch.Tensor:
+    def _values(self, batch: Batch) -> torch.Tensor:
+        """[B, N, k] the model's view of the cells: log1p(counts) or MUA; padding slots and bins exactly zero."""
         x = batch.tokens
         if self.cfg.count_input == "log1p":
             x = torch.where(batch.is_counts[:, None, None], torch.log1p(x.clamp_min(0)), x)
-        x = x * batch.token_cells  # padding slots and padding bins carry exactly zero
-        h = self.in_proj(torch.cat([x, batch.token_cells.to(x.dtype)], dim=-1)) + self._positions(batch)
-        if self.cfg.unit_embedding:  # Σ_k x_k · E[unit_k] per token, without materialising [B, N, k, d]
-            B, N, k = x.shape
-            w = self.unit_embed_in.weight
-            per = nn.functional.embedding_bag(
-                batch.token_unit.reshape(-1, k), w, per_sample_weights=x.reshape(-1, k).to(w.dtype), mode="sum"
-            )
-            h = h + per.view(B, N, w.shape[1]).to(h.dtype)
-        return h
+        return x * batch.token_cells
+
+    def _embed(self, batch: Batch) -> torch.Tensor:
+        """[B, N, d] embeddings of ``batch``'s tokens: values with their slot flags, and positions."""
+        x = self._values(batch)
+        return self.in_proj(torch.cat([x, batch.token_cells.to(x.dtype)], dim=-1)) + self._positions(batch)
+
+    def _unit_read_in(self, batch: Batch, visible: torch.Tensor) -> torch.Tensor:
+        """[B, N, d] Σ_k x_k · E[unit_k] of the visible tokens (zero elsewhere: hidden values are replaced, not
+        multiplied away). Every bin of a patch holds the same units, so E is gathered once per patch and applied to
+        all bins in one matmul ([T, k] @ [k, d]) instead of gathering [B, N, k, d] rows."""
+        B, P, T = batch.shape
+        x = torch.where(visible[..., None], self._values(batch), 0.0)
+        E = self.unit_embed_in(patch_units(batch))  # [B, P, k, d]
+        return (x.view(B, P, T, -1).to(E.dtype) @ E).view(B, P * T, -1)
 
     def _context(self, batch: Batch, mode_ids: torch.Tensor) -> torch.Tensor:
         parts = [self.ctx_emb[f](batch.context[f]) for f in CONTEXT] + [self.prompt_emb(mode_ids)]
@@ -229,26 +241,22 @@ class MaskedNeuralModel(nn.Module):
 
         sub = Batch.__new__(Batch)
         sub.__dict__.update(batch.__dict__)
-        for name in ("tokens", "token_cells", "token_time", "token_patch", "token_region", "token_unit"):
+        for name in ("tokens", "token_cells", "token_time", "token_patch", "token_region"):
             setattr(sub, name, g(getattr(batch, name)))
         sub.tokens = sub.tokens.masked_fill(pad[..., None], 0.0)
         sub.token_cells = sub.token_cells & ~pad[..., None]
-        return self._embed(sub)
+        h = self._embed(sub)
+        if self.cfg.unit_embedding:
+            visible = torch.zeros_like(batch.token_valid).scatter(1, order, ~pad)
+            h = h + g(self._unit_read_in(batch, visible)).masked_fill(pad[..., None], 0.0).to(h.dtype)
+        return h
 
     # ---------------------------------------------------------------- public
 
     def forward(
-        self,
-        batch: Batch,
-        mode: str = "all",
-        mask: MaskResult | None = None,
-        generator: torch.Generator | None = None,
-        outputs: str = "all",
+        self, batch: Batch, mode: str = "all", mask: MaskResult | None = None, generator: torch.Generator | None = None
     ) -> ModelOutput:
-        """Loss and predictions for ``batch`` under ``mask`` (sampled from ``mode`` when not given).
-
-        ``outputs="targets"`` (training) runs the heads only on the target tokens the loss scores; ``"all"`` on every
-        real token, so ``log_rate``/``mua`` hold a prediction everywhere (evaluation, output smoothing)."""
+        """Loss and per-token predictions for ``batch`` under ``mask`` (sampled from ``mode`` when not given)."""
         if mask is None:
             mask = sample_mask(batch, mode, self.cfg.mask, self.cfg.modes, generator, self.cfg.mode_weights)
         h, order, pad = self.encode_visible(batch, mask)
@@ -260,20 +268,28 @@ class MaskedNeuralModel(nn.Module):
         seq = torch.cat([proj[:, :N_CTX], dec], dim=1)
         kpm = torch.cat([vpad.new_zeros(vpad.shape[0], N_CTX), vpad], dim=1)
         compact = self.dec_norm(self.decoder(seq, src_key_padding_mask=kpm))[:, N_CTX:]
-        everything = outputs == "all" or self.cfg.output_smoothing > 0
-        keep = ~vpad if everything else ~vpad & mask.target.gather(1, vorder)
-        bi, j = torch.nonzero(keep, as_tuple=True)
-        pos = vorder[bi, j]
-        log_rate, mua = self._heads(compact[bi, j], batch.token_unit[bi, pos])
         B, N = batch.token_valid.shape
-        k = log_rate.shape[-1]
-        full_rate = log_rate.new_zeros(B, N, k).index_put((bi, pos), log_rate)
-        full_mua = mua.new_zeros(B, N, k).index_put((bi, pos), mua)
+        out = compact.new_zeros(B, N + 1, compact.shape[-1])  # column N: where padding slots land, dropped
+        out = out.scatter(1, vorder.masked_fill(vpad, N)[..., None].expand(-1, -1, compact.shape[-1]), compact)
+        log_rate, mua = self._heads(batch, out[:, :N])
         if self.cfg.output_smoothing > 0:  # both heads in one pass (one kernel normaliser, one convolution)
-            both = smooth_in_time(torch.cat([full_rate, full_mua], dim=-1), batch, self.cfg.output_smoothing)
-            full_rate, full_mua = both.split(k, dim=-1)
-        full_rate = full_rate.clamp(-self.cfg.max_log_rate, self.cfg.max_log_rate)  # exp link with clamps
-        return self._loss(batch, mask, full_rate, full_mua)
+            both = smooth_in_time(torch.cat([log_rate, mua], dim=-1), batch, self.cfg.output_smoothing)
+            log_rate, mua = both.split(log_rate.shape[-1], dim=-1)
+        log_rate = log_rate.clamp(-self.cfg.max_log_rate, self.cfg.max_log_rate)  # exp link with clamps
+        return self._loss(batch, mask, log_rate, mua)
+
+    def _heads(self, batch: Batch, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-unit log-rates and MUA values [B, N, k]: the shared heads plus each unit's own read-out row and bias
+        (zero for a new unit until fine-tuning learns it), gathered once per patch and applied to all its bins."""
+        log_rate, mua = self.count_head(out), self.mua_head(out)
+        if self.cfg.unit_embedding:
+            B, P, T = batch.shape
+            dd = self.cfg.decoder_d_model
+            w = self.unit_embed_out(patch_units(batch))  # [B, P, k, dd + 1]
+            per_unit = out.view(B, P, T, dd).to(w.dtype) @ w[..., :dd].transpose(-1, -2) + w[..., None, :, dd]
+            per_unit = per_unit.reshape(log_rate.shape)
+            log_rate, mua = log_rate + per_unit.to(log_rate.dtype), mua + per_unit.to(mua.dtype)
+        return log_rate, mua
 
     def _decoder_input(self, batch: Batch, proj, order, pad, vorder, vpad) -> torch.Tensor:
         """[B, Nv, dd]: for each real token (compact order ``vorder``), its encoder output if it was visible, else
@@ -300,17 +316,6 @@ class MaskedNeuralModel(nn.Module):
             + self.patch_emb(batch.token_patch.gather(1, idx))
             + self.region_emb(batch.token_region.gather(1, idx))
         )
-
-    def _heads(self, h: torch.Tensor, units: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-unit log-rates and MUA values [M, k] of M decoded tokens: the shared heads plus each unit's own
-        read-out row and bias (zero for a new unit until fine-tuning learns it)."""
-        log_rate, mua = self.count_head(h), self.mua_head(h)
-        if self.cfg.unit_embedding:
-            dd = self.cfg.decoder_d_model
-            w = self.unit_embed_out(units)  # [M, k, dd + 1]: only the decoded tokens' units are gathered
-            per_unit = torch.bmm(w[..., :dd], h.unsqueeze(-1).to(w.dtype)).squeeze(-1) + w[..., dd]
-            log_rate, mua = log_rate + per_unit.to(log_rate.dtype), mua + per_unit.to(mua.dtype)
-        return log_rate, mua
 
     def _loss(self, batch: Batch, mask: MaskResult, log_rate: torch.Tensor, mua: torch.Tensor) -> ModelOutput:
         cells = (mask.target & batch.token_valid)[:, :, None] & batch.token_cells

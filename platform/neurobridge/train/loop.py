@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 
@@ -79,29 +80,44 @@ class StepResult:
     cells: int
 
 
-def masked_loss(net, model: MaskedNeuralModel, item: Collated, mode: str, gen: torch.Generator, train=None):
+def masked_loss(net, model: MaskedNeuralModel, item: Collated, mode: str, gen: torch.Generator, train=None, world=1):
     """(loss, poisson_nll, mse) of ``item``'s parts as one mean per cell kind (Poisson over count cells, MSE over
     MUA cells), one masking mode for the whole step; None when a part's loss is not finite.
 
     ``train``: a context factory for the forward (autocast); each part's share is then back-propagated as soon as
-    it is computed (one part's graph in memory at a time) and DDP syncs gradients once, on the last part."""
+    it is computed (one part's graph in memory at a time) and DDP syncs gradients once, on the last part.
+    With ``world`` > 1 data-parallel workers the means run over every worker's cells (counts and sums are
+    all-reduced, shares scaled by ``world`` against DDP's averaging): W workers × B windows train exactly like one
+    worker with W·B windows, and every rank reports the same, global loss."""
     mode = choose_mode(mode, model.cfg.modes, gen, model.cfg.mode_weights)
     masks = [sample_mask(p, mode, model.cfg.mask, model.cfg.modes, gen) for p in item.parts]
-    n_c = sum(_cells(p, m, True) for p, m in zip(item.parts, masks, strict=True))
-    n_m = sum(_cells(p, m, False) for p, m in zip(item.parts, masks, strict=True))
+    counts = [sum(_cells(p, m, kind) for p, m in zip(item.parts, masks, strict=True)) for kind in (True, False)]
+    n_c, n_m = _all_sum(counts, world)
+    scale = float(world)
     nll = se = 0.0
     for i, (part, mask) in enumerate(zip(item.parts, masks, strict=True)):
         sync = i == len(item.parts) - 1 or not hasattr(net, "no_sync")
         with nullcontext() if sync else net.no_sync(), (train or nullcontext)():
-            out = net(part, mask=mask, outputs="targets")
-            share = out.nll_sum / max(n_c, 1) + out.se_sum / max(n_m, 1)
+            out = net(part, mask=mask)
+            share = (out.nll_sum / max(n_c, 1) + out.se_sum / max(n_m, 1)) * scale
         if train is not None:
             if not torch.isfinite(share):
                 return None
             share.backward()
         nll, se = nll + float(out.nll_sum.detach()), se + float(out.se_sum.detach())
+    nll, se = _all_sum([nll, se], world)
     poisson, mse = nll / max(n_c, 1), se / max(n_m, 1)
     return poisson + mse, poisson, mse
+
+
+def _all_sum(values: list[float], world: int) -> list[float]:
+    """The sums of ``values`` over every data-parallel worker (themselves on one worker)."""
+    if world <= 1 or not torch.distributed.is_initialized():
+        return values
+    nccl = torch.distributed.get_backend() == "nccl"  # NCCL reduces device tensors only
+    t = torch.tensor(values, dtype=torch.float64, device=f"cuda:{torch.cuda.current_device()}" if nccl else "cpu")
+    torch.distributed.all_reduce(t)
+    return t.tolist()
 
 
 def _cells(part, mask, counts: bool) -> int:
@@ -133,9 +149,8 @@ class Loop:
         item = item.to(place.device)
         self.net.train()
         self.opt.zero_grad(set_to_none=True)
-        got = masked_loss(
-            self.net, self.model, item, cfg.mode, gen, lambda: _autocast(cfg.optim.precision, place.device)
-        )
+        precision = partial(_autocast, cfg.optim.precision, place.device)
+        got = masked_loss(self.net, self.model, item, cfg.mode, gen, precision, place.world)
         if got is None or not math.isfinite(got[0]):
             raise NonFiniteLoss(
                 f"loss is not finite at step {self.step} (epoch {self.epoch}); windows: {item.sample_ids[:8]}"
