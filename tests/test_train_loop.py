@@ -12,7 +12,7 @@ from helpers.train import local_batches, small_cfg
 from neurobridge.models.ndt import MaskedNeuralModel
 from neurobridge.models.vocab import Vocabularies, unit_key
 from neurobridge.store.read import sources
-from neurobridge.train.loop import NonFiniteLoss, run_steps, val_loss
+from neurobridge.train.loop import CompiledOrEager, Loop, NonFiniteLoss, Placement, run_steps, val_loss
 from neurobridge.train.pretrain import vocabularies
 
 
@@ -109,3 +109,23 @@ def test_per_unit_rows_get_their_own_weight_decay_only_when_asked(rows):
         p.grad = torch.zeros_like(p)
     opt.step()  # zero gradients: only decoupled decay moves the rows, toward zero (= the shared model)
     assert model.unit_embed_out.weight.norm() < before.norm()
+
+
+@pytest.mark.slow
+def test_compiled_steps_match_eager_steps(store):
+    """``optim.compile`` (torch.compile, dynamic shapes) is a speed-up only: the same seed gives the same losses as
+    eager steps; where compilation fails the loop trains eagerly and keeps the reason."""
+    cfg = small_cfg(**{"optim.max_steps": 3})
+    vocabs = vocabularies(sources(store, [], "tiny"))
+    items = list(local_batches(store, cfg, vocabs)(0))[:3]
+    losses = {}
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        run = small_cfg(**{"optim.max_steps": 3, "optim.compile": compiled})
+        loop = Loop(run, MaskedNeuralModel(run.model, vocabs), Placement(), None)
+        losses[compiled] = [loop.train_step(item).loss for item in items]
+        if compiled:
+            assert isinstance(loop.net, CompiledOrEager)
+            if loop.net.failure is not None:  # trained eagerly: the reason is kept, not swallowed
+                assert ":" in loop.net.failure
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)

@@ -31,6 +31,11 @@ def _home() -> Path:
     return Path(os.environ.get("NB_HOME", "./.neurobridge")).absolute()
 
 
+def log_dir() -> Path:
+    """Where the CLI and the demo keep the library logs they do not print: ``<NB_HOME>/logs``."""
+    return _home() / "logs"
+
+
 class Settings(BaseModel):
     """Resolved settings. Build with :func:`get_settings` so environment overrides apply."""
 
@@ -200,6 +205,55 @@ def describe_validation_error(err: ValidationError, model: type[BaseModel], wher
     return "\n".join(lines)
 
 
+# -- what a person sees: one line per stage; library chatter goes to a log file ------------------------------------
+
+# Loggers whose INFO/WARNING output is for whoever debugs a run, not for the person watching it.
+CHATTY = ("ray", "mlflow", "alembic", "urllib3", "filelock", "datalad", "py.warnings", "huggingface_hub")
+_QUIET: dict = {"log": None}
+
+
+def quiet_libraries(log_dir: str | Path) -> Path:
+    """Route Ray's, Ray Data's and MLflow's progress bars, warnings and info lines to ``<log_dir>/neurobridge.log``
+    (and Ray's worker logs to ``<log_dir>/ray``, a link to the session's log folder), keeping errors on stderr.
+
+    For the CLI and the demo: a person reads one line per stage, not a flood of library logs."""
+    log_dir = Path(log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    path = log_dir / "neurobridge.log"
+    to_file = logging.FileHandler(path)
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    errors = logging.StreamHandler(sys.stderr)
+    errors.setLevel(logging.ERROR)
+    for name in CHATTY:
+        logger = logging.getLogger(name)
+        logger.handlers, logger.propagate = [to_file, errors], False
+        logger.setLevel(logging.INFO)
+    logging.captureWarnings(True)
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # MLflow's per-download bars
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    _QUIET["log"] = log_dir
+    return path
+
+
+def _quiet_ray() -> None:
+    """After ``ray.init``: Ray re-installs its console handler; route it again, silence Ray Data's bars, and link
+    the session's logs (workers' stdout/stderr included) under the quiet log folder."""
+    import ray.data
+
+    quiet_libraries(_QUIET["log"])
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = ctx.enable_operator_progress_bars = False
+    ctx.print_on_execution_start = False
+    try:
+        session = Path(ray._private.worker._global_node.get_session_dir_path())
+        link = _QUIET["log"] / "ray"
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(session / "logs", target_is_directory=True)
+    except (AttributeError, OSError):  # a private API moved, or no symlinks here: the logs stay in Ray's folder
+        pass
+
+
 # -- Ray: where this code runs -----------------------------------------------------------------------------------
 
 
@@ -213,6 +267,8 @@ def ensure_ray(settings: Settings, min_cpus: int = 0) -> None:
         return
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     kwargs = {"logging_level": logging.WARNING, "include_dashboard": False}
+    if _QUIET["log"] is not None:  # workers' output (progress bars, Train controller notices) stays in the logs
+        kwargs |= {"log_to_driver": False, "logging_level": logging.ERROR}
     if settings.ray_address:
         ray.init(address=settings.ray_address, **kwargs)
     else:
@@ -221,6 +277,8 @@ def ensure_ray(settings: Settings, min_cpus: int = 0) -> None:
         if cpus is None and min_cpus:
             cpus = max(os.cpu_count() or 1, min_cpus)
         ray.init(address="local", num_cpus=cpus, **kwargs)
+    if _QUIET["log"] is not None:
+        _quiet_ray()
 
 
 def task_attempt() -> int:

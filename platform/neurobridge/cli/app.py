@@ -15,10 +15,23 @@ from neurobridge.cli import train as cli_train
 from neurobridge.cli import tune as cli_tune
 from neurobridge.cli.bench import bench_app
 from neurobridge.cli.output import console, fail
-from neurobridge.config import get_settings
+from neurobridge.config import get_settings, log_dir, quiet_libraries
 from neurobridge.storage import StoreError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="NeuroBridge: neural data → tokens → models.")
+
+
+@app.callback()
+def _options(
+    verbose: bool = typer.Option(
+        False, "--verbose", help="library logs (Ray, Ray Data, MLflow) on the console too; else in <NB_HOME>/logs"
+    ),
+) -> None:
+    """One readable line per stage: library chatter goes to <NB_HOME>/logs unless --verbose; errors always show."""
+    if not verbose:
+        quiet_libraries(log_dir())
+
+
 app.add_typer(cli_data.catalog_app, name="catalog")
 app.add_typer(bench_app, name="bench")
 app.add_typer(cli_registry.registry_app, name="registry")
@@ -27,13 +40,14 @@ app.add_typer(cli_registry.registry_app, name="registry")
 def demo(
     minutes: float = typer.Option(2.0, help="minutes per simulated session"),
     seed: int = typer.Option(0),
-    pretrain_steps: int = typer.Option(150, help="pretraining steps (0: stop after ingest)"),
+    pretrain_steps: int = typer.Option(None, help="pretraining steps (0: stop after ingest; default: the recipe's)"),
     align: bool = typer.Option(True, help="align the visual sessions to their images (stage 6)"),
 ):
     """The end-to-end demo: simulate → ingest → inspect → pretrain → evaluate → align."""
-    from neurobridge.workflows.demo import run_demo
+    from neurobridge.workflows.demo import DEMO_RECIPE, run_demo
 
-    code = run_demo(minutes=minutes, seed=seed, console=console, pretrain_steps=pretrain_steps, align=align)
+    steps = DEMO_RECIPE["optim.max_steps"] if pretrain_steps is None else pretrain_steps
+    code = run_demo(minutes=minutes, seed=seed, console=console, pretrain_steps=steps, align=align)
     raise typer.Exit(code)
 
 

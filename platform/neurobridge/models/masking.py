@@ -48,12 +48,13 @@ class MaskResult:
 
 
 def _rand(shape, batch: Batch, g: torch.Generator | None) -> torch.Tensor:
-    return torch.rand(shape, generator=g, device="cpu").to(batch.tokens.device)
+    """Uniform draws on the generator's device (the GPU's when training there: masks never cross the bus)."""
+    return torch.rand(shape, generator=g, device=g.device if g is not None else "cpu").to(batch.tokens.device)
 
 
 def _pick(eligible: torch.Tensor, n_pick: torch.Tensor, g) -> torch.Tensor:
     """Choose ``n_pick[b]`` of the eligible columns of each row uniformly at random (vectorised)."""
-    scores = torch.rand(eligible.shape, generator=g, device="cpu").to(eligible.device)
+    scores = torch.rand(eligible.shape, generator=g, device=g.device if g is not None else "cpu").to(eligible.device)
     scores = torch.where(eligible, scores, torch.full_like(scores, 2.0))
     rank = torch.argsort(torch.argsort(scores, dim=1), dim=1)
     return eligible & (rank < n_pick[:, None])
@@ -119,10 +120,11 @@ def choose_mode(
     """``mode`` itself, or for ``all`` one of ``modes`` drawn uniformly or by relative ``weights`` (missing: 1)."""
     if mode != "all":
         return mode
+    dev = generator.device if generator is not None else "cpu"
     if weights:
-        w = torch.tensor([float(weights.get(m, 1.0)) for m in modes])
+        w = torch.tensor([float(weights.get(m, 1.0)) for m in modes], device=dev)
         return modes[int(torch.multinomial(w, 1, generator=generator))]
-    return modes[int(torch.randint(len(modes), (1,), generator=generator))]
+    return modes[int(torch.randint(len(modes), (1,), generator=generator, device=dev))]
 
 
 def sample_mask(

@@ -55,10 +55,19 @@ class Batch:
         return self.tokens.shape[0], self.patch_valid.shape[1], self.bin_mask.shape[1]
 
     def to(self, device) -> Batch:
+        """The batch on ``device``; to a GPU through pinned memory, so the copies overlap with compute."""
+        device = torch.device(device)
+        pin = device.type == "cuda"
+
+        def move(t: torch.Tensor) -> torch.Tensor:
+            if t.device == device:
+                return t
+            return (t.pin_memory() if pin else t).to(device, non_blocking=pin)
+
         out = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            out[f.name] = {k: t.to(device) for k, t in v.items()} if isinstance(v, dict) else v.to(device)
+            out[f.name] = {k: move(t) for k, t in v.items()} if isinstance(v, dict) else move(v)
         return Batch(**out)
 
 

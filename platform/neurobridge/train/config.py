@@ -51,6 +51,9 @@ class OptimConfig(_Strict):
     batch_size: int = Field(32, ge=1, description="windows per worker per step")
     grad_clip: float = Field(1.0, gt=0)
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on GPUs that have it")
+    compile: bool = Field(
+        False, description="torch.compile the model (dynamic shapes); falls back to eager, saying why, if it fails"
+    )
 
 
 class ScalingConfig(_Strict):

@@ -7,6 +7,7 @@ stopped. A non-finite loss stops the run naming the step and the windows, and th
 
 from __future__ import annotations
 
+import logging
 import math
 import resource
 import time
@@ -125,12 +126,36 @@ def _cells(part, mask, counts: bool) -> int:
     return int(((mask.target & part.token_valid)[:, :, None] & part.token_cells & kind[:, None, None]).sum())
 
 
+class CompiledOrEager:
+    """``torch.compile(module)`` that falls back to the module itself, once and for good, when compilation fails
+    (a missing compiler, an unsupported op): a training run never dies of an optional speed-up. Attributes
+    (``train``, ``parameters``, DDP's ``no_sync``) are the module's."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.module, self.compiled = module, torch.compile(module, dynamic=True)
+        self.failure: str | None = None
+
+    def __call__(self, *args, **kwargs):
+        if self.failure is None:
+            try:
+                return self.compiled(*args, **kwargs)
+            except Exception as err:  # torch.compile raises many kinds; eager is always correct
+                self.failure = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                logging.getLogger(__name__).warning("torch.compile failed, training eagerly: %s", self.failure)
+        return self.module(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self.module, name)
+
+
 class Loop:
     """The state of one training run between steps: optimizer, schedule, position in the data, best weights."""
 
     def __init__(self, cfg: PretrainConfig, model: MaskedNeuralModel, place: Placement, state: dict | None):
         self.cfg, self.model, self.place = cfg, model, place
         self.net = place.ddp_model or model
+        if cfg.optim.compile:
+            self.net = CompiledOrEager(self.net)
         self.opt, self.sched = make_optimizer(model, cfg.optim)
         self.step = self.epoch = self.skip = self.stale = 0
         self.best: dict | None = None
@@ -145,7 +170,7 @@ class Loop:
         cfg, place = self.cfg, self.place
         seed = (cfg.seed * 1_000_003 + self.step) * max(place.world, 1) + place.rank
         torch.manual_seed(seed)
-        gen = torch.Generator(device="cpu").manual_seed(seed)  # masks are drawn on the CPU: the same on any device
+        gen = torch.Generator(device=place.device).manual_seed(seed)  # masks are drawn where the step runs
         item = item.to(place.device)
         self.net.train()
         self.opt.zero_grad(set_to_none=True)

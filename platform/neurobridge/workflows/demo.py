@@ -1,15 +1,21 @@
 """The end-to-end demo on the embedded default: simulate → ingest (Ray Data) → inspect, with a figure → pretrain
-(Ray Train) → evaluate → align the visual sessions to their images (responses, then pretrained vs scratch encoder)."""
+(Ray Train) → evaluate → align the visual sessions to their images (responses, then pretrained vs scratch encoder).
+
+A person watching reads one line per stage with its time; Ray's, Ray Data's and MLflow's own output goes to
+``<NB_HOME>/logs`` (``config.quiet_libraries``), errors still show.
+"""
 
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
 
 from neurobridge.catalog import resolve
-from neurobridge.config import get_settings
+from neurobridge.config import Settings, get_settings, log_dir, quiet_libraries
 from neurobridge.ingest.pipeline import ingest_many
 from neurobridge.storage import filesystem, is_remote
 from neurobridge.store.mixtures import write_mixture
@@ -21,6 +27,40 @@ DEMO_BIN_MS = 20.0  # the pretraining mixture's bin width
 DEMO_HOLDOUT = "monkey01_s01"  # a simulated reaching session kept out of pretraining (a fine-tuning target)
 # Alignment needs enough images to test among 100 unseen ones: 300 images × 4 presentations (a 10-minute session)
 DEMO_IMAGES, DEMO_REPEATS, DEMO_ALIGN_TEST = 300, 4, 100
+# The demo's pretraining recipe (jobs/configs/pretrain_demo.yaml holds the same, for `neurobridge pretrain` and
+# `bench train`; a test keeps the two equal). Chosen from measurements, see docs/results.md.
+DEMO_RECIPE = {
+    "name": "demo",
+    "mode": "heldout",
+    "data.holdout_sessions": [DEMO_HOLDOUT],
+    "data.crop_bins": 50,
+    "optim.lr": 0.002,
+    "optim.batch_size": 32,
+    "optim.max_steps": 400,
+    "scaling.num_workers": 1,
+    "scaling.cpus_per_worker": 2,
+}
+
+
+@dataclass
+class DemoRun:
+    """What the stages hand each other, and what the closing lines point to."""
+
+    settings: Settings
+    console: Console
+    sim_root: str
+    catalog: str
+    failed: int = 0
+    reports: list = field(default_factory=list)
+    figures: list[str] = field(default_factory=list)
+    model_run: str | None = None
+
+    @contextmanager
+    def stage(self, title: str):
+        self.console.rule(title)
+        t0 = time.perf_counter()
+        yield
+        self.console.print(f"[dim]{title.split(' (')[0]}: {time.perf_counter() - t0:.0f} s[/]")
 
 
 def run_demo(
@@ -28,16 +68,32 @@ def run_demo(
     seed: int = 0,
     console: Console | None = None,
     catalog: str = "demo",
-    pretrain_steps: int = 150,
+    pretrain_steps: int = DEMO_RECIPE["optim.max_steps"],
     align: bool = True,
 ) -> int:
+    quiet_libraries(log_dir())
+    settings = get_settings()
+    run = DemoRun(settings, console or Console(), f"{settings.raw_root}/sim", catalog)
+    t0 = time.perf_counter()
+    _simulate(run, minutes, seed)
+    with run.stage("2. ingest (Ray Data)"):
+        _ingest(run)
+    with run.stage("3. inspect"):
+        _inspect(run)
+    if pretrain_steps and run.reports:
+        with run.stage(f"4-5. pretrain (Ray Train, {pretrain_steps} steps, MLflow) and evaluate"):
+            run.model_run = _pretrain_and_evaluate(run, pretrain_steps)
+    if align and any(r.dataset == "sim_visual" for r in run.reports):
+        with run.stage(f"6. align (sim_visual → image embeddings, {DEMO_ALIGN_TEST} unseen test images, MLflow)"):
+            _align(run)
+    _closing(run, time.perf_counter() - t0)
+    return 1 if run.failed else 0
+
+
+def _simulate(run: DemoRun, minutes: float, seed: int) -> None:
     from neurobridge.sim import SimConfig, simulate
 
-    console = console or Console()
-    settings = get_settings()
-    t0 = time.perf_counter()
-    sim_root = f"{settings.raw_root}/sim"
-    fs, path = filesystem(f"{sim_root}/simulation.json", settings)
+    fs, path = filesystem(f"{run.sim_root}/simulation.json", run.settings)
     # cortical-like baseline rates (1-8 Hz): sparse enough that spike smoothing falls well short of the oracle
     cfg = SimConfig(
         seed=seed,
@@ -49,103 +105,102 @@ def run_demo(
         image_repeats=DEMO_REPEATS,
     )
     if fs.exists(path) and _same_config(fs, path, cfg):
-        console.print(f"[dim]simulation already at {sim_root} (same seed and size): reusing it[/]")
-    else:
-        console.rule("1. simulate")
-        simulate(sim_root, cfg)
-    console.rule("2. ingest (Ray Data)")
-    failed = 0
-    reports = []
+        run.console.print(f"[dim]simulation already at {run.sim_root} (same seed and size): reusing it[/]")
+        return
+    with run.stage("1. simulate"):
+        simulate(run.sim_root, cfg, progress=False)
+
+
+def _ingest(run: DemoRun) -> None:
     entries = []
-    for entry in resolve(catalog):
-        if entry.kind == "tvsd" and is_remote(settings.raw_root):
-            console.print(f"[yellow]{entry.name}: skipped (a DataLad clone needs a local NB_RAW)[/]")
+    for entry in resolve(run.catalog):
+        if entry.kind == "tvsd" and is_remote(run.settings.raw_root):
+            run.console.print(f"[yellow]{entry.name}: skipped (a DataLad clone needs a local NB_RAW)[/]")
             continue
         entries.append(entry)
-    for entry, report in zip(entries, ingest_many(entries, settings, progress=True), strict=True):
+    for entry, report in zip(entries, ingest_many(entries, run.settings, progress=False), strict=True):
         if isinstance(report, Exception):
-            console.print(f"[red]{entry.name}: {report}[/]")
-            failed += 1
+            run.console.print(f"[red]{entry.name}: {report}[/]")
+            run.failed += 1
             continue
-        reports.append(report)
-        failed += len(report.failed)
+        run.reports.append(report)
+        run.failed += len(report.failed)
         c = report.card.counts
-        console.print(
+        run.console.print(
             f"[bold]{entry.name}[/] @ {report.version}: {c.items_ok}/{c.items} items, {c.rows:,} windows, "
             f"{c.tokens:,} tokens, {c.spikes:,} spikes ({report.seconds:.1f} s)"
         )
-    if reports:
-        _write_demo_mixture(console, settings, catalog, reports)
-    console.rule("3. inspect")
-    reports_dir = Path(settings.store).parent / "reports" if "://" not in settings.store else Path("reports")
+        for f in report.failed:
+            run.console.print(f"  [red]failed[/] {f.rel}: {f.error}")
+    if run.reports:
+        _write_demo_mixture(run)
+
+
+def _write_demo_mixture(run: DemoRun) -> None:
+    """The pretraining mixture: the datasets at the demo's bin width (a model has one bin size); the others (TVSD's
+    10 ms MUA) are ingested for alignment and left out of it, said here."""
+    same = [r for r in run.reports if r.card.bin_ms == DEMO_BIN_MS]
+    mix = write_mixture(run.settings, run.catalog, same)
+    run.console.print(f"mixture {run.catalog!r}: " + ", ".join(d.ref for d in mix.datasets))
+    for r in run.reports:
+        if r not in same:
+            run.console.print(f"[dim]{r.dataset}: {r.card.bin_ms:g} ms bins, not in the {DEMO_BIN_MS:g} ms mixture[/]")
+
+
+def _inspect(run: DemoRun) -> None:
+    store = run.settings.store
+    reports_dir = Path(store).parent / "reports" if "://" not in store else Path("reports")
     reports_dir.mkdir(parents=True, exist_ok=True)
-    figures = []
-    for report in reports:
-        ref = resolve_dataset(settings, f"{report.dataset}@{report.version}")
-        sessions = inspection.session_summaries(ref, settings)
+    for report in run.reports:
+        ref = resolve_dataset(run.settings, f"{report.dataset}@{report.version}")
+        sessions = inspection.session_summaries(ref, run.settings)
         pct = inspection.rate_percentiles(sessions)
-        console.print(
-            f"{ref.dataset}: {len(sessions)} sessions, {sum(s.units for s in sessions)} units, "
-            + (
-                f"median MUA {pct.get('p50', 0):.2f}"
-                if sessions and sessions[0].kind == "mua"
-                else f"median rate {pct.get('p50', 0):.1f} Hz"
-            )
-            + f", splits {ref.card.splits}"
+        level = (
+            f"median MUA {pct.get('p50', 0):.2f}"
+            if sessions and sessions[0].kind == "mua"
+            else f"median rate {pct.get('p50', 0):.1f} Hz"
         )
-        figures.append(inspection.plot(ref, settings, str(reports_dir / f"{ref.dataset}.png"), sessions))
-    model_run = None
-    if pretrain_steps and reports:
-        model_run = _pretrain_and_evaluate(console, settings, catalog, pretrain_steps, f"{sim_root}/truth")
-    if align and any(r.dataset == "sim_visual" for r in reports):
-        _align(console, settings, sim_root, model_run)
-    console.rule("done")
-    console.print(f"finished in {time.perf_counter() - t0:.0f} s")
-    console.print(f"raw recordings : {sim_root}")
-    console.print(f"token store    : {settings.store}/tokens/")
-    console.print(f"figures        : {', '.join(figures)}")
-    console.print("next           : neurobridge inspect sim_nwb --plot sim_nwb.png")
-    console.print(f"read with polars: pl.read_parquet('{settings.store}/tokens/sim_nwb/<version>/part-*.parquet')")
-    return 1 if failed else 0
+        run.console.print(
+            f"{ref.dataset}: {len(sessions)} sessions, {sum(s.units for s in sessions)} units, {level}, "
+            f"splits {ref.card.splits}"
+        )
+        run.figures.append(inspection.plot(ref, run.settings, str(reports_dir / f"{ref.dataset}.png"), sessions))
 
 
-def _pretrain_and_evaluate(console: Console, settings, mixture: str, steps: int, truth: str) -> str:
-    """Stages 4-5: masked pretraining on Ray Train over the whole mixture, then co-bps against the baselines."""
-    from neurobridge.evaluate.run import evaluate
+def demo_pretrain_config(mixture: str, steps: int):
+    """The demo's pretraining config: ``DEMO_RECIPE`` on ``mixture`` for ``steps`` steps."""
     from neurobridge.train.config import load_config
+
+    recipe = {**DEMO_RECIPE, "data.mixture": mixture, "optim.max_steps": steps}
+    return load_config(None, {**recipe, "checkpoint_every": max(steps // 2, 1)})
+
+
+def _pretrain_and_evaluate(run: DemoRun, steps: int) -> str:
+    """Stages 4-5: masked pretraining on Ray Train over the mixture, then co-bps against the baselines."""
+    from neurobridge.evaluate.run import evaluate
     from neurobridge.train.pretrain import pretrain
     from neurobridge.workflows.tables import print_report
 
-    console.rule(f"4. pretrain (Ray Train, {steps} steps, mixture {mixture!r}, MLflow)")
-    cfg = load_config(
-        None,
-        {
-            "name": "demo",
-            "data.mixture": mixture,
-            "data.holdout_sessions": [DEMO_HOLDOUT],
-            "optim.max_steps": steps,
-            "checkpoint_every": max(steps // 3, 1),
-        },
+    settings, console = run.settings, run.console
+    result = pretrain(demo_pretrain_config(run.catalog, steps), settings)
+    m = result.metrics
+    console.print(
+        f"pretrained: run {result.run_id}, step {m.get('step')}, loss {m.get('loss'):.3f}, "
+        f"{m.get('tokens_per_s', float('nan')):,.0f} tokens/s"
     )
-    result = pretrain(cfg, settings)
-    console.print(f"run {result.run_id}: step {result.metrics.get('step')}, loss {result.metrics.get('loss'):.3f}")
-    console.rule("5. evaluate (held-out units of test windows; baselines on the same cells)")
-    remote = "://" in settings.raw_root
+    truth = None if "://" in settings.raw_root else f"{run.sim_root}/truth"
+    datasets = ["sim_nwb", "sim_alf"]
     report = evaluate(
-        f"runs:/{result.run_id}",
-        ["sim_nwb", "sim_alf"],
-        None,
-        None,
-        None if remote else truth,
-        settings=settings,
-        exclude_sessions=[DEMO_HOLDOUT],
+        f"runs:/{result.run_id}", datasets, None, None, truth, settings=settings, exclude_sessions=[DEMO_HOLDOUT]
     )
     print_report(report)
-    if steps < 1000:
+    pooled = report.pooled.get("sim_nwb", {})
+    if pooled.get("co_bps") is not None and pooled.get("co_bps_smoothing") is not None:
+        verdict = "beats" if pooled["co_bps"] >= pooled["co_bps_smoothing"] else "does not beat"
+        smooth, oracle = pooled["co_bps_smoothing"], pooled.get("co_bps_oracle", float("nan"))
         console.print(
-            f"{steps} steps of mixed-mode pretraining are a smoke run of the pipeline, not a trained model: "
-            "the co-smoothing task needs ~1000 steps (`python jobs/targets.py` pretrains 1200 and reaches "
-            "0.82 × oracle on a held-out session after fine-tuning; see docs/results.md)."
+            f"sim_nwb held-out units: model {pooled['co_bps']:.3f} {verdict} smoothing {smooth:.3f} "
+            f"(oracle {oracle:.3f}) co-bps"
         )
     console.print(
         f"MLflow: mlflow ui --backend-store-uri {settings.mlflow_uri}  (runs {result.run_id}, {report.run_id})"
@@ -153,48 +208,43 @@ def _pretrain_and_evaluate(console: Console, settings, mixture: str, steps: int,
     return result.run_id
 
 
-def _align(console: Console, settings, sim_root: str, model_run: str | None) -> None:
+def _align(run: DemoRun) -> None:
     """Stage 6: visual sessions → image embeddings, every region and each alone, retrieval beside chance; then
     the stage-4 encoder (last layer tuned) beside the same architecture from scratch."""
     import torch
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small models: one thread is fastest and leaves the other core to Ray
-    try:
-        _align_stage(console, settings, sim_root, model_run)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _align_stage(console: Console, settings, sim_root: str, model_run: str | None) -> None:
     from neurobridge.align.embeddings import simulation_embeddings
     from neurobridge.evaluate.run import resolve_model_file
     from neurobridge.workflows.demo_align import DemoAlignOptions, compare_encoders, demo_config, run_align_demo
 
-    console.rule(f"6. align (sim_visual → image embeddings, {DEMO_ALIGN_TEST} unseen test images, MLflow)")
-    t0 = time.perf_counter()
-    run_align_demo(settings, sim_root, DemoAlignOptions(n_test=DEMO_ALIGN_TEST), console)
-    console.print(f"[dim]{time.perf_counter() - t0:.0f} s[/]")
-    if model_run is None:
-        return
-    t0 = time.perf_counter()
-    known = simulation_embeddings(sim_root, settings)
-    source = {"simulation": "sim"}  # under NB_RAW, as jobs/configs/align_demo.yaml names it
-    base = demo_config(settings, "sim_visual", source, DEMO_ALIGN_TEST)
-    compare_encoders(settings, resolve_model_file(f"runs:/{model_run}", settings), base, console, embeddings=known)
-    console.print(f"[dim]{time.perf_counter() - t0:.0f} s[/]")
-    console.print("on Ray Train: neurobridge align --config jobs/configs/align_demo.yaml")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small models: one thread is fastest and leaves the other core to Ray
+    try:
+        run_align_demo(run.settings, run.sim_root, DemoAlignOptions(n_test=DEMO_ALIGN_TEST), run.console)
+        if run.model_run is None:
+            return
+        known = simulation_embeddings(run.sim_root, run.settings)
+        source = {"simulation": "sim"}  # under NB_RAW, as jobs/configs/align_demo.yaml names it
+        base = demo_config(run.settings, "sim_visual", source, DEMO_ALIGN_TEST)
+        model = resolve_model_file(f"runs:/{run.model_run}", run.settings)
+        compare_encoders(run.settings, model, base, run.console, embeddings=known)
+        run.console.print("on Ray Train: neurobridge align --config jobs/configs/align_demo.yaml")
+    finally:
+        torch.set_num_threads(threads)
 
 
-def _write_demo_mixture(console: Console, settings, name: str, reports: list) -> None:
-    """The pretraining mixture: the datasets at the demo's bin width (a model has one bin size); the others (TVSD's
-    10 ms MUA) are ingested for alignment and left out of it, said here."""
-    same = [r for r in reports if r.card.bin_ms == DEMO_BIN_MS]
-    mix = write_mixture(settings, name, same)
-    console.print(f"mixture {name!r}: " + ", ".join(d.ref for d in mix.datasets))
-    for r in reports:
-        if r not in same:
-            console.print(f"[dim]{r.dataset}: {r.card.bin_ms:g} ms bins, not in the {DEMO_BIN_MS:g} ms mixture[/]")
+def _closing(run: DemoRun, seconds: float) -> None:
+    console, settings = run.console, run.settings
+    console.rule("done")
+    console.print(f"finished in {seconds:.0f} s")
+    console.print(f"raw recordings : {run.sim_root}")
+    console.print(f"token store    : {settings.store}/tokens/")
+    console.print(f"figures        : {', '.join(run.figures)}")
+    console.print(f"library logs   : {log_dir()}")
+    nwb = next((r for r in run.reports if r.dataset == "sim_nwb"), None)
+    if nwb is not None:
+        console.print(f"next           : neurobridge inspect sim_nwb@{nwb.version} --plot sim_nwb.png")
+        console.print(f"read with polars: pl.read_parquet('{nwb.path}/part-*.parquet')")
 
 
 def _same_config(fs, path: str, cfg) -> bool:
