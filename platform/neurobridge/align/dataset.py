@@ -32,21 +32,9 @@ from neurobridge.align.responses import ResponseAccumulator
 from neurobridge.align.splits import SPLITS, assert_no_leak, assign_splits, average_repeats
 from neurobridge.config import Settings, get_settings
 from neurobridge.store.read import iter_local, sources
+from neurobridge.store.rows import CONTEXT_COLUMNS, GRID_COLUMNS
 
-COLUMNS = [
-    "dataset",
-    "session",
-    "subject",
-    "task",
-    "split",
-    "stimulus_id",
-    "n_units",
-    "n_bins",
-    "counts",
-    "mua",
-    "unit_ids",
-    "unit_regions",
-]
+COLUMNS = [c for c in CONTEXT_COLUMNS if c != "sample_id"] + ["stimulus_id", *GRID_COLUMNS]
 
 
 def build_alignment_data(

@@ -32,24 +32,11 @@ from neurobridge.storage import (
     safe_name,
     write_json_atomic,
 )
+from neurobridge.store.rows import CONTEXT_COLUMNS, GRID_COLUMNS
 
 CARD = "_embeddings.json"
 SPLITS = ("train", "val", "test")
-READ_COLUMNS = [
-    "dataset",
-    "session",
-    "subject",
-    "task",
-    "sample_id",
-    "split",
-    "t_start",
-    "n_units",
-    "n_bins",
-    "counts",
-    "mua",
-    "unit_ids",
-    "unit_regions",
-]
+READ_COLUMNS = [*CONTEXT_COLUMNS, "t_start", *GRID_COLUMNS]
 SCHEMA = pa.schema(
     [
         ("sample_id", pa.string()),

@@ -15,21 +15,14 @@ import pyarrow as pa
 from neurobridge.config import Settings
 from neurobridge.store.read import Source, iter_local
 
+# The columns a model reads, by what they say: context, the window's place, the cell grid, labels, behaviour.
+CONTEXT_COLUMNS = ["dataset", "session", "subject", "task", "sample_id", "split"]
+GRID_COLUMNS = ["n_units", "n_bins", "counts", "mua", "unit_ids", "unit_regions"]
 ROW_COLUMNS = [
-    "dataset",
-    "session",
-    "subject",
-    "task",
-    "sample_id",
-    "split",
+    *CONTEXT_COLUMNS,
     "t_start",
     "bin_ms",
-    "n_units",
-    "n_bins",
-    "counts",
-    "mua",
-    "unit_ids",
-    "unit_regions",
+    *GRID_COLUMNS,
     "behavior",
     "behavior_names",
     "stimulus_id",
@@ -67,24 +60,7 @@ def table_rows(table: pa.Table) -> list[dict]:
     return rows
 
 
-EVAL_COLUMNS = [
-    "dataset",
-    "session",
-    "subject",
-    "task",
-    "sample_id",
-    "split",
-    "t_start",
-    "bin_ms",
-    "n_units",
-    "n_bins",
-    "counts",
-    "mua",
-    "unit_ids",
-    "unit_regions",
-    "behavior",
-    "behavior_names",
-]
+EVAL_COLUMNS = [c for c in ROW_COLUMNS if c not in ("stimulus_id", "repeat")]
 
 
 @dataclass

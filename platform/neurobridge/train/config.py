@@ -27,6 +27,12 @@ class DataConfig(_Strict):
         ge=1,
         description="smaller data repeats within an epoch to fill this many steps (each epoch restarts the read)",
     )
+    cache_mb: float = Field(
+        1024,
+        ge=0,
+        description="an epoch of at most this many MB of cells is read once and kept in Ray's object store: later "
+        "epochs replay it instead of restarting the read (epochs are the same rows anyway; 0: never)",
+    )
     holdout_sessions: list[str] = Field(
         default_factory=list, description="sessions never trained on (evaluation / fine-tuning targets)"
     )

@@ -69,6 +69,15 @@ def epoch_rows(cfg: PretrainConfig, srcs: list[Source]) -> int | None:
     return need if sum(s.rows("train") for s in srcs) < need else None
 
 
+def _epoch_mb(cfg: PretrainConfig, srcs: list[Source]) -> float:
+    """Upper estimate of one mixed epoch in memory: its cells at 4 bytes (uint16 counts, float32 MUA), rows repeated
+    or dropped by the mixing, plus the row lists' overhead."""
+    rows = sum(s.rows("train") for s in srcs) or 1
+    cells = sum(s.ref.card.counts.tokens * s.rows("train") / max(s.rows(), 1) for s in srcs)
+    scale = (epoch_rows(cfg, srcs) or rows) / rows
+    return cells * 4 * scale * 1.2 / 2**20
+
+
 def train_loop_per_worker(config: dict) -> None:
     """Runs in every Ray Train worker."""
     import ray.train
@@ -164,6 +173,8 @@ def pretrain(cfg: PretrainConfig, settings: Settings | None = None, resume_from:
     train = ray_dataset(
         settings, srcs, "train", Mixing(cfg.data.mixing, epoch_rows(cfg, srcs), cfg.seed, held), ROW_COLUMNS
     )
+    if _epoch_mb(cfg, srcs) <= cfg.data.cache_mb:
+        train = train.materialize()  # one read; each epoch replays the blocks (shuffled by the trainer's buffer)
     datasets = {"train": train}
     if cfg.validation.every is not None:
         try:  # every val row once, unmixed; rank 0 scores the first max_windows of them
