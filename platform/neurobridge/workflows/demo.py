@@ -15,6 +15,7 @@ from neurobridge.storage import filesystem, is_remote
 from neurobridge.store.mixtures import write_mixture
 from neurobridge.store.versions import resolve_dataset
 from neurobridge.workflows import inspect as inspection
+from neurobridge.workflows.registration import register_gated
 
 DEMO_RATE_HZ = (1.0, 8.0)
 DEMO_BIN_MS = 20.0  # the pretraining mixture's bin width
@@ -94,18 +95,23 @@ def run_demo(
             + f", splits {ref.card.splits}"
         )
         figures.append(inspection.plot(ref, settings, str(reports_dir / f"{ref.dataset}.png"), sessions))
-    model_run = None
+    model_run, registered = None, []
     if pretrain_steps and reports:
         model_run = _pretrain_and_evaluate(console, settings, catalog, pretrain_steps, f"{sim_root}/truth")
+        registered.append(register_gated(model_run, "demo-encoder", "champion", settings))
     if align and any(r.dataset == "sim_visual" for r in reports):
-        _align(console, settings, sim_root, model_run)
+        align_run = _align(console, settings, sim_root, model_run)
+        registered.append(register_gated(align_run, "demo-align", "champion", settings))
     console.rule("done")
     console.print(f"finished in {time.perf_counter() - t0:.0f} s")
     console.print(f"raw recordings : {sim_root}")
     console.print(f"token store    : {settings.store}/tokens/")
     console.print(f"figures        : {', '.join(figures)}")
-    console.print("next           : neurobridge inspect sim_nwb --plot sim_nwb.png")
-    console.print(f"read with polars: pl.read_parquet('{settings.store}/tokens/sim_nwb/<version>/part-*.parquet')")
+    for r in registered:  # @champion only where the evaluation passed the gate (the reason is on the version)
+        console.print(f"registered     : {r.line()}")
+    console.print("next           : neurobridge inspect sim_nwb --plot sim_nwb.png; neurobridge registry list")
+    path = next((r.path for r in reports if r.dataset == "sim_nwb"), f"{settings.store}/tokens/sim_nwb/<version>")
+    console.print(f"read with polars: pl.read_parquet('{path}/part-*.parquet')")
     return 1 if failed else 0
 
 
@@ -148,12 +154,13 @@ def _pretrain_and_evaluate(console: Console, settings, mixture: str, steps: int,
             "0.82 × oracle on a held-out session after fine-tuning; see docs/results.md)."
         )
     console.print(
-        f"MLflow: mlflow ui --backend-store-uri {settings.mlflow_uri}  (runs {result.run_id}, {report.run_id})"
+        f"MLflow: mlflow ui --backend-store-uri {settings.mlflow_uri}  (run {report.run_id}: loss, co-bps and "
+        "baselines on one page)"
     )
     return result.run_id
 
 
-def _align(console: Console, settings, sim_root: str, model_run: str | None) -> None:
+def _align(console: Console, settings, sim_root: str, model_run: str | None) -> str:
     """Stage 6: visual sessions → image embeddings, every region and each alone, retrieval beside chance; then
     the stage-4 encoder (last layer tuned) beside the same architecture from scratch."""
     import torch
@@ -161,22 +168,23 @@ def _align(console: Console, settings, sim_root: str, model_run: str | None) -> 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small models: one thread is fastest and leaves the other core to Ray
     try:
-        _align_stage(console, settings, sim_root, model_run)
+        return _align_stage(console, settings, sim_root, model_run)
     finally:
         torch.set_num_threads(threads)
 
 
-def _align_stage(console: Console, settings, sim_root: str, model_run: str | None) -> None:
+def _align_stage(console: Console, settings, sim_root: str, model_run: str | None) -> str:
+    """Returns the run of the region-set alignment (what the demo registers)."""
     from neurobridge.align.embeddings import simulation_embeddings
     from neurobridge.evaluate.run import resolve_model_file
     from neurobridge.workflows.demo_align import DemoAlignOptions, compare_encoders, demo_config, run_align_demo
 
     console.rule(f"6. align (sim_visual → image embeddings, {DEMO_ALIGN_TEST} unseen test images, MLflow)")
     t0 = time.perf_counter()
-    run_align_demo(settings, sim_root, DemoAlignOptions(n_test=DEMO_ALIGN_TEST), console)
+    run_id = run_align_demo(settings, sim_root, DemoAlignOptions(n_test=DEMO_ALIGN_TEST), console).run_id
     console.print(f"[dim]{time.perf_counter() - t0:.0f} s[/]")
     if model_run is None:
-        return
+        return run_id
     t0 = time.perf_counter()
     known = simulation_embeddings(sim_root, settings)
     source = {"simulation": "sim"}  # under NB_RAW, as jobs/configs/align_demo.yaml names it
@@ -184,6 +192,7 @@ def _align_stage(console: Console, settings, sim_root: str, model_run: str | Non
     compare_encoders(settings, resolve_model_file(f"runs:/{model_run}", settings), base, console, embeddings=known)
     console.print(f"[dim]{time.perf_counter() - t0:.0f} s[/]")
     console.print("on Ray Train: neurobridge align --config jobs/configs/align_demo.yaml")
+    return run_id
 
 
 def _write_demo_mixture(console: Console, settings, name: str, reports: list) -> None:
