@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import h5py
@@ -51,7 +52,7 @@ EXPECTED = {
     "no_index.nwb": "spike_times_index' is missing",
     "nan.nwb": "not finite",
     "negative.nwb": "is negative",
-    "unsorted.nwb": "not sorted",
+    "unsorted.nwb": "are not sorted",
 }
 
 
@@ -71,6 +72,9 @@ def test_each_bad_file_fails_alone_with_a_named_reason(ray_cluster, settings, tm
     assert set(failed) == set(EXPECTED)
     for rel, needle in EXPECTED.items():
         assert needle in failed[rel] and rel in failed[rel], failed[rel]
+    assert re.search(r"spike times of unit \S+ are not sorted: spike \d+", failed["unsorted.nwb"]), failed[
+        "unsorted.nwb"
+    ]
     card = report.card
     assert card.counts.items_ok == 1 and card.counts.rows == 100
     assert card.files == [f"part-{next(r['item'] for r in [_ok(report)])}.parquet"]
@@ -134,7 +138,7 @@ def test_cli_exits_non_zero_and_says_how_many_failed(ray_cluster, tmp_path, monk
     monkeypatch.setenv("NB_STORE", str(tmp_path / "store"))
     result = CliRunner().invoke(app, ["ingest", str(cat), "--no-progress"])
     assert result.exit_code == 1
-    assert "5 item(s) failed" in result.output
+    assert "5 item(s) failed" in result.output and "_manifest.parquet" in result.output
     assert "truncated.nwb" in result.output
 
 
