@@ -196,8 +196,9 @@ def parse_job_args(parser) -> tuple[object, dict]:
 
 
 def override_error(model: type[BaseModel], key: str) -> str | None:
-    """Why the override ``key`` (``--set key=…``, an ablation axis) names no field of ``model`` (the unknown part, where, and the nearest valid key), or
-    None when it does. Keys below a free-form mapping (e.g. ``region_sets.IT``) are not checked."""
+    """Why the override ``key`` (``--set key=…``, an ablation axis) names no field of ``model`` (the unknown part,
+    where, and the nearest valid key), or None when it does. Keys below a free-form mapping (``region_sets.IT``) are
+    not checked."""
     current: type[BaseModel] | None = model
     parts = key.split(".")
     for i, part in enumerate(parts):

@@ -176,7 +176,10 @@ def evaluate(
     truth: str = typer.Option(None, help="simulator truth folder (oracle); default <NB_RAW>/sim/truth if present"),
     max_sessions: int = typer.Option(None, help="sessions per dataset"),
     out: Path = typer.Option(None, help="also write the report as JSON here"),
-    track: bool = typer.Option(True, help="log the report, metrics and figure to MLflow"),
+    track: bool = typer.Option(True, help="log the report, metrics and figure to MLflow (into the run, for runs:/)"),
+    allow_partial: bool = typer.Option(
+        False, help="evaluate on dataset versions with failed items (refused by default; recorded in the run)"
+    ),
 ):
     """co-bps / fp-bps / per-region bps / behaviour R² beside mean-rate, smoothing and oracle baselines."""
     from neurobridge.evaluate.report import EvalConfig
@@ -196,7 +199,7 @@ def evaluate(
                 mixture,
                 session,
                 truth,
-                EvalConfig(max_sessions=max_sessions),
+                EvalConfig(max_sessions=max_sessions, allow_partial=allow_partial),
                 settings,
                 track,
                 progress=lambda s: status.update(f"evaluating {s}"),

@@ -259,7 +259,7 @@ def _side_outputs(ok: list[ItemRecord]) -> dict[str, SideOutput]:
 
 def write_card(vdir: str, card: DatasetCard, settings: Settings) -> None:
     fs, path = filesystem(join(vdir, CARD), settings)
-    write_json_atomic(fs, path, card.to_json())
+    write_json_atomic(fs, path, card.to_json(), sort_keys=False)  # field order: status first
 
 
 def write_record(rec: ItemRecord, vdir: str, settings: Settings) -> None:

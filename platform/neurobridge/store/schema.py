@@ -140,6 +140,16 @@ def describe(columns: tuple[Column, ...] = SAMPLE_COLUMNS) -> list[dict[str, str
     return [c.doc() for c in columns]
 
 
+def markdown_table(columns: tuple[Column, ...] = SAMPLE_COLUMNS) -> str:
+    """The column table as docs/store.md prints it (a test keeps the page and this code the same)."""
+    lines = ["| column | type | layout | units | null | content |", "|---|---|---|---|---|---|"]
+    for c in columns:
+        cells = (c.name, str(c.type), c.layout, c.units or "-", c.nullable, c.description)
+        text = [f"`{x}`" if i < 2 else x.replace("<", "\\<") for i, x in enumerate(cells)]  # <dataset>: not HTML
+        lines.append("| " + " | ".join(text) + " |")
+    return "\n".join(lines)
+
+
 SAMPLE_SCHEMA = schema_of(SAMPLE_COLUMNS)
 
 # Side table ``units/``: one row per unit of each session, in token-grid order. Unit facts that are not per
