@@ -4,13 +4,15 @@
     ray job submit --address http://127.0.0.1:8265 --working-dir . --runtime-env jobs/runtime_env.yaml \\
         -- python jobs/pipeline.py --config jobs/pipelines/aws.yaml
 
-Exit status: 0 all stages ok; 1 a stage failed (its reasons are the last lines of the log); 2 a bad config.
+Exit status: 0 all stages ok; 1 a stage failed (its reasons are the last lines of the log); 2 a bad config, or
+locations that would be lost with the Ray session (no NB_STORE / NB_MLFLOW_URI on the cluster).
 """
 
 import argparse
 import sys
 
 from neurobridge import __version__
+from neurobridge.config import SettingsError
 from neurobridge.workflows.pipeline import PipelineError, load_pipeline, origin, run_pipeline
 
 
@@ -25,7 +27,11 @@ def main() -> int:
     except PipelineError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 2
-    return run_pipeline(cfg, echo=lambda line: print(line, flush=True))
+    try:
+        return run_pipeline(cfg, echo=lambda line: print(line, flush=True))
+    except SettingsError as err:  # before any stage: the job's store or MLflow DB would vanish with the session
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
-"""Model registry and `neurobridge embed`: a finished pretrain run → registered version with lineage → promoted →
-loaded by alias → one embedding per window in the store, reproducibly; and the refusals (failed run, missing
-alias, tracking server down).
+"""Model registry and `neurobridge embed`: a finished pretrain run → evaluated into itself → registered version with
+lineage and evaluation → promoted through the gate → loaded by alias → one embedding per window in the store,
+reproducibly; and the refusals (failed run, missing alias, tracking server down, champion without an evaluation or
+below its baseline unless forced).
 
 The pretrain run is made the way ``train.pretrain`` makes one (start_run with its tags, the weights-only
 ``model/model.pt``, end_run) from a few plain-loop steps, which is what the registry reads, without Ray Train's
@@ -29,7 +30,7 @@ from neurobridge.store.rows import ROW_COLUMNS
 from neurobridge.store.splits import HeldoutSplit
 from neurobridge.tracking import mlflow_run, registry
 from neurobridge.tracking.mlflow_run import TrackingError
-from neurobridge.tracking.registry import RegistryError
+from neurobridge.tracking.registry import GateError, Promotion, RegistryError
 from neurobridge.train.batches import CollateWindows
 from neurobridge.train.config import load_config
 from neurobridge.train.loop import run_steps
@@ -142,9 +143,9 @@ def test_the_registered_model_is_code_plus_weights_with_a_signature_and_example(
 def test_promote_then_load_by_alias_embeds_windows(store, registered):
     second = registrable.register(pretrain_run(store, "reg-b"), "encoder", settings=store)
     assert second.version == "2" and second.aliases == ["candidate"]  # the alias moved to the new version
-    champ = registry.promote("encoder", "champion", version="1", settings=store)
-    assert champ.version == "1" and "champion" in champ.aliases
-    model, info = registry.load("models:/encoder@champion", store)
+    staged = registrable.promote(Promotion("encoder", "staging", "1"), store)  # an ungated alias: no evaluation needed
+    assert staged.version == "1" and "staging" in staged.aliases
+    model, info = registry.load("models:/encoder@staging", store)
     assert info.version == "1"
     src = sources(store, ["r_nwb"])[0]
     rows = pa.Table.from_batches(list(iter_local(store, src, "test", ROW_COLUMNS))).slice(0, 3).to_pandas()
@@ -153,8 +154,8 @@ def test_promote_then_load_by_alias_embeds_windows(store, registered):
 
 
 def test_embed_writes_one_embedding_per_window_reproducibly(store, registered):
-    registry.promote("encoder", "champion", version="1", settings=store)
-    cfg = EmbedConfig(model="models:/encoder@champion", dataset="r_nwb", split="test", name="emb", batch_size=16)
+    registrable.promote(Promotion("encoder", "staging", "1"), store)
+    cfg = EmbedConfig(model="models:/encoder@staging", dataset="r_nwb", split="test", name="emb", batch_size=16)
     first = embed(cfg, store, progress=False)
     table, card = read_embeddings(store, "emb")
     src = sources(store, ["r_nwb"])[0]
@@ -210,7 +211,7 @@ def test_the_pipeline_register_stage_registers_and_promotes(store, registered, m
 
     for key in ("store", "mlflow_uri"):  # run_pipeline exports its settings; restore them after the test
         monkeypatch.setenv(ENV_VARS[key], getattr(store, key))
-    run_id, _ = registered
+    run_id = passing_run(store, "reg-pipe")
     cfg = PipelineConfig(
         stages=["register"],
         settings={"store": store.store, "mlflow_uri": store.mlflow_uri},
@@ -220,5 +221,101 @@ def test_the_pipeline_register_stage_registers_and_promotes(store, registered, m
     assert run_pipeline(cfg, echo=lines.append) == 0, lines
     champ = registry.resolve("models:/pipe@champion", store)
     assert champ.run_id == run_id and champ.aliases == ["candidate", "champion"]
+    unevaluated, _ = registered  # the gate refuses; the stage still succeeds and says why
+    cfg = cfg.model_copy(update={"register_stage": cfg.register_stage.model_copy(update={"run": unevaluated})})
+    assert run_pipeline(cfg, echo=lines.append) == 0, lines
+    assert "not promoted" in next(x for x in lines if x.startswith("register: models:/pipe/2"))
+    assert registry.resolve("models:/pipe@champion", store).version == "1"
     no_run = PipelineConfig(stages=["register"], settings={"store": store.store, "mlflow_uri": store.mlflow_uri})
     assert run_pipeline(no_run, echo=lines.append) == 1 and "no run to register" in lines[-1]
+
+
+def passing_run(settings, name: str) -> str:
+    """A finished pretrain run whose evaluation beats smoothing (a run as ``neurobridge evaluate`` leaves one that
+    passes; a few training steps never do)."""
+    run_id = pretrain_run(settings, name)
+    mlflow_run.log_metrics(
+        settings.mlflow_uri, run_id, {"eval.r_nwb.co_bps": 0.31, "eval.r_nwb.co_bps_smoothing": 0.25}
+    )
+    return run_id
+
+
+def test_champion_needs_an_evaluation_at_or_above_its_baseline_unless_forced(store, registered):
+    from mlflow.tracking import MlflowClient
+    from neurobridge.evaluate.run import evaluate
+
+    run_id = pretrain_run(store, "reg-gate")
+    v = registrable.register(run_id, "gated", settings=store)
+    assert v.tags["evaluation"] == "not evaluated"
+    with pytest.raises(GateError, match=r"not promoted to @champion: not evaluated: no evaluation in the run"):
+        registrable.promote(Promotion("gated", "champion", v.version), store)
+
+    report = evaluate(f"runs:/{run_id}", ["r_nwb"], settings=store, exclude_sessions=["monkey00_s01"])
+    assert report.run_id == run_id  # written into the evaluated run, beside its training loss
+    run = MlflowClient(store.mlflow_uri).get_run(run_id)
+    assert {"loss", "eval.r_nwb.co_bps", "eval.r_nwb.co_bps_smoothing", "eval.r_nwb.fp_bps_mean"} <= set(
+        run.data.metrics
+    )
+    files = {a.path for a in MlflowClient(store.mlflow_uri).list_artifacts(run_id, "evaluation/r_nwb")}
+    assert {"evaluation/r_nwb/report.json", "evaluation/r_nwb/co_bps.png", "evaluation/r_nwb/config.json"} <= files
+    co, smooth = run.data.metrics["eval.r_nwb.co_bps"], run.data.metrics["eval.r_nwb.co_bps_smoothing"]
+    assert co < smooth  # four training steps: far below the smoothing baseline
+    with pytest.raises(GateError, match=rf"below baseline: r_nwb: co-bps {co:.4f} < smoothing {smooth:.4f}"):
+        registrable.promote(Promotion("gated", "champion", v.version), store)
+    again = registry.resolve(f"models:/gated/{v.version}", store)  # the evaluation reached the version's tags
+    assert again.tags["evaluation"] == "below baseline" and float(again.tags["metric.eval.r_nwb.co_bps"]) == (
+        pytest.approx(co, rel=1e-5)
+    )
+    forced = registrable.promote(Promotion("gated", "champion", v.version, force=True), store)
+    assert "champion" in forced.aliases and forced.tags["forced.champion"].endswith(
+        f"r_nwb: co-bps {co:.4f} < smoothing {smooth:.4f}"
+    )
+
+    good = registrable.register(passing_run(store, "reg-good"), "gated", settings=store)
+    assert good.tags["evaluation"] == "passed" and good.tags["metric.eval.r_nwb.co_bps_smoothing"] == "0.25"
+    champ = registrable.promote(Promotion("gated", "champion"), store)  # default: the version at @candidate
+    assert champ.version == good.version and "forced.champion" not in champ.tags
+
+
+def test_the_cli_refuses_champion_below_baseline_and_records_a_force(store, monkeypatch):
+    from neurobridge.cli import app
+    from typer.testing import CliRunner
+
+    monkeypatch.setenv("NB_STORE", store.store)
+    monkeypatch.setenv("NB_MLFLOW_URI", store.mlflow_uri)
+    run_id = pretrain_run(store, "reg-cli")
+    mlflow_run.log_metrics(
+        store.mlflow_uri, run_id, {"eval.r_nwb.co_bps": -0.003, "eval.r_nwb.co_bps_smoothing": 0.626}
+    )
+    out = CliRunner().invoke(app, ["registry", "register", "--run", run_id, "--name", "cli-enc"])
+    assert out.exit_code == 0 and "below baseline" in out.output, out.output
+    refused = CliRunner().invoke(app, ["registry", "promote", "cli-enc"])
+    assert refused.exit_code == 2 and "co-bps -0.0030 < smoothing 0.6260" in refused.output.replace("\n", " ")
+    with pytest.raises(RegistryError, match="no alias 'champion'"):
+        registry.resolve("models:/cli-enc@champion", store)
+    forced = CliRunner().invoke(app, ["registry", "promote", "cli-enc", "--force"])
+    assert forced.exit_code == 0 and "forced.champion" in forced.output, forced.output
+
+
+def test_the_encoder_gate_compares_every_evaluated_dataset_with_its_smoothing_baseline():
+    gate = registrable.encoder_gate
+    assert not gate({"loss": 1.0}).evaluated
+    ok = gate(
+        {"eval.a.co_bps": 0.3, "eval.a.co_bps_smoothing": 0.2, "eval.b.co_bps": 0.1, "eval.b.co_bps_smoothing": 0.1}
+    )
+    assert ok.passed and ok.reason == "a: co-bps 0.3000 >= smoothing 0.2000; b: co-bps 0.1000 >= smoothing 0.1000"
+    one_below = gate(
+        {"eval.a.co_bps": 0.3, "eval.a.co_bps_smoothing": 0.2, "eval.b.co_bps": 0.0, "eval.b.co_bps_smoothing": 0.1}
+    )
+    assert one_below.evaluated and not one_below.passed and one_below.label == "below baseline"
+    no_baseline = gate({"eval.a.co_bps": 0.3})
+    assert not no_baseline.evaluated and "no smoothing baseline" in no_baseline.reason
+
+
+def test_the_projector_gate_needs_top1_clear_of_chance_over_the_test_images():
+    def metrics(top1: float, n: int) -> dict:
+        return {"all.test.image_top1": top1, "all.test.image_chance1": 1 / n, "all.test.n_candidates": float(n)}
+
+    assert registrable.align_gate(metrics(0.30, 100)).passed  # 95 % interval 0.22-0.40, chance 0.01
+    assert not registrable.align_gate(metrics(0.02, 100)).passed  # 1-2 hits of 100: not clear of chance
+    assert not registrable.align_gate({"loss": 1.0}).evaluated

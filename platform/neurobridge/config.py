@@ -30,7 +30,7 @@ FAULT_HOOK = "neurobridge.testing.faults:inject"  # imported by name: production
 
 
 def _home() -> Path:
-    return Path(os.environ.get("NB_HOME", "./.neurobridge")).absolute()
+    return Path(os.environ.get("NB_HOME") or "./.neurobridge").absolute()  # empty: unset, like the other NB_*
 
 
 class Settings(BaseModel):
