@@ -9,6 +9,7 @@ locations that would be lost with the Ray session (no NB_STORE / NB_MLFLOW_URI o
 """
 
 import argparse
+import os
 import sys
 
 from neurobridge import __version__
@@ -21,6 +22,7 @@ def main() -> int:
     parser.add_argument("--config", default="jobs/pipelines/demo.yaml", help="pipeline YAML: a path or any fsspec URI")
     parser.add_argument("--stages", default=None, help="comma-separated stages to run instead of the config's list")
     args = parser.parse_args()
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a job log is no terminal: no bars
     print(f"neurobridge {__version__} from {origin()}", flush=True)
     try:
         cfg = load_pipeline(args.config, args.stages.split(",") if args.stages else None)

@@ -173,3 +173,32 @@ def test_an_alyx_server_that_cannot_be_reached_is_this_entrys_error_without_the_
 def test_no_credentials_in_the_shipped_catalog():
     text = "".join(p.read_text() for p in (REPO / "catalog").glob("*.yaml"))
     assert "international" not in text.replace("internationalbrainlab", "") and "password" not in text.lower()
+
+
+# ------------------------------------------------------------------------------------------- MLflow and the demo
+
+
+@pytest.mark.slow  # a new MLflow SQLite store takes ~10 s to create here
+def test_a_new_tracking_store_keeps_every_artifact_under_its_folder_and_describes_experiments(tmp_path):
+    from mlflow.tracking import MlflowClient
+    from neurobridge.tracking import mlflow_run
+
+    uri = f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}"
+    run_id = mlflow_run.start_run(uri, "neurobridge-pretrain", "r", {"a": 1}, {})
+    client = MlflowClient(uri)
+    default = client.get_experiment("0")  # MLflow's own Default experiment: not ./mlruns of the current directory
+    assert default.artifact_location == (tmp_path / "home" / "mlartifacts" / "0").as_uri()
+    exp = client.get_experiment_by_name("neurobridge-pretrain")
+    assert exp.artifact_location.startswith((tmp_path / "home" / "mlartifacts").as_uri())
+    assert "Masked pretraining" in exp.tags["mlflow.note.content"]
+    assert client.get_run(run_id).data.tags["git_commit"] == code_commit()
+
+
+def test_the_demo_says_when_two_retrieval_scores_cannot_be_told_apart():
+    from neurobridge.align.retrieval import wilson_interval
+    from neurobridge.workflows.demo_align import difference_note
+
+    close = {"pretrained": wilson_interval(83, 100), "scratch": wilson_interval(80, 100)}
+    assert difference_note(close, 100).startswith("no difference at this test size")
+    apart = {"pretrained": wilson_interval(83, 100), "scratch": wilson_interval(40, 100)}
+    assert difference_note(apart, 100) == "pretrained is better: the 95 % intervals over 100 test images do not overlap"

@@ -2,10 +2,11 @@
 in-process Ray), submitted exactly as docs/cluster.md says, followed through the Jobs API. The job writes its token
 store to S3 (moto's server) and tracks its ingest in a real `mlflow server` whose artifacts go to S3 as well.
 
-Authentication is Ray's default: the head is started without RAY_AUTH_MODE, so `ray start --head` turns token
-authentication on and writes the token to ~/.ray/auth_token of the user who started it (here a home folder of the
-test's own, so the real one is never touched). The `ray job submit` client does what a user does: RAY_AUTH_MODE=token
-with the same home; the SDK client sends the token from that file as its Authorization header.
+Authentication is Ray's default, set up as docs/cluster.md says: `ray get-auth-token --generate` writes the token to
+~/.ray/auth_token of the user (here a home folder of the test's own, so the real one is never touched), and
+`ray start --head`, with no RAY_AUTH_MODE, finds it and turns token authentication on. The `ray job submit` client
+does what a user does: RAY_AUTH_MODE=token with the same home; the SDK client sends the token from that file as
+its Authorization header.
 
 The cluster's environment carries the locations (NB_STORE, NB_RAW, NB_S3_ENDPOINT, NB_MLFLOW_URI), as cluster.yaml
 exports them on every node; the code reaches the workers only through jobs/runtime_env.yaml (py_modules), which
@@ -211,6 +212,9 @@ def stack(bucket, s3_endpoint, tmp_path_factory):
             "NB_MLFLOW_URI": mlflow_url,
         }
     )
+    # the docs' first step: a token in ~/.ray/auth_token, which `ray start --head` then enforces
+    made = subprocess.run([str(BIN / "ray"), "get-auth-token", "--generate"], env=env, capture_output=True, text=True)
+    assert made.returncode == 0 and (user_home / ".ray" / "auth_token").exists(), made.stderr
     head, url, head_log = start_ray_head(env, temp)
     try:
         out = home / "sim"
@@ -229,7 +233,6 @@ def stack(bucket, s3_endpoint, tmp_path_factory):
         fs.put(str(out / "nwb"), f"{name}/raw/sim/nwb", recursive=True)
         wait_http(f"{mlflow_url}/health", mlflow, mlflow_log, 180)
         wait_http(f"{url}/api/version", head, head_log, 180)
-        assert (user_home / ".ray" / "auth_token").exists(), "ray start --head wrote no token: auth is not on"
         yield Stack(url, mlflow_url, sorted(p.name for p in (out / "nwb").glob("*.nwb")), user_home)
     finally:
         stop(head)

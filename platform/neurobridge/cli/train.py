@@ -39,6 +39,10 @@ def pretrain(
     """Masked pretraining on Ray Train over a mixture of token-store datasets; tracked in MLflow."""
     import sys
 
+    import ray
+
+    ours = not ray.is_initialized()  # a Ray this command starts is shut down by it (below)
+
     from neurobridge.storage import StoreError
     from neurobridge.tracking.mlflow_run import TrackingError
     from neurobridge.train.config import ConfigError, load_config
@@ -56,15 +60,7 @@ def pretrain(
     console.print(result.summary())
     console.print(f"MLflow run   : {result.run_id}  (model: runs:/{result.run_id})")
     console.print(f"checkpoint   : {result.checkpoint}")
-    _quiet_exit()
-
-
-def _quiet_exit() -> None:
-    """Disconnect from Ray before the interpreter exits: at exit, a Ray Train controller still being torn down
-    prints gRPC "Socket closed" errors after a run that succeeded."""
-    import ray
-
-    if ray.is_initialized():
+    if ours:  # disconnect now, not from an atexit hook racing the Train controller's teardown (gRPC noise)
         ray.shutdown()
 
 

@@ -89,7 +89,7 @@ class VersionInfo:
         return {k: v for k, v in sorted(self.tags.items()) if k.startswith(keep) or k in LINEAGE}
 
 
-LINEAGE = ("kind", "run_id", "git_commit", "config_hash", "mixture")
+LINEAGE = ("kind", "run_id", "git_commit", "config_hash", "mixture", "logged_model_id")
 
 
 def _client(settings: Settings):
@@ -192,16 +192,17 @@ def register(
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name, description=f"neurobridge {kind} model")
-    mv = client.create_model_version(
-        name, f"{run.info.artifact_uri}/{MODEL_DIR}", run_id=run_id, tags=lineage, model_id=_model_id(run)
-    )
+    logged = _model_id(run)
+    if logged:  # a tag, not create_model_version(model_id=…): a server requires the source inside that model
+        lineage["logged_model_id"] = logged
+    mv = client.create_model_version(name, f"{run.info.artifact_uri}/{MODEL_DIR}", run_id=run_id, tags=lineage)
     if alias:
         client.set_registered_model_alias(name, alias, mv.version)
     return _info(client.get_model_version(name, mv.version))
 
 
 def _model_id(run) -> str | None:
-    """The logged model the run produced (the version then links to it on the model's page)."""
+    """The logged model the run produced (its weights-only files; the version's source is the pyfunc built on them)."""
     outputs = list(run.outputs.model_outputs) if run.outputs is not None else []
     return outputs[-1].model_id if outputs else None
 
