@@ -397,7 +397,7 @@ def test_pipeline_job_submitted_with_the_documented_command_ingests_pretrains_ev
     aliases = client.get_registered_model("job_nwb-encoder").aliases
     assert ("champion" in aliases) == passed and aliases["candidate"] == version.version
     if not passed:
-        assert "register: not promoted" in logs and "smoothing" in logs
+        assert "models:/job_nwb-encoder/1 is not promoted to @champion: below baseline: job_nwb: co-bps" in logs
 
 
 def test_job_fails_clearly_when_an_items_worker_dies_on_every_attempt(jobs, stack, bucket, s3_endpoint):

@@ -42,7 +42,7 @@ class Registered:
         aliases = ", ".join("@" + a for a in self.version.aliases) or "no alias"
         gate = self.version.tags.get("evaluation", "")
         out = f"{self.version.uri} ({aliases}; evaluation: {gate or 'n/a'})"
-        return out + (f"; not promoted: {self.refused}" if self.refused else "")
+        return out + (f"; {self.refused}" if self.refused else "")
 
 
 def register_gated(
