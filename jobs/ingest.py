@@ -28,9 +28,9 @@ def main() -> int:
             failed += 1
             continue
         reports.append(report)
-        print(f"{report.dataset} @ {report.version}: {report.card['counts']} → {report.path}")
+        print(f"{report.dataset} @ {report.version} ({report.card.status}): {report.card.counts} → {report.path}")
         for f in report.failed:
-            print(f"  failed {f['rel']}: {f['error']}", file=sys.stderr)
+            print(f"  failed {f.rel}: {f.error}", file=sys.stderr)
         failed += len(report.failed)
     if args.mixture and reports:
         write_mixture(settings, args.mixture, reports)

@@ -37,6 +37,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
 
 
+def ingest_here(entry, settings):
+    """Ingest one entry without Ray: the same per-item code (``process_item``) and commit as a Ray run, one item
+    after another in this process, so tests of what a version holds need no cluster."""
+    from neurobridge.ingest.item import process_item
+    from neurobridge.ingest.plan import commit, plan_entry
+
+    plan = plan_entry(entry, entry.settings_for(settings))
+    return commit(plan, [process_item(entry, item, plan.vdir, plan.settings) for item in plan.todo])
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """One local Ray for the whole session (start-up is ~10 s here)."""

@@ -45,7 +45,7 @@ def test_cli_exits_non_zero_and_says_how_many_failed(ray_cluster, tmp_path, monk
     monkeypatch.setenv("NB_STORE", str(tmp_path / "store"))
     result = CliRunner().invoke(app, ["ingest", str(cat), "--no-progress"])
     assert result.exit_code == 1
-    assert "5 item(s) failed" in result.output
+    assert "5 item(s) failed" in result.output and "_manifest.parquet" in result.output
     assert "truncated.nwb" in result.output
 
 

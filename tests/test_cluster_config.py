@@ -185,6 +185,16 @@ def test_every_node_knows_the_store_and_the_mlflow_server_on_the_head(config):
     assert f"export NB_MLFLOW_URI=http://$RAY_HEAD_IP:{port};" in worker_start.split("ray start")[-2]
 
 
+def test_every_node_runs_with_the_one_cluster_token(config):
+    """Ray 2.60's token authentication: head and workers share the token shipped from the launching machine (a
+    worker without it could not join), and start with RAY_AUTH_MODE=token."""
+    assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        start = " ".join(config[key])
+        assert "export RAY_AUTH_MODE=token;" in start.split("ray start")[-2], key
+    assert "ray get-auth-token --generate" in (REPO / "cluster.yaml").read_text()
+
+
 def test_runtime_env_ships_the_package_as_py_modules():
     from ray.runtime_env import RuntimeEnv
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pytest
+from neurobridge.inference import registrable
 from neurobridge.inference.embed import EmbedConfig, embed, read_embeddings
 from neurobridge.store.read import iter_local, sources
 from neurobridge.store.rows import ROW_COLUMNS
 from neurobridge.tracking import registry
+from neurobridge.tracking.registry import Promotion
 
 
 @pytest.fixture(scope="module")
@@ -19,20 +21,20 @@ def store(registry_store):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def champion_alias_removed_afterwards(store, registered):
-    """The test below promotes version 1 to champion; the registry tests expect only their own aliases, so the
+def staging_alias_removed_afterwards(store, registered):
+    """The test below promotes version 1 to staging; the registry tests expect only their own aliases, so the
     alias goes again when this file is done (the registry is session-wide)."""
     yield
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(store.mlflow_uri)
-    if "champion" in client.get_registered_model("encoder").aliases:
-        client.delete_registered_model_alias("encoder", "champion")
+    if "staging" in client.get_registered_model("encoder").aliases:
+        client.delete_registered_model_alias("encoder", "staging")
 
 
 def test_embed_writes_one_embedding_per_window_reproducibly(store, registered):
-    registry.promote("encoder", "champion", version="1", settings=store)
-    cfg = EmbedConfig(model="models:/encoder@champion", dataset="r_nwb", split="test", name="emb", batch_size=16)
+    registrable.promote(Promotion("encoder", "staging", "1"), store)  # an ungated alias: no evaluation needed
+    cfg = EmbedConfig(model="models:/encoder@staging", dataset="r_nwb", split="test", name="emb", batch_size=16)
     first = embed(cfg, store, progress=False)
     table, card = read_embeddings(store, "emb")
     src = sources(store, ["r_nwb"])[0]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 
 import pyarrow.parquet as pq
 import pytest
@@ -21,15 +22,32 @@ from neurobridge.storage import filesystem, join, read_json
 # ---------------------------------------------------------------- several entries in one run
 
 
-def test_entries_share_one_run_and_a_bad_entry_fails_alone(ray_cluster, settings, mixed_sim):
+def unreachable_alyx(tmp_path) -> dict:
+    """An IBL entry whose Alyx server refuses connections (a port nothing listens on)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return {
+        "name": "mix_ibl_down",
+        "kind": "alf",
+        "uri": str(tmp_path / "one_cache"),
+        "one": {"mode": "remote", "base_url": f"http://127.0.0.1:{port}"},
+    }
+
+
+def test_entries_share_one_run_and_a_bad_entry_fails_alone(ray_cluster, settings, mixed_sim, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))  # ONE keeps its login parameters under ~/.one
+    monkeypatch.setenv("NB_ONE_USERNAME", "lab-user")  # a login, so the connection itself is what fails
     seen = []
     results = ingest_many(
-        [CatalogEntry.of(**e) for e in entries(mixed_sim)],
+        [CatalogEntry.of(**e) for e in [*entries(mixed_sim), unreachable_alyx(tmp_path)]],
         settings,
         progress=False,
         on_record=lambda name, _record: seen.append(name),
     )
-    nwb, alf, missing = results
+    nwb, alf, missing, ibl = results
+    assert isinstance(ibl, SourceError) and "ONE cannot connect to http://127.0.0.1:" in str(ibl), ibl
+    assert "as lab-user" in str(ibl)
     assert nwb.ok and alf.ok and nwb.card.counts.rows == alf.card.counts.rows == 30
     assert nwb.version != alf.version and nwb.path != alf.path
     assert sorted(seen) == ["mix_alf", "mix_nwb"]  # one Ray run carried both entries' items

@@ -3,6 +3,7 @@ MC_Maze windows hold exactly each unit's spikes, and each broken file fails alon
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import h5py
@@ -145,7 +146,7 @@ EXPECTED = {
     "no_index.nwb": "spike_times_index' is missing",
     "nan.nwb": "not finite",
     "negative.nwb": "is negative",
-    "unsorted.nwb": "not sorted",
+    "unsorted.nwb": "are not sorted",
 }
 
 
@@ -157,6 +158,9 @@ def test_each_bad_file_fails_alone_with_a_named_reason(ray_cluster, settings, tm
     assert set(failed) == set(EXPECTED)
     for rel, needle in EXPECTED.items():
         assert needle in failed[rel] and rel in failed[rel], failed[rel]
+    assert re.search(r"spike times of unit \S+ are not sorted: spike \d+", failed["unsorted.nwb"]), failed[
+        "unsorted.nwb"
+    ]
     card = report.card
     assert card.counts.items_ok == 1 and card.counts.rows == 100
     assert card.files == [f"part-{next(r['item'] for r in [_ok(report)])}.parquet"]

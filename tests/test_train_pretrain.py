@@ -48,6 +48,19 @@ def test_ray_train_resumes_after_a_worker_is_killed_and_mlflow_holds_the_run(sto
     exported = torch.load(client.download_artifacts(clean.run_id, "model/model.pt", str(tmp_path)), weights_only=True)
     assert exported["extra"]["step"] == min(val, key=val.get)  # the model of the best val pass is the one exported
     assert exported["extra"]["last_step"] == 12
+    assert clean.summary() == (
+        f"model: step {exported['extra']['step']} of 12 (lowest val loss {exported['extra']['val_loss']:.4f})"
+    )
+
+    # MLflow's own records: the token-store version read, the model as a logged model at the kept step
+    run = client.get_run(clean.run_id)
+    (used,) = run.inputs.dataset_inputs
+    assert (used.dataset.name, used.dataset.digest) == ("t_nwb", run.data.tags["dataset.t_nwb"])
+    (out,) = run.outputs.model_outputs
+    assert out.step == exported["extra"]["step"]
+    logged = client.get_logged_model(out.model_id)
+    assert logged.status == "READY" and logged.source_run_id == clean.run_id and logged.model_type == "pretrain"
+    assert [f.path for f in client.list_logged_model_artifacts(out.model_id)] == ["model.pt"]
 
 
 def test_two_workers_with_batch_b_train_like_one_worker_with_batch_2b(store):

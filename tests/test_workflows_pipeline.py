@@ -10,6 +10,7 @@ import sys
 import pytest
 import yaml
 from conftest import REPO
+from helpers.registry import passing_run
 from neurobridge.tracking import registry
 from neurobridge.workflows.pipeline import STAGES, PipelineError, load_pipeline, run_pipeline
 
@@ -113,7 +114,7 @@ def test_the_pipeline_register_stage_registers_and_promotes(store, registered, m
 
     for key in ("store", "mlflow_uri"):  # run_pipeline exports its settings; restore them after the test
         monkeypatch.setenv(ENV_VARS[key], getattr(store, key))
-    run_id, _ = registered
+    run_id = passing_run(store, "reg-pipe")
     cfg = PipelineConfig(
         stages=["register"],
         settings={"store": store.store, "mlflow_uri": store.mlflow_uri},
@@ -123,5 +124,10 @@ def test_the_pipeline_register_stage_registers_and_promotes(store, registered, m
     assert run_pipeline(cfg, echo=lines.append) == 0, lines
     champ = registry.resolve("models:/pipe@champion", store)
     assert champ.run_id == run_id and champ.aliases == ["candidate", "champion"]
+    unevaluated, _ = registered  # the gate refuses; the stage still succeeds and says why
+    cfg = cfg.model_copy(update={"register_stage": cfg.register_stage.model_copy(update={"run": unevaluated})})
+    assert run_pipeline(cfg, echo=lines.append) == 0, lines
+    assert "not promoted" in next(x for x in lines if x.startswith("register: models:/pipe/2"))
+    assert registry.resolve("models:/pipe@champion", store).version == "1"
     no_run = PipelineConfig(stages=["register"], settings={"store": store.store, "mlflow_uri": store.mlflow_uri})
     assert run_pipeline(no_run, echo=lines.append) == 1 and "no run to register" in lines[-1]

@@ -7,8 +7,10 @@ overridden from the environment so that the same code runs against S3, an MLflow
 from __future__ import annotations
 
 import difflib
+import functools
 import logging
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -28,7 +30,7 @@ FAULT_HOOK = "neurobridge.testing.faults:inject"  # imported by name: production
 
 
 def _home() -> Path:
-    return Path(os.environ.get("NB_HOME", "./.neurobridge")).absolute()
+    return Path(os.environ.get("NB_HOME") or "./.neurobridge").absolute()  # empty: unset, like the other NB_*
 
 
 def log_dir() -> Path:
@@ -90,6 +92,23 @@ class Settings(BaseModel):
         return self.model_copy(update={"source_options": {**self.source_options, uri: dict(options)}})
 
 
+@functools.cache
+def code_commit() -> str | None:
+    """The git commit of the code that runs: ``NB_GIT_COMMIT`` when set (a job whose code was shipped without its
+    repository), else ``git rev-parse HEAD`` run where this package lives (not in the working directory, which may be
+    any folder a user runs the CLI from); None outside a checkout."""
+    if os.environ.get("NB_GIT_COMMIT"):
+        return os.environ["NB_GIT_COMMIT"]
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
 def get_settings(**overrides) -> Settings:
     home = _home()
     values: dict = {
@@ -101,7 +120,53 @@ def get_settings(**overrides) -> Settings:
         if os.environ.get(var):
             values[field] = os.environ[var]
     values.update({k: v for k, v in overrides.items() if v is not None})
-    return Settings(**values)
+    settings = Settings(**values)
+    refuse_ephemeral(settings)
+    return settings
+
+
+class SettingsError(ValueError):
+    """Settings this process must not run with; the message names the variable to set."""
+
+
+def ray_session_dir(cwd: Path) -> Path | None:
+    """Ray's session directory when ``cwd`` lies in a job's runtime_env copy (``<temp dir>/session_<…>/
+    runtime_resources/working_dir_files/…``, which Ray makes the job's current directory); None elsewhere."""
+    parts = cwd.parts
+    for i in range(1, len(parts)):
+        if parts[i] == "runtime_resources" and parts[i - 1].startswith("session_"):
+            return Path(*parts[:i])
+    return None
+
+
+def _local_path(uri: str) -> Path | None:
+    """The local file a store root or MLflow URI writes to (None for object stores and servers)."""
+    for prefix in ("sqlite:///", "file://"):
+        if uri.startswith(prefix):
+            return Path(uri[len(prefix) :])
+    return None if "://" in uri else Path(uri)
+
+
+def refuse_ephemeral(settings: Settings, cwd: Path | None = None) -> None:
+    """Refuse a store or MLflow database that would be written inside Ray's temporary copy of a job's working
+    directory: it is deleted with the Ray session, and with it every dataset version and run of the job. Happens
+    when a job runs without NB_STORE / NB_MLFLOW_URI (or an absolute NB_HOME) in its environment."""
+    cwd = (cwd or Path.cwd()).absolute()
+    session = ray_session_dir(cwd)
+    if session is None:
+        return
+    bad = []
+    for field, var in (("store", "NB_STORE"), ("mlflow_uri", "NB_MLFLOW_URI")):
+        path = _local_path(getattr(settings, field))
+        if path is not None and (cwd / path).resolve().is_relative_to(session.resolve()):
+            bad.append(f"{var} (now {getattr(settings, field)})")
+    if bad:
+        raise SettingsError(
+            f"this Ray job would write {' and '.join(bad)} inside Ray's temporary session directory {session}, "
+            "which is deleted with the session. Set NB_STORE (a shared path or s3://…) and NB_MLFLOW_URI (an MLflow "
+            "server, or sqlite:/// on a lasting volume), or NB_HOME to an absolute lasting path, in the cluster's "
+            "environment (cluster.yaml exports them) or in the job's runtime_env env_vars"
+        )
 
 
 def parse_overrides(items: list[str] | None) -> dict:
@@ -133,6 +198,33 @@ def parse_job_args(parser) -> tuple[object, dict]:
         return args, parse_overrides(args.overrides)
     except ValueError as e:
         parser.error(str(e))
+
+
+def override_error(model: type[BaseModel], key: str) -> str | None:
+    """Why the override ``key`` (``--set key=…``, an ablation axis) names no field of ``model`` (the unknown part,
+    where, and the nearest valid key), or None when it does. Keys below a free-form mapping (``region_sets.IT``) are
+    not checked."""
+    current: type[BaseModel] | None = model
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if current is None:
+            return None
+        fields = {(f.alias or n): f for n, f in current.model_fields.items()}
+        if part not in fields:
+            hint = difflib.get_close_matches(part, list(fields), n=1)
+            where = f"under {'.'.join(parts[:i])!r}" if i else "at the top level"
+            fix = f"did you mean {hint[0]!r}?" if hint else f"valid: {', '.join(fields)}"
+            return f"override {key!r} (--set): no key {part!r} {where}; {fix}"
+        ann = fields[part].annotation
+        args = getattr(ann, "__args__", ())
+        current = next((a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    return None
+
+
+def config_label(path: object, overrides: dict | None) -> str:
+    """Where a config's values came from, for its validation errors: the file (or the defaults) and the --set keys."""
+    base = str(path) if path else "the defaults"
+    return base + (f" with --set {', '.join(overrides)}" if overrides else "")
 
 
 def set_dotted(data: dict, key: str, value) -> None:
@@ -260,13 +352,17 @@ def _quiet_ray() -> None:
 def ensure_ray(settings: Settings, min_cpus: int = 0) -> None:
     """Join ``RAY_ADDRESS`` or start a local Ray. ``min_cpus`` declares at least that many logical CPUs locally:
     a training worker holding one of a laptop's two CPUs must leave room for Ray Data's read tasks, or both wait
-    forever (oversubscribing logical CPUs on a small machine is what keeps them both moving)."""
+    forever (oversubscribing logical CPUs on a small machine is what keeps them both moving).
+
+    A local Ray started for training (``min_cpus``) runs the dashboard: Ray Train's placement-group cleaner asks the
+    state API (served by the dashboard) every second whether the run is alive, and without it logs a warning each
+    time, hundreds of lines per run."""
     import ray
 
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-    kwargs = {"logging_level": logging.WARNING, "include_dashboard": False}
+    kwargs = {"logging_level": logging.WARNING, "include_dashboard": bool(min_cpus) and not settings.ray_address}
     if _QUIET["log"] is not None:  # workers' output (progress bars, Train controller notices) stays in the logs
         kwargs |= {"log_to_driver": False, "logging_level": logging.ERROR}
     if settings.ray_address:

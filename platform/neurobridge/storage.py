@@ -55,8 +55,9 @@ def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) ->
         f.write(data)
 
 
-def write_json_atomic(fs: fsspec.AbstractFileSystem, path: str, obj: Any) -> None:
-    write_bytes_atomic(fs, path, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+def write_json_atomic(fs: fsspec.AbstractFileSystem, path: str, obj: Any, sort_keys: bool = True) -> None:
+    """JSON written whole; keys sorted unless the writer's order means something (the card puts ``status`` first)."""
+    write_bytes_atomic(fs, path, json.dumps(obj, indent=2, sort_keys=sort_keys, default=str).encode())
 
 
 def read_json(fs: fsspec.AbstractFileSystem, path: str) -> Any:

@@ -8,7 +8,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from neurobridge.config import describe_validation_error, set_dotted
+from neurobridge.config import config_label, describe_validation_error, override_error, set_dotted
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -150,6 +150,9 @@ class AlignDataConfig(_Strict):
     max_missing_fraction: float = Field(0.05, ge=0, le=1, description="stop when more of the stimuli have no embedding")
     expected_dim: int | None = Field(None, ge=1, description="refuse an embedding table of another dimension")
     batch_rows: int = Field(512, ge=1, description="token-store rows read at once")
+    allow_partial: bool = Field(
+        False, description="align dataset versions with failed items (refused by default; the run records them)"
+    )
 
     @field_validator("windows")
     @classmethod
@@ -206,15 +209,17 @@ class AlignConfig(_Strict):
 def load_yaml(model: type[BaseModel], path: str | Path | None, overrides: dict | None = None):
     """A config from YAML plus dotted overrides; errors name the file and the key."""
     data: dict = {}
-    where = str(path) if path else "defaults"
     if path:
         try:
             data = yaml.safe_load(Path(path).read_text()) or {}
         except FileNotFoundError:
             raise ConfigError(f"{path}: no such config file") from None
     for key, value in (overrides or {}).items():
+        problem = override_error(model, key)
+        if problem:
+            raise ConfigError(problem)
         set_dotted(data, key, value)
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(describe_validation_error(err, model, where)) from None
+        raise ConfigError(describe_validation_error(err, model, config_label(path, overrides))) from None

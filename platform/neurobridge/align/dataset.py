@@ -103,7 +103,7 @@ def _read_responses(cfg: AlignDataConfig, settings: Settings) -> ResponseAccumul
 
         encoder = EncoderFeatures(cfg.encoder, settings)
     acc = ResponseAccumulator(cfg, encoder)
-    for src in sources(settings, cfg.datasets):
+    for src in sources(settings, cfg.datasets, allow_partial=cfg.allow_partial):
         for batch in iter_local(settings, src, None, COLUMNS, cfg.batch_rows):
             acc.add(src, batch)
     return acc

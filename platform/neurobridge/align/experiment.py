@@ -115,40 +115,53 @@ def run_alignment(
     """Read the store once, then fit and evaluate one projector per region set."""
     settings = settings or get_settings()
     data = build_alignment_data(cfg.data, settings, embeddings)
-    run_id = None
-    if track:
-        from neurobridge.store.read import sources
-        from neurobridge.tracking import mlflow_run
-
-        tags = {"kind": "align", **{f"dataset.{s.name}": s.ref.version for s in sources(settings, cfg.data.datasets)}}
-        run_id = mlflow_run.start_run(settings.mlflow_uri, cfg.experiment, cfg.name, cfg.model_dump(mode="json"), tags)
-    results: dict[str, RegionResult] = {}
+    run_id = _start_run(cfg, settings) if track else None
     ok = False
     checkpoint = _encoder_checkpoint(cfg, settings)
+    from neurobridge.tracking import mlflow_run
+
     try:
-        for name, regions in cfg.region_sets.items():
-            sub = data.select_regions(regions)
-            fit = fit_region_set(name, sub, cfg, settings, run_id, checkpoint)
-            res = evaluate_region_set(name, sub, fit, cfg, settings, figures)
-            results[name] = res
-            if echo is not None:
-                m = res.test["mean"]
-                echo(
-                    f"{name}: test top-1 {m['image_top1']:.3f} (chance {m['image_chance1']:.3f}), top-5 "
-                    f"{m['image_top5']:.3f} (chance {m['image_chance5']:.3f}) among {m['n_candidates']:.0f}; "
-                    f"brain top-1 {m['brain_top1']:.3f}; {fit.tokens_per_s:,.0f} tokens/s"
-                )
-            if run_id is not None:
-                _log(settings, run_id, name, res, history=cfg.scaling.backend == "local")
+        with mlflow_run.system_metrics(settings.mlflow_uri, run_id, node="driver"):
+            results = _fit_sets(cfg, settings, data, run_id, checkpoint, figures, echo)
         if run_id is not None:
             _log_model_card(settings, run_id, cfg, data, results)
         ok = True
         return AlignResult(data, results, run_id)
     finally:
         if run_id is not None:
-            from neurobridge.tracking import mlflow_run
-
             mlflow_run.end_run(settings.mlflow_uri, run_id, ok)
+
+
+def _start_run(cfg: AlignConfig, settings: Settings) -> str:
+    """The align run, with the token-store versions it reads as MLflow dataset inputs."""
+    from neurobridge.store.read import sources
+    from neurobridge.tracking import lineage, mlflow_run
+
+    srcs = sources(settings, cfg.data.datasets, allow_partial=cfg.data.allow_partial)
+    tags = {"kind": "align", **{f"dataset.{s.name}": s.ref.version for s in srcs}}
+    run_id = mlflow_run.start_run(settings.mlflow_uri, cfg.experiment, cfg.name, cfg.model_dump(mode="json"), tags)
+    lineage.log_dataset_inputs(settings.mlflow_uri, run_id, [s.ref for s in srcs])
+    return run_id
+
+
+def _fit_sets(cfg, settings, data, run_id, checkpoint, figures, echo) -> dict[str, RegionResult]:
+    """Fit and evaluate one projector per region set, logging each into the run as it finishes."""
+    results: dict[str, RegionResult] = {}
+    for name, regions in cfg.region_sets.items():
+        sub = data.select_regions(regions)
+        fit = fit_region_set(name, sub, cfg, settings, run_id, checkpoint)
+        res = evaluate_region_set(name, sub, fit, cfg, settings, figures)
+        results[name] = res
+        if echo is not None:
+            m = res.test["mean"]
+            echo(
+                f"{name}: test top-1 {m['image_top1']:.3f} (chance {m['image_chance1']:.3f}), top-5 "
+                f"{m['image_top5']:.3f} (chance {m['image_chance5']:.3f}) among {m['n_candidates']:.0f}; "
+                f"brain top-1 {m['brain_top1']:.3f}; {fit.tokens_per_s:,.0f} tokens/s"
+            )
+        if run_id is not None:
+            _log(settings, run_id, name, res, history=cfg.scaling.backend == "local")
+    return results
 
 
 def _encoder_checkpoint(cfg: AlignConfig, settings: Settings) -> bytes | None:
@@ -202,7 +215,7 @@ def _log_model_card(
     """``model/align_model.json``: what each weights file is and the config that trained it (for the registry)."""
     import json
 
-    from neurobridge.tracking import mlflow_run
+    from neurobridge.tracking import lineage, mlflow_run
 
     card = {
         "format": "neurobridge.align_model/1",
@@ -223,6 +236,8 @@ def _log_model_card(
         path = Path(d) / MODEL_CARD
         path.write_text(json.dumps(card, indent=1, default=float))
         mlflow_run.log_artifact(settings.mlflow_uri, run_id, str(path), "model")
+    params = {"embedding_dim": data.dim, "embedding_model": data.embeddings.model, "region_sets": list(results)}
+    lineage.log_logged_model(settings.mlflow_uri, run_id, lineage.ModelInfo("projectors", "align", params))
 
 
 def _log(settings: Settings, run_id: str, name: str, res: RegionResult, history: bool = True) -> None:

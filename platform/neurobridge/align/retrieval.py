@@ -22,6 +22,17 @@ def unit(a: np.ndarray) -> np.ndarray:
     return a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
 
 
+def wilson_interval(hits: float, n: float, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion (``hits`` of ``n``): what a top-1 over ``n`` test images can be
+    told apart from, e.g. another encoder's top-1 or chance."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
 def retrieval_scores(z: np.ndarray, e: np.ndarray, ks=(1, 5), subsets=(50,), draws: int = 200, seed: int = 0) -> dict:
     """Top-k with chance for both directions; row i of ``z`` and of ``e`` belong to the same stimulus."""
     sim = unit(z) @ unit(e).T

@@ -34,7 +34,7 @@ def _peak_rss_mb() -> float:
 def data_path_rate(settings: Settings, cfg: PretrainConfig, batches: int, keep: list | None = None) -> dict:
     """Tokens/s the data path delivers with nothing consuming it (iter_torch_batches + the training collate);
     ``keep`` collects the batches so the plain loop trains on exactly the same mixed, padded batches."""
-    srcs = sources(settings, cfg.data.datasets, cfg.data.mixture)
+    srcs = sources(settings, cfg.data.datasets, cfg.data.mixture, cfg.data.allow_partial)
     vocabs = vocabularies(srcs, cfg.data.holdout_sessions, settings)
     collate = CollateWindows(
         vocabs,

@@ -15,10 +15,17 @@ from neurobridge.config import Settings
 
 
 class OneConfig(Strict):
-    """ONE-api access for IBL: remote (Alyx) for users, local mode on a cache directory for tests."""
+    """ONE-api access for IBL: remote (Alyx) for users, local mode on a cache directory for tests.
+
+    The public database (openalyx) is read with the public login IBL documents for it; another database takes a
+    ``username`` here and its password from ``NB_ONE_PASSWORD`` (never from a catalog file, never logged)."""
 
     mode: Literal["local", "remote"] = "remote"
     base_url: str | None = "https://openalyx.internationalbrainlab.org"
+    username: str | None = Field(
+        None,
+        description="Alyx login (NB_ONE_USERNAME overrides it); default: IBL's public login on the public database",
+    )
     collection: str | None = Field(
         None, description="probe collection or glob, e.g. alf/probe00/pykilosort or alf/probe0?/pykilosort"
     )
@@ -183,7 +190,8 @@ class AlfEntry(CatalogEntry):
 
     def version_spec(self) -> dict[str, Any]:
         spec = super().version_spec()
-        spec["entry"]["one"] = self.one.model_dump() if self.one is not None else None
+        # the login decides who reads, not what is read: versions keep their hash whoever logs in
+        spec["entry"]["one"] = self.one.model_dump(exclude={"username"}) if self.one is not None else None
         return spec
 
 

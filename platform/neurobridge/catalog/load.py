@@ -70,24 +70,32 @@ def catalog_dir() -> Path:
     return Path(os.environ.get("NB_CATALOG", "catalog"))
 
 
-def load_catalog(directory: str | Path | None = None) -> dict[str, CatalogEntry]:
-    """All entries of a catalog directory by name; every file's errors are reported together."""
-    directory = Path(directory) if directory else catalog_dir()
+def _scan(directory: Path) -> tuple[dict[str, list[CatalogEntry]], list[str]]:
+    """Every valid file's entries by name (a name in two files lists both) and each invalid file's errors."""
     if not directory.is_dir():
         raise CatalogError(f"{directory}: catalog directory not found (set NB_CATALOG or run from the repo root)")
-    entries: dict[str, CatalogEntry] = {}
+    entries: dict[str, list[CatalogEntry]] = {}
     errors = []
     for path in sorted(directory.glob("*.yaml")):
         try:
             for entry in load_file(path):
-                if entry.name in entries:
-                    errors.append(f"{path}: entry name {entry.name!r} also in {entries[entry.name].source_file}")
-                entries[entry.name] = entry
+                entries.setdefault(entry.name, []).append(entry)
         except CatalogError as err:
             errors.append(str(err))
+    return entries, errors
+
+
+def _twice(name: str, found: list[CatalogEntry]) -> str:
+    return f"{found[1].source_file}: entry name {name!r} also in {found[0].source_file}"
+
+
+def load_catalog(directory: str | Path | None = None) -> dict[str, CatalogEntry]:
+    """All entries of a catalog directory by name; every file's errors are reported together."""
+    found, errors = _scan(Path(directory) if directory else catalog_dir())
+    errors += [_twice(name, e) for name, e in found.items() if len(e) > 1]
     if errors:
         raise CatalogError("\n".join(errors))
-    return entries
+    return {name: e[0] for name, e in found.items()}
 
 
 def resolve(ref: str, directory: str | Path | None = None) -> list[CatalogEntry]:
@@ -98,10 +106,13 @@ def resolve(ref: str, directory: str | Path | None = None) -> list[CatalogEntry]
     file = directory / f"{ref}.yaml"
     if file.exists():
         return load_file(file)
-    entries = load_catalog(directory)
-    if ref in entries:
-        return [entries[ref]]
-    names = sorted(entries) + sorted(p.stem for p in directory.glob("*.yaml"))
+    found, errors = _scan(directory)  # an invalid file elsewhere in the folder does not hide this entry
+    if len(found.get(ref, [])) > 1:
+        raise CatalogError(_twice(ref, found[ref]))
+    if ref in found:
+        return found[ref]
+    names = sorted(found) + sorted(p.stem for p in directory.glob("*.yaml"))
     hint = difflib.get_close_matches(ref, names, n=1)
     extra = f"; did you mean {hint[0]!r}?" if hint else ""
-    raise CatalogError(f"no catalog file or entry named {ref!r} in {directory}{extra}")
+    unread = "\n(it may be in a file that could not be read:)\n" + "\n".join(errors) if errors else ""
+    raise CatalogError(f"no catalog file or entry named {ref!r} in {directory}{extra}{unread}")

@@ -39,7 +39,7 @@ app.add_typer(cli_registry.registry_app, name="registry")
 
 def demo(
     minutes: float = typer.Option(2.0, help="minutes per simulated session"),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(0, help="simulator seed (a rerun with the same seed and size reuses the recordings)"),
     pretrain_steps: int = typer.Option(None, help="pretraining steps (0: stop after ingest; default: the recipe's)"),
     align: bool = typer.Option(True, help="align the visual sessions to their images (stage 6)"),
 ):

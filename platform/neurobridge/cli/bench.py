@@ -16,7 +16,7 @@ def bench_ingest(
     minutes: float = typer.Option(10.0, help="session length (≥ 5M spikes at the defaults)"),
     growth: int = typer.Option(8, help="second session this many times longer, for the RSS check (1: skip)"),
     workdir: str = typer.Option(None, help="where benchmark sessions are cached"),
-    repeats: int = typer.Option(3),
+    repeats: int = typer.Option(3, help="timed runs per measurement (the median is reported)"),
     source: str = typer.Option("nwb", help="nwb (spike binning), pile (Neural Pile shards) or tvsd (MUA float path)"),
     channels: int = typer.Option(256, help="tvsd: channels per monkey"),
     trials: int = typer.Option(1000, help="tvsd: trials in the smaller dataset"),
@@ -67,7 +67,7 @@ def bench_embed_images_cmd(
     images: int = typer.Option(256, help="images in the smaller run"),
     growth: int = typer.Option(4, help="second run with this many times more images, for the memory check (1: skip)"),
     arch: str = typer.Option("b32", help="b32 (ViT-B/32-shaped, random weights) or tiny"),
-    batch_size: int = typer.Option(32),
+    batch_size: int = typer.Option(32, help="images per model call"),
     cpus: int = typer.Option(None, help="logical CPUs for the job's local Ray (default: all)"),
     workdir: str = typer.Option(None, help="where images and the model are cached"),
 ):
@@ -86,11 +86,11 @@ def bench_align_cmd(
     images: int = typer.Option(500, help="simulated images"),
     repeats: int = typer.Option(5, help="presentations per image"),
     test: int = typer.Option(100, help="test stimuli (candidates for retrieval)"),
-    epochs: int = typer.Option(60),
+    epochs: int = typer.Option(60, help="projector training epochs per region set"),
     pretrain_steps: int = typer.Option(
         0, help="also pretrain a small encoder this many steps: pretrained vs untrained"
     ),
-    workdir: str = typer.Option(None),
+    workdir: str = typer.Option(None, help="where the simulated sessions and images are cached"),
     ray_train: bool = typer.Option(False, "--ray-train", help="also fit 'all' on Ray Train: tokens/s vs the plain fit"),
 ):
     """Alignment on simulated V1/V4/IT: retrieval per region set (chance, ridge baseline beside it), tokens/s."""

@@ -21,6 +21,7 @@ catalog_app = typer.Typer(no_args_is_help=True, help="List and validate catalog 
 
 @catalog_app.command("list")
 def catalog_list(directory: Path = typer.Option(None, "--dir", help="catalog directory (default ./catalog)")):
+    """Every catalog entry: name, kind, species, task, URI and the file that defines it."""
     try:
         entries = load_catalog(directory)
     except CatalogError as err:
@@ -35,6 +36,7 @@ def catalog_list(directory: Path = typer.Option(None, "--dir", help="catalog dir
 def catalog_validate(
     paths: list[Path] = typer.Argument(None, help="YAML files (default: every catalog file)"),
 ):
+    """Check catalog files; each error names the file, the entry, the field and a fix (exit 1 on any)."""
     from neurobridge.catalog import catalog_dir, load_file
 
     files = paths or sorted(catalog_dir().glob("*.yaml"))
@@ -52,12 +54,12 @@ def catalog_validate(
 
 def simulate(
     out: str = typer.Option(None, help="output root (default: <NB_RAW>/sim; any fsspec URI)"),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(0, help="random seed: the same seed writes the same recordings and true rates"),
     minutes: float = typer.Option(2.0, help="minutes per session"),
-    nwb_subjects: int = typer.Option(2),
-    alf_subjects: int = typer.Option(1),
-    visual_sessions: int = typer.Option(1),
-    sessions_per_subject: int = typer.Option(2),
+    nwb_subjects: int = typer.Option(2, help="subjects recorded as NWB (reaching task)"),
+    alf_subjects: int = typer.Option(1, help="subjects recorded as IBL ALF folders with a ONE cache"),
+    visual_sessions: int = typer.Option(1, help="Allen-style visual sessions (natural images)"),
+    sessions_per_subject: int = typer.Option(2, help="sessions per NWB and per ALF subject"),
     tvsd: bool = typer.Option(True, "--tvsd/--no-tvsd", help="also write the TVSD-style DataLad dataset (tvsd/)"),
     pile: bool = typer.Option(True, "--pile/--no-pile", help="also write Neural Pile-style shards (pile/data/)"),
 ):
@@ -105,21 +107,34 @@ def ingest(
         results = ingest_many(entries, settings, workers=workers, progress=progress, max_retries=max_retries)
     except SourceError as err:
         fail(str(err))
-    n_failed, reports = 0, []
+    unlisted, reports = [], []
     for entry, result in zip(entries, results, strict=True):
         if isinstance(result, Exception):
             err_console.print(f"[red]{entry.name}: {result}[/]")
-            n_failed += 1
+            unlisted.append(entry.name)
             continue
         _print_report(result)
         reports.append(result)
-        n_failed += len(result.failed)
     if mixture and reports:
         mix = write_mixture(settings, mixture, reports)
         console.print(f"mixture [bold]{mixture}[/]: " + ", ".join(d.ref for d in mix.datasets))
-    if n_failed:
-        err_console.print(f"[bold red]{n_failed} item(s) failed[/]; reasons above and in each _manifest.parquet")
+    if _say_failures(unlisted, reports):
         raise typer.Exit(1)
+
+
+def _say_failures(unlisted: list[str], reports: list) -> bool:
+    """One closing line per kind of failure, each pointing at where its reasons are; True if anything failed."""
+    if unlisted:
+        err_console.print(
+            f"[bold red]{len(unlisted)} catalog entr{'y' if len(unlisted) == 1 else 'ies'} not ingested[/] "
+            f"({', '.join(unlisted)}): nothing was listed, so no version or manifest was written; reasons above"
+        )
+    partial = [r for r in reports if r.failed]
+    if partial:
+        n = sum(len(r.failed) for r in partial)
+        manifests = ", ".join(f"{r.path}/_manifest.parquet" for r in partial)
+        err_console.print(f"[bold red]{n} item(s) failed[/]; reasons above and in {manifests}")
+    return bool(unlisted or partial)
 
 
 def _print_report(report) -> None:
@@ -157,6 +172,7 @@ def inspect(
         print(
             json.dumps(
                 {
+                    "status": ref.card.status,
                     "dataset": ref.dataset,
                     "version": ref.version,
                     "path": ref.path,
@@ -172,6 +188,11 @@ def inspect(
         )
     else:
         c = ref.card.counts
+        if ref.card.partial:
+            console.print(
+                f"[bold red]PARTIAL[/]: {c.items_failed} of {c.items} items failed (listed below); training, "
+                "alignment and evaluation refuse this version unless allow_partial: true"
+            )
         console.print(f"[bold]{ref.dataset}[/] @ {ref.version}  ({ref.path})")
         console.print(
             f"{c.sessions} sessions · {c.units:,} units · {c.rows:,} windows · {c.tokens:,} tokens · "
@@ -208,7 +229,7 @@ def allen_env(
 
 def simulate_allen(
     out: str = typer.Option(None, help="output root (default: <NB_RAW>/allen_cache; any fsspec URI)"),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(0, help="random seed of the look-alike sessions"),
     sessions: int = typer.Option(2, help="natural-scenes sessions"),
     fc_sessions: int = typer.Option(1, help="functional_connectivity sessions (no natural scenes)"),
 ):

@@ -45,14 +45,16 @@ def list_cmd(name: str = typer.Argument(None, help="only this registered model")
     if not versions:
         console.print("no registered models")
         return
-    table = Table("name", "version", "aliases", "kind", "datasets", "config", "commit", "metrics")
+    table = Table("name", "version", "aliases", "kind", "evaluation", "datasets", "config", "commit", "metrics")
     for v in versions:
         t = v.tags
+        forced = ", ".join(f"@{k[7:]} forced" for k in t if k.startswith("forced."))
         table.add_row(
             v.name,
             v.version,
             ", ".join("@" + a for a in v.aliases),
             t.get("kind", ""),
+            "\n".join(x for x in (t.get("evaluation", ""), forced) if x),
             "\n".join(f"{k[8:]}@{x}" for k, x in sorted(t.items()) if k.startswith("dataset.")),
             t.get("config_hash", ""),
             t.get("git_commit", "")[:10],
@@ -67,7 +69,8 @@ def register_cmd(
     name: str = typer.Option(..., help="registered model name (created if new)"),
     alias: str = typer.Option("candidate", help="alias for the new version ('' for none)"),
 ):
-    """Register a finished run's model (pyfunc: code + weights-only checkpoint) with its lineage."""
+    """Register a finished run's model (pyfunc: code + weights-only checkpoint) with its lineage and, once
+    `neurobridge evaluate runs:/<run id>` ran, its evaluation metrics beside their baselines."""
     from neurobridge.config import get_settings
     from neurobridge.inference.registrable import register
 
@@ -84,13 +87,17 @@ def promote_cmd(
     name: str = typer.Argument(..., help="registered model name"),
     alias: str = typer.Option("champion", help="alias to move"),
     version: str = typer.Option(None, help="version to point it at (default: the one at @candidate)"),
+    force: bool = typer.Option(
+        False, help="promote to @champion even without an evaluation or below its baseline (recorded on the version)"
+    ),
 ):
-    """Point an alias (champion by default) at a version."""
+    """Point an alias (champion by default) at a version. @champion needs an evaluation that reaches the model's
+    baseline (encoders: `neurobridge evaluate runs:/<run id>`; co-bps at least smoothing's) unless --force."""
     from neurobridge.config import get_settings
-    from neurobridge.tracking.registry import promote
+    from neurobridge.inference.registrable import Promotion, promote
 
     try:
-        v = promote(name, alias, version, get_settings())
+        v = promote(Promotion(name, alias, version, force), get_settings())
     except _errors() as err:
         _fail(str(err))
     console.print(f"[green]@{alias}[/] → version {v.version}")

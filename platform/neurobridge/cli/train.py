@@ -32,8 +32,17 @@ def parse_overrides(items: list[str] | None) -> dict:
 def pretrain(
     config: Path = typer.Option(None, "--config", "-c", help="YAML config (default: built-in defaults)"),
     overrides: list[str] = typer.Option(None, "--set", help="override a config key, e.g. --set optim.max_steps=200"),
+    progress: bool = typer.Option(
+        None, help="Ray Data progress bars (default: on a terminal only; in a log each redraw would be a line)"
+    ),
 ):
     """Masked pretraining on Ray Train over a mixture of token-store datasets; tracked in MLflow."""
+    import sys
+
+    import ray
+
+    ours = not ray.is_initialized()  # a Ray this command starts is shut down by it (below)
+
     from neurobridge.storage import StoreError
     from neurobridge.tracking.mlflow_run import TrackingError
     from neurobridge.train.config import ConfigError, load_config
@@ -42,13 +51,17 @@ def pretrain(
 
     try:
         cfg = load_config(config, parse_overrides(overrides))
-        result = run(cfg)
+        result = run(cfg, progress=sys.stderr.isatty() if progress is None else progress)
     except (ConfigError, StoreError, TrackingError, NonFiniteLoss) as err:
         _fail(str(err))
     m = result.metrics
+    console.print()  # never glued onto the last progress line
     console.print(f"[bold]pretrained[/] {cfg.name}: step {m.get('step')}, loss {m.get('loss', float('nan')):.4f}")
+    console.print(result.summary())
     console.print(f"MLflow run   : {result.run_id}  (model: runs:/{result.run_id})")
     console.print(f"checkpoint   : {result.checkpoint}")
+    if ours:  # disconnect now, not from an atexit hook racing the Train controller's teardown (gRPC noise)
+        ray.shutdown()
 
 
 def align(
@@ -73,10 +86,10 @@ def align(
 def finetune(
     model: str = typer.Option(None, help="model.pt or runs:/<run id>; omit with --scratch"),
     dataset: str = typer.Option(..., help="dataset ref holding the session"),
-    session: str = typer.Option(...),
+    session: str = typer.Option(..., help="the session to fine-tune to (new to the model or held out of pretraining)"),
     trials: int = typer.Option(20, help="training windows (k-shot); 0: all"),
-    steps: int = typer.Option(300),
-    lr: float = typer.Option(1e-3),
+    steps: int = typer.Option(300, help="optimiser steps"),
+    lr: float = typer.Option(1e-3, help="learning rate (AdamW)"),
     mode: str = typer.Option("all", help="masking mode (heldout: NLB co-smoothing)"),
     freeze_backbone: bool = typer.Option(False, help="train only context embeddings and output heads"),
     train_decoder: bool = typer.Option(False, help="with --freeze-backbone: the decoder trains too"),
@@ -87,7 +100,7 @@ def finetune(
     cv: int = typer.Option(None, help="K-fold cross-validation over all the session's windows instead: --out is JSON"),
     cv_repeats: int = typer.Option(1, help="with --cv: repeat it with other folds and seeds (scores averaged)"),
     out: Path = typer.Option(..., help="where to write the fine-tuned model.pt (with --cv: the results JSON)"),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(0, help="seed of the k-shot draw, the folds and the initial weights"),
 ):
     """Fine-tune a pretrained model to a new session (vocabularies extended), or train one from scratch."""
     from neurobridge.evaluate.run import resolve_model_file
@@ -159,7 +172,10 @@ def evaluate(
     truth: str = typer.Option(None, help="simulator truth folder (oracle); default <NB_RAW>/sim/truth if present"),
     max_sessions: int = typer.Option(None, help="sessions per dataset"),
     out: Path = typer.Option(None, help="also write the report as JSON here"),
-    track: bool = typer.Option(True, help="log the report, metrics and figure to MLflow"),
+    track: bool = typer.Option(True, help="log the report, metrics and figure to MLflow (into the run, for runs:/)"),
+    allow_partial: bool = typer.Option(
+        False, help="evaluate on dataset versions with failed items (refused by default; recorded in the run)"
+    ),
 ):
     """co-bps / fp-bps / per-region bps / behaviour R² beside mean-rate, smoothing and oracle baselines."""
     from neurobridge.evaluate.report import EvalConfig
@@ -179,7 +195,7 @@ def evaluate(
                 mixture,
                 session,
                 truth,
-                EvalConfig(max_sessions=max_sessions),
+                EvalConfig(max_sessions=max_sessions, allow_partial=allow_partial),
                 settings,
                 track,
                 progress=lambda s: status.update(f"evaluating {s}"),

@@ -41,6 +41,9 @@ class EvalConfig(BaseModel):
     ridge_alpha: float = Field(1.0, gt=0)
     max_sessions: int | None = Field(None, ge=1, description="per dataset")
     max_train_windows: int = Field(1000, ge=1, description="training windows per session for baselines/decoders")
+    allow_partial: bool = Field(
+        False, description="evaluate on dataset versions with failed items (refused by default; the run records them)"
+    )
     latent_readout: bool = Field(
         False,
         description="also score held-out units through a Poisson GLM on the encoder's latents, smoothed and "

@@ -16,7 +16,7 @@ from neurobridge.storage import StoreError
 from neurobridge.store.read import sources, unit_columns
 from neurobridge.store.rows import session_rows
 from neurobridge.store.splits import HeldoutSplit, heldout_flags
-from neurobridge.tracking import mlflow_run
+from neurobridge.tracking import lineage, mlflow_run
 
 
 def resolve_model_file(ref: str, settings: Settings) -> str:
@@ -51,7 +51,7 @@ def evaluate(
     cfg = cfg or EvalConfig()
     model_file = resolve_model_file(model_ref, settings)
     model, vocabs, extra = load_checkpoint(model_file)
-    srcs = sources(settings, datasets, mixture)
+    srcs = sources(settings, datasets, mixture, cfg.allow_partial)
     split = HeldoutSplit(heldout_flags(settings, srcs), extra.get("heldout_fraction", 0.25))
     truth = Truth(truth_dir) if truth_dir else None
     wanted = set(sessions) if sessions else None
@@ -73,31 +73,37 @@ def evaluate(
         )
     report = Report(results, pool(results))
     if track:
-        _track(settings, model_ref, report, cfg, {s.name: s.ref.version for s in srcs})
+        _track(settings, model_ref, report, cfg, [s.ref for s in srcs])
     return report
 
 
-def _track(settings: Settings, model_ref: str, report: Report, cfg: EvalConfig, versions: dict) -> str:
-    tags = {"kind": "evaluate", "model": model_ref, **{f"dataset.{k}": v for k, v in versions.items()}}
-    run_id = mlflow_run.start_run(settings.mlflow_uri, "neurobridge-evaluate", "evaluate", cfg.model_dump(), tags)
+def _track(settings: Settings, model_ref: str, report: Report, cfg: EvalConfig, refs: list) -> str:
+    """Into the evaluated run when the model is one (``runs:/<id>``): ``eval.<dataset>.<metric>`` beside its
+    training loss, the report, config and figure under ``evaluation/<datasets>/``. A model file that is no run
+    gets a run of its own in ``neurobridge-evaluate``."""
+    uri = settings.mlflow_uri
+    run_id = lineage.evaluated_run(model_ref)
+    own = run_id is None
+    if own:
+        tags = {"kind": "evaluate", "model": model_ref, **{f"dataset.{r.dataset}": r.version for r in refs}}
+        run_id = mlflow_run.start_run(uri, "neurobridge-evaluate", "evaluate", cfg.model_dump(), tags)
     ok = False
     try:
-        flat = {}
-        for ds, d in report.pooled.items():
-            flat.update({f"{ds}.{k}": v for k, v in d.items() if isinstance(v, int | float) and np.isfinite(v)})
-        mlflow_run.log_metrics(settings.mlflow_uri, run_id, flat)
+        lineage.log_evaluation(uri, run_id, report.pooled, refs)
+        folder = "evaluation/" + "+".join(sorted(r.dataset for r in refs))
         with tempfile.TemporaryDirectory() as d:
-            path = Path(d) / "report.json"
-            path.write_text(json.dumps(report.to_dict(), indent=1, default=float))
-            mlflow_run.log_artifact(settings.mlflow_uri, run_id, str(path))
+            for name, data in (("report.json", report.to_dict()), ("config.json", cfg.model_dump(mode="json"))):
+                (Path(d) / name).write_text(json.dumps(data, indent=1, default=float))
+                mlflow_run.log_artifact(uri, run_id, str(Path(d) / name), folder)
         fig = figure(report)
-        mlflow_run.log_figure(settings.mlflow_uri, run_id, fig, "plots/co_bps.png")
+        mlflow_run.log_figure(uri, run_id, fig, f"{folder}/co_bps.png")
         import matplotlib.pyplot as plt
 
         plt.close(fig)
         ok = True
     finally:
-        mlflow_run.end_run(settings.mlflow_uri, run_id, ok)
+        if own:
+            mlflow_run.end_run(uri, run_id, ok)
     report.run_id = run_id
     return run_id
 

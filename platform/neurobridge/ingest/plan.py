@@ -6,20 +6,20 @@ after the run it writes the manifest and then the card, which is what makes the 
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 
 from neurobridge import __version__
 from neurobridge.catalog import CatalogEntry
-from neurobridge.config import Settings
+from neurobridge.config import Settings, code_commit
 from neurobridge.sources import Item, SourceError, discover
 from neurobridge.storage import filesystem, is_local_fs, join
 from neurobridge.store.card import (
     CARD,
     DatasetCard,
     ItemRecord,
+    RowSchema,
     Vocabulary,
     build_card,
     load_item_records,
@@ -27,7 +27,7 @@ from neurobridge.store.card import (
     write_card,
     write_manifest,
 )
-from neurobridge.store.schema import ALGORITHM_VERSION, SAMPLE_SCHEMA, SCHEMA_VERSION
+from neurobridge.store.schema import ALGORITHM_VERSION, SCHEMA_VERSION
 from neurobridge.store.versions import dataset_version, version_dir
 
 
@@ -103,17 +103,9 @@ def _provenance() -> dict:
         "schema_version": SCHEMA_VERSION,
         "algorithm_version": ALGORITHM_VERSION,
         "code_version": __version__,
-        "git_commit": _git_commit(),
-        "row_schema": SAMPLE_SCHEMA.to_string(show_schema_metadata=False),
+        "git_commit": code_commit(),
+        "row_schema": RowSchema.current(),
     }
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def _sweep_partial_writes(plan: Plan) -> None:

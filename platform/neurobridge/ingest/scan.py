@@ -80,7 +80,7 @@ def _validate(src: SpikeSource, t: np.ndarray, seg: np.ndarray, offset: int, pre
     if len(back) or (seg[0] == prev_seg and t[0] < prev_t):
         i = int(back[0]) + 1 if len(back) else 0
         raise SourceError(
-            f"{src.item}: spike times are not sorted{_unit_of(src, seg[i])}: "
+            f"{src.item}: spike times{_unit_of(src, seg[i])} are not sorted: "
             f"spike {offset + i} at {t[i]} s comes after {t[i - 1] if i else prev_t} s"
         )
 

@@ -25,8 +25,17 @@ def reader(kind: str) -> Reader:
 
 
 def discover(entry: CatalogEntry, settings: Settings) -> list[Item]:
-    """List the items of a catalog entry (listing only: no recording is opened)."""
-    return reader(entry.kind).discover(entry, settings)
+    """List the items of a catalog entry (listing only: no recording is opened). Any failure to reach the source
+    (server down, login refused, bucket missing) is this entry's ``SourceError``, so in a multi-source ingest the
+    entry fails alone, with its reason, and the others go on."""
+    try:
+        return reader(entry.kind).discover(entry, settings)
+    except SourceError:
+        raise
+    except Exception as err:
+        raise SourceError(
+            f"catalog entry {entry.name!r}: listing its items failed: {type(err).__name__}: {err}"
+        ) from None
 
 
 def open_source(entry: CatalogEntry, item: Item, settings: Settings) -> SpikeSource | BinnedSource:

@@ -3,7 +3,9 @@
 The card (``_dataset.json``) is the contract between ingest and everything after it: readers find the row parts,
 the side tables, the split counts and the vocabularies there, never by listing directories. It is written last,
 so a version without it does not exist for readers. Both records are versioned pydantic models: a reader refuses a
-card from a newer format instead of misreading it, and old cards (before ``card_version``) read as version 1.
+card from a newer format instead of misreading it, and old cards read on: before ``card_version`` as version 1, and
+a version-1 card's ``schema`` (the Arrow schema as text) as the ``schema`` section of version 2 (which adds the
+column table).
 """
 
 from __future__ import annotations
@@ -18,12 +20,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from neurobridge.catalog import CatalogEntry, IngestConfig
 from neurobridge.config import Settings
 from neurobridge.storage import StoreError, filesystem, join, read_json, write_bytes_atomic, write_json_atomic
-from neurobridge.store.schema import MANIFEST_SCHEMA
+from neurobridge.store.schema import MANIFEST_SCHEMA, SAMPLE_SCHEMA, SCHEMA_VERSION, describe
 
 CARD = "_dataset.json"
 MANIFEST = "_manifest.parquet"
 ITEMS = "_items"
-CARD_VERSION = 1
+CARD_VERSION = 2  # 2: `status` first, `schema` a section with the column table (1: the Arrow schema as text)
 
 
 class ItemRecord(BaseModel):
@@ -123,11 +125,27 @@ class Vocabulary(BaseModel):
     regions: dict[str, int] = Field(default_factory=dict, description="region → units")
 
 
+class RowSchema(BaseModel):
+    """The card's ``schema`` section: the rows' Arrow schema as text and one entry per column (type, layout,
+    units, when null, description), the same table as the Parquet field metadata and docs/store.md."""
+
+    arrow: str = ""
+    columns: list[dict[str, str]] = Field(default_factory=list)
+
+    @classmethod
+    def current(cls) -> RowSchema:
+        return cls(
+            arrow=SAMPLE_SCHEMA.to_string(show_field_metadata=False, show_schema_metadata=False), columns=describe()
+        )
+
+
 class DatasetCard(BaseModel):
-    """``_dataset.json``: what a version holds and how it was made."""
+    """``_dataset.json``: what a version holds and how it was made. ``status`` comes first, so a reader of the
+    file sees "partial" before anything else when items failed."""
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
+    status: Literal["complete", "partial"] = "complete"
     card_version: int = CARD_VERSION
     dataset: str
     version: str
@@ -138,7 +156,7 @@ class DatasetCard(BaseModel):
     git_commit: str | None = None
     kind: str
     entry: dict[str, Any] = Field(description="the catalog entry as ingested (JSON)")
-    row_schema: str = Field("", alias="schema", description="the Arrow schema of the rows, as text")
+    row_schema: RowSchema = Field(default_factory=RowSchema, alias="schema", description="the rows' columns")
     files: list[str] = Field(default_factory=list, description="row parts, relative to the version folder")
     counts: CardCounts = CardCounts()
     side_outputs: dict[str, SideOutput] = Field(default_factory=dict)
@@ -147,12 +165,23 @@ class DatasetCard(BaseModel):
     vocabularies: Vocabulary = Vocabulary()
     failed: list[FailedItem] = Field(default_factory=list)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _schema_section(cls, data: Any) -> Any:
+        """A version-1 card's ``schema`` is the Arrow schema as text: it becomes the section, with the column
+        table of its schema version when this code documents that version."""
+        if isinstance(data, dict) and isinstance(data.get("schema"), str):
+            same = data.get("schema_version") == SCHEMA_VERSION
+            data = {**data, "schema": {"arrow": data["schema"], "columns": describe() if same else []}}
+        return data
+
     @model_validator(mode="after")
     def _known_version(self) -> DatasetCard:
         if self.card_version > CARD_VERSION:
             raise ValueError(
                 f"card format {self.card_version} is newer than this code reads ({CARD_VERSION}): upgrade neurobridge"
             )
+        self.status = "partial" if self.counts.items_failed > 0 else "complete"  # derived, never trusted from file
         return self
 
     @property
@@ -230,7 +259,7 @@ def _side_outputs(ok: list[ItemRecord]) -> dict[str, SideOutput]:
 
 def write_card(vdir: str, card: DatasetCard, settings: Settings) -> None:
     fs, path = filesystem(join(vdir, CARD), settings)
-    write_json_atomic(fs, path, card.to_json())
+    write_json_atomic(fs, path, card.to_json(), sort_keys=False)  # field order: status first
 
 
 def write_record(rec: ItemRecord, vdir: str, settings: Settings) -> None:

@@ -42,8 +42,18 @@ class Source:
         return self.ref.card.split_rows(split)
 
 
-def sources(settings: Settings, datasets: list[str] | None = None, mixture: str | None = None) -> list[Source]:
-    """Sources named by dataset refs (``name`` or ``name@version``) and/or a mixture name."""
+class PartialDataError(StoreError):
+    """A dataset version some of whose items failed, named where the config did not allow partial data."""
+
+
+def sources(
+    settings: Settings, datasets: list[str] | None = None, mixture: str | None = None, allow_partial: bool = False
+) -> list[Source]:
+    """Sources named by dataset refs (``name`` or ``name@version``) and/or a mixture name.
+
+    A version with failed items is refused unless ``allow_partial``: training, alignment or evaluation on part of
+    a source must be a decision (``allow_partial: true``, recorded in the run), never an accident of a flaky ingest.
+    """
     refs = list(datasets or [])
     if mixture:
         refs += [d.ref for d in read_mixture(settings, mixture).datasets]
@@ -56,7 +66,24 @@ def sources(settings: Settings, datasets: list[str] | None = None, mixture: str 
         if not files:
             raise StoreError(f"{ref.dataset}@{ref.version} has no rows (all items failed or were empty)")
         out.append(Source(ref, files))
+    partial = [s.ref for s in out if s.ref.card.partial]
+    if partial and not allow_partial:
+        raise PartialDataError(
+            "partial dataset version(s): "
+            + "; ".join(f"{r.ref}: {partial_note(r.card)}" for r in partial)
+            + ". Rerun the ingest to retry the failed items (`neurobridge inspect <dataset>` lists why they failed), "
+            "or set allow_partial: true (data.allow_partial in training and alignment configs, --allow-partial for "
+            "evaluate) to use the items that succeeded; the run then records the failed count"
+        )
     return out
+
+
+def partial_note(card) -> str:
+    """ "2 of 5 items failed (first: <item>: <reason>)" for a partial version's card."""
+    c = card.counts
+    first = card.failed[0] if card.failed else None
+    why = f" (first: {first.item}: {(first.error or '')[:160]})" if first else ""
+    return f"{c.items_failed} of {c.items} items failed{why}"
 
 
 def unit_columns(settings: Settings, src: Source, key: str | None) -> dict[str, dict[str, object]]:

@@ -7,9 +7,26 @@ id from rank 0; the driver attaches figures and the final checkpoint and closes 
 from __future__ import annotations
 
 import json
-import subprocess
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+
+from neurobridge.config import code_commit
+
+# What each experiment holds, shown at the top of its page in the MLflow UI (set when the experiment is created).
+EXPERIMENTS = {
+    "neurobridge-ingest": "Ingest runs: catalog entries -> token-store dataset versions (params dataset.<name>), with "
+    "item counts; a run ends FAILED when any item failed.",
+    "neurobridge-pretrain": "Masked pretraining on Ray Train: loss and val loss, the token-store versions read "
+    "(Datasets), the exported weights-only model (Logged models) and, once `neurobridge evaluate runs:/<id>` ran, "
+    "eval.<dataset>.co_bps beside its baselines.",
+    "neurobridge-align": "Neural -> image alignment: one projector per region set, retrieval top-1/top-5 on unseen "
+    "images beside chance, the projectors as a logged model.",
+    "neurobridge-evaluate": "Evaluations of model files that are not MLflow runs (evaluations of runs are written "
+    "into the evaluated run as eval.* metrics).",
+    "neurobridge-ablate": "Ablation trials on Ray Tune: one run per trial, grouped by ablation.",
+    "neurobridge-finetune": "Fine-tuning of a pretrained model to new sessions.",
+}
 
 
 class TrackingError(RuntimeError):
@@ -25,13 +42,24 @@ def _client(uri: str):
 def check_tracking(uri: str) -> None:
     """Fail now, with the URI named, if the tracking store is unreachable (not after an hour of training)."""
     if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        _create_sqlite(uri)
     if uri.startswith(("http://", "https://")):
         _probe_server(uri)
     try:
         _client(uri).search_experiments(max_results=1)
     except Exception as err:  # connection refused, bad URI, locked DB: all mean "cannot track"
         raise TrackingError(f"MLflow tracking store {uri} is not reachable: {type(err).__name__}: {err}") from None
+
+
+def _create_sqlite(uri: str) -> None:
+    """Create a new SQLite store with its artifact root beside it: MLflow would otherwise give the ``Default``
+    experiment ``./mlruns`` of whatever directory was current, outside ``NB_HOME``."""
+    db = Path(uri[len("sqlite:///") :])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    if not db.exists():
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        SqlAlchemyStore(uri, artifact_location(uri))
 
 
 def _probe_server(uri: str, timeout_s: float = 5.0) -> None:
@@ -60,11 +88,8 @@ def flatten(d: dict, prefix: str = "") -> dict[str, str]:
 
 
 def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+    """The commit of the code that runs (``config.code_commit``), or "unknown"."""
+    return code_commit() or "unknown"
 
 
 def artifact_location(uri: str) -> str | None:
@@ -78,8 +103,7 @@ def artifact_location(uri: str) -> str | None:
 def start_run(uri: str, experiment: str, name: str, config: dict, tags: dict[str, str]) -> str:
     check_tracking(uri)
     client = _client(uri)
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment, artifact_location(uri))
+    exp_id = experiment_id(client, uri, experiment)
     run = client.create_run(exp_id, run_name=name, tags={"git_commit": git_commit(), **tags})
     params = flatten(config)
     items = list(params.items())
@@ -92,6 +116,38 @@ def start_run(uri: str, experiment: str, name: str, config: dict, tags: dict[str
         path.write_text(json.dumps(config, indent=1, default=str))
         client.log_artifact(run.info.run_id, str(path))
     return run.info.run_id
+
+
+def experiment_id(client, uri: str, name: str) -> str:
+    """The experiment's id, creating it (artifacts beside a SQLite store, with its description) if new."""
+    exp = client.get_experiment_by_name(name)
+    note = EXPERIMENTS.get(name, "")
+    if exp is None:
+        tags = {"mlflow.note.content": note} if note else None
+        return client.create_experiment(name, artifact_location(uri), tags=tags)
+    if note and "mlflow.note.content" not in exp.tags:
+        client.set_experiment_tag(exp.experiment_id, "mlflow.note.content", note)
+    return exp.experiment_id
+
+
+@contextmanager
+def system_metrics(uri: str, run_id: str | None, node: str = "rank0", every_s: float = 5.0):
+    """CPU, memory, disk, network (and GPU where pynvml finds one) as ``system/*`` metrics of the run while the
+    block runs; skipped quietly where MLflow's monitor cannot start (no psutil, no run)."""
+    monitor = None
+    if run_id is not None:
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            monitor = SystemMetricsMonitor(run_id, sampling_interval=every_s, node_id=node, tracking_uri=uri)
+            monitor.start()
+        except Exception:  # an optional record: training must not fail because a monitor could not start
+            monitor = None
+    try:
+        yield
+    finally:
+        if monitor is not None:
+            monitor.finish()
 
 
 class MetricsLogger:

@@ -4,8 +4,10 @@ A run is registered by its ``kind`` tag, through the ``ModelKind`` its model fam
 and the alignment projectors: ``inference/registrable.py``); each kind names the file its ``model/`` folder must
 hold. The registered model is a pyfunc saved from code (nothing pickled)
 whose artifact is the run's weights-only ``model/`` folder, with a signature and an input example. Each version
-carries the run's lineage as tags (dataset versions, config hash, git commit, final metrics) and new versions get
-the ``candidate`` alias; ``promote`` moves ``champion``.
+carries the run's lineage as tags (dataset versions, config hash, git commit, final metrics, and the evaluation
+metrics with their baselines once ``neurobridge evaluate`` wrote them into the run) and new versions get the
+``candidate`` alias; ``promote`` moves ``champion``, but only to a version whose kind's gate passes it (an
+evaluation exists and beats its baseline) unless forced, and a forced promotion is recorded on the version.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,18 +28,36 @@ MODEL_DIR = "registered_model"  # run artifact folder holding the MLflow model (
 
 
 @dataclass(frozen=True)
+class Verdict:
+    """A kind's judgement of a run's metrics: was it evaluated, does it pass its baseline, and why (one line)."""
+
+    evaluated: bool
+    passed: bool
+    reason: str
+
+    @property
+    def label(self) -> str:
+        return "passed" if self.passed else ("below baseline" if self.evaluated else "not evaluated")
+
+
+@dataclass(frozen=True)
 class ModelKind:
     """How runs of one ``kind`` tag become registered models; the model families supply these (``inference``),
     so this module knows MLflow and lineage, never a model class.
 
     ``describe(folder)`` loads the run's ``model/`` folder weights-only (refusing anything else) and returns the
-    MLflow signature and input example; ``key_metric(name)`` says which final metrics are tagged on the version."""
+    MLflow signature and input example; ``key_metric(name)`` says which run metrics are tagged on the version;
+    ``gate(metrics)`` judges the run's metrics against the family's baseline (what ``champion`` requires)."""
 
     kind: str
     file: str  # the file a run's model/ folder must hold
     pyfunc_code: Path  # the PythonModel module saved with the model (models from code: nothing pickled)
     describe: Callable[[Path], tuple[Any, Any]]
     key_metric: Callable[[str], bool]
+    gate: Callable[[Mapping[str, float]], Verdict] | None = None
+
+
+GATED_ALIASES = ("champion",)  # aliases a version gets only when its kind's gate passes it (or when forced)
 
 
 DEFAULT_ALIAS = "candidate"
@@ -44,6 +65,10 @@ DEFAULT_ALIAS = "candidate"
 
 class RegistryError(ValueError):
     """A registry request that cannot be served; the message names what exists instead."""
+
+
+class GateError(RegistryError):
+    """A promotion the version's evaluation does not support (none, or below its baseline)."""
 
 
 @dataclass
@@ -60,10 +85,11 @@ class VersionInfo:
         return f"models:/{self.name}/{self.version}"
 
     def lineage(self) -> dict[str, str]:
-        return {k: v for k, v in sorted(self.tags.items()) if k.startswith(("dataset.", "metric.")) or k in LINEAGE}
+        keep = ("dataset.", "metric.", "evaluation", "forced.", "partial.")
+        return {k: v for k, v in sorted(self.tags.items()) if k.startswith(keep) or k in LINEAGE}
 
 
-LINEAGE = ("kind", "run_id", "git_commit", "config_hash", "mixture")
+LINEAGE = ("kind", "run_id", "git_commit", "config_hash", "mixture", "logged_model_id")
 
 
 def _client(settings: Settings):
@@ -157,8 +183,8 @@ def register(
         "run_id": run_id,
         "git_commit": tags.get("git_commit", "unknown"),
         "config_hash": config_hash(client, run_id),
-        **{k: v for k, v in tags.items() if k.startswith("dataset.") or k == "mixture" and v},
-        **{f"metric.{k}": f"{v:.6g}" for k, v in sorted(run.data.metrics.items()) if spec.key_metric(k)},
+        **{k: v for k, v in tags.items() if k.startswith(("dataset.", "partial.")) or k == "mixture" and v},
+        **evaluation_tags(spec, run.data.metrics),
     }
     from mlflow.exceptions import MlflowException
 
@@ -166,10 +192,29 @@ def register(
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name, description=f"neurobridge {kind} model")
+    logged = _model_id(run)
+    if logged:  # a tag, not create_model_version(model_id=…): a server requires the source inside that model
+        lineage["logged_model_id"] = logged
     mv = client.create_model_version(name, f"{run.info.artifact_uri}/{MODEL_DIR}", run_id=run_id, tags=lineage)
     if alias:
         client.set_registered_model_alias(name, alias, mv.version)
     return _info(client.get_model_version(name, mv.version))
+
+
+def _model_id(run) -> str | None:
+    """The logged model the run produced (its weights-only files; the version's source is the pyfunc built on them)."""
+    outputs = list(run.outputs.model_outputs) if run.outputs is not None else []
+    return outputs[-1].model_id if outputs else None
+
+
+def evaluation_tags(spec: ModelKind, metrics: Mapping[str, float]) -> dict[str, str]:
+    """The run's key metrics (training's, and the evaluation's with their baselines) as ``metric.*`` version tags,
+    plus the gate's verdict (``evaluation``, ``evaluation.reason``)."""
+    tags = {f"metric.{k}": f"{v:.6g}" for k, v in sorted(metrics.items()) if spec.key_metric(k)}
+    if spec.gate is not None:
+        verdict = spec.gate(metrics)
+        tags |= {"evaluation": verdict.label, "evaluation.reason": verdict.reason[:5000]}
+    return tags
 
 
 # ---------------------------------------------------------------------------------------------------- look-ups
@@ -225,16 +270,52 @@ def resolve(uri: str, settings: Settings | None = None) -> VersionInfo:
     return _info(mv)
 
 
+@dataclass(frozen=True)
+class Promotion:
+    """What ``promote`` is asked: point ``alias`` of ``name`` at ``version`` (None: the one at ``candidate``);
+    ``force`` overrides a failing gate (recorded on the version as ``forced.<alias>``)."""
+
+    name: str
+    alias: str = "champion"
+    version: str | None = None
+    force: bool = False
+
+
 def promote(
-    name: str, alias: str = "champion", version: str | None = None, settings: Settings | None = None
+    request: Promotion, kinds: Mapping[str, ModelKind] | None = None, settings: Settings | None = None
 ) -> VersionInfo:
-    """Point ``alias`` at ``version`` (default: the version now at ``candidate``)."""
+    """Point the alias at the version. A gated alias (``champion``) needs the version's run to pass its kind's gate:
+    refused without an evaluation or below the baseline, unless ``force`` (then the reason is tagged). The version's
+    metric and evaluation tags are refreshed from its run first, so an evaluation made after registering counts."""
     settings = settings or get_settings()
-    if version is None:
-        version = resolve(f"models:/{name}@{DEFAULT_ALIAS}", settings).version
-    target = resolve(f"models:/{name}/{version}", settings)
-    _client(settings).set_registered_model_alias(name, alias, target.version)
-    return resolve(f"models:/{name}@{alias}", settings)
+    client = _client(settings)
+    version = request.version or resolve(f"models:/{request.name}@{DEFAULT_ALIAS}", settings).version
+    target = resolve(f"models:/{request.name}/{version}", settings)
+    spec = (kinds or {}).get(target.tags.get("kind", ""))
+    if spec is not None and target.run_id:
+        fresh = evaluation_tags(spec, client.get_run(target.run_id).data.metrics)
+        for k, v in fresh.items():
+            client.set_model_version_tag(request.name, target.version, k, v)
+        _gate(request, target, spec, fresh, client)
+    elif request.alias in GATED_ALIASES and not request.force:
+        raise GateError(f"{target.uri}: no registrable kind or run to judge it by; --force to promote it anyway")
+    client.set_registered_model_alias(request.name, request.alias, target.version)
+    return resolve(f"models:/{request.name}@{request.alias}", settings)
+
+
+def _gate(request: Promotion, target: VersionInfo, spec: ModelKind, fresh: dict[str, str], client) -> None:
+    """Refuse a gated alias to a version whose gate fails, or record the force that overrides it."""
+    if request.alias not in GATED_ALIASES or spec.gate is None or fresh.get("evaluation") == "passed":
+        return
+    reason = fresh.get("evaluation.reason", "")
+    if not request.force:
+        raise GateError(
+            f"{target.uri} is not promoted to @{request.alias}: {fresh.get('evaluation')}: {reason}. "
+            "Evaluate it (`neurobridge evaluate runs:/<run id> --dataset …`) or promote with --force, which is "
+            "recorded on the version"
+        )
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    client.set_model_version_tag(request.name, target.version, f"forced.{request.alias}", f"{when}: {reason}"[:5000])
 
 
 def list_versions(settings: Settings | None = None, name: str | None = None) -> list[VersionInfo]:

@@ -111,9 +111,10 @@ def runs_storage(settings: Settings) -> tuple[str, object | None]:
     return path, pafs.PyFileSystem(pafs.FSSpecHandler(fs))
 
 
-def export_model(checkpoint: str, cfg: PretrainConfig, pa_fs=None) -> str:
+def export_model(checkpoint: str, cfg: PretrainConfig, pa_fs=None) -> tuple[str, dict]:
     """The final training state as a standalone model checkpoint (``models.checkpoint`` format): the best-val
-    weights when validation kept them, else the last."""
+    weights when validation kept them, else the last. Returns its path and what it holds (``step``: the step whose
+    weights were kept; with validation also ``val_loss`` and ``last_step``)."""
     out = Path(tempfile.mkdtemp(prefix="nb-model-")) / "model.pt"
     if pa_fs is None:
         payload = torch.load(Path(checkpoint) / STATE_FILE, map_location="cpu", weights_only=True)
@@ -130,7 +131,7 @@ def export_model(checkpoint: str, cfg: PretrainConfig, pa_fs=None) -> str:
     else:
         model.load_state_dict(payload["model"])
     save_checkpoint(str(out), model, vocabs, extra)
-    return str(out)
+    return str(out), extra
 
 
 def log_model(uri: str, run_id: str, model: MaskedNeuralModel, vocabs: Vocabularies, extra: dict) -> str:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from neurobridge.config import describe_validation_error
+from neurobridge.config import config_label, describe_validation_error, override_error, set_dotted
 from neurobridge.models.config import ModelConfig
 
 
@@ -42,6 +41,9 @@ class DataConfig(_Strict):
     )
     heldout_fraction: float = Field(
         0.25, gt=0, lt=1, description="held-out units per session (by hash) where the data has no official split"
+    )
+    allow_partial: bool = Field(
+        False, description="train on dataset versions with failed items (refused by default; the run records them)"
     )
 
 
@@ -100,33 +102,19 @@ class ConfigError(ValueError):
 
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> PretrainConfig:
+    """The config file (or the defaults) with ``--set`` overrides; a misspelt override is named as one."""
     data: dict = {}
-    where = "defaults"
     if path:
-        where = str(path)
         try:
             data = yaml.safe_load(Path(path).read_text()) or {}
         except FileNotFoundError:
             raise ConfigError(f"{path}: no such config file") from None
     for key, value in (overrides or {}).items():
-        _set(data, key.split("."), value, where)
+        problem = override_error(PretrainConfig, key)
+        if problem:
+            raise ConfigError(problem)
+        set_dotted(data, key, value)
     try:
         return PretrainConfig(**data)
     except ValidationError as err:
-        raise ConfigError(describe_validation_error(err, PretrainConfig, where)) from None
-
-
-def _set(data: dict, keys: list[str], value, where: str) -> None:
-    model: type[BaseModel] | None = PretrainConfig
-    cur = data
-    for i, key in enumerate(keys):
-        if model is not None and key not in model.model_fields:
-            hint = difflib.get_close_matches(key, list(model.model_fields), n=1)
-            dotted = ".".join(keys[: i + 1])
-            raise ConfigError(f"{where}: unknown key {dotted!r}" + (f"; did you mean {hint[0]!r}?" if hint else ""))
-        ann = model.model_fields[key].annotation if model is not None else None
-        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
-        if i == len(keys) - 1:
-            cur[key] = value
-        else:
-            cur = cur.setdefault(key, {})
+        raise ConfigError(describe_validation_error(err, PretrainConfig, config_label(path, overrides))) from None

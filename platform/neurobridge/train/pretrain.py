@@ -15,7 +15,7 @@ from neurobridge.storage import StoreError
 from neurobridge.store.read import Mixing, Source, ray_dataset, sources, unit_columns
 from neurobridge.store.rows import ROW_COLUMNS
 from neurobridge.store.splits import HeldoutSplit, heldout_flags
-from neurobridge.tracking import mlflow_run
+from neurobridge.tracking import lineage, mlflow_run
 from neurobridge.train.batches import CollateWindows
 from neurobridge.train.components import (
     Reporter,
@@ -37,6 +37,15 @@ class PretrainResult:
     checkpoint: str | None  # directory URI of the final Ray Train checkpoint
     metrics: dict
     storage: str
+    model: dict | None = None  # what the exported model holds: step (the one kept), val_loss, last_step
+
+    def summary(self) -> str:
+        """One line on what the run kept: the selected step (best val loss) or the last one."""
+        m = self.model or {}
+        if "val_loss" in m:
+            return f"model: step {m['step']} of {m['last_step']} (lowest val loss {m['val_loss']:.4f})"
+        step = m.get("step", self.metrics.get("step"))
+        return f"model: step {step} (the last; no validation selected another)"
 
 
 def vocabularies(srcs: list[Source], exclude_sessions=(), settings: Settings | None = None) -> Vocabularies:
@@ -136,7 +145,8 @@ def train_loop_per_worker(config: dict) -> None:
             return val_loss(m, fixed, cfg.mode, cfg.seed, device)
 
     place = Placement(device, rank, world, ddp)
-    run_steps(cfg, model, batches, report=report, place=place, state=state, validate=validate)
+    with mlflow_run.system_metrics(config["mlflow_uri"], config["run_id"] if rank == 0 else None):
+        run_steps(cfg, model, batches, report=report, place=place, state=state, validate=validate)
 
 
 def _val_batches(shard, cfg: PretrainConfig, collate_fn: CollateWindows) -> list:
@@ -156,19 +166,25 @@ def _val_batches(shard, cfg: PretrainConfig, collate_fn: CollateWindows) -> list
     return [collate_fn(rows.slice(i, size)) for i in range(0, rows.num_rows, size)]
 
 
-def pretrain(cfg: PretrainConfig, settings: Settings | None = None, resume_from: str | None = None) -> PretrainResult:
+def pretrain(
+    cfg: PretrainConfig, settings: Settings | None = None, resume_from: str | None = None, progress: bool = True
+) -> PretrainResult:
+    """Train on Ray Train; ``progress``: Ray Data's progress bars (off for logs and pipes, where each redraw is a
+    line)."""
     import ray.data
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     settings = settings or get_settings()
-    srcs = sources(settings, cfg.data.datasets, cfg.data.mixture)
+    srcs = sources(settings, cfg.data.datasets, cfg.data.mixture, cfg.data.allow_partial)
     vocabs = vocabularies(srcs, cfg.data.holdout_sessions, settings)
     heldout = HeldoutSplit(heldout_flags(settings, srcs), cfg.data.heldout_fraction)
     s = cfg.scaling
     ensure_ray(settings, min_cpus=int(s.num_workers * s.cpus_per_worker) + 2)
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # with seeded shuffles: the same data order on every (re)run
+    ctx.enable_progress_bars = progress
+    ctx.print_on_execution_start = progress
     held = frozenset(cfg.data.holdout_sessions)
     train = ray_dataset(
         settings, srcs, "train", Mixing(cfg.data.mixing, epoch_rows(cfg, srcs), cfg.seed, held), ROW_COLUMNS
@@ -183,9 +199,10 @@ def pretrain(cfg: PretrainConfig, settings: Settings | None = None, resume_from:
             )
         except StoreError as err:
             raise StoreError(f"validation.every is set but there is nothing to validate on: {err}") from None
-    lineage = {f"dataset.{s.name}": s.ref.version for s in srcs}
-    tags = {"mixture": cfg.data.mixture or "", "kind": "pretrain", **lineage}
+    versions = {f"dataset.{s.name}": s.ref.version for s in srcs}
+    tags = {"mixture": cfg.data.mixture or "", "kind": "pretrain", **versions}
     run_id = mlflow_run.start_run(settings.mlflow_uri, cfg.experiment, cfg.name, cfg.model_dump(mode="json"), tags)
+    lineage.log_dataset_inputs(settings.mlflow_uri, run_id, [s.ref for s in srcs])
     path, pa_fs = runs_storage(settings)
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -217,14 +234,23 @@ def pretrain(cfg: PretrainConfig, settings: Settings | None = None, resume_from:
         if result.error is not None:
             raise result.error
         checkpoint = result.checkpoint.path if result.checkpoint is not None else None
-        _finish(settings, run_id, cfg, checkpoint, pa_fs)
-        return PretrainResult(run_id, checkpoint, dict(result.metrics or {}), path)
+        kept = _finish(settings, run_id, cfg, checkpoint, pa_fs)
+        return PretrainResult(run_id, checkpoint, dict(result.metrics or {}), path, kept)
     finally:
         mlflow_run.end_run(settings.mlflow_uri, run_id, ok)
 
 
-def _finish(settings: Settings, run_id: str, cfg: PretrainConfig, checkpoint, pa_fs) -> None:
-    """Loss curve figure and the final model (weights-only checkpoint + vocabularies) into the MLflow run."""
+def _finish(settings: Settings, run_id: str, cfg: PretrainConfig, checkpoint, pa_fs) -> dict | None:
+    """Loss curve figure and the final model (weights-only checkpoint + vocabularies) into the MLflow run, as its
+    ``model/`` folder and as an MLflow logged model; returns what the model holds (the step kept)."""
     loss_figure(settings.mlflow_uri, run_id)
-    if checkpoint is not None:
-        mlflow_run.log_artifact(settings.mlflow_uri, run_id, export_model(checkpoint, cfg, pa_fs), "model")
+    if checkpoint is None:
+        return None
+    file, kept = export_model(checkpoint, cfg, pa_fs)
+    mlflow_run.log_artifact(settings.mlflow_uri, run_id, file, "model")
+    params = {**mlflow_run.flatten(cfg.model.model_dump(mode="json")), **kept}
+    mlflow_run.log_params(settings.mlflow_uri, run_id, {"model_kept": kept})
+    lineage.log_logged_model(
+        settings.mlflow_uri, run_id, lineage.ModelInfo("encoder", "pretrain", params, int(kept["step"]))
+    )
+    return kept

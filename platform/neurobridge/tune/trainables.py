@@ -87,7 +87,9 @@ def _dataset_versions(spec: AblationSpec, cfg, st: Settings) -> dict[str, str]:
     from neurobridge.store.read import sources
 
     srcs = (
-        sources(st, cfg.data.datasets, cfg.data.mixture) if spec.kind == "pretrain" else sources(st, cfg.data.datasets)
+        sources(st, cfg.data.datasets, cfg.data.mixture, cfg.data.allow_partial)
+        if spec.kind == "pretrain"
+        else sources(st, cfg.data.datasets, allow_partial=cfg.data.allow_partial)
     )
     return {s.name: s.ref.version for s in srcs}
 
@@ -106,7 +108,7 @@ def _pretrain(cfg, spec: AblationSpec, st: Settings, run_id: str) -> dict:
     from neurobridge.train.pretrain import vocabularies
     from neurobridge.tune.local_data import epoch_batches, mixed_rows
 
-    srcs = sources(st, cfg.data.datasets, cfg.data.mixture)
+    srcs = sources(st, cfg.data.datasets, cfg.data.mixture, cfg.data.allow_partial)
     vocabs = vocabularies(srcs, cfg.data.holdout_sessions, st)
     heldout = HeldoutSplit(heldout_flags(st, srcs), cfg.data.heldout_fraction)
     held = frozenset(cfg.data.holdout_sessions)

@@ -21,6 +21,7 @@ from neurobridge.storage import filesystem, is_remote
 from neurobridge.store.mixtures import write_mixture
 from neurobridge.store.versions import resolve_dataset
 from neurobridge.workflows import inspect as inspection
+from neurobridge.workflows.registration import register_gated
 
 DEMO_RATE_HZ = (1.0, 8.0)
 DEMO_BIN_MS = 20.0  # the pretraining mixture's bin width
@@ -54,6 +55,7 @@ class DemoRun:
     reports: list = field(default_factory=list)
     figures: list[str] = field(default_factory=list)
     model_run: str | None = None
+    registered: list = field(default_factory=list)
 
     @contextmanager
     def stage(self, title: str):
@@ -83,9 +85,11 @@ def run_demo(
     if pretrain_steps and run.reports:
         with run.stage(f"4-5. pretrain (Ray Train, {pretrain_steps} steps, MLflow) and evaluate"):
             run.model_run = _pretrain_and_evaluate(run, pretrain_steps)
+        run.registered.append(register_gated(run.model_run, "demo-encoder", "champion", run.settings))
     if align and any(r.dataset == "sim_visual" for r in run.reports):
         with run.stage(f"6. align (sim_visual → image embeddings, {DEMO_ALIGN_TEST} unseen test images, MLflow)"):
-            _align(run)
+            align_run = _align(run)
+        run.registered.append(register_gated(align_run, "demo-align", "champion", run.settings))
     _closing(run, time.perf_counter() - t0)
     return 1 if run.failed else 0
 
@@ -203,12 +207,13 @@ def _pretrain_and_evaluate(run: DemoRun, steps: int) -> str:
             f"(oracle {oracle:.3f}) co-bps"
         )
     console.print(
-        f"MLflow: mlflow ui --backend-store-uri {settings.mlflow_uri}  (runs {result.run_id}, {report.run_id})"
+        f"MLflow: mlflow ui --backend-store-uri {settings.mlflow_uri}  (run {report.run_id}: loss, co-bps and "
+        "baselines on one page)"
     )
     return result.run_id
 
 
-def _align(run: DemoRun) -> None:
+def _align(run: DemoRun) -> str:
     """Stage 6: visual sessions → image embeddings, every region and each alone, retrieval beside chance; then
     the stage-4 encoder (last layer tuned) beside the same architecture from scratch."""
     import torch
@@ -220,15 +225,15 @@ def _align(run: DemoRun) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small models: one thread is fastest and leaves the other core to Ray
     try:
-        run_align_demo(run.settings, run.sim_root, DemoAlignOptions(n_test=DEMO_ALIGN_TEST), run.console)
-        if run.model_run is None:
-            return
-        known = simulation_embeddings(run.sim_root, run.settings)
-        source = {"simulation": "sim"}  # under NB_RAW, as jobs/configs/align_demo.yaml names it
-        base = demo_config(run.settings, "sim_visual", source, DEMO_ALIGN_TEST)
-        model = resolve_model_file(f"runs:/{run.model_run}", run.settings)
-        compare_encoders(run.settings, model, base, run.console, embeddings=known)
+        align_run = run_align_demo(run.settings, run.sim_root, DemoAlignOptions(n_test=DEMO_ALIGN_TEST), run.console)
+        if run.model_run is not None:
+            known = simulation_embeddings(run.sim_root, run.settings)
+            source = {"simulation": "sim"}  # under NB_RAW, as jobs/configs/align_demo.yaml names it
+            base = demo_config(run.settings, "sim_visual", source, DEMO_ALIGN_TEST)
+            model = resolve_model_file(f"runs:/{run.model_run}", run.settings)
+            compare_encoders(run.settings, model, base, run.console, embeddings=known)
         run.console.print("on Ray Train: neurobridge align --config jobs/configs/align_demo.yaml")
+        return align_run.run_id
     finally:
         torch.set_num_threads(threads)
 
@@ -241,6 +246,9 @@ def _closing(run: DemoRun, seconds: float) -> None:
     console.print(f"token store    : {settings.store}/tokens/")
     console.print(f"figures        : {', '.join(run.figures)}")
     console.print(f"library logs   : {log_dir()}")
+    for r in run.registered:  # @champion only where the evaluation passed the gate (the reason is on the version)
+        console.print(f"registered     : {r.line()}")
+    console.print("next           : neurobridge registry list")
     nwb = next((r for r in run.reports if r.dataset == "sim_nwb"), None)
     if nwb is not None:
         console.print(f"next           : neurobridge inspect sim_nwb@{nwb.version} --plot sim_nwb.png")

@@ -25,6 +25,7 @@ from neurobridge.catalog import AnyEntry, CatalogError, resolve
 from neurobridge.config import ENV_VARS, Settings, describe_validation_error, get_settings
 from neurobridge.sim import SimConfig
 from neurobridge.train.config import PretrainConfig
+from neurobridge.workflows.registration import EvaluateStage, evaluate_into_run, pooled_lines, register_gated
 
 FROM_PRETRAIN = "pretrain"  # align.data.encoder.checkpoint: the model the pretrain stage of this run produced
 
@@ -78,7 +79,9 @@ class RegisterStage(_Strict):
     name: str = Field("neurobridge-encoder", description="registered model name")
     run: str | None = Field(None, description="MLflow run id; default: the run the pretrain stage just made")
     alias: str = Field("candidate", description="alias the new version gets")
-    promote: str | None = Field(None, description="also point this alias (e.g. champion) at the new version")
+    promote: str | None = Field(
+        None, description="also point this alias at the new version; champion only if its evaluation passes the gate"
+    )
 
 
 class PipelineConfig(_Strict):
@@ -91,6 +94,7 @@ class PipelineConfig(_Strict):
     simulate: SimConfig | None = Field(None, description="simulate stage: ground-truth recordings into <raw>/sim")
     ingest: IngestStage | None = None
     pretrain: PretrainConfig | None = Field(None, description="pretrain stage: the typed pretraining config")
+    evaluate: EvaluateStage | None = Field(None, description="evaluate stage: the pretrain run, into itself")
     align: AlignConfig | None = Field(
         None, description="align stage: the typed alignment config (encoder.checkpoint: pretrain = this run's model)"
     )
@@ -304,21 +308,34 @@ def ray_job_id() -> str | None:
         return None
 
 
-def run_register(cfg: PipelineConfig, settings: Settings, state: dict, echo: Callable[[str], None]) -> StageOutcome:
-    """The pretrain stage's run (or the configured one) → the MLflow model registry, with lineage tags."""
-    from neurobridge.inference.registrable import register
-    from neurobridge.tracking.registry import promote
+def run_evaluate(cfg: PipelineConfig, settings: Settings, state: dict, echo: Callable[[str], None]) -> StageOutcome:
+    """The pretrain stage's model on its data (or the configured datasets), written into the pretrain run."""
+    if "pretrain" not in state:
+        return StageOutcome(False, problems=["evaluate: no pretrain stage ran before it"])
+    stage = cfg.evaluate or EvaluateStage()
+    pc = cfg.pretrain or PretrainConfig()
+    if stage.exclude_sessions is None:
+        stage = stage.model_copy(update={"exclude_sessions": pc.data.holdout_sessions})
+    mixture = (state.get("ingest") or {}).get("mixture") or pc.data.mixture
+    truth = f"{state['simulation']}/truth" if "simulation" in state and "://" not in state["simulation"] else None
+    report = evaluate_into_run(state["pretrain"]["run_id"], stage, mixture, settings, truth)
+    for line in pooled_lines(report):
+        echo(f"evaluate: {line}")
+    return StageOutcome(True, {"run_id": report.run_id, "pooled": report.pooled})
 
+
+def run_register(cfg: PipelineConfig, settings: Settings, state: dict, echo: Callable[[str], None]) -> StageOutcome:
+    """The pretrain stage's run (or the configured one) → the MLflow model registry, with lineage tags; a gated
+    promotion the run's evaluation does not support is refused and said, not a failed stage."""
     rc = cfg.register_stage or RegisterStage()
     run_id = rc.run or (state.get("pretrain") or {}).get("run_id")
     if run_id is None:
         return StageOutcome(
             False, problems=["register: no run to register (no pretrain stage before it and no `register.run`)"]
         )
-    v = register(run_id, rc.name, rc.alias, settings)
-    if rc.promote:
-        v = promote(rc.name, rc.promote, v.version, settings)
-    echo(f"register: {v.uri} (aliases {', '.join('@' + a for a in v.aliases)}) from run {run_id}")
+    got = register_gated(run_id, rc.name, rc.promote, settings, rc.alias)
+    v = got.version
+    echo(f"register: {got.line()} from run {run_id}")
     state["register"] = {"uri": v.uri, "aliases": v.aliases}
     return StageOutcome(True, {"uri": v.uri, "version": v.version, "aliases": v.aliases, "run_id": run_id})
 
@@ -327,6 +344,7 @@ STAGES: dict[str, StageFn] = {
     "simulate": run_simulate,
     "ingest": run_ingest,
     "pretrain": run_pretrain,
+    "evaluate": run_evaluate,
     "align": run_align,
     "register": run_register,
 }

@@ -4,11 +4,16 @@ needs fetched into ONE's cache before it is read.
 ``mode: local`` reads a cache directory (a cache on object storage is used through a local copy of its small
 cache tables); otherwise ONE talks to its server (``base_url``) and downloads into the cache. The ALF files
 themselves are then read like any other ALF folder (``sources/alf.py``).
+
+Logins: IBL's public database is read with the public login IBL documents for it (ONE 3 no longer fills it in,
+and without one ONE stops with "No Alyx username"); ``NB_ONE_USERNAME`` / ``NB_ONE_PASSWORD`` (or the entry's
+``one.username``) log in elsewhere. The password is never logged: connection errors name the server and the user.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import os
 import posixpath
 
 from neurobridge.catalog import CatalogEntry
@@ -16,9 +21,25 @@ from neurobridge.config import Settings
 from neurobridge.sources.base import Item, SourceError, item_key
 from neurobridge.storage import filesystem
 
+# IBL's documented login for its public database (https://int-brain-lab.github.io/iblenv/notebooks_external/
+# data_download.html: ONE.setup(base_url=<openalyx>, silent=True); ONE(password='international') connects as
+# "intbrainlab"). Public by design: it reads only the public data release.
+PUBLIC_LOGINS = {"openalyx.internationalbrainlab.org": ("intbrainlab", "international")}
+
+
+def credentials(base_url: str | None, username: str | None = None) -> tuple[str | None, str | None]:
+    """(username, password) for ``base_url``: NB_ONE_USERNAME / NB_ONE_PASSWORD, else the entry's username, else the
+    public login of a public database; (None, None) leaves ONE to its own stored login."""
+    host = (base_url or "").split("://", 1)[-1].split("/", 1)[0]
+    public = PUBLIC_LOGINS.get(host, (None, None))
+    user = os.environ.get("NB_ONE_USERNAME") or username or public[0]
+    password = os.environ.get("NB_ONE_PASSWORD") or (public[1] if user == public[0] else None)
+    return user, password
+
 
 def one_client(entry: CatalogEntry, settings: Settings):
-    """A ONE instance; a cache on object storage is used through a local copy of its (small) cache tables."""
+    """A ONE instance; a cache on object storage is used through a local copy of its (small) cache tables. A server
+    that cannot be reached or refuses the login is a ``SourceError`` naming the server and the user."""
     from one.api import ONE
 
     cfg = entry.one
@@ -29,7 +50,14 @@ def one_client(entry: CatalogEntry, settings: Settings):
         cache_dir = _local_tables(cache_dir, settings)
     if cfg.mode == "local":
         return ONE(mode="local", cache_dir=cache_dir)
-    return ONE(base_url=cfg.base_url, cache_dir=cache_dir, silent=True)
+    user, password = credentials(cfg.base_url, cfg.username)
+    try:
+        return ONE(base_url=cfg.base_url, cache_dir=cache_dir, username=user, password=password, silent=True)
+    except Exception as err:  # refused connection, bad login, server error: this entry fails, with the reason
+        reason = f"{type(err).__name__}: {err}"
+        if password:
+            reason = reason.replace(password, "***")
+        raise SourceError(f"ONE cannot connect to {cfg.base_url} as {user or '(no user)'}: {reason}") from None
 
 
 def _local_tables(uri: str, settings: Settings) -> str:
