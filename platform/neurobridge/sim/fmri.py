@@ -71,6 +71,7 @@ class FmriSimConfig(BaseModel):
     rois: list[RoiSim] = Field(default_factory=default_rois)
     other_noise_ceiling: float = Field(2.0, gt=0, lt=100, description="voxels outside every ROI")
     nc_spread: float = Field(0.5, ge=0, lt=1, description="voxel ceilings spread uniformly ±this fraction")
+    smoothness: float = Field(1.0, ge=0, description="s.d. (voxels) of the Gaussian that smooths tuning in space")
     nan_fraction: float = Field(0.0, ge=0, lt=1, description="share of beta cells written as NaN")
     block_trials: int = Field(256, ge=1, description="trials generated at once (bounds memory)")
     things: ThingsSimConfig = ThingsSimConfig()
@@ -169,8 +170,8 @@ def voxel_model(cfg: FmriSimConfig, lay: Layout, images: ImageSet, rng: np.rando
             if unknown:
                 raise ValueError(f"ROI {r.name}: focus names unknown properties {unknown}")
             prop_w[:, sel] = np.isin(images.property_names, r.focus)[:, None]
-    a = rng.standard_normal((d, n_vox))
-    b = rng.standard_normal((p, n_vox)) * prop_w
+    a = _smooth(rng.standard_normal((d, n_vox)), lay, cfg.smoothness)
+    b = _smooth(rng.standard_normal((p, n_vox)), lay, cfg.smoothness) * prop_w
     a *= np.sqrt(emb_var / _var(a, cov[:d, :d]))
     b *= np.sqrt(prop_var / np.maximum(_var(b, cov[d:, d:]), 1e-12))
     signal_sd = np.sqrt(_var(np.concatenate([a, b]), cov))
@@ -179,6 +180,20 @@ def voxel_model(cfg: FmriSimConfig, lay: Layout, images: ImageSet, rng: np.rando
     nc_single = 100 * snr**2 / (snr**2 + 1)
     baseline = rng.normal(0.0, 0.3, n_vox)
     return VoxelModel(a, b, baseline, signal_sd / snr, nc, nc_single, cov)
+
+
+def _smooth(w: np.ndarray, lay: Layout, sigma: float) -> np.ndarray:
+    """Loadings [K, V] smoothed over the grid inside the mask (neighbouring voxels share tuning, as in fMRI)."""
+    if sigma <= 0:
+        return w
+    from scipy.ndimage import gaussian_filter
+
+    idx = tuple(lay.xyz.T)
+    vol = np.zeros((len(w), *lay.mask.shape))
+    vol[(slice(None), *idx)] = w
+    weight = gaussian_filter(lay.mask.astype(np.float64), sigma)
+    out = gaussian_filter(vol, (0, sigma, sigma, sigma))[(slice(None), *idx)] / weight[idx]
+    return out / out.std(axis=1, keepdims=True)
 
 
 def _var(w: np.ndarray, cov: np.ndarray) -> np.ndarray:

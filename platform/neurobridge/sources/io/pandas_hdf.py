@@ -20,7 +20,7 @@ import numpy as np
 
 _INT_OPS = {"BININT", "BININT1", "BININT2", "LONG1", "LONG4", "INT", "LONG"}
 _STR_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"}
-_GLUE = {"MARK", "APPENDS", "APPEND", "MEMOIZE", "BINPUT", "LONG_BINPUT", "PUT", "FRAME"}
+_GLUE = {"MARK", "MEMOIZE", "BINPUT", "LONG_BINPUT", "PUT", "FRAME"}
 
 
 class FrameError(ValueError):
@@ -38,12 +38,16 @@ def pickled_labels(raw: bytes) -> list | None:
     if not starts:
         return None
     out: list = []
+    open_items = False  # items read since the last APPENDS: the list must close before anything else comes
     for op, arg, _ in ops[starts[-1] + 1 :]:
         if op.name in _INT_OPS or op.name in _STR_OPS:
             out.append(arg)
+            open_items = True
+        elif op.name in ("APPENDS", "APPEND"):
+            open_items = False
         elif op.name not in _GLUE:
-            break
-    return out
+            return None if open_items else out  # e.g. a memo reference (a repeated label): unknown, not guessed
+    return None if open_items else out
 
 
 def labels(ds: h5py.Dataset) -> tuple[np.ndarray | None, str]:
