@@ -11,13 +11,14 @@ from neurobridge.ingest.plan import commit, plan_entry
 from neurobridge.sim.fmri import FmriSimConfig, RoiSim
 from neurobridge.sim.things import ThingsSimConfig
 
-ROIS = ["V1", "lFFA", "IT"]
+ROIS = ["V1", "hV4", "lFFA", "IT"]  # the shipped sim_fmri entry's ROIs, in its priority order
 
 
 def small_config(**kw) -> FmriSimConfig:
-    """~880 voxels × 240 trials: three ROIs (lFFA also flagged IT), 60 concepts, 20 test images × 3 repeats."""
+    """~880 voxels × 240 trials: four ROIs (lFFA also flagged IT), 60 concepts, 20 test images × 3 repeats."""
     rois = [
         RoiSim(name="V1", voxels=30, noise_ceiling=20, centre=(0.5, 0.15, 0.45)),
+        RoiSim(name="hV4", voxels=20, noise_ceiling=30, centre=(0.5, 0.35, 0.35)),
         RoiSim(
             name="lFFA",
             voxels=20,

@@ -160,7 +160,7 @@ def test_a_stimulus_listed_twice_with_different_concepts(copy, tmp_path):
 def test_an_roi_name_that_does_not_exist_lists_the_ones_that_do(copy, tmp_path):
     err = _failed(fmri_entry(copy, rois=["IT", "FFA"]), tmp_path)
     assert "sub-01_VoxelMetadata.csv" in err and "'FFA'" in err
-    assert "V1, lFFA, IT" in err and "glasser-* parcels" in err
+    assert "V1, hV4, lFFA, IT" in err and "glasser-* parcels" in err
 
 
 def test_nan_betas_are_counted_and_fail_the_item_above_the_allowed_fraction(tmp_path):

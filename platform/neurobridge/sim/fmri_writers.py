@@ -167,7 +167,7 @@ def write_subject(out: Path, cfg: FmriSimConfig, images: ImageSet, index: int) -
             table.write(int(rows[0]), x)
             if volumes is not None:
                 volumes.add(rows, x)
-            for r in np.flatnonzero(images.is_test[trials.image[rows]]):
+            for r in np.flatnonzero(images.is_test[trials.image[rows]]) if cfg.oracle else ():
                 img = int(trials.image[rows[r]])
                 sums[img] = sums.get(img, 0.0) + x[r].astype(np.float64) / cfg.sessions
         if volumes is not None:
