@@ -140,3 +140,36 @@ def test_every_decoder_runs_and_the_run_is_tracked_with_one_figure(tmp_path, tun
     assert {"plots/decode.png", "decode_summary.json", "model/decoders_IT.pt"} <= artifacts
     summary = json.loads(Path(client.download_artifacts(res.run_id, "decode_summary.json")).read_text())
     assert summary["results"]["IT"][0]["mean"]["chance1"] == pytest.approx(1 / 60)
+
+
+def test_spike_datasets_decode_the_same_way_and_unanswerable_tasks_say_why(tmp_path):
+    """Allen-style natural-scene spikes (the simulator's visual session): retrieval from the last visual area beats
+    chance; each image is its own concept there, so concept decoding of unseen test images is skipped, named."""
+    from conftest import REPO
+    from neurobridge.catalog import resolve
+    from neurobridge.sim import SimConfig, simulate
+
+    raw = tmp_path / "raw"
+    sim = SimConfig(
+        nwb_subjects=0, alf_subjects=0, visual_sessions=1, tvsd=False, pile=False, write_images=False, minutes=1.0
+    )
+    simulate(str(raw / "sim"), sim, progress=False)
+    settings = get_settings(store=str(tmp_path / "store"), raw_root=str(raw))
+    assert ingest_local(resolve("sim_visual", REPO / "catalog")[0], settings).ok
+    cfg = DecodeConfig.model_validate(
+        {
+            "data": {
+                "datasets": ["sim_visual"],
+                "embeddings": {"simulation": "sim"},
+                "split": {"rule": "hash", "n_test": 8, "n_val": 4},
+            },
+            "tasks": ["concept", "retrieval"],
+            "decoders": ["ridge"],
+            "region_sets": {"VISam": ["VISam"]},
+            "scaling": {"backend": "local"},
+        }
+    )
+    res = run_decode(cfg, settings, track=False, figures=False)
+    m = res.get("VISam", "retrieval", "ridge").mean
+    assert m["n_candidates"] == 8 and m["image_top1"] > 2 * m["image_chance1"]
+    assert "never training classes" in res.get("VISam", "concept", "ridge").skipped

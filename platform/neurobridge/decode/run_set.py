@@ -83,6 +83,12 @@ def _fit_one(inp: SetInputs, task: str, dec: str, cfg: DecodeConfig, device, wor
     if data is None:
         res.skipped = f"no {task} examples for the {dec} decoder"
         return res
+    if not any(len(b) >= 2 for b in data.splits["test"]):
+        res.skipped = (
+            f"no session has 2+ labelled {task} test examples (e.g. each image its own concept: test images are "
+            "never training classes)"
+        )
+        return res
     if dec in VOLUME_DECODERS:
         data = _with_layouts(data, inp.layouts)
         if data is None:
