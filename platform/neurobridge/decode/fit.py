@@ -2,7 +2,8 @@
 standardised ratings or an embedding), keeping the weights of the best validation epoch.
 
 Losses: cross-entropy for concepts; MSE or Huber for ratings and for embeddings (on unit vectors: the retrieval
-geometry). Validation picks the epoch: top-1 accuracy, mean R², or top-1 retrieval among the validation images.
+geometry). Validation picks the epoch: the true concept's log-likelihood, mean R², or top-1 retrieval among the
+validation images.
 Like ``align.projector.fit_projector`` it runs in a process or in a Ray Train worker (``TrainWorker``: rank/world
 shard the batches, ``wrap`` prepares DDP, ``report`` gets each epoch's record).
 """
@@ -22,6 +23,7 @@ from torch import nn
 from neurobridge.align.projector import TrainWorker
 from neurobridge.decode.config import NetConfig
 from neurobridge.decode.data import TaskBlock, TaskData
+from neurobridge.decode.linear import neg_cross_entropy
 from neurobridge.decode.metrics import r2_per_column
 
 
@@ -40,11 +42,12 @@ def loss_fn(kind: str, cfg: NetConfig):
 
 
 def score(kind: str, pred: np.ndarray, target: np.ndarray) -> float:
-    """Validation score, higher is better: top-1 accuracy, mean R², or top-1 retrieval among the examples."""
+    """Validation score, higher is better: the log-likelihood of the true concept (smooth where top-1 among hundreds
+    of concepts stays at 0 for many epochs), mean R², or top-1 retrieval among the examples."""
     if not len(target):
         return float("nan")
     if kind == "class":
-        return float((pred.argmax(axis=1) == target).mean())
+        return neg_cross_entropy(pred, target)
     if kind == "regress":
         r2 = r2_per_column(target, pred)
         return float(np.nanmean(r2)) if np.isfinite(r2).any() else float("nan")
