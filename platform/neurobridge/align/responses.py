@@ -21,8 +21,14 @@ from neurobridge.store.read import Source
 # ---------------------------------------------------------------------------------------------------- windows
 
 
-def region_windows(dataset: str, cfg: AlignDataConfig, regions: list[str]) -> dict[str, tuple[float, float]]:
-    """region → window (ms) for the regions present; regions without a window are left out (or get the default)."""
+def region_windows(
+    dataset: str, cfg: AlignDataConfig, regions: list[str], whole: tuple[float, float] | None = None
+) -> dict[str, tuple[float, float]]:
+    """region → window (ms) for the regions present; regions without a window are left out (or get the default).
+    ``whole``: rows with a single bin (fMRI betas, pre-averaged responses) have no time axis, so that bin is every
+    region's response and windows do not apply."""
+    if whole is not None:
+        return {r: whole for r in regions if cfg.regions is None or r in cfg.regions}
     table = cfg.windows if cfg.windows is not None else WINDOW_PRESETS.get(dataset)
     if table is None and cfg.default_window is None:
         raise AlignDataError(
@@ -88,7 +94,8 @@ class ResponseAccumulator:
         units = np.array(batch.column("unit_ids")[row].as_py(), dtype=str)
         regions = np.array(batch.column("unit_regions")[row].as_py(), dtype=str)
         present = list(dict.fromkeys(regions.tolist()))
-        wins = region_windows(src.name, self.cfg, present)
+        whole = (-pre_ms, n_bins * bin_ms - pre_ms) if n_bins == 1 else None
+        wins = region_windows(src.name, self.cfg, present, whole)
         gather, feat_regions, unit_sel, cells, by_region = [], [], [], 0, {}
         for r, w in wins.items():
             bins = window_bins(w, n_bins, bin_ms, pre_ms)

@@ -229,3 +229,60 @@ class PileEntry(CatalogEntry):
         if self.pile is not None:  # only when set, so other entries keep their versions
             spec["pile"] = self.pile.model_dump()
         return spec
+
+
+class FmriFiles(Strict):
+    """Where a subject's files are, below the entry's uri (``{subject}``: sub-01 …); defaults: THINGS-data's."""
+
+    responses: str = Field("{subject}_ResponseData.h5", description="table layout: pandas HDF, voxels × trials")
+    voxels: str = Field("{subject}_VoxelMetadata.csv", description="voxel_id, voxel_x/y/z, noise ceilings, ROIs")
+    stimuli: str = Field("{subject}_StimulusMetadata.csv", description="one row per trial: trial_id, stimulus, …")
+    table_key: str | None = Field(None, description="HDF5 group of the response table; None: the file's only group")
+    betas: str = Field("betas_vol/{subject}", description="volume layout: ses-*/…_betas.nii.gz + _conditions.tsv")
+    brainmask: str = Field("brainmasks/{subject}_space-T1w_brainmask.nii.gz", description="volume layout: the mask")
+
+
+class NoiseCeilingRule(Strict):
+    """Keep voxels whose noise ceiling (a VoxelMetadata column, in percent) is at least ``min``; NaN fails."""
+
+    column: str = Field("nc_testset", description="e.g. nc_testset (test-set average) or nc_singletrial")
+    min: float | None = Field(None, description="None: keep every voxel")
+
+
+class FmriConfig(Strict):
+    """THINGS-fMRI reading: which layout, subjects, ROIs and voxels, and how NaN betas are handled."""
+
+    layout: Literal["table", "volume"] = Field(
+        "table", description="table: ResponseData.h5 streamed by trial columns; volume: betas_vol NIfTI per run"
+    )
+    subjects: list[str] = Field(default_factory=list, description="subject ids (sub-01, …); empty: every one found")
+    rois: list[str] | None = Field(
+        None,
+        description="ROI columns of the voxel metadata, in priority order (a voxel in several gets the first as its "
+        "region); None: every voxel, with the first non-parcel ROI column holding it as region (else 'other')",
+    )
+    noise_ceiling: NoiseCeilingRule = NoiseCeilingRule()
+    files: FmriFiles = FmriFiles()
+    max_nan_fraction: float = Field(
+        0.01, ge=0, le=1, description="the item fails when more of its selected beta cells are NaN (all are counted)"
+    )
+    nan_fill: float = Field(0.0, description="what NaN betas below that fraction are written as")
+    chunk_mb: float = Field(64.0, gt=0, le=4096, description="raw betas read, and rows built, per block")
+
+
+class FmriEntry(CatalogEntry):
+    """THINGS-fMRI single-trial responses (Hebart et al. 2023): the table or the volume layout."""
+
+    KIND: ClassVar[str] = "fmri"
+    kind: Literal["fmri"]
+    fmri: FmriConfig | None = Field(None, description="fMRI reader settings; defaults: THINGS-data, table layout")
+
+    @property
+    def options(self) -> FmriConfig:
+        return self.fmri or FmriConfig()
+
+    def version_spec(self) -> dict[str, Any]:
+        spec = super().version_spec()
+        if self.fmri is not None:  # every option changes rows except how much is read at once
+            spec["fmri"] = self.fmri.model_dump(exclude={"chunk_mb"})
+        return spec

@@ -102,5 +102,19 @@ def bench_align_cmd(
     bench_align(bench, workdir=workdir, echo=console.print)
 
 
+@bench_app.command("fmri")
+def bench_fmri_cmd(
+    voxels: int = typer.Option(200_000, help="voxels of the simulated subject (THINGS sub-01: 211,339)"),
+    trials: int = typer.Option(2000, help="trials of the smaller table"),
+    growth: int = typer.Option(2, help="second table with this many times more trials, for the RSS check (1: skip)"),
+    all_voxels: bool = typer.Option(True, "--all-voxels/--roi-only", help="also ingest every voxel (GBs of rows)"),
+    workdir: str = typer.Option(None, help="where the simulated tables are cached"),
+):
+    """THINGS-fMRI table ingest: MB/s against a plain h5py read in the same run, peak RSS at N and growth×N trials."""
+    from neurobridge.bench.fmri import bench_fmri
+
+    bench_fmri(voxels, trials, growth, workdir, all_voxels, echo=console.print)
+
+
 bench_app.command("train")(cli_train.bench_train)
 bench_app.command("model")(cli_train.bench_model)

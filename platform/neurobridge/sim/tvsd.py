@@ -86,20 +86,29 @@ def _allmat(cfg: TvsdSimConfig, rng: np.random.Generator) -> np.ndarray:
     return m
 
 
-def write_monkey(folder: Path, cfg: TvsdSimConfig, monkey: str, index: int) -> dict:
-    """One monkey folder (plain files). Returns a summary record."""
+def write_monkey(
+    folder: Path,
+    cfg: TvsdSimConfig,
+    monkey: str,
+    index: int,
+    images: tuple[list[str], list[str], np.ndarray] | None = None,
+) -> dict:
+    """One monkey folder (plain files). Returns a summary record. ``images``: (train paths, test paths, their
+    embeddings in that order) to show another image set (e.g. the THINGS-fMRI look-alike's) instead of the own."""
     rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(_TVSD_CODE, 1, index)))
     ranges = cfg.monkeys[monkey]
     n_ch = max(b for _, b, _ in ranges)
     region = np.empty(n_ch, dtype=object)
     for a, b, r in ranges:
         region[a - 1 : b] = r
-    emb = embeddings(cfg)
+    emb = embeddings(cfg) if images is None else np.asarray(images[2], dtype=np.float32)
+    if len(emb) != cfg.n_train + cfg.n_test:
+        raise ValueError(f"{len(emb)} image embeddings for n_train + n_test = {cfg.n_train + cfg.n_test} images")
     tb = np.arange(*cfg.tb_ms, dtype=np.float64)
     allmat = _allmat(cfg, rng)
     n_trials = len(allmat)
     img = np.where(allmat[:, 2] > 0, cfg.n_train + allmat[:, 2] - 1, allmat[:, 1] - 1).astype(np.int64)
-    w = rng.standard_normal((n_ch, cfg.embedding_dim))
+    w = rng.standard_normal((n_ch, emb.shape[1]))
     onset = rng.normal(0.5, 0.3, n_ch)
     gain = np.array([cfg.gain[r] for r in region])
     drive = (gain[:, None] * (w @ emb.T.astype(np.float64) + onset[:, None])).astype(np.float32)  # [ch, images]
@@ -122,7 +131,7 @@ def write_monkey(folder: Path, cfg: TvsdSimConfig, monkey: str, index: int) -> d
         matv73.write_matlab(f, "ALLMAT", allmat, "double")
     matv73.stamp(path)
 
-    train, test = image_paths(cfg)
+    train, test = image_paths(cfg) if images is None else (list(images[0]), list(images[1]))
     logs = folder / "_logs"
     logs.mkdir(exist_ok=True)
     with matv73.create(logs / "things_imgs.mat") as f:

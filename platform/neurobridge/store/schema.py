@@ -209,3 +209,34 @@ TVSD_UNITS_SCHEMA = pa.schema(
     ],
     metadata={"neurobridge.schema_version": str(SCHEMA_VERSION)},
 )
+
+# fMRI side outputs. ``units/`` holds the columns of ``UNITS_SCHEMA`` first (so every reader of units tables works)
+# plus what a voxel is: its volume coordinates, noise ceilings and every ROI that holds it (``region`` is the one
+# the rows use). ``stimuli/`` holds one row per image: its concept, official split and how often it was shown.
+FMRI_UNITS_SCHEMA = pa.schema(
+    [
+        *UNITS_SCHEMA,
+        ("subject", pa.string()),
+        ("x", pa.int32()),
+        ("y", pa.int32()),
+        ("z", pa.int32()),
+        ("nc_singletrial", pa.float32()),
+        ("nc_testset", pa.float32()),
+        ("rois", pa.list_(pa.string())),
+    ],
+    metadata={"neurobridge.schema_version": str(SCHEMA_VERSION)},
+)
+
+STIMULI_SCHEMA = pa.schema(
+    [
+        ("dataset", pa.string()),
+        ("session", pa.string()),
+        ("subject", pa.string()),
+        ("stimulus_id", pa.string()),
+        ("concept", pa.string()),
+        ("image", pa.string()),  # the file name the source lists
+        ("split", pa.string()),
+        ("presentations", pa.int32()),
+    ],
+    metadata={"neurobridge.schema_version": str(SCHEMA_VERSION)},
+)

@@ -101,16 +101,14 @@ def _search(spec: AblationSpec) -> tuple[dict, dict]:
     if s.algorithm == "quasi_random":
         space[SAMPLED] = tune.grid_search(quasi_random_points(s.space, s.num_samples, s.sampler_seed))
     elif s.algorithm != "grid":
-        for key, d in s.space.items():
-            if d.uniform is not None:
-                space[key] = tune.uniform(*d.uniform)
-            elif d.loguniform is not None:
-                space[key] = tune.loguniform(*d.loguniform)
-            elif d.randint is not None:
-                space[key] = tune.randint(*d.randint)
-            else:
-                space[key] = tune.choice(d.choice)
+        space.update({key: _domain(d) for key, d in s.space.items()})
         kwargs["num_samples"] = s.num_samples
+    if s.algorithm == "optuna":  # a searcher proposes every trial: the one grid cell is a constant, not a grid
+        from optuna.samplers import TPESampler
+        from ray.tune.search.optuna import OptunaSearch
+
+        space["trial"] = trials(spec)[0]
+        kwargs["search_alg"] = OptunaSearch(metric=s.metric, mode=s.mode, sampler=TPESampler(seed=s.sampler_seed))
     if s.algorithm == "asha":
         from ray.tune.schedulers import ASHAScheduler
 
@@ -118,6 +116,19 @@ def _search(spec: AblationSpec) -> tuple[dict, dict]:
             metric=s.metric, mode=s.mode, grace_period=s.grace_period, reduction_factor=s.reduction_factor
         )
     return space, kwargs
+
+
+def _domain(d):
+    """A spec distribution as a Tune search domain (which Optuna's searcher converts to its own)."""
+    from ray import tune
+
+    if d.uniform is not None:
+        return tune.uniform(*d.uniform)
+    if d.loguniform is not None:
+        return tune.loguniform(*d.loguniform)
+    if d.randint is not None:
+        return tune.randint(*d.randint)
+    return tune.choice(d.choice)
 
 
 def _trial_dir(trial) -> str:
@@ -203,7 +214,7 @@ def _write_results(settings: Settings, spec: AblationSpec, df, parent: str, wall
     fs, path = filesystem(base, settings)
     fs.makedirs(f"{path}/plots", exist_ok=True)
     ok = df[df["status"] == "ok"] if len(df) else df
-    metrics = [spec.search.metric] + [m for m in ("loss", "co_bps", "image_top1") if m != spec.search.metric]
+    metrics = list(dict.fromkeys([spec.search.metric, *spec.search.also, "loss", "co_bps", "image_top1"]))
     files: dict[str, bytes] = {}
     buf = io.BytesIO()
     df.to_parquet(buf, index=False)

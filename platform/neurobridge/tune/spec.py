@@ -48,13 +48,15 @@ class Distribution(_Strict):
 
 
 class SearchConfig(_Strict):
-    algorithm: Literal["grid", "random", "quasi_random", "asha"] = Field(
+    algorithm: Literal["grid", "random", "quasi_random", "asha", "optuna"] = Field(
         "grid",
         description="grid: every axis value × seed; random/asha: sample `space` num_samples times; quasi_random: "
-        "num_samples points of a scrambled Halton sequence (covers the space more evenly than independent draws)",
+        "num_samples points of a scrambled Halton sequence (covers the space more evenly than independent draws); "
+        "optuna: num_samples trials proposed one after another by Optuna's TPE from the results so far",
     )
     sampler_seed: int = Field(0, description="quasi_random: seed of the scrambled sequence")
-    metric: str = Field("loss", description="the trial metric tables, plots and ASHA rank by")
+    metric: str = Field("loss", description="the trial metric tables, plots, ASHA and Optuna rank by")
+    also: list[str] = Field(default_factory=list, description="other trial metrics summarised and plotted beside it")
     mode: Literal["min", "max"] = "min"
     space: dict[str, Distribution] = Field(default_factory=dict, description="dotted config key → distribution")
     num_samples: int = Field(1, ge=1, description="random/asha: sampled configs (each crossed with the grid)")
@@ -81,7 +83,7 @@ class EvaluateConfig(_Strict):
 
 class AblationSpec(_Strict):
     name: str = Field(description="ablation name: MLflow parent run, <store>/ablations/<name>/")
-    kind: Literal["pretrain", "align"]
+    kind: Literal["pretrain", "align", "decode"]
     base: str = Field(description="base training config YAML (relative to the spec file)")
     base_overrides: dict[str, Any] = Field(default_factory=dict, description="applied to every trial first")
     axes: dict[str, list[AxisValue]] = Field(description="axis name → values; the grid is their product")
@@ -153,12 +155,25 @@ def build_config(spec: AblationSpec, trial: dict, sampled: dict | None = None):
             return load_config(spec.base_path(), overrides)
         except ConfigError as err:
             raise SpecError(f"{where}: {err}") from None
+    if spec.kind == "decode":
+        return _decode_config(spec, overrides, trial["seed"], where)
     from neurobridge.align.config import AlignConfig, ConfigError, load_yaml
 
     overrides["projector.seed"] = trial["seed"]
     _check_keys(AlignConfig, overrides, where)
     try:
         return load_yaml(AlignConfig, spec.base_path(), overrides)
+    except ConfigError as err:
+        raise SpecError(f"{where}: {err}") from None
+
+
+def _decode_config(spec: AblationSpec, overrides: dict, seed: int, where: str):
+    from neurobridge.decode.config import ConfigError, DecodeConfig, load_decode_config
+
+    overrides.update({"net.seed": seed, "projector.seed": seed})
+    _check_keys(DecodeConfig, overrides, where)
+    try:
+        return load_decode_config(spec.base_path(), overrides)
     except ConfigError as err:
         raise SpecError(f"{where}: {err}") from None
 
@@ -213,17 +228,29 @@ def load_spec(path: str | Path, overrides: dict | None = None) -> AblationSpec:
         raise SpecError(f"{path}: the spec has zero trials")
     for trial in grid:
         build_config(spec, trial)
-    if spec.search.algorithm == "asha" and (spec.kind == "align" or spec.search.metric not in INTERMEDIATE):
+    _check_search(spec, path, grid)
+    return spec
+
+
+def _check_search(spec: AblationSpec, path: Path, grid: list[dict]) -> None:
+    """The search algorithm fits the spec: ASHA needs intermediate results, Optuna one grid cell, a space a
+    sampler; one sampled config is built, so a space naming no config key fails here."""
+    algo = spec.search.algorithm
+    if algo == "asha" and (spec.kind != "pretrain" or spec.search.metric not in INTERMEDIATE):
         raise SpecError(
             f"{path}: asha stops trials on intermediate results; pretrain trials report "
             f"{sorted(INTERMEDIATE)} while training (got kind {spec.kind}, metric {spec.search.metric!r})"
         )
+    if algo == "optuna" and (len(grid) != 1 or not spec.search.space):
+        raise SpecError(
+            f"{path}: optuna searches `space` from one base config: give each axis one value and one seed "
+            f"(the grid has {len(grid)} cells) and a non-empty search.space"
+        )
     sampled = {k: _example(d) for k, d in spec.search.space.items()}
     if sampled:
-        if spec.search.algorithm == "grid":
-            raise SpecError(f"{path}: search.space needs algorithm random or asha (grid has no sampler)")
+        if algo == "grid":
+            raise SpecError(f"{path}: search.space needs a sampler (random, quasi_random, asha or optuna), not grid")
         build_config(spec, grid[0], sampled)
-    return spec
 
 
 def quasi_random_points(space: dict[str, Distribution], n: int, seed: int = 0) -> list[dict]:

@@ -57,7 +57,11 @@ def run_trial(config: dict, spec: AblationSpec, settings: dict, parent_run_id: s
     ok = False
     try:
         t0 = time.perf_counter()
-        final = _pretrain(cfg, spec, st, run_id) if spec.kind == "pretrain" else _align(cfg, st)
+        final = {
+            "pretrain": lambda: _pretrain(cfg, spec, st, run_id),
+            "align": lambda: _align(cfg, st),
+            "decode": lambda: _decode(cfg, st),
+        }[spec.kind]()
         final["trial_seconds"] = time.perf_counter() - t0
         mlflow_run.log_metrics(st.mlflow_uri, run_id, final, step=int(final.get("step", 0)))
         ok = True
@@ -183,4 +187,17 @@ def _align(cfg, st: Settings) -> dict:
                 out[f"{name}.{k}"] = float(v)
                 if i == 0:
                     out[k] = float(v)
+    return out
+
+
+def _decode(cfg, st: Settings) -> dict:
+    """Every score as ``<set>.<task>.<decoder>.<score>``, and the first set's also as ``<task>.<decoder>.<score>``
+    (so a spec whose axis changes the region set ranks every trial by one name)."""
+    from neurobridge.decode.experiment import run_decode
+
+    local = cfg.model_copy(update={"scaling": cfg.scaling.model_copy(update={"backend": "local"})})
+    result = run_decode(local, st, track=False, figures=False)  # the trial is the unit of parallelism
+    first = next(iter(cfg.region_sets))
+    out = result.metrics()
+    out.update({k[len(first) + 1 :]: v for k, v in list(out.items()) if k.startswith(f"{first}.")})
     return out
