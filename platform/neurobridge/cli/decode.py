@@ -39,7 +39,7 @@ def decode(
 
 def simulate_fmri(
     out: str = typer.Option(None, help="output folder (default: <NB_RAW>/sim_things; local)"),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(0, help="simulator seed (the same seed writes the same responses)"),
     subjects: int = typer.Option(1, help="simulated subjects (sub-01, …)"),
     concepts: int = typer.Option(720, help="concepts (THINGS-fMRI: 720)"),
     train_images: int = typer.Option(8, help="training images per concept (THINGS-fMRI: 12)"),
