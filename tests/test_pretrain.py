@@ -261,7 +261,7 @@ def test_ray_train_resumes_after_a_worker_is_killed_and_mlflow_holds_the_run(sto
 
 def test_evaluate_reports_model_beside_mean_smoothing_and_oracle_on_the_same_cells(store, tmp_path):
     from neurobridge.evaluate.report import EvalConfig
-    from neurobridge.evaluate.run import evaluate
+    from neurobridge.evaluate.run import EvalData, evaluate
     from neurobridge.models.checkpoint import save_checkpoint
 
     cfg = small_cfg(**{"optim.max_steps": 6})
@@ -269,8 +269,7 @@ def test_evaluate_reports_model_beside_mean_smoothing_and_oracle_on_the_same_cel
     save_checkpoint(str(tmp_path / "model.pt"), model, vocabs, {})
     report = evaluate(
         str(tmp_path / "model.pt"),
-        ["t_nwb"],
-        truth_dir=f"{store.raw_root}/truth",
+        EvalData(["t_nwb"], truth_dir=f"{store.raw_root}/truth"),
         cfg=EvalConfig(split="train"),
         settings=store,
         track=True,
@@ -290,7 +289,7 @@ def test_evaluate_reports_model_beside_mean_smoothing_and_oracle_on_the_same_cel
 
 def test_latent_readout_never_sees_heldout_spikes_and_recovers_a_glm_of_the_latents(store):
     from neurobridge.evaluate import baselines, metrics
-    from neurobridge.evaluate.readout import heldout_latents, latent_readout
+    from neurobridge.evaluate.readout import ReadoutFit, heldout_latents, latent_readout
     from neurobridge.store.rows import session_rows, stack_counts
     from neurobridge.store.splits import with_heldout
 
@@ -321,7 +320,7 @@ def test_latent_readout_never_sees_heldout_spikes_and_recovers_a_glm_of_the_late
     smooth = baselines.smooth_spikes(lat, 2.5)  # what the read-out reads: latents under the baseline's kernel
     rates = np.exp(((smooth - smooth.mean((0, 1))) / smooth.std((0, 1))) @ w + 0.5)
     spikes = g.poisson(rates).astype(np.float64)
-    pred = latent_readout(model, vocabs, rows[:n], spikes[:n], rows[n:], [1e-4, 1e-2, 1.0], sigma_bins=2.5)
+    pred = latent_readout(model, vocabs, rows[:n], spikes[:n], rows[n:], ReadoutFit([1e-4, 1e-2, 1.0], sigma_bins=2.5))
     oracle, got = metrics.bits_per_spike(rates[n:], spikes[n:]), metrics.bits_per_spike(pred, spikes[n:])
     assert oracle > 0.05 and got > 0.9 * oracle
     assert pred.shape == (len(rows) - n, stack_counts(rows).shape[1], 3)
@@ -344,7 +343,7 @@ def test_cross_validation_folds_partition_the_windows_and_val_never_touches_test
 
 
 def test_cross_validated_finetuning_scores_every_window_beside_smoothing(store, tmp_path, monkeypatch):
-    from neurobridge.evaluate.crossval import crossval_finetune
+    from neurobridge.evaluate.crossval import CrossvalOptions, crossval_finetune
     from neurobridge.models.checkpoint import save_checkpoint
     from neurobridge.train.finetune import FinetuneConfig
 
@@ -364,9 +363,8 @@ def test_cross_validated_finetuning_scores_every_window_beside_smoothing(store, 
         unit_weight_decay=5.0,
     )
     seen = []
-    cv = crossval_finetune(
-        ft, str(tmp_path / "pre.pt"), store, folds=3, progress=seen.append, smoothing_sigmas=(1.0, 2.5)
-    )
+    opts = CrossvalOptions(folds=3, smoothing_sigmas=(1.0, 2.5))
+    cv = crossval_finetune(ft, str(tmp_path / "pre.pt"), store, opts, progress=seen.append)
     assert len(seen) == 3 and len(cv["per_fold"]) == 3
     assert sum(f["test_windows"] for f in cv["per_fold"]) == cv["windows"]  # all of the session's windows
     assert all(f["selected_step"] in (2, 4) for f in cv["per_fold"])  # each fold chose on its own val windows

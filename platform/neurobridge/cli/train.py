@@ -116,9 +116,10 @@ def finetune(
     try:
         file = resolve_model_file(model, settings) if model else None
         if cv is not None:
-            from neurobridge.evaluate.crossval import crossval_finetune
+            from neurobridge.evaluate.crossval import CrossvalOptions, crossval_finetune
 
-            res = crossval_finetune(cfg, file, settings, folds=cv, progress=console.log, repeats=cv_repeats)
+            opts = CrossvalOptions(folds=cv, repeats=cv_repeats)
+            res = crossval_finetune(cfg, file, settings, opts, progress=console.log)
             out.write_text(json.dumps(res, indent=1, default=float))
             d = res["minus_smoothing"]
             times = f"{cv_repeats} x " if cv_repeats > 1 else ""
@@ -163,6 +164,7 @@ def evaluate(
 ):
     """co-bps / fp-bps / per-region bps / behaviour R² beside mean-rate, smoothing and oracle baselines."""
     from neurobridge.evaluate.report import EvalConfig
+    from neurobridge.evaluate.run import EvalData
     from neurobridge.evaluate.run import evaluate as run
     from neurobridge.storage import StoreError
 
@@ -175,10 +177,7 @@ def evaluate(
         with console.status("evaluating…") as status:
             report = run(
                 model,
-                dataset,
-                mixture,
-                session,
-                truth,
+                EvalData(dataset, mixture, session, truth_dir=truth),
                 EvalConfig(max_sessions=max_sessions),
                 settings,
                 track,

@@ -16,6 +16,7 @@ learned weights add is the read-out of the trained model minus that of ``untrain
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -74,31 +75,39 @@ def untrained_like(model: MaskedNeuralModel, vocabs: Vocabularies, seed: int = 0
     return fresh.eval()
 
 
+@dataclass(frozen=True)
+class ReadoutFit:
+    """How the read-out's GLM is fitted: the penalty grid (several: the best by 3-fold CV over training windows),
+    the Gaussian smoothing of the latents within each window (``sigma_bins``; None: none), and the batch size of the
+    encoder passes."""
+
+    l2: Sequence[float]
+    sigma_bins: float | None = None
+    batch_size: int = 64
+
+
 def latent_readout(
     model: MaskedNeuralModel,
     vocabs: Vocabularies,
     train: list[dict],
     train_spikes: np.ndarray,
     test: list[dict],
-    l2: Sequence[float],
-    sigma_bins: float | None = None,
-    batch_size: int = 64,
+    fit: ReadoutFit,
 ) -> np.ndarray:
     """Held-out rates [test windows, bins, held-out units] from a GLM on latents fitted to ``train_spikes``.
 
     ``train_spikes`` are the training windows' held-out counts [windows, bins, held-out units]; train and test
-    latents are cut to its bins before smoothing, so no padding leaks into the last bins. ``sigma_bins``: Gaussian
-    smoothing of the latents within each window (None: none). Several ``l2``: the best by 3-fold CV over training
-    windows.
+    latents are cut to its bins before smoothing, so no padding leaks into the last bins.
     """
     T = train_spikes.shape[1]
-    x_tr = heldout_latents(model, vocabs, train, batch_size)[:, :T]
-    x_te = heldout_latents(model, vocabs, test, batch_size)[:, :T]
+    x_tr = heldout_latents(model, vocabs, train, fit.batch_size)[:, :T]
+    x_te = heldout_latents(model, vocabs, test, fit.batch_size)[:, :T]
     if x_tr.shape[1] != T or x_te.shape[1] != T:
         raise ValueError(f"latents have {x_tr.shape[1]} (train) and {x_te.shape[1]} (test) bins, the spikes {T}")
-    if sigma_bins is not None:
-        x_tr, x_te = baselines.smooth_spikes(x_tr, sigma_bins), baselines.smooth_spikes(x_te, sigma_bins)
-    best = float(l2[0]) if len(l2) == 1 else baselines.select_l2(x_tr, train_spikes, list(l2))
+    if fit.sigma_bins is not None:
+        x_tr, x_te = baselines.smooth_spikes(x_tr, fit.sigma_bins), baselines.smooth_spikes(x_te, fit.sigma_bins)
+    l2 = list(fit.l2)
+    best = float(l2[0]) if len(l2) == 1 else baselines.select_l2(x_tr, train_spikes, l2)
     glm = baselines.fit_poisson_glm(
         x_tr.reshape(-1, x_tr.shape[-1]), train_spikes.reshape(-1, train_spikes.shape[-1]), l2=best
     )

@@ -15,7 +15,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from neurobridge.evaluate import baselines, metrics
-from neurobridge.evaluate.readout import batches, heldout_mask, latent_readout, untrained_like
+from neurobridge.evaluate.readout import ReadoutFit, batches, heldout_mask, latent_readout, untrained_like
 from neurobridge.evaluate.truth import Truth
 from neurobridge.models.config import ALL_PROMPTS
 from neurobridge.models.masking import MaskResult, mask_last_bins
@@ -79,6 +79,45 @@ def _latents_per_bin(model: MaskedNeuralModel, batch: Batch) -> np.ndarray:
     return bin_means(lat.tokens, batch.token_time, lat.token_valid, batch.bin_mask.shape[1]).double().numpy()
 
 
+@dataclass
+class _Session:
+    """One session's evaluation data: test and training windows (with held-out flags) and the test spikes."""
+
+    test: list[dict]
+    train: list[dict]
+    spikes: np.ndarray  # [test windows, bins, units]
+    held: np.ndarray  # [units] bool
+    regions: np.ndarray  # [units] str
+    n_forward: int  # fp-bps scores this many last bins
+
+    @property
+    def bins(self) -> int:
+        return self.spikes.shape[1]
+
+
+@dataclass
+class _Predictions:
+    co: np.ndarray  # co-smoothing (held-out units masked)
+    fp: np.ndarray  # forward prediction (last bins masked)
+    by_region: dict[str, np.ndarray]  # leave-one-region-out
+    latents: np.ndarray  # [windows, bins, d] encoder outputs, nothing masked
+
+
+def _predict_all(model: MaskedNeuralModel, vocabs: Vocabularies, s: _Session, batch_size: int) -> _Predictions:
+    T = s.bins
+    co, fp, lat = [], [], []
+    by_region: dict[str, list[np.ndarray]] = {}
+    for batch in batches(s.test, vocabs, model.cfg.neurons_per_token, batch_size):
+        co.append(_predict(model, batch, heldout_mask(model, batch))[:, :T])
+        fp.append(_predict(model, batch, mask_last_bins(batch, s.n_forward))[:, :T])
+        for name in np.unique(s.regions):
+            rid = int(vocabs.region.lookup([name])[0])
+            by_region.setdefault(name, []).append(_predict(model, batch, _region_mask(batch, rid))[:, :T])
+        lat.append(_latents_per_bin(model, batch)[:, :T])
+    regions = {name: np.concatenate(parts) for name, parts in by_region.items()}
+    return _Predictions(np.concatenate(co), np.concatenate(fp), regions, np.concatenate(lat))
+
+
 @torch.no_grad()
 def evaluate_session(
     model: MaskedNeuralModel,
@@ -94,79 +133,82 @@ def evaluate_session(
     if not test or test[0].get("counts") is None:
         return None  # MUA sessions: no bits/spike
     model.eval()
-    k = model.cfg.neurons_per_token
     spikes = stack_counts(test)
-    T = spikes.shape[1]
-    held = np.asarray(test[0]["heldout"], dtype=bool)
-    regions = np.asarray(test[0]["unit_regions"]).astype(str)
-    res = SessionResult(sess.dataset, sess.session, len(test), int(held.sum()))
-    nf = max(1, int(round(cfg.forward_fraction * T)))
-
-    co, fp, lat_test = [], [], []
-    by_region: dict[str, list[np.ndarray]] = {}
-    for batch in batches(test, vocabs, k, cfg.batch_size):
-        co.append(_predict(model, batch, heldout_mask(model, batch))[:, :T])
-        fp.append(_predict(model, batch, mask_last_bins(batch, nf))[:, :T])
-        for name in np.unique(regions):
-            rid = int(vocabs.region.lookup([name])[0])
-            by_region.setdefault(name, []).append(_predict(model, batch, _region_mask(batch, rid))[:, :T])
-        lat_test.append(_latents_per_bin(model, batch)[:, :T])
-    co_pred, fp_pred = np.concatenate(co), np.concatenate(fp)
-    m = res.metrics
-    if held.any() and np.nansum(spikes[..., held]) > 0:
-        m["co_bps"] = metrics.co_bps(co_pred, spikes, held)
-        m["co_bps_mean_rate"] = metrics.co_bps(baselines.mean_rate_baseline(spikes), spikes, held)
-        res.pooled["model"] = (co_pred[..., held], spikes[..., held])
-        if train:
-            tr = stack_counts(train)[:, :T]
-            if tr.shape[1] == T:
-                smooth = baselines.smoothing_baseline(
-                    tr[..., ~held], tr[..., held], spikes[..., ~held], cfg.smoothing_sigma_bins, cfg.glm_l2
-                )
-                m["co_bps_smoothing"] = metrics.bits_per_spike(smooth, spikes[..., held])
-                res.pooled["smoothing"] = (smooth, spikes[..., held])
-                if cfg.latent_readout:
-                    untrained = untrained_like(model, vocabs)
-                    for key, net in (("readout", model), ("readout_untrained", untrained)):
-                        rd = latent_readout(
-                            net,
-                            vocabs,
-                            train,
-                            tr[..., held],
-                            test,
-                            cfg.glm_l2,
-                            cfg.smoothing_sigma_bins,
-                            cfg.batch_size,
-                        )[:, :T]
-                        m[f"co_bps_{key}"] = metrics.bits_per_spike(rd, spikes[..., held])
-                        res.pooled[key] = (rd, spikes[..., held])
-    m["fp_bps"] = metrics.fp_bps(fp_pred, spikes, nf, time_axis=1)
-    for name, parts in by_region.items():
-        if len(by_region) > 1:
-            sel = regions == name
-            res.regions[name] = metrics.bits_per_spike(np.concatenate(parts)[..., sel], spikes[..., sel])
+    s = _Session(
+        test,
+        train,
+        spikes,
+        np.asarray(test[0]["heldout"], dtype=bool),
+        np.asarray(test[0]["unit_regions"]).astype(str),
+        max(1, int(round(cfg.forward_fraction * spikes.shape[1]))),
+    )
+    res = SessionResult(sess.dataset, sess.session, len(test), int(s.held.sum()))
+    pred = _predict_all(model, vocabs, s, cfg.batch_size)
+    if s.held.any() and np.nansum(spikes[..., s.held]) > 0:
+        _cosmoothing(model, vocabs, s, pred.co, cfg, res)
+    res.metrics["fp_bps"] = metrics.fp_bps(pred.fp, spikes, s.n_forward, time_axis=1)
+    if len(pred.by_region) > 1:
+        for name, p in pred.by_region.items():
+            sel = s.regions == name
+            res.regions[name] = metrics.bits_per_spike(p[..., sel], spikes[..., sel])
     if truth is not None and truth.has(sess.session):
-        oracle = truth.expected_counts(sess.session, test, raw_ids or {})[:, :T]
-        ok = ~np.isnan(oracle).any(axis=(1, 2))
-        if ok.any() and held.any():
-            m["co_bps_oracle"] = metrics.co_bps(oracle[ok], spikes[ok], held)
-            m["fp_bps_oracle"] = metrics.fp_bps(oracle[ok], spikes[ok], nf, time_axis=1)
-            res.pooled["oracle"] = (oracle[ok][..., held], spikes[ok][..., held])
-            if not ok.all():  # the model's score on exactly the oracle's windows, for an honest ratio
-                m["co_bps_on_oracle_windows"] = metrics.co_bps(co_pred[ok], spikes[ok], held)
-    _behaviour(model, vocabs, train, test, T, lat_test, cfg, m)
+        _oracle(truth.expected_counts(sess.session, test, raw_ids or {})[:, : s.bins], s, pred.co, res)
+    _behaviour(model, vocabs, s, pred.latents, cfg, res.metrics)
     return res
 
 
-def _behaviour(model, vocabs, train, test, T, lat_test, cfg: EvalConfig, m: dict) -> None:
+def _cosmoothing(
+    model: MaskedNeuralModel, vocabs: Vocabularies, s: _Session, co_pred: np.ndarray, cfg: EvalConfig, res
+) -> None:
+    """co-bps of the model beside the mean rate, the smoothing baseline and (opt-in) the latent read-outs."""
+    m, held, spikes, T = res.metrics, s.held, s.spikes, s.bins
+    m["co_bps"] = metrics.co_bps(co_pred, spikes, held)
+    m["co_bps_mean_rate"] = metrics.co_bps(baselines.mean_rate_baseline(spikes), spikes, held)
+    res.pooled["model"] = (co_pred[..., held], spikes[..., held])
+    if not s.train:
+        return
+    tr = stack_counts(s.train)[:, :T]
+    if tr.shape[1] != T:
+        return
+    smooth = baselines.smoothing_baseline(
+        tr[..., ~held], tr[..., held], spikes[..., ~held], cfg.smoothing_sigma_bins, cfg.glm_l2
+    )
+    m["co_bps_smoothing"] = metrics.bits_per_spike(smooth, spikes[..., held])
+    res.pooled["smoothing"] = (smooth, spikes[..., held])
+    if not cfg.latent_readout:
+        return
+    fit = ReadoutFit(cfg.glm_l2, cfg.smoothing_sigma_bins, cfg.batch_size)
+    for key, net in (("readout", model), ("readout_untrained", untrained_like(model, vocabs))):
+        rd = latent_readout(net, vocabs, s.train, tr[..., held], s.test, fit)[:, :T]
+        m[f"co_bps_{key}"] = metrics.bits_per_spike(rd, spikes[..., held])
+        res.pooled[key] = (rd, spikes[..., held])
+
+
+def _oracle(oracle: np.ndarray, s: _Session, co_pred: np.ndarray, res: SessionResult) -> None:
+    """The simulator's true rates scored like the model, on the windows the truth covers."""
+    ok = ~np.isnan(oracle).any(axis=(1, 2))
+    if not (ok.any() and s.held.any()):
+        return
+    m, spikes, held = res.metrics, s.spikes, s.held
+    m["co_bps_oracle"] = metrics.co_bps(oracle[ok], spikes[ok], held)
+    m["fp_bps_oracle"] = metrics.fp_bps(oracle[ok], spikes[ok], s.n_forward, time_axis=1)
+    res.pooled["oracle"] = (oracle[ok][..., held], spikes[ok][..., held])
+    if not ok.all():  # the model's score on exactly the oracle's windows, for an honest ratio
+        m["co_bps_on_oracle_windows"] = metrics.co_bps(co_pred[ok], spikes[ok], held)
+
+
+def _behaviour(
+    model: MaskedNeuralModel, vocabs: Vocabularies, s: _Session, lat_test: np.ndarray, cfg: EvalConfig, m: dict
+) -> None:
     """Ridge R² of behaviour from the model's latents vs from smoothed spikes (session-specific decoders)."""
+    train, test = s.train, s.test
     y_te, y_tr = stack_behavior(test), stack_behavior(train)
     if y_te is None or y_tr is None or len(train) < 5:
         return
     k = model.cfg.neurons_per_token
     lat_tr = np.concatenate([_latents_per_bin(model, b) for b in batches(train, vocabs, k, cfg.batch_size)])
-    Tb = min(T, y_te.shape[1], y_tr.shape[1], lat_tr.shape[1])
-    x_tr, x_te = lat_tr[:, :Tb], np.concatenate(lat_test)[:, :Tb]
+    Tb = min(s.bins, y_te.shape[1], y_tr.shape[1], lat_tr.shape[1])
+    x_tr, x_te = lat_tr[:, :Tb], lat_test[:, :Tb]
     ytr, yte = y_tr[:, :Tb], y_te[:, :Tb]
     keep_tr = ~np.isnan(ytr).any(axis=-1).reshape(-1)
     keep_te = ~np.isnan(yte).any(axis=-1).reshape(-1)

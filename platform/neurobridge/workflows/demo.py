@@ -111,7 +111,7 @@ def run_demo(
 
 def _pretrain_and_evaluate(console: Console, settings, mixture: str, steps: int, truth: str) -> str:
     """Stages 4-5: masked pretraining on Ray Train over the whole mixture, then co-bps against the baselines."""
-    from neurobridge.evaluate.run import evaluate
+    from neurobridge.evaluate.run import EvalData, evaluate
     from neurobridge.train.config import load_config
     from neurobridge.train.pretrain import pretrain
     from neurobridge.workflows.tables import print_report
@@ -131,15 +131,8 @@ def _pretrain_and_evaluate(console: Console, settings, mixture: str, steps: int,
     console.print(f"run {result.run_id}: step {result.metrics.get('step')}, loss {result.metrics.get('loss'):.3f}")
     console.rule("5. evaluate (held-out units of test windows; baselines on the same cells)")
     remote = "://" in settings.raw_root
-    report = evaluate(
-        f"runs:/{result.run_id}",
-        ["sim_nwb", "sim_alf"],
-        None,
-        None,
-        None if remote else truth,
-        settings=settings,
-        exclude_sessions=[DEMO_HOLDOUT],
-    )
+    data = EvalData(["sim_nwb", "sim_alf"], exclude_sessions=[DEMO_HOLDOUT], truth_dir=None if remote else truth)
+    report = evaluate(f"runs:/{result.run_id}", data, settings=settings)
     print_report(report)
     if steps < 1000:
         console.print(
