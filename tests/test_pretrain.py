@@ -279,12 +279,58 @@ def test_evaluate_reports_model_beside_mean_smoothing_and_oracle_on_the_same_cel
     for r in rows:
         assert r["co_bps_mean_rate"] == 0.0  # the NLB null scores exactly zero: alignment sanity
         assert r["co_bps_oracle"] > r["co_bps_smoothing"] > 0  # the truth beats smoothing, smoothing beats the mean
-        assert np.isfinite(r["co_bps"]) and np.isfinite(r["fp_bps"]) and "co_bps_readout" not in r  # opt-in
+        assert np.isfinite(r["co_bps"]) and "co_bps_readout" not in r  # the latent read-out is opt-in
+        # the checkpoint does not say it trained to forecast: fp-bps is labelled, never reported as a forecast
+        assert np.isfinite(r["fp_bps_not_trained"]) and "fp_bps" not in r
+        assert r["smoothing_sigma_ms"] in EvalConfig().smoothing_ms and r["smoothing_l2"] in EvalConfig().glm_l2
         assert set(k for k in r if k.startswith("region_bps.")) == {"region_bps.M1", "region_bps.PMd"}
         assert -1.0 < r["behavior_r2_smoothing"] <= 1.0  # hand velocity is decodable from smoothed spikes
     pooled = report.pooled["t_nwb"]
     assert pooled["sessions"] == 2 and pooled["co_bps_oracle"] > 0
     assert report.run_id is not None
+
+
+def test_evaluate_writes_an_nlb_submission_that_nlb_score_scores(store, tmp_path, monkeypatch):
+    import h5py
+    from neurobridge.cli import app
+    from neurobridge.models.checkpoint import save_checkpoint
+    from neurobridge.store.rows import session_rows, stack_behavior, stack_counts
+    from neurobridge.store.splits import with_heldout
+    from typer.testing import CliRunner
+
+    cfg = small_cfg(**{"optim.max_steps": 4})
+    _, _, model, vocabs = train_locally(store, cfg)
+    save_checkpoint(str(tmp_path / "model.pt"), model, vocabs, {"trained_modes": ["forward", "random"]})
+    for var, value in (("NB_STORE", store.store), ("NB_RAW", store.raw_root), ("NB_MLFLOW_URI", store.mlflow_uri)):
+        monkeypatch.setenv(var, value)
+    sub = tmp_path / "sub.h5"
+    args = ["evaluate", str(tmp_path / "model.pt"), "--dataset", "t_nwb", "--session", "monkey00_s00", "--no-track"]
+    args += ["--smoothing-ms", "40", "--glm-l2", "0.01", "--behavior-lag-ms", "40"]
+    args += ["--nlb-out", str(sub), "--nlb-name", "mc_maze", "--nlb-bin-ms", "20"]
+    shown = CliRunner().invoke(app, args)
+    assert shown.exit_code == 0, shown.output
+    assert "NLB submission (mc_maze_20)" in shown.output and "40 ms, L2 0.01" in shown.output
+    # a target in NLB's structure from the same windows (time order), held-out units by the same split
+    sess = session_rows(store, sources(store, ["t_nwb"])[0], ("train", "val", "test"), {"monkey00_s00"})[0]
+
+    def order(rows):
+        return sorted(rows, key=lambda r: r["t_start"])
+
+    split = HeldoutSplit(None, cfg.data.heldout_fraction)
+    test = with_heldout(order(sess.split("test")), split)
+    train = order(sess.split("train") + sess.split("val"))
+    held = np.asarray(test[0]["heldout"], dtype=bool)
+    with h5py.File(tmp_path / "target.h5", "w") as f:
+        g = f.create_group("mc_maze_20")
+        g["eval_spikes_heldout"] = stack_counts(test)[..., held]
+        g["train_behavior"] = stack_behavior(train)
+        g["eval_behavior"] = stack_behavior(test)
+    scored = CliRunner().invoke(app, ["nlb-score", str(sub), "--target", str(tmp_path / "target.h5")])
+    assert scored.exit_code == 0, scored.output
+    assert "mc_maze_20: co-bps" in scored.output and "vel R2" in scored.output and "not NLB's official" in scored.output
+    with h5py.File(sub) as f:
+        assert f["mc_maze_20/eval_rates_heldout"].shape == (len(test), 30, int(held.sum()))  # 0.6 s chunks
+        assert f["mc_maze_20/eval_rates_heldin_forward"].shape == (len(test), 10, int((~held).sum()))  # 200 ms
 
 
 def test_latent_readout_never_sees_heldout_spikes_and_recovers_a_glm_of_the_latents(store):
@@ -344,6 +390,7 @@ def test_cross_validation_folds_partition_the_windows_and_val_never_touches_test
 
 def test_cross_validated_finetuning_scores_every_window_beside_smoothing(store, tmp_path, monkeypatch):
     from neurobridge.evaluate.crossval import CrossvalOptions, crossval_finetune
+    from neurobridge.evaluate.report import EvalConfig
     from neurobridge.models.checkpoint import save_checkpoint
     from neurobridge.train.finetune import FinetuneConfig
 
@@ -363,7 +410,8 @@ def test_cross_validated_finetuning_scores_every_window_beside_smoothing(store, 
         unit_weight_decay=5.0,
     )
     seen = []
-    opts = CrossvalOptions(folds=3, smoothing_sigmas=(1.0, 2.5))
+    one_kernel = EvalConfig(split="test", latent_readout=True, smoothing_ms=[50.0])
+    opts = CrossvalOptions(folds=3, smoothing_ms=(20.0, 50.0), eval_cfg=one_kernel)
     cv = crossval_finetune(ft, str(tmp_path / "pre.pt"), store, opts, progress=seen.append)
     assert len(seen) == 3 and len(cv["per_fold"]) == 3
     assert sum(f["test_windows"] for f in cv["per_fold"]) == cv["windows"]  # all of the session's windows
@@ -376,7 +424,7 @@ def test_cross_validated_finetuning_scores_every_window_beside_smoothing(store, 
     assert all(np.isfinite(f["co_bps_readout"]) and np.isfinite(f["co_bps_readout_untrained"]) for f in cv["per_fold"])
     c = cv["readout_minus_untrained"]  # the read-out's control: the same GLM on an untrained encoder's latents
     assert c["bps"] == pytest.approx(cv["co_bps_readout"] - cv["co_bps_readout_untrained"], abs=1e-9)
-    assert cv["smoothing_by_sigma"]["2.5"] == pytest.approx(cv["co_bps_smoothing"])  # the default kernel, refitted
+    assert cv["smoothing_by_sigma"]["50.0"] == pytest.approx(cv["co_bps_smoothing"])  # the default kernel, refitted
     best = cv["minus_best_smoothing"]  # against the kernel that scored best on the test folds
     assert best["bps"] == pytest.approx(cv["co_bps"] - max(cv["smoothing_by_sigma"].values()), abs=1e-9)
     from neurobridge.cli import app
@@ -451,7 +499,7 @@ def test_finetuning_extends_vocabularies_and_uses_the_same_k_windows_as_scratch(
     chosen = finetune(ft.model_copy(update={"val_every": 1}), str(tmp_path / "pre.pt"), store)
     losses = {h["step"]: h["val_loss"] for h in chosen.last["history"] if "val_loss" in h}
     assert sorted(losses) == [1, 2, 3] and chosen.last["selected_step"] == min(losses, key=losses.get)
-    smooth = finetune(ft.model_copy(update={"output_smoothing": 2.0}), str(tmp_path / "pre.pt"), store)
+    smooth = finetune(ft.model_copy(update={"output_smoothing_ms": 40.0}), str(tmp_path / "pre.pt"), store)
     assert smooth.model.cfg.output_smoothing == 2.0 and cfg.model.output_smoothing == 0.0  # the source is untouched
     back, _, _ = load_checkpoint(save(smooth, str(tmp_path / "smooth.pt"), ft))
     assert back.cfg.output_smoothing == 2.0  # the fine-tuned model keeps its output prior

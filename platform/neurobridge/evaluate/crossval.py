@@ -46,7 +46,7 @@ class CrossvalOptions:
     """How the cross-validation runs.
 
     ``scratch_model``: with no pretrained model file, train this architecture from scratch (the trained-alone arm).
-    ``smoothing_sigmas``: the smoothing baseline again with these kernel widths (bins), and model and read-out
+    ``smoothing_ms``: the smoothing baseline again with each of these kernel widths (ms), and model and read-out
     against the best of them, picked on the test folds themselves: a baseline tuned with hindsight, so a win over it
     does not hinge on the default kernel. ``repeats`` > 1: repeated K-fold CV, each repeat with other folds and
     another seed (``ft.seed + r``).
@@ -57,7 +57,7 @@ class CrossvalOptions:
     val_fraction: float = 0.1
     scratch_model: ModelConfig | None = None
     eval_cfg: EvalConfig | None = None
-    smoothing_sigmas: Sequence[float] = ()
+    smoothing_ms: Sequence[float] = ()
 
     def __post_init__(self):
         if self.repeats < 1:
@@ -91,7 +91,7 @@ def crossval_finetune(
         raise StoreError(f"{ft.dataset}: no windows for session {ft.session!r}")
     rows = [r for part in found[0].rows.values() for r in part]
     split = HeldoutSplit(heldout_flags(settings, [src]), ft.heldout_fraction)
-    tally = _Tally(opts.smoothing_sigmas)
+    tally = _Tally(opts.smoothing_ms)
     runs = [
         (rep, f, part)
         for rep in range(opts.repeats)
@@ -108,7 +108,8 @@ def crossval_finetune(
             ft.model_copy(update={"seed": ft.seed + rep}), model_file, settings, opts.scratch_model, (train, val)
         )
         sess = SessionRows(found[0].dataset, ft.session, {"train": train + val, eval_cfg.split: test})
-        r = evaluate_session(res.model, res.vocabs, sess, split, eval_cfg)
+        forecast = "forward" in res.model.cfg.trained_modes(ft.mode)
+        r = evaluate_session(res.model, res.vocabs, sess, split, eval_cfg.model_copy(update={"forecast": forecast}))
         if r is None or "model" not in r.pooled or "smoothing" not in r.pooled:
             raise StoreError(f"{ft.dataset}/{ft.session}: fold {f} has no held-out spike counts to score")
         tally.add(r, test, rep)
@@ -122,9 +123,9 @@ def crossval_finetune(
 class _Tally:
     """Per-fold scores collected over the runs, and their pooled summary with paired intervals."""
 
-    def __init__(self, smoothing_sigmas: Sequence[float]):
+    def __init__(self, smoothing_ms: Sequence[float]):
         self.pairs: dict[str, list] = {"model": [], "readout": [], "readout_untrained": [], "smoothing": []}
-        self.by_sigma: dict[float, list] = {float(s): [] for s in smoothing_sigmas}
+        self.by_sigma: dict[float, list] = {float(s): [] for s in smoothing_ms}
         self.per_fold: list[dict] = []
         self.trial_ids: list = []
 
@@ -142,8 +143,9 @@ class _Tally:
         held = np.asarray(test[0]["heldout"], dtype=bool)
         T = min(tr.shape[1], te.shape[1])
         tr, te = tr[:, :T], te[:, :T]
+        bin_ms = float(test[0]["bin_ms"])
         for sigma, got in self.by_sigma.items():
-            pred = baselines.smoothing_baseline(tr[..., ~held], tr[..., held], te[..., ~held], sigma, l2)
+            pred = baselines.smoothing_baseline(tr[..., ~held], tr[..., held], te[..., ~held], sigma / bin_ms, l2)
             got.append((pred, te[..., held]))
 
     def summary(self, folds: int, n_runs: int, seed: int) -> dict:
@@ -168,7 +170,7 @@ class _Tally:
             scores = {sigma: pooled(got) for sigma, got in self.by_sigma.items()}
             best = max(scores, key=scores.get)
             out["smoothing_by_sigma"] = {str(sigma): v for sigma, v in scores.items()}
-            out["minus_best_smoothing"] = diff("model", self.by_sigma[best]) | {"sigma_bins": best}
+            out["minus_best_smoothing"] = diff("model", self.by_sigma[best]) | {"sigma_ms": best}
             if readout:
-                out["readout_minus_best_smoothing"] = diff("readout", self.by_sigma[best]) | {"sigma_bins": best}
+                out["readout_minus_best_smoothing"] = diff("readout", self.by_sigma[best]) | {"sigma_ms": best}
         return out

@@ -2,8 +2,10 @@
 
 Per session (count data): co-bps on held-out units predicted from held-in units (NLB's official split when the
 data has one, else the deterministic per-session hash split training used), fp-bps on the last bins, per-region
-leave-one-region-out bps, and ridge behaviour R² from the model's latents. Beside them, on the same cells: the mean
-rate (0 by definition), NLB's spike smoothing + Poisson GLM, and, on simulated data, the oracle from true rates.
+leave-one-region-out bps, and behaviour R² decoded as NLB does (``behaviour.py``). Beside them, on the same cells:
+the mean rate (0 by definition), NLB's spike smoothing + Poisson GLM (kernel in ms and penalty chosen by
+cross-validation on the training windows, both reported, a warning when it scores about 0), and, on simulated
+data, the oracle from true rates. fp-bps is reported as ``fp_bps`` only for models trained to forecast.
 """
 
 from __future__ import annotations
@@ -15,7 +17,15 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from neurobridge.evaluate import baselines, metrics
-from neurobridge.evaluate.readout import ReadoutFit, batches, heldout_mask, latent_readout, untrained_like
+from neurobridge.evaluate.behaviour import BehaviorConfig, decode, decode_smoothed
+from neurobridge.evaluate.readout import (
+    ReadoutFit,
+    all_unit_rates,
+    batches,
+    heldout_mask,
+    latent_readout,
+    untrained_like,
+)
 from neurobridge.evaluate.truth import Truth
 from neurobridge.models.config import ALL_PROMPTS
 from neurobridge.models.masking import MaskResult, mask_last_bins
@@ -32,21 +42,34 @@ class EvalConfig(BaseModel):
     split: str = "test"
     batch_size: int = Field(64, ge=1)
     forward_fraction: float = Field(0.2, gt=0, lt=1, description="fp-bps scores the last fraction of each window")
-    smoothing_sigma_bins: float = Field(2.5, gt=0, description="NLB smoothing baseline kernel s.d. (bins)")
+    smoothing_ms: list[float] = Field(
+        default_factory=lambda: list(baselines.SMOOTHING_MS),
+        min_length=1,
+        description="NLB smoothing baseline kernel s.d. grid (ms, converted with each dataset's bin width); "
+        "the kernel and glm_l2 are chosen together by cross-validation on the training windows",
+    )
     glm_l2: list[float] = Field(
-        default_factory=lambda: [1e-3, 1e-2, 1e-1, 1.0],
+        default_factory=lambda: list(baselines.GLM_L2),
         min_length=1,
         description="smoothing GLM penalties; several: chosen by cross-validation on the training windows",
     )
-    ridge_alpha: float = Field(1.0, gt=0)
+    behavior: BehaviorConfig = Field(default_factory=BehaviorConfig)
+    forecast: bool | None = Field(
+        None,
+        description="whether the model trained to forecast (the forward mode): fp-bps is reported as fp_bps only "
+        "then, else as fp_bps_not_trained; None: read from the checkpoint",
+    )
     max_sessions: int | None = Field(None, ge=1, description="per dataset")
     max_train_windows: int = Field(1000, ge=1, description="training windows per session for baselines/decoders")
     latent_readout: bool = Field(
         False,
         description="also score held-out units through a Poisson GLM on the encoder's latents, smoothed and "
-        "fitted per session like the smoothing baseline (same kernel, same glm_l2), beside the same read-out of an "
-        "untrained encoder of the same architecture (its control: random features read out the same way)",
+        "fitted per session like the smoothing baseline (its chosen kernel, glm_l2), beside the same read-out of "
+        "an untrained encoder of the same architecture (its control: random features read out the same way)",
     )
+
+
+NEAR_ZERO_BPS = 0.005  # a smoothing baseline this close to 0 has collapsed to the mean rate: say so
 
 
 @dataclass
@@ -57,6 +80,7 @@ class SessionResult:
     heldout_units: int
     metrics: dict[str, float] = field(default_factory=dict)
     regions: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
     # arrays kept for pooling (held-out cells only)
     pooled: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
 
@@ -89,6 +113,7 @@ class _Session:
     held: np.ndarray  # [units] bool
     regions: np.ndarray  # [units] str
     n_forward: int  # fp-bps scores this many last bins
+    bin_ms: float
 
     @property
     def bins(self) -> int:
@@ -100,12 +125,11 @@ class _Predictions:
     co: np.ndarray  # co-smoothing (held-out units masked)
     fp: np.ndarray  # forward prediction (last bins masked)
     by_region: dict[str, np.ndarray]  # leave-one-region-out
-    latents: np.ndarray  # [windows, bins, d] encoder outputs, nothing masked
 
 
 def _predict_all(model: MaskedNeuralModel, vocabs: Vocabularies, s: _Session, batch_size: int) -> _Predictions:
     T = s.bins
-    co, fp, lat = [], [], []
+    co, fp = [], []
     by_region: dict[str, list[np.ndarray]] = {}
     for batch in batches(s.test, vocabs, model.cfg.neurons_per_token, batch_size):
         co.append(_predict(model, batch, heldout_mask(model, batch))[:, :T])
@@ -113,9 +137,8 @@ def _predict_all(model: MaskedNeuralModel, vocabs: Vocabularies, s: _Session, ba
         for name in np.unique(s.regions):
             rid = int(vocabs.region.lookup([name])[0])
             by_region.setdefault(name, []).append(_predict(model, batch, _region_mask(batch, rid))[:, :T])
-        lat.append(_latents_per_bin(model, batch)[:, :T])
     regions = {name: np.concatenate(parts) for name, parts in by_region.items()}
-    return _Predictions(np.concatenate(co), np.concatenate(fp), regions, np.concatenate(lat))
+    return _Predictions(np.concatenate(co), np.concatenate(fp), regions)
 
 
 @torch.no_grad()
@@ -141,19 +164,21 @@ def evaluate_session(
         np.asarray(test[0]["heldout"], dtype=bool),
         np.asarray(test[0]["unit_regions"]).astype(str),
         max(1, int(round(cfg.forward_fraction * spikes.shape[1]))),
+        float(test[0]["bin_ms"]),
     )
     res = SessionResult(sess.dataset, sess.session, len(test), int(s.held.sum()))
     pred = _predict_all(model, vocabs, s, cfg.batch_size)
     if s.held.any() and np.nansum(spikes[..., s.held]) > 0:
         _cosmoothing(model, vocabs, s, pred.co, cfg, res)
-    res.metrics["fp_bps"] = metrics.fp_bps(pred.fp, spikes, s.n_forward, time_axis=1)
+    fp = metrics.fp_bps(pred.fp, spikes, s.n_forward, time_axis=1)
+    res.metrics["fp_bps" if cfg.forecast else "fp_bps_not_trained"] = fp  # a forecast only from a forecaster
     if len(pred.by_region) > 1:
         for name, p in pred.by_region.items():
             sel = s.regions == name
             res.regions[name] = metrics.bits_per_spike(p[..., sel], spikes[..., sel])
     if truth is not None and truth.has(sess.session):
         _oracle(truth.expected_counts(sess.session, test, raw_ids or {})[:, : s.bins], s, pred.co, res)
-    _behaviour(model, vocabs, s, pred.latents, cfg, res.metrics)
+    _behaviour(model, vocabs, s, cfg, res.metrics)
     return res
 
 
@@ -170,14 +195,21 @@ def _cosmoothing(
     tr = stack_counts(s.train)[:, :T]
     if tr.shape[1] != T:
         return
-    smooth = baselines.smoothing_baseline(
-        tr[..., ~held], tr[..., held], spikes[..., ~held], cfg.smoothing_sigma_bins, cfg.glm_l2
+    smooth, choice = baselines.smoothing_search(
+        tr[..., ~held], tr[..., held], spikes[..., ~held], s.bin_ms, cfg.smoothing_ms, cfg.glm_l2
     )
     m["co_bps_smoothing"] = metrics.bits_per_spike(smooth, spikes[..., held])
+    m["smoothing_sigma_ms"], m["smoothing_l2"] = choice.sigma_ms, choice.l2
     res.pooled["smoothing"] = (smooth, spikes[..., held])
+    if abs(m["co_bps_smoothing"]) < NEAR_ZERO_BPS:
+        res.warnings.append(
+            f"{res.dataset}/{res.session}: the smoothing baseline scores {m['co_bps_smoothing']:+.4f} co-bps, "
+            f"about the mean rate (kernel {choice.sigma_ms:g} ms, L2 {choice.l2:g}, inner CV "
+            f"{choice.cv_bps:+.4f}): a comparison against it says little; check the kernel and penalty grids"
+        )
     if not cfg.latent_readout:
         return
-    fit = ReadoutFit(cfg.glm_l2, cfg.smoothing_sigma_bins, cfg.batch_size)
+    fit = ReadoutFit(cfg.glm_l2, choice.sigma_bins(s.bin_ms), cfg.batch_size)
     for key, net in (("readout", model), ("readout_untrained", untrained_like(model, vocabs))):
         rd = latent_readout(net, vocabs, s.train, tr[..., held], s.test, fit)[:, :T]
         m[f"co_bps_{key}"] = metrics.bits_per_spike(rd, spikes[..., held])
@@ -197,35 +229,31 @@ def _oracle(oracle: np.ndarray, s: _Session, co_pred: np.ndarray, res: SessionRe
         m["co_bps_on_oracle_windows"] = metrics.co_bps(co_pred[ok], spikes[ok], held)
 
 
-def _behaviour(
-    model: MaskedNeuralModel, vocabs: Vocabularies, s: _Session, lat_test: np.ndarray, cfg: EvalConfig, m: dict
-) -> None:
-    """Ridge R² of behaviour from the model's latents vs from smoothed spikes (session-specific decoders)."""
-    train, test = s.train, s.test
-    y_te, y_tr = stack_behavior(test), stack_behavior(train)
-    if y_te is None or y_tr is None or len(train) < 5:
-        return
+def features(model: MaskedNeuralModel, vocabs: Vocabularies, rows: list[dict], kind: str, batch_size: int):
+    """[windows, bins, ·] what behaviour is decoded from: rates of every unit, or per-bin latents."""
+    if kind == "rates":
+        return all_unit_rates(model, vocabs, rows, batch_size)
     k = model.cfg.neurons_per_token
-    lat_tr = np.concatenate([_latents_per_bin(model, b) for b in batches(train, vocabs, k, cfg.batch_size)])
-    Tb = min(s.bins, y_te.shape[1], y_tr.shape[1], lat_tr.shape[1])
-    x_tr, x_te = lat_tr[:, :Tb], lat_test[:, :Tb]
-    ytr, yte = y_tr[:, :Tb], y_te[:, :Tb]
-    keep_tr = ~np.isnan(ytr).any(axis=-1).reshape(-1)
-    keep_te = ~np.isnan(yte).any(axis=-1).reshape(-1)
-    if keep_tr.sum() < 10 or keep_te.sum() < 2:
+    return np.concatenate([_latents_per_bin(model, b) for b in batches(rows, vocabs, k, batch_size)])
+
+
+def _behaviour(model: MaskedNeuralModel, vocabs: Vocabularies, s: _Session, cfg: EvalConfig, m: dict) -> None:
+    """Behaviour R² as NLB scores it, from the model's rates or latents and from smoothed spikes."""
+    y_te, y_tr = stack_behavior(s.test), stack_behavior(s.train)
+    if y_te is None or y_tr is None or len(s.train) < 5:
         return
-
-    def r2(xtr, xte) -> float:
-        fit = metrics.fit_ridge(
-            xtr.reshape(-1, xtr.shape[-1])[keep_tr], ytr.reshape(-1, ytr.shape[-1])[keep_tr], cfg.ridge_alpha
-        )
-        pred = fit.predict(xte.reshape(-1, xte.shape[-1])[keep_te])
-        return metrics.r2_score(yte.reshape(-1, yte.shape[-1])[keep_te], pred)
-
-    m["behavior_r2"] = r2(x_tr, x_te)
-    s_tr = baselines.smooth_spikes(stack_counts(train)[:, :Tb], cfg.smoothing_sigma_bins)
-    s_te = baselines.smooth_spikes(stack_counts(test)[:, :Tb], cfg.smoothing_sigma_bins)
-    m["behavior_r2_smoothing"] = r2(s_tr, s_te)
+    b = cfg.behavior
+    T = s.bins
+    x_tr = features(model, vocabs, s.train, b.features, cfg.batch_size)[:, :T]
+    x_te = features(model, vocabs, s.test, b.features, cfg.batch_size)[:, :T]
+    got = decode((x_tr, y_tr[:, :T]), (x_te, y_te[:, :T]), b, s.bin_ms)
+    if got is None:
+        return
+    m["behavior_r2"], m["behavior_alpha"], m["behavior_lag_ms"] = got.r2, got.alpha, b.lag_ms
+    spikes_tr = stack_counts(s.train)[:, :T]
+    smoothed = decode_smoothed((spikes_tr, y_tr[:, :T]), (s.spikes, y_te[:, :T]), b, s.bin_ms)
+    if smoothed is not None:
+        m["behavior_r2_smoothing"], m["behavior_smoothing_ms"] = smoothed[0].r2, smoothed[1]
 
 
 @dataclass
@@ -249,8 +277,12 @@ class Report:
             )
         return rows
 
+    @property
+    def warnings(self) -> list[str]:
+        return [w for r in self.sessions for w in r.warnings]
+
     def to_dict(self) -> dict:
-        return {"sessions": self.table(), "pooled": self.pooled}
+        return {"sessions": self.table(), "pooled": self.pooled, "warnings": self.warnings}
 
 
 def pool(results: list[SessionResult]) -> dict[str, dict[str, float]]:
@@ -274,7 +306,7 @@ def pool(results: list[SessionResult]) -> dict[str, dict[str, float]]:
             d["model_over_oracle"] = d["co_bps"] / d["co_bps_oracle"]
             if "co_bps_smoothing" in d:
                 d["smoothing_over_oracle"] = d["co_bps_smoothing"] / d["co_bps_oracle"]
-        for key in ("fp_bps", "behavior_r2", "behavior_r2_smoothing"):
+        for key in ("fp_bps", "fp_bps_not_trained", "behavior_r2", "behavior_r2_smoothing"):
             vals = [r.metrics[key] for r in mine if key in r.metrics and np.isfinite(r.metrics[key])]
             if vals:
                 d[f"{key}_mean"] = float(np.mean(vals))

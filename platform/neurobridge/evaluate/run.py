@@ -60,6 +60,8 @@ def evaluate(
     cfg = cfg or EvalConfig()
     model_file = resolve_model_file(model_ref, settings)
     model, vocabs, extra = load_checkpoint(model_file)
+    if cfg.forecast is None:  # checkpoints older than trained_modes say nothing: not claimed as a forecaster
+        cfg = cfg.model_copy(update={"forecast": "forward" in extra.get("trained_modes", ())})
     srcs = sources(settings, data.datasets, data.mixture)
     split = HeldoutSplit(heldout_flags(settings, srcs), extra.get("heldout_fraction", 0.25))
     truth = Truth(data.truth_dir) if data.truth_dir else None

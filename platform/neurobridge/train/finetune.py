@@ -65,8 +65,12 @@ class FinetuneConfig(BaseModel):
         description="AdamW decay of the per-unit rows toward the shared read-out (small recordings); "
         "decoupled decay shrinks every session's rows, so the result is a model for the new session",
     )
-    output_smoothing: float | None = Field(
-        None, ge=0, le=32, description="set the model's output_smoothing (bins) for fine-tuning and after; null: keep"
+    output_smoothing_ms: float | None = Field(
+        None,
+        ge=0,
+        le=1000,
+        description="set the model's output smoothing (Gaussian s.d., ms; converted with the session's bin width) "
+        "for fine-tuning and after; null: keep the model's own (its ms setting, if any, at this bin width)",
     )
 
     @model_validator(mode="after")
@@ -112,7 +116,7 @@ def finetune(
     if not windows[0]:
         raise StoreError(f"{cfg.dataset}: no training windows for session {cfg.session!r}")
     rows = pick_windows(windows[0], cfg.trials, cfg.seed)
-    model, vocabs = _base_model(cfg, model_file, scratch_model)
+    model, vocabs = _base_model(cfg, model_file, scratch_model, float(rows[0]["bin_ms"]))
     _adopt_session(model, vocabs, rows, cfg.session, srcs[0].name)
     if cfg.freeze_backbone:
         for name, p in model.named_parameters():
@@ -151,17 +155,19 @@ def finetune(
 
 
 def _base_model(
-    cfg: FinetuneConfig, model_file: str | None, scratch_model: ModelConfig | None
+    cfg: FinetuneConfig, model_file: str | None, scratch_model: ModelConfig | None, bin_ms: float
 ) -> tuple[MaskedNeuralModel, Vocabularies]:
-    """The pretrained model (or a fresh one of ``scratch_model``), with the output smoothing asked for."""
+    """The pretrained model (or a fresh one of ``scratch_model``), its output smoothing at the session's bin width
+    (the kernel asked for, else the model's own ms setting)."""
     if model_file is not None:
         model, vocabs, _ = load_checkpoint(model_file)
     else:
         torch.manual_seed(cfg.seed)
         vocabs = Vocabularies()
         model = MaskedNeuralModel(scratch_model or ModelConfig(), vocabs)
-    if cfg.output_smoothing is not None:  # no parameters of its own: the checkpoint saves the new config
-        model.cfg = model.cfg.model_copy(update={"output_smoothing": cfg.output_smoothing})
+    if cfg.output_smoothing_ms is not None:  # no parameters of its own: the checkpoint saves the new config
+        model.cfg = model.cfg.model_copy(update={"output_smoothing_ms": cfg.output_smoothing_ms})
+    model.cfg = model.cfg.at_bin_width(bin_ms)
     return model, vocabs
 
 
@@ -199,6 +205,11 @@ def _step_config(cfg: FinetuneConfig, model: ModelConfig, batch_size: int) -> Pr
 
 
 def save(result: FinetuneResult, path: str, cfg: FinetuneConfig) -> str:
-    extra = {"finetuned_on": cfg.session, "trials": cfg.trials or 0, "heldout_fraction": cfg.heldout_fraction}
+    extra = {
+        "finetuned_on": cfg.session,
+        "trials": cfg.trials or 0,
+        "heldout_fraction": cfg.heldout_fraction,
+        "trained_modes": result.model.cfg.trained_modes(cfg.mode),  # what the new session's weights learnt
+    }
     save_checkpoint(path, result.model, result.vocabs, extra)
     return path

@@ -65,12 +65,12 @@ MC_MAZE_FINETUNE = {
     "unit_weight_decay": 150.0,
     "val_every": 25,
     "val_patience": 8,
-    "output_smoothing": 2.5,
+    "output_smoothing_ms": 50.0,
 }
 CV_FOLDS = 5
 CV_REPEATS = 3  # repeated CV for the judged (fine-tuned) model: other folds and seeds each time
-# smoothing kernels (bins of 20 ms) also reported, the best picked with hindsight on the test folds
-SMOOTHING_SIGMAS = (1.5, 2.5, 4.0, 6.0)
+# smoothing kernels (ms; 1.5-6 bins of 20 ms) also reported, the best picked with hindsight on the test folds
+SMOOTHING_MS = (30.0, 50.0, 80.0, 120.0)
 
 
 def real_data(settings: Settings, config_dir: str, sim_model: str, work: Path, console: Console) -> dict:
@@ -105,7 +105,7 @@ def real_data(settings: Settings, config_dir: str, sim_model: str, work: Path, c
         f"MC_Maze, {CV_REPEATS} x {CV_FOLDS}-fold cross-validation over all trials: fine-tuned, then "
         "trained alone (one repeat)"
     )
-    opts = CrossvalOptions(folds=CV_FOLDS, repeats=CV_REPEATS, smoothing_sigmas=SMOOTHING_SIGMAS)
+    opts = CrossvalOptions(folds=CV_FOLDS, repeats=CV_REPEATS, smoothing_ms=SMOOTHING_MS)
     out["mc_maze_cv_finetuned"] = crossval_finetune(ft, sim_model, settings, opts, progress=console.log)
     o = alone_cfg.optim
     scratch = FinetuneConfig(
