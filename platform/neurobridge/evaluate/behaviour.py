@@ -38,6 +38,12 @@ class BehaviorConfig(BaseModel):
         min_length=1,
         description="kernel grid (ms) of the smoothed-spikes decoder, chosen by the same cross-validation",
     )
+    feature_smoothing_ms: list[float] = Field(
+        default_factory=lambda: [0.0],
+        min_length=1,
+        description="kernel grid (ms; 0: none) applied to the model's features before decoding, chosen by the same "
+        "cross-validation (default: none, the features as the model gives them)",
+    )
 
 
 @dataclass(frozen=True)
@@ -106,13 +112,16 @@ def decode(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndar
     return Decoded(metrics.r2_score(y_te, fit.predict(x_te)), alpha, cv)
 
 
-def decode_smoothed(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], cfg, bin_ms):
-    """The same decoder on Gaussian-smoothed spikes of every unit, the kernel chosen by cross-validated R² on the
-    training windows: (Decoded, kernel in ms), or None when there is nothing to decode."""
+def decode_smoothed(
+    train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], cfg, bin_ms, kernels=None
+):
+    """The same decoder on Gaussian-smoothed features (spikes of every unit; ``kernels`` default
+    ``cfg.smoothing_ms``, 0 = unsmoothed), the kernel chosen by cross-validated R² on the training windows:
+    (Decoded, kernel in ms), or None when there is nothing to decode."""
     best = None
-    for sigma in cfg.smoothing_ms:
-        tr = baselines.smooth_spikes(train[0], sigma / bin_ms)
-        te = baselines.smooth_spikes(test[0], sigma / bin_ms)
+    for sigma in cfg.smoothing_ms if kernels is None else kernels:
+        tr = baselines.smooth_spikes(train[0], sigma / bin_ms) if sigma > 0 else train[0]
+        te = baselines.smooth_spikes(test[0], sigma / bin_ms) if sigma > 0 else test[0]
         got = decode((tr, train[1]), (te, test[1]), cfg, bin_ms)
         if got is not None and (best is None or got.cv_r2 > best[0].cv_r2):
             best = (got, float(sigma))

@@ -134,7 +134,9 @@ class _Tally:
         for key in self.pairs:
             if key in r.pooled:
                 self.pairs[key].append(r.pooled[key])
-        scored = {k: v for k, v in r.metrics.items() if k.startswith(("co_bps_readout", "co_bps_smoothing"))}
+        scored = {
+            k: v for k, v in r.metrics.items() if k.startswith(("co_bps_readout", "co_bps_smoothing", "smoothing_"))
+        }
         self.per_fold.append({"repeat": rep, "co_bps": r.metrics["co_bps"], **scored, "test_windows": len(test)})
 
     def add_kernels(self, train: list[dict], test: list[dict], l2: Sequence[float]) -> None:

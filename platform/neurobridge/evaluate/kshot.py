@@ -39,11 +39,13 @@ SMOOTHING = "smoothing"
 
 @dataclass(frozen=True)
 class Arm:
-    """A model arm: fine-tune ``model_file`` (a pretrained model) or, with None, train ``scratch`` from scratch."""
+    """A model arm: fine-tune ``model_file`` (a pretrained model) or, with None, train ``scratch`` from scratch;
+    ``recipe``: FinetuneConfig fields that differ from the shared recipe (a variant under study)."""
 
     name: str
     model_file: str | None
     scratch: ModelConfig | None = None
+    recipe: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -114,9 +116,17 @@ def kshot_crossval(
                 train = ranked if k is None else ranked[:k]
                 if progress is not None:
                     progress(f"repeat {rep + 1}/{plan.repeats}, fold {f + 1}/{plan.folds}, k={k or 'all'}")
-                fitted = {a.name: finetune(recipe, a.model_file, settings, a.scratch, (train, val)) for a in plan.arms}
+                fitted = {
+                    a.name: finetune(
+                        recipe.model_copy(update=a.recipe), a.model_file, settings, a.scratch, (train, val)
+                    )
+                    for a in plan.arms
+                }
                 got = _score(scores[k], fitted, train + val, fold, plan, split)
                 got.update(repeat=rep, fold=f)
+                if progress is not None:
+                    names = [a.name for a in plan.arms] + [SMOOTHING]
+                    progress("    co-bps " + ", ".join(f"{n} {got[n]:+.4f}" for n in names))
     return {str(k or "all"): _summary(scores[k], plan, ft.seed, k) for k in plan.ks}
 
 

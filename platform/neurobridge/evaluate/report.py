@@ -17,7 +17,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from neurobridge.evaluate import baselines, metrics
-from neurobridge.evaluate.behaviour import BehaviorConfig, decode, decode_smoothed
+from neurobridge.evaluate.behaviour import BehaviorConfig, decode_smoothed
 from neurobridge.evaluate.readout import (
     ReadoutFit,
     all_unit_rates,
@@ -246,10 +246,13 @@ def _behaviour(model: MaskedNeuralModel, vocabs: Vocabularies, s: _Session, cfg:
     T = s.bins
     x_tr = features(model, vocabs, s.train, b.features, cfg.batch_size)[:, :T]
     x_te = features(model, vocabs, s.test, b.features, cfg.batch_size)[:, :T]
-    got = decode((x_tr, y_tr[:, :T]), (x_te, y_te[:, :T]), b, s.bin_ms)
-    if got is None:
+    found = decode_smoothed((x_tr, y_tr[:, :T]), (x_te, y_te[:, :T]), b, s.bin_ms, b.feature_smoothing_ms)
+    if found is None:
         return
+    got, kernel = found
     m["behavior_r2"], m["behavior_alpha"], m["behavior_lag_ms"] = got.r2, got.alpha, b.lag_ms
+    if b.feature_smoothing_ms != [0.0]:
+        m["behavior_feature_smoothing_ms"] = kernel
     spikes_tr = stack_counts(s.train)[:, :T]
     smoothed = decode_smoothed((spikes_tr, y_tr[:, :T]), (s.spikes, y_te[:, :T]), b, s.bin_ms)
     if smoothed is not None:

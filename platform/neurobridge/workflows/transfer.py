@@ -45,6 +45,20 @@ class Corpus(BaseModel):
     name: str
     datasets: list[str] = Field(min_length=1, description="catalog entry names")
     simulated: bool = Field(False, description="add the simulator's reaching sessions (catalog demo: sim_nwb)")
+    model: str | None = Field(
+        None, description="an already pretrained model (runs:/<run id> or model.pt) instead of pretraining here"
+    )
+
+
+class Variant(BaseModel):
+    """A fine-tuning recipe under study, as extra arms beside the shared recipe's (same folds, same windows)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    finetune: dict = Field(description="FinetuneConfig fields that differ from the shared recipe")
+    corpora: list[str] | None = Field(None, description="corpora whose pretrained model it fine-tunes (None: all)")
+    alone: bool = Field(False, description="also an arm trained alone with this recipe")
 
 
 class BehaviorCheck(BaseModel):
@@ -55,6 +69,11 @@ class BehaviorCheck(BaseModel):
     dataset: str
     corpus: str
     lag_ms: float = 0.0
+    feature_smoothing_ms: list[float] = Field(
+        default_factory=list,
+        description="also decode from the model's rates smoothed by a kernel chosen from this grid (ms, 0 = none) by "
+        "the decoder's cross-validation, as the smoothed-spikes decoder chooses its own ('rates_smoothed')",
+    )
 
 
 class Targets(BaseModel):
@@ -78,6 +97,7 @@ class TransferConfig(BaseModel):
     pretrain: str = Field(description="pretraining config YAML (relative to this file); data is set here")
     pretrain_overrides: dict = Field(default_factory=dict, description="--set style overrides of it")
     finetune: dict = Field(default_factory=dict, description="FinetuneConfig fields for every model arm")
+    variants: list[Variant] = Field(default_factory=list, description="extra arms: other recipes, same folds")
     ks: list[int | None] = Field(description="training trials of the new session per arm (null: all)")
     folds: int = Field(5, ge=2)
     repeats: int = Field(1, ge=1)
@@ -145,12 +165,16 @@ def run_transfer(
     names = sorted({d for c in cfg.corpora for d in c.datasets} | {cfg.new_session})
     echo(f"ingest at {cfg.bin_ms:g} ms: {', '.join(names)}")
     refs = _ingest(cfg, settings, names, any(c.simulated for c in cfg.corpora))
-    models, runs, pcfg = {}, {}, None
+    models, runs = {}, {}
+    pcfg = load_config(Path(config_dir) / cfg.pretrain, cfg.pretrain_overrides)
     for corpus in cfg.corpora:
-        echo(f"pretrain on corpus {corpus.name!r}")
-        pcfg, run_id = _pretrain(cfg, corpus, refs, settings, Path(config_dir))
-        runs[corpus.name] = run_id
-        models[corpus.name] = resolve_model_file(f"runs:/{run_id}", settings)
+        if corpus.model is None:
+            echo(f"pretrain on corpus {corpus.name!r}")
+            pcfg, run_id = _pretrain(cfg, corpus, refs, settings, Path(config_dir))
+            runs[corpus.name] = f"runs:/{run_id}"
+        else:
+            runs[corpus.name] = corpus.model
+        models[corpus.name] = resolve_model_file(runs[corpus.name], settings)
     results: dict = {"config": cfg.model_dump(mode="json"), "datasets": refs, "pretrain_runs": runs}
     if cfg.behavior is not None:
         results["behavior"] = behaviour_check(cfg.behavior, refs, models, settings)
@@ -161,8 +185,7 @@ def run_transfer(
     rows = [r for part in found[0].rows.values() for r in part]
     split = HeldoutSplit(heldout_flags(settings, [src]), pcfg.data.heldout_fraction)
     ft = FinetuneConfig(dataset=refs[cfg.new_session], session=found[0].session, **cfg.finetune)
-    arms = [Arm(f"finetuned:{c}", f) for c, f in models.items()] + [Arm("alone", None, pcfg.model)]
-    plan = KShotPlan(arms, cfg.ks, cfg.folds, cfg.repeats, cfg.val_fraction)
+    plan = KShotPlan(arms(cfg, models, pcfg.model), cfg.ks, cfg.folds, cfg.repeats, cfg.val_fraction)
     results["new_session"] = {"dataset": refs[cfg.new_session], "session": ft.session, "windows": len(rows)}
     results["kshot"] = kshot_crossval(ft, rows, split, plan, settings, progress=echo)
     results["targets"] = targets(cfg, results)
@@ -173,15 +196,30 @@ def run_transfer(
     return results
 
 
+def arms(cfg: TransferConfig, models: dict[str, str], architecture) -> list[Arm]:
+    """Fine-tuned per corpus and trained alone with the shared recipe, then every variant's arms."""
+    out = [Arm(f"finetuned:{c}", f) for c, f in models.items()] + [Arm("alone", None, architecture)]
+    for v in cfg.variants:
+        out += [
+            Arm(f"finetuned:{c}+{v.name}", f, None, v.finetune) for c, f in models.items() if c in (v.corpora or [c])
+        ]
+        if v.alone:
+            out.append(Arm(f"alone+{v.name}", None, architecture, v.finetune))
+    return out
+
+
 def behaviour_check(check: BehaviorCheck, refs: dict, models: dict, settings: Settings) -> dict:
     """Velocity R² on the dataset's test windows from the model's rates and its latents, beside smoothed spikes."""
     out = {}
-    for features in ("rates", "latents"):  # co-smoothing is not the question here: one smoothing kernel, no search
-        behavior = BehaviorConfig(features=features, lag_ms=check.lag_ms)
+    kinds = [("rates", "rates", [0.0]), ("latents", "latents", [0.0])]
+    if check.feature_smoothing_ms:
+        kinds.append(("rates_smoothed", "rates", check.feature_smoothing_ms))
+    for label, features, kernels in kinds:  # co-smoothing is not the question here: one kernel, no search
+        behavior = BehaviorConfig(features=features, lag_ms=check.lag_ms, feature_smoothing_ms=kernels)
         cfg = EvalConfig(behavior=behavior, smoothing_ms=[70.0], glm_l2=[0.3])
         report = evaluate(models[check.corpus], EvalData([refs[check.dataset]]), cfg, settings, track=False)
         r = report.sessions[0].metrics
-        out[features] = {k: r[k] for k in r if k.startswith("behavior_")}
+        out[label] = {k: r[k] for k in r if k.startswith("behavior_")}
     return out
 
 

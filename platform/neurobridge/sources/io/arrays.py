@@ -18,7 +18,6 @@ import numpy as np
 from neurobridge.sources.base import SourceError, decode_strings
 from neurobridge.sources.io import matv73
 from neurobridge.sources.io.npy import NpyRange
-from neurobridge.storage import is_local_fs
 
 SUFFIXES = (".mat", ".npy", ".npz", ".h5", ".hdf5")
 MAT73_MARK = b"MATLAB 7.3"
@@ -138,7 +137,6 @@ class _Npy:
         self.uri = uri
         self.name = posixpath.splitext(posixpath.basename(path))[0]
         self._r = NpyRange(fs, path, uri)
-        self._local = is_local_fs(fs)
 
     def names(self) -> list[str]:
         return [self.name]
@@ -155,8 +153,8 @@ class _Npy:
         self._check(name)
         if axis == 0:
             return np.asarray(self._r.read(start, stop))
-        if self._local:  # a memory map: a strided slice reads only what it touches
-            return np.array(np.take(self._r._arr, np.arange(start, stop), axis=axis))
+        if self._r.mapped is not None:  # a memory map: a strided slice reads only what it touches
+            return np.array(np.take(self._r.mapped, np.arange(start, stop), axis=axis))
         whole = np.asarray(self._r.read(0, len(self._r)))
         return np.take(whole, np.arange(start, stop), axis=axis)
 
