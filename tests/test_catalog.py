@@ -13,7 +13,7 @@ def test_every_shipped_catalog_file_validates():
     entries = load_catalog(REPO / "catalog")
     assert {"sim_nwb", "sim_alf", "sim_visual"} <= set(entries)
     kinds = {e.kind for e in entries.values()}
-    assert kinds == {"nwb", "alf", "tvsd", "pile", "fmri"}
+    assert kinds == {"nwb", "alf", "tvsd", "pile", "fmri", "binned"}
     assert all(e.license and e.citation for e in entries.values())
 
 

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers.train import small_cfg
+from helpers.train import SMALL_MODEL, small_cfg
 from neurobridge.models.ndt import MaskedNeuralModel
 from neurobridge.store.read import sources
 from neurobridge.train.pretrain import vocabularies
@@ -37,7 +37,8 @@ def test_cross_validation_folds_partition_the_windows_and_val_never_touches_test
 
 
 def test_cross_validated_finetuning_scores_every_window_beside_smoothing(store, tmp_path, monkeypatch):
-    from neurobridge.evaluate.crossval import crossval_finetune
+    from neurobridge.evaluate.crossval import CrossvalOptions, crossval_finetune
+    from neurobridge.evaluate.report import EvalConfig
     from neurobridge.models.checkpoint import save_checkpoint
     from neurobridge.train.finetune import FinetuneConfig
 
@@ -57,9 +58,8 @@ def test_cross_validated_finetuning_scores_every_window_beside_smoothing(store, 
         unit_weight_decay=5.0,
     )
     seen = []
-    cv = crossval_finetune(
-        ft, str(tmp_path / "pre.pt"), store, folds=3, progress=seen.append, smoothing_sigmas=(1.0, 2.5)
-    )
+    opts = CrossvalOptions(folds=3, smoothing_ms=(20.0, 50.0))
+    cv = crossval_finetune(ft, str(tmp_path / "pre.pt"), store, opts, progress=seen.append)
     assert len(seen) == 3 and len(cv["per_fold"]) == 3
     assert sum(f["test_windows"] for f in cv["per_fold"]) == cv["windows"]  # all of the session's windows
     assert all(f["selected_step"] in (2, 4) for f in cv["per_fold"])  # each fold chose on its own val windows
@@ -71,7 +71,8 @@ def test_cross_validated_finetuning_scores_every_window_beside_smoothing(store, 
     assert all(np.isfinite(f["co_bps_readout"]) and np.isfinite(f["co_bps_readout_untrained"]) for f in cv["per_fold"])
     c = cv["readout_minus_untrained"]  # the read-out's control: the same GLM on an untrained encoder's latents
     assert c["bps"] == pytest.approx(cv["co_bps_readout"] - cv["co_bps_readout_untrained"], abs=1e-9)
-    assert cv["smoothing_by_sigma"]["2.5"] == pytest.approx(cv["co_bps_smoothing"])  # the default kernel, refitted
+    grid = EvalConfig().smoothing_ms  # each fold's baseline searched its kernel and says which it chose
+    assert all(f["smoothing_sigma_ms"] in grid and f["smoothing_l2"] > 0 for f in cv["per_fold"])
     best = cv["minus_best_smoothing"]  # against the kernel that scored best on the test folds
     assert best["bps"] == pytest.approx(cv["co_bps"] - max(cv["smoothing_by_sigma"].values()), abs=1e-9)
     from neurobridge.cli import app
@@ -101,12 +102,18 @@ def test_cross_validated_finetuning_scores_every_window_beside_smoothing(store, 
         "--out",
         str(tmp_path / "cv.json"),
     ]
+    (tmp_path / "arch.yaml").write_text(json.dumps({"model": SMALL_MODEL}))  # a pretraining config's model section
+    args += ["--model-config", str(tmp_path / "arch.yaml"), "--batch-size", "4", "--val-patience", "1"]
+    args += ["--smoothing-ms", "40", "--smoothing-ms", "80"]
     shown = CliRunner().invoke(app, args)
     assert shown.exit_code == 0, shown.output
     assert "2 x 3-fold CV over" in shown.output and "vs smoothing" in shown.output and "untrained" in shown.output
+    assert "best smoothing kernel in hindsight" in shown.output
     scratch = json.loads((tmp_path / "cv.json").read_text())
     assert scratch["windows"] == cv["windows"] and scratch["repeats"] == 2 and len(scratch["per_fold"]) == 6
     assert [f["repeat"] for f in scratch["per_fold"]] == [0, 0, 0, 1, 1, 1]
+    assert all(f["selected_step"] in (1, 2) for f in scratch["per_fold"])  # patience 1: stops after 2 passes at most
+    assert set(scratch["smoothing_by_sigma"]) == {"40.0", "80.0"}
     first = scratch["per_fold"][:3]  # the first repeat has the single run's folds, so the same smoothing scores
     assert [f["co_bps_smoothing"] for f in first] == pytest.approx([f["co_bps_smoothing"] for f in cv["per_fold"]])
     d = scratch["minus_smoothing"]  # repeats averaged per trial: the interval is over the session's distinct trials

@@ -21,7 +21,7 @@ def store(pretrain_store):
 
 def test_latent_readout_never_sees_heldout_spikes_and_recovers_a_glm_of_the_latents(store):
     from neurobridge.evaluate import baselines, metrics
-    from neurobridge.evaluate.readout import heldout_latents, latent_readout
+    from neurobridge.evaluate.readout import ReadoutFit, heldout_latents, latent_readout
     from neurobridge.store.rows import session_rows, stack_counts
     from neurobridge.store.splits import with_heldout
 
@@ -52,7 +52,7 @@ def test_latent_readout_never_sees_heldout_spikes_and_recovers_a_glm_of_the_late
     smooth = baselines.smooth_spikes(lat, 2.5)  # what the read-out reads: latents under the baseline's kernel
     rates = np.exp(((smooth - smooth.mean((0, 1))) / smooth.std((0, 1))) @ w + 0.5)
     spikes = g.poisson(rates).astype(np.float64)
-    pred = latent_readout(model, vocabs, rows[:n], spikes[:n], rows[n:], [1e-4, 1e-2, 1.0], sigma_bins=2.5)
+    pred = latent_readout(model, vocabs, rows[:n], spikes[:n], rows[n:], ReadoutFit([1e-4, 1e-2, 1.0], sigma_bins=2.5))
     oracle, got = metrics.bits_per_spike(rates[n:], spikes[n:]), metrics.bits_per_spike(pred, spikes[n:])
     assert oracle > 0.05 and got > 0.9 * oracle
     assert pred.shape == (len(rows) - n, stack_counts(rows).shape[1], 3)

@@ -81,7 +81,7 @@ def test_a_tracking_server_that_is_down_fails_at_start(store):
 
 def test_champion_needs_an_evaluation_at_or_above_its_baseline_unless_forced(store, registered):
     from mlflow.tracking import MlflowClient
-    from neurobridge.evaluate.run import evaluate
+    from neurobridge.evaluate.run import EvalData, evaluate
 
     run_id = pretrain_run(store, "reg-gate")
     v = registrable.register(run_id, "gated", settings=store)
@@ -89,7 +89,7 @@ def test_champion_needs_an_evaluation_at_or_above_its_baseline_unless_forced(sto
     with pytest.raises(GateError, match=r"not promoted to @champion: not evaluated: no evaluation in the run"):
         registrable.promote(Promotion("gated", "champion", v.version), store)
 
-    report = evaluate(f"runs:/{run_id}", ["r_nwb"], settings=store, exclude_sessions=["monkey00_s01"])
+    report = evaluate(f"runs:/{run_id}", EvalData(["r_nwb"], exclude_sessions=["monkey00_s01"]), settings=store)
     assert report.run_id == run_id  # written into the evaluated run, beside its training loss
     run = MlflowClient(store.mlflow_uri).get_run(run_id)
     assert {"loss", "eval.r_nwb.co_bps", "eval.r_nwb.co_bps_smoothing", "eval.r_nwb.fp_bps_mean"} <= set(

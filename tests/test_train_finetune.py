@@ -51,7 +51,7 @@ def test_finetuning_extends_vocabularies_and_uses_the_same_k_windows_as_scratch(
     chosen = finetune(ft.model_copy(update={"val_every": 1}), str(tmp_path / "pre.pt"), store)
     losses = {h["step"]: h["val_loss"] for h in chosen.last["history"] if "val_loss" in h}
     assert sorted(losses) == [1, 2, 3] and chosen.last["selected_step"] == min(losses, key=losses.get)
-    smooth = finetune(ft.model_copy(update={"output_smoothing": 2.0}), str(tmp_path / "pre.pt"), store)
+    smooth = finetune(ft.model_copy(update={"output_smoothing_ms": 40.0}), str(tmp_path / "pre.pt"), store)
     assert smooth.model.cfg.output_smoothing == 2.0 and cfg.model.output_smoothing == 0.0  # the source is untouched
     back, _, _ = load_checkpoint(save(smooth, str(tmp_path / "smooth.pt"), ft))
     assert back.cfg.output_smoothing == 2.0  # the fine-tuned model keeps its output prior

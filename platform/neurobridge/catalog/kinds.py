@@ -285,4 +285,70 @@ class FmriEntry(CatalogEntry):
         spec = super().version_spec()
         if self.fmri is not None:  # every option changes rows except how much is read at once
             spec["fmri"] = self.fmri.model_dump(exclude={"chunk_mb"})
+
+
+class BehaviorArray(Strict):
+    """One behaviour array of a binned file: its name in the file, its axis order and a name per column."""
+
+    array: str = Field(min_length=1, description="array name in the file (MATLAB variable, NPZ key, HDF5 path)")
+    names: list[str] = Field(min_length=1, description="one name per column, e.g. [x, y]; stored as <array>.<name>")
+    axes: Literal["bins_channels", "channels_bins"] = Field(
+        "bins_channels", description="axis order: [bins × channels] or [channels × bins] (MATLAB's row vectors)"
+    )
+
+
+class TrialTable(Strict):
+    """Windows from a trial table in the file instead of fixed chunks: one window per trial."""
+
+    start: str = Field(description="array of trial starts, in native bins (0-based) or seconds (``in_seconds``)")
+    split: str | None = Field(None, description="array of official split labels per trial (train/val/test)")
+    in_seconds: bool = Field(False, description="starts are seconds on the ``time`` array's clock, not bin indices")
+
+
+class BinnedOptions(Strict):
+    """Binned count matrices with behaviour (Stevenson et al., Glaser's Neural_Decoding sets, NLB tensors).
+
+    Formats by suffix: ``.mat`` (MATLAB v5 through scipy.io, v7.3 through h5py: sniffed), ``.npy`` (the counts
+    alone), ``.npz``, ``.h5``/``.hdf5``. Windows are fixed chunks of ``ingest.window.chunk_s`` (or one per trial of
+    ``trials``, ``ingest.window.post_s`` long); ``ingest.bin_ms`` must be a whole multiple of ``bin_ms`` (bins are
+    summed exactly).
+    """
+
+    counts: str = Field("spikes", description="array holding the spike counts")
+    axes: Literal["units_bins", "bins_units"] = Field(
+        "units_bins", description="axis order of the counts: [units × bins] or [bins × units]"
+    )
+    bin_ms: float = Field(gt=0, le=10_000, description="native bin width of the arrays (ms)")
+    behavior: list[BehaviorArray] = Field(default_factory=list, description="behaviour arrays, binned like counts")
+    time: str | None = Field(None, description="array of bin times in seconds (window t_start); None: bin × width")
+    trials: TrialTable | None = Field(None, description="one window per trial (None: fixed chunks)")
+    region: str = Field("unknown", description="region label of every unit (when the file has no per-unit labels)")
+    regions: str | None = Field(None, description="array of per-unit region labels (overrides ``region``)")
+    unit_ids: str | None = Field(None, description="array of unit ids (None: the unit's index)")
+    split_block_s: float | None = Field(
+        None,
+        gt=0,
+        description="chunks: windows of the same block of this many seconds share a split (adjacent chunks of a "
+        "continuous recording are correlated); None: each window is hashed on its own",
+    )
+    block_cells: int = Field(2_000_000, ge=1_000, description="cells [windows × units × bins] per window block")
+
+    @model_validator(mode="after")
+    def _unique(self) -> BinnedOptions:
+        names = [f"{b.array}.{n}" for b in self.behavior for n in b.names]
+        if len(set(names)) != len(names):
+            raise ValueError(f"behaviour names repeat: {names}")
+        return self
+
+
+class BinnedEntry(CatalogEntry):
+    """Binned count matrices (with behaviour) in MATLAB, NumPy or HDF5 files, from any fsspec URI."""
+
+    KIND: ClassVar[str] = "binned"
+    kind: Literal["binned"]
+    binned: BinnedOptions
+
+    def version_spec(self) -> dict[str, Any]:
+        spec = super().version_spec()
+        spec["binned"] = self.binned.model_dump(exclude={"block_cells"})  # every other option changes rows
         return spec

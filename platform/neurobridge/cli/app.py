@@ -1,5 +1,5 @@
 """`neurobridge …`: the command line over the library (typer + rich). This module is the root app: it holds the
-demo and `embed-images` and registers every other area's commands (data.py, bench.py, train.py, decode.py,
+demo and `embed-images` and registers every other area's commands (data.py, bench.py, train.py, decode.py, evaluate.py,
 tune.py, registry.py) in the order `--help` lists them."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import typer
 
 from neurobridge.cli import data as cli_data
 from neurobridge.cli import decode as cli_decode
+from neurobridge.cli import evaluate as cli_evaluate
 from neurobridge.cli import registry as cli_registry
 from neurobridge.cli import train as cli_train
 from neurobridge.cli import tune as cli_tune
@@ -105,8 +106,10 @@ app.command("embed-images")(embed_images_cmd)
 app.command()(cli_train.pretrain)
 app.command()(cli_train.finetune)
 app.command()(cli_train.align)
-app.command()(cli_train.evaluate)
 app.command()(cli_decode.decode)
+app.command()(cli_evaluate.evaluate)
+app.command("nlb-score")(cli_evaluate.nlb_score)
+app.command()(cli_evaluate.transfer)
 app.command()(cli_registry.embed)
 app.command()(cli_tune.ablate)
 app.command()(cli_tune.report)

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from neurobridge.config import parse_overrides as _parse_overrides
-from neurobridge.workflows.tables import print_alignment, print_report
+from neurobridge.workflows.tables import print_alignment
 
 console = Console()
 err_console = Console(stderr=True)
@@ -94,9 +94,17 @@ def finetune(
     freeze_backbone: bool = typer.Option(False, help="train only context embeddings and output heads"),
     train_decoder: bool = typer.Option(False, help="with --freeze-backbone: the decoder trains too"),
     unit_weight_decay: float = typer.Option(0.0, help="decay of all per-unit rows toward the shared read-out"),
-    output_smoothing: float = typer.Option(None, help="Gaussian width (bins) of the model's output smoothing"),
+    output_smoothing_ms: float = typer.Option(None, help="Gaussian s.d. (ms) of the model's output smoothing"),
     val_every: int = typer.Option(None, help="keep the weights of the best pass over the session's val windows"),
+    val_patience: int = typer.Option(None, help="with --val-every: stop after this many passes without a new best"),
+    batch_size: int = typer.Option(16, help="windows per step"),
     scratch: bool = typer.Option(False, help="train a fresh model instead (the comparison)"),
+    model_config: Path = typer.Option(
+        None, help="with --scratch: the architecture (a pretraining config YAML: its `model`; or a model YAML)"
+    ),
+    smoothing_ms: list[float] = typer.Option(
+        None, help="with --cv: also score smoothing at these kernels (ms), the best picked with hindsight"
+    ),
     cv: int = typer.Option(None, help="K-fold cross-validation over all the session's windows instead: --out is JSON"),
     cv_repeats: int = typer.Option(1, help="with --cv: repeat it with other folds and seeds (scores averaged)"),
     out: Path = typer.Option(..., help="where to write the fine-tuned model.pt (with --cv: the results JSON)"),
@@ -121,35 +129,25 @@ def finetune(
         train_decoder=train_decoder,
         unit_weight_decay=unit_weight_decay,
         val_every=val_every,
-        output_smoothing=output_smoothing,
+        val_patience=val_patience,
+        batch_size=batch_size,
+        output_smoothing_ms=output_smoothing_ms,
         seed=seed,
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     settings = _settings()
     try:
         file = resolve_model_file(model, settings) if model else None
+        arch = _model_config(model_config) if model_config else None
         if cv is not None:
-            from neurobridge.evaluate.crossval import crossval_finetune
+            from neurobridge.evaluate.crossval import CrossvalOptions, crossval_finetune
 
-            res = crossval_finetune(cfg, file, settings, folds=cv, progress=console.log, repeats=cv_repeats)
+            opts = CrossvalOptions(folds=cv, repeats=cv_repeats, scratch_model=arch, smoothing_ms=smoothing_ms or ())
+            res = crossval_finetune(cfg, file, settings, opts, progress=console.log)
             out.write_text(json.dumps(res, indent=1, default=float))
-            d = res["minus_smoothing"]
-            times = f"{cv_repeats} x " if cv_repeats > 1 else ""
-            console.print(
-                f"{times}{cv}-fold CV over {res['windows']} windows: co-bps {res['co_bps']:.4f} vs smoothing "
-                f"{res['co_bps_smoothing']:.4f} ({d['bps']:+.4f}, 95 % {d['ci_low']:+.4f} … "
-                f"{d['ci_high']:+.4f}) → {out}"
-            )
-            if "readout_minus_untrained" in res:
-                r, c = res["readout_minus_smoothing"], res["readout_minus_untrained"]
-                console.print(
-                    f"GLM read-out of the latents: {res['co_bps_readout']:.4f} ({r['bps']:+.4f} vs "
-                    f"smoothing); of an untrained encoder's: {res['co_bps_readout_untrained']:.4f}; "
-                    f"trained − untrained {c['bps']:+.4f} (95 % {c['ci_low']:+.4f} … "
-                    f"{c['ci_high']:+.4f})"
-                )
+            _print_cv(res, out)
             return
-        result = run(cfg, file, settings)
+        result = run(cfg, file, settings, scratch_model=arch)
     except (StoreError, ValueError) as err:
         _fail(str(err))
     save(result, str(out), cfg)
@@ -158,56 +156,40 @@ def finetune(
     )
 
 
+def _model_config(path: Path):
+    """A ModelConfig from YAML: a pretraining config's ``model`` section (so the trained-alone arm uses exactly
+    the pretrained architecture) or a bare model mapping."""
+    import yaml
+
+    from neurobridge.models.config import ModelConfig
+
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    return ModelConfig.model_validate(data.get("model", data) if isinstance(data, dict) else data)
+
+
+def _print_cv(res: dict, out: Path) -> None:
+    d = res["minus_smoothing"]
+    times = f"{res['repeats']} x " if res["repeats"] > 1 else ""
+    console.print(
+        f"{times}{res['folds']}-fold CV over {res['windows']} windows: co-bps {res['co_bps']:.4f} vs smoothing "
+        f"{res['co_bps_smoothing']:.4f} ({d['bps']:+.4f}, 95 % {d['ci_low']:+.4f} … {d['ci_high']:+.4f}) → {out}"
+    )
+    if "readout_minus_untrained" in res:
+        r, c = res["readout_minus_smoothing"], res["readout_minus_untrained"]
+        console.print(
+            f"GLM read-out of the latents: {res['co_bps_readout']:.4f} ({r['bps']:+.4f} vs smoothing); of an "
+            f"untrained encoder's: {res['co_bps_readout_untrained']:.4f}; trained − untrained {c['bps']:+.4f} "
+            f"(95 % {c['ci_low']:+.4f} … {c['ci_high']:+.4f})"
+        )
+    if "minus_best_smoothing" in res:
+        b = res["minus_best_smoothing"]
+        console.print(f"against the best smoothing kernel in hindsight ({b['sigma_ms']:g} ms): {b['bps']:+.4f}")
+
+
 def _settings():
     from neurobridge.config import get_settings
 
     return get_settings()
-
-
-def evaluate(
-    model: str = typer.Argument(..., help="model.pt or runs:/<run id>"),
-    dataset: list[str] = typer.Option(None, help="dataset refs (repeatable)"),
-    mixture: str = typer.Option(None, help="a mixture name instead of datasets"),
-    session: list[str] = typer.Option(None, help="only these sessions (repeatable)"),
-    truth: str = typer.Option(None, help="simulator truth folder (oracle); default <NB_RAW>/sim/truth if present"),
-    max_sessions: int = typer.Option(None, help="sessions per dataset"),
-    out: Path = typer.Option(None, help="also write the report as JSON here"),
-    track: bool = typer.Option(True, help="log the report, metrics and figure to MLflow (into the run, for runs:/)"),
-    allow_partial: bool = typer.Option(
-        False, help="evaluate on dataset versions with failed items (refused by default; recorded in the run)"
-    ),
-):
-    """co-bps / fp-bps / per-region bps / behaviour R² beside mean-rate, smoothing and oracle baselines."""
-    from neurobridge.evaluate.report import EvalConfig
-    from neurobridge.evaluate.run import evaluate as run
-    from neurobridge.storage import StoreError
-
-    settings = _settings()
-    if truth is None and "://" not in settings.raw_root and (Path(settings.raw_root) / "sim" / "truth").is_dir():
-        truth = str(Path(settings.raw_root) / "sim" / "truth")
-    if not dataset and not mixture:
-        _fail("name --dataset (repeatable) or --mixture")
-    try:
-        with console.status("evaluating…") as status:
-            report = run(
-                model,
-                dataset,
-                mixture,
-                session,
-                truth,
-                EvalConfig(max_sessions=max_sessions, allow_partial=allow_partial),
-                settings,
-                track,
-                progress=lambda s: status.update(f"evaluating {s}"),
-            )
-    except StoreError as err:
-        _fail(str(err))
-    print_report(report)
-    if out:
-        out.write_text(json.dumps(report.to_dict(), indent=1, default=float))
-        console.print(f"report → {out}")
-    if report.run_id:
-        console.print(f"MLflow run: {report.run_id}")
 
 
 def bench_train(

@@ -2,8 +2,10 @@
 
 Per session (count data): co-bps on held-out units predicted from held-in units (NLB's official split when the
 data has one, else the deterministic per-session hash split training used), fp-bps on the last bins, per-region
-leave-one-region-out bps, and ridge behaviour R² from the model's latents. Beside them, on the same cells: the mean
-rate (0 by definition), NLB's spike smoothing + Poisson GLM, and, on simulated data, the oracle from true rates.
+leave-one-region-out bps, and behaviour R² decoded as NLB does (``behaviour.py``). Beside them, on the same cells:
+the mean rate (0 by definition), NLB's spike smoothing + Poisson GLM (kernel in ms and penalty chosen by
+cross-validation on the training windows, both reported, a warning when it scores about 0), and, on simulated
+data, the oracle from true rates. fp-bps is reported as ``fp_bps`` only for models trained to forecast.
 """
 
 from __future__ import annotations
@@ -15,7 +17,15 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from neurobridge.evaluate import baselines, metrics
-from neurobridge.evaluate.readout import batches, heldout_mask, latent_readout, untrained_like
+from neurobridge.evaluate.behaviour import BehaviorConfig, decode_smoothed
+from neurobridge.evaluate.readout import (
+    ReadoutFit,
+    all_unit_rates,
+    batches,
+    heldout_mask,
+    latent_readout,
+    untrained_like,
+)
 from neurobridge.evaluate.truth import Truth
 from neurobridge.models.config import ALL_PROMPTS
 from neurobridge.models.masking import MaskResult, mask_last_bins
@@ -32,13 +42,23 @@ class EvalConfig(BaseModel):
     split: str = "test"
     batch_size: int = Field(64, ge=1)
     forward_fraction: float = Field(0.2, gt=0, lt=1, description="fp-bps scores the last fraction of each window")
-    smoothing_sigma_bins: float = Field(2.5, gt=0, description="NLB smoothing baseline kernel s.d. (bins)")
+    smoothing_ms: list[float] = Field(
+        default_factory=lambda: list(baselines.SMOOTHING_MS),
+        min_length=1,
+        description="NLB smoothing baseline kernel s.d. grid (ms, converted with each dataset's bin width); "
+        "the kernel and glm_l2 are chosen together by cross-validation on the training windows",
+    )
     glm_l2: list[float] = Field(
-        default_factory=lambda: [1e-3, 1e-2, 1e-1, 1.0],
+        default_factory=lambda: list(baselines.GLM_L2),
         min_length=1,
         description="smoothing GLM penalties; several: chosen by cross-validation on the training windows",
     )
-    ridge_alpha: float = Field(1.0, gt=0)
+    behavior: BehaviorConfig = Field(default_factory=BehaviorConfig)
+    forecast: bool | None = Field(
+        None,
+        description="whether the model trained to forecast (the forward mode): fp-bps is reported as fp_bps only "
+        "then, else as fp_bps_not_trained; None: read from the checkpoint",
+    )
     max_sessions: int | None = Field(None, ge=1, description="per dataset")
     max_train_windows: int = Field(1000, ge=1, description="training windows per session for baselines/decoders")
     allow_partial: bool = Field(
@@ -47,9 +67,12 @@ class EvalConfig(BaseModel):
     latent_readout: bool = Field(
         False,
         description="also score held-out units through a Poisson GLM on the encoder's latents, smoothed and "
-        "fitted per session like the smoothing baseline (same kernel, same glm_l2), beside the same read-out of an "
-        "untrained encoder of the same architecture (its control: random features read out the same way)",
+        "fitted per session like the smoothing baseline (its chosen kernel, glm_l2), beside the same read-out of "
+        "an untrained encoder of the same architecture (its control: random features read out the same way)",
     )
+
+
+NEAR_ZERO_BPS = 0.005  # a smoothing baseline this close to 0 has collapsed to the mean rate: say so
 
 
 @dataclass
@@ -60,6 +83,7 @@ class SessionResult:
     heldout_units: int
     metrics: dict[str, float] = field(default_factory=dict)
     regions: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
     # arrays kept for pooling (held-out cells only)
     pooled: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
 
@@ -82,6 +106,44 @@ def _latents_per_bin(model: MaskedNeuralModel, batch: Batch) -> np.ndarray:
     return bin_means(lat.tokens, batch.token_time, lat.token_valid, batch.bin_mask.shape[1]).double().numpy()
 
 
+@dataclass
+class _Session:
+    """One session's evaluation data: test and training windows (with held-out flags) and the test spikes."""
+
+    test: list[dict]
+    train: list[dict]
+    spikes: np.ndarray  # [test windows, bins, units]
+    held: np.ndarray  # [units] bool
+    regions: np.ndarray  # [units] str
+    n_forward: int  # fp-bps scores this many last bins
+    bin_ms: float
+
+    @property
+    def bins(self) -> int:
+        return self.spikes.shape[1]
+
+
+@dataclass
+class _Predictions:
+    co: np.ndarray  # co-smoothing (held-out units masked)
+    fp: np.ndarray  # forward prediction (last bins masked)
+    by_region: dict[str, np.ndarray]  # leave-one-region-out
+
+
+def _predict_all(model: MaskedNeuralModel, vocabs: Vocabularies, s: _Session, batch_size: int) -> _Predictions:
+    T = s.bins
+    co, fp = [], []
+    by_region: dict[str, list[np.ndarray]] = {}
+    for batch in batches(s.test, vocabs, model.cfg.neurons_per_token, batch_size):
+        co.append(_predict(model, batch, heldout_mask(model, batch))[:, :T])
+        fp.append(_predict(model, batch, mask_last_bins(batch, s.n_forward))[:, :T])
+        for name in np.unique(s.regions):
+            rid = int(vocabs.region.lookup([name])[0])
+            by_region.setdefault(name, []).append(_predict(model, batch, _region_mask(batch, rid))[:, :T])
+    regions = {name: np.concatenate(parts) for name, parts in by_region.items()}
+    return _Predictions(np.concatenate(co), np.concatenate(fp), regions)
+
+
 @torch.no_grad()
 def evaluate_session(
     model: MaskedNeuralModel,
@@ -97,96 +159,107 @@ def evaluate_session(
     if not test or test[0].get("counts") is None:
         return None  # MUA sessions: no bits/spike
     model.eval()
-    k = model.cfg.neurons_per_token
     spikes = stack_counts(test)
-    T = spikes.shape[1]
-    held = np.asarray(test[0]["heldout"], dtype=bool)
-    regions = np.asarray(test[0]["unit_regions"]).astype(str)
-    res = SessionResult(sess.dataset, sess.session, len(test), int(held.sum()))
-    nf = max(1, int(round(cfg.forward_fraction * T)))
-
-    co, fp, lat_test = [], [], []
-    by_region: dict[str, list[np.ndarray]] = {}
-    for batch in batches(test, vocabs, k, cfg.batch_size):
-        co.append(_predict(model, batch, heldout_mask(model, batch))[:, :T])
-        fp.append(_predict(model, batch, mask_last_bins(batch, nf))[:, :T])
-        for name in np.unique(regions):
-            rid = int(vocabs.region.lookup([name])[0])
-            by_region.setdefault(name, []).append(_predict(model, batch, _region_mask(batch, rid))[:, :T])
-        lat_test.append(_latents_per_bin(model, batch)[:, :T])
-    co_pred, fp_pred = np.concatenate(co), np.concatenate(fp)
-    m = res.metrics
-    if held.any() and np.nansum(spikes[..., held]) > 0:
-        m["co_bps"] = metrics.co_bps(co_pred, spikes, held)
-        m["co_bps_mean_rate"] = metrics.co_bps(baselines.mean_rate_baseline(spikes), spikes, held)
-        res.pooled["model"] = (co_pred[..., held], spikes[..., held])
-        if train:
-            tr = stack_counts(train)[:, :T]
-            if tr.shape[1] == T:
-                smooth = baselines.smoothing_baseline(
-                    tr[..., ~held], tr[..., held], spikes[..., ~held], cfg.smoothing_sigma_bins, cfg.glm_l2
-                )
-                m["co_bps_smoothing"] = metrics.bits_per_spike(smooth, spikes[..., held])
-                res.pooled["smoothing"] = (smooth, spikes[..., held])
-                if cfg.latent_readout:
-                    untrained = untrained_like(model, vocabs)
-                    for key, net in (("readout", model), ("readout_untrained", untrained)):
-                        rd = latent_readout(
-                            net,
-                            vocabs,
-                            train,
-                            tr[..., held],
-                            test,
-                            cfg.glm_l2,
-                            cfg.smoothing_sigma_bins,
-                            cfg.batch_size,
-                        )[:, :T]
-                        m[f"co_bps_{key}"] = metrics.bits_per_spike(rd, spikes[..., held])
-                        res.pooled[key] = (rd, spikes[..., held])
-    m["fp_bps"] = metrics.fp_bps(fp_pred, spikes, nf, time_axis=1)
-    for name, parts in by_region.items():
-        if len(by_region) > 1:
-            sel = regions == name
-            res.regions[name] = metrics.bits_per_spike(np.concatenate(parts)[..., sel], spikes[..., sel])
+    s = _Session(
+        test,
+        train,
+        spikes,
+        np.asarray(test[0]["heldout"], dtype=bool),
+        np.asarray(test[0]["unit_regions"]).astype(str),
+        max(1, int(round(cfg.forward_fraction * spikes.shape[1]))),
+        float(test[0]["bin_ms"]),
+    )
+    res = SessionResult(sess.dataset, sess.session, len(test), int(s.held.sum()))
+    pred = _predict_all(model, vocabs, s, cfg.batch_size)
+    if s.held.any() and np.nansum(spikes[..., s.held]) > 0:
+        _cosmoothing(model, vocabs, s, pred.co, cfg, res)
+    fp = metrics.fp_bps(pred.fp, spikes, s.n_forward, time_axis=1)
+    res.metrics["fp_bps" if cfg.forecast else "fp_bps_not_trained"] = fp  # a forecast only from a forecaster
+    if len(pred.by_region) > 1:
+        for name, p in pred.by_region.items():
+            sel = s.regions == name
+            res.regions[name] = metrics.bits_per_spike(p[..., sel], spikes[..., sel])
     if truth is not None and truth.has(sess.session):
-        oracle = truth.expected_counts(sess.session, test, raw_ids or {})[:, :T]
-        ok = ~np.isnan(oracle).any(axis=(1, 2))
-        if ok.any() and held.any():
-            m["co_bps_oracle"] = metrics.co_bps(oracle[ok], spikes[ok], held)
-            m["fp_bps_oracle"] = metrics.fp_bps(oracle[ok], spikes[ok], nf, time_axis=1)
-            res.pooled["oracle"] = (oracle[ok][..., held], spikes[ok][..., held])
-            if not ok.all():  # the model's score on exactly the oracle's windows, for an honest ratio
-                m["co_bps_on_oracle_windows"] = metrics.co_bps(co_pred[ok], spikes[ok], held)
-    _behaviour(model, vocabs, train, test, T, lat_test, cfg, m)
+        _oracle(truth.expected_counts(sess.session, test, raw_ids or {})[:, : s.bins], s, pred.co, res)
+    _behaviour(model, vocabs, s, cfg, res.metrics)
     return res
 
 
-def _behaviour(model, vocabs, train, test, T, lat_test, cfg: EvalConfig, m: dict) -> None:
-    """Ridge R² of behaviour from the model's latents vs from smoothed spikes (session-specific decoders)."""
-    y_te, y_tr = stack_behavior(test), stack_behavior(train)
-    if y_te is None or y_tr is None or len(train) < 5:
+def _cosmoothing(
+    model: MaskedNeuralModel, vocabs: Vocabularies, s: _Session, co_pred: np.ndarray, cfg: EvalConfig, res
+) -> None:
+    """co-bps of the model beside the mean rate, the smoothing baseline and (opt-in) the latent read-outs."""
+    m, held, spikes, T = res.metrics, s.held, s.spikes, s.bins
+    m["co_bps"] = metrics.co_bps(co_pred, spikes, held)
+    m["co_bps_mean_rate"] = metrics.co_bps(baselines.mean_rate_baseline(spikes), spikes, held)
+    res.pooled["model"] = (co_pred[..., held], spikes[..., held])
+    if not s.train:
         return
-    k = model.cfg.neurons_per_token
-    lat_tr = np.concatenate([_latents_per_bin(model, b) for b in batches(train, vocabs, k, cfg.batch_size)])
-    Tb = min(T, y_te.shape[1], y_tr.shape[1], lat_tr.shape[1])
-    x_tr, x_te = lat_tr[:, :Tb], np.concatenate(lat_test)[:, :Tb]
-    ytr, yte = y_tr[:, :Tb], y_te[:, :Tb]
-    keep_tr = ~np.isnan(ytr).any(axis=-1).reshape(-1)
-    keep_te = ~np.isnan(yte).any(axis=-1).reshape(-1)
-    if keep_tr.sum() < 10 or keep_te.sum() < 2:
+    tr = stack_counts(s.train)[:, :T]
+    if tr.shape[1] != T:
         return
-
-    def r2(xtr, xte) -> float:
-        fit = metrics.fit_ridge(
-            xtr.reshape(-1, xtr.shape[-1])[keep_tr], ytr.reshape(-1, ytr.shape[-1])[keep_tr], cfg.ridge_alpha
+    smooth, choice = baselines.smoothing_search(
+        tr[..., ~held], tr[..., held], spikes[..., ~held], s.bin_ms, cfg.smoothing_ms, cfg.glm_l2
+    )
+    m["co_bps_smoothing"] = metrics.bits_per_spike(smooth, spikes[..., held])
+    m["smoothing_sigma_ms"], m["smoothing_l2"] = choice.sigma_ms, choice.l2
+    res.pooled["smoothing"] = (smooth, spikes[..., held])
+    if abs(m["co_bps_smoothing"]) < NEAR_ZERO_BPS:
+        res.warnings.append(
+            f"{res.dataset}/{res.session}: the smoothing baseline scores {m['co_bps_smoothing']:+.4f} co-bps, "
+            f"about the mean rate (kernel {choice.sigma_ms:g} ms, L2 {choice.l2:g}, inner CV "
+            f"{choice.cv_bps:+.4f}): a comparison against it says little; check the kernel and penalty grids"
         )
-        pred = fit.predict(xte.reshape(-1, xte.shape[-1])[keep_te])
-        return metrics.r2_score(yte.reshape(-1, yte.shape[-1])[keep_te], pred)
+    if not cfg.latent_readout:
+        return
+    fit = ReadoutFit(cfg.glm_l2, choice.sigma_bins(s.bin_ms), cfg.batch_size)
+    for key, net in (("readout", model), ("readout_untrained", untrained_like(model, vocabs))):
+        rd = latent_readout(net, vocabs, s.train, tr[..., held], s.test, fit)[:, :T]
+        m[f"co_bps_{key}"] = metrics.bits_per_spike(rd, spikes[..., held])
+        res.pooled[key] = (rd, spikes[..., held])
 
-    m["behavior_r2"] = r2(x_tr, x_te)
-    s_tr = baselines.smooth_spikes(stack_counts(train)[:, :Tb], cfg.smoothing_sigma_bins)
-    s_te = baselines.smooth_spikes(stack_counts(test)[:, :Tb], cfg.smoothing_sigma_bins)
-    m["behavior_r2_smoothing"] = r2(s_tr, s_te)
+
+def _oracle(oracle: np.ndarray, s: _Session, co_pred: np.ndarray, res: SessionResult) -> None:
+    """The simulator's true rates scored like the model, on the windows the truth covers."""
+    ok = ~np.isnan(oracle).any(axis=(1, 2))
+    if not (ok.any() and s.held.any()):
+        return
+    m, spikes, held = res.metrics, s.spikes, s.held
+    m["co_bps_oracle"] = metrics.co_bps(oracle[ok], spikes[ok], held)
+    m["fp_bps_oracle"] = metrics.fp_bps(oracle[ok], spikes[ok], s.n_forward, time_axis=1)
+    res.pooled["oracle"] = (oracle[ok][..., held], spikes[ok][..., held])
+    if not ok.all():  # the model's score on exactly the oracle's windows, for an honest ratio
+        m["co_bps_on_oracle_windows"] = metrics.co_bps(co_pred[ok], spikes[ok], held)
+
+
+def features(model: MaskedNeuralModel, vocabs: Vocabularies, rows: list[dict], kind: str, batch_size: int):
+    """[windows, bins, ·] what behaviour is decoded from: rates of every unit, or per-bin latents."""
+    if kind == "rates":
+        return all_unit_rates(model, vocabs, rows, batch_size)
+    k = model.cfg.neurons_per_token
+    return np.concatenate([_latents_per_bin(model, b) for b in batches(rows, vocabs, k, batch_size)])
+
+
+def _behaviour(model: MaskedNeuralModel, vocabs: Vocabularies, s: _Session, cfg: EvalConfig, m: dict) -> None:
+    """Behaviour R² as NLB scores it, from the model's rates or latents and from smoothed spikes."""
+    y_te, y_tr = stack_behavior(s.test), stack_behavior(s.train)
+    if y_te is None or y_tr is None or len(s.train) < 5:
+        return
+    b = cfg.behavior
+    T = s.bins
+    x_tr = features(model, vocabs, s.train, b.features, cfg.batch_size)[:, :T]
+    x_te = features(model, vocabs, s.test, b.features, cfg.batch_size)[:, :T]
+    found = decode_smoothed((x_tr, y_tr[:, :T]), (x_te, y_te[:, :T]), b, s.bin_ms, b.feature_smoothing_ms)
+    if found is None:
+        return
+    got, kernel = found
+    m["behavior_r2"], m["behavior_alpha"], m["behavior_lag_ms"] = got.r2, got.alpha, b.lag_ms
+    if b.feature_smoothing_ms != [0.0]:
+        m["behavior_feature_smoothing_ms"] = kernel
+    spikes_tr = stack_counts(s.train)[:, :T]
+    smoothed = decode_smoothed((spikes_tr, y_tr[:, :T]), (s.spikes, y_te[:, :T]), b, s.bin_ms)
+    if smoothed is not None:
+        m["behavior_r2_smoothing"], m["behavior_smoothing_ms"] = smoothed[0].r2, smoothed[1]
 
 
 @dataclass
@@ -210,8 +283,12 @@ class Report:
             )
         return rows
 
+    @property
+    def warnings(self) -> list[str]:
+        return [w for r in self.sessions for w in r.warnings]
+
     def to_dict(self) -> dict:
-        return {"sessions": self.table(), "pooled": self.pooled}
+        return {"sessions": self.table(), "pooled": self.pooled, "warnings": self.warnings}
 
 
 def pool(results: list[SessionResult]) -> dict[str, dict[str, float]]:
@@ -235,7 +312,7 @@ def pool(results: list[SessionResult]) -> dict[str, dict[str, float]]:
             d["model_over_oracle"] = d["co_bps"] / d["co_bps_oracle"]
             if "co_bps_smoothing" in d:
                 d["smoothing_over_oracle"] = d["co_bps_smoothing"] / d["co_bps_oracle"]
-        for key in ("fp_bps", "behavior_r2", "behavior_r2_smoothing"):
+        for key in ("fp_bps", "fp_bps_not_trained", "behavior_r2", "behavior_r2_smoothing"):
             vals = [r.metrics[key] for r in mine if key in r.metrics and np.isfinite(r.metrics[key])]
             if vals:
                 d[f"{key}_mean"] = float(np.mean(vals))

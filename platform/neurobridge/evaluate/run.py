@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,31 +36,41 @@ def resolve_model_file(ref: str, settings: Settings) -> str:
     return ref
 
 
+@dataclass(frozen=True)
+class EvalData:
+    """What to evaluate: dataset refs and/or a mixture, optionally only some sessions (or all but some), and the
+    simulator's truth folder for the oracle (None: no oracle)."""
+
+    datasets: list[str] | None = None
+    mixture: str | None = None
+    sessions: list[str] | None = None
+    exclude_sessions: list[str] | None = None
+    truth_dir: str | None = None
+
+
 def evaluate(
     model_ref: str,
-    datasets: list[str] | None = None,
-    mixture: str | None = None,
-    sessions: list[str] | None = None,
-    truth_dir: str | None = None,
+    data: EvalData,
     cfg: EvalConfig | None = None,
     settings: Settings | None = None,
     track: bool = True,
     progress=None,
-    exclude_sessions: list[str] | None = None,
 ) -> Report:
     settings = settings or get_settings()
     cfg = cfg or EvalConfig()
     model_file = resolve_model_file(model_ref, settings)
     model, vocabs, extra = load_checkpoint(model_file)
-    srcs = sources(settings, datasets, mixture, cfg.allow_partial)
+    if cfg.forecast is None:  # checkpoints older than trained_modes say nothing: not claimed as a forecaster
+        cfg = cfg.model_copy(update={"forecast": "forward" in extra.get("trained_modes", ())})
+    srcs = sources(settings, data.datasets, data.mixture, cfg.allow_partial)
     split = HeldoutSplit(heldout_flags(settings, srcs), extra.get("heldout_fraction", 0.25))
-    truth = Truth(truth_dir) if truth_dir else None
-    wanted = set(sessions) if sessions else None
+    truth = Truth(data.truth_dir) if data.truth_dir else None
+    wanted = set(data.sessions) if data.sessions else None
     results = []
     for src in srcs:
         raw = unit_columns(settings, src, "raw_id") if truth is not None else {}
         for sess in session_rows(settings, src, (cfg.split, "train"), wanted, cfg.max_sessions):
-            if exclude_sessions and sess.session in exclude_sessions:
+            if data.exclude_sessions and sess.session in data.exclude_sessions:
                 continue
             if progress is not None:
                 progress(f"{src.name}/{sess.session}")

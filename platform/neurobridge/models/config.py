@@ -53,6 +53,26 @@ class ModelConfig(BaseModel):
     output_smoothing: float = Field(
         0.0, ge=0, le=32, description="Gaussian kernel width (bins) applied along time to predicted log-rates; 0: off"
     )
+    output_smoothing_ms: float | None = Field(
+        None,
+        ge=0,
+        le=1000,
+        description="the same kernel in milliseconds, what configs should give: training converts it to "
+        "output_smoothing with the data's bin width (2.5 bins is 50 ms at 20 ms bins, 125 ms at 50 ms); None: "
+        "output_smoothing as given",
+    )
+
+    def at_bin_width(self, bin_ms: float) -> ModelConfig:
+        """This config for data of ``bin_ms`` bins: ``output_smoothing_ms`` converted to bins (when set)."""
+        if self.output_smoothing_ms is None:
+            return self
+        return self.model_copy(update={"output_smoothing": self.output_smoothing_ms / bin_ms})
+
+    def trained_modes(self, mode: str) -> list[str]:
+        """The masking modes a run with top-level ``mode`` trains (``all``: every mode with non-zero odds)."""
+        if mode != "all":
+            return [mode]
+        return [m for m in self.modes if self.mode_weights.get(m, 1.0) > 0]
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:

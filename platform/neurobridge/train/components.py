@@ -123,7 +123,11 @@ def export_model(checkpoint: str, cfg: PretrainConfig, pa_fs=None) -> tuple[str,
             payload = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
     vocabs = Vocabularies.from_dict(payload["vocabs"])
     model = MaskedNeuralModel(cfg.model, vocabs)
-    extra = {"step": int(payload["step"]), "heldout_fraction": cfg.data.heldout_fraction}
+    extra = {
+        "step": int(payload["step"]),
+        "heldout_fraction": cfg.data.heldout_fraction,
+        "trained_modes": cfg.model.trained_modes(cfg.mode),  # evaluation reports fp-bps only for forecasters
+    }
     best = payload.get("best")
     if best is not None and cfg.validation.keep_best:
         model.load_state_dict(best["model"])

@@ -65,8 +65,12 @@ class FinetuneConfig(BaseModel):
         description="AdamW decay of the per-unit rows toward the shared read-out (small recordings); "
         "decoupled decay shrinks every session's rows, so the result is a model for the new session",
     )
-    output_smoothing: float | None = Field(
-        None, ge=0, le=32, description="set the model's output_smoothing (bins) for fine-tuning and after; null: keep"
+    output_smoothing_ms: float | None = Field(
+        None,
+        ge=0,
+        le=1000,
+        description="set the model's output smoothing (Gaussian s.d., ms; converted with the session's bin width) "
+        "for fine-tuning and after; null: keep the model's own (its ms setting, if any, at this bin width)",
     )
 
     @model_validator(mode="after")
@@ -112,27 +116,14 @@ def finetune(
     if not windows[0]:
         raise StoreError(f"{cfg.dataset}: no training windows for session {cfg.session!r}")
     rows = pick_windows(windows[0], cfg.trials, cfg.seed)
-    if model_file is not None:
-        model, vocabs, _ = load_checkpoint(model_file)
-    else:
-        torch.manual_seed(cfg.seed)
-        vocabs = Vocabularies()
-        model = MaskedNeuralModel(scratch_model or ModelConfig(), vocabs)
-    if cfg.output_smoothing is not None:  # no parameters of its own: the checkpoint saves the new config
-        model.cfg = model.cfg.model_copy(update={"output_smoothing": cfg.output_smoothing})
-    first = rows[0]
-    for name in CONTEXT:  # new session (and subject/task/dataset/regions when unseen) → grown tables
-        key = first.get(name) if name != "dataset" else srcs[0].name
-        if key:
-            model.extend_vocab(vocabs, name, [key])
-    model.extend_vocab(vocabs, "region", sorted({r for row in rows for r in row["unit_regions"]}))
-    if first.get("unit_ids") is not None:  # the new session's units get their own read-in/read-out rows
-        model.extend_vocab(vocabs, "unit", [unit_key(cfg.session, u) for u in first["unit_ids"]])
+    model, vocabs = _base_model(cfg, model_file, scratch_model, float(rows[0]["bin_ms"]))
+    _adopt_session(model, vocabs, rows, cfg.session, srcs[0].name)
     if cfg.freeze_backbone:
         for name, p in model.named_parameters():
             p.requires_grad = name.split(".")[0] in BACKBONE_FREE + (DECODER if cfg.train_decoder else ())
-    split = HeldoutSplit(heldout_flags(settings, srcs), cfg.heldout_fraction)
-    collate_fn = CollateWindows(vocabs, model.cfg.neurons_per_token, split)
+    collate_fn = CollateWindows(
+        vocabs, model.cfg.neurons_per_token, HeldoutSplit(heldout_flags(settings, srcs), cfg.heldout_fraction)
+    )
     bs = min(cfg.batch_size, len(rows))
 
     def batches(epoch: int):
@@ -141,23 +132,7 @@ def finetune(
         for i in range(0, len(order) - bs + 1, bs):
             yield collate_fn.collate_rows([rows[j] for j in order[i : i + bs]])
 
-    pcfg = PretrainConfig(
-        name="finetune",
-        seed=cfg.seed,
-        mode=cfg.mode,
-        model=model.cfg,
-        data=DataConfig(mixture=None),
-        optim=OptimConfig(
-            lr=cfg.lr,
-            max_steps=cfg.steps,
-            batch_size=bs,
-            warmup_steps=min(20, cfg.steps // 10),
-            unit_weight_decay=cfg.unit_weight_decay,
-        ),
-        log_every=max(1, cfg.steps // 10),
-        checkpoint_every=cfg.steps,
-        validation=ValidationConfig(every=cfg.val_every, patience=cfg.val_patience),
-    )
+    pcfg = _step_config(cfg, model.cfg, bs)
     validate = None
     if cfg.val_every is not None:
         val = windows[1][: pcfg.validation.max_windows]
@@ -179,7 +154,62 @@ def finetune(
     return FinetuneResult(model, vocabs, [r["sample_id"] for r in rows], {**last, "history": history})
 
 
+def _base_model(
+    cfg: FinetuneConfig, model_file: str | None, scratch_model: ModelConfig | None, bin_ms: float
+) -> tuple[MaskedNeuralModel, Vocabularies]:
+    """The pretrained model (or a fresh one of ``scratch_model``), its output smoothing at the session's bin width
+    (the kernel asked for, else the model's own ms setting)."""
+    if model_file is not None:
+        model, vocabs, _ = load_checkpoint(model_file)
+    else:
+        torch.manual_seed(cfg.seed)
+        vocabs = Vocabularies()
+        model = MaskedNeuralModel(scratch_model or ModelConfig(), vocabs)
+    if cfg.output_smoothing_ms is not None:  # no parameters of its own: the checkpoint saves the new config
+        model.cfg = model.cfg.model_copy(update={"output_smoothing_ms": cfg.output_smoothing_ms})
+    model.cfg = model.cfg.at_bin_width(bin_ms)
+    return model, vocabs
+
+
+def _adopt_session(model: MaskedNeuralModel, vocabs: Vocabularies, rows: list[dict], session: str, dataset: str):
+    """New session (and subject/task/dataset/regions when unseen) → grown tables; its units get their own rows."""
+    first = rows[0]
+    for name in CONTEXT:
+        key = first.get(name) if name != "dataset" else dataset
+        if key:
+            model.extend_vocab(vocabs, name, [key])
+    model.extend_vocab(vocabs, "region", sorted({r for row in rows for r in row["unit_regions"]}))
+    if first.get("unit_ids") is not None:
+        model.extend_vocab(vocabs, "unit", [unit_key(session, u) for u in first["unit_ids"]])
+
+
+def _step_config(cfg: FinetuneConfig, model: ModelConfig, batch_size: int) -> PretrainConfig:
+    """The training loop's config for a fine-tune: short warm-up, logging ten times, validation as asked."""
+    return PretrainConfig(
+        name="finetune",
+        seed=cfg.seed,
+        mode=cfg.mode,
+        model=model,
+        data=DataConfig(mixture=None),
+        optim=OptimConfig(
+            lr=cfg.lr,
+            max_steps=cfg.steps,
+            batch_size=batch_size,
+            warmup_steps=min(20, cfg.steps // 10),
+            unit_weight_decay=cfg.unit_weight_decay,
+        ),
+        log_every=max(1, cfg.steps // 10),
+        checkpoint_every=cfg.steps,
+        validation=ValidationConfig(every=cfg.val_every, patience=cfg.val_patience),
+    )
+
+
 def save(result: FinetuneResult, path: str, cfg: FinetuneConfig) -> str:
-    extra = {"finetuned_on": cfg.session, "trials": cfg.trials or 0, "heldout_fraction": cfg.heldout_fraction}
+    extra = {
+        "finetuned_on": cfg.session,
+        "trials": cfg.trials or 0,
+        "heldout_fraction": cfg.heldout_fraction,
+        "trained_modes": result.model.cfg.trained_modes(cfg.mode),  # what the new session's weights learnt
+    }
     save_checkpoint(path, result.model, result.vocabs, extra)
     return path

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from neurobridge.config import Settings, ensure_ray, get_settings
 from neurobridge.models.vocab import Vocabularies, unit_key
 from neurobridge.storage import StoreError
-from neurobridge.store.read import Mixing, Source, ray_dataset, sources, unit_columns
+from neurobridge.store.read import Mixing, Source, one_bin_width, ray_dataset, sources, unit_columns
 from neurobridge.store.rows import ROW_COLUMNS
 from neurobridge.store.splits import HeldoutSplit, heldout_flags
 from neurobridge.tracking import lineage, mlflow_run
@@ -177,6 +177,7 @@ def pretrain(
 
     settings = settings or get_settings()
     srcs = sources(settings, cfg.data.datasets, cfg.data.mixture, cfg.data.allow_partial)
+    cfg = cfg.model_copy(update={"model": cfg.model.at_bin_width(one_bin_width(srcs))})  # kernels in ms → bins
     vocabs = vocabularies(srcs, cfg.data.holdout_sessions, settings)
     heldout = HeldoutSplit(heldout_flags(settings, srcs), cfg.data.heldout_fraction)
     s = cfg.scaling

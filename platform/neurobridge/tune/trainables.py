@@ -148,20 +148,16 @@ def _pretrain(cfg, spec: AblationSpec, st: Settings, run_id: str) -> dict:
 def _co_bps(model_file: str, cfg, spec: AblationSpec, st: Settings) -> dict:
     """Pooled co-bps over the evaluated datasets (mean of each dataset's pooled value)."""
     from neurobridge.evaluate.report import EvalConfig
-    from neurobridge.evaluate.run import evaluate
+    from neurobridge.evaluate.run import EvalData, evaluate
 
     datasets = spec.evaluate.datasets or cfg.data.datasets
     mixture = None if spec.evaluate.datasets else cfg.data.mixture
     report = evaluate(
         model_file,
-        datasets,
-        mixture,
-        None,
-        None,
+        EvalData(datasets, mixture, exclude_sessions=cfg.data.holdout_sessions),
         EvalConfig(max_sessions=spec.evaluate.max_sessions),
         st,
         track=False,
-        exclude_sessions=cfg.data.holdout_sessions,
     )
     out = {}
     for ds, d in report.pooled.items():

@@ -181,7 +181,7 @@ def demo_pretrain_config(mixture: str, steps: int):
 
 def _pretrain_and_evaluate(run: DemoRun, steps: int) -> str:
     """Stages 4-5: masked pretraining on Ray Train over the mixture, then co-bps against the baselines."""
-    from neurobridge.evaluate.run import evaluate
+    from neurobridge.evaluate.run import EvalData, evaluate
     from neurobridge.train.pretrain import pretrain
     from neurobridge.workflows.tables import print_report
 
@@ -193,10 +193,8 @@ def _pretrain_and_evaluate(run: DemoRun, steps: int) -> str:
         f"{m.get('tokens_per_s', float('nan')):,.0f} tokens/s"
     )
     truth = None if "://" in settings.raw_root else f"{run.sim_root}/truth"
-    datasets = ["sim_nwb", "sim_alf"]
-    report = evaluate(
-        f"runs:/{result.run_id}", datasets, None, None, truth, settings=settings, exclude_sessions=[DEMO_HOLDOUT]
-    )
+    data = EvalData(["sim_nwb", "sim_alf"], exclude_sessions=[DEMO_HOLDOUT], truth_dir=truth)
+    report = evaluate(f"runs:/{result.run_id}", data, settings=settings)
     print_report(report)
     pooled = report.pooled.get("sim_nwb", {})
     if pooled.get("co_bps") is not None and pooled.get("co_bps_smoothing") is not None:

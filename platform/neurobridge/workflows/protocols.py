@@ -23,9 +23,9 @@ from rich.console import Console
 
 from neurobridge.catalog import resolve
 from neurobridge.config import Settings, get_settings
-from neurobridge.evaluate.crossval import crossval_finetune
+from neurobridge.evaluate.crossval import CrossvalOptions, crossval_finetune
 from neurobridge.evaluate.report import EvalConfig
-from neurobridge.evaluate.run import evaluate, resolve_model_file
+from neurobridge.evaluate.run import EvalData, evaluate, resolve_model_file
 from neurobridge.ingest.pipeline import ingest_many
 from neurobridge.sim import SimConfig, simulate
 from neurobridge.store.mixtures import write_mixture
@@ -65,12 +65,12 @@ MC_MAZE_FINETUNE = {
     "unit_weight_decay": 150.0,
     "val_every": 25,
     "val_patience": 8,
-    "output_smoothing": 2.5,
+    "output_smoothing_ms": 50.0,
 }
 CV_FOLDS = 5
 CV_REPEATS = 3  # repeated CV for the judged (fine-tuned) model: other folds and seeds each time
-# smoothing kernels (bins of 20 ms) also reported, the best picked with hindsight on the test folds
-SMOOTHING_SIGMAS = (1.5, 2.5, 4.0, 6.0)
+# smoothing kernels (ms; 1.5-6 bins of 20 ms) also reported, the best picked with hindsight on the test folds
+SMOOTHING_MS = (30.0, 50.0, 80.0, 120.0)
 
 
 def real_data(settings: Settings, config_dir: str, sim_model: str, work: Path, console: Console) -> dict:
@@ -87,7 +87,7 @@ def real_data(settings: Settings, config_dir: str, sim_model: str, work: Path, c
     eval_cfg = EvalConfig(split="test")
     alone_cfg = load_config(Path(config_dir) / "targets_mc_maze.yaml")
     alone = pretrain(alone_cfg, settings)
-    rep = evaluate(f"runs:/{alone.run_id}", [MC_MAZE], settings=settings, cfg=eval_cfg)
+    rep = evaluate(f"runs:/{alone.run_id}", EvalData([MC_MAZE]), eval_cfg, settings)
     session = session_rows(settings, sources(settings, [MC_MAZE])[0], ("train",))[0].session
     console.rule(f"fine-tune the simulated-data model to MC_Maze ({session})")
     ft = FinetuneConfig(
@@ -95,7 +95,7 @@ def real_data(settings: Settings, config_dir: str, sim_model: str, work: Path, c
     )
     res = finetune(ft, sim_model, settings)
     path = save(res, str(work / "mc_maze_finetuned.pt"), ft)
-    tuned = evaluate(path, [MC_MAZE], settings=settings, cfg=eval_cfg)
+    tuned = evaluate(path, EvalData([MC_MAZE]), eval_cfg, settings)
     out = {
         "mc_maze": rep.pooled[MC_MAZE],
         "mc_maze_finetuned": tuned.pooled[MC_MAZE]
@@ -105,9 +105,8 @@ def real_data(settings: Settings, config_dir: str, sim_model: str, work: Path, c
         f"MC_Maze, {CV_REPEATS} x {CV_FOLDS}-fold cross-validation over all trials: fine-tuned, then "
         "trained alone (one repeat)"
     )
-    out["mc_maze_cv_finetuned"] = crossval_finetune(
-        ft, sim_model, settings, CV_FOLDS, progress=console.log, smoothing_sigmas=SMOOTHING_SIGMAS, repeats=CV_REPEATS
-    )
+    opts = CrossvalOptions(folds=CV_FOLDS, repeats=CV_REPEATS, smoothing_ms=SMOOTHING_MS)
+    out["mc_maze_cv_finetuned"] = crossval_finetune(ft, sim_model, settings, opts, progress=console.log)
     o = alone_cfg.optim
     scratch = FinetuneConfig(
         dataset=MC_MAZE,
@@ -122,9 +121,8 @@ def real_data(settings: Settings, config_dir: str, sim_model: str, work: Path, c
         val_every=alone_cfg.validation.every,
         val_patience=alone_cfg.validation.patience,
     )
-    out["mc_maze_cv_alone"] = crossval_finetune(
-        scratch, None, settings, CV_FOLDS, scratch_model=alone_cfg.model, progress=console.log
-    )
+    opts = CrossvalOptions(folds=CV_FOLDS, scratch_model=alone_cfg.model)
+    out["mc_maze_cv_alone"] = crossval_finetune(scratch, None, settings, opts, progress=console.log)
     return out
 
 
@@ -159,7 +157,7 @@ def run_targets(
     cfg = load_config(Path(config_dir) / "targets_sim.yaml")
     pre = pretrain(cfg, settings)
     model = resolve_model_file(f"runs:/{pre.run_id}", settings)
-    held_in = evaluate(model, [SIM_DATASET], truth_dir=truth, settings=settings)
+    held_in = evaluate(model, EvalData([SIM_DATASET], truth_dir=truth), settings=settings)
     results["held_in_sessions"] = held_in.pooled[SIM_DATASET]
 
     work = Path(settings.store).parent / "targets" if "://" not in settings.store else Path("targets")
@@ -188,7 +186,7 @@ def run_targets(
         )
         res = finetune(ft, base, settings, scratch_model=cfg.model)
         path = save(res, str(work / f"{label}.pt"), ft)
-        rep = evaluate(path, [SIM_DATASET], sessions=[HOLDOUT], truth_dir=truth, settings=settings)
+        rep = evaluate(path, EvalData([SIM_DATASET], sessions=[HOLDOUT], truth_dir=truth), settings=settings)
         results[label] = rep.pooled[SIM_DATASET] | {
             "windows": len(res.windows),
             "selected_step": res.last.get("selected_step", steps),

@@ -66,18 +66,16 @@ def evaluate_into_run(
 ):
     """``neurobridge evaluate runs:/<run id>`` on the stage's datasets (or the mixture), tracked into the run."""
     from neurobridge.evaluate.report import EvalConfig
-    from neurobridge.evaluate.run import evaluate
+    from neurobridge.evaluate.run import EvalData, evaluate
 
     cfg = EvalConfig(max_sessions=stage.max_sessions, allow_partial=stage.allow_partial)
-    return evaluate(
-        f"runs:/{run_id}",
+    data = EvalData(
         stage.datasets or None,
         None if stage.datasets else mixture,
-        truth_dir=truth,
-        cfg=cfg,
-        settings=settings,
         exclude_sessions=stage.exclude_sessions,
+        truth_dir=truth,
     )
+    return evaluate(f"runs:/{run_id}", data, cfg, settings)
 
 
 def pooled_lines(report) -> list[str]:

@@ -44,22 +44,36 @@ def _fmt(v) -> str:
     return "" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.3f}"
 
 
+def _fp(r: dict) -> str:
+    if "fp_bps" in r:
+        return _fmt(r["fp_bps"])
+    return f"{_fmt(r.get('fp_bps_not_trained'))} (not trained)" if "fp_bps_not_trained" in r else ""
+
+
+def _smoothing_choice(r: dict) -> str:
+    if "smoothing_sigma_ms" not in r:
+        return ""
+    return f"{r['smoothing_sigma_ms']:g} ms, L2 {r['smoothing_l2']:g}"
+
+
 def print_report(report) -> None:
     cols = [
         ("co_bps", "co-bps"),
         ("co_bps_smoothing", "smooth"),
         ("co_bps_oracle", "oracle"),
-        ("fp_bps", "fp-bps"),
         ("behavior_r2", "R²"),
         ("behavior_r2_smoothing", "R² sm"),
     ]
-    t = Table(title="per session: co-bps on held-out units (mean rate = 0), behaviour R² (latents vs smoothed)")
+    t = Table(title="per session: co-bps on held-out units (mean rate = 0), behaviour R² (model vs smoothed spikes)")
     t.add_column("dataset/session", overflow="fold")
     t.add_column("win")
     for _, label in cols:
         t.add_column(label)
+    t.add_column("smoothing kernel, penalty")
+    t.add_column("fp-bps")
     for r in report.table():
-        t.add_row(f"{r['dataset']}/{r['session']}", str(r["windows"]), *[_fmt(r.get(k)) for k, _ in cols])
+        cells = [_fmt(r.get(k)) for k, _ in cols]
+        t.add_row(f"{r['dataset']}/{r['session']}", str(r["windows"]), *cells, _smoothing_choice(r), _fp(r))
     console.print(t)
     p = Table(title="pooled per dataset (co-bps)")
     keys = ["co_bps", "co_bps_smoothing", "co_bps_oracle", "model_over_oracle", "smoothing_over_oracle"]
@@ -68,3 +82,5 @@ def print_report(report) -> None:
     for ds, d in report.pooled.items():
         p.add_row(ds, *[_fmt(d.get(k)) for k in keys], str(d.get("sessions")))
     console.print(p)
+    for w in report.warnings:
+        console.print(f"[bold yellow]warning:[/] {w}")

@@ -42,6 +42,11 @@ class NpyRange:
     def __len__(self) -> int:
         return self.shape[0] if self.shape else 0
 
+    @property
+    def mapped(self) -> np.ndarray | None:
+        """The memory map of a local file (slices of it read only what they touch); None for remote files."""
+        return self._arr
+
     def read(self, start: int, stop: int) -> np.ndarray:
         stop = min(stop, len(self))
         start = min(start, stop)

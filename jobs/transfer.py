@@ -1,0 +1,25 @@
+"""`python jobs/transfer.py --config jobs/configs/transfer_mc_maze_medium.yaml [--out transfer.json] [--set k=v]`:
+the real-data transfer protocol of issue 20 (ingest → pretrain per corpus on Ray Train → k-shot cross-validation of
+fine-tuned vs trained-alone vs smoothing on a held-out recording → MLflow + JSON). Thin: parse, call the library."""
+
+import argparse
+import sys
+from pathlib import Path
+
+from neurobridge.config import parse_overrides
+from neurobridge.workflows.transfer import load_transfer, run_transfer
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", required=True, help="a transfer protocol YAML (jobs/configs/transfer_*.yaml)")
+    parser.add_argument("--out", default=None, help="write the results JSON here")
+    parser.add_argument("--set", action="append", default=[], help="override a key, e.g. repeats=1")
+    args = parser.parse_args()
+    cfg = load_transfer(args.config, parse_overrides(args.set))
+    results = run_transfer(cfg, Path(args.config).parent, args.out)
+    return 0 if all(v for v in results["targets"].values() if isinstance(v, bool)) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

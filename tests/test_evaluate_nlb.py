@@ -1,0 +1,220 @@
+"""NLB'21 submissions: the layout the writer produces, and scores computed with NLB's formulas against target files
+the tests write in the structure of NLB's ``eval_data_test.h5``; malformed submissions are named precisely."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from helpers.train import small_cfg, train_locally
+from neurobridge.evaluate.nlb import (
+    OFFICIAL_TARGET,
+    SubmissionError,
+    SubmissionGroup,
+    bits_per_spike,
+    group_name,
+    model_group,
+    resample,
+    score_submission,
+    write_submission,
+)
+from neurobridge.models.config import ModelConfig
+from neurobridge.models.ndt import MaskedNeuralModel
+from neurobridge.models.vocab import Vocabularies
+from neurobridge.store.read import sources
+from neurobridge.store.splits import HeldoutSplit, with_heldout
+from scipy.special import gammaln
+
+N_TRAIN, N_EVAL, BINS, N_IN, N_OUT, N_FWD = 60, 20, 35, 8, 4, 10
+
+
+def world(seed: int = 0):
+    """True rates of a session with a 2-D 'hand velocity' read out of them, in NLB's 20 ms layout."""
+    g = np.random.default_rng(seed)
+    cond = g.integers(0, 4, N_TRAIN + N_EVAL)
+    t = np.arange(BINS + N_FWD) / 10.0
+    latent = np.stack([np.sin(t + c) for c in cond])[..., None] * np.array([1.0, -0.5])  # [trials, bins, 2]
+    load = g.normal(0, 0.7, (2, N_IN + N_OUT))
+    rates = np.exp(latent @ load - 0.5)
+    spikes = g.poisson(rates).astype(float)
+    velocity = latent + g.normal(0, 0.1, latent.shape)  # read out of the latent, as hand velocity is of M1
+    return cond, rates, spikes, velocity
+
+
+def target_file(path, cond, spikes, velocity) -> str:
+    """A target in the structure of NLB's eval_data_test.h5 (group mc_maze_20)."""
+    ev = slice(N_TRAIN, None)
+    psth = np.concatenate([spikes[:N_TRAIN][cond[:N_TRAIN] == c, :BINS].mean(0) for c in cond[ev]])
+    with h5py.File(path, "w") as f:
+        g = f.create_group("mc_maze_20")
+        g["eval_spikes_heldout"] = spikes[ev, :BINS, N_IN:]
+        g["train_behavior"] = velocity[:N_TRAIN, :BINS]
+        g["eval_behavior"] = velocity[ev, :BINS]
+        g["psth"] = psth
+        g["eval_spikes_heldin_forward"] = spikes[ev, BINS:, :N_IN]
+        g["eval_spikes_heldout_forward"] = spikes[ev, BINS:, N_IN:]
+    return str(path)
+
+
+def submission(rates) -> SubmissionGroup:
+    tr, ev = rates[:N_TRAIN, :BINS], rates[N_TRAIN:, :BINS]
+    return SubmissionGroup(
+        "mc_maze_20",
+        {
+            "train_rates_heldin": tr[..., :N_IN],
+            "train_rates_heldout": tr[..., N_IN:],
+            "eval_rates_heldin": ev[..., :N_IN],
+            "eval_rates_heldout": ev[..., N_IN:],
+            "eval_rates_heldin_forward": rates[N_TRAIN:, BINS:, :N_IN],
+            "eval_rates_heldout_forward": rates[N_TRAIN:, BINS:, N_IN:],
+        },
+    )
+
+
+def test_scores_follow_nlbs_formulas(tmp_path):
+    from sklearn.linear_model import Ridge
+    from sklearn.metrics import r2_score
+    from sklearn.model_selection import GridSearchCV
+
+    cond, rates, spikes, velocity = world()
+    target = target_file(tmp_path / "target.h5", cond, spikes, velocity)
+    truth = score_submission(write_submission(tmp_path / "truth.h5", [submission(rates)]), target)
+    flat = np.broadcast_to(spikes[:N_TRAIN, :BINS].mean((0, 1)), rates.shape)  # each unit's mean rate
+    null = score_submission(write_submission(tmp_path / "null.h5", [submission(flat)]), target)
+    t, n = truth["datasets"]["mc_maze_20"], null["datasets"]["mc_maze_20"]
+    assert t["co-bps"] > 0.1 and abs(n["co-bps"]) < 0.02 and t["fp-bps"] > 0.1
+    ev_rates = rates[N_TRAIN:, :BINS].astype(np.float32).astype(float)  # the file stores float32
+    ev_spikes = spikes[N_TRAIN:, :BINS, N_IN:]
+    mean = np.nanmean(ev_spikes, axis=(0, 1), keepdims=True)
+
+    def nll(r):  # nlb_tools.evaluation.neg_log_likelihood
+        return np.sum(r - ev_spikes * np.log(r) + gammaln(ev_spikes + 1))
+
+    want = (nll(np.broadcast_to(mean, ev_spikes.shape)) - nll(ev_rates[..., N_IN:])) / ev_spikes.sum() / np.log(2)
+    assert t["co-bps"] == pytest.approx(want, rel=1e-9)
+    tr_rates = rates[:N_TRAIN, :BINS].astype(np.float32).astype(float)
+    gscv = GridSearchCV(Ridge(), {"alpha": np.logspace(-4, 0, 9)})
+    gscv.fit(tr_rates.reshape(-1, N_IN + N_OUT), velocity[:N_TRAIN, :BINS].reshape(-1, 2))
+    vel = gscv.score(ev_rates.reshape(-1, N_IN + N_OUT), velocity[N_TRAIN:, :BINS].reshape(-1, 2))
+    assert t["vel R2"] == pytest.approx(vel, abs=1e-6) and t["vel R2"] > 0.5
+    with h5py.File(target) as f:
+        psth = f["mc_maze_20/psth"][()]
+    assert t["psth R2"] == pytest.approx(r2_score(psth, ev_rates.reshape(-1, N_IN + N_OUT)), abs=1e-9)
+    assert not truth["official_target"]  # a test file, not NLB's
+
+
+def test_missing_groups_and_wrong_shapes_are_named(tmp_path):
+    cond, rates, spikes, velocity = world()
+    target = target_file(tmp_path / "target.h5", cond, spikes, velocity)
+    sub = submission(rates)
+    del sub.arrays["eval_rates_heldout"]
+    with pytest.raises(SubmissionError, match="group /mc_maze_20/eval_rates_heldout is missing"):
+        score_submission(write_submission(tmp_path / "a.h5", [sub]), target)
+    sub = submission(rates)
+    sub.arrays["eval_rates_heldout"] = sub.arrays["eval_rates_heldout"][:, :-1]
+    shapes = r"mc_maze_20/eval_rates_heldout: expected shape \(20, 35, 4\), found \(20, 34, 4\)"
+    with pytest.raises(SubmissionError, match=shapes):
+        score_submission(write_submission(tmp_path / "b.h5", [sub]), target)
+    with pytest.raises(SubmissionError, match="no dataset group also in"):
+        score_submission(write_submission(tmp_path / "c.h5", [SubmissionGroup("mc_rtt", sub.arrays)]), target)
+
+
+def test_rates_move_between_bin_widths_only_by_whole_multiples():
+    r = np.random.default_rng(0).gamma(2.0, size=(3, 14, 5))
+    five = resample(r, 50.0, 5.0)  # a 50 ms model: each bin's expected count spread evenly over ten 5 ms bins
+    assert five.shape == (3, 140, 5) and np.allclose(five.reshape(3, 14, 10, 5).sum(2), r)
+    assert np.allclose(resample(five, 5.0, 50.0), r)
+    with pytest.raises(SubmissionError, match="50 ms bins cannot be turned into 20 ms bins"):
+        resample(r, 50.0, 20.0)
+    assert group_name("mc_maze", 5.0) == "mc_maze" and group_name("mc_maze", 20.0) == "mc_maze_20"
+    assert OFFICIAL_TARGET["bytes"] == 105_927_616 and len(OFFICIAL_TARGET["sha256"]) == 64
+    assert bits_per_spike(np.full((2, 3, 1), 1.0), np.ones((2, 3, 1))) == pytest.approx(0.0)
+
+
+def test_a_models_submission_has_nlbs_layout_in_time_order():
+    g = np.random.default_rng(1)
+    rows = []
+    for w in range(12):
+        rows.append(
+            {
+                "dataset": "d",
+                "session": "s",
+                "subject": "m",
+                "task": "t",
+                "sample_id": f"w{w}",
+                "t_start": float(11 - w),  # stored out of time order
+                "bin_ms": 50.0,
+                "n_units": 12,
+                "n_bins": 14,
+                "counts": g.poisson(1.0, 12 * 14).astype(np.uint16),
+                "unit_ids": [f"s/{u}" for u in range(12)],
+                "unit_regions": ["M1"] * 12,
+                "split": "train" if w < 8 else "test",
+            }
+        )
+    vocabs = Vocabularies.from_rows(rows)
+    torch.manual_seed(0)
+    cfg = ModelConfig(d_model=16, heads=2, decoder_d_model=16, decoder_heads=2, neurons_per_token=4)
+    model = MaskedNeuralModel(cfg, vocabs)
+    flagged = with_heldout(rows, HeldoutSplit(None, 0.25))
+    held = np.asarray(flagged[0]["heldout"])
+    group = model_group(model, vocabs, flagged[:8], flagged[8:], "mc_maze_medium", 5.0, forecast=True)
+    a = group.arrays
+    assert group.name == "mc_maze_medium"
+    assert a["train_rates_heldin"].shape == (8, 140, int((~held).sum()))
+    assert a["eval_rates_heldout"].shape == (4, 140, int(held.sum()))
+    assert a["eval_rates_heldin_forward"].shape == (4, 40, int((~held).sum()))  # 200 ms at 5 ms
+    assert all((v > 0).all() for v in a.values())
+    late_first = model_group(model, vocabs, flagged[:8], flagged[8:][::-1], "mc_maze_medium", 5.0, forecast=False)
+    assert np.allclose(late_first.arrays["eval_rates_heldout"], a["eval_rates_heldout"])  # time order either way
+    assert "eval_rates_heldin_forward" not in late_first.arrays  # no forecast from a model not trained for it
+
+
+@pytest.fixture(scope="module")
+def store(pretrain_store):
+    """Simulated reaching sessions pinned as mixture 'tiny' (conftest): a submission from a trained model."""
+    return pretrain_store
+
+
+def test_evaluate_writes_an_nlb_submission_that_nlb_score_scores(store, tmp_path, monkeypatch):
+    import h5py
+    from neurobridge.cli import app
+    from neurobridge.models.checkpoint import save_checkpoint
+    from neurobridge.store.rows import session_rows, stack_behavior, stack_counts
+    from neurobridge.store.splits import with_heldout
+    from typer.testing import CliRunner
+
+    cfg = small_cfg(**{"optim.max_steps": 4})
+    _, _, model, vocabs = train_locally(store, cfg)
+    save_checkpoint(str(tmp_path / "model.pt"), model, vocabs, {"trained_modes": ["forward", "random"]})
+    for var, value in (("NB_STORE", store.store), ("NB_RAW", store.raw_root), ("NB_MLFLOW_URI", store.mlflow_uri)):
+        monkeypatch.setenv(var, value)
+    sub = tmp_path / "sub.h5"
+    args = ["evaluate", str(tmp_path / "model.pt"), "--dataset", "t_nwb", "--session", "monkey00_s00", "--no-track"]
+    args += ["--smoothing-ms", "40", "--glm-l2", "0.01", "--behavior-lag-ms", "40"]
+    args += ["--nlb-out", str(sub), "--nlb-name", "mc_maze", "--nlb-bin-ms", "20"]
+    shown = CliRunner().invoke(app, args)
+    assert shown.exit_code == 0, shown.output
+    assert "NLB submission (mc_maze_20)" in shown.output and "40 ms, L2 0.01" in shown.output
+    # a target in NLB's structure from the same windows (time order), held-out units by the same split
+    sess = session_rows(store, sources(store, ["t_nwb"])[0], ("train", "val", "test"), {"monkey00_s00"})[0]
+
+    def order(rows):
+        return sorted(rows, key=lambda r: r["t_start"])
+
+    split = HeldoutSplit(None, cfg.data.heldout_fraction)
+    test = with_heldout(order(sess.split("test")), split)
+    train = order(sess.split("train") + sess.split("val"))
+    held = np.asarray(test[0]["heldout"], dtype=bool)
+    with h5py.File(tmp_path / "target.h5", "w") as f:
+        g = f.create_group("mc_maze_20")
+        g["eval_spikes_heldout"] = stack_counts(test)[..., held]
+        g["train_behavior"] = stack_behavior(train)
+        g["eval_behavior"] = stack_behavior(test)
+    scored = CliRunner().invoke(app, ["nlb-score", str(sub), "--target", str(tmp_path / "target.h5")])
+    assert scored.exit_code == 0, scored.output
+    assert "mc_maze_20: co-bps" in scored.output and "vel R2" in scored.output and "not NLB's official" in scored.output
+    with h5py.File(sub) as f:
+        assert f["mc_maze_20/eval_rates_heldout"].shape == (len(test), 30, int(held.sum()))  # 0.6 s chunks
+        assert f["mc_maze_20/eval_rates_heldin_forward"].shape == (len(test), 10, int((~held).sum()))  # 200 ms

@@ -1,0 +1,70 @@
+"""The real-data transfer protocol as one job, shrunk to seconds: real excerpts ingested at one bin width, a model
+pretrained per corpus on Ray Train, and the held-out recording judged fold by fold with every arm on the same
+windows; results in MLflow and the JSON."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import MC_MAZE, SHARED_DATA
+
+pytestmark = pytest.mark.skipif(
+    not (MC_MAZE.exists() and (SHARED_DATA / "stevenson_2011").exists()), reason="shared real-data excerpts not present"
+)
+
+SHRUNK = [
+    "corpora=[{name: real, datasets: [stevenson_s1_local]}]",
+    "pretrain_overrides={optim.max_steps: 4, optim.batch_size: 8, validation.every: 2, checkpoint_every: 4}",
+    "finetune.steps=3",
+    "finetune.val_every=1",
+    "finetune.batch_size=4",
+    "ks=[5, null]",
+    "folds=2",
+    "repeats=1",
+    "behavior=null",
+]
+
+
+def test_the_protocol_runs_from_its_config_and_scores_every_trial_in_every_arm(ray_cluster, tmp_path, monkeypatch):
+    from neurobridge.config import get_settings, parse_overrides
+    from neurobridge.tracking import mlflow_run
+    from neurobridge.workflows.transfer import load_transfer, run_transfer
+
+    monkeypatch.setenv("NB_HOME", str(tmp_path))
+    monkeypatch.setenv("NB_SHARED_DATA", str(SHARED_DATA))
+    cfg = load_transfer("jobs/configs/transfer_mc_maze_medium.yaml", parse_overrides(SHRUNK))
+    got = run_transfer(cfg, "jobs/configs", str(tmp_path / "transfer.json"), echo=lambda *_: None)
+    assert json.loads((tmp_path / "transfer.json").read_text())["targets"] == got["targets"]
+    assert got["new_session"]["windows"] == 100  # every MC_Maze_Medium trial, at 50 ms
+    assert set(got["kshot"]) == {"5", "all"}
+    for k, res in got["kshot"].items():
+        assert set(res["co_bps"]) == {"finetuned:real", "alone", "smoothing"}
+        assert sum(f["test_windows"] for f in res["per_fold"]) == 100  # each trial a test trial once
+        if k == "5":
+            assert all(f["train_windows"] == 5 for f in res["per_fold"])
+        for pair, d in res["differences"].items():
+            a, b = pair.split(" - ")
+            assert d["bps"] == pytest.approx(res["co_bps"][a] - res["co_bps"][b], abs=1e-9)
+            assert d["ci_low"] <= d["bps"] <= d["ci_high"] and d["trials"] == 100
+        assert all(f["smoothing_sigma_ms"] > 0 and np.isfinite(f["smoothing"]) for f in res["per_fold"])
+    assert "k5_beats_smoothing" in got["targets"] and "k5_beats_alone_by_0.02" not in got["targets"]
+    settings = get_settings()
+    history = dict(mlflow_run.metric_history(settings.mlflow_uri, got["run_id"], "k5.co_bps.finetuned_real"))
+    assert history[0] == pytest.approx(got["kshot"]["5"]["co_bps"]["finetuned:real"])
+
+
+@pytest.mark.parametrize("name", ["transfer_mc_maze_medium.yaml", "transfer_mc_maze.yaml"])
+def test_the_shipped_configs_name_catalog_entries_and_hold_their_session_out(name):
+    from neurobridge.catalog import resolve
+    from neurobridge.train.config import ConfigError, load_config
+    from neurobridge.workflows.transfer import load_transfer
+
+    cfg = load_transfer(f"jobs/configs/{name}")
+    known = {e.name for e in resolve(cfg.catalog)}
+    for corpus in cfg.corpora:
+        assert set(corpus.datasets) <= known and cfg.new_session not in corpus.datasets  # never pretrained on
+    assert cfg.new_session in known and load_config(f"jobs/configs/{cfg.pretrain}").model.output_smoothing_ms == 50
+    with pytest.raises(ConfigError, match="repeat"):
+        load_transfer(f"jobs/configs/{name}", {"repeat": 2})
