@@ -285,6 +285,7 @@ class FmriEntry(CatalogEntry):
         spec = super().version_spec()
         if self.fmri is not None:  # every option changes rows except how much is read at once
             spec["fmri"] = self.fmri.model_dump(exclude={"chunk_mb"})
+        return spec
 
 
 class BehaviorArray(Strict):

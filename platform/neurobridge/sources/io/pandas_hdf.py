@@ -20,7 +20,10 @@ import numpy as np
 
 _INT_OPS = {"BININT", "BININT1", "BININT2", "LONG1", "LONG4", "INT", "LONG"}
 _STR_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"}
-_GLUE = {"MARK", "MEMOIZE", "BINPUT", "LONG_BINPUT", "PUT", "FRAME"}
+_PUT_OPS = {"BINPUT", "LONG_BINPUT", "PUT"}
+_GET_OPS = {"BINGET", "LONG_BINGET", "GET"}
+_GLUE = {"MARK", "FRAME"}
+_UNKNOWN = object()
 
 
 class FrameError(ValueError):
@@ -29,7 +32,9 @@ class FrameError(ValueError):
 
 def pickled_labels(raw: bytes) -> list | None:
     """The integers/strings of a pickled 1-D object array, from its opcodes (no object is built); None when the
-    stream holds anything else (then the labels are unknown, never guessed)."""
+    stream holds anything else (then the labels are unknown, never guessed). A label the pickler already wrote
+    (a repeat, or a string equal to one in numpy's dtype header such as ``'|'``) comes as a memo reference: it is
+    resolved through the memo the opcodes build, as long as the memoised value was itself a plain int or str."""
     try:
         ops = list(pickletools.genops(raw))
     except (ValueError, EOFError):
@@ -37,16 +42,33 @@ def pickled_labels(raw: bytes) -> list | None:
     starts = [i for i, (op, _, _) in enumerate(ops) if op.name == "EMPTY_LIST"]
     if not starts:
         return None
+    memo: dict[int, object] = {}
+    last: object = _UNKNOWN  # the value on top of the stack, when an opcode pushed a plain label
     out: list = []
     open_items = False  # items read since the last APPENDS: the list must close before anything else comes
-    for op, arg, _ in ops[starts[-1] + 1 :]:
-        if op.name in _INT_OPS or op.name in _STR_OPS:
-            out.append(arg)
+    for i, (op, arg, _) in enumerate(ops):
+        name = op.name
+        if name == "MEMOIZE":
+            memo[len(memo)] = last
+            continue
+        if name in _PUT_OPS:
+            memo[arg] = last
+            continue
+        value = (
+            arg if name in _INT_OPS or name in _STR_OPS else memo.get(arg, _UNKNOWN) if name in _GET_OPS else _UNKNOWN
+        )
+        last = value
+        if i <= starts[-1]:
+            continue
+        if value is not _UNKNOWN:
+            out.append(value)
             open_items = True
-        elif op.name in ("APPENDS", "APPEND"):
+        elif name in ("APPENDS", "APPEND"):
             open_items = False
-        elif op.name not in _GLUE:
-            return None if open_items else out  # e.g. a memo reference (a repeated label): unknown, not guessed
+        elif name in _GET_OPS:
+            return None  # a reference to something that was not a plain label
+        elif name not in _GLUE:
+            return None if open_items else out
     return None if open_items else out
 
 
