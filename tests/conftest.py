@@ -68,25 +68,16 @@ def reaching_store(tmp_path_factory, ray_cluster):
     ``t_alf``, pin them as ``mixture``; returns the settings of that store."""
 
     def make(name: str, mixture: str, units: tuple[int, int], minutes: float):
+        from helpers.sim import small_sim
         from neurobridge.catalog import CatalogEntry
         from neurobridge.config import get_settings
         from neurobridge.ingest.pipeline import ingest_many
-        from neurobridge.sim import SimConfig, simulate
+        from neurobridge.sim import simulate
         from neurobridge.store.mixtures import write_mixture
 
         root = tmp_path_factory.mktemp(name)
         sim = root / "raw"
-        cfg = SimConfig(
-            nwb_subjects=1,
-            nwb_sessions_per_subject=2,
-            alf_subjects=1,
-            alf_sessions_per_subject=1,
-            visual_sessions=0,
-            units_min=units[0],
-            units_max=units[1],
-            minutes=minutes,
-            write_images=False,
-        )
+        cfg = small_sim(nwb=(1, 2), alf=(1, 1), units_min=units[0], units_max=units[1], minutes=minutes)
         simulate(str(sim), cfg, progress=False)
         settings = get_settings(store=str(root / "store"), raw_root=str(sim), mlflow_uri=f"sqlite:///{root}/mlflow.db")
         entries = [
@@ -219,24 +210,15 @@ def visual(ray_cluster, tmp_path_factory):
 @pytest.fixture(scope="session")
 def registry_store(tmp_path_factory, ray_cluster):
     """Two simulated reaching sessions ingested as ``r_nwb``, with an MLflow store (registry and inference tests)."""
+    from helpers.sim import small_sim
     from neurobridge.catalog import CatalogEntry
     from neurobridge.config import get_settings
     from neurobridge.ingest.pipeline import ingest_many
-    from neurobridge.sim import SimConfig, simulate
+    from neurobridge.sim import simulate
 
     root = tmp_path_factory.mktemp("registry")
     sim = root / "raw"
-    sim_cfg = SimConfig(
-        nwb_subjects=1,
-        nwb_sessions_per_subject=2,
-        alf_subjects=0,
-        visual_sessions=0,
-        units_min=20,
-        units_max=30,
-        minutes=0.5,
-        write_images=False,
-    )
-    simulate(str(sim), sim_cfg, progress=False)
+    simulate(str(sim), small_sim(nwb=(1, 2)), progress=False)
     settings = get_settings(store=str(root / "store"), raw_root=str(sim), mlflow_uri=f"sqlite:///{root}/mlflow.db")
     entry = CatalogEntry.of(
         name="r_nwb",
@@ -263,21 +245,11 @@ def registered(registry_store):
 @pytest.fixture(scope="session")
 def mixed_sim(tmp_path_factory):
     """A small simulation with one NWB and one ALF session (the multi-entry catalog of ``helpers.ingest.entries``)."""
-    from neurobridge.sim import SimConfig, simulate
+    from helpers.sim import small_sim
+    from neurobridge.sim import simulate
 
     out = tmp_path_factory.mktemp("mixed")
-    cfg = SimConfig(
-        nwb_subjects=1,
-        nwb_sessions_per_subject=1,
-        alf_subjects=1,
-        alf_sessions_per_subject=1,
-        visual_sessions=0,
-        units_min=20,
-        units_max=30,
-        minutes=0.5,
-        write_images=False,
-    )
-    simulate(str(out), cfg, progress=False)
+    simulate(str(out), small_sim(nwb=(1, 1), alf=(1, 1)), progress=False)
     return out
 
 

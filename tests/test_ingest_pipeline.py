@@ -12,10 +12,11 @@ import socket
 import pyarrow.parquet as pq
 import pytest
 from helpers.ingest import entries
+from helpers.sim import small_sim
 from neurobridge.catalog import CatalogEntry
 from neurobridge.config import get_settings
 from neurobridge.ingest.pipeline import ingest, ingest_many
-from neurobridge.sim import SimConfig, simulate
+from neurobridge.sim import simulate
 from neurobridge.sources import SourceError
 from neurobridge.storage import filesystem, join, read_json
 
@@ -71,18 +72,7 @@ VICTIM = "sub-monkey01_ses-s00.nwb"
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory):
     out = tmp_path_factory.mktemp("faults") / "sim"
-    cfg = SimConfig(
-        nwb_subjects=2,
-        nwb_sessions_per_subject=2,
-        alf_subjects=0,
-        visual_sessions=0,
-        units_min=20,
-        units_max=30,
-        minutes=0.5,
-        write_images=False,
-        write_truth=False,
-    )
-    simulate(str(out), cfg, progress=False)
+    simulate(str(out), small_sim(nwb=(2, 2), write_truth=False), progress=False)
     return out / "nwb"
 
 

@@ -34,8 +34,9 @@ import pyarrow.parquet as pq
 import pytest
 import s3fs
 import yaml
+from helpers.sim import small_sim
 from neurobridge.config import get_settings
-from neurobridge.sim import SimConfig, simulate
+from neurobridge.sim import simulate
 from neurobridge.storage import filesystem, join
 from neurobridge.store.mixtures import read_mixture
 from neurobridge.store.versions import resolve_dataset
@@ -218,18 +219,7 @@ def stack(bucket, s3_endpoint, tmp_path_factory):
     head, url, head_log = start_ray_head(env, temp)
     try:
         out = home / "sim"
-        cfg = SimConfig(
-            nwb_subjects=2,
-            nwb_sessions_per_subject=2,
-            alf_subjects=0,
-            visual_sessions=0,
-            units_min=20,
-            units_max=30,
-            minutes=0.5,
-            write_images=False,
-            write_truth=False,
-        )
-        simulate(str(out), cfg, progress=False)
+        simulate(str(out), small_sim(nwb=(2, 2), write_truth=False), progress=False)
         fs.put(str(out / "nwb"), f"{name}/raw/sim/nwb", recursive=True)
         wait_http(f"{mlflow_url}/health", mlflow, mlflow_log, 180)
         wait_http(f"{url}/api/version", head, head_log, 180)

@@ -12,9 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import IBL_EXCERPT, needs_real_data
 from helpers.ingest import report_rows
+from helpers.sim import small_sim
 from neurobridge.catalog import CatalogEntry
 from neurobridge.ingest.pipeline import ingest
-from neurobridge.sim import SimConfig, build_one_cache, simulate
+from neurobridge.sim import build_one_cache, simulate
 from neurobridge.sources import discover
 from neurobridge.store.versions import resolve_dataset
 
@@ -30,17 +31,7 @@ TRIAL_BEHAVIOUR = [
 @pytest.fixture(scope="module")
 def ibl_sim(tmp_path_factory):
     out = tmp_path_factory.mktemp("ibl")
-    cfg = SimConfig(
-        nwb_subjects=0,
-        visual_sessions=0,
-        alf_subjects=1,
-        alf_sessions_per_subject=2,
-        units_min=30,
-        units_max=40,
-        minutes=1.0,
-        write_images=False,
-    )
-    index = simulate(str(out), cfg, progress=False)
+    index = simulate(str(out), small_sim(alf=(1, 2), units_min=30, units_max=40, minutes=1.0), progress=False)
     return out, [s for s in index["sessions"] if s["format"] == "alf"]
 
 

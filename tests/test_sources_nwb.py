@@ -13,9 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import MC_MAZE, needs_real_data
 from helpers.ingest import broken_nwb_folder, entry_for, mc_maze_entry, report_rows
+from helpers.sim import small_sim
 from neurobridge.catalog import CatalogEntry
 from neurobridge.ingest.pipeline import ingest
-from neurobridge.sim import SimConfig, simulate
+from neurobridge.sim import simulate
 from neurobridge.store.versions import resolve_dataset
 
 # ---------------------------------------------------------------- NLB conventions (simulated)
@@ -24,17 +25,7 @@ from neurobridge.store.versions import resolve_dataset
 @pytest.fixture(scope="module")
 def nlb_sim(tmp_path_factory):
     out = tmp_path_factory.mktemp("nlb")
-    cfg = SimConfig(
-        nwb_subjects=1,
-        nwb_sessions_per_subject=1,
-        alf_subjects=0,
-        visual_sessions=0,
-        units_min=30,
-        units_max=40,
-        minutes=1.0,
-        write_images=False,
-    )
-    index = simulate(str(out), cfg, progress=False)
+    index = simulate(str(out), small_sim(nwb=(1, 1), units_min=30, units_max=40, minutes=1.0), progress=False)
     return out, index["sessions"][0]
 
 

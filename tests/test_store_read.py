@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers.sim import small_sim
 from hypothesis import given
 from hypothesis import strategies as st
 from neurobridge.catalog import CatalogEntry
 from neurobridge.ingest.pipeline import ingest_many
-from neurobridge.sim import SimConfig, simulate
+from neurobridge.sim import simulate
 from neurobridge.storage import StoreError
 from neurobridge.store.mixtures import write_mixture
 from neurobridge.store.read import Mixing, epoch_plan, iter_local, mixing_weights, ray_dataset, repeats, sources
@@ -58,18 +59,7 @@ def test_missing_version_and_missing_card_are_clear_errors(store):
 
 
 def test_a_mixture_reads_back_as_mixed_ray_rows(ray_cluster, settings, tmp_path):
-    cfg = SimConfig(
-        nwb_subjects=1,
-        nwb_sessions_per_subject=1,
-        alf_subjects=1,
-        alf_sessions_per_subject=1,
-        visual_sessions=0,
-        units_min=20,
-        units_max=25,
-        minutes=0.5,
-        write_images=False,
-    )
-    simulate(str(tmp_path / "sim"), cfg, progress=False)
+    simulate(str(tmp_path / "sim"), small_sim(nwb=(1, 1), alf=(1, 1), units_max=25), progress=False)
     entries = [
         CatalogEntry.of(
             name="big",

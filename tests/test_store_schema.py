@@ -19,9 +19,10 @@ import shutil
 import pyarrow.parquet as pq
 import pytest
 from conftest import REPO, ingest_here
+from helpers.sim import small_sim
 from neurobridge.catalog import CatalogEntry
 from neurobridge.config import get_settings
-from neurobridge.sim import SimConfig, simulate
+from neurobridge.sim import simulate
 from neurobridge.store.card import CARD, DatasetCard
 from neurobridge.store.read import PartialDataError, sources
 from neurobridge.store.schema import SAMPLE_COLUMNS, describe, markdown_table
@@ -35,19 +36,7 @@ def store(tmp_path_factory):
     """``sim_nwb``: two simulated NWB sessions, complete; ``t_partial``: the same two beside a file that is not
     NWB, so one of its three items fails."""
     root = tmp_path_factory.mktemp("schema")
-    cfg = SimConfig(
-        nwb_subjects=1,
-        nwb_sessions_per_subject=2,
-        alf_subjects=0,
-        visual_sessions=0,
-        units_min=12,
-        units_max=16,
-        minutes=0.3,
-        write_images=False,
-        write_truth=False,
-        tvsd=False,
-        pile=False,
-    )
+    cfg = small_sim(nwb=(1, 2), units_min=12, units_max=16, minutes=0.3, write_truth=False, tvsd=False, pile=False)
     simulate(str(root / "raw"), cfg, progress=False)
     partial = root / "raw" / "partial"
     shutil.copytree(root / "raw" / "nwb", partial)

@@ -200,6 +200,18 @@ def parse_job_args(parser) -> tuple[object, dict]:
         parser.error(str(e))
 
 
+def _fields(model: type[BaseModel]) -> dict:
+    return {(f.alias or n): f for n, f in model.model_fields.items()}  # as written in files: aliases where set
+
+
+def _inner_model(field) -> type[BaseModel] | None:
+    """The model a field holds (directly or inside Optional/list/Union), or None for plain values and mappings."""
+    ann = field.annotation
+    return next(
+        (a for a in (ann, *getattr(ann, "__args__", ())) if isinstance(a, type) and issubclass(a, BaseModel)), None
+    )
+
+
 def override_error(model: type[BaseModel], key: str) -> str | None:
     """Why the override ``key`` (``--set key=…``, an ablation axis) names no field of ``model`` (the unknown part,
     where, and the nearest valid key), or None when it does. Keys below a free-form mapping (``region_sets.IT``) are
@@ -209,15 +221,13 @@ def override_error(model: type[BaseModel], key: str) -> str | None:
     for i, part in enumerate(parts):
         if current is None:
             return None
-        fields = {(f.alias or n): f for n, f in current.model_fields.items()}
+        fields = _fields(current)
         if part not in fields:
             hint = difflib.get_close_matches(part, list(fields), n=1)
             where = f"under {'.'.join(parts[:i])!r}" if i else "at the top level"
             fix = f"did you mean {hint[0]!r}?" if hint else f"valid: {', '.join(fields)}"
             return f"override {key!r} (--set): no key {part!r} {where}; {fix}"
-        ann = fields[part].annotation
-        args = getattr(ann, "__args__", ())
-        current = next((a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        current = _inner_model(fields[part])
     return None
 
 
@@ -264,19 +274,13 @@ def check_faults(settings: Settings) -> None:
 
 
 def _field_names(model: type[BaseModel], loc: tuple) -> list[str]:
-    """Valid field names (as written in files: aliases where set) at the location of an error, for hints."""
-
-    def fields(m: type[BaseModel]) -> dict:
-        return {(f.alias or n): f for n, f in m.model_fields.items()}
-
+    """Valid field names at the location of an error, for hints."""
     current: type[BaseModel] | None = model
     for part in loc[:-1]:
-        if current is None or not isinstance(part, str) or part not in fields(current):
+        if current is None or not isinstance(part, str) or part not in _fields(current):
             return []
-        ann = fields(current)[part].annotation
-        args = getattr(ann, "__args__", ())
-        current = next((a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None)
-    return list(fields(current)) if current else []
+        current = _inner_model(_fields(current)[part])
+    return list(_fields(current)) if current else []
 
 
 def describe_validation_error(err: ValidationError, model: type[BaseModel], where: str) -> str:
@@ -297,56 +301,10 @@ def describe_validation_error(err: ValidationError, model: type[BaseModel], wher
     return "\n".join(lines)
 
 
-# -- what a person sees: one line per stage; library chatter goes to a log file ------------------------------------
-
-# Loggers whose INFO/WARNING output is for whoever debugs a run, not for the person watching it.
-CHATTY = ("ray", "mlflow", "alembic", "urllib3", "filelock", "datalad", "py.warnings", "huggingface_hub")
-_QUIET: dict = {"log": None}
-
-
-def quiet_libraries(log_dir: str | Path) -> Path:
-    """Route Ray's, Ray Data's and MLflow's progress bars, warnings and info lines to ``<log_dir>/neurobridge.log``
-    (and Ray's worker logs to ``<log_dir>/ray``, a link to the session's log folder), keeping errors on stderr.
-
-    For the CLI and the demo: a person reads one line per stage, not a flood of library logs."""
-    log_dir = Path(log_dir)
-    log_dir.mkdir(parents=True, exist_ok=True)
-    path = log_dir / "neurobridge.log"
-    to_file = logging.FileHandler(path)
-    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    errors = logging.StreamHandler(sys.stderr)
-    errors.setLevel(logging.ERROR)
-    for name in CHATTY:
-        logger = logging.getLogger(name)
-        logger.handlers, logger.propagate = [to_file, errors], False
-        logger.setLevel(logging.INFO)
-    logging.captureWarnings(True)
-    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # MLflow's per-download bars
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    _QUIET["log"] = log_dir
-    return path
-
-
-def _quiet_ray() -> None:
-    """After ``ray.init``: Ray re-installs its console handler; route it again, silence Ray Data's bars, and link
-    the session's logs (workers' stdout/stderr included) under the quiet log folder."""
-    import ray.data
-
-    quiet_libraries(_QUIET["log"])
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = ctx.enable_operator_progress_bars = False
-    ctx.print_on_execution_start = False
-    try:
-        session = Path(ray._private.worker._global_node.get_session_dir_path())
-        link = _QUIET["log"] / "ray"
-        if link.is_symlink() or link.exists():
-            link.unlink()
-        link.symlink_to(session / "logs", target_is_directory=True)
-    except (AttributeError, OSError):  # a private API moved, or no symlinks here: the logs stay in Ray's folder
-        pass
-
-
 # -- Ray: where this code runs -----------------------------------------------------------------------------------
+
+# Set by console.quiet_libraries: where library logs go, and what re-routes Ray's own after ray.init.
+QUIET_RAY: dict = {"after_init": None}
 
 
 def ensure_ray(settings: Settings, min_cpus: int = 0) -> None:
@@ -363,7 +321,8 @@ def ensure_ray(settings: Settings, min_cpus: int = 0) -> None:
         return
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     kwargs = {"logging_level": logging.WARNING, "include_dashboard": bool(min_cpus) and not settings.ray_address}
-    if _QUIET["log"] is not None:  # workers' output (progress bars, Train controller notices) stays in the logs
+    quiet = QUIET_RAY["after_init"]
+    if quiet is not None:  # workers' output (progress bars, Train controller notices) stays in the logs
         kwargs |= {"log_to_driver": False, "logging_level": logging.ERROR}
     if settings.ray_address:
         ray.init(address=settings.ray_address, **kwargs)
@@ -373,8 +332,8 @@ def ensure_ray(settings: Settings, min_cpus: int = 0) -> None:
         if cpus is None and min_cpus:
             cpus = max(os.cpu_count() or 1, min_cpus)
         ray.init(address="local", num_cpus=cpus, **kwargs)
-    if _QUIET["log"] is not None:
-        _quiet_ray()
+    if quiet is not None:
+        quiet()
 
 
 def task_attempt() -> int:

@@ -114,45 +114,23 @@ def fit_on_ray(
     """Fit one region set's projector with a ``TorchTrainer``; (the fit rebuilt from rank 0's checkpoint, its URI).
 
     ``encoder``: ``{"spec", "specs", "out_dim", "checkpoint": bytes}`` when an encoder is trained with it."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     from neurobridge.align.encoder_train import load_aligned_model
-    from neurobridge.config import ensure_ray
-    from neurobridge.train.components import runs_storage
+    from neurobridge.train.components import fit_small_trainer
 
-    s = cfg.scaling
-    ensure_ray(settings, min_cpus=int(s.num_workers * s.cpus_per_worker) + 1)
-    path, pa_fs = runs_storage(settings)
-    tag = (run_id or "untracked")[:8]
-    trainer = TorchTrainer(
-        align_loop_per_worker,
-        train_loop_config={
-            "train": train,
-            "val": val,
-            "projector": cfg.projector.model_dump(mode="json"),
-            "encoder": encoder,
-            "name": name,
-            "mlflow_uri": settings.mlflow_uri,
-            "run_id": run_id,
-        },
-        scaling_config=ScalingConfig(
-            num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker={"CPU": s.cpus_per_worker}
-        ),
-        run_config=RunConfig(
-            name=f"{cfg.name}-{name}-{tag}",
-            storage_path=path,
-            storage_filesystem=pa_fs,
-            checkpoint_config=CheckpointConfig(num_to_keep=1),
-            failure_config=FailureConfig(max_failures=s.max_failures),
-        ),
+    loop_config = {
+        "train": train,
+        "val": val,
+        "projector": cfg.projector.model_dump(mode="json"),
+        "encoder": encoder,
+        "name": name,
+        "mlflow_uri": settings.mlflow_uri,
+        "run_id": run_id,
+    }
+    run_name = f"{cfg.name}-{name}-{(run_id or 'untracked')[:8]}"
+    checkpoint = fit_small_trainer(
+        align_loop_per_worker, loop_config, cfg.scaling, settings, run_name, f"alignment trainer {name}"
     )
-    result = trainer.fit()
-    if result.error is not None:
-        raise result.error
-    if result.checkpoint is None:
-        raise RuntimeError(f"alignment trainer {name}: rank 0 reported no checkpoint")
-    with result.checkpoint.as_directory() as d:
+    with checkpoint.as_directory() as d:
         model = load_aligned_model(str(Path(d) / MODEL_FILE))
         summary = json.loads((Path(d) / FIT_FILE).read_text())
     fit = FitResult(
@@ -165,4 +143,4 @@ def fit_on_ray(
         summary["tokens_per_s"],
         summary["steps"],
     )
-    return fit, result.checkpoint.path
+    return fit, checkpoint.path

@@ -11,14 +11,13 @@ figures compare work on the data, not disks. Throughput is raw table bytes read 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from neurobridge.bench.worker import ONE_THREAD_EVERYWHERE, timed
 
 ROIS = ["V1", "hV4", "lFFA", "IT"]
 
@@ -99,30 +98,19 @@ def full_read(folder: str) -> dict:
     return {"bytes": int(arr.nbytes)}
 
 
-def _subprocess(fn: str, *args: str) -> dict:
-    code = (
-        "import json,sys,time\n"
-        f"from neurobridge.bench.fmri import {fn} as f\n"
-        "from neurobridge.bench.ingest import peak_rss\n"
-        "import h5py, neurobridge.ingest.blocks, neurobridge.sources.fmri\n"  # imports before the clock
-        "t=time.perf_counter(); out=f(*sys.argv[1:]); dt=time.perf_counter()-t\n"
-        "print(json.dumps({'seconds':dt,'rss':peak_rss(),'out':out}))\n"
-    )
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "ARROW_NUM_THREADS": "1"}
-    res = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=False, env=env)
-    if res.returncode != 0:
-        raise RuntimeError(f"benchmark worker failed:\n{res.stderr[-4000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
+def _timed(fn: str, *args: str) -> dict:
+    warm = ("h5py", "neurobridge.ingest.blocks", "neurobridge.sources.fmri")  # imports before the clock
+    return timed("neurobridge.bench.fmri", fn, *args, warm=warm, threads=ONE_THREAD_EVERYWHERE)
 
 
 def _measure(folder: Path, store: Path, label: str, modes: list[str], echo) -> dict:
     out: dict = {}
-    ref = _subprocess("full_read", str(folder))
+    ref = _timed("full_read", str(folder))
     mb_ref = ref["out"]["bytes"] / 2**20 / ref["seconds"]
     out["reference"] = {"mb_per_s": mb_ref, "peak_rss_mb": ref["rss"] / 2**20, "seconds": ref["seconds"]}
     echo(f"{label} reference_h5py_full_read: {mb_ref:,.0f} MB/s, peak RSS {ref['rss'] / 2**20:,.0f} MB")
     for mode in modes:
-        r = _subprocess("ingest_one", str(folder), str(store), mode)
+        r = _timed("ingest_one", str(folder), str(store), mode)
         mb = r["out"]["bytes"] / 2**20 / r["seconds"]
         out[mode] = {
             "mb_per_s": mb,

@@ -10,15 +10,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from neurobridge.bench.worker import timed
 from neurobridge.catalog import CatalogEntry
 from neurobridge.ingest.binning import WindowGrid, bin_spikes, reference_histogram
 
@@ -50,45 +48,6 @@ def _load_spikes(path: Path) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
         times = src.read_times(0, src.n_spikes)
         units = np.repeat(src.segment_units, np.diff(src.segments))
         return times, units, len(src.unit_ids), src.segments
-
-
-def _run_item_subprocess(path: Path, store: Path) -> dict:
-    """One item ingested in a fresh interpreter: wall time and that process's own peak RSS."""
-    code = (
-        "import json,sys,time\n"
-        "from neurobridge.bench.ingest import _ingest_one, peak_rss\n"
-        "t=time.perf_counter(); rec=_ingest_one(sys.argv[1], sys.argv[2]); dt=time.perf_counter()-t\n"
-        "print(json.dumps({'seconds':dt,'rss':peak_rss(),'rec':rec}))\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code, str(path), str(store)],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"benchmark worker failed:\n{out.stderr[-4000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def peak_rss() -> int:
-    """Peak resident bytes of this process image.
-
-    ``/proc/self/status`` VmHWM belongs to the current address space; ``ru_maxrss`` survives ``exec`` on Linux
-    and so can report the size of the parent that spawned the worker (seen here: a 1.9x 'growth' that was the
-    benchmark driver's own memory).
-    """
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _ingest_one(path: str, store: str) -> dict:
@@ -164,21 +123,21 @@ def bench_ingest(
     echo(f"binning_vs_reference: {figures['binning_ratio']:.1f}x (identical counts: {same})")
 
     store = work / "store"
-    run_small = _run_item_subprocess(small, store)
-    figures["ingest_spikes_per_s"] = run_small["rec"]["spikes"] / run_small["seconds"]
-    figures["ingest_tokens_per_s"] = run_small["rec"]["tokens"] / run_small["seconds"]
+    run_small = timed("neurobridge.bench.ingest", "_ingest_one", str(small), str(store))
+    figures["ingest_spikes_per_s"] = run_small["out"]["spikes"] / run_small["seconds"]
+    figures["ingest_tokens_per_s"] = run_small["out"]["tokens"] / run_small["seconds"]
     figures["ingest_peak_rss_mb"] = run_small["rss"] / 2**20
     echo(_line("ingest_spikes_per_s", figures["ingest_spikes_per_s"], "spikes/s (1 core, end to end)"))
     echo(_line("ingest_tokens_per_s", figures["ingest_tokens_per_s"], "tokens/s"))
     echo(_line("ingest_peak_rss", figures["ingest_peak_rss_mb"], "MB"))
     if growth > 1:
         _session(big, n_units, minutes * growth, seed=2)
-        run_big = _run_item_subprocess(big, store)
-        figures["ingest_big_spikes"] = run_big["rec"]["spikes"]
-        figures["ingest_big_spikes_per_s"] = run_big["rec"]["spikes"] / run_big["seconds"]
+        run_big = timed("neurobridge.bench.ingest", "_ingest_one", str(big), str(store))
+        figures["ingest_big_spikes"] = run_big["out"]["spikes"]
+        figures["ingest_big_spikes_per_s"] = run_big["out"]["spikes"] / run_big["seconds"]
         figures["ingest_big_peak_rss_mb"] = run_big["rss"] / 2**20
         figures["rss_growth_ratio"] = run_big["rss"] / run_small["rss"]
-        echo(f"session_x{growth}: {run_big['rec']['spikes']:,} spikes")
+        echo(f"session_x{growth}: {run_big['out']['spikes']:,} spikes")
         echo(_line(f"ingest_x{growth}_spikes_per_s", figures["ingest_big_spikes_per_s"], "spikes/s"))
         echo(_line(f"ingest_x{growth}_peak_rss", figures["ingest_big_peak_rss_mb"], "MB"))
         echo(f"rss_growth_for_{growth}x_session: {figures['rss_growth_ratio']:.2f}x")

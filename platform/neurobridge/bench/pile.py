@@ -10,16 +10,13 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from neurobridge.bench.ingest import _line
+from neurobridge.bench.worker import ONE_THREAD_EVERYWHERE, timed
 
 
 def _shard(path: Path, rows: list[tuple[str, int, int]], row_group_rows: int) -> int:
@@ -37,21 +34,6 @@ def _shard(path: Path, rows: list[tuple[str, int, int]], row_group_rows: int) ->
     write_shard(str(tmp), pairs, row_group_rows=row_group_rows)
     tmp.rename(path)
     return cells
-
-
-def _subprocess(fn: str, *args: str) -> dict:
-    code = (
-        "import json,sys,time\n"
-        f"from neurobridge.bench.pile import {fn} as f\n"
-        "from neurobridge.bench.ingest import peak_rss\n"
-        "t=time.perf_counter(); out=f(*sys.argv[1:]); dt=time.perf_counter()-t\n"
-        "print(json.dumps({'seconds':dt,'rss':peak_rss(),'out':out}))\n"
-    )
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "ARROW_NUM_THREADS": "1"}
-    res = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=False, env=env)
-    if res.returncode != 0:
-        raise RuntimeError(f"benchmark worker failed:\n{res.stderr[-4000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 def ingest_shards(root: str, store: str) -> dict:
@@ -88,6 +70,10 @@ def full_read(root: str) -> dict:
     return {"rows": rows, "cells": cells}
 
 
+def _timed(fn: str, *args: str) -> dict:
+    return timed("neurobridge.bench.pile", fn, *args, threads=ONE_THREAD_EVERYWHERE)
+
+
 @dataclass
 class PileBenchSizes:
     """The simulated shards: the throughput shards' rows and their shape, and the long row measured for memory at
@@ -114,8 +100,8 @@ def bench_pile(sizes: PileBenchSizes | None = None, workdir: str | None = None, 
         thr / "data" / "train-00001-of-00002.parquet", [(str(i), units, bins) for i in range(half, rows)], 8
     )
     store = work / "store"
-    ours = _subprocess("ingest_shards", str(thr), str(store))
-    ref = _subprocess("full_read", str(thr))
+    ours = _timed("ingest_shards", str(thr), str(store))
+    ref = _timed("full_read", str(thr))
     figures = {
         "rows": rows,
         "cells": cells,
@@ -141,12 +127,12 @@ def bench_pile(sizes: PileBenchSizes | None = None, workdir: str | None = None, 
     for tag, b in sizes.items():
         root = work / f"long_u{long_units}_b{b}"
         _shard(root / "data" / "train-0.parquet", [("0", long_units, b)], 1)
-        rss[tag] = _subprocess("ingest_shards", str(root), str(store))["rss"]
+        rss[tag] = _timed("ingest_shards", str(root), str(store))["rss"]
         echo(_line(f"long_row_{tag}_peak_rss", rss[tag] / 2**20, f"MB (one row, {long_units * b:,} cells)"))
     many = work / f"many_u{long_units}_b{long_bins}_n{growth}"
     _shard(many / "data" / "train-0.parquet", [(str(i), long_units, long_bins) for i in range(growth)], growth)
-    rss["many"] = _subprocess("ingest_shards", str(many), str(store))["rss"]
-    rss["many_full_read"] = _subprocess("full_read", str(many))["rss"]
+    rss["many"] = _timed("ingest_shards", str(many), str(store))["rss"]
+    rss["many_full_read"] = _timed("full_read", str(many))["rss"]
     extra_cells = long_units * long_bins * (growth - 1)
     figures.update(
         {

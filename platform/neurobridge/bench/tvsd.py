@@ -10,11 +10,10 @@ data, not disks.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
+
+from neurobridge.bench.worker import timed
 
 BIN_MS = 10.0
 WINDOW_S = 0.2
@@ -60,12 +59,10 @@ def _entry(folder: Path):
     )
 
 
-def warm() -> None:
-    """Imports happen before the clock starts, in both processes."""
-    import h5py  # noqa: F401
-
-    from neurobridge.ingest import blocks  # noqa: F401
-    from neurobridge.sources import tvsd  # noqa: F401
+def _timed(fn: str, *args: str) -> dict:
+    return timed(
+        "neurobridge.bench.tvsd", fn, *args, warm=("h5py", "neurobridge.ingest.blocks", "neurobridge.sources.tvsd")
+    )
 
 
 def ingest_one(folder: str, store: str) -> dict:
@@ -91,27 +88,6 @@ def full_read(folder: str) -> dict:
     return {"bytes": int(arr.nbytes)}
 
 
-def _subprocess(fn: str, *args: str) -> dict:
-    code = (
-        "import json,sys,time\n"
-        "from neurobridge import bench_tvsd\n"
-        "from neurobridge.bench.ingest import peak_rss\n"
-        "bench_tvsd.warm()\n"
-        f"t=time.perf_counter(); rec=bench_tvsd.{fn}(*sys.argv[1:]); dt=time.perf_counter()-t\n"
-        "print(json.dumps({'seconds':dt,'rss':peak_rss(),'rec':rec}))\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code, *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"benchmark worker failed:\n{out.stderr[-4000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def bench_tvsd(
     channels: int = 256, trials: int = 1000, growth: int = 4, workdir: str | None = None, repeats: int = 2, echo=print
 ) -> dict:
@@ -126,17 +102,17 @@ def bench_tvsd(
         folder = _folder(work, channels, n)
         mb = (folder / "THINGS_MUA_trials.mat").stat().st_size / 2**20
         ours = min(
-            (_subprocess("ingest_one", str(folder), str(work / "store")) for _ in range(repeats)),
+            (_timed("ingest_one", str(folder), str(work / "store")) for _ in range(repeats)),
             key=lambda r: r["seconds"],
         )
-        ref = min((_subprocess("full_read", str(folder)) for _ in range(repeats)), key=lambda r: r["seconds"])
+        ref = min((_timed("full_read", str(folder)) for _ in range(repeats)), key=lambda r: r["seconds"])
         f = {
             "file_mb": mb,
-            "rows": ours["rec"]["rows"],
-            "ingest_mua_mb_per_s": ours["rec"]["bytes"] / 2**20 / ours["seconds"],
-            "ingest_rows_per_s": ours["rec"]["rows"] / ours["seconds"],
+            "rows": ours["out"]["rows"],
+            "ingest_mua_mb_per_s": ours["out"]["bytes"] / 2**20 / ours["seconds"],
+            "ingest_rows_per_s": ours["out"]["rows"] / ours["seconds"],
             "ingest_peak_rss_mb": ours["rss"] / 2**20,
-            "reference_full_read_mb_per_s": ref["rec"]["bytes"] / 2**20 / ref["seconds"],
+            "reference_full_read_mb_per_s": ref["out"]["bytes"] / 2**20 / ref["seconds"],
             "reference_peak_rss_mb": ref["rss"] / 2**20,
         }
         f["mb_per_s_vs_reference"] = f["ingest_mua_mb_per_s"] / f["reference_full_read_mb_per_s"]

@@ -17,7 +17,8 @@ from neurobridge.cli import train as cli_train
 from neurobridge.cli import tune as cli_tune
 from neurobridge.cli.bench import bench_app
 from neurobridge.cli.output import console, fail
-from neurobridge.config import get_settings, log_dir, quiet_libraries
+from neurobridge.config import get_settings, log_dir
+from neurobridge.console import quiet_libraries
 from neurobridge.storage import StoreError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="NeuroBridge: neural data → tokens → models.")

@@ -77,39 +77,17 @@ def decode_loop_per_worker(config: dict) -> None:
 
 def fit_on_ray(inp: SetInputs, cfg: DecodeConfig, settings: Settings, run_id: str | None) -> list[DecoderResult]:
     """One region set's decoders in a ``TorchTrainer``; the results rebuilt from rank 0's checkpoint."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from neurobridge.train.components import fit_small_trainer
 
-    from neurobridge.config import ensure_ray
-    from neurobridge.train.components import runs_storage
-
-    s = cfg.scaling
-    ensure_ray(settings, min_cpus=int(s.num_workers * s.cpus_per_worker) + 1)
-    path, pa_fs = runs_storage(settings)
-    tag = (run_id or "untracked")[:8]
-    trainer = TorchTrainer(
-        decode_loop_per_worker,
-        train_loop_config={
-            "inputs": inp,
-            "cfg": cfg.model_dump(mode="json"),
-            "mlflow_uri": settings.mlflow_uri,
-            "run_id": run_id,
-        },
-        scaling_config=ScalingConfig(
-            num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker={"CPU": s.cpus_per_worker}
-        ),
-        run_config=RunConfig(
-            name=f"{cfg.name}-{inp.name}-{tag}",
-            storage_path=path,
-            storage_filesystem=pa_fs,
-            checkpoint_config=CheckpointConfig(num_to_keep=1),
-            failure_config=FailureConfig(max_failures=s.max_failures),
-        ),
+    loop_config = {
+        "inputs": inp,
+        "cfg": cfg.model_dump(mode="json"),
+        "mlflow_uri": settings.mlflow_uri,
+        "run_id": run_id,
+    }
+    run_name = f"{cfg.name}-{inp.name}-{(run_id or 'untracked')[:8]}"
+    checkpoint = fit_small_trainer(
+        decode_loop_per_worker, loop_config, cfg.scaling, settings, run_name, f"decode trainer {inp.name}"
     )
-    result = trainer.fit()
-    if result.error is not None:
-        raise result.error
-    if result.checkpoint is None:
-        raise RuntimeError(f"decode trainer {inp.name}: rank 0 reported no checkpoint")
-    with result.checkpoint.as_directory() as d:
+    with checkpoint.as_directory() as d:
         return read_results(d)

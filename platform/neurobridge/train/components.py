@@ -169,3 +169,37 @@ def loss_figure(uri: str, run_id: str, panels: tuple[tuple[str, ...], ...] = (("
     fig.tight_layout()
     mlflow_run.log_figure(uri, run_id, fig, "plots/loss.png")
     plt.close(fig)
+
+
+def fit_small_trainer(loop: Callable, loop_config: dict, scaling, settings: Settings, run_name: str, what: str):
+    """Run ``loop`` on Ray Train for a fit whose result is one small checkpoint from rank 0 (an alignment
+    projector, a region set's decoders), and return that checkpoint. ``scaling`` has ``num_workers``, ``use_gpu``,
+    ``cpus_per_worker`` and ``max_failures``; ``what`` names the fit in the error when rank 0 reported nothing."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from neurobridge.config import ensure_ray
+
+    s = scaling
+    ensure_ray(settings, min_cpus=int(s.num_workers * s.cpus_per_worker) + 1)
+    path, pa_fs = runs_storage(settings)
+    trainer = TorchTrainer(
+        loop,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(
+            num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker={"CPU": s.cpus_per_worker}
+        ),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=path,
+            storage_filesystem=pa_fs,
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
+            failure_config=FailureConfig(max_failures=s.max_failures),
+        ),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    if result.checkpoint is None:
+        raise RuntimeError(f"{what}: rank 0 reported no checkpoint")
+    return result.checkpoint

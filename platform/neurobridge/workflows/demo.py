@@ -2,7 +2,7 @@
 (Ray Train) → evaluate → align the visual sessions to their images (responses, then pretrained vs scratch encoder).
 
 A person watching reads one line per stage with its time; Ray's, Ray Data's and MLflow's own output goes to
-``<NB_HOME>/logs`` (``config.quiet_libraries``), errors still show.
+``<NB_HOME>/logs`` (``console.quiet_libraries``), errors still show.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from pathlib import Path
 from rich.console import Console
 
 from neurobridge.catalog import resolve
-from neurobridge.config import Settings, get_settings, log_dir, quiet_libraries
+from neurobridge.config import Settings, get_settings, log_dir
+from neurobridge.console import quiet_libraries
 from neurobridge.ingest.pipeline import ingest_many
 from neurobridge.storage import filesystem, is_remote
 from neurobridge.store.mixtures import write_mixture
