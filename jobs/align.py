@@ -4,9 +4,9 @@ neural → image alignment on Ray Train (thin: parse, call the library)."""
 import argparse
 import sys
 
-from neurobridge.align.config import AlignConfig, load_yaml
+from neurobridge.align.config import AlignConfig
 from neurobridge.align.experiment import run_alignment
-from neurobridge.config import parse_job_args
+from neurobridge.config import load_yaml, parse_job_args
 
 
 def main() -> int:

@@ -4,9 +4,9 @@
 import argparse
 import sys
 
-from neurobridge.align.config import EmbedConfig, load_yaml
+from neurobridge.align.config import EmbedConfig
 from neurobridge.align.embed_images import embed_images
-from neurobridge.config import get_settings, parse_job_args
+from neurobridge.config import get_settings, load_yaml, parse_job_args
 
 
 def main() -> int:

@@ -4,7 +4,8 @@ Train by default, and a scratch encoder starts from a random init."""
 from __future__ import annotations
 
 import pytest
-from neurobridge.align.config import AlignConfig, ConfigError, EncoderSpec, load_yaml
+from neurobridge.align.config import AlignConfig, EncoderSpec
+from neurobridge.config import ConfigError, load_yaml
 
 
 def test_config_errors_name_the_key_and_the_nearest_valid_one(tmp_path):

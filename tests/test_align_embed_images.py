@@ -216,7 +216,7 @@ def test_a_mapping_names_the_ids_and_files_it_does_not_list_are_counted(tmp_path
 
 def test_the_shipped_job_config_is_a_valid_embed_config():
     from conftest import REPO
-    from neurobridge.align.config import load_yaml
+    from neurobridge.config import load_yaml
 
     cfg = load_yaml(EmbedConfig, REPO / "jobs" / "embed_things.yaml")
     assert cfg.id_prefix == "things" and cfg.precision == "fp16"

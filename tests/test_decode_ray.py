@@ -53,8 +53,9 @@ def test_both_layouts_ingest_on_ray_to_the_same_betas(world):
 
 def test_decode_on_ray_train_then_align_both_tracked_in_mlflow(world):
     from mlflow.tracking import MlflowClient
-    from neurobridge.align.config import AlignConfig, load_yaml
+    from neurobridge.align.config import AlignConfig
     from neurobridge.align.experiment import run_alignment
+    from neurobridge.config import load_yaml
     from neurobridge.decode.config import load_decode_config
     from neurobridge.decode.experiment import run_decode
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from neurobridge.train.config import ConfigError, load_config
+from neurobridge.config import ConfigError
+from neurobridge.train.config import load_config
 
 
 def test_unknown_config_key_names_the_nearest_valid_one(tmp_path):

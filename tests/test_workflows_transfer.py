@@ -58,7 +58,8 @@ def test_the_protocol_runs_from_its_config_and_scores_every_trial_in_every_arm(r
 @pytest.mark.parametrize("name", ["transfer_mc_maze_medium.yaml", "transfer_mc_maze.yaml"])
 def test_the_shipped_configs_name_catalog_entries_and_hold_their_session_out(name):
     from neurobridge.catalog import resolve
-    from neurobridge.train.config import ConfigError, load_config
+    from neurobridge.config import ConfigError
+    from neurobridge.train.config import load_config
     from neurobridge.workflows.transfer import load_transfer
 
     cfg = load_transfer(f"jobs/configs/{name}")

@@ -231,6 +231,32 @@ def override_error(model: type[BaseModel], key: str) -> str | None:
     return None
 
 
+class ConfigError(ValueError):
+    """A config file or override that does not fit its typed config; the message names the key and a fix."""
+
+
+def load_yaml(model: type[BaseModel], path: str | Path | None, overrides: dict | None = None):
+    """A typed config from a YAML file (or the defaults) plus dotted ``--set`` overrides; errors name the file and
+    the key, and a misspelt override is named as one."""
+    import yaml
+
+    data: dict = {}
+    if path:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such config file") from None
+    for key, value in (overrides or {}).items():
+        problem = override_error(model, key)
+        if problem:
+            raise ConfigError(problem)
+        set_dotted(data, key, value)
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(describe_validation_error(err, model, config_label(path, overrides))) from None
+
+
 def config_label(path: object, overrides: dict | None) -> str:
     """Where a config's values came from, for its validation errors: the file (or the defaults) and the --set keys."""
     base = str(path) if path else "the defaults"

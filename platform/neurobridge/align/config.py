@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
-from neurobridge.config import config_label, describe_validation_error, override_error, set_dotted
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -23,10 +19,6 @@ WINDOW_PRESETS: dict[str, dict[str, tuple[float, float]]] = {
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class ConfigError(ValueError):
-    """A config file or value that does not fit the typed config; the message names the key."""
 
 
 class EmbedConfig(_Strict):
@@ -204,22 +196,3 @@ class AlignConfig(_Strict):
     subset_candidates: list[int] = Field(default_factory=lambda: [50], description="MindEye-style candidate N")
     subset_draws: int = Field(200, ge=1)
     figure_queries: int = Field(6, ge=1)
-
-
-def load_yaml(model: type[BaseModel], path: str | Path | None, overrides: dict | None = None):
-    """A config from YAML plus dotted overrides; errors name the file and the key."""
-    data: dict = {}
-    if path:
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such config file") from None
-    for key, value in (overrides or {}).items():
-        problem = override_error(model, key)
-        if problem:
-            raise ConfigError(problem)
-        set_dotted(data, key, value)
-    try:
-        return model.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(describe_validation_error(err, model, config_label(path, overrides))) from None

@@ -67,9 +67,10 @@ def embed_images_cmd(
     progress: bool = typer.Option(True, help="show a progress bar"),
 ):
     """Embed images with a CLIP vision model (Ray Data) into Parquet; undecodable images are named and skipped."""
-    from neurobridge.align.config import ConfigError, EmbedConfig, load_yaml
+    from neurobridge.align.config import EmbedConfig
     from neurobridge.align.embed_images import embed_images
     from neurobridge.align.image_files import EmbedError
+    from neurobridge.config import ConfigError, load_yaml
 
     opts = {
         "images": images,

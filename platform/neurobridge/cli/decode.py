@@ -19,7 +19,8 @@ def decode(
     """Concepts (top-k beside chance), property ratings (R² and r beside their reliability) and image retrieval,
     decoded per region set by ridge/logistic, MLP, the masked encoder and 3-D CNN/ViT; Ray Train + MLflow."""
     from neurobridge.align.examples import AlignDataError
-    from neurobridge.decode.config import ConfigError, load_decode_config
+    from neurobridge.config import ConfigError
+    from neurobridge.decode.config import load_decode_config
     from neurobridge.decode.experiment import run_decode
     from neurobridge.storage import StoreError
     from neurobridge.tracking.mlflow_run import TrackingError

@@ -108,9 +108,8 @@ def transfer(
     out: Path = typer.Option(None, help="write the results JSON here"),
 ):
     """The real-data transfer protocol: pretrain per corpus, then k-shot CV of fine-tuned vs alone vs smoothing."""
-    from neurobridge.config import parse_overrides
+    from neurobridge.config import ConfigError, parse_overrides
     from neurobridge.storage import StoreError
-    from neurobridge.train.config import ConfigError
     from neurobridge.workflows.transfer import load_transfer, run_transfer
 
     try:

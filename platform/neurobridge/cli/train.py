@@ -43,9 +43,10 @@ def pretrain(
 
     ours = not ray.is_initialized()  # a Ray this command starts is shut down by it (below)
 
+    from neurobridge.config import ConfigError
     from neurobridge.storage import StoreError
     from neurobridge.tracking.mlflow_run import TrackingError
-    from neurobridge.train.config import ConfigError, load_config
+    from neurobridge.train.config import load_config
     from neurobridge.train.loop import NonFiniteLoss
     from neurobridge.train.pretrain import pretrain as run
 
@@ -69,9 +70,10 @@ def align(
     overrides: list[str] = typer.Option(None, "--set", help="override a config key, e.g. --set projector.epochs=20"),
 ):
     """Neural → image alignment on Ray Train: one projector per region set, retrieval beside chance, MLflow."""
-    from neurobridge.align.config import AlignConfig, ConfigError, load_yaml
+    from neurobridge.align.config import AlignConfig
     from neurobridge.align.examples import AlignDataError
     from neurobridge.align.experiment import run_alignment
+    from neurobridge.config import ConfigError, load_yaml
     from neurobridge.storage import StoreError
     from neurobridge.tracking.mlflow_run import TrackingError
 
@@ -200,7 +202,8 @@ def bench_train(
 ):
     """Tokens/s through Ray Train vs a plain PyTorch loop (same model, same data), data-path headroom, peak RSS."""
     from neurobridge.bench.train import bench_train as run
-    from neurobridge.train.config import ConfigError, load_config
+    from neurobridge.config import ConfigError
+    from neurobridge.train.config import load_config
 
     try:
         cfg = load_config(

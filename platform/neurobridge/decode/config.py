@@ -14,12 +14,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from neurobridge.align.config import (
     AlignDataConfig,
     AlignScaling,
-    ConfigError,
     EmbeddingSource,
     EncoderSpec,
     ProjectorConfig,
-    load_yaml,
 )
+from neurobridge.config import load_yaml
 
 TASKS = ("concept", "properties", "retrieval")
 DECODERS = ("ridge", "mlp", "encoder", "cnn3d", "vit3d")
@@ -132,4 +131,4 @@ def load_decode_config(path: str | Path | None, overrides: dict | None = None) -
     return load_yaml(DecodeConfig, path, overrides)
 
 
-__all__ = ["DECODERS", "TASKS", "VOLUME_DECODERS", "ConfigError", "DecodeConfig", "load_decode_config"]
+__all__ = ["DECODERS", "TASKS", "VOLUME_DECODERS", "DecodeConfig", "load_decode_config"]

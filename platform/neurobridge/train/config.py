@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from neurobridge.config import config_label, describe_validation_error, override_error, set_dotted
+from neurobridge.config import load_yaml
 from neurobridge.models.config import ModelConfig
 
 
@@ -97,24 +96,6 @@ class PretrainConfig(_Strict):
     max_failures: int = Field(2, ge=0, description="worker failures tolerated; each resumes from the last checkpoint")
 
 
-class ConfigError(ValueError):
-    """A config file or override that does not fit the typed config; the message names the key and a fix."""
-
-
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> PretrainConfig:
     """The config file (or the defaults) with ``--set`` overrides; a misspelt override is named as one."""
-    data: dict = {}
-    if path:
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such config file") from None
-    for key, value in (overrides or {}).items():
-        problem = override_error(PretrainConfig, key)
-        if problem:
-            raise ConfigError(problem)
-        set_dotted(data, key, value)
-    try:
-        return PretrainConfig(**data)
-    except ValidationError as err:
-        raise ConfigError(describe_validation_error(err, PretrainConfig, config_label(path, overrides))) from None
+    return load_yaml(PretrainConfig, path, overrides)

@@ -148,7 +148,8 @@ def build_config(spec: AblationSpec, trial: dict, sampled: dict | None = None):
     overrides = {**trial["overrides"], **(sampled or {})}
     where = f"{spec.source_file or spec.name}: trial {trial['key']}"
     if spec.kind == "pretrain":
-        from neurobridge.train.config import ConfigError, load_config
+        from neurobridge.config import ConfigError
+        from neurobridge.train.config import load_config
 
         overrides["seed"] = trial["seed"]
         try:
@@ -157,7 +158,8 @@ def build_config(spec: AblationSpec, trial: dict, sampled: dict | None = None):
             raise SpecError(f"{where}: {err}") from None
     if spec.kind == "decode":
         return _decode_config(spec, overrides, trial["seed"], where)
-    from neurobridge.align.config import AlignConfig, ConfigError, load_yaml
+    from neurobridge.align.config import AlignConfig
+    from neurobridge.config import ConfigError, load_yaml
 
     overrides["projector.seed"] = trial["seed"]
     _check_keys(AlignConfig, overrides, where)
@@ -168,7 +170,8 @@ def build_config(spec: AblationSpec, trial: dict, sampled: dict | None = None):
 
 
 def _decode_config(spec: AblationSpec, overrides: dict, seed: int, where: str):
-    from neurobridge.decode.config import ConfigError, DecodeConfig, load_decode_config
+    from neurobridge.config import ConfigError
+    from neurobridge.decode.config import DecodeConfig, load_decode_config
 
     overrides.update({"net.seed": seed, "projector.seed": seed})
     _check_keys(DecodeConfig, overrides, where)

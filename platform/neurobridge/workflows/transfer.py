@@ -20,7 +20,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from neurobridge.catalog import CatalogEntry, resolve
-from neurobridge.config import Settings, describe_validation_error, get_settings, set_dotted
+from neurobridge.config import ConfigError, Settings, describe_validation_error, get_settings, set_dotted
 from neurobridge.evaluate.behaviour import BehaviorConfig
 from neurobridge.evaluate.kshot import Arm, KShotPlan, kshot_crossval
 from neurobridge.evaluate.report import EvalConfig
@@ -32,7 +32,7 @@ from neurobridge.store.read import sources
 from neurobridge.store.rows import session_rows
 from neurobridge.store.splits import HeldoutSplit, heldout_flags
 from neurobridge.tracking import mlflow_run
-from neurobridge.train.config import ConfigError, load_config
+from neurobridge.train.config import load_config
 from neurobridge.train.finetune import FinetuneConfig
 from neurobridge.train.pretrain import pretrain
 
