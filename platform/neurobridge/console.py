@@ -66,9 +66,32 @@ def quiet_libraries(log_dir: str | Path) -> Path:
         logger.setLevel(logging.INFO)
     logging.captureWarnings(True)
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # MLflow's per-download bars
+    os.environ["MLFLOW_CONFIGURE_LOGGING"] = "false"  # else importing mlflow puts its console handler back
+    os.environ["DATALAD_LOG_TARGET"] = str(log_dir / "datalad.log")  # the same for DataLad (clone notices)
+    os.environ["RAY_DATA_LOGGING_CONFIG"] = str(_ray_data_logging(log_dir))
     os.environ.setdefault("TQDM_DISABLE", "1")
     _QUIET["log"] = log_dir
     QUIET_RAY["after_init"] = _quiet_ray
+    return path
+
+
+def _ray_data_logging(log_dir: Path) -> Path:
+    """Ray Data re-reads its logging config at every dataset execution (driver and workers): this one keeps its
+    session log file and lets only errors reach the console."""
+    import yaml
+
+    handler = "ray.data._internal.logging.SessionFileHandler"
+    config = {
+        "version": 1,
+        "formatters": {"ray": {"format": "%(asctime)s\t%(levelname)s %(filename)s:%(lineno)s -- %(message)s"}},
+        "handlers": {
+            "file": {"class": handler, "formatter": "ray", "filename": "ray-data.log"},
+            "console": {"class": "logging.StreamHandler", "formatter": "ray", "level": "ERROR"},
+        },
+        "loggers": {"ray.data": {"level": "DEBUG", "handlers": ["file", "console"], "propagate": False}},
+    }
+    path = log_dir / "ray-data-logging.yaml"
+    path.write_text(yaml.safe_dump(config))
     return path
 
 
