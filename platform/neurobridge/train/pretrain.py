@@ -78,7 +78,7 @@ def epoch_rows(cfg: PretrainConfig, srcs: list[Source]) -> int | None:
     return need if sum(s.rows("train") for s in srcs) < need else None
 
 
-def _epoch_mb(cfg: PretrainConfig, srcs: list[Source]) -> float:
+def epoch_mb(cfg: PretrainConfig, srcs: list[Source]) -> float:
     """Upper estimate of one mixed epoch in memory: its cells at 4 bytes (uint16 counts, float32 MUA), rows repeated
     or dropped by the mixing, plus the row lists' overhead."""
     rows = sum(s.rows("train") for s in srcs) or 1
@@ -190,7 +190,7 @@ def pretrain(
     train = ray_dataset(
         settings, srcs, "train", Mixing(cfg.data.mixing, epoch_rows(cfg, srcs), cfg.seed, held), ROW_COLUMNS
     )
-    if _epoch_mb(cfg, srcs) <= cfg.data.cache_mb:
+    if epoch_mb(cfg, srcs) <= cfg.data.cache_mb:
         train = train.materialize()  # one read; each epoch replays the blocks (shuffled by the trainer's buffer)
     datasets = {"train": train}
     if cfg.validation.every is not None:
