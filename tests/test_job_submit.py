@@ -18,14 +18,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +29,7 @@ import pyarrow.parquet as pq
 import pytest
 import s3fs
 import yaml
+from helpers.cluster import BIN, start_mlflow, start_ray_head, stop, wait_http
 from helpers.sim import small_sim
 from neurobridge.config import get_settings
 from neurobridge.sim import simulate
@@ -44,74 +40,8 @@ from neurobridge.store.versions import resolve_dataset
 pytestmark = pytest.mark.slow  # a cluster, an MLflow server and two jobs: ~90 s on an idle 2-core machine
 
 REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 VICTIM = "sub-monkey01_ses-s00.nwb"
 PY_MODULES = "runtime_resources/py_modules_files/"
-# Every port a head node opens, each set to a free one: the defaults (6379, 8265, 52365 …) may be taken by
-# another cluster on this machine.
-RAY_PORT_FLAGS = (
-    "port",
-    "dashboard-port",
-    "dashboard-agent-listen-port",
-    "dashboard-agent-grpc-port",
-    "node-manager-port",
-    "runtime-env-agent-port",
-    "metrics-export-port",
-    "object-manager-port",
-    "ray-client-server-port",
-)
-
-
-_HANDED_OUT: set[int] = set()
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct free ports, never one handed out before in this run: the sockets stay bound until all are
-    chosen, since a port closed and asked for again can come straight back (Ray then refuses two components on
-    one port)."""
-    socks, ports = [], []
-    try:
-        while len(ports) < n:
-            s = socket.socket()
-            socks.append(s)
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-            if port not in _HANDED_OUT:
-                _HANDED_OUT.add(port)
-                ports.append(port)
-    finally:
-        for s in socks:
-            s.close()
-    return ports
-
-
-def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"{proc.args[0]} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            urllib.request.urlopen(url, timeout=2).read()
-            return
-        except urllib.error.HTTPError:  # it answers (401 without a token): up
-            return
-        except OSError:
-            time.sleep(0.5)
-    pytest.fail(f"{url} did not answer within {timeout_s} s:\n{log.read_text()[-3000:]}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """Stop a process group this test started (never `ray stop`: that would stop every cluster on the machine)."""
-    for sig, grace in ((signal.SIGTERM, 3), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(grace)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 @pytest.fixture(scope="module")
@@ -120,57 +50,6 @@ def bucket(s3_endpoint):
     name = f"nb-job-{uuid.uuid4().hex[:8]}"
     fs.mkdir(name)
     return fs, name
-
-
-def start_mlflow(bucket: str, env: dict, home: Path) -> tuple[subprocess.Popen, str, Path]:
-    """`mlflow server`: runs in SQLite, artifacts proxied to S3 (the placement the README gives for the cluster)."""
-    (port,) = free_ports(1)
-    log = home / "mlflow.log"
-    cmd = [
-        str(BIN / "mlflow"),
-        "server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-        "--backend-store-uri",
-        f"sqlite:///{home / 'mlflow.db'}",
-        "--artifacts-destination",
-        f"s3://{bucket}/mlflow",
-    ]
-    proc = subprocess.Popen(
-        cmd, env={**os.environ, **env}, start_new_session=True, stdout=log.open("w"), stderr=subprocess.STDOUT
-    )
-    return proc, f"http://127.0.0.1:{port}", log
-
-
-def start_ray_head(env: dict, temp: str) -> tuple[subprocess.Popen, str, Path]:
-    """`ray start --head --block` in its own process group: 4 logical CPUs (a 2-core node declares more so a training
-    worker leaves room for Ray Data, see runtime.ensure_ray), the dashboard (Jobs API) on a free port."""
-    ports = dict(zip(RAY_PORT_FLAGS, free_ports(len(RAY_PORT_FLAGS)), strict=True))
-    cmd = [
-        str(BIN / "ray"),
-        "start",
-        "--head",
-        "--block",
-        "--num-cpus",
-        "4",
-        "--include-dashboard",
-        "true",
-        "--dashboard-host",
-        "127.0.0.1",
-        "--node-ip-address",
-        "127.0.0.1",
-        "--temp-dir",
-        temp,
-        "--disable-usage-stats",
-        *(x for flag, port in ports.items() for x in (f"--{flag}", str(port))),
-    ]
-    log = Path(f"{temp}.log")
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    return proc, f"http://127.0.0.1:{ports['dashboard-port']}", log
 
 
 @dataclass
