@@ -24,14 +24,10 @@ def main() -> int:
     args = parser.parse_args()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a job log is no terminal: no bars
     print(f"neurobridge {__version__} from {origin()}", flush=True)
-    try:
+    try:  # a bad config, or locations that would vanish with the Ray session: before any stage
         cfg = load_pipeline(args.config, args.stages.split(",") if args.stages else None)
-    except PipelineError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        return 2
-    try:
         return run_pipeline(cfg, echo=lambda line: print(line, flush=True))
-    except SettingsError as err:  # before any stage: the job's store or MLflow DB would vanish with the session
+    except (PipelineError, SettingsError) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 2
 

@@ -92,7 +92,7 @@ def test_champion_needs_an_evaluation_at_or_above_its_baseline_unless_forced(sto
     report = evaluate(f"runs:/{run_id}", EvalData(["r_nwb"], exclude_sessions=["monkey00_s01"]), settings=store)
     assert report.run_id == run_id  # written into the evaluated run, beside its training loss
     run = MlflowClient(store.mlflow_uri).get_run(run_id)
-    assert {"loss", "eval.r_nwb.co_bps", "eval.r_nwb.co_bps_smoothing", "eval.r_nwb.fp_bps_mean"} <= set(
+    assert {"loss", "eval.r_nwb.co_bps", "eval.r_nwb.co_bps_smoothing", "eval.r_nwb.fp_bps_not_trained_mean"} <= set(
         run.data.metrics
     )
     files = {a.path for a in MlflowClient(store.mlflow_uri).list_artifacts(run_id, "evaluation/r_nwb")}

@@ -148,6 +148,19 @@ def system_metrics(uri: str, run_id: str | None, node: str = "rank0", every_s: f
     finally:
         if monitor is not None:
             monitor.finish()
+            _publish_last_sample(monitor)
+
+
+def _publish_last_sample(monitor) -> None:
+    """MLflow's monitor drops the sample it collects when stopped: a run shorter than one interval would record no
+    system metrics at all, so that last sample is logged here."""
+    try:
+        metrics = monitor.aggregate_metrics()
+        if metrics:
+            monitor.publish_metrics(metrics)
+            monitor.mlflow_logger.flush()
+    except Exception:  # an optional record, as above
+        pass
 
 
 class MetricsLogger:
