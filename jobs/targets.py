@@ -5,6 +5,8 @@ Thin: parse, call the library."""
 import argparse
 import sys
 
+from neurobridge.config import log_dir
+from neurobridge.console import quiet_libraries
 from neurobridge.workflows.protocols import run_targets
 
 
@@ -13,7 +15,10 @@ def main() -> int:
     parser.add_argument("--configs", default="jobs/configs", help="folder with targets_sim.yaml, targets_mc_maze.yaml")
     parser.add_argument("--out", default=None, help="write the results JSON here")
     parser.add_argument("--skip-real", action="store_true", help="skip the MC_Maze real-data target")
+    parser.add_argument("--verbose", action="store_true", help="library logs on the console, not only in the log")
     args = parser.parse_args()
+    if not args.verbose:  # one line per stage; Ray's and MLflow's own output in <NB_HOME>/logs
+        quiet_libraries(log_dir())
     results = run_targets(args.configs, args.out, skip_real=args.skip_real)
     return 0 if all(v for k, v in results["targets"].items() if isinstance(v, bool)) else 1
 

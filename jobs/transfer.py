@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from neurobridge.config import parse_overrides
+from neurobridge.config import log_dir, parse_overrides
+from neurobridge.console import quiet_libraries
 from neurobridge.workflows.transfer import load_transfer, run_transfer
 
 
@@ -15,7 +16,10 @@ def main() -> int:
     parser.add_argument("--config", required=True, help="a transfer protocol YAML (jobs/configs/transfer_*.yaml)")
     parser.add_argument("--out", default=None, help="write the results JSON here")
     parser.add_argument("--set", action="append", default=[], help="override a key, e.g. repeats=1")
+    parser.add_argument("--verbose", action="store_true", help="library logs on the console, not only in the log")
     args = parser.parse_args()
+    if not args.verbose:  # one line per stage and fold; Ray's and MLflow's own output in <NB_HOME>/logs
+        quiet_libraries(log_dir())
     cfg = load_transfer(args.config, parse_overrides(args.set))
     results = run_transfer(cfg, Path(args.config).parent, args.out)
     return 0 if all(v for v in results["targets"].values() if isinstance(v, bool)) else 1
