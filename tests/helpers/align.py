@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from neurobridge.align.config import AlignConfig, AlignDataConfig
 from neurobridge.catalog import CatalogEntry
-from neurobridge.sim import SimConfig, simulate
+from neurobridge.sim import VISUAL_WINDOW, SimConfig, simulate
 
 REGIONS = ["V1", "V4", "IT"]
 
@@ -26,15 +26,7 @@ def visual_entry(name: str, root, salt: str = "neurobridge") -> CatalogEntry:
         ingest={
             "bin_ms": 20,
             "split": {"salt": salt},
-            "window": {
-                "mode": "intervals",
-                "intervals": "natural_scenes_presentations",
-                "align": "start_time",
-                "pre_s": 0.0,
-                "post_s": 0.25,
-                "stimulus_column": "frame",
-                "stimulus_prefix": "sim_ns",
-            },
+            "window": VISUAL_WINDOW,
         },
     )
 

@@ -126,9 +126,8 @@ def fit_on_ray(
         "mlflow_uri": settings.mlflow_uri,
         "run_id": run_id,
     }
-    run_name = f"{cfg.name}-{name}-{(run_id or 'untracked')[:8]}"
     checkpoint = fit_small_trainer(
-        align_loop_per_worker, loop_config, cfg.scaling, settings, run_name, f"alignment trainer {name}"
+        align_loop_per_worker, loop_config, cfg.scaling, settings, f"{cfg.name}-{name}", f"alignment trainer {name}"
     )
     with checkpoint.as_directory() as d:
         model = load_aligned_model(str(Path(d) / MODEL_FILE))

@@ -54,7 +54,7 @@ def _simulated_alignment(bench: AlignBenchConfig, work: Path):
     from neurobridge.catalog import CatalogEntry
     from neurobridge.config import get_settings
     from neurobridge.ingest.pipeline import ingest
-    from neurobridge.sim import SimConfig, simulate
+    from neurobridge.sim import VISUAL_WINDOW, SimConfig, simulate
 
     n_images, repeats, n_test = bench.n_images, bench.repeats, bench.n_test
     sim = work / f"sim_{n_images}x{repeats}"
@@ -71,18 +71,9 @@ def _simulated_alignment(bench: AlignBenchConfig, work: Path):
         )
         simulate(str(sim), cfg, progress=False)
     settings = get_settings(store=str(work / "store"), raw_root=str(work))
-    window = {
-        "mode": "intervals",
-        "intervals": "natural_scenes_presentations",
-        "align": "start_time",
-        "pre_s": 0.0,
-        "post_s": 0.25,
-        "stimulus_column": "frame",
-        "stimulus_prefix": "sim_ns",
-    }
     name = f"bench_vis_{n_images}x{repeats}"
     ingest(
-        CatalogEntry.of(name=name, kind="nwb", uri=str(sim / "visual"), ingest={"bin_ms": 20, "window": window}),
+        CatalogEntry.of(name=name, kind="nwb", uri=str(sim / "visual"), ingest={"bin_ms": 20, "window": VISUAL_WINDOW}),
         settings,
         progress=False,
     )

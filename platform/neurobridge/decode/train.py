@@ -85,9 +85,13 @@ def fit_on_ray(inp: SetInputs, cfg: DecodeConfig, settings: Settings, run_id: st
         "mlflow_uri": settings.mlflow_uri,
         "run_id": run_id,
     }
-    run_name = f"{cfg.name}-{inp.name}-{(run_id or 'untracked')[:8]}"
     checkpoint = fit_small_trainer(
-        decode_loop_per_worker, loop_config, cfg.scaling, settings, run_name, f"decode trainer {inp.name}"
+        decode_loop_per_worker,
+        loop_config,
+        cfg.scaling,
+        settings,
+        f"{cfg.name}-{inp.name}",
+        f"decode trainer {inp.name}",
     )
     with checkpoint.as_directory() as d:
         return read_results(d)

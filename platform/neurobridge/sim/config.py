@@ -17,6 +17,17 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 FORMAT = Literal["nwb", "alf", "visual"]
 SCHEMA_VERSION = 1
 MAX_RATE_HZ = 200.0
+# The ingest window that cuts the simulated visual sessions into image presentations (the intervals table and
+# stimulus column the writers give them): one place for every catalog entry, bench and test that reads them.
+VISUAL_WINDOW = {
+    "mode": "intervals",
+    "intervals": "natural_scenes_presentations",
+    "align": "start_time",
+    "pre_s": 0.0,
+    "post_s": 0.25,
+    "stimulus_column": "frame",
+    "stimulus_prefix": "sim_ns",
+}
 LOADING_SD = 1.0  # s.d. of C x per unit for a unit-variance latent
 INIT_RMS = 1.5  # r.m.s. per latent dimension of the condition-dependent trial start state
 CHUNK_CELLS = 2_000_000  # units × steps generated at once (bounds memory per chunk)

@@ -171,10 +171,11 @@ def loss_figure(uri: str, run_id: str, panels: tuple[tuple[str, ...], ...] = (("
     plt.close(fig)
 
 
-def fit_small_trainer(loop: Callable, loop_config: dict, scaling, settings: Settings, run_name: str, what: str):
+def fit_small_trainer(loop: Callable, loop_config: dict, scaling, settings: Settings, name: str, what: str):
     """Run ``loop`` on Ray Train for a fit whose result is one small checkpoint from rank 0 (an alignment
     projector, a region set's decoders), and return that checkpoint. ``scaling`` has ``num_workers``, ``use_gpu``,
-    ``cpus_per_worker`` and ``max_failures``; ``what`` names the fit in the error when rank 0 reported nothing."""
+    ``cpus_per_worker`` and ``max_failures``; the Ray run is ``<name>-<first 8 of loop_config's run_id>``; ``what``
+    names the fit in the error when rank 0 reported nothing."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -190,7 +191,7 @@ def fit_small_trainer(loop: Callable, loop_config: dict, scaling, settings: Sett
             num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker={"CPU": s.cpus_per_worker}
         ),
         run_config=RunConfig(
-            name=run_name,
+            name=f"{name}-{(loop_config.get('run_id') or 'untracked')[:8]}",
             storage_path=path,
             storage_filesystem=pa_fs,
             checkpoint_config=CheckpointConfig(num_to_keep=1),
