@@ -65,3 +65,22 @@ def test_units_get_their_own_rows_and_a_new_sessions_units_extend_both_tables(ro
     assert (b.token_unit[s1][b.token_cells[s1]] >= old_in.shape[0]).all()  # now each s1 unit has its own row
     model(b, mode="heldout").loss.backward()
     assert model.unit_embed_out.weight.grad[old_in.shape[0] :].abs().sum() > 0  # and the new rows train
+
+
+def test_group_lookups_are_remembered_but_see_keys_added_later():
+    """A session's unit layout is looked up once per run, not once per batch; a key added by ``extend`` (a new
+    session at fine-tuning) is seen at once, and a remembered result cannot be changed by a caller."""
+    v = Vocab(["a"])
+    calls = []
+
+    def keys():
+        calls.append(1)
+        return ["a", "b"]
+
+    first = v.lookup_group(("s", ("a", "b")), keys)
+    assert first.tolist() == [2, UNK]
+    assert v.lookup_group(("s", ("a", "b")), keys) is first and len(calls) == 1
+    v.extend(["b"])
+    assert v.lookup_group(("s", ("a", "b")), keys).tolist() == [2, 3]
+    with pytest.raises(ValueError):
+        first[0] = 0

@@ -2,7 +2,8 @@
 
 Three measurements, all on the configured mixture: (1) the data path alone (Parquet → Ray Data → collated torch
 batches, exactly what a worker iterates), (2) a plain single-process loop over the same batches with the same
-thread count as a Ray worker, (3) ``pretrain`` on Ray Train. Rates are steady-state (the first steps are warm-up),
+thread count as a Ray worker, run before and after (3) so that the reference brackets it (a shared VM's speed
+drifts by ±10 % between minutes), (3) ``pretrain`` on Ray Train. Rates are steady-state (the first steps are warm-up),
 so the reported Ray overhead is the per-step cost of Ray Train and Ray Data, not the worker start-up (reported
 separately).
 """
@@ -23,6 +24,7 @@ from neurobridge.store.splits import HeldoutSplit, heldout_flags
 from neurobridge.tracking import mlflow_run
 from neurobridge.train.batches import CollateWindows
 from neurobridge.train.config import PretrainConfig
+from neurobridge.train.epochs import ShardBatches
 from neurobridge.train.loop import run_steps
 from neurobridge.train.pretrain import epoch_mb, pretrain, vocabularies
 
@@ -32,9 +34,10 @@ def _peak_rss_mb() -> float:
 
 
 def data_path_rate(settings: Settings, cfg: PretrainConfig, batches: int, keep: list | None = None) -> dict:
-    """Tokens/s the data path delivers with nothing consuming it (iter_torch_batches + the training collate, over
-    the store's rows or, where pretraining materialises the epoch, over the materialised blocks as it does);
-    ``keep`` collects the batches so the plain loop trains on exactly the same mixed, padded batches."""
+    """Tokens/s the data path delivers with nothing consuming it: the worker's own batch source (``ShardBatches``:
+    the epoch read once and permuted in memory when pretraining materialises it, else Ray Data's streamed batches
+    with its shuffle buffer) over the same mixed rows; ``keep`` collects the batches so the plain loop trains on
+    exactly the same mixed, padded batches."""
     srcs = sources(settings, cfg.data.datasets, cfg.data.mixture, cfg.data.allow_partial)
     vocabs = vocabularies(srcs, cfg.data.holdout_sessions, settings)
     collate = CollateWindows(
@@ -47,30 +50,33 @@ def data_path_rate(settings: Settings, cfg: PretrainConfig, batches: int, keep: 
     )
     mixing = Mixing(cfg.data.mixing, cfg.data.epoch_rows, cfg.seed, frozenset(cfg.data.holdout_sessions))
     ds = ray_dataset(settings, srcs, "train", mixing, ROW_COLUMNS)
-    if epoch_mb(cfg, srcs) <= cfg.data.cache_mb:  # the path pretraining takes: one read, epochs replay the blocks
+    cached = epoch_mb(cfg, srcs) <= cfg.data.cache_mb
+    if cached:  # the path pretraining takes: one read, epochs permute the rows in memory
         ds = ds.materialize()
-    n = tokens = 0
+    source = ShardBatches(ds, collate, cfg.optim.batch_size, cfg.seed, cached)
+    n = tokens = epoch = 0
     t0 = time.perf_counter()
     t_first = None
     while n < batches:
-        for item in ds.iter_torch_batches(
-            batch_size=cfg.optim.batch_size,
-            collate_fn=collate,
-            drop_last=True,
-            prefetch_batches=2,
-            local_shuffle_buffer_size=256,
-        ):
+        for item in source(epoch):
             if t_first is None:
                 t_first = time.perf_counter()
-                continue  # the first batch pays the pipeline start
+                continue  # the first batch pays the pipeline start (and, cached, the one read)
             n += 1
             tokens += item.n_tokens
             if keep is not None:
                 keep.append(item)
             if n >= batches:
                 break
+        epoch += 1
     elapsed = time.perf_counter() - (t_first or t0)
-    return {"tokens_per_s": tokens / elapsed, "batches": n, "startup_s": (t_first or t0) - t0, "vocabs": vocabs}
+    return {
+        "tokens_per_s": tokens / elapsed,
+        "batches": n,
+        "startup_s": (t_first or t0) - t0,
+        "vocabs": vocabs,
+        "cached": cached,
+    }
 
 
 def plain_loop_rate(cfg: PretrainConfig, vocabs, threads: int, prepared: list) -> dict:
@@ -122,12 +128,19 @@ def bench_train(
     )
     prepared: list = []
     data = data_path_rate(settings, cfg, data_batches, keep=prepared)
-    echo(f"data path  : {data['tokens_per_s']:>10,.0f} tokens/s ({data['batches']} batches, no consumer)")
-    plain = plain_loop_rate(cfg, data["vocabs"], threads, prepared)
-    echo(f"plain loop : {plain['tokens_per_s']:>10,.0f} tokens/s ({plain['steps']} steady steps)")
+    how = "epoch cached, permuted in memory" if data["cached"] else "streamed, Ray Data shuffle buffer"
+    echo(f"data path  : {data['tokens_per_s']:>10,.0f} tokens/s ({data['batches']} batches, no consumer; {how})")
+    before = plain_loop_rate(cfg, data["vocabs"], threads, prepared)
+    echo(f"plain loop : {before['tokens_per_s']:>10,.0f} tokens/s ({before['steps']} steady steps)")
     t0 = time.perf_counter()
     result = pretrain(cfg.model_copy(update={"name": "bench-train"}), settings)
     wall = time.perf_counter() - t0
+    after = plain_loop_rate(cfg, data["vocabs"], threads, prepared)  # a VM's speed drifts: bracket the Ray run
+    plain = {"tokens_per_s": (before["tokens_per_s"] + after["tokens_per_s"]) / 2}
+    echo(
+        f"plain loop : {after['tokens_per_s']:>10,.0f} tokens/s again after Ray Train "
+        f"(reference: the mean, {plain['tokens_per_s']:,.0f})"
+    )
     hist = mlflow_run.metric_history(settings.mlflow_uri, result.run_id, "tokens_per_s")
     waits = mlflow_run.metric_history(settings.mlflow_uri, result.run_id, "time_data_wait_s")
     steady = [v for step, v in hist[1:]]  # skip the interval holding the first (warm-up) steps
@@ -136,6 +149,7 @@ def bench_train(
     out = {
         "data_tokens_per_s": data["tokens_per_s"],
         "plain_tokens_per_s": plain["tokens_per_s"],
+        "plain_runs_tokens_per_s": [before["tokens_per_s"], after["tokens_per_s"]],
         "ray_tokens_per_s": ray_rate,
         "ray_overhead": 1.0 - ray_rate / plain["tokens_per_s"],
         "data_over_consumption": data["tokens_per_s"] / ray_rate,

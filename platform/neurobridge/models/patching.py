@@ -153,6 +153,10 @@ def unpatchify(token_values: torch.Tensor, batch: Batch) -> torch.Tensor:
     return out
 
 
+def _unit_keys(session: str, unit_ids) -> list[str]:
+    return [unit_key(session, u) for u in unit_ids]
+
+
 def _row_name(row: dict, i: int) -> str:
     return str(row.get("sample_id") or f"row {i} (session {row.get('session')!r})")
 
@@ -187,11 +191,11 @@ def collate(rows: Sequence[dict], vocabs: Vocabularies, neurons_per_token: int, 
             raise ValueError(
                 f"{_row_name(r, i)}: {flat.size} values for n_units={nu[i]} × n_bins={nb[i]} = {nu[i] * nb[i]}"
             )
-        regs = list(r.get("unit_regions") or [])
+        regs = tuple(r.get("unit_regions") or ())
         if len(regs) != nu[i]:
             raise ValueError(f"{_row_name(r, i)}: {len(regs)} unit_regions for n_units={nu[i]}")
         values[i, : nu[i], : nb[i]] = flat.reshape(nu[i], nb[i])
-        region[i, : nu[i]] = vocabs.region.lookup(regs)
+        region[i, : nu[i]] = vocabs.region.lookup_group(regs, lambda regs=regs: regs)
         if r.get("heldout") is not None:
             h = np.asarray(r["heldout"], dtype=bool)
             if h.shape != (nu[i],):
@@ -199,8 +203,8 @@ def collate(rows: Sequence[dict], vocabs: Vocabularies, neurons_per_token: int, 
             held[i, : nu[i]] = h
         is_counts[i] = counts is not None
         if r.get("unit_ids") is not None and len(vocabs.unit) > 2:
-            sess = str(r.get("session") or "")
-            unit_index[i, : nu[i]] = vocabs.unit.lookup([unit_key(sess, u) for u in r["unit_ids"]])
+            sess, ids = str(r.get("session") or ""), tuple(r["unit_ids"])
+            unit_index[i, : nu[i]] = vocabs.unit.lookup_group((sess, ids), lambda s=sess, ids=ids: _unit_keys(s, ids))
     unit_mask = torch.from_numpy(np.arange(U)[None, :] < nu[:, None])
     bin_mask = torch.from_numpy(np.arange(T)[None, :] < nb[:, None])
     context = {f: torch.from_numpy(vocabs[f].lookup([r.get(f) or "" for r in rows])) for f in CONTEXT}

@@ -7,7 +7,7 @@ failing, and a new session at fine-tuning can be added with ``extend`` without d
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +18,7 @@ from torch import nn
 PAD, UNK = 0, 1
 SPECIAL = ("<pad>", "<unk>")
 FIELDS = ("session", "subject", "task", "region", "dataset", "unit")
+GROUP_MEMO = 4096  # remembered key groups per vocabulary (sessions × unit layouts in a run: a few hundred)
 
 
 def unit_key(session: str, unit_id: str) -> str:
@@ -31,6 +32,7 @@ class Vocab:
     def __init__(self, keys: Iterable[str] = ()):
         self.keys: list[str] = list(SPECIAL)
         self.index: dict[str, int] = {k: i for i, k in enumerate(SPECIAL)}
+        self._groups: dict[tuple, np.ndarray] = {}
         self.add(keys)
 
     def __len__(self) -> int:
@@ -50,6 +52,22 @@ class Vocab:
     def lookup(self, keys: Iterable[str]) -> np.ndarray:
         """Indices of keys; unknown keys map to UNK (never grows the vocabulary)."""
         return np.array([self.index.get(str(k), UNK) for k in keys], dtype=np.int64)
+
+    def lookup_group(self, group: tuple, keys: Callable[[], Iterable[str]]) -> np.ndarray:
+        """``lookup(keys())``, remembered per ``group`` (read-only result).
+
+        A window's units and regions repeat in every window of its session; looking them up string by string in
+        every batch made this per-unit Python loop the largest cost of collation, which runs beside the training
+        step in the same process. The memo is keyed by the vocabulary's size, so keys added by ``extend`` are seen.
+        """
+        key = (len(self.keys), group)
+        hit = self._groups.get(key)
+        if hit is None:
+            if len(self._groups) >= GROUP_MEMO:
+                self._groups.clear()
+            hit = self._groups[key] = self.lookup(keys())
+            hit.flags.writeable = False
+        return hit
 
     def extend(self, new_keys: Iterable[str], table: nn.Embedding | None = None) -> list[str]:
         """Add keys and grow ``table`` in place: old rows are kept bit for bit, new rows start at the UNK row.

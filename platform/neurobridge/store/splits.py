@@ -56,8 +56,21 @@ class HeldoutSplit:
         self.official = {s: dict(f) for s, f in (official or {}).items() if any(f.values())}
         self.fraction = fraction
         self._cache: dict[str, dict[str, bool]] = {}
+        self._layouts: dict[tuple, np.ndarray] = {}
 
     def flags(self, session: str, unit_ids) -> np.ndarray:
+        """Held-out flag of each unit id (read-only), remembered per session and unit layout: every window of a
+        session repeats it, and a per-unit Python loop in every batch is collation's largest cost."""
+        key = (session, tuple(unit_ids))
+        hit = self._layouts.get(key)
+        if hit is None:
+            if len(self._layouts) >= 4096:
+                self._layouts.clear()
+            hit = self._layouts[key] = self._flags(session, key[1])
+            hit.flags.writeable = False
+        return hit
+
+    def _flags(self, session: str, unit_ids: tuple) -> np.ndarray:
         table = self.official.get(session)
         if table is None:
             table = self._cache.setdefault(session, {})
@@ -90,5 +103,5 @@ def with_heldout(rows: list[dict], split: HeldoutSplit | None) -> list[dict]:
         return rows
     for r in rows:
         if r.get("unit_ids") is not None and r.get("session") is not None:
-            r["heldout"] = split.flags(r["session"], list(r["unit_ids"]))
+            r["heldout"] = split.flags(r["session"], r["unit_ids"])
     return rows

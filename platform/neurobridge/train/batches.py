@@ -1,8 +1,9 @@
-"""Arrow batches of windows → patched model batches, inside Ray Data's prefetch threads.
+"""Arrow batches (or row dicts) of windows → patched model batches.
 
-``CollateWindows`` is an ``ArrowBatchCollateFn``: ``iter_torch_batches(collate_fn=…)`` runs it on Ray's background
-fetch thread, so patching overlaps with the training step. The held-out unit split it applies is the one evaluation
-uses: NLB's official ``heldout`` flags where a session has them, else a deterministic hash of (session, unit id).
+``CollateWindows`` runs in the training thread between steps (``train.epochs`` says why not on a prefetch thread);
+its per-session lookups are remembered, so a batch costs a few milliseconds. The held-out unit split it applies is
+the one evaluation uses: NLB's official ``heldout`` flags where a session has them, else a deterministic hash of
+(session, unit id).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-from ray.data.collate_fn import ArrowBatchCollateFn
 
 from neurobridge.models.patching import Batch, collate
 from neurobridge.models.vocab import Vocabularies
@@ -76,7 +76,7 @@ def size_groups(sizes: list[int], ratio: float = GROUP_RATIO, max_parts: int = M
     return groups
 
 
-class CollateWindows(ArrowBatchCollateFn):
+class CollateWindows:
     """Arrow table of store rows → ``Collated`` (patched parts of similar size plus the rows' ids)."""
 
     def __init__(

@@ -45,7 +45,7 @@ def make_optimizer(model: torch.nn.Module, cfg) -> tuple[torch.optim.Optimizer, 
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if unit:  # a third group only when asked for: optimizer states saved without it still load
         groups.append({"params": unit, "weight_decay": cfg.unit_weight_decay})
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+    opt = _adamw(groups, cfg)
 
     def schedule(step: int) -> float:  # linear warmup, then cosine to 10 % of the peak
         if step < cfg.warmup_steps:
@@ -54,6 +54,15 @@ def make_optimizer(model: torch.nn.Module, cfg) -> tuple[torch.optim.Optimizer, 
         return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+
+
+def _adamw(groups: list[dict], cfg) -> torch.optim.AdamW:
+    """AdamW updating all parameters in one fused kernel where torch has it for their device (CPU and CUDA), else
+    one multi-tensor call: the default per-tensor loop was ~10 % of a small model's step (`bench model`)."""
+    try:
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=True)
+    except (RuntimeError, ValueError):  # a device or dtype without the fused kernel
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), foreach=True)
 
 
 def _autocast(precision: str, device: torch.device):

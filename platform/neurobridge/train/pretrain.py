@@ -27,8 +27,7 @@ from neurobridge.train.components import (
     state_writer,
 )
 from neurobridge.train.config import PretrainConfig
-
-SHUFFLE_BUFFER = 256
+from neurobridge.train.epochs import ShardBatches
 
 
 @dataclass
@@ -123,16 +122,7 @@ def train_loop_per_worker(config: dict) -> None:
         cfg.seed,
     )
 
-    def batches(epoch: int):
-        return shard.iter_torch_batches(
-            batch_size=cfg.optim.batch_size,
-            collate_fn=collate_fn,
-            drop_last=True,
-            prefetch_batches=2,
-            local_shuffle_buffer_size=SHUFFLE_BUFFER,
-            local_shuffle_seed=cfg.seed + epoch,
-        )
-
+    batches = ShardBatches(shard, collate_fn, cfg.optim.batch_size, cfg.seed, cached=config["cached"])
     report = Reporter(
         ray_train_backend, state_writer(vocabs, cfg), logger=logger, rank=rank, faults=config.get("faults")
     )
@@ -190,8 +180,9 @@ def pretrain(
     train = ray_dataset(
         settings, srcs, "train", Mixing(cfg.data.mixing, epoch_rows(cfg, srcs), cfg.seed, held), ROW_COLUMNS
     )
-    if epoch_mb(cfg, srcs) <= cfg.data.cache_mb:
-        train = train.materialize()  # one read; each epoch replays the blocks (shuffled by the trainer's buffer)
+    cached = epoch_mb(cfg, srcs) <= cfg.data.cache_mb
+    if cached:
+        train = train.materialize()  # one read; workers keep their rows and permute them each epoch
     datasets = {"train": train}
     if cfg.validation.every is not None:
         try:  # every val row once, unmixed; rank 0 scores the first max_windows of them
@@ -214,6 +205,7 @@ def pretrain(
             "mlflow_uri": settings.mlflow_uri,
             "run_id": run_id,
             "faults": settings.faults(),
+            "cached": cached,
         },
         scaling_config=ScalingConfig(
             num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker={"CPU": s.cpus_per_worker}

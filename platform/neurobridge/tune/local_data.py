@@ -9,14 +9,15 @@ per epoch from the seed. Large mixtures belong to the cluster path (a trial driv
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from functools import partial
 
-import numpy as np
 import pyarrow as pa
 
 from neurobridge.config import Settings
 from neurobridge.storage import StoreError
 from neurobridge.store.read import Mixing, Source, epoch_plan, iter_local, mix_rows, one_bin_width
-from neurobridge.store.rows import ROW_COLUMNS
+from neurobridge.store.rows import ROW_COLUMNS, table_rows
+from neurobridge.train.epochs import permuted
 
 
 def mixed_rows(settings: Settings, srcs: list[Source], mixing: Mixing) -> pa.Table:
@@ -38,11 +39,6 @@ def mixed_rows(settings: Settings, srcs: list[Source], mixing: Mixing) -> pa.Tab
 
 
 def epoch_batches(table: pa.Table, batch_size: int, collate, seed: int) -> Callable[[int], Iterator]:
-    """``batches(epoch)`` for ``run_steps``: a seeded permutation per epoch, full batches only."""
-
-    def batches(epoch: int):
-        order = np.random.default_rng([seed, epoch]).permutation(table.num_rows)
-        for i in range(0, table.num_rows - batch_size + 1, batch_size):
-            yield collate(table.take(pa.array(order[i : i + batch_size])))
-
-    return batches
+    """``batches(epoch)`` for ``run_steps``: a seeded permutation per epoch, full batches only (the worker's rule)."""
+    rows = table_rows(table)
+    return partial(permuted, rows, batch_size, collate, seed)
