@@ -24,6 +24,7 @@ SHRUNK = [
     "folds=2",
     "repeats=1",
     "behavior=null",
+    "variants=[{name: frozen, finetune: {freeze_backbone: true}, alone: true}]",
 ]
 
 
@@ -40,7 +41,7 @@ def test_the_protocol_runs_from_its_config_and_scores_every_trial_in_every_arm(r
     assert got["new_session"]["windows"] == 100  # every MC_Maze_Medium trial, at 50 ms
     assert set(got["kshot"]) == {"5", "all"}
     for k, res in got["kshot"].items():
-        assert set(res["co_bps"]) == {"finetuned:real", "alone", "smoothing"}
+        assert set(res["co_bps"]) == {"finetuned:real", "alone", "smoothing", "finetuned:real+frozen", "alone+frozen"}
         assert sum(f["test_windows"] for f in res["per_fold"]) == 100  # each trial a test trial once
         if k == "5":
             assert all(f["train_windows"] == 5 for f in res["per_fold"])
@@ -53,9 +54,13 @@ def test_the_protocol_runs_from_its_config_and_scores_every_trial_in_every_arm(r
     settings = get_settings()
     history = dict(mlflow_run.metric_history(settings.mlflow_uri, got["run_id"], "k5.co_bps.finetuned_real"))
     assert history[0] == pytest.approx(got["kshot"]["5"]["co_bps"]["finetuned:real"])
+    variant = dict(mlflow_run.metric_history(settings.mlflow_uri, got["run_id"], "k5.co_bps.finetuned_real_frozen"))
+    assert variant[0] == pytest.approx(got["kshot"]["5"]["co_bps"]["finetuned:real+frozen"])  # "+": no valid name
 
 
-@pytest.mark.parametrize("name", ["transfer_mc_maze_medium.yaml", "transfer_mc_maze.yaml"])
+@pytest.mark.parametrize(
+    "name", ["transfer_mc_maze_medium.yaml", "transfer_mc_maze_medium_variants.yaml", "transfer_mc_maze.yaml"]
+)
 def test_the_shipped_configs_name_catalog_entries_and_hold_their_session_out(name):
     from neurobridge.catalog import resolve
     from neurobridge.config import ConfigError

@@ -7,6 +7,7 @@ id from rank 0; the driver attaches figures and the final checkpoint and closes 
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -163,6 +164,15 @@ def _publish_last_sample(monitor) -> None:
         pass
 
 
+_NOT_IN_NAMES = re.compile(r"[^0-9A-Za-z_\-. :/]")
+
+
+def metric_name(name: str) -> str:
+    """``name`` with every character MLflow refuses in a metric name (``+``, ``=``, ``@``, …) as ``_``: names are built
+    from arm, variant and dataset names, and a refused name would fail a run at its end, after the work is done."""
+    return _NOT_IN_NAMES.sub("_", name)
+
+
 class MetricsLogger:
     """Metrics into an existing run (used from the rank-0 training worker)."""
 
@@ -175,7 +185,7 @@ class MetricsLogger:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        ms = [Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, int | float)]
+        ms = [Metric(metric_name(k), float(v), now, step) for k, v in metrics.items() if isinstance(v, int | float)]
         self.client.log_batch(self.run_id, metrics=ms)
 
 

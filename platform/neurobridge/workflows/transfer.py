@@ -190,6 +190,8 @@ def run_transfer(
     results["kshot"] = kshot_crossval(ft, rows, split, plan, settings, progress=echo)
     results["targets"] = targets(cfg, results)
     results["seconds"] = time.perf_counter() - t0
+    if out:  # first: results that took minutes must not depend on the tracking server being well
+        Path(out).write_text(json.dumps(results, indent=1, default=float))
     results["run_id"] = _track(cfg, results, settings)
     if out:
         Path(out).write_text(json.dumps(results, indent=1, default=float))
@@ -258,7 +260,7 @@ def _track(cfg: TransferConfig, results: dict, settings: Settings) -> str:
             flat |= {f"k{k}.co_bps.{arm}": v for arm, v in res["co_bps"].items()}
             flat |= {f"k{k}.{pair}": d["bps"] for pair, d in res["differences"].items()}
         clean = {k.replace(":", "_").replace(" ", ""): v for k, v in flat.items()}
-        mlflow_run.log_metrics(settings.mlflow_uri, run_id, clean)
+        mlflow_run.log_metrics(settings.mlflow_uri, run_id, clean)  # variant arms' "+" becomes "_" there
         with tempfile.TemporaryDirectory() as d:
             path = Path(d) / "transfer.json"
             path.write_text(json.dumps(results, indent=1, default=float))
