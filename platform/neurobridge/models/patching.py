@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from functools import partial
 
 import numpy as np
 import torch
@@ -195,7 +196,7 @@ def collate(rows: Sequence[dict], vocabs: Vocabularies, neurons_per_token: int, 
         if len(regs) != nu[i]:
             raise ValueError(f"{_row_name(r, i)}: {len(regs)} unit_regions for n_units={nu[i]}")
         values[i, : nu[i], : nb[i]] = flat.reshape(nu[i], nb[i])
-        region[i, : nu[i]] = vocabs.region.lookup_group(regs, lambda regs=regs: regs)
+        region[i, : nu[i]] = vocabs.region.lookup_group(regs)
         if r.get("heldout") is not None:
             h = np.asarray(r["heldout"], dtype=bool)
             if h.shape != (nu[i],):
@@ -204,7 +205,7 @@ def collate(rows: Sequence[dict], vocabs: Vocabularies, neurons_per_token: int, 
         is_counts[i] = counts is not None
         if r.get("unit_ids") is not None and len(vocabs.unit) > 2:
             sess, ids = str(r.get("session") or ""), tuple(r["unit_ids"])
-            unit_index[i, : nu[i]] = vocabs.unit.lookup_group((sess, ids), lambda s=sess, ids=ids: _unit_keys(s, ids))
+            unit_index[i, : nu[i]] = vocabs.unit.lookup_group((sess, ids), partial(_unit_keys, sess, ids))
     unit_mask = torch.from_numpy(np.arange(U)[None, :] < nu[:, None])
     bin_mask = torch.from_numpy(np.arange(T)[None, :] < nb[:, None])
     context = {f: torch.from_numpy(vocabs[f].lookup([r.get(f) or "" for r in rows])) for f in CONTEXT}

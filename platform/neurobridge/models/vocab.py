@@ -53,8 +53,8 @@ class Vocab:
         """Indices of keys; unknown keys map to UNK (never grows the vocabulary)."""
         return np.array([self.index.get(str(k), UNK) for k in keys], dtype=np.int64)
 
-    def lookup_group(self, group: tuple, keys: Callable[[], Iterable[str]]) -> np.ndarray:
-        """``lookup(keys())``, remembered per ``group`` (read-only result).
+    def lookup_group(self, group: tuple, keys: Callable[[], Iterable[str]] | None = None) -> np.ndarray:
+        """``lookup(keys())`` (``lookup(group)`` without ``keys``), remembered per ``group`` (read-only result).
 
         A window's units and regions repeat in every window of its session; looking them up string by string in
         every batch made this per-unit Python loop the largest cost of collation, which runs beside the training
@@ -65,7 +65,7 @@ class Vocab:
         if hit is None:
             if len(self._groups) >= GROUP_MEMO:
                 self._groups.clear()
-            hit = self._groups[key] = self.lookup(keys())
+            hit = self._groups[key] = self.lookup(group if keys is None else keys())
             hit.flags.writeable = False
         return hit
 
