@@ -16,17 +16,14 @@ from collections.abc import Callable
 
 import torch
 
-from neurobridge.config import Settings, ensure_ray, get_settings
+from neurobridge.config import Settings, get_settings
 from neurobridge.models.ndt import MaskedNeuralModel
-from neurobridge.store.read import Mixing, ray_dataset, sources
-from neurobridge.store.rows import ROW_COLUMNS
-from neurobridge.store.splits import HeldoutSplit, heldout_flags
 from neurobridge.tracking import mlflow_run
 from neurobridge.train.batches import CollateWindows
 from neurobridge.train.config import PretrainConfig
 from neurobridge.train.epochs import ShardBatches
 from neurobridge.train.loop import run_steps
-from neurobridge.train.pretrain import epoch_mb, pretrain, vocabularies
+from neurobridge.train.pretrain import prepare, pretrain
 
 
 def _peak_rss_mb() -> float:
@@ -38,22 +35,9 @@ def data_path_rate(settings: Settings, cfg: PretrainConfig, batches: int, keep: 
     the epoch read once and permuted in memory when pretraining materialises it, else Ray Data's streamed batches
     with its shuffle buffer) over the same mixed rows; ``keep`` collects the batches so the plain loop trains on
     exactly the same mixed, padded batches."""
-    srcs = sources(settings, cfg.data.datasets, cfg.data.mixture, cfg.data.allow_partial)
-    vocabs = vocabularies(srcs, cfg.data.holdout_sessions, settings)
-    collate = CollateWindows(
-        vocabs,
-        cfg.model.neurons_per_token,
-        HeldoutSplit(heldout_flags(settings, srcs)),
-        cfg.data.max_units,
-        cfg.data.crop_bins,
-        cfg.seed,
-    )
-    mixing = Mixing(cfg.data.mixing, cfg.data.epoch_rows, cfg.seed, frozenset(cfg.data.holdout_sessions))
-    ds = ray_dataset(settings, srcs, "train", mixing, ROW_COLUMNS)
-    cached = epoch_mb(cfg, srcs) <= cfg.data.cache_mb
-    if cached:  # the path pretraining takes: one read, epochs permute the rows in memory
-        ds = ds.materialize()
-    source = ShardBatches(ds, collate, cfg.optim.batch_size, cfg.seed, cached)
+    data = prepare(cfg, settings)
+    collate = CollateWindows.for_pretraining(data.cfg, data.vocabs, data.heldout)
+    source = ShardBatches(data.train, collate, cfg.optim.batch_size, cfg.seed, data.cached)
     n = tokens = epoch = 0
     t0 = time.perf_counter()
     t_first = None
@@ -74,8 +58,7 @@ def data_path_rate(settings: Settings, cfg: PretrainConfig, batches: int, keep: 
         "tokens_per_s": tokens / elapsed,
         "batches": n,
         "startup_s": (t_first or t0) - t0,
-        "vocabs": vocabs,
-        "cached": cached,
+        "data": data,
     }
 
 
@@ -119,7 +102,6 @@ def bench_train(
 ) -> dict:
     settings = settings or get_settings()
     s = cfg.scaling
-    ensure_ray(settings, min_cpus=int(s.num_workers * s.cpus_per_worker) + 2)
     threads = max(1, int(s.cpus_per_worker))
     echo(
         f"model d={cfg.model.d_model} depth={cfg.model.depth}, batch {cfg.optim.batch_size}, "
@@ -128,14 +110,15 @@ def bench_train(
     )
     prepared: list = []
     data = data_path_rate(settings, cfg, data_batches, keep=prepared)
-    how = "epoch cached, permuted in memory" if data["cached"] else "streamed, Ray Data shuffle buffer"
+    resolved = data["data"]  # the config with the data's bin width, its vocabularies: what the Ray run will build
+    how = "epoch cached, permuted in memory" if resolved.cached else "streamed, Ray Data shuffle buffer"
     echo(f"data path  : {data['tokens_per_s']:>10,.0f} tokens/s ({data['batches']} batches, no consumer; {how})")
-    before = plain_loop_rate(cfg, data["vocabs"], threads, prepared)
+    before = plain_loop_rate(resolved.cfg, resolved.vocabs, threads, prepared)
     echo(f"plain loop : {before['tokens_per_s']:>10,.0f} tokens/s ({before['steps']} steady steps)")
     t0 = time.perf_counter()
     result = pretrain(cfg.model_copy(update={"name": "bench-train"}), settings)
     wall = time.perf_counter() - t0
-    after = plain_loop_rate(cfg, data["vocabs"], threads, prepared)  # a VM's speed drifts: bracket the Ray run
+    after = plain_loop_rate(resolved.cfg, resolved.vocabs, threads, prepared)  # a VM drifts: bracket the Ray run
     plain = {"tokens_per_s": (before["tokens_per_s"] + after["tokens_per_s"]) / 2}
     echo(
         f"plain loop : {after['tokens_per_s']:>10,.0f} tokens/s again after Ray Train "

@@ -38,6 +38,7 @@ def assign_splits(official, keys: np.ndarray, rule: SplitConfig) -> np.ndarray:
 
 
 HELDOUT_FRACTION = 0.25
+LAYOUT_MEMO = 4096  # remembered (session, unit layout) flag arrays; a run has a few hundred
 
 
 def hash_fraction(session: str, unit: str) -> float:
@@ -64,7 +65,7 @@ class HeldoutSplit:
         key = (session, tuple(unit_ids))
         hit = self._layouts.get(key)
         if hit is None:
-            if len(self._layouts) >= 4096:
+            if len(self._layouts) >= LAYOUT_MEMO:
                 self._layouts.clear()
             hit = self._layouts[key] = self._flags(session, key[1])
             hit.flags.writeable = False

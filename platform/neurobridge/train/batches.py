@@ -91,6 +91,12 @@ class CollateWindows:
         self.vocabs, self.k, self.split, self.max_units = vocabs, neurons_per_token, split, max_units
         self.crop_bins, self.seed = crop_bins, seed
 
+    @classmethod
+    def for_pretraining(cls, cfg, vocabs: Vocabularies, split: HeldoutSplit) -> CollateWindows:
+        """The collate a pretraining config implies (``cfg``: a ``PretrainConfig``): one construction for the Ray
+        worker, the in-process Tune trial and ``bench train``, so none trains on differently cut windows."""
+        return cls(vocabs, cfg.model.neurons_per_token, split, cfg.data.max_units, cfg.data.crop_bins, cfg.seed)
+
     def __call__(self, table: pa.Table) -> Collated:
         return self.collate_rows(table_rows(table))
 

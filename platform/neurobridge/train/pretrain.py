@@ -113,14 +113,7 @@ def train_loop_per_worker(config: dict) -> None:
     ddp = ray.train.torch.prepare_model(model) if world > 1 else None
     shard = ray.train.get_dataset_shard("train")
     logger = mlflow_run.MetricsLogger(config["mlflow_uri"], config["run_id"]) if rank == 0 else None
-    collate_fn = CollateWindows(
-        vocabs,
-        cfg.model.neurons_per_token,
-        HeldoutSplit.from_dict(config["heldout"]),
-        cfg.data.max_units,
-        cfg.data.crop_bins,
-        cfg.seed,
-    )
+    collate_fn = CollateWindows.for_pretraining(cfg, vocabs, HeldoutSplit.from_dict(config["heldout"]))
 
     batches = ShardBatches(shard, collate_fn, cfg.optim.batch_size, cfg.seed, cached=config["cached"])
     report = Reporter(
@@ -156,16 +149,24 @@ def _val_batches(shard, cfg: PretrainConfig, collate_fn: CollateWindows) -> list
     return [collate_fn(rows.slice(i, size)) for i in range(0, rows.num_rows, size)]
 
 
-def pretrain(
-    cfg: PretrainConfig, settings: Settings | None = None, resume_from: str | None = None, progress: bool = True
-) -> PretrainResult:
-    """Train on Ray Train; ``progress``: Ray Data's progress bars (off for logs and pipes, where each redraw is a
-    line)."""
-    import ray.data
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+@dataclass
+class TrainData:
+    """What the driver resolves before training starts (``prepare``): shared by ``pretrain`` and ``bench train``, so
+    the benchmark's plain loop sees the model, mixture and windows the Ray run sees."""
 
-    settings = settings or get_settings()
+    cfg: PretrainConfig  # with the model's kernels converted from ms to the data's bins
+    srcs: list[Source]
+    vocabs: Vocabularies
+    heldout: HeldoutSplit
+    train: object  # the mixed train rows as a Ray Dataset, materialised when ``cached``
+    cached: bool  # the epoch fits ``data.cache_mb``: read once, workers permute their rows each epoch
+
+
+def prepare(cfg: PretrainConfig, settings: Settings, progress: bool = False) -> TrainData:
+    """Resolve the data, build the vocabularies and the held-out split, start (or join) Ray, and open the mixed
+    train dataset, materialising it when the epoch fits in memory."""
+    import ray.data
+
     srcs = sources(settings, cfg.data.datasets, cfg.data.mixture, cfg.data.allow_partial)
     cfg = cfg.model_copy(update={"model": cfg.model.at_bin_width(one_bin_width(srcs))})  # kernels in ms → bins
     vocabs = vocabularies(srcs, cfg.data.holdout_sessions, settings)
@@ -183,6 +184,21 @@ def pretrain(
     cached = epoch_mb(cfg, srcs) <= cfg.data.cache_mb
     if cached:
         train = train.materialize()  # one read; workers keep their rows and permute them each epoch
+    return TrainData(cfg, srcs, vocabs, heldout, train, cached)
+
+
+def pretrain(
+    cfg: PretrainConfig, settings: Settings | None = None, resume_from: str | None = None, progress: bool = True
+) -> PretrainResult:
+    """Train on Ray Train; ``progress``: Ray Data's progress bars (off for logs and pipes, where each redraw is a
+    line)."""
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    settings = settings or get_settings()
+    data = prepare(cfg, settings, progress)
+    cfg, srcs, vocabs, heldout, train = data.cfg, data.srcs, data.vocabs, data.heldout, data.train
+    held, s = frozenset(cfg.data.holdout_sessions), cfg.scaling
     datasets = {"train": train}
     if cfg.validation.every is not None:
         try:  # every val row once, unmixed; rank 0 scores the first max_windows of them
@@ -205,7 +221,7 @@ def pretrain(
             "mlflow_uri": settings.mlflow_uri,
             "run_id": run_id,
             "faults": settings.faults(),
-            "cached": cached,
+            "cached": data.cached,
         },
         scaling_config=ScalingConfig(
             num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker={"CPU": s.cpus_per_worker}

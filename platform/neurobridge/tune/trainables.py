@@ -117,9 +117,7 @@ def _pretrain(cfg, spec: AblationSpec, st: Settings, run_id: str) -> dict:
     heldout = HeldoutSplit(heldout_flags(st, srcs), cfg.data.heldout_fraction)
     held = frozenset(cfg.data.holdout_sessions)
     rows = mixed_rows(st, srcs, Mixing(cfg.data.mixing, cfg.data.epoch_rows, cfg.seed, held))
-    collate = CollateWindows(
-        vocabs, cfg.model.neurons_per_token, heldout, cfg.data.max_units, cfg.data.crop_bins, cfg.seed
-    )
+    collate = CollateWindows.for_pretraining(cfg, vocabs, heldout)
     batches = epoch_batches(rows, cfg.optim.batch_size, collate, cfg.seed)
 
     torch.manual_seed(cfg.seed)
