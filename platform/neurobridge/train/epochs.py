@@ -8,7 +8,7 @@ Ray Data's local shuffle buffer, the only shuffle that works when an epoch does 
 Collation runs in the training thread, between steps. On Ray's prefetch thread it overlapped in principle, but in
 practice it fought the step for the GIL: `neurobridge bench train` on the demo (2 cores) measured the Ray Train
 worker at 17–19 k tokens/s with collation (and the shuffle buffer) on Ray's thread, 25–26 k with collation inline
-(~5 ms a step), plain loop on prepared batches 28–35 k.
+(~5 ms a step), a plain loop on the same model and prepared batches 24–26 k.
 """
 
 from __future__ import annotations
