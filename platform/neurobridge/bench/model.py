@@ -23,7 +23,7 @@ from neurobridge.models.patching import collate
 from neurobridge.models.vocab import Vocabularies
 
 SIZES = {
-    "small": {"d_model": 64, "depth": 2, "heads": 4, "decoder_d_model": 48, "decoder_depth": 1},
+    "small": {"d_model": 64, "depth": 2, "decoder_d_model": 48, "decoder_depth": 1},  # heads 4 × 16, 1 × 48
     "base": {"d_model": 256, "depth": 6, "heads": 8, "decoder_d_model": 128, "decoder_depth": 2, "decoder_heads": 4},
     "large": {"d_model": 512, "depth": 8, "heads": 8, "decoder_d_model": 256, "decoder_depth": 2, "decoder_heads": 8},
 }

@@ -12,6 +12,19 @@ MODES: tuple[str, ...] = ("random", "temporal", "neuron", "intra_region", "inter
 # Evaluation-only prompts: "heldout" (co-smoothing masks the held-out patches), "none" (encode, nothing masked).
 EVAL_MODES: tuple[str, ...] = ("heldout", "none")
 ALL_PROMPTS: tuple[str, ...] = MODES + EVAL_MODES
+# The decoder's default head width. Attention is most of a small model's step (its sequences, hundreds of tokens,
+# are far longer than its width), and the decoder attends over every token of a window. On CPU PyTorch's fused
+# attention runs 12-dim heads at ~30 % of the matmul peak and 48-dim ones at ~60 %: one 48-dim head took the small
+# size from 0.30 to 0.36 MFU (`neurobridge bench model`) with the demo's co-bps unchanged (0.682 vs 0.683).
+HEAD_DIM = 32
+
+
+def default_heads(width: int) -> int:
+    """The most heads of at least HEAD_DIM dims that divide ``width`` (one head for narrower models)."""
+    heads = max(1, width // HEAD_DIM)
+    while width % heads:
+        heads -= 1
+    return heads
 
 
 class MaskConfig(BaseModel):
@@ -32,10 +45,12 @@ class ModelConfig(BaseModel):
     neurons_per_token: int = Field(32, ge=1, le=1024)
     d_model: int = Field(64, ge=8)
     depth: int = Field(2, ge=1)
-    heads: int = Field(4, ge=1)
+    heads: int = Field(4, ge=1)  # 2 × 32 dims run faster on CPU but cost the demo 0.05 co-bps (docs/results.md)
     decoder_d_model: int = Field(48, ge=8)
     decoder_depth: int = Field(1, ge=1)
-    decoder_heads: int = Field(4, ge=1)
+    decoder_heads: int | None = Field(
+        None, ge=1, description="None: the most heads of at least HEAD_DIM dims (one for the default 48-wide decoder)"
+    )
     ff_mult: int = Field(2, ge=1)
     dropout: float = Field(0.0, ge=0, lt=1)  # MAE convention: masking regularises; >0 also drops attention
     # weights, which forces PyTorch off its fused attention kernel (about 2x slower on CPU)
@@ -76,6 +91,8 @@ class ModelConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
+        if self.decoder_heads is None:
+            self.decoder_heads = default_heads(self.decoder_d_model)
         if self.d_model % self.heads:
             raise ValueError(f"d_model={self.d_model} is not divisible by heads={self.heads}")
         if self.decoder_d_model % self.decoder_heads:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from neurobridge.models.blocks import Stack
 from neurobridge.models.config import ALL_PROMPTS, ModelConfig
 from neurobridge.models.masking import MaskResult, no_mask, sample_mask
 from neurobridge.models.patching import CONTEXT, Batch, unpatchify
@@ -54,13 +55,6 @@ class Latents:
         """Mean over visible tokens [B, d] (what alignment projects)."""
         w = self.token_valid.unsqueeze(-1).to(self.tokens.dtype)
         return (self.tokens * w).sum(dim=1) / w.sum(dim=1).clamp_min(1.0)
-
-
-def _stack(d: int, heads: int, depth: int, ff: int, dropout: float) -> nn.TransformerEncoder:
-    layer = nn.TransformerEncoderLayer(
-        d, heads, ff * d, dropout, activation="gelu", batch_first=True, norm_first=True
-    )  # pre-norm: stable without warm-up tricks at small scale
-    return nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
 
 
 def _grow(table: nn.Embedding, n: int) -> None:
@@ -140,12 +134,12 @@ class MaskedNeuralModel(nn.Module):
         self.ctx_emb = nn.ModuleDict({f: nn.Embedding(len(vocabs[f]), d) for f in CONTEXT})
         self.prompt_emb = nn.Embedding(len(ALL_PROMPTS), d)
         self.ctx_slot = nn.Parameter(torch.zeros(N_CTX, d))
-        self.encoder = _stack(d, cfg.heads, cfg.depth, cfg.ff_mult, cfg.dropout)
+        self.encoder = Stack(d, cfg.heads, cfg.depth, cfg.ff_mult, cfg.dropout)
         self.enc_norm = nn.LayerNorm(d)
         self.enc_to_dec = nn.Linear(d, dd)
         self.dec_pos = nn.Linear(d, dd)  # decoder positions reuse the encoder's tables (one table per vocabulary)
         self.mask_token = nn.Parameter(torch.zeros(dd))
-        self.decoder = _stack(dd, cfg.decoder_heads, cfg.decoder_depth, cfg.ff_mult, cfg.dropout)
+        self.decoder = Stack(dd, cfg.decoder_heads, cfg.decoder_depth, cfg.ff_mult, cfg.dropout)
         self.dec_norm = nn.LayerNorm(dd)
         self.bin_proj = nn.Linear(dd, dd) if cfg.bin_summary else nn.Identity()
         self.count_head = nn.Linear(dd, k)
@@ -230,7 +224,7 @@ class MaskedNeuralModel(nn.Module):
         tokens = self._embed_gathered(batch, order, pad)
         seq = torch.cat([self._context(batch, mask.mode_ids), tokens], dim=1)
         kpm = torch.cat([pad.new_zeros(pad.shape[0], N_CTX), pad], dim=1)
-        return self.enc_norm(self.encoder(seq, src_key_padding_mask=kpm)), order, pad
+        return self.enc_norm(self.encoder(seq, kpm)), order, pad
 
     def _embed_gathered(self, batch: Batch, order: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
         """Embed only the gathered visible tokens; slots past a row's count get zero values (not a hidden token)."""
@@ -267,7 +261,7 @@ class MaskedNeuralModel(nn.Module):
         dec = self._decoder_input(batch, proj, order, pad, vorder, vpad)
         seq = torch.cat([proj[:, :N_CTX], dec], dim=1)
         kpm = torch.cat([vpad.new_zeros(vpad.shape[0], N_CTX), vpad], dim=1)
-        compact = self.dec_norm(self.decoder(seq, src_key_padding_mask=kpm))[:, N_CTX:]
+        compact = self.dec_norm(self.decoder(seq, kpm))[:, N_CTX:]
         B, N = batch.token_valid.shape
         out = compact.new_zeros(B, N + 1, compact.shape[-1])  # column N: where padding slots land, dropped
         out = out.scatter(1, vorder.masked_fill(vpad, N)[..., None].expand(-1, -1, compact.shape[-1]), compact)
