@@ -78,3 +78,17 @@ def test_two_workers_with_batch_b_train_like_one_worker_with_batch_2b(store):
     early = [np.mean([c[s] for s in (2, 4)]) for c in curves]
     assert late[0] == pytest.approx(late[1], rel=0.12)  # the same objective at the same scale
     assert late[0] < early[0] and late[1] < early[1]  # and both learn
+
+
+def test_a_config_resolves_to_kernels_in_bins_and_an_epoch_of_at_least_min_epoch_steps_batches(store):
+    """What the Ray run, `bench train` and in-process Tune trials all train from (``resolve``): no rows read."""
+    from neurobridge.train.pretrain import resolve
+
+    cfg = small_cfg(**{"model.output_smoothing_ms": 60.0, "data.min_epoch_steps": 10_000, "data.heldout_fraction": 0.4})
+    r = resolve(cfg, store)
+    bin_ms = float(r.srcs[0].ref.card.bin_ms)
+    assert r.cfg.model.output_smoothing == pytest.approx(60.0 / bin_ms)  # the kernel the model applies, in bins
+    assert cfg.model.output_smoothing == 0.0  # the caller's config is not changed
+    assert r.mixing.epoch_rows == 10_000 * cfg.optim.batch_size * cfg.scaling.num_workers
+    assert r.mixing.exclude_sessions == frozenset(cfg.data.holdout_sessions)
+    assert r.heldout.fraction == 0.4  # the config's held-out fraction, not the default

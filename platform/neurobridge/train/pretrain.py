@@ -150,41 +150,52 @@ def _val_batches(shard, cfg: PretrainConfig, collate_fn: CollateWindows) -> list
 
 
 @dataclass
-class TrainData:
-    """What the driver resolves before training starts (``prepare``): shared by ``pretrain`` and ``bench train``, so
-    the benchmark's plain loop sees the model, mixture and windows the Ray run sees."""
+class Resolved:
+    """What a pretraining config means for the data it names, before anything is read: shared by the Ray run
+    (``prepare``), ``bench train`` and in-process Tune trials, so all of them train the same model on the same mix."""
 
     cfg: PretrainConfig  # with the model's kernels converted from ms to the data's bins
     srcs: list[Source]
     vocabs: Vocabularies
     heldout: HeldoutSplit
-    train: object  # the mixed train rows as a Ray Dataset, materialised when ``cached``
-    cached: bool  # the epoch fits ``data.cache_mb``: read once, workers permute their rows each epoch
+    mixing: Mixing  # rows per epoch at least ``min_epoch_steps`` batches on every worker
 
 
-def prepare(cfg: PretrainConfig, settings: Settings, progress: bool = False) -> TrainData:
-    """Resolve the data, build the vocabularies and the held-out split, start (or join) Ray, and open the mixed
-    train dataset, materialising it when the epoch fits in memory."""
-    import ray.data
-
+def resolve(cfg: PretrainConfig, settings: Settings) -> Resolved:
+    """The sources, the config at their bin width, vocabularies, the held-out split and the epoch's mixing."""
     srcs = sources(settings, cfg.data.datasets, cfg.data.mixture, cfg.data.allow_partial)
     cfg = cfg.model_copy(update={"model": cfg.model.at_bin_width(one_bin_width(srcs))})  # kernels in ms → bins
     vocabs = vocabularies(srcs, cfg.data.holdout_sessions, settings)
     heldout = HeldoutSplit(heldout_flags(settings, srcs), cfg.data.heldout_fraction)
-    s = cfg.scaling
+    held = frozenset(cfg.data.holdout_sessions)
+    return Resolved(cfg, srcs, vocabs, heldout, Mixing(cfg.data.mixing, epoch_rows(cfg, srcs), cfg.seed, held))
+
+
+@dataclass
+class TrainData(Resolved):
+    """``Resolved`` with the mixed train rows opened as a Ray Dataset (``prepare``)."""
+
+    train: object = None  # materialised when ``cached``
+    cached: bool = False  # the epoch fits ``data.cache_mb``: read once, workers permute their rows each epoch
+
+
+def prepare(cfg: PretrainConfig, settings: Settings, progress: bool = False) -> TrainData:
+    """``resolve``, then start (or join) Ray and open the mixed train dataset, materialising it when the epoch fits
+    in memory."""
+    import ray.data
+
+    r = resolve(cfg, settings)
+    s = r.cfg.scaling
     ensure_ray(settings, min_cpus=int(s.num_workers * s.cpus_per_worker) + 2)
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # with seeded shuffles: the same data order on every (re)run
     ctx.enable_progress_bars = progress
     ctx.print_on_execution_start = progress
-    held = frozenset(cfg.data.holdout_sessions)
-    train = ray_dataset(
-        settings, srcs, "train", Mixing(cfg.data.mixing, epoch_rows(cfg, srcs), cfg.seed, held), ROW_COLUMNS
-    )
-    cached = epoch_mb(cfg, srcs) <= cfg.data.cache_mb
+    train = ray_dataset(settings, r.srcs, "train", r.mixing, ROW_COLUMNS)
+    cached = epoch_mb(r.cfg, r.srcs) <= r.cfg.data.cache_mb
     if cached:
         train = train.materialize()  # one read; workers keep their rows and permute them each epoch
-    return TrainData(cfg, srcs, vocabs, heldout, train, cached)
+    return TrainData(r.cfg, r.srcs, r.vocabs, r.heldout, r.mixing, train, cached)
 
 
 def pretrain(

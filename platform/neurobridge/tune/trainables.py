@@ -104,20 +104,16 @@ def _pretrain(cfg, spec: AblationSpec, st: Settings, run_id: str) -> dict:
 
     from neurobridge.models.checkpoint import save_checkpoint
     from neurobridge.models.ndt import MaskedNeuralModel
-    from neurobridge.store.read import Mixing, sources
-    from neurobridge.store.splits import HeldoutSplit, heldout_flags
     from neurobridge.train.batches import CollateWindows
     from neurobridge.train.components import Reporter, load_state, log_model, loss_figure, state_writer, tune_backend
     from neurobridge.train.loop import run_steps
-    from neurobridge.train.pretrain import vocabularies
+    from neurobridge.train.pretrain import resolve
     from neurobridge.tune.local_data import epoch_batches, mixed_rows
 
-    srcs = sources(st, cfg.data.datasets, cfg.data.mixture, cfg.data.allow_partial)
-    vocabs = vocabularies(srcs, cfg.data.holdout_sessions, st)
-    heldout = HeldoutSplit(heldout_flags(st, srcs), cfg.data.heldout_fraction)
-    held = frozenset(cfg.data.holdout_sessions)
-    rows = mixed_rows(st, srcs, Mixing(cfg.data.mixing, cfg.data.epoch_rows, cfg.seed, held))
-    collate = CollateWindows.for_pretraining(cfg, vocabs, heldout)
+    data = resolve(cfg, st)  # the model and the mix `neurobridge pretrain` would train (kernels in bins)
+    cfg, vocabs = data.cfg, data.vocabs
+    rows = mixed_rows(st, data.srcs, data.mixing)
+    collate = CollateWindows.for_pretraining(cfg, vocabs, data.heldout)
     batches = epoch_batches(rows, cfg.optim.batch_size, collate, cfg.seed)
 
     torch.manual_seed(cfg.seed)
