@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from neurobridge.evaluate.behaviour import ALPHAS, BehaviorConfig, decode, decode_smoothed, lagged, ridge_search
+from neurobridge.evaluate.behaviour import (
+    ALPHAS,
+    WIDE_ALPHAS,
+    BehaviorConfig,
+    decode,
+    decode_smoothed,
+    lagged,
+    ridge_search,
+)
 
 
 def test_the_penalty_search_and_score_match_nlbs_scikit_learn_decoder():
@@ -55,3 +63,13 @@ def test_the_smoothed_spikes_decoder_chooses_its_kernel_in_ms():
     y = np.log(rate[..., :1])  # a slow signal: smoothing must help
     got, sigma = decode_smoothed((spikes[:45], y[:45]), (spikes[45:], y[45:]), BehaviorConfig(), 20.0)
     assert sigma > 20 and got.r2 > decode((spikes[:45], y[:45]), (spikes[45:], y[45:]), BehaviorConfig(), 20.0).r2
+
+
+def test_a_penalty_at_the_top_of_the_grid_is_flagged():
+    g = np.random.default_rng(4)
+    x = g.normal(size=(30, 20, 40))
+    y = x[..., :1] * 0.05 + g.normal(size=(30, 20, 1))  # almost nothing to decode: the strongest penalty wins
+    weak = decode((x[:20], y[:20]), (x[20:], y[20:]), BehaviorConfig(alphas=[1e-4, 1e-2, 1.0]), 20.0)
+    assert weak.alpha == 1.0 and weak.alpha_at_edge
+    wide = decode((x[:20], y[:20]), (x[20:], y[20:]), BehaviorConfig(alphas=list(WIDE_ALPHAS)), 20.0)
+    assert wide.alpha > 1.0 and wide.cv_r2 > weak.cv_r2

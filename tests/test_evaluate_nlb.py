@@ -3,6 +3,8 @@ the tests write in the structure of NLB's ``eval_data_test.h5``; malformed submi
 
 from __future__ import annotations
 
+import json
+
 import h5py
 import numpy as np
 import pytest
@@ -192,12 +194,16 @@ def test_evaluate_writes_an_nlb_submission_that_nlb_score_scores(store, tmp_path
         monkeypatch.setenv(var, value)
     sub = tmp_path / "sub.h5"
     args = ["evaluate", str(tmp_path / "model.pt"), "--dataset", "t_nwb", "--session", "monkey00_s00", "--no-track"]
-    args += ["--smoothing-ms", "40", "--glm-l2", "0.01", "--behavior-lag-ms", "40"]
+    args += ["--smoothing-ms", "40", "--glm-l2", "0.01", "--behavior-lag-ms", "40", "--out", str(tmp_path / "r.json")]
+    args += ["--behavior-from", "patch_latents", "--behavior-smoothing-ms", "0", "--behavior-smoothing-ms", "60"]
+    args += ["--behavior-alpha", "0.1", "--behavior-alpha", "1000"]
     args += ["--nlb-out", str(sub), "--nlb-name", "mc_maze", "--nlb-bin-ms", "20"]
     shown = CliRunner().invoke(app, args)
     assert shown.exit_code == 0, shown.output
     assert "NLB submission (mc_maze_20)" in shown.output  # and the baseline's choice (a table cell may wrap)
     assert "40 ms," in shown.output and "L2 0.01" in shown.output
+    m = json.loads((tmp_path / "r.json").read_text())["sessions"][0]
+    assert m["behavior_feature_smoothing_ms"] in (0.0, 60.0) and m["behavior_alpha"] in (0.1, 1000.0)
     # a target in NLB's structure from the same windows (time order), held-out units by the same split
     sess = session_rows(store, sources(store, ["t_nwb"])[0], ("train", "val", "test"), {"monkey00_s00"})[0]
 

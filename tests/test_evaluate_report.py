@@ -13,7 +13,7 @@ from helpers.train import small_cfg, train_locally
 from neurobridge.evaluate import baselines
 from neurobridge.evaluate.behaviour import BehaviorConfig
 from neurobridge.evaluate.readout import all_unit_rates
-from neurobridge.evaluate.report import EvalConfig, evaluate_session
+from neurobridge.evaluate.report import EvalConfig, evaluate_session, features
 from neurobridge.models.config import ModelConfig
 from neurobridge.models.ndt import MaskedNeuralModel
 from neurobridge.models.vocab import Vocabularies
@@ -127,6 +127,18 @@ def test_every_units_rate_is_predicted_without_its_own_count():
 def store(pretrain_store):
     """This file's store: simulated reaching sessions pinned as mixture 'tiny' (conftest)."""
     return pretrain_store
+
+
+def test_patch_latents_keep_each_patch_whose_mean_is_the_per_bin_latent():
+    sess = session(5, windows=8, units=10)  # neurons_per_token 4: patches of 4, 4 and 2 units
+    model, vocabs = model_for(sess)
+    rows = sess.split("train")
+    per_bin = features(model, vocabs, rows, "latents", 4)
+    per_patch = features(model, vocabs, rows, "patch_latents", 4)
+    d = model.cfg.d_model
+    assert per_bin.shape == (len(rows), 20, d) and per_patch.shape == (len(rows), 20, 3 * d)
+    np.testing.assert_allclose(per_patch.reshape(len(rows), 20, 3, d).mean(axis=2), per_bin, atol=1e-5)
+    assert not np.allclose(per_patch[..., :d], per_patch[..., d : 2 * d])  # patches are not copies of each other
 
 
 def test_evaluate_reports_model_beside_mean_smoothing_and_oracle_on_the_same_cells(store, tmp_path):

@@ -23,7 +23,7 @@ SHRUNK = [
     "ks=[5, null]",
     "folds=2",
     "repeats=1",
-    "behavior=null",
+    "behavior={dataset: stevenson_s1_local, corpus: real, lag_ms: 50, feature_smoothing_ms: [0, 100]}",
     "variants=[{name: frozen, finetune: {freeze_backbone: true}, alone: true}]",
 ]
 
@@ -51,6 +51,11 @@ def test_the_protocol_runs_from_its_config_and_scores_every_trial_in_every_arm(r
             assert d["ci_low"] <= d["bps"] <= d["ci_high"] and d["trials"] == 100
         assert all(f["smoothing_sigma_ms"] > 0 and np.isfinite(f["smoothing"]) for f in res["per_fold"])
     assert "k5_beats_smoothing" in got["targets"] and "k5_beats_alone_by_0.02" not in got["targets"]
+    features = {"rates", "latents", "patch_latents", "rates_smoothed", "patch_latents_smoothed"}
+    assert set(got["behavior"]) == features  # S1 velocity from every feature set, beside smoothed spikes
+    for r in got["behavior"].values():
+        assert -1 < r["behavior_r2"] <= 1 and r["behavior_r2_smoothing"] > 0.1 and r["behavior_lag_ms"] == 50
+    assert {f"behavior_{f}_minus_smoothing" for f in features} <= set(got["targets"])
     settings = get_settings()
     history = dict(mlflow_run.metric_history(settings.mlflow_uri, got["run_id"], "k5.co_bps.finetuned_real"))
     assert history[0] == pytest.approx(got["kshot"]["5"]["co_bps"]["finetuned:real"])

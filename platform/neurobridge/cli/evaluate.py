@@ -28,8 +28,14 @@ def evaluate(
     smoothing_ms: list[float] = typer.Option(None, help="smoothing kernel grid in ms (repeatable; default 20…120)"),
     glm_l2: list[float] = typer.Option(None, help="smoothing GLM penalty grid (repeatable; default 1e-5…1)"),
     latent_readout: bool = typer.Option(False, help="also a GLM read-out of the latents, beside its control"),
-    behavior_from: str = typer.Option("rates", help="decode behaviour from the model's `rates` or `latents`"),
+    behavior_from: str = typer.Option(
+        "rates", help="decode behaviour from the model's `rates`, `latents` (per bin) or `patch_latents`"
+    ),
     behavior_lag_ms: float = typer.Option(0.0, help="behaviour this many ms after the neural features (NLB: 80)"),
+    behavior_smoothing_ms: list[float] = typer.Option(
+        None, help="kernel grid (ms, 0 = none; repeatable) for the model's features, chosen by the decoder's CV"
+    ),
+    behavior_alpha: list[float] = typer.Option(None, help="ridge penalty grid (repeatable; default NLB's 1e-4…1)"),
     nlb_out: Path = typer.Option(None, help="also write an NLB'21 submission (HDF5) of the evaluated sessions"),
     nlb_name: str = typer.Option(None, help="with --nlb-out: NLB dataset name, e.g. mc_maze (default: dataset)"),
     nlb_bin_ms: float = typer.Option(5.0, help="with --nlb-out: 5 or 20 ms (a whole multiple of the model's)"),
@@ -58,7 +64,12 @@ def evaluate(
             max_sessions=max_sessions,
             allow_partial=allow_partial,
             latent_readout=latent_readout,
-            behavior=BehaviorConfig(features=behavior_from, lag_ms=behavior_lag_ms),
+            behavior=BehaviorConfig(
+                features=behavior_from,
+                lag_ms=behavior_lag_ms,
+                **({"feature_smoothing_ms": behavior_smoothing_ms} if behavior_smoothing_ms else {}),
+                **({"alphas": behavior_alpha} if behavior_alpha else {}),
+            ),
             **{k: v for k, v in grids.items() if v},
         )
         data = EvalData(dataset, mixture, session, truth_dir=truth)

@@ -20,6 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from neurobridge.evaluate import baselines, metrics
 
 ALPHAS = tuple(float(a) for a in np.logspace(-4, 0, 9))  # NLB's grid
+# NLB's grid stops at 1, weak against thousands of samples: decoders of correlated features (latents, smoothed
+# spikes) pick its top. Protocols that compare feature sets use this one, so that no set is held at the edge.
+WIDE_ALPHAS = tuple(float(a) for a in np.logspace(-4, 4, 17))
 
 
 class BehaviorConfig(BaseModel):
@@ -27,8 +30,10 @@ class BehaviorConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    features: Literal["rates", "latents"] = Field(
-        "rates", description="the model's features: rates of every unit (each predicted while masked) or latents"
+    features: Literal["rates", "latents", "patch_latents"] = Field(
+        "rates",
+        description="the model's features: rates of every unit (each predicted while masked), latents (the mean "
+        "over each bin's tokens) or patch_latents (every patch's latent side by side)",
     )
     lag_ms: float = Field(0.0, description="behaviour this many ms after the neural features (NLB MC_Maze: 80)")
     alphas: list[float] = Field(default_factory=lambda: list(ALPHAS), min_length=1, description="ridge penalties")
@@ -51,6 +56,7 @@ class Decoded:
     r2: float  # on the evaluation windows
     alpha: float  # the penalty the cross-validation chose
     cv_r2: float  # its cross-validated R² on the training windows
+    alpha_at_edge: bool = False  # the strongest penalty of the grid won: a wider grid may decode better
 
 
 def lagged(x: np.ndarray, y: np.ndarray, lag_bins: int) -> tuple[np.ndarray, np.ndarray]:
@@ -109,7 +115,9 @@ def decode(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndar
     y_tr, y_te = y_tr[:, varies], y_te[:, varies]
     alpha, cv = ridge_search(x_tr, y_tr, cfg.alphas, cfg.folds)
     fit = ridge_path(x_tr, y_tr, [alpha])[0]
-    return Decoded(metrics.r2_score(y_te, fit.predict(x_te)), alpha, cv)
+    return Decoded(
+        metrics.r2_score(y_te, fit.predict(x_te)), alpha, cv, len(cfg.alphas) > 1 and alpha == max(cfg.alphas)
+    )
 
 
 def decode_smoothed(

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from neurobridge.config import Settings, get_settings
-from neurobridge.evaluate.report import EvalConfig, Report, evaluate_session, pool
+from neurobridge.evaluate.behaviour import BehaviorConfig
+from neurobridge.evaluate.report import EvalConfig, Report, evaluate_session, pool, session_behaviour
 from neurobridge.evaluate.truth import Truth
 from neurobridge.models.checkpoint import load_checkpoint
 from neurobridge.storage import StoreError
@@ -86,6 +87,28 @@ def evaluate(
     if track:
         _track(settings, model_ref, report, cfg, [s.ref for s in srcs])
     return report
+
+
+def evaluate_behaviour(
+    model_ref: str, data: EvalData, decoders: dict[str, BehaviorConfig], settings: Settings | None = None
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Behaviour R² of several feature sets (label → decoder settings), beside smoothed spikes, per session:
+    {session: {label: metrics}}. One model load, no co-smoothing: a comparison of features, not a report."""
+    settings = settings or get_settings()
+    model, vocabs, extra = load_checkpoint(resolve_model_file(model_ref, settings))
+    srcs = sources(settings, data.datasets, data.mixture)
+    split = HeldoutSplit(heldout_flags(settings, srcs), extra.get("heldout_fraction", 0.25))
+    wanted = set(data.sessions) if data.sessions else None
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for src in srcs:
+        for sess in session_rows(settings, src, ("test", "train"), wanted):
+            out[sess.session] = {
+                label: session_behaviour(model, vocabs, sess, split, EvalConfig(behavior=b))
+                for label, b in decoders.items()
+            }
+    if not out:
+        raise StoreError(f"no sessions with test windows to decode behaviour from in {[s.name for s in srcs]}")
+    return out
 
 
 def _track(settings: Settings, model_ref: str, report: Report, cfg: EvalConfig, refs: list) -> str:

@@ -21,10 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from neurobridge.catalog import CatalogEntry, resolve
 from neurobridge.config import ConfigError, Settings, describe_validation_error, get_settings, set_dotted
-from neurobridge.evaluate.behaviour import BehaviorConfig
+from neurobridge.evaluate.behaviour import WIDE_ALPHAS, BehaviorConfig
 from neurobridge.evaluate.kshot import Arm, KShotPlan, kshot_crossval
-from neurobridge.evaluate.report import EvalConfig
-from neurobridge.evaluate.run import EvalData, evaluate, resolve_model_file
+from neurobridge.evaluate.run import EvalData, evaluate_behaviour, resolve_model_file
 from neurobridge.ingest.pipeline import ingest_many
 from neurobridge.sim import SimConfig, simulate
 from neurobridge.storage import StoreError
@@ -69,6 +68,12 @@ class BehaviorCheck(BaseModel):
     dataset: str
     corpus: str
     lag_ms: float = 0.0
+    alphas: list[float] = Field(
+        default_factory=lambda: list(WIDE_ALPHAS),
+        min_length=1,
+        description="ridge penalties of every decoder, smoothed spikes' included (default 1e-4…1e4: NLB's grid "
+        "stops at 1, which latents outgrow)",
+    )
     feature_smoothing_ms: list[float] = Field(
         default_factory=list,
         description="also decode from the model's rates smoothed by a kernel chosen from this grid (ms, 0 = none) by "
@@ -178,6 +183,9 @@ def run_transfer(
     results: dict = {"config": cfg.model_dump(mode="json"), "datasets": refs, "pretrain_runs": runs}
     if cfg.behavior is not None:
         results["behavior"] = behaviour_check(cfg.behavior, refs, models, settings)
+        got = ", ".join(f"{k} {r.get('behavior_r2', float('nan')):.3f}" for k, r in results["behavior"].items())
+        smooth = next(iter(results["behavior"].values())).get("behavior_r2_smoothing", float("nan"))
+        echo(f"behaviour R² on {cfg.behavior.dataset}: {got}; smoothed spikes {smooth:.3f}")
     src = sources(settings, [refs[cfg.new_session]])[0]
     found = session_rows(settings, src, ("train", "val", "test"))
     if len(found) != 1:
@@ -211,18 +219,18 @@ def arms(cfg: TransferConfig, models: dict[str, str], architecture) -> list[Arm]
 
 
 def behaviour_check(check: BehaviorCheck, refs: dict, models: dict, settings: Settings) -> dict:
-    """Velocity R² on the dataset's test windows from the model's rates and its latents, beside smoothed spikes."""
-    out = {}
-    kinds = [("rates", "rates", [0.0]), ("latents", "latents", [0.0])]
+    """Velocity R² on the dataset's test windows from the model's rates and latents, beside smoothed spikes."""
+    kinds = {f: (f, [0.0]) for f in ("rates", "latents", "patch_latents")}
     if check.feature_smoothing_ms:
-        kinds.append(("rates_smoothed", "rates", check.feature_smoothing_ms))
-    for label, features, kernels in kinds:  # co-smoothing is not the question here: one kernel, no search
-        behavior = BehaviorConfig(features=features, lag_ms=check.lag_ms, feature_smoothing_ms=kernels)
-        cfg = EvalConfig(behavior=behavior, smoothing_ms=[70.0], glm_l2=[0.3])
-        report = evaluate(models[check.corpus], EvalData([refs[check.dataset]]), cfg, settings, track=False)
-        r = report.sessions[0].metrics
-        out[label] = {k: r[k] for k in r if k.startswith("behavior_")}
-    return out
+        kinds |= {f"{f}_smoothed": (f, check.feature_smoothing_ms) for f in ("rates", "patch_latents")}
+    decoders = {
+        label: BehaviorConfig(features=f, lag_ms=check.lag_ms, feature_smoothing_ms=kernels, alphas=check.alphas)
+        for label, (f, kernels) in kinds.items()
+    }
+    per_session = evaluate_behaviour(models[check.corpus], EvalData([refs[check.dataset]]), decoders, settings)
+    if len(per_session) != 1:
+        raise StoreError(f"{check.dataset}: behaviour is checked on one session, found {len(per_session)}")
+    return next(iter(per_session.values()))
 
 
 def targets(cfg: TransferConfig, results: dict) -> dict:
@@ -259,6 +267,8 @@ def _track(cfg: TransferConfig, results: dict, settings: Settings) -> str:
         for k, res in results["kshot"].items():
             flat |= {f"k{k}.co_bps.{arm}": v for arm, v in res["co_bps"].items()}
             flat |= {f"k{k}.{pair}": d["bps"] for pair, d in res["differences"].items()}
+        for features, r in results.get("behavior", {}).items():
+            flat |= {f"behavior.{features}.{k.removeprefix('behavior_')}": v for k, v in r.items()}
         clean = {k.replace(":", "_").replace(" ", ""): v for k, v in flat.items()}
         mlflow_run.log_metrics(settings.mlflow_uri, run_id, clean)  # variant arms' "+" becomes "_" there
         with tempfile.TemporaryDirectory() as d:
