@@ -76,8 +76,9 @@ class BehaviorCheck(BaseModel):
     )
     feature_smoothing_ms: list[float] = Field(
         default_factory=list,
-        description="also decode from the model's rates smoothed by a kernel chosen from this grid (ms, 0 = none) by "
-        "the decoder's cross-validation, as the smoothed-spikes decoder chooses its own ('rates_smoothed')",
+        description="also decode from the model's rates and patch latents smoothed by a kernel chosen from this grid "
+        "(ms, 0 = none) by the decoder's cross-validation, as the smoothed-spikes decoder chooses its own "
+        "('rates_smoothed', 'patch_latents_smoothed')",
     )
 
 
