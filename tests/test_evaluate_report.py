@@ -13,7 +13,7 @@ from helpers.train import small_cfg, train_locally
 from neurobridge.evaluate import baselines
 from neurobridge.evaluate.behaviour import BehaviorConfig
 from neurobridge.evaluate.readout import all_unit_rates
-from neurobridge.evaluate.report import EvalConfig, evaluate_session, features
+from neurobridge.evaluate.report import EvalConfig, evaluate_session, features, session_behaviour
 from neurobridge.models.config import ModelConfig
 from neurobridge.models.ndt import MaskedNeuralModel
 from neurobridge.models.vocab import Vocabularies
@@ -139,6 +139,22 @@ def test_patch_latents_keep_each_patch_whose_mean_is_the_per_bin_latent():
     assert per_bin.shape == (len(rows), 20, d) and per_patch.shape == (len(rows), 20, 3 * d)
     np.testing.assert_allclose(per_patch.reshape(len(rows), 20, 3, d).mean(axis=2), per_bin, atol=1e-5)
     assert not np.allclose(per_patch[..., :d], per_patch[..., d : 2 * d])  # patches are not copies of each other
+
+
+def test_feature_sets_compared_on_one_session_score_as_each_alone_in_the_full_report():
+    sess = session(6, windows=24)
+    model, vocabs = model_for(sess)
+    split = HeldoutSplit(None, 0.25)
+    decoders = {
+        "rates": BehaviorConfig(smoothing_ms=[40.0, 100.0]),
+        "rates_smoothed": BehaviorConfig(smoothing_ms=[40.0, 100.0], feature_smoothing_ms=[0.0, 60.0]),
+        "patch_latents": BehaviorConfig(features="patch_latents", smoothing_ms=[40.0, 100.0], lag_ms=20.0),
+    }
+    got = session_behaviour(model, vocabs, sess, split, decoders)
+    for label, b in decoders.items():
+        full = evaluate_session(model, vocabs, sess, split, EvalConfig(behavior=b)).metrics
+        alone = {k: v for k, v in full.items() if k.startswith("behavior_")}
+        assert got[label] == pytest.approx(alone) and "behavior_r2_smoothing" in alone
 
 
 def test_evaluate_reports_model_beside_mean_smoothing_and_oracle_on_the_same_cells(store, tmp_path):

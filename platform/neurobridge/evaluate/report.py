@@ -163,16 +163,24 @@ def _session(sess: SessionRows, split: HeldoutSplit, cfg: EvalConfig) -> _Sessio
 
 @torch.no_grad()
 def session_behaviour(
-    model: MaskedNeuralModel, vocabs: Vocabularies, sess: SessionRows, split: HeldoutSplit, cfg: EvalConfig
-) -> dict[str, float]:
-    """Behaviour R² alone (``cfg.behavior``'s features beside smoothed spikes), without the rest of the report:
-    what a comparison of several feature sets needs, each without recomputing co-smoothing."""
+    model: MaskedNeuralModel,
+    vocabs: Vocabularies,
+    sess: SessionRows,
+    split: HeldoutSplit,
+    decoders: dict[str, BehaviorConfig],
+    cfg: EvalConfig | None = None,
+) -> dict[str, dict[str, float]]:
+    """Behaviour R² of several feature sets (label → decoder settings) beside smoothed spikes, without the rest of
+    the report: each feature kind and the baseline computed once for all of them."""
+    cfg = cfg or EvalConfig()
     s = _session(sess, split, cfg)
-    m: dict[str, float] = {}
+    out: dict[str, dict[str, float]] = {label: {} for label in decoders}
     if s is not None:
         model.eval()
-        _behaviour(model, vocabs, s, cfg, m)
-    return m
+        done: dict = {}
+        for label, b in decoders.items():
+            _behaviour(model, vocabs, s, cfg.model_copy(update={"behavior": b}), out[label], done)
+    return out
 
 
 @torch.no_grad()
@@ -277,15 +285,23 @@ def features(model: MaskedNeuralModel, vocabs: Vocabularies, rows: list[dict], k
     return np.concatenate([per(model, b) for b in batches(rows, vocabs, k, batch_size)])
 
 
-def _behaviour(model: MaskedNeuralModel, vocabs: Vocabularies, s: _Session, cfg: EvalConfig, m: dict) -> None:
-    """Behaviour R² as NLB scores it, from the model's rates or latents and from smoothed spikes."""
+def _behaviour(
+    model: MaskedNeuralModel, vocabs: Vocabularies, s: _Session, cfg: EvalConfig, m: dict, done: dict | None = None
+) -> None:
+    """Behaviour R² as NLB scores it, from the model's rates or latents and from smoothed spikes. ``done`` carries
+    features and the smoothed-spikes decoder between calls on one session, so comparing feature sets computes
+    each feature kind and the baseline once."""
     y_te, y_tr = stack_behavior(s.test), stack_behavior(s.train)
     if y_te is None or y_tr is None or len(s.train) < 5:
         return
+    done = {} if done is None else done
     b = cfg.behavior
     T = s.bins
-    x_tr = features(model, vocabs, s.train, b.features, cfg.batch_size)[:, :T]
-    x_te = features(model, vocabs, s.test, b.features, cfg.batch_size)[:, :T]
+    if b.features not in done:
+        done[b.features] = tuple(
+            features(model, vocabs, rows, b.features, cfg.batch_size)[:, :T] for rows in (s.train, s.test)
+        )
+    x_tr, x_te = done[b.features]
     found = decode_smoothed((x_tr, y_tr[:, :T]), (x_te, y_te[:, :T]), b, s.bin_ms, b.feature_smoothing_ms)
     if found is None:
         return
@@ -295,8 +311,11 @@ def _behaviour(model: MaskedNeuralModel, vocabs: Vocabularies, s: _Session, cfg:
         m["behavior_alpha_at_edge"] = 1.0
     if b.feature_smoothing_ms != [0.0]:
         m["behavior_feature_smoothing_ms"] = kernel
-    spikes_tr = stack_counts(s.train)[:, :T]
-    smoothed = decode_smoothed((spikes_tr, y_tr[:, :T]), (s.spikes, y_te[:, :T]), b, s.bin_ms)
+    baseline = ("smoothed spikes", b.lag_ms, tuple(b.alphas), b.folds, tuple(b.smoothing_ms))
+    if baseline not in done:
+        spikes_tr = stack_counts(s.train)[:, :T]
+        done[baseline] = decode_smoothed((spikes_tr, y_tr[:, :T]), (s.spikes, y_te[:, :T]), b, s.bin_ms)
+    smoothed = done[baseline]
     if smoothed is not None:
         m["behavior_r2_smoothing"], m["behavior_smoothing_ms"] = smoothed[0].r2, smoothed[1]
 

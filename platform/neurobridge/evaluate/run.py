@@ -102,10 +102,7 @@ def evaluate_behaviour(
     out: dict[str, dict[str, dict[str, float]]] = {}
     for src in srcs:
         for sess in session_rows(settings, src, ("test", "train"), wanted):
-            out[sess.session] = {
-                label: session_behaviour(model, vocabs, sess, split, EvalConfig(behavior=b))
-                for label, b in decoders.items()
-            }
+            out[sess.session] = session_behaviour(model, vocabs, sess, split, decoders)
     if not out:
         raise StoreError(f"no sessions with test windows to decode behaviour from in {[s.name for s in srcs]}")
     return out
