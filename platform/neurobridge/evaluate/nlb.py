@@ -236,21 +236,15 @@ def write_model_submission(model_ref: str, data, cfg, settings, where: tuple) ->
     """``neurobridge evaluate --nlb-out``: one group per evaluated session (train = its train and val windows,
     eval = ``cfg.split``), written to ``where`` = (path, NLB dataset name or None, bin width in ms). The windows
     must be NLB's (MC_Maze: move onset -250..+450 ms, what the excerpts' trial windows are)."""
-    from neurobridge.evaluate.run import resolve_model_file
-    from neurobridge.models.checkpoint import load_checkpoint
-    from neurobridge.store.read import sources
-    from neurobridge.store.rows import session_rows
-    from neurobridge.store.splits import HeldoutSplit, heldout_flags, with_heldout
+    from neurobridge.evaluate.run import open_evaluation, sessions_of
+    from neurobridge.store.splits import with_heldout
 
     path, name, bin_ms = where
-    model, vocabs, extra = load_checkpoint(resolve_model_file(model_ref, settings))
-    srcs = sources(settings, data.datasets, data.mixture)
-    split = HeldoutSplit(heldout_flags(settings, srcs), extra.get("heldout_fraction", 0.25))
+    model, vocabs, extra, srcs, split = open_evaluation(model_ref, data, settings, cfg.allow_partial)
     forecast = "forward" in extra.get("trained_modes", ())
-    wanted = set(data.sessions) if data.sessions else None
     groups = []
     for src in srcs:
-        for sess in session_rows(settings, src, (cfg.split, "train", "val"), wanted, cfg.max_sessions):
+        for sess in sessions_of(settings, src, data, (cfg.split, "train", "val"), cfg.max_sessions):
             train = with_heldout(sess.split("train") + sess.split("val"), split)
             test = with_heldout(sess.split(cfg.split), split)
             if train and test and test[0].get("counts") is not None:

@@ -311,7 +311,7 @@ def _behaviour(
         m["behavior_alpha_at_edge"] = 1.0
     if b.feature_smoothing_ms != [0.0]:
         m["behavior_feature_smoothing_ms"] = kernel
-    baseline = ("smoothed spikes", b.lag_ms, tuple(b.alphas), b.folds, tuple(b.smoothing_ms))
+    baseline = "smoothed spikes " + b.model_dump_json(exclude={"features", "feature_smoothing_ms"})
     if baseline not in done:
         spikes_tr = stack_counts(s.train)[:, :T]
         done[baseline] = decode_smoothed((spikes_tr, y_tr[:, :T]), (s.spikes, y_te[:, :T]), b, s.bin_ms)

@@ -49,6 +49,20 @@ class EvalData:
     truth_dir: str | None = None
 
 
+def open_evaluation(model_ref: str, data: EvalData, settings: Settings, allow_partial: bool = False):
+    """(model, vocabs, checkpoint extras, sources, held-out split): what every evaluation of ``data`` starts from."""
+    model, vocabs, extra = load_checkpoint(resolve_model_file(model_ref, settings))
+    srcs = sources(settings, data.datasets, data.mixture, allow_partial)
+    return model, vocabs, extra, srcs, HeldoutSplit(heldout_flags(settings, srcs), extra.get("heldout_fraction", 0.25))
+
+
+def sessions_of(settings: Settings, src, data: EvalData, splits: tuple[str, ...], max_sessions: int | None = None):
+    """The source's sessions that ``data`` asks for (``sessions``, minus ``exclude_sessions``)."""
+    wanted = set(data.sessions) if data.sessions else None
+    found = session_rows(settings, src, splits, wanted, max_sessions)
+    return [s for s in found if s.session not in (data.exclude_sessions or ())]
+
+
 def evaluate(
     model_ref: str,
     data: EvalData,
@@ -59,20 +73,14 @@ def evaluate(
 ) -> Report:
     settings = settings or get_settings()
     cfg = cfg or EvalConfig()
-    model_file = resolve_model_file(model_ref, settings)
-    model, vocabs, extra = load_checkpoint(model_file)
+    model, vocabs, extra, srcs, split = open_evaluation(model_ref, data, settings, cfg.allow_partial)
     if cfg.forecast is None:  # checkpoints older than trained_modes say nothing: not claimed as a forecaster
         cfg = cfg.model_copy(update={"forecast": "forward" in extra.get("trained_modes", ())})
-    srcs = sources(settings, data.datasets, data.mixture, cfg.allow_partial)
-    split = HeldoutSplit(heldout_flags(settings, srcs), extra.get("heldout_fraction", 0.25))
     truth = Truth(data.truth_dir) if data.truth_dir else None
-    wanted = set(data.sessions) if data.sessions else None
     results = []
     for src in srcs:
         raw = unit_columns(settings, src, "raw_id") if truth is not None else {}
-        for sess in session_rows(settings, src, (cfg.split, "train"), wanted, cfg.max_sessions):
-            if data.exclude_sessions and sess.session in data.exclude_sessions:
-                continue
+        for sess in sessions_of(settings, src, data, (cfg.split, "train"), cfg.max_sessions):
             if progress is not None:
                 progress(f"{src.name}/{sess.session}")
             r = evaluate_session(model, vocabs, sess, split, cfg, truth, raw.get(sess.session))
@@ -81,7 +89,7 @@ def evaluate(
     if not results:
         raise StoreError(
             f"nothing to evaluate: no {cfg.split} windows with spike counts in {[s.name for s in srcs]}"
-            + (f" for sessions {sorted(wanted)}" if wanted else "")
+            + (f" for sessions {sorted(data.sessions)}" if data.sessions else "")
         )
     report = Report(results, pool(results))
     if track:
@@ -95,14 +103,12 @@ def evaluate_behaviour(
     """Behaviour R² of several feature sets (label → decoder settings), beside smoothed spikes, per session:
     {session: {label: metrics}}. One model load, no co-smoothing: a comparison of features, not a report."""
     settings = settings or get_settings()
-    model, vocabs, extra = load_checkpoint(resolve_model_file(model_ref, settings))
-    srcs = sources(settings, data.datasets, data.mixture)
-    split = HeldoutSplit(heldout_flags(settings, srcs), extra.get("heldout_fraction", 0.25))
-    wanted = set(data.sessions) if data.sessions else None
-    out: dict[str, dict[str, dict[str, float]]] = {}
-    for src in srcs:
-        for sess in session_rows(settings, src, ("test", "train"), wanted):
-            out[sess.session] = session_behaviour(model, vocabs, sess, split, decoders)
+    model, vocabs, _, srcs, split = open_evaluation(model_ref, data, settings)
+    out = {
+        sess.session: session_behaviour(model, vocabs, sess, split, decoders)
+        for src in srcs
+        for sess in sessions_of(settings, src, data, ("test", "train"))
+    }
     if not out:
         raise StoreError(f"no sessions with test windows to decode behaviour from in {[s.name for s in srcs]}")
     return out
