@@ -55,3 +55,25 @@ def test_finetuning_extends_vocabularies_and_uses_the_same_k_windows_as_scratch(
     assert smooth.model.cfg.output_smoothing == 2.0 and cfg.model.output_smoothing == 0.0  # the source is untouched
     back, _, _ = load_checkpoint(save(smooth, str(tmp_path / "smooth.pt"), ft))
     assert back.cfg.output_smoothing == 2.0  # the fine-tuned model keeps its output prior
+
+
+def test_a_freezing_schedule_holds_the_backbone_until_its_step_then_trains_everything(store, tmp_path):
+    from neurobridge.models.checkpoint import save_checkpoint
+    from neurobridge.train.finetune import FinetuneConfig, finetune
+
+    cfg = small_cfg(**{"data.holdout_sessions": ["monkey00_s01"]})
+    vocabs = vocabularies(sources(store, [], "tiny"), ["monkey00_s01"])
+    torch.manual_seed(0)
+    save_checkpoint(str(tmp_path / "pre.pt"), MaskedNeuralModel(cfg.model, vocabs), vocabs, {})
+    pre = torch.load(tmp_path / "pre.pt", weights_only=True)["state"]
+    encoder = {k.removeprefix("encoder."): v for k, v in pre.items() if k.startswith("encoder.")}
+    sched = FinetuneConfig(
+        dataset="t_nwb", session="monkey00_s01", trials=5, batch_size=4, freeze_backbone=True, unfreeze_after=2
+    )
+    held = finetune(sched.model_copy(update={"steps": 2}), str(tmp_path / "pre.pt"), store)
+    torch.testing.assert_close(held.model.encoder.state_dict(), encoder)  # steps 1-2: the backbone stays put
+    released = finetune(sched.model_copy(update={"steps": 3}), str(tmp_path / "pre.pt"), store)
+    assert not torch.equal(released.model.encoder.layers[0].linear1.weight, encoder["layers.0.linear1.weight"])
+    assert all(p.requires_grad for p in released.model.parameters())
+    with pytest.raises(ValueError, match="unfreeze_after needs freeze_backbone"):
+        FinetuneConfig(**(sched.model_dump() | {"freeze_backbone": False}))

@@ -64,7 +64,13 @@ def test_the_protocol_runs_from_its_config_and_scores_every_trial_in_every_arm(r
 
 
 @pytest.mark.parametrize(
-    "name", ["transfer_mc_maze_medium.yaml", "transfer_mc_maze_medium_variants.yaml", "transfer_mc_maze.yaml"]
+    "name",
+    [
+        "transfer_mc_maze_medium.yaml",
+        "transfer_mc_maze_medium_variants.yaml",
+        "transfer_mc_maze_medium_freezing.yaml",
+        "transfer_mc_maze.yaml",
+    ],
 )
 def test_the_shipped_configs_name_catalog_entries_and_hold_their_session_out(name):
     from neurobridge.catalog import resolve
@@ -79,3 +85,16 @@ def test_the_shipped_configs_name_catalog_entries_and_hold_their_session_out(nam
     assert cfg.new_session in known and load_config(f"jobs/configs/{cfg.pretrain}").model.output_smoothing_ms == 50
     with pytest.raises(ConfigError, match="repeat"):
         load_transfer(f"jobs/configs/{name}", {"repeat": 2})
+
+
+def test_every_arm_recipe_is_checked_when_the_config_loads_not_after_pretraining():
+    from neurobridge.config import ConfigError
+    from neurobridge.workflows.transfer import load_transfer
+
+    path = "jobs/configs/transfer_mc_maze_medium_freezing.yaml"
+    with pytest.raises(ConfigError, match="variant 'x': unknown field 'freez_backbone'; did you mean 'freeze_backbone'"):
+        load_transfer(path, {"variants": [{"name": "x", "finetune": {"freez_backbone": True}}]})
+    with pytest.raises(ConfigError, match="variant 'y': unfreeze_after needs freeze_backbone"):
+        load_transfer(path, {"variants": [{"name": "y", "finetune": {"unfreeze_after": 60}}]})
+    with pytest.raises(ConfigError, match="finetune: field 'lr'"):
+        load_transfer(path, {"finetune.lr": -1.0})

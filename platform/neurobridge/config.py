@@ -321,6 +321,8 @@ def describe_validation_error(err: ValidationError, model: type[BaseModel], wher
             lines.append(f"{where}: unknown field {field!r}; {fix}")
         elif e["type"] == "missing":
             lines.append(f"{where}: field {field!r} is required; add it")
+        elif not loc:  # a check of the whole entry: its message says what is wrong, the input is all of it
+            lines.append(f"{where}: {e['msg'].removeprefix('Value error, ')}")
         else:
             msg = e["msg"].removeprefix("Value error, ")
             lines.append(f"{where}: field {field!r}: {msg} (got {e.get('input')!r})")

@@ -47,6 +47,11 @@ class Arm:
     scratch: ModelConfig | None = None
     recipe: dict = field(default_factory=dict)
 
+    def recipe_of(self, shared: FinetuneConfig) -> FinetuneConfig:
+        """The shared recipe with this arm's changes, validated (``model_copy(update=…)`` checks nothing: a
+        misspelt field or a contradiction would train silently with the shared recipe)."""
+        return FinetuneConfig.model_validate(shared.model_dump() | self.recipe) if self.recipe else shared
+
 
 @dataclass
 class KShotPlan:
@@ -117,9 +122,7 @@ def kshot_crossval(
                 if progress is not None:
                     progress(f"repeat {rep + 1}/{plan.repeats}, fold {f + 1}/{plan.folds}, k={k or 'all'}")
                 fitted = {
-                    a.name: finetune(
-                        recipe.model_copy(update=a.recipe), a.model_file, settings, a.scratch, (train, val)
-                    )
+                    a.name: finetune(a.recipe_of(recipe), a.model_file, settings, a.scratch, (train, val))
                     for a in plan.arms
                 }
                 got = _score(scores[k], fitted, train + val, fold, plan, split)

@@ -50,6 +50,12 @@ class FinetuneConfig(BaseModel):
     batch_size: int = Field(16, ge=1)
     freeze_backbone: bool = Field(False, description="train only context embeddings and output heads")
     train_decoder: bool = Field(False, description="with freeze_backbone: the decoder trains too (encoder frozen)")
+    unfreeze_after: int | None = Field(
+        None,
+        ge=1,
+        description="with freeze_backbone: every parameter trains from this step on (the new session's rows settle "
+        "on the fixed backbone first, then the backbone adapts)",
+    )
     mode: str = "all"
     seed: int = 0
     heldout_fraction: float = Field(0.25, gt=0, lt=1)
@@ -77,6 +83,8 @@ class FinetuneConfig(BaseModel):
     def _check(self) -> FinetuneConfig:
         if self.train_decoder and not self.freeze_backbone:
             raise ValueError("train_decoder needs freeze_backbone (without it every part trains anyway)")
+        if self.unfreeze_after is not None and not self.freeze_backbone:
+            raise ValueError("unfreeze_after needs freeze_backbone (there is nothing frozen to release)")
         return self
 
 
@@ -118,20 +126,12 @@ def finetune(
     rows = pick_windows(windows[0], cfg.trials, cfg.seed)
     model, vocabs = _base_model(cfg, model_file, scratch_model, float(rows[0]["bin_ms"]))
     _adopt_session(model, vocabs, rows, cfg.session, srcs[0].name)
-    if cfg.freeze_backbone:
-        for name, p in model.named_parameters():
-            p.requires_grad = name.split(".")[0] in BACKBONE_FREE + (DECODER if cfg.train_decoder else ())
+    _freeze(model, cfg)
     collate_fn = CollateWindows(
         vocabs, model.cfg.neurons_per_token, HeldoutSplit(heldout_flags(settings, srcs), cfg.heldout_fraction)
     )
     bs = min(cfg.batch_size, len(rows))
-
-    def batches(epoch: int):
-        g = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
-        order = torch.randperm(len(rows), generator=g).tolist()
-        for i in range(0, len(order) - bs + 1, bs):
-            yield collate_fn.collate_rows([rows[j] for j in order[i : i + bs]])
-
+    batches = _Batches(rows, bs, cfg.seed, collate_fn, model, cfg.unfreeze_after)
     pcfg = _step_config(cfg, model.cfg, bs)
     validate = None
     if cfg.val_every is not None:
@@ -152,6 +152,36 @@ def finetune(
     for p in model.parameters():
         p.requires_grad = True
     return FinetuneResult(model, vocabs, [r["sample_id"] for r in rows], {**last, "history": history})
+
+
+def _freeze(model: MaskedNeuralModel, cfg: FinetuneConfig) -> None:
+    if cfg.freeze_backbone:
+        for name, p in model.named_parameters():
+            p.requires_grad = name.split(".")[0] in BACKBONE_FREE + (DECODER if cfg.train_decoder else ())
+
+
+@dataclass
+class _Batches:
+    """The k windows in a fresh order each epoch (``batches(epoch)`` for the loop), and the freezing schedule: a
+    fine-tune never resumes, so the n-th batch served is trained at step n + 1."""
+
+    rows: list[dict]
+    batch_size: int
+    seed: int
+    collate: CollateWindows
+    model: MaskedNeuralModel
+    unfreeze_after: int | None
+    served: int = 0
+
+    def __call__(self, epoch: int):
+        g = torch.Generator().manual_seed(self.seed * 7919 + epoch)
+        order = torch.randperm(len(self.rows), generator=g).tolist()
+        bs = self.batch_size
+        for i in range(0, len(order) - bs + 1, bs):
+            if self.served == self.unfreeze_after:  # AdamW skipped the frozen weights (no grads) until now
+                self.model.requires_grad_(True)
+            self.served += 1
+            yield self.collate.collate_rows([self.rows[j] for j in order[i : i + bs]])
 
 
 def _base_model(

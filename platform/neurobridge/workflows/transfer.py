@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from neurobridge.catalog import CatalogEntry, resolve
 from neurobridge.config import ConfigError, Settings, describe_validation_error, get_settings, set_dotted
@@ -111,11 +111,23 @@ class TransferConfig(BaseModel):
     behavior: BehaviorCheck | None = None
     targets: Targets = Field(default_factory=Targets)
 
+    @model_validator(mode="after")
+    def _recipes_are_finetune_configs(self) -> TransferConfig:
+        """Every arm's recipe checked now, not after an hour of pretraining: the shared one and each variant's."""
+        where = {"dataset": "-", "session": "-"}  # the new session's, known only once it is ingested
+        for name, recipe in [("finetune", self.finetune)] + [
+            (f"variant {v.name!r}", v.finetune) for v in self.variants
+        ]:
+            try:
+                FinetuneConfig.model_validate(where | self.finetune | recipe)
+            except ValidationError as err:
+                raise ValueError(describe_validation_error(err, FinetuneConfig, name).replace("\n", "; ")) from None
+        return self
+
 
 def load_transfer(path: str | Path, overrides: dict | None = None) -> TransferConfig:
     """The protocol's config from YAML plus ``--set`` overrides; errors name the file and the key."""
     import yaml
-    from pydantic import ValidationError
 
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
