@@ -36,7 +36,8 @@ def test_the_protocol_runs_from_its_config_and_scores_every_trial_in_every_arm(r
     monkeypatch.setenv("NB_HOME", str(tmp_path))
     monkeypatch.setenv("NB_SHARED_DATA", str(SHARED_DATA))
     cfg = load_transfer("jobs/configs/transfer_mc_maze_medium.yaml", parse_overrides(SHRUNK))
-    got = run_transfer(cfg, "jobs/configs", str(tmp_path / "transfer.json"), echo=lambda *_: None)
+    lines: list[str] = []
+    got = run_transfer(cfg, "jobs/configs", str(tmp_path / "transfer.json"), echo=lines.append)
     assert json.loads((tmp_path / "transfer.json").read_text())["targets"] == got["targets"]
     assert got["new_session"]["windows"] == 100  # every MC_Maze_Medium trial, at 50 ms
     assert set(got["kshot"]) == {"5", "all"}
@@ -50,6 +51,11 @@ def test_the_protocol_runs_from_its_config_and_scores_every_trial_in_every_arm(r
             assert d["bps"] == pytest.approx(res["co_bps"][a] - res["co_bps"][b], abs=1e-9)
             assert d["ci_low"] <= d["bps"] <= d["ci_high"] and d["trials"] == 100
         assert all(f["smoothing_sigma_ms"] > 0 and np.isfinite(f["smoothing"]) for f in res["per_fold"])
+        assert set(res["picked_last_step"]) == set(res["co_bps"]) - {"smoothing"}  # every arm picks on val
+        for arm, share in res["picked_last_step"].items():  # 3 steps, val every step: often still improving
+            last = [f[f"{arm}_selected_step"] == 3 for f in res["per_fold"]]  # no fold stops early at patience 6
+            assert share == pytest.approx(np.mean(last))
+            assert (f"k={k}: {arm} picked its last step in {share:.0%} of folds" in "\n".join(lines)) == (share >= 0.5)
     assert "k5_beats_smoothing" in got["targets"] and "k5_beats_alone_by_0.02" not in got["targets"]
     features = {"rates", "latents", "patch_latents", "rates_smoothed", "patch_latents_smoothed"}
     assert set(got["behavior"]) == features  # S1 velocity from every feature set, beside smoothed spikes
@@ -92,9 +98,21 @@ def test_every_arm_recipe_is_checked_when_the_config_loads_not_after_pretraining
     from neurobridge.workflows.transfer import load_transfer
 
     path = "jobs/configs/transfer_mc_maze_medium_freezing.yaml"
-    with pytest.raises(ConfigError, match="variant 'x': unknown field 'freez_backbone'; did you mean 'freeze_backbone'"):
+    with pytest.raises(
+        ConfigError, match="variant 'x': unknown field 'freez_backbone'; did you mean 'freeze_backbone'"
+    ):
         load_transfer(path, {"variants": [{"name": "x", "finetune": {"freez_backbone": True}}]})
     with pytest.raises(ConfigError, match="variant 'y': unfreeze_after needs freeze_backbone"):
         load_transfer(path, {"variants": [{"name": "y", "finetune": {"unfreeze_after": 60}}]})
     with pytest.raises(ConfigError, match="finetune: field 'lr'"):
         load_transfer(path, {"finetune.lr": -1.0})
+
+
+def test_arms_still_improving_when_their_budget_ran_out_are_named():
+    from neurobridge.workflows.transfer import budget_warnings
+
+    kshot = {"25": {"picked_last_step": {"alone": 0.2, "finetuned:real+frozen": 1.0}}, "all": {}}
+    assert budget_warnings(kshot) == [
+        "k=25: finetuned:real+frozen picked its last step in 100% of folds (val loss still falling): it may be "
+        "under-trained"
+    ]

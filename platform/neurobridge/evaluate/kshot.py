@@ -143,6 +143,8 @@ def _score(s: _Scores, fitted: dict, seen: list[dict], fold: _TestFold, plan: KS
         s.pairs.setdefault(name, []).append((pred[..., held], spikes[..., held]))
         out[name] = metrics.bits_per_spike(pred[..., held], spikes[..., held])
         out[f"{name}_selected_step"] = res.last.get("selected_step", res.last.get("step"))
+        if "selected_step" in res.last:  # picked on val: was the val loss still falling when the budget ran out?
+            out[f"{name}_picked_last_step"] = res.last["selected_step"] == res.last.get("step")
         out["train_windows"] = len(res.windows)
     counts = stack_counts(with_heldout(seen, split))[:, :T]
     smooth, choice = baselines.smoothing_search(
@@ -168,4 +170,6 @@ def _summary(s: _Scores, plan: KShotPlan, seed: int, k: int | None) -> dict:
         for b in names[i + 1 :]:
             d = metrics.paired_bps_difference(s.pairs[a], s.pairs[b], seed=seed, trials=s.trials)
             out["differences"][f"{a} - {b}"] = asdict(d)
+    ends = {n: [f[f"{n}_picked_last_step"] for f in s.per_fold if f"{n}_picked_last_step" in f] for n in names}
+    out["picked_last_step"] = {n: float(np.mean(e)) for n, e in ends.items() if e}  # share of folds
     return out | {"per_fold": s.per_fold}

@@ -209,6 +209,8 @@ def run_transfer(
     plan = KShotPlan(arms(cfg, models, pcfg.model), cfg.ks, cfg.folds, cfg.repeats, cfg.val_fraction)
     results["new_session"] = {"dataset": refs[cfg.new_session], "session": ft.session, "windows": len(rows)}
     results["kshot"] = kshot_crossval(ft, rows, split, plan, settings, progress=echo)
+    for line in budget_warnings(results["kshot"]):
+        echo(line)
     results["targets"] = targets(cfg, results)
     results["seconds"] = time.perf_counter() - t0
     if out:  # first: results that took minutes must not depend on the tracking server being well
@@ -217,6 +219,17 @@ def run_transfer(
     if out:
         Path(out).write_text(json.dumps(results, indent=1, default=float))
     return results
+
+
+def budget_warnings(kshot: dict) -> list[str]:
+    """Arms whose best val step was their last in most folds: still improving when the budget ran out, so the
+    comparison may understate them (more steps or a higher learning rate may score higher)."""
+    return [
+        f"k={k}: {arm} picked its last step in {share:.0%} of folds (val loss still falling): it may be under-trained"
+        for k, res in kshot.items()
+        for arm, share in res.get("picked_last_step", {}).items()
+        if share >= 0.5
+    ]
 
 
 def arms(cfg: TransferConfig, models: dict[str, str], architecture) -> list[Arm]:
