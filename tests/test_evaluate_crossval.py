@@ -105,6 +105,9 @@ def test_cross_validated_finetuning_scores_every_window_beside_smoothing(store, 
     (tmp_path / "arch.yaml").write_text(json.dumps({"model": SMALL_MODEL}))  # a pretraining config's model section
     args += ["--model-config", str(tmp_path / "arch.yaml"), "--batch-size", "4", "--val-patience", "1"]
     args += ["--smoothing-ms", "40", "--smoothing-ms", "80"]
+    wrong = CliRunner().invoke(app, [*args, "--unfreeze-after", "2"])  # contradicting options: a message
+    assert wrong.exit_code != 0 and "unfreeze_after needs freeze_backbone" in wrong.output
+    assert wrong.exception is None or isinstance(wrong.exception, SystemExit)  # not a traceback
     shown = CliRunner().invoke(app, args)
     assert shown.exit_code == 0, shown.output
     assert "2 x 3-fold CV over" in shown.output and "vs smoothing" in shown.output and "untrained" in shown.output

@@ -114,6 +114,9 @@ def finetune(
     seed: int = typer.Option(0, help="seed of the k-shot draw, the folds and the initial weights"),
 ):
     """Fine-tune a pretrained model to a new session (vocabularies extended), or train one from scratch."""
+    from pydantic import ValidationError
+
+    from neurobridge.config import describe_validation_error
     from neurobridge.evaluate.run import resolve_model_file
     from neurobridge.storage import StoreError
     from neurobridge.train.finetune import FinetuneConfig, save
@@ -121,7 +124,7 @@ def finetune(
 
     if (model is None) != scratch:
         _fail("give either --model (fine-tune) or --scratch (train from scratch)")
-    cfg = FinetuneConfig(
+    options = dict(
         dataset=dataset,
         session=session,
         trials=trials or None,
@@ -138,6 +141,10 @@ def finetune(
         output_smoothing_ms=output_smoothing_ms,
         seed=seed,
     )
+    try:  # a contradiction between options is an error message, not a traceback
+        cfg = FinetuneConfig(**options)
+    except ValidationError as err:
+        _fail(describe_validation_error(err, FinetuneConfig, "neurobridge finetune"))
     out.parent.mkdir(parents=True, exist_ok=True)
     settings = _settings()
     try:
