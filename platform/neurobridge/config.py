@@ -321,11 +321,9 @@ def describe_validation_error(err: ValidationError, model: type[BaseModel], wher
             lines.append(f"{where}: unknown field {field!r}; {fix}")
         elif e["type"] == "missing":
             lines.append(f"{where}: field {field!r} is required; add it")
-        elif not loc:  # a check of the whole entry: its message says what is wrong, the input is all of it
-            lines.append(f"{where}: {e['msg'].removeprefix('Value error, ')}")
-        else:
+        else:  # a check of the whole entry (no loc) says what is wrong; its input would be all of it
             msg = e["msg"].removeprefix("Value error, ")
-            lines.append(f"{where}: field {field!r}: {msg} (got {e.get('input')!r})")
+            lines.append(f"{where}: field {field!r}: {msg} (got {e.get('input')!r})" if loc else f"{where}: {msg}")
     return "\n".join(lines)
 
 
