@@ -9,7 +9,11 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from conftest import MC_MAZE, needs_real_data
 from helpers.train import small_cfg, train_locally
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from neurobridge.evaluate.baselines import smoothing_baseline
 from neurobridge.evaluate.nlb import (
     OFFICIAL_TARGET,
     SubmissionError,
@@ -122,13 +126,19 @@ def test_missing_groups_and_wrong_shapes_are_named(tmp_path):
         score_submission(write_submission(tmp_path / "c.h5", [SubmissionGroup("mc_rtt", sub.arrays)]), target)
 
 
-def test_rates_move_between_bin_widths_only_by_whole_multiples():
+def test_rates_move_between_bin_widths_as_a_piecewise_constant_rate_that_keeps_every_count():
     r = np.random.default_rng(0).gamma(2.0, size=(3, 14, 5))
     five = resample(r, 50.0, 5.0)  # a 50 ms model: each bin's expected count spread evenly over ten 5 ms bins
     assert five.shape == (3, 140, 5) and np.allclose(five.reshape(3, 14, 10, 5).sum(2), r)
     assert np.allclose(resample(five, 5.0, 50.0), r)
-    with pytest.raises(SubmissionError, match="50 ms bins cannot be turned into 20 ms bins"):
-        resample(r, 50.0, 20.0)
+    twenty = resample(r, 50.0, 20.0)  # through 10 ms: a 20 ms bin straddling two 50 ms bins takes 10 ms of each
+    assert twenty.shape == (3, 35, 5)
+    assert np.allclose(twenty[:, :2], 0.4 * r[:, :1]) and np.allclose(twenty[:, 2], 0.2 * (r[:, 0] + r[:, 1]))
+    assert np.allclose(twenty.reshape(3, 7, 5, 5).sum(2), r.reshape(3, 7, 2, 5).sum(2))  # every 100 ms keeps its count
+    with pytest.raises(SubmissionError, match="13 bins of 50 ms is not a whole number of 20 ms bins"):
+        resample(r[:, :13], 50.0, 20.0)
+    with pytest.raises(SubmissionError, match="whole microseconds"):
+        resample(r, 50.0, 1e-5)
     assert group_name("mc_maze", 5.0) == "mc_maze" and group_name("mc_maze", 20.0) == "mc_maze_20"
     assert OFFICIAL_TARGET["bytes"] == 105_927_616 and len(OFFICIAL_TARGET["sha256"]) == 64
     assert bits_per_spike(np.full((2, 3, 1), 1.0), np.ones((2, 3, 1))) == pytest.approx(0.0)
@@ -171,6 +181,10 @@ def test_a_models_submission_has_nlbs_layout_in_time_order():
     late_first = model_group(model, vocabs, flagged[:8], flagged[8:][::-1], "mc_maze_medium", 5.0, forecast=False)
     assert np.allclose(late_first.arrays["eval_rates_heldout"], a["eval_rates_heldout"])  # time order either way
     assert "eval_rates_heldin_forward" not in late_first.arrays  # no forecast from a model not trained for it
+    twenty = model_group(model, vocabs, flagged[:8], flagged[8:], "mc_maze_medium", 20.0, forecast=True).arrays
+    assert twenty["eval_rates_heldout"].shape == (4, 35, int(held.sum()))  # NLB's 20 ms bins from a 50 ms model
+    assert twenty["eval_rates_heldin_forward"].shape == (4, 10, int((~held).sum()))
+    assert np.allclose(twenty["eval_rates_heldout"].sum(1), a["eval_rates_heldout"].sum(1))
 
 
 @pytest.fixture(scope="module")
@@ -225,3 +239,43 @@ def test_evaluate_writes_an_nlb_submission_that_nlb_score_scores(store, tmp_path
     with h5py.File(sub) as f:
         assert f["mc_maze_20/eval_rates_heldout"].shape == (len(test), 30, int(held.sum()))  # 0.6 s chunks
         assert f["mc_maze_20/eval_rates_heldin_forward"].shape == (len(test), 10, int((~held).sum()))  # 200 ms
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**16), factor=st.sampled_from([2, 4, 10]))
+def test_spreading_a_models_bins_evenly_leaves_its_bits_per_spike_unchanged(seed, factor):
+    """Why a coarse model may be scored at NLB's finer bins: under a piecewise-constant rate the Poisson likelihoods
+    of the model and of the mean-rate null both gain the same rate-free term, so co-bps is that of the coarse bins."""
+    g = np.random.default_rng(seed)
+    rates = g.gamma(2.0, 0.5, size=(4, 6, 3)) + 0.05
+    fine_spikes = g.poisson(np.repeat(rates / factor, factor, axis=1) * g.uniform(0.5, 1.5, (4, 6 * factor, 3)))
+    coarse_spikes = fine_spikes.reshape(4, 6, factor, 3).sum(2)
+    fine = bits_per_spike(resample(rates, 10.0 * factor, 10.0), fine_spikes)
+    assert fine == pytest.approx(bits_per_spike(rates, coarse_spikes), abs=1e-9)
+
+
+@pytest.mark.slow
+@needs_real_data
+def test_a_50_ms_prediction_of_real_held_out_units_scores_alike_at_nlbs_20_ms_bins():
+    """On MC_Maze_Medium's spikes, NLB's smoothing GLM fitted at 50 ms: its rates written at 20 ms (bins that
+    straddle two of the model's) score within 0.005 bits/spike of the 50 ms score, so a model at Stevenson's 50 ms
+    is not handicapped on NLB's 20 ms leaderboard by its bin width."""
+    with h5py.File(MC_MAZE, "r") as f:
+        times, ends = f["units/spike_times"][:], f["units/spike_times_index"][:].astype(int)
+        starts = f["intervals/trials/start_time"][:]
+    counts = np.zeros((len(starts), 70, len(ends)))  # 10 ms bins of the 700 ms windows
+    for u, (a, b) in enumerate(zip(np.r_[0, ends[:-1]], ends, strict=True)):
+        trial = np.searchsorted(starts, times[a:b], side="right") - 1
+        rel = times[a:b] - starts[np.maximum(trial, 0)]
+        keep = (trial >= 0) & (rel < 0.7)
+        np.add.at(counts, (trial[keep], (rel[keep] / 0.01).astype(int), u), 1)
+    held = np.zeros(counts.shape[2], bool)
+    held[np.random.default_rng(0).choice(held.size, 28, replace=False)] = True
+    fit, ev = np.arange(len(starts)) % 5 != 0, np.arange(len(starts)) % 5 == 0
+    at = {ms: counts.reshape(len(starts), -1, ms // 10, held.size).sum(2) for ms in (20, 50)}
+    x = at[50]
+    pred = smoothing_baseline(x[fit][..., ~held], x[fit][..., held], x[ev][..., ~held], sigma_bins=1.0, l2=0.1)
+    at_50 = bits_per_spike(pred, x[ev][..., held])
+    at_20 = bits_per_spike(resample(pred, 50.0, 20.0), at[20][ev][..., held])
+    print(f"co-bps of a 50 ms smoothing GLM: {at_50:.4f} at 50 ms, {at_20:.4f} at NLB's 20 ms")
+    assert at_50 > 0.05 and abs(at_20 - at_50) < 0.005

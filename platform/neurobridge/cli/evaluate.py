@@ -38,7 +38,9 @@ def evaluate(
     behavior_alpha: list[float] = typer.Option(None, help="ridge penalty grid (repeatable; default NLB's 1e-4…1)"),
     nlb_out: Path = typer.Option(None, help="also write an NLB'21 submission (HDF5) of the evaluated sessions"),
     nlb_name: str = typer.Option(None, help="with --nlb-out: NLB dataset name, e.g. mc_maze (default: dataset)"),
-    nlb_bin_ms: float = typer.Option(5.0, help="with --nlb-out: 5 or 20 ms (a whole multiple of the model's)"),
+    nlb_bin_ms: float = typer.Option(
+        5.0, help="with --nlb-out: 5 or 20 ms (from any model bin width: the model's rate, piecewise constant)"
+    ),
     out: Path = typer.Option(None, help="also write the report as JSON here"),
     track: bool = typer.Option(True, help="log the report, metrics and figure to MLflow (into the run, for runs:/)"),
     allow_partial: bool = typer.Option(
