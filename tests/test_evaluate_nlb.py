@@ -23,6 +23,7 @@ from neurobridge.evaluate.nlb import (
     model_group,
     resample,
     score_submission,
+    with_withheld_units,
     write_submission,
 )
 from neurobridge.models.config import ModelConfig
@@ -144,7 +145,9 @@ def test_rates_move_between_bin_widths_as_a_piecewise_constant_rate_that_keeps_e
     assert bits_per_spike(np.full((2, 3, 1), 1.0), np.ones((2, 3, 1))) == pytest.approx(0.0)
 
 
-def test_a_models_submission_has_nlbs_layout_in_time_order():
+def fifty_ms_session():
+    """Twelve 700 ms windows at 50 ms of 12 units (8 train, 4 test, stored out of time order), held-out flags by
+    hash, and an untrained model of them."""
     g = np.random.default_rng(1)
     rows = []
     for w in range(12):
@@ -168,8 +171,11 @@ def test_a_models_submission_has_nlbs_layout_in_time_order():
     vocabs = Vocabularies.from_rows(rows)
     torch.manual_seed(0)
     cfg = ModelConfig(d_model=16, heads=2, decoder_d_model=16, decoder_heads=2, neurons_per_token=4)
-    model = MaskedNeuralModel(cfg, vocabs)
-    flagged = with_heldout(rows, HeldoutSplit(None, 0.25))
+    return with_heldout(rows, HeldoutSplit(None, 0.25)), MaskedNeuralModel(cfg, vocabs), vocabs
+
+
+def test_a_models_submission_has_nlbs_layout_in_time_order():
+    flagged, model, vocabs = fifty_ms_session()
     held = np.asarray(flagged[0]["heldout"])
     group = model_group(model, vocabs, flagged[:8], flagged[8:], "mc_maze_medium", 5.0, forecast=True)
     a = group.arrays
@@ -279,3 +285,29 @@ def test_a_50_ms_prediction_of_real_held_out_units_scores_alike_at_nlbs_20_ms_bi
     at_20 = bits_per_spike(resample(pred, 50.0, 20.0), at[20][ev][..., held])
     print(f"co-bps of a 50 ms smoothing GLM: {at_50:.4f} at 50 ms, {at_20:.4f} at NLB's 20 ms")
     assert at_50 > 0.05 and abs(at_20 - at_50) < 0.005
+
+
+def test_eval_windows_without_the_held_out_units_are_predicted_as_if_the_units_were_there():
+    """NLB's test file has the held-in units only: the withheld ones are added as zero rows in the training
+    windows' layout, and since held-out cells are only ever predicted, the submission is the one the model gives
+    when the units (and their spikes) are present."""
+    flagged, model, vocabs = fifty_ms_session()
+    train, test = flagged[:8], flagged[8:]
+    held = np.asarray(train[0]["heldout"])
+
+    def heldin_only(r):
+        c = np.asarray(r["counts"]).reshape(12, 14)[~held]
+        ids = [u for u, h in zip(r["unit_ids"], held, strict=True) if not h]
+        return r | {"counts": c.ravel(), "n_units": len(ids), "unit_ids": ids, "unit_regions": ["M1"] * len(ids)}
+
+    stripped = [heldin_only(r) | {"heldout": np.zeros(int((~held).sum()), bool)} for r in test]
+    completed = with_withheld_units(stripped, train, "d/s")
+    assert all(np.asarray(r["counts"]).reshape(12, 14)[held].sum() == 0 for r in completed)
+    assert with_withheld_units(test, train, "d/s") == test  # windows already in the layout pass unchanged
+    whole = model_group(model, vocabs, train, test, "mc_maze", 5.0, forecast=False).arrays
+    withheld = model_group(model, vocabs, train, completed, "mc_maze", 5.0, forecast=False).arrays
+    for key in ("eval_rates_heldout", "eval_rates_heldin"):
+        assert np.allclose(withheld[key], whole[key]), key
+    stray = [stripped[0] | {"unit_ids": ["s/99", *stripped[0]["unit_ids"][1:]]}]
+    with pytest.raises(SubmissionError, match=r"d/s: eval window w8 has units \['s/99'\]"):
+        with_withheld_units(stray, train, "d/s")

@@ -41,6 +41,9 @@ def evaluate(
     nlb_bin_ms: float = typer.Option(
         5.0, help="with --nlb-out: 5 or 20 ms (from any model bin width: the model's rate, piecewise constant)"
     ),
+    nlb_smoothing_out: Path = typer.Option(
+        None, help="with --nlb-out: also the smoothing baseline's submission of the same windows and units"
+    ),
     out: Path = typer.Option(None, help="also write the report as JSON here"),
     track: bool = typer.Option(True, help="log the report, metrics and figure to MLflow (into the run, for runs:/)"),
     allow_partial: bool = typer.Option(
@@ -59,6 +62,8 @@ def evaluate(
         truth = str(Path(settings.raw_root) / "sim" / "truth")
     if not dataset and not mixture:
         fail("name --dataset (repeatable) or --mixture")
+    if nlb_smoothing_out and not nlb_out:
+        fail("--nlb-smoothing-out writes the baseline beside a model's submission: give --nlb-out too")
     grids = {"smoothing_ms": smoothing_ms, "glm_l2": glm_l2}
     try:
         cfg = EvalConfig(
@@ -80,8 +85,11 @@ def evaluate(
         if nlb_out:
             from neurobridge.evaluate.nlb import write_model_submission
 
-            written = write_model_submission(model, data, cfg, settings, (nlb_out, nlb_name, nlb_bin_ms))
+            where = (nlb_out, nlb_name, nlb_bin_ms)
+            written = write_model_submission(model, data, cfg, settings, where, nlb_smoothing_out)
             console.print(f"NLB submission ({', '.join(written)}) → {nlb_out}")
+            if nlb_smoothing_out:
+                console.print(f"NLB submission of the smoothing baseline → {nlb_smoothing_out}")
     except (StoreError, ValueError) as err:
         fail(str(err))
     print_report(report)

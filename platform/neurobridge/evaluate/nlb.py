@@ -247,24 +247,84 @@ def model_group(model, vocabs, train: list[dict], test: list[dict], name: str, b
     return SubmissionGroup(group_name(name, bin_ms), {k: resample(v, model_ms, bin_ms) for k, v in arrays.items()})
 
 
-def write_model_submission(model_ref: str, data, cfg, settings, where: tuple) -> list[str]:
+def with_withheld_units(test: list[dict], train: list[dict], where: str) -> list[dict]:
+    """Eval windows laid out in the units of the session's training windows, the held-out units they lack added as
+    zero rows. NLB's test files hold only the held-in units (the held-out ones exist only in the train file and the
+    target), yet a submission must predict those units on the test trials: the model reads each unit's identity,
+    never the added zeros (held-out cells are only predicted, never shown). Windows already laid out alike pass."""
+    ref = next((r for r in train if r.get("heldout") is not None and np.any(r["heldout"])), None)
+    if ref is None:
+        return test
+    ids, held = [str(u) for u in ref["unit_ids"]], np.asarray(ref["heldout"], dtype=bool)
+    pos = {u: i for i, u in enumerate(ids)}
+    heldin = {u for u, h in zip(ids, held, strict=True) if not h}
+    out = []
+    for r in test:
+        own = [str(u) for u in r["unit_ids"]]
+        if own == ids:
+            out.append(r)
+            continue
+        stray, lacking = sorted(set(own) - set(ids)), sorted(heldin - set(own))
+        if stray or lacking:
+            raise SubmissionError(
+                f"{where}: eval window {r.get('sample_id')} has units {stray[:5]} that no training window has and "
+                f"lacks held-in units {lacking[:5]}: its held-out units cannot be predicted from the training "
+                "windows' layout (NLB's test file must hold exactly the train file's held-in units)"
+            )
+        n_bins = int(r["n_bins"])
+        counts = np.zeros((len(ids), n_bins), dtype=np.asarray(r["counts"]).dtype)
+        counts[[pos[u] for u in own]] = np.asarray(r["counts"]).reshape(len(own), n_bins)
+        layout = {"n_units": len(ids), "unit_ids": ids, "unit_regions": ref["unit_regions"], "heldout": held}
+        out.append(r | layout | {"counts": counts.ravel()})
+    return out
+
+
+def smoothing_group(train: list[dict], test: list[dict], name: str, bin_ms: float, cfg) -> SubmissionGroup:
+    """NLB's smoothing baseline as a submission of the same windows and units as the model's: held-in rates are
+    the smoothed held-in spikes, held-out rates a Poisson GLM on them fitted on the training windows, its kernel
+    and penalty chosen by cross-validation there (``cfg.smoothing_ms`` × ``cfg.glm_l2``). Scored with the same
+    target, it is the baseline on the official held-out units that a model's number needs beside it."""
+    from neurobridge.evaluate.baselines import smooth_spikes, smoothing_search
+    from neurobridge.store.rows import stack_counts
+
+    train, test = _in_time_order(train), _in_time_order(test)
+    model_ms, held = float(test[0]["bin_ms"]), np.asarray(test[0]["heldout"], dtype=bool)
+    tr, ev = stack_counts(train), stack_counts(test)
+    both_in = np.concatenate([tr[..., ~held], ev[..., ~held]])
+    out, choice = smoothing_search(tr[..., ~held], tr[..., held], both_in, model_ms, cfg.smoothing_ms, cfg.glm_l2)
+    smoothed = smooth_spikes(both_in, choice.sigma_bins(model_ms))
+    n = len(train)
+    arrays = {
+        "train_rates_heldin": smoothed[:n],
+        "train_rates_heldout": out[:n],
+        "eval_rates_heldin": smoothed[n:],
+        "eval_rates_heldout": out[n:],
+    }
+    return SubmissionGroup(group_name(name, bin_ms), {k: resample(v, model_ms, bin_ms) for k, v in arrays.items()})
+
+
+def write_model_submission(model_ref: str, data, cfg, settings, where: tuple, smoothing_out=None) -> list[str]:
     """``neurobridge evaluate --nlb-out``: one group per evaluated session (train = its train and val windows,
-    eval = ``cfg.split``), written to ``where`` = (path, NLB dataset name or None, bin width in ms). The windows
-    must be NLB's (MC_Maze: move onset -250..+450 ms, what the excerpts' trial windows are)."""
+    eval = ``cfg.split``), written to ``where`` = (path, NLB dataset name or None, bin width in ms); with
+    ``smoothing_out``, the smoothing baseline of the same windows and units there. The windows must be NLB's
+    (MC_Maze: move onset -250..+450 ms, what the excerpts' trial windows are)."""
     from neurobridge.evaluate.run import open_evaluation, sessions_of
     from neurobridge.store.splits import with_heldout
 
     path, name, bin_ms = where
     model, vocabs, extra, srcs, split = open_evaluation(model_ref, data, settings, cfg.allow_partial)
     forecast = "forward" in extra.get("trained_modes", ())
-    groups = []
+    groups, baselines = [], []
     for src in srcs:
         for sess in sessions_of(settings, src, data, (cfg.split, "train", "val"), cfg.max_sessions):
             train = with_heldout(sess.split("train") + sess.split("val"), split)
             test = with_heldout(sess.split(cfg.split), split)
             if train and test and test[0].get("counts") is not None:
+                test = with_withheld_units(test, train, f"{src.name}/{sess.session}")
                 label = name or src.name
                 groups.append(model_group(model, vocabs, train, test, label, bin_ms, forecast))
+                if smoothing_out is not None:
+                    baselines.append(smoothing_group(train, test, label, bin_ms, cfg))
     names = [g.name for g in groups]
     if not groups or len(set(names)) != len(names):
         raise SubmissionError(
@@ -272,4 +332,6 @@ def write_model_submission(model_ref: str, data, cfg, settings, where: tuple) ->
             "name one with --session"
         )
     write_submission(path, groups)
+    if smoothing_out is not None:
+        write_submission(smoothing_out, baselines)
     return names

@@ -202,6 +202,12 @@ def evaluate_session(
     pred = _predict_all(model, vocabs, s, cfg.batch_size)
     if s.held.any() and np.nansum(spikes[..., s.held]) > 0:
         _cosmoothing(model, vocabs, s, pred.co, cfg, res)
+    elif any(split.official.get(sess.session, {}).values()):  # NLB's test files: held-in units only
+        res.warnings.append(
+            f"{sess.dataset}/{sess.session}: its {cfg.split} windows hold none of its held-out units (NLB's test "
+            "files: held-out units only in NLB's target file), so no co-bps here: write them with --nlb-out "
+            "(and --nlb-smoothing-out) and score with `neurobridge nlb-score … --target`"
+        )
     fp = metrics.fp_bps(pred.fp, spikes, s.n_forward, time_axis=1)
     res.metrics["fp_bps" if cfg.forecast else "fp_bps_not_trained"] = fp  # a forecast only from a forecaster
     if len(pred.by_region) > 1:
