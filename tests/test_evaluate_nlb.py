@@ -309,5 +309,8 @@ def test_eval_windows_without_the_held_out_units_are_predicted_as_if_the_units_w
     for key in ("eval_rates_heldout", "eval_rates_heldin"):
         assert np.allclose(withheld[key], whole[key]), key
     stray = [stripped[0] | {"unit_ids": ["s/99", *stripped[0]["unit_ids"][1:]]}]
-    with pytest.raises(SubmissionError, match=r"d/s: eval window w8 has units \['s/99'\]"):
+    with pytest.raises(SubmissionError, match=r"d/s: eval window w8 has units \['s/99'\] that no training window"):
         with_withheld_units(stray, train, "d/s")
+    lacking = [stripped[0] | {"unit_ids": stripped[0]["unit_ids"][:-1] + [train[0]["unit_ids"][int(np.argmax(held))]]}]
+    with pytest.raises(SubmissionError, match=r"w8 lacks held-in units \['s/\d+'\], so its held-out units cannot"):
+        with_withheld_units(lacking, train, "d/s")

@@ -266,10 +266,11 @@ def with_withheld_units(test: list[dict], train: list[dict], where: str) -> list
             continue
         stray, lacking = sorted(set(own) - set(ids)), sorted(heldin - set(own))
         if stray or lacking:
+            problems = [f"has units {stray[:5]} that no training window has"] if stray else []
+            problems += [f"lacks held-in units {lacking[:5]}"] if lacking else []
             raise SubmissionError(
-                f"{where}: eval window {r.get('sample_id')} has units {stray[:5]} that no training window has and "
-                f"lacks held-in units {lacking[:5]}: its held-out units cannot be predicted from the training "
-                "windows' layout (NLB's test file must hold exactly the train file's held-in units)"
+                f"{where}: eval window {r.get('sample_id')} {' and '.join(problems)}, so its held-out units cannot "
+                "be predicted in the training windows' layout (NLB's test file holds the train file's held-in units)"
             )
         n_bins = int(r["n_bins"])
         counts = np.zeros((len(ids), n_bins), dtype=np.asarray(r["counts"]).dtype)
