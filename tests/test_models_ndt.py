@@ -153,18 +153,13 @@ def test_masked_cells_never_reach_the_encoder(data, mode, seed, smoothing):
 
 
 def test_training_lowers_the_masked_loss_and_gives_positive_co_bps():
-    """A few hundred CPU steps of co-smoothing training on a low-rank latent Poisson population (fixed seeds).
+    """150 CPU steps of co-smoothing training on a low-rank latent Poisson population (fixed seeds).
 
     Single session, held-out units masked across all bins (NLB co-smoothing); margins are wide: this run reaches
-    0.63 co-bps against an oracle of 0.71 (0.12 without the decoder's per-bin summaries, measured when they were
-    added).
+    0.60 co-bps against an oracle of 0.71, its loss falls to 0.59 of the first steps' (200 steps: 0.63; the
+    decoder without its per-bin summaries reached 0.12, measured when they were added).
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small ops: threads only add contention on shared machines
-    try:
-        score, oracle, losses = _train_and_score()
-    finally:
-        torch.set_num_threads(threads)
+    score, oracle, losses = _train_and_score()
     print(f"co-bps {score:.3f} (oracle {oracle:.3f}); loss {np.mean(losses[:20]):.3f} → {np.mean(losses[-20:]):.3f}")
     assert np.mean(losses[-20:]) < 0.85 * np.mean(losses[:20]), (losses[:20], losses[-20:])
     assert 0.6 * oracle < score < oracle + 0.02, (score, oracle)
@@ -179,7 +174,7 @@ def _train_and_score():
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
     rng = np.random.default_rng(1)
     losses = []
-    for _ in range(200):
+    for _ in range(150):
         batch = collate([train[i] for i in rng.choice(len(train), 16, replace=False)], vocabs, 8)
         out = model(batch)
         opt.zero_grad()
