@@ -57,6 +57,10 @@ def test_the_protocol_runs_from_its_config_and_scores_every_trial_in_every_arm(r
             assert share == pytest.approx(np.mean(last))
             assert (f"k={k}: {arm} picked its last step in {share:.0%} of folds" in "\n".join(lines)) == (share >= 0.5)
     assert "k5_beats_smoothing" in got["targets"] and "k5_beats_alone_by_0.02" not in got["targets"]
+    d = got["kshot"]["5"]["differences"]["finetuned:real - alone"]  # the summary a user reads after the folds
+    assert f"finetuned:real - alone {d['bps']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]" in lines[-3]
+    missed = [t for t, v in got["targets"].items() if v is False]
+    assert lines[-1] == (f"targets missed: {', '.join(missed)}" if missed else "targets: all met")
     features = {"rates", "latents", "patch_latents", "rates_smoothed", "patch_latents_smoothed"}
     assert set(got["behavior"]) == features  # S1 velocity from every feature set, beside smoothed spikes
     for r in got["behavior"].values():

@@ -212,6 +212,8 @@ def run_transfer(
     for line in budget_warnings(results["kshot"]):
         echo(line)
     results["targets"] = targets(cfg, results)
+    for line in summary(cfg, results):
+        echo(line)
     results["seconds"] = time.perf_counter() - t0
     if out:  # first: results that took minutes must not depend on the tracking server being well
         Path(out).write_text(json.dumps(results, indent=1, default=float))
@@ -230,6 +232,20 @@ def budget_warnings(kshot: dict) -> list[str]:
         for arm, share in res.get("picked_last_step", {}).items()
         if share >= 0.5
     ]
+
+
+def summary(cfg: TransferConfig, results: dict) -> list[str]:
+    """What a user reads after the folds: each k's pooled co-bps per arm with the judged model − alone, then which
+    targets were missed (the job exits 1 when any is, so the reason is on screen, not only in the JSON)."""
+    judged = f"finetuned:{cfg.corpora[0].name}"
+    lines = []
+    for k, res in results["kshot"].items():
+        d = res["differences"][f"{judged} - alone"]
+        arms = ", ".join(f"{arm} {v:+.4f}" for arm, v in res["co_bps"].items())
+        lines.append(f"k={k}: {arms}; {judged} - alone {d['bps']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]")
+    missed = [name for name, v in results["targets"].items() if isinstance(v, bool) and not v]
+    lines.append(f"targets missed: {', '.join(missed)}" if missed else "targets: all met")
+    return lines
 
 
 def arms(cfg: TransferConfig, models: dict[str, str], architecture) -> list[Arm]:
