@@ -68,3 +68,12 @@ def test_overlapping_channel_ranges_are_rejected_with_the_monkey_named():
         TvsdConfig(
             regions={"monkeyX": [{"first": 1, "last": 10, "region": "V1"}, {"first": 5, "last": 20, "region": "V4"}]}
         )
+
+
+def test_an_entry_at_another_bin_width_keeps_everything_else_and_is_validated_again():
+    entry = next(e for e in resolve("nlb_mc_maze") if e.name == "nlb_mc_maze")
+    coarse = entry.at_bin_ms(50)
+    assert coarse.ingest.bin_ms == 50 and entry.ingest.bin_ms == 20  # a new entry; the catalog's is untouched
+    assert coarse.model_dump() == entry.model_dump() | {"ingest": entry.ingest.model_dump() | {"bin_ms": 50.0}}
+    with pytest.raises(CatalogError, match="nlb_mc_maze at -5 ms: .*ingest.bin_ms"):
+        entry.at_bin_ms(-5)

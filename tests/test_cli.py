@@ -65,6 +65,14 @@ def test_cli_pins_the_versions_as_a_named_mixture(ray_cluster, mixed_sim, tmp_pa
         assert card["counts"]["rows"] == d.rows and card["version"] == d.version
     with pytest.raises(StoreError, match="known: pretrain_small"):
         read_mixture(get_settings(), "pretrain_big")
+    coarse = CliRunner().invoke(app, ["ingest", str(catalog), "--bin-ms", "40", "--mixture", "coarse", "--no-progress"])
+    assert coarse.exit_code == 0, coarse.output  # the same entries at a model's bin width: new versions beside
+    mix40 = read_mixture(get_settings(), "coarse")
+    assert {d.bin_ms for d in mix40.datasets} == {40.0} and not {d.version for d in mix40.datasets} & {
+        d.version for d in mix.datasets
+    }
+    bad = CliRunner().invoke(app, ["ingest", str(catalog), "--bin-ms", "0", "--no-progress"])
+    assert bad.exit_code == 2 and "bin_ms" in bad.output  # bad input: the validation message, no traceback
 
 
 def test_simulate_allen_command_writes_the_cache_layout(tmp_path):

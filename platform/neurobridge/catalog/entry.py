@@ -11,10 +11,10 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
-from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
 
 from neurobridge.catalog.options import IngestConfig, Selection, SourceStorage, Strict
-from neurobridge.config import Settings, get_settings
+from neurobridge.config import Settings, describe_validation_error, get_settings
 from neurobridge.storage import is_remote, safe_name
 
 
@@ -104,6 +104,14 @@ class CatalogEntry(Strict):
         settings = settings or get_settings()
         root = settings.raw_root.rstrip("/")
         return f"{root}/{uri}"
+
+    def at_bin_ms(self, bin_ms: float) -> CatalogEntry:
+        """This entry binned at ``bin_ms``, validated as if written so: a model has one bin width, so datasets are
+        ingested at the one it needs (a binned source still refuses a width its native bins do not divide)."""
+        try:
+            return CatalogEntry.of(**(self.model_dump() | {"ingest": self.ingest.model_dump() | {"bin_ms": bin_ms}}))
+        except ValidationError as err:
+            raise CatalogError(describe_validation_error(err, type(self), f"{self.name} at {bin_ms:g} ms")) from None
 
     def settings_for(self, settings: Settings) -> Settings:
         """Settings that read this entry's raw data with its own S3 options."""

@@ -93,6 +93,7 @@ def ingest(
     progress: bool = typer.Option(True, help="show Ray Data progress bars"),
     mixture: str = typer.Option(None, help="record the resulting dataset versions as this named mixture"),
     max_retries: int = typer.Option(3, min=0, help="attempts after the worker ingesting an item dies"),
+    bin_ms: float = typer.Option(None, help="bin width (ms) for every entry instead of its own (a model has one)"),
 ):
     """Ingest catalog entries (all in one Ray run) into versioned Parquet; exits 1 if any item failed."""
     from neurobridge.ingest.pipeline import ingest_many
@@ -101,7 +102,8 @@ def ingest(
     settings = get_settings()
     try:
         entries = [e for ref in refs for e in resolve(ref)]
-    except CatalogError as err:
+        entries = [e.at_bin_ms(bin_ms) for e in entries] if bin_ms is not None else entries
+    except (CatalogError, ValueError) as err:
         fail(str(err))
     try:
         results = ingest_many(entries, settings, workers=workers, progress=progress, max_retries=max_retries)

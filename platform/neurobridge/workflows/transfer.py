@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from neurobridge.catalog import CatalogEntry, resolve
+from neurobridge.catalog import resolve
 from neurobridge.config import ConfigError, Settings, describe_validation_error, get_settings, set_dotted
 from neurobridge.evaluate.behaviour import WIDE_ALPHAS, BehaviorConfig
 from neurobridge.evaluate.kshot import Arm, KShotPlan, kshot_crossval
@@ -150,16 +150,12 @@ def _ingest(cfg: TransferConfig, settings: Settings, names: list[str], simulated
     if simulated:
         simulate(f"{settings.raw_root}/sim", cfg.sim or SimConfig(), progress=False)
         entries += [e for e in resolve("demo") if e.name == "sim_nwb"]
-    entries = [_at_bin_width(e, cfg.bin_ms) for e in entries]
+    entries = [e.at_bin_ms(cfg.bin_ms) for e in entries]
     reports = ingest_many(entries, settings, progress=False)
     bad = [r for r in reports if isinstance(r, Exception) or not r.ok]
     if bad:
         raise StoreError(f"ingest failed: {bad}")
     return {r.dataset: f"{r.dataset}@{r.version}" for r in reports}
-
-
-def _at_bin_width(entry: CatalogEntry, bin_ms: float) -> CatalogEntry:
-    return CatalogEntry.of(**(entry.model_dump() | {"ingest": entry.ingest.model_dump() | {"bin_ms": bin_ms}}))
 
 
 def _pretrain(cfg: TransferConfig, corpus: Corpus, refs: dict[str, str], settings: Settings, config_dir: Path):
