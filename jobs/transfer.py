@@ -8,7 +8,7 @@ from pathlib import Path
 
 from neurobridge.config import log_dir, parse_overrides
 from neurobridge.console import quiet_libraries
-from neurobridge.workflows.transfer import load_transfer, run_transfer
+from neurobridge.workflows.transfer import load_transfer, missed_targets, run_transfer
 
 
 def main() -> int:
@@ -22,7 +22,7 @@ def main() -> int:
         quiet_libraries(log_dir())
     cfg = load_transfer(args.config, parse_overrides(args.set))
     results = run_transfer(cfg, Path(args.config).parent, args.out)
-    return 0 if all(v for v in results["targets"].values() if isinstance(v, bool)) else 1
+    return 1 if missed_targets(results["targets"]) else 0
 
 
 if __name__ == "__main__":

@@ -103,7 +103,7 @@ def ingest(
     try:
         entries = [e for ref in refs for e in resolve(ref)]
         entries = [e.at_bin_ms(bin_ms) for e in entries] if bin_ms is not None else entries
-    except (CatalogError, ValueError) as err:
+    except CatalogError as err:  # a bad --bin-ms too: at_bin_ms names the entry
         fail(str(err))
     try:
         results = ingest_many(entries, settings, workers=workers, progress=progress, max_retries=max_retries)

@@ -244,7 +244,7 @@ def model_group(model, vocabs, train: list[dict], test: list[dict], name: str, b
     if fwd is not None:
         held = np.asarray(test[0]["heldout"], dtype=bool)
         arrays |= {"eval_rates_heldin_forward": fwd[..., ~held], "eval_rates_heldout_forward": fwd[..., held]}
-    return SubmissionGroup(group_name(name, bin_ms), {k: resample(v, model_ms, bin_ms) for k, v in arrays.items()})
+    return _group(name, bin_ms, model_ms, arrays)
 
 
 def with_withheld_units(test: list[dict], train: list[dict], where: str) -> list[dict]:
@@ -301,6 +301,10 @@ def smoothing_group(train: list[dict], test: list[dict], name: str, bin_ms: floa
         "eval_rates_heldin": smoothed[n:],
         "eval_rates_heldout": out[n:],
     }
+    return _group(name, bin_ms, model_ms, arrays)
+
+
+def _group(name: str, bin_ms: float, model_ms: float, arrays: dict[str, np.ndarray]) -> SubmissionGroup:
     return SubmissionGroup(group_name(name, bin_ms), {k: resample(v, model_ms, bin_ms) for k, v in arrays.items()})
 
 

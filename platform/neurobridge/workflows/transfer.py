@@ -239,9 +239,14 @@ def summary(cfg: TransferConfig, results: dict) -> list[str]:
         d = res["differences"][f"{judged} - alone"]
         arms = ", ".join(f"{arm} {v:+.4f}" for arm, v in res["co_bps"].items())
         lines.append(f"k={k}: {arms}; {judged} - alone {d['bps']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]")
-    missed = [name for name, v in results["targets"].items() if isinstance(v, bool) and not v]
+    missed = missed_targets(results["targets"])
     lines.append(f"targets missed: {', '.join(missed)}" if missed else "targets: all met")
     return lines
+
+
+def missed_targets(verdicts: dict) -> list[str]:
+    """The pass/fail entries of ``targets`` that failed (the rest are the numbers behind them)."""
+    return [name for name, v in verdicts.items() if isinstance(v, bool) and not v]
 
 
 def arms(cfg: TransferConfig, models: dict[str, str], architecture) -> list[Arm]:
