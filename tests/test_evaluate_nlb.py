@@ -127,6 +127,20 @@ def test_missing_groups_and_wrong_shapes_are_named(tmp_path):
         score_submission(write_submission(tmp_path / "c.h5", [SubmissionGroup("mc_rtt", sub.arrays)]), target)
 
 
+def test_a_target_without_behaviour_scores_what_it_holds_and_still_checks_the_units(tmp_path):
+    cond, rates, spikes, velocity = world()
+    target = target_file(tmp_path / "target.h5", cond, spikes, velocity)
+    with h5py.File(target, "a") as f:  # a target with held-out spikes only, as one written from a recording
+        for key in ("train_behavior", "eval_behavior", "psth"):
+            del f[f"mc_maze_20/{key}"]
+    scores = score_submission(write_submission(tmp_path / "s.h5", [submission(rates)]), target)["datasets"]
+    assert set(scores["mc_maze_20"]) == {"co-bps", "fp-bps"} and scores["mc_maze_20"]["co-bps"] > 0.1
+    sub = submission(rates)
+    sub.arrays["train_rates_heldout"] = sub.arrays["train_rates_heldout"][..., :-1]
+    with pytest.raises(SubmissionError, match=r"train_rates_heldout: expected shape \(60, 4\), found \(60, 3\)"):
+        score_submission(write_submission(tmp_path / "t.h5", [sub]), target)
+
+
 def test_rates_move_between_bin_widths_as_a_piecewise_constant_rate_that_keeps_every_count():
     r = np.random.default_rng(0).gamma(2.0, size=(3, 14, 5))
     five = resample(r, 50.0, 5.0)  # a 50 ms model: each bin's expected count spread evenly over ten 5 ms bins

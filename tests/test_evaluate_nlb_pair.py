@@ -8,7 +8,8 @@ import json
 
 import h5py
 import numpy as np
-from conftest import ingest_here
+import pytest
+from conftest import SHARED_DATA, ingest_here
 from helpers.nlb_pair import SESSION, WINDOW, write_nlb_pair
 from helpers.train import small_cfg, train_locally
 from neurobridge.catalog import CatalogEntry
@@ -41,9 +42,10 @@ def test_a_model_fine_tuned_on_the_train_file_predicts_the_units_the_test_file_w
     tuned = cli.invoke(
         app,
         ["finetune", "--model", str(tmp_path / "pre.pt"), *where, "--trials", "0", "--steps", "40"]
-        + ["--mode", "heldout", "--batch-size", "8", "--out", str(tmp_path / "ft.pt")],
+        + ["--mode", "heldout", "--batch-size", "8", "--val-every", "20", "--out", str(tmp_path / "ft.pt")],
     )
     assert tuned.exit_code == 0, tuned.output
+    assert "picked on val" in " ".join(tuned.output.split())  # the train file's val trials chose the weights
     sub, smooth = tmp_path / "sub.h5", tmp_path / "smooth.h5"
     shown = cli.invoke(
         app,
@@ -53,6 +55,7 @@ def test_a_model_fine_tuned_on_the_train_file_predicts_the_units_the_test_file_w
     )
     assert shown.exit_code == 0, shown.output
     assert "held-out units only in NLB's target file" in " ".join(shown.output.split())  # no number made up
+    assert "pooled per dataset" not in shown.output  # and no empty table where a number would be
     with h5py.File(tmp_path / "target.h5", "w") as f:  # what NLB's eval_data_test.h5 holds for this session
         g = f.create_group("mc_maze_20")
         g["eval_spikes_heldout"] = pair.eval_spikes_heldout
@@ -70,3 +73,33 @@ def test_a_model_fine_tuned_on_the_train_file_predicts_the_units_the_test_file_w
     print(scores)
     assert scores["smoothing"]["co-bps"] > 0.1  # the withheld units' tuning is recoverable from the held-in ones
     assert np.isfinite(scores["model"]["co-bps"]) and np.isfinite(scores["model"]["vel R2"])
+
+
+MC_MAZE_FULL = SHARED_DATA / "nlb_mc_maze" / "sub-Jenkins_ses-full_desc-test_ecephys.nwb"
+
+
+@pytest.mark.skipif(not MC_MAZE_FULL.exists(), reason="shared real-data excerpts not present")
+def test_the_rehearsal_script_makes_nlbs_two_files_and_target_from_a_real_recording(tmp_path):
+    """docs/scripts/nlb_pair_from_test_split.py, which results.md's real-spike rehearsal of this path uses."""
+    import subprocess
+    import sys
+
+    import pynwb
+
+    script = "docs/scripts/nlb_pair_from_test_split.py"
+    done = subprocess.run(
+        [sys.executable, script, str(tmp_path), "--nwb", str(MC_MAZE_FULL)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    files = sorted((tmp_path / "sub-Jenkins").glob("*.nwb"))
+    with pynwb.NWBHDF5IO(files[1], "r") as io:  # train file: every unit, the withheld ones flagged
+        train = io.read()
+        held = np.asarray(train.units["heldout"][:], dtype=bool)
+        assert len(held) == 137 and held.sum() == 35
+        assert sorted(set(train.trials["split"][:])) == ["train", "val"] and len(train.trials) == 460
+    with pynwb.NWBHDF5IO(files[0], "r") as io:  # test file: held-in units only
+        test = io.read()
+        assert len(test.units) == 102 and set(test.trials["split"][:]) == {"test"} and len(test.trials) == 114
+    with h5py.File(tmp_path / "target.h5") as f:
+        target = f["mc_maze_20/eval_spikes_heldout"][()]
+    assert target.shape == (114, 35, 35) and target.sum() > 0

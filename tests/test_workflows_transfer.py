@@ -58,9 +58,12 @@ def test_the_protocol_runs_from_its_config_and_scores_every_trial_in_every_arm(r
             assert (f"k={k}: {arm} picked its last step in {share:.0%} of folds" in "\n".join(lines)) == (share >= 0.5)
     assert "k5_beats_smoothing" in got["targets"] and "k5_beats_alone_by_0.02" not in got["targets"]
     d = got["kshot"]["5"]["differences"]["finetuned:real - alone"]  # the summary a user reads after the folds
-    assert f"finetuned:real - alone {d['bps']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]" in lines[-3]
+    k5 = next(line for line in lines if line.startswith("k=5: ") and " - alone " in line)
+    assert f"finetuned:real - alone {d['bps']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]" in k5
     missed = [t for t, v in got["targets"].items() if v is False]
-    assert lines[-1] == (f"targets missed: {', '.join(missed)}" if missed else "targets: all met")
+    assert got["targets"]["not_run"] == ["k25"]  # the config's target k is not among this run's ks
+    verdict = [f"targets missed: {', '.join(missed)}"] if missed else []
+    assert lines[-len(verdict) - 1 :] == verdict + ["targets not run (their k is not in ks): k25"]
     features = {"rates", "latents", "patch_latents", "rates_smoothed", "patch_latents_smoothed"}
     assert set(got["behavior"]) == features  # S1 velocity from every feature set, beside smoothed spikes
     for r in got["behavior"].values():
@@ -120,3 +123,21 @@ def test_arms_still_improving_when_their_budget_ran_out_are_named():
         "k=25: finetuned:real+frozen picked its last step in 100% of folds (val loss still falling): it may be "
         "under-trained"
     ]
+
+
+def test_a_target_whose_k_was_not_run_is_reported_as_not_run_never_as_met():
+    from neurobridge.workflows.transfer import TransferConfig, missed_targets, summary, targets
+
+    cfg = TransferConfig.model_validate(
+        {"name": "t", "new_session": "s", "corpora": [{"name": "real", "datasets": ["a"]}], "pretrain": "p.yaml"}
+        | {"ks": [25, None], "targets": {"k": [25, 100]}}
+    )
+    diff = {"bps": 0.03, "ci_low": 0.01, "ci_high": 0.05}
+    res = {"co_bps": {"finetuned:real": 0.2, "alone": 0.17, "smoothing": 0.15}}
+    res["differences"] = {"finetuned:real - alone": diff, "finetuned:real - smoothing": diff}
+    results = {"kshot": {"25": res, "all": res}}
+    results["targets"] = targets(cfg, results)
+    assert results["targets"]["k25_beats_alone_by_0.02"] is True and results["targets"]["not_run"] == ["k100"]
+    assert missed_targets(results["targets"]) == []
+    assert summary(cfg, results)[-1] == "targets not run (their k is not in ks): k100"
+    assert "targets: all met" not in summary(cfg, results)

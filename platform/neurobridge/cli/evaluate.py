@@ -113,7 +113,8 @@ def nlb_score(
     except (SubmissionError, OSError) as err:
         fail(str(err))
     for name, s in scores["datasets"].items():
-        console.print(f"[bold]{name}[/]: " + ", ".join(f"{k} {v:.4f}" for k, v in s.items()))
+        unscored = "" if "vel R2" in s else " (vel R² not scored: the target holds no behaviour)"
+        console.print(f"[bold]{name}[/]: " + ", ".join(f"{k} {v:.4f}" for k, v in s.items()) + unscored)
     if not scores["official_target"]:
         console.print(
             f"(target is not NLB's official {OFFICIAL_TARGET['name']}: sha256 {OFFICIAL_TARGET['sha256'][:12]}…, "

@@ -162,8 +162,14 @@ def finetune(
     except (StoreError, ValueError) as err:
         _fail(str(err))
     save(result, str(out), cfg)
+    last = result.last
+    picked = ""
+    if "selected_step" in last:  # what val chose, and whether patience or the budget ended the run
+        picked = (
+            f", step {last['selected_step']} picked on val (loss {last['best_val_loss']:.4f}) of {last['step']} run"
+        )
     console.print(
-        f"fine-tuned on {len(result.windows)} windows of {session}: loss {result.last.get('loss'):.4f} → {out}"
+        f"fine-tuned on {len(result.windows)} windows of {session}: loss {last.get('loss'):.4f}{picked} → {out}"
     )
 
 

@@ -6,9 +6,10 @@ of expected counts per bin, trials in time order):
 ``train_rates_heldin``, ``train_rates_heldout``, ``eval_rates_heldin``, ``eval_rates_heldout`` and, for models
 trained to forecast, ``eval_rates_heldin_forward``, ``eval_rates_heldout_forward`` (the 200 ms after each window).
 
-Targets (NLB's ``eval_data_test.h5`` and files written the same way): ``eval_spikes_heldout``, ``train_behavior``,
-``eval_behavior``, optionally ``train_decode_mask``/``eval_decode_mask``, ``psth`` ([eval trials × bins, units]),
-``eval_spikes_heldin_forward``/``eval_spikes_heldout_forward``. Scores, as NLB computes them:
+Targets (NLB's ``eval_data_test.h5`` and files written the same way): ``eval_spikes_heldout`` and, each score
+only where its arrays are there, ``train_behavior``/``eval_behavior`` (with ``train_decode_mask``/``eval_decode_mask``
+if given), ``psth`` ([eval trials × bins, units]), ``eval_spikes_heldin_forward``/``eval_spikes_heldout_forward``.
+Scores, as NLB computes them:
 
 * co-bps: Poisson log-likelihood of the held-out spikes under the rates minus under each neuron's mean rate (over
   trials and bins of these spikes), per spike, in bits; zero rates become 1e-9, NaN spikes are not scored;
@@ -164,21 +165,24 @@ def score_group(sub, tgt, where: str) -> dict:
     """One dataset group of a submission against its target group; shapes are checked before any score."""
     r = {k: _read(sub, k, where) for k in RATES}
     held_spikes = np.asarray(tgt["eval_spikes_heldout"][()], dtype=np.float64)
-    train_b = np.asarray(tgt["train_behavior"][()], dtype=np.float64)
-    eval_b = np.asarray(tgt["eval_behavior"][()], dtype=np.float64)
     _expect(f"{sub.name}/eval_rates_heldout", r["eval_rates_heldout"].shape, held_spikes.shape)
     _expect(f"{sub.name}/eval_rates_heldin", r["eval_rates_heldin"].shape[:2], held_spikes.shape[:2])
     n_in, n_out = r["eval_rates_heldin"].shape[2], held_spikes.shape[2]
-    _expect(f"{sub.name}/train_rates_heldin", r["train_rates_heldin"].shape[::2], (train_b.shape[0], n_in))
-    _expect(f"{sub.name}/train_rates_heldout", r["train_rates_heldout"].shape[::2], (train_b.shape[0], n_out))
+    # without the target's behaviour the train rates' trial count has nothing to match; their units still must
+    n_train = tgt["train_behavior"].shape[0] if "train_behavior" in tgt else r["train_rates_heldin"].shape[0]
+    _expect(f"{sub.name}/train_rates_heldin", r["train_rates_heldin"].shape[::2], (n_train, n_in))
+    _expect(f"{sub.name}/train_rates_heldout", r["train_rates_heldout"].shape[::2], (n_train, n_out))
     eval_rates = np.concatenate([r["eval_rates_heldin"], r["eval_rates_heldout"]], axis=-1)
     train_rates = np.concatenate([r["train_rates_heldin"], r["train_rates_heldout"]], axis=-1)
     out = {"co-bps": bits_per_spike(r["eval_rates_heldout"], held_spikes)}
-    if "train_decode_mask" in tgt:
-        masks = (np.asarray(tgt["train_decode_mask"][()]), np.asarray(tgt["eval_decode_mask"][()]))
-    else:
-        masks = (np.ones((train_rates.shape[0], 1), bool), np.ones((eval_rates.shape[0], 1), bool))
-    out["vel R2"] = _vel_r2(train_rates, train_b, eval_rates, eval_b, masks)
+    if "train_behavior" in tgt and "eval_behavior" in tgt:  # NLB's targets hold it for the datasets it decodes
+        train_b = np.asarray(tgt["train_behavior"][()], dtype=np.float64)
+        eval_b = np.asarray(tgt["eval_behavior"][()], dtype=np.float64)
+        if "train_decode_mask" in tgt:
+            masks = (np.asarray(tgt["train_decode_mask"][()]), np.asarray(tgt["eval_decode_mask"][()]))
+        else:
+            masks = (np.ones((train_rates.shape[0], 1), bool), np.ones((eval_rates.shape[0], 1), bool))
+        out["vel R2"] = _vel_r2(train_rates, train_b, eval_rates, eval_b, masks)
     if "psth" in tgt:
         psth = np.asarray(tgt["psth"][()], dtype=np.float64)
         flat = eval_rates.reshape(-1, eval_rates.shape[2])

@@ -74,13 +74,17 @@ def print_report(report) -> None:
     for r in report.table():
         cells = [_fmt(r.get(k)) for k, _ in cols]
         t.add_row(f"{r['dataset']}/{r['session']}", str(r["windows"]), *cells, _smoothing_choice(r), _fp(r))
-    console.print(t)
+    if t.row_count:  # no scored session (NLB test files: the warnings below say why): no empty frames
+        console.print(t)
     p = Table(title="pooled per dataset (co-bps)")
     keys = ["co_bps", "co_bps_smoothing", "co_bps_oracle", "model_over_oracle", "smoothing_over_oracle"]
     for c in ["dataset", "model", "smooth", "oracle", "model/oracle", "smooth/oracle", "sessions"]:
         p.add_column(c)
     for ds, d in report.pooled.items():
-        p.add_row(ds, *[_fmt(d.get(k)) for k in keys], str(d.get("sessions")))
-    console.print(p)
+        cells = [_fmt(d.get(k)) for k in keys]
+        if any(cells):
+            p.add_row(ds, *cells, str(d.get("sessions")))
+    if p.row_count:
+        console.print(p)
     for w in report.warnings:
         console.print(f"[bold yellow]warning:[/] {w}")

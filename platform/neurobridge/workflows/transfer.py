@@ -239,8 +239,13 @@ def summary(cfg: TransferConfig, results: dict) -> list[str]:
         d = res["differences"][f"{judged} - alone"]
         arms = ", ".join(f"{arm} {v:+.4f}" for arm, v in res["co_bps"].items())
         lines.append(f"k={k}: {arms}; {judged} - alone {d['bps']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]")
-    missed = missed_targets(results["targets"])
-    lines.append(f"targets missed: {', '.join(missed)}" if missed else "targets: all met")
+    missed, not_run = missed_targets(results["targets"]), results["targets"].get("not_run", [])
+    if missed:
+        lines.append(f"targets missed: {', '.join(missed)}")
+    if not_run:
+        lines.append(f"targets not run (their k is not in ks): {', '.join(not_run)}")
+    if not missed and not not_run:
+        lines.append("targets: all met")
     return lines
 
 
@@ -293,6 +298,9 @@ def targets(cfg: TransferConfig, results: dict) -> dict:
             out[f"k{k}_beats_alone_by_{t.min_gain_bps:g}"] = (
                 vs_alone["bps"] >= t.min_gain_bps and vs_alone["ci_low"] > 0
             )
+    skipped = [f"k{k}" for k in t.k if str(k) not in results["kshot"]]
+    if skipped:  # a target at a k this run did not train is neither met nor missed
+        out["not_run"] = skipped
     if "behavior" in results:
         for features, r in results["behavior"].items():
             gain = r.get("behavior_r2", float("nan")) - r.get("behavior_r2_smoothing", float("nan"))
