@@ -7,7 +7,7 @@ import sys
 
 from neurobridge.config import log_dir
 from neurobridge.console import quiet_libraries
-from neurobridge.workflows.protocols import run_targets
+from neurobridge.workflows.protocols import missed_targets, run_targets
 
 
 def main() -> int:
@@ -20,7 +20,7 @@ def main() -> int:
     if not args.verbose:  # one line per stage; Ray's and MLflow's own output in <NB_HOME>/logs
         quiet_libraries(log_dir())
     results = run_targets(args.configs, args.out, skip_real=args.skip_real)
-    return 0 if all(v for k, v in results["targets"].items() if isinstance(v, bool)) else 1
+    return 1 if missed_targets(results["targets"]) else 0
 
 
 if __name__ == "__main__":

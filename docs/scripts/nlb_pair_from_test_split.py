@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 import pynwb
 from neurobridge.sim.config import Spec
-from neurobridge.sim.writers import NwbSession, write_nwb
+from neurobridge.sim.writers import NwbSession, write_nlb_files
 
 PRE_S, POST_S, BIN_S = 0.25, 0.45, 0.02
 
@@ -46,21 +46,15 @@ def main() -> None:
     train_rows = np.flatnonzero(split == "train")
     split[g.choice(train_rows, len(train_rows) // 5, replace=False)] = "val"  # NLB's train file: a fifth is val
     times = np.concatenate(spikes)
-    unit_of = np.repeat(np.arange(n_units), [len(s) for s in spikes])
-    counts = np.bincount(unit_of, minlength=n_units)
+    counts = np.array([len(s) for s in spikes])
     spec = Spec("nwb", "nlb", "full", ["M1"], n_units, (0, 0, 0), "", datetime(2009, 9, 25, tzinfo=timezone.utc))
 
     def table(keep):
         return {**{k: v[keep] for k, v in trials.items()}, "split": split[keep].astype(str)}
 
     is_test = split == "test"
-    base = a.out / "sub-Jenkins"
     whole = NwbSession(ids, np.zeros(n_units, int), times, counts, held, trials=table(~is_test), dt=0.001)
-    write_nwb(base / "sub-Jenkins_ses-full_desc-train_behavior+ecephys.nwb", spec, "Macaca mulatta", whole, g)
-    keep = ~held[unit_of]
-    heldin = NwbSession(ids[~held], np.zeros((~held).sum(), int), times[keep], counts[~held], held[~held])
-    heldin.trials = table(is_test)
-    write_nwb(base / "sub-Jenkins_ses-full_desc-test_ecephys.nwb", spec, "Macaca mulatta", heldin, g)
+    write_nlb_files(a.out / "sub-Jenkins", "sub-Jenkins_ses-full", spec, "Macaca mulatta", whole, table(is_test), g)
     onset = trials["move_onset_time"][is_test]  # time order: the trials table is
     edges = (onset[:, None] - PRE_S) + np.arange(round((PRE_S + POST_S) / BIN_S) + 1)[None, :] * BIN_S
     target = np.stack([np.diff(np.searchsorted(spikes[u], edges), axis=1) for u in np.flatnonzero(held)], axis=-1)

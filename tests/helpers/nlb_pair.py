@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 from neurobridge.sim.config import Spec
-from neurobridge.sim.writers import NwbSession, write_nwb
+from neurobridge.sim.writers import NwbSession, write_nlb_files
 
 DT = 0.001  # simulation step (s)
 PRE_MS, POST_MS, BIN_MS = 250, 450, 20  # NLB's MC_Maze window around move onset, at NLB's 20 ms
@@ -58,13 +58,8 @@ def write_nlb_pair(folder: Path, n_trials: int = 60, n_units: int = 24, n_heldou
         return {"start_time": s, "stop_time": s + 0.9, "move_onset_time": onset[keep], "split": split[keep]}
 
     train_trials, test_trials = split != "test", split == "test"
-    base = folder / "sub-sim"
     whole = NwbSession(ids, regions, times, counts, held, trials=trials(train_trials), behavior=velocity, dt=DT)
-    write_nwb(base / "sub-sim_ses-full_desc-train_behavior+ecephys.nwb", spec, "Macaca mulatta", whole, g)
-    keep = ~held[units]
-    heldin = NwbSession(ids[~held], regions[~held], times[keep], counts[~held], np.zeros((~held).sum(), bool))
-    heldin.trials = trials(test_trials)
-    write_nwb(base / "sub-sim_ses-full_desc-test_ecephys.nwb", spec, "Macaca mulatta", heldin, g)
+    write_nlb_files(folder / "sub-sim", "sub-sim_ses-full", spec, "Macaca mulatta", whole, trials(test_trials), g)
 
     def binned(x, rows):  # [trials, 35, k]: 20 ms sums (spikes) of each window
         w = x[idx[rows]]

@@ -57,6 +57,20 @@ def write_nwb(path: Path, spec: Spec, species: str, session: NwbSession, rng: np
         io.write(nwb)
 
 
+def write_nlb_files(folder: Path, prefix: str, spec: Spec, species: str, whole: NwbSession, test_trials: dict, rng):
+    """NLB's two files of one session (DANDI:000128's layout): ``<prefix>_desc-train_behavior+ecephys.nwb`` with
+    every unit, its ``heldout`` flag, ``whole``'s trials and behaviour; ``<prefix>_desc-test_ecephys.nwb`` with
+    ``test_trials`` and the held-in units only, so the held-out units' test spikes exist in no file a model reads."""
+    write_nwb(folder / f"{prefix}_desc-train_behavior+ecephys.nwb", spec, species, whole, rng)
+    held = np.asarray(whole.heldout, dtype=bool)
+    keep = ~np.repeat(held, whole.counts)  # times are grouped by unit
+    heldin = NwbSession(
+        whole.unit_ids[~held], whole.unit_region[~held], whole.times[keep], whole.counts[~held], held[~held]
+    )
+    heldin.trials = test_trials
+    write_nwb(folder / f"{prefix}_desc-test_ecephys.nwb", spec, species, heldin, rng)
+
+
 def _add_units(nwb, spec: Spec, session: NwbSession, rng: np.random.Generator) -> None:
     """16 electrodes per region, each unit on a random one of its region's, and the units table (spike times,
     electrodes, held-out flags)."""

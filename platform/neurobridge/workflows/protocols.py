@@ -126,6 +126,12 @@ def real_data(settings: Settings, config_dir: str, sim_model: str, work: Path, c
     return out
 
 
+def missed_targets(verdicts: dict) -> list[str]:
+    """The pass/fail entries of a ``targets`` dict that failed (the rest are the numbers behind them): one rule
+    for every protocol's job exit code."""
+    return [name for name, v in verdicts.items() if isinstance(v, bool) and not v]
+
+
 def run_targets(
     config_dir: str = "jobs/configs",
     out: str | None = None,

@@ -34,6 +34,7 @@ from neurobridge.tracking import mlflow_run
 from neurobridge.train.config import load_config
 from neurobridge.train.finetune import FinetuneConfig
 from neurobridge.train.pretrain import pretrain
+from neurobridge.workflows.protocols import missed_targets
 
 
 class Corpus(BaseModel):
@@ -247,11 +248,6 @@ def summary(cfg: TransferConfig, results: dict) -> list[str]:
     if not missed and not not_run:
         lines.append("targets: all met")
     return lines
-
-
-def missed_targets(verdicts: dict) -> list[str]:
-    """The pass/fail entries of ``targets`` that failed (the rest are the numbers behind them)."""
-    return [name for name, v in verdicts.items() if isinstance(v, bool) and not v]
 
 
 def arms(cfg: TransferConfig, models: dict[str, str], architecture) -> list[Arm]:
