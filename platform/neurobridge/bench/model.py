@@ -58,10 +58,38 @@ def synthetic_rows(n: int, units: int, bins: int, seed: int = 0) -> list[dict]:
     ]
 
 
-def use_bf16(device: torch.device, precision: str) -> bool:
-    if precision == "bf16":
-        return True
-    return precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
+def native_bf16(device: torch.device) -> bool:
+    """Whether the device multiplies bf16 in hardware: a GPU that supports it, or a CPU with AMX tiles or AVX512-BF16
+    (where oneDNN runs bf16 matmuls several times faster than fp32; elsewhere bf16 is emulated and only slower)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # torch.cpu's own CPUID probes
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
+def precisions(device: torch.device, precision: str) -> list[str]:
+    """What ``--precision`` measures. ``auto``: bf16 on a GPU that has it (what training uses there); on a CPU fp32,
+    the training default, and bf16 beside it where the CPU has it natively, so both rooflines are on record."""
+    if precision != "auto":
+        return [precision]
+    if device.type == "cuda":
+        return ["bf16" if native_bf16(device) else "fp32"]
+    return ["fp32", "bf16"] if native_bf16(device) else ["fp32"]
+
+
+def device_name(device: torch.device) -> str:
+    """The device in words, so figures from different machines are never compared blind: the GPU's name, or the
+    CPU's model with the vector ISA torch dispatches to and whether it has AMX."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = "cpu"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), model)
+    except OSError:
+        pass
+    amx = " + AMX" if getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)() else ""
+    return f"{model} ({torch.backends.cpu.get_cpu_capability()}{amx})"
 
 
 def _sync(device: torch.device) -> None:
@@ -108,8 +136,16 @@ def _attention_flops() -> dict:
     return {getattr(aten, n): fn for n, fn in names.items() if hasattr(aten, n)}
 
 
-def run(size: str = "small", device: str = "cpu", shape: Shape = Shape(), steps: int = 20, precision: str = "auto"):
-    """One size's training-step rate and MFU against the same-run matmul peak (a dict, JSON-ready)."""
+def run(
+    size: str = "small",
+    device: str = "cpu",
+    shape: Shape = Shape(),
+    steps: int = 20,
+    precision: str = "fp32",
+    peak_seconds: float = 1.0,
+) -> dict:
+    """One size's training-step rate at one precision (fp32 | bf16) and its MFU against the same-run matmul peak
+    at that precision (a dict, JSON-ready)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from neurobridge.train.batches import Collated
@@ -117,7 +153,9 @@ def run(size: str = "small", device: str = "cpu", shape: Shape = Shape(), steps:
     from neurobridge.train.loop import Loop, Placement
 
     dev = torch.device(device)
-    bf16 = use_bf16(dev, precision)
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision {precision!r}: fp32 or bf16 (``precisions`` resolves auto)")
+    bf16 = precision == "bf16"
     vocabs = Vocabularies.from_rows(synthetic_rows(8, shape.units, shape.bins))
     cfg = PretrainConfig.model_validate(
         {"mode": "random", "model": SIZES[size], "optim": {"precision": "bf16" if bf16 else "fp32", "warmup_steps": 0}}
@@ -131,17 +169,19 @@ def run(size: str = "small", device: str = "cpu", shape: Shape = Shape(), steps:
     flops = counter.get_total_flops()
     for _ in range(3):
         loop.train_step(item)
-    before = matmul_peak(dev, bf16)  # on either side of the steps, the better one: a shared machine that slows
+    before = matmul_peak(
+        dev, bf16, peak_seconds
+    )  # on either side of the steps, the better one: a shared machine that slows
     _sync(dev)  # down for one second must not lower the peak and flatter the MFU
     t0 = time.perf_counter()
     for _ in range(steps):
         loop.train_step(item)
     _sync(dev)
     dt = (time.perf_counter() - t0) / steps
-    peak = max(before, matmul_peak(dev, bf16), key=lambda m: m["tflops_per_s"])
+    peak = max(before, matmul_peak(dev, bf16, peak_seconds), key=lambda m: m["tflops_per_s"])
     out = {
         "size": size,
-        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "device": device_name(dev),
         "precision": "bf16" if bf16 else "fp32",
         "threads": torch.get_num_threads(),
         **asdict(shape),
@@ -170,7 +210,8 @@ def main() -> None:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     a = p.parse_args()
     for size in SIZES if a.size == "all" else [a.size]:
-        print(json.dumps(run(size, a.device, Shape(a.batch, a.units, a.bins), a.steps, a.precision)))
+        for prec in precisions(torch.device(a.device), a.precision):
+            print(json.dumps(run(size, a.device, Shape(a.batch, a.units, a.bins), a.steps, prec)))
 
 
 if __name__ == "__main__":

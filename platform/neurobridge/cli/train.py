@@ -212,8 +212,10 @@ def _settings():
 def bench_train(
     config: Path = typer.Option(None, "--config", "-c", help="YAML pretraining config (default: built-in defaults)"),
     overrides: list[str] = typer.Option(None, "--set", help="override a config key"),
-    steps: int = typer.Option(60, help="training steps per measured run"),
-    data_batches: int = typer.Option(60, help="batches drawn in the data-path measurement"),
+    steps: int = typer.Option(200, help="training steps per measured run (the first fifth is warm-up)"),
+    data_batches: int = typer.Option(
+        100, help="batches drawn in the data-path measurement (the plain loop cycles them)"
+    ),
 ):
     """Tokens/s through Ray Train vs a plain PyTorch loop (same model, same data), data-path headroom, peak RSS."""
     from neurobridge.bench.train import bench_train as run
@@ -237,19 +239,26 @@ def bench_model(
     units: int = typer.Option(96, help="units per window (the demo's: 96)"),
     bins: int = typer.Option(50, help="bins per window (the demo's: 50)"),
     steps: int = typer.Option(20, help="timed steps per size"),
-    precision: str = typer.Option("auto", help="fp32 | bf16 | auto (bf16 on GPUs that have it)"),
+    precision: str = typer.Option(
+        "auto", help="fp32 | bf16 | auto (GPU: bf16 where it has it; CPU: fp32, and bf16 too on AMX/AVX512-BF16)"
+    ),
 ):
     """Model-only training-step tokens/s and MFU against the same-run dense-matmul peak, per model size."""
-    from neurobridge.bench.model import SIZES, Shape, run
+    import torch
+
+    from neurobridge.bench.model import SIZES, Shape, device_name, precisions, run
 
     if size not in (*SIZES, "all"):
         _fail(f"--size {size!r}: one of {[*SIZES, 'all']}")
     if precision not in ("auto", "fp32", "bf16"):
         _fail(f"--precision {precision!r}: one of auto, fp32, bf16")
-    table = Table("size", "precision", "tokens/s", "TFLOP/s", "matmul peak", "MFU", title=f"bench model ({device})")
+    dev = torch.device(device)
+    table = Table(
+        "size", "precision", "tokens/s", "TFLOP/s", "matmul peak", "MFU", title=f"bench model ({device_name(dev)})"
+    )
     results = []
-    for s in SIZES if size == "all" else [size]:
-        r = run(s, device, Shape(batch, units, bins), steps, precision)
+    for s, prec in ((s, p) for s in (SIZES if size == "all" else [size]) for p in precisions(dev, precision)):
+        r = run(s, device, Shape(batch, units, bins), steps, prec)
         results.append(r)
         rates = (f"{r['tokens_per_s']:,.0f}", f"{r['tflops_per_s']:.4f}", f"{r['matmul_peak_tflops_per_s']:.4f}")
         table.add_row(s, r["precision"], *rates, f"{r['mfu']:.0%}")
