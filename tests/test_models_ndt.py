@@ -101,6 +101,31 @@ def test_output_smoothing_keeps_constants_ignores_padding_bins_and_stays_within_
     assert smooth_in_time(x, b, sigma).var() < 0.5 * x.var()
 
 
+def test_read_in_row_dropout_hides_whole_units_in_training_and_nothing_in_evaluation(rows):
+    """Every unit of a new session starts fine-tuning without a row; dropping rows in pretraining makes the encoder
+    meet such units. One unit per token: each patch's read-in is then either all of its unit's or none of it."""
+    vocabs = Vocabularies.from_rows(rows)
+    b = collate(rows, vocabs, 1)
+    model = small_model(vocabs, k=1, unit_row_dropout=0.5)
+    with torch.no_grad():
+        model.unit_embed_in.weight.normal_()
+    visible = b.token_valid
+    full = model.eval()._unit_read_in(b, visible)
+    plain = small_model(vocabs, k=1)
+    plain.load_state_dict(model.state_dict())
+    assert torch.equal(full, plain.eval()._unit_read_in(b, visible))
+    torch.manual_seed(0)
+    dropped = model.train()._unit_read_in(b, visible)
+    B, P, T = b.shape
+    full, dropped = full.view(B, P, T, -1), dropped.view(B, P, T, -1)
+    kept = (dropped == full).flatten(2).all(-1)
+    zeroed = (dropped == 0).flatten(2).all(-1)
+    assert (kept | zeroed).all()
+    live = full.flatten(2).abs().sum(-1) > 0  # patches of real units with spikes in view
+    assert (kept & live).any() and (zeroed & live).any()
+    assert 0.3 < (zeroed & live).sum() / live.sum() < 0.7
+
+
 def test_model_refuses_batches_it_cannot_embed(rows):
     vocabs = Vocabularies.from_rows(rows)
     model = small_model(vocabs, max_bins=10)

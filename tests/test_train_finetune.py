@@ -55,6 +55,8 @@ def test_finetuning_extends_vocabularies_and_uses_the_same_k_windows_as_scratch(
     assert smooth.model.cfg.output_smoothing == 2.0 and cfg.model.output_smoothing == 0.0  # the source is untouched
     back, _, _ = load_checkpoint(save(smooth, str(tmp_path / "smooth.pt"), ft))
     assert back.cfg.output_smoothing == 2.0  # the fine-tuned model keeps its output prior
+    dropping = finetune(ft.model_copy(update={"unit_row_dropout": 0.3}), str(tmp_path / "pre.pt"), store)
+    assert dropping.model.cfg.unit_row_dropout == 0.3 and smooth.model.cfg.unit_row_dropout == 0.0  # else kept
 
 
 def test_a_freezing_schedule_holds_the_backbone_until_its_step_then_trains_everything(store, tmp_path):

@@ -65,6 +65,13 @@ class ModelConfig(BaseModel):
     max_log_rate: float = Field(10.0, gt=0)  # Poisson head: log-rate clamped to [-max, max] before exp
     bin_summary: bool = True  # decoder tokens also get the mean of their bin's visible tokens: see models/ndt.py
     unit_embedding: bool = True  # per-unit read-in/read-out rows keyed by (session, unit id): see models/ndt.py
+    unit_row_dropout: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="in training, the share of (window, unit) read-in rows zeroed: the encoder learns to use units "
+        "it has no row for, which is what every unit of a new session is when fine-tuning starts",
+    )
     output_smoothing: float = Field(
         0.0, ge=0, le=32, description="Gaussian kernel width (bins) applied along time to predicted log-rates; 0: off"
     )

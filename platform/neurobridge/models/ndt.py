@@ -207,6 +207,8 @@ class MaskedNeuralModel(nn.Module):
         B, P, T = batch.shape
         x = torch.where(visible[..., None], self._values(batch), 0.0)
         E = self.unit_embed_in(patch_units(batch))  # [B, P, k, d]
+        if self.training and self.cfg.unit_row_dropout > 0:
+            E = E * (torch.rand(E.shape[:-1], device=E.device) >= self.cfg.unit_row_dropout)[..., None].to(E.dtype)
         return (x.view(B, P, T, -1).to(E.dtype) @ E).view(B, P * T, -1)
 
     def _context(self, batch: Batch, mode_ids: torch.Tensor) -> torch.Tensor:

@@ -78,6 +78,9 @@ class FinetuneConfig(BaseModel):
         description="set the model's output smoothing (Gaussian s.d., ms; converted with the session's bin width) "
         "for fine-tuning and after; null: keep the model's own (its ms setting, if any, at this bin width)",
     )
+    unit_row_dropout: float | None = Field(
+        None, ge=0, lt=1, description="set the model's read-in row dropout while fine-tuning; null: keep the model's"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> FinetuneConfig:
@@ -197,6 +200,8 @@ def _base_model(
         model = MaskedNeuralModel(scratch_model or ModelConfig(), vocabs)
     if cfg.output_smoothing_ms is not None:  # no parameters of its own: the checkpoint saves the new config
         model.cfg = model.cfg.model_copy(update={"output_smoothing_ms": cfg.output_smoothing_ms})
+    if cfg.unit_row_dropout is not None:
+        model.cfg = model.cfg.model_copy(update={"unit_row_dropout": cfg.unit_row_dropout})
     model.cfg = model.cfg.at_bin_width(bin_ms)
     return model, vocabs
 
