@@ -169,10 +169,10 @@ def run(
     flops = counter.get_total_flops()
     for _ in range(3):
         loop.train_step(item)
-    before = matmul_peak(
-        dev, bf16, peak_seconds
-    )  # on either side of the steps, the better one: a shared machine that slows
-    _sync(dev)  # down for one second must not lower the peak and flatter the MFU
+    # The peak on either side of the steps, the better one: a shared machine that slows down for one second must
+    # not lower the peak and flatter the MFU.
+    before = matmul_peak(dev, bf16, peak_seconds)
+    _sync(dev)
     t0 = time.perf_counter()
     for _ in range(steps):
         loop.train_step(item)

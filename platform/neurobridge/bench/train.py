@@ -96,6 +96,10 @@ def _warm(reports: int) -> int:
     return max(1, reports // 5)
 
 
+def _mean(values: list[float]) -> float:
+    return sum(values) / max(len(values), 1)
+
+
 def _steady(marks: list[tuple[int, float, int]]) -> dict:
     """Rate from the end of the warm-up to the last report."""
     if len(marks) < 3:
@@ -133,8 +137,9 @@ def bench_train(
     )
     hist = mlflow_run.metric_history(settings.mlflow_uri, result.run_id, "tokens_per_s")
     waits = mlflow_run.metric_history(settings.mlflow_uri, result.run_id, "time_data_wait_s")
-    steady = [v for step, v in hist[_warm(len(hist)) :]]  # each value: the rate over the interval before it
-    ray_rate = sum(steady) / len(steady)
+    if len(hist) < 2:
+        raise ValueError("too few Ray Train steps to measure past the warm-up: raise --steps")
+    ray_rate = _mean([v for _, v in hist[_warm(len(hist)) :]])  # each value: the rate over the interval before it
     train_steps = cfg.optim.max_steps
     out = {
         "data_tokens_per_s": data["tokens_per_s"],
@@ -143,7 +148,7 @@ def bench_train(
         "ray_tokens_per_s": ray_rate,
         "ray_overhead": 1.0 - ray_rate / plain["tokens_per_s"],
         "data_over_consumption": data["tokens_per_s"] / ray_rate,
-        "ray_data_wait_s_per_step": sum(v for _, v in waits[1:]) / max(len(waits) - 1, 1),
+        "ray_data_wait_s_per_step": _mean([v for _, v in waits[_warm(len(waits)) :]]),
         "ray_wall_s": wall,
         "driver_peak_rss_mb": _peak_rss_mb(),
     }
