@@ -1,5 +1,5 @@
-"""train/components: training-state checkpoints. A run resumed from one retraces the uninterrupted loss curve; a
-state written under another model config is refused."""
+"""train/components: training-state checkpoints and reporting. A run resumed from one retraces the uninterrupted
+loss curve; a state written under another model config is refused; Ray Train hears only the checkpoints."""
 
 from __future__ import annotations
 
@@ -33,3 +33,35 @@ def test_checkpoint_from_another_model_config_is_refused(store, tmp_path):
     other = small_cfg(**{"optim.max_steps": 4, "model": {**SMALL_MODEL, "d_model": 48}})
     with pytest.raises(CheckpointError, match="d_model"):
         load_state(tmp_path, other)
+
+
+class _Logger:
+    def __init__(self):
+        self.logged: list[tuple[dict, int]] = []
+
+    def log(self, metrics: dict, step: int) -> None:
+        self.logged.append((metrics, step))
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_checkpoints_only_reporter_sends_only_checkpoint_reports_and_logs_every_one(rank):
+    """Ray Train holds one unconsumed report per worker and drains it every 2 s: metric-only reports would stall
+    training, and every rank must skip the same ones (its reports synchronise ranks)."""
+    from neurobridge.train.components import Reporter
+
+    sent: list[tuple[dict, bool]] = []
+    logger = _Logger()
+    reporter = Reporter(
+        lambda m, d: sent.append((m, d is not None)),
+        lambda state, d: None,
+        logger=logger,
+        rank=rank,
+        checkpoints_only=True,
+    )
+    reporter({"step": 5, "loss": 1.0})
+    reporter({"step": 10, "loss": 0.9}, {"model": {}})
+    assert sent == [({"step": 10, "loss": 0.9}, rank == 0)]  # rank 0 with the checkpoint, the others without
+    assert [step for _, step in logger.logged] == [5, 10]
+    every = Reporter(lambda m, d: sent.append((m, d is not None)), rank=rank)  # Tune: every report counts (ASHA)
+    every({"step": 15, "loss": 0.8})
+    assert sent[-1] == ({"step": 15, "loss": 0.8}, False)

@@ -129,3 +129,28 @@ def test_compiled_steps_match_eager_steps(store):
             if loop.net.failure is not None:  # trained eagerly: the reason is kept, not swallowed
                 assert ":" in loop.net.failure
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+
+
+def test_tokens_per_second_counts_the_time_between_steps_as_well(monkeypatch):
+    """Reporting, MLflow logging, validation and checkpoints happen between steps; a rate that left them out would
+    flatter a loop that reports often (the Ray worker) against one timed by the wall clock (the plain loop)."""
+    from neurobridge.train import loop
+
+    now = [0.0]
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: now[0])
+
+    def batches():
+        for _ in range(2):
+            now[0] += 1.0  # waiting for the batch
+            yield "batch"
+
+    clock, rates = loop._Clock(), {}
+    for i, _ in enumerate(clock.timed(batches())):
+        now[0] += 2.0  # the step
+        clock.step_done(tokens=100)
+        if i == 1:  # run_steps reads the rates just before it reports
+            rates = clock.rates()
+        now[0] += 4.0  # reporting
+    assert rates["time_data_wait_s"] == 1.0 and rates["time_step_s"] == 2.0
+    assert rates["time_other_s"] == 2.0  # the first report's 4 s; the second lands in the next interval
+    assert rates["tokens_per_s"] == pytest.approx(200 / (2 + 4 + 4))

@@ -68,7 +68,8 @@ def align_loop_per_worker(config: dict) -> None:
     def backend(metrics: dict, directory: str | None) -> None:  # NaN-free metrics for Ray's result
         ray_train_backend({k: v for k, v in metrics.items() if v == v}, directory)
 
-    report = Reporter(backend, write_fit, logger=logger, rank=rank).logging(f"{name}.train.", step_key="epoch")
+    report = Reporter(backend, write_fit, logger=logger, rank=rank, checkpoints_only=True)
+    report = report.logging(f"{name}.train.", step_key="epoch")
 
     def wrap(model):
         return ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})

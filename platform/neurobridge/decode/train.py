@@ -65,7 +65,8 @@ def decode_loop_per_worker(config: dict) -> None:
         ray_train_backend({k: v for k, v in metrics.items() if v == v}, directory)
 
     def report_for(task: str, dec: str):
-        return Reporter(backend, logger=logger, rank=rank).logging(f"{name}.{task}.{dec}.train.", step_key="epoch")
+        report = Reporter(backend, logger=logger, rank=rank, checkpoints_only=True)
+        return report.logging(f"{name}.{task}.{dec}.train.", step_key="epoch")
 
     def wrap(model):
         return ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})

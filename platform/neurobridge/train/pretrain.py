@@ -117,7 +117,12 @@ def train_loop_per_worker(config: dict) -> None:
 
     batches = ShardBatches(shard, collate_fn, cfg.optim.batch_size, cfg.seed, cached=config["cached"])
     report = Reporter(
-        ray_train_backend, state_writer(vocabs, cfg), logger=logger, rank=rank, faults=config.get("faults")
+        ray_train_backend,
+        state_writer(vocabs, cfg),
+        logger=logger,
+        rank=rank,
+        faults=config.get("faults"),
+        checkpoints_only=True,
     )
 
     validate = None
