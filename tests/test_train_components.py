@@ -47,7 +47,7 @@ class _Logger:
 def test_a_checkpoints_only_reporter_sends_only_checkpoint_reports_and_logs_every_one(rank):
     """Ray Train holds one unconsumed report per worker and drains it every 2 s: metric-only reports would stall
     training, and every rank must skip the same ones (its reports synchronise ranks)."""
-    from neurobridge.train.components import Reporter
+    from neurobridge.train.components import Reporter, ray_train_backend
 
     sent: list[tuple[dict, bool]] = []
     logger = _Logger()
@@ -62,6 +62,8 @@ def test_a_checkpoints_only_reporter_sends_only_checkpoint_reports_and_logs_ever
     reporter({"step": 10, "loss": 0.9}, {"model": {}})
     assert sent == [({"step": 10, "loss": 0.9}, rank == 0)]  # rank 0 with the checkpoint, the others without
     assert [step for _, step in logger.logged] == [5, 10]
+    ray = Reporter.ray_train(rank=rank)  # what every Ray Train worker (pretraining, alignment, decoding) uses
+    assert ray.checkpoints_only and ray.backend is ray_train_backend
     every = Reporter(lambda m, d: sent.append((m, d is not None)), rank=rank)  # Tune: every report counts (ASHA)
     every({"step": 15, "loss": 0.8})
     assert sent[-1] == ({"step": 15, "loss": 0.8}, False)

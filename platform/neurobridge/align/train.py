@@ -54,7 +54,7 @@ def align_loop_per_worker(config: dict) -> None:
 
     from neurobridge.align.projector import TrainWorker, fit_projector
     from neurobridge.tracking import mlflow_run
-    from neurobridge.train.components import Reporter, ray_train_backend
+    from neurobridge.train.components import Reporter
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -65,11 +65,7 @@ def align_loop_per_worker(config: dict) -> None:
         mlflow_run.MetricsLogger(config["mlflow_uri"], config["run_id"]) if rank == 0 and config["run_id"] else None
     )
 
-    def backend(metrics: dict, directory: str | None) -> None:  # NaN-free metrics for Ray's result
-        ray_train_backend({k: v for k, v in metrics.items() if v == v}, directory)
-
-    report = Reporter(backend, write_fit, logger=logger, rank=rank, checkpoints_only=True)
-    report = report.logging(f"{name}.train.", step_key="epoch")
+    report = Reporter.ray_train(write_fit, logger=logger, rank=rank).logging(f"{name}.train.", step_key="epoch")
 
     def wrap(model):
         return ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
@@ -94,7 +90,7 @@ def align_loop_per_worker(config: dict) -> None:
         "tokens_per_s": fit.tokens_per_s * world,
     }
     final = {"final": 1, "tokens_per_s": summary["tokens_per_s"], "best_epoch": fit.best_epoch}
-    Reporter(ray_train_backend, write_fit, rank=rank)(final, {"model": fit.model.cpu(), "summary": summary})
+    Reporter.ray_train(write_fit, rank=rank)(final, {"model": fit.model.cpu(), "summary": summary})
 
 
 def write_fit(state: dict, directory: str) -> None:

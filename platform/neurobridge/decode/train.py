@@ -51,7 +51,7 @@ def decode_loop_per_worker(config: dict) -> None:
     from neurobridge.align.projector import TrainWorker
     from neurobridge.decode.run_set import fit_region_set
     from neurobridge.tracking import mlflow_run
-    from neurobridge.train.components import Reporter, ray_train_backend
+    from neurobridge.train.components import Reporter
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -61,19 +61,15 @@ def decode_loop_per_worker(config: dict) -> None:
         mlflow_run.MetricsLogger(config["mlflow_uri"], config["run_id"]) if rank == 0 and config["run_id"] else None
     )
 
-    def backend(metrics: dict, directory: str | None) -> None:
-        ray_train_backend({k: v for k, v in metrics.items() if v == v}, directory)
-
     def report_for(task: str, dec: str):
-        report = Reporter(backend, logger=logger, rank=rank, checkpoints_only=True)
-        return report.logging(f"{name}.{task}.{dec}.train.", step_key="epoch")
+        return Reporter.ray_train(logger=logger, rank=rank).logging(f"{name}.{task}.{dec}.train.", step_key="epoch")
 
     def wrap(model):
         return ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
 
     worker = TrainWorker(rank=rank, world=world, wrap=wrap if world > 1 else None)
     results = fit_region_set(config["inputs"], cfg, ray.train.torch.get_device(), worker, report_for)
-    Reporter(ray_train_backend, write_results, rank=rank)({"final": 1}, {"results": results})
+    Reporter.ray_train(write_results, rank=rank)({"final": 1}, {"results": results})
 
 
 def fit_on_ray(inp: SetInputs, cfg: DecodeConfig, settings: Settings, run_id: str | None) -> list[DecoderResult]:

@@ -65,9 +65,13 @@ def write_nlb_files(folder: Path, prefix: str, spec: Spec, species: str, whole: 
     held = np.asarray(whole.heldout, dtype=bool)
     keep = ~np.repeat(held, whole.counts)  # times are grouped by unit
     heldin = NwbSession(
-        whole.unit_ids[~held], whole.unit_region[~held], whole.times[keep], whole.counts[~held], held[~held]
+        whole.unit_ids[~held],
+        whole.unit_region[~held],
+        whole.times[keep],
+        whole.counts[~held],
+        held[~held],
+        trials=test_trials,
     )
-    heldin.trials = test_trials
     write_nwb(folder / f"{prefix}_desc-test_ecephys.nwb", spec, species, heldin, rng)
 
 

@@ -30,10 +30,11 @@ Backend = Callable[[dict, str | None], None]
 
 
 def ray_train_backend(metrics: dict, directory: str | None) -> None:
+    """A report to Ray Train; NaN values (e.g. a metric of a modality the run had none of) stay out of its result."""
     import ray.train
 
     checkpoint = ray.train.Checkpoint.from_directory(directory) if directory else None
-    ray.train.report(metrics, checkpoint=checkpoint)
+    ray.train.report({k: v for k, v in metrics.items() if v == v}, checkpoint=checkpoint)
 
 
 def tune_backend(metrics: dict, directory: str | None) -> None:
@@ -69,6 +70,19 @@ class Reporter:
         self.backend, self.write, self.logger, self.rank, self.faults = backend, write, logger, rank, faults
         self.checkpoints_only = checkpoints_only
         self.prefix, self.step_key = "", "step"
+
+    @classmethod
+    def ray_train(
+        cls,
+        write: Callable[[dict, str], None] | None = None,
+        *,
+        logger: mlflow_run.MetricsLogger | None = None,
+        rank: int = 0,
+        faults: dict[str, str] | None = None,
+    ) -> Reporter:
+        """The reporter of a Ray Train worker (pretraining, alignment, decoding): checkpoints to Ray Train, every
+        report to MLflow."""
+        return cls(ray_train_backend, write, logger=logger, rank=rank, faults=faults, checkpoints_only=True)
 
     def logging(self, prefix: str = "", step_key: str = "step") -> Reporter:
         """MLflow keys as ``<prefix><key>`` at ``metrics[step_key]`` (alignment logs per epoch and region set)."""

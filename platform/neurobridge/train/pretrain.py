@@ -22,7 +22,6 @@ from neurobridge.train.components import (
     export_model,
     load_state,
     loss_figure,
-    ray_train_backend,
     runs_storage,
     state_writer,
 )
@@ -116,14 +115,7 @@ def train_loop_per_worker(config: dict) -> None:
     collate_fn = CollateWindows.for_pretraining(cfg, vocabs, HeldoutSplit.from_dict(config["heldout"]))
 
     batches = ShardBatches(shard, collate_fn, cfg.optim.batch_size, cfg.seed, cached=config["cached"])
-    report = Reporter(
-        ray_train_backend,
-        state_writer(vocabs, cfg),
-        logger=logger,
-        rank=rank,
-        faults=config.get("faults"),
-        checkpoints_only=True,
-    )
+    report = Reporter.ray_train(state_writer(vocabs, cfg), logger=logger, rank=rank, faults=config.get("faults"))
 
     validate = None
     if rank == 0 and cfg.validation.every is not None:
