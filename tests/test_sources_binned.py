@@ -227,6 +227,19 @@ def test_the_published_stevenson_files_read_as_their_readme_describes(settings):
     assert blocks[0].behavior_names == ["vel.x", "vel.y"]
 
 
+def test_an_item_writes_a_units_table_matching_its_rows_so_each_unit_gets_its_own_model_rows(tmp_path, settings):
+    e = entry(write(tmp_path / "rec.mat", recording()))
+    (item,) = discover(e, settings)
+    rec = process_item(e, item, str(tmp_path / "v"), settings)
+    assert rec.status == "ok", rec.error
+    units = pl.read_parquet(str(tmp_path / "v" / "units" / "*.parquet"))
+    rows = pl.read_parquet(str(tmp_path / "v" / "part-*.parquet"))
+    assert units["unit_id"].to_list() == rows["unit_ids"][0].to_list()  # grid order, namespaced as in the rows
+    assert units["index"].to_list() == list(range(N_UNITS))
+    assert sorted(units["raw_id"].cast(int).to_list()) == list(range(N_UNITS))
+    assert set(units["region"]) == {"M1"} and units["heldout"].null_count() == N_UNITS
+
+
 @pytest.mark.skipif(not (STEVENSON / "m1_stevenson_2011.mat").exists(), reason="shared real-data excerpts not present")
 def test_the_real_excerpts_ingest_through_the_pipeline(ray_cluster, settings):
     from neurobridge.catalog import resolve
@@ -246,3 +259,8 @@ def test_the_real_excerpts_ingest_through_the_pipeline(ray_cluster, settings):
     assert per_block["split"].max() == 1  # no 30 s block straddles two splits
     assert set(rows["split"]) == {"train", "val", "test"}
     assert rows["behavior_names"][0].to_list() == ["handVel.x", "handVel.y", "handVel.z"]
+    from neurobridge.store.read import sources
+    from neurobridge.train.pretrain import vocabularies
+
+    vocab = vocabularies(sources(settings, ["stevenson_m1_local", "stevenson_s1_local"]), settings=settings)
+    assert len(vocab.unit.to_list()) == 171 + 52  # every binned unit has its own read-in/read-out rows

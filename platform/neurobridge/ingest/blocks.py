@@ -20,7 +20,7 @@ from neurobridge.sources.base import BinnedSource, SessionMeta, WindowBlock
 from neurobridge.storage import filesystem, join, open_atomic, safe_name
 from neurobridge.store.schema import SAMPLE_SCHEMA
 from neurobridge.store.splits import assign_splits
-from neurobridge.store.units import unit_vocab
+from neurobridge.store.units import unit_vocab, units_table
 
 
 @dataclass
@@ -35,6 +35,7 @@ class _Tally:
     splits: Counter = field(default_factory=Counter)
     regions: Counter = field(default_factory=Counter)
     units_seen: set[str] = field(default_factory=set)
+    units: dict[str, pa.Table] = field(default_factory=dict)  # session → its units/ side table
 
     def add(self, batch: WindowBatch) -> None:
         self.rows += len(batch.sample_ids)
@@ -124,8 +125,22 @@ def ingest_binned(src: BinnedSource, entry: CatalogEntry, item: Item, vdir: str,
             writer.write_table(rows_table(entry.name, batch))
             fault_point(settings, "ingest.write", rel=item.rel, key=item.key)
             tally.add(batch)
+            tally.units.setdefault(
+                block.meta.session, units_table(entry.name, block.meta.session, vocab, block.unit_ids)
+            )
     side = _write_side_outputs(src, vdir, item, settings, cfg.split)
+    if "units" not in side and tally.units:
+        side["units"] = _write_units(list(tally.units.values()), vdir, item, settings)
     return {**tally.results(entry), "part": part, "side_outputs": side, **src.stats()}
+
+
+def _write_units(tables: list[pa.Table], vdir: str, item: Item, settings: Settings) -> int:
+    """The item's ``units/`` table, for a source that writes none of its own (binned counts, MUA, Pile shards)."""
+    table = pa.concat_tables(tables)
+    fs, path = filesystem(join(vdir, "units", f"part-{item.key}.parquet"), settings)
+    with open_atomic(fs, path) as f:
+        pq.write_table(table, f, compression="zstd")
+    return table.num_rows
 
 
 def _split_side_table(table: pa.Table, rule: SplitConfig) -> pa.Table:

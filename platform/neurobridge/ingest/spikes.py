@@ -7,7 +7,6 @@ mid-item never leaves a part that looks complete; the ``units/`` side table foll
 from __future__ import annotations
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from neurobridge.catalog import CatalogEntry
@@ -19,8 +18,8 @@ from neurobridge.ingest.scan import merge_groups, plan_groups, read_chunk, scan
 from neurobridge.ingest.windows import SessionWindows, make_windows
 from neurobridge.sources import Item, SpikeSource
 from neurobridge.storage import filesystem, join, open_atomic
-from neurobridge.store.schema import SAMPLE_SCHEMA, UNITS_SCHEMA
-from neurobridge.store.units import UnitVocab, unit_vocab
+from neurobridge.store.schema import SAMPLE_SCHEMA
+from neurobridge.store.units import UnitVocab, unit_vocab, units_table
 
 
 def _counts(values) -> dict[str, int]:
@@ -98,22 +97,8 @@ def _window_batch(dataset: str, item: Item, src, vocab: UnitVocab, windows: Sess
 
 
 def _write_units(entry, src: SpikeSource, vocab: UnitVocab, vdir: str, item: Item, settings: Settings) -> int:
-    grid_to_storage = np.argsort(vocab.order)
-    heldout = src.heldout[grid_to_storage] if src.heldout is not None else None
-    n = len(vocab.unit_ids)
-    table = pa.table(
-        {
-            "dataset": pa.array([entry.name] * n, pa.string()),
-            "session": pa.array([src.meta.session] * n, pa.string()),
-            "unit_id": pa.array(vocab.unit_ids, pa.string()),
-            "raw_id": pa.array(np.asarray(src.unit_ids)[grid_to_storage].astype(str).tolist(), pa.string()),
-            "index": pa.array(np.arange(n, dtype=np.int32)),
-            "region": pa.array(vocab.regions, pa.string()),
-            "heldout": pa.array(heldout.tolist() if heldout is not None else [None] * n, pa.bool_()),
-        },
-        schema=UNITS_SCHEMA,
-    )
+    table = units_table(entry.name, src.meta.session, vocab, src.unit_ids, src.heldout)
     fs, path = filesystem(join(vdir, "units", f"part-{item.key}.parquet"), settings)
     with open_atomic(fs, path) as f:
         pq.write_table(table, f, compression="zstd")
-    return n
+    return table.num_rows
