@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 from neurobridge.catalog import CatalogEntry, SplitConfig
 from neurobridge.config import Settings, fault_point
 from neurobridge.ingest.binning import to_uint16
-from neurobridge.ingest.rows import WindowBatch, rows_table
+from neurobridge.ingest.rows import WindowBatch, rows_table, write_units
 from neurobridge.sources import Item, SourceError
 from neurobridge.sources.base import BinnedSource, SessionMeta, WindowBlock
 from neurobridge.storage import filesystem, join, open_atomic, safe_name
@@ -130,17 +130,8 @@ def ingest_binned(src: BinnedSource, entry: CatalogEntry, item: Item, vdir: str,
             )
     side = _write_side_outputs(src, vdir, item, settings, cfg.split)
     if "units" not in side and tally.units:
-        side["units"] = _write_units(list(tally.units.values()), vdir, item, settings)
+        side["units"] = write_units(pa.concat_tables(list(tally.units.values())), vdir, item.key, settings)
     return {**tally.results(entry), "part": part, "side_outputs": side, **src.stats()}
-
-
-def _write_units(tables: list[pa.Table], vdir: str, item: Item, settings: Settings) -> int:
-    """The item's ``units/`` table, for a source that writes none of its own (binned counts, MUA, Pile shards)."""
-    table = pa.concat_tables(tables)
-    fs, path = filesystem(join(vdir, "units", f"part-{item.key}.parquet"), settings)
-    with open_atomic(fs, path) as f:
-        pq.write_table(table, f, compression="zstd")
-    return table.num_rows
 
 
 def _split_side_table(table: pa.Table, rule: SplitConfig) -> pa.Table:

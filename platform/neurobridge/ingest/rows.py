@@ -6,8 +6,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from neurobridge.sources.base import SessionMeta
+from neurobridge.storage import filesystem, join, open_atomic
 from neurobridge.store.schema import SAMPLE_SCHEMA
 
 
@@ -76,3 +78,11 @@ def rows_table(dataset: str, b: WindowBatch) -> pa.Table:
         "behavior_names": behavior_names,
     }
     return pa.table(columns, schema=SAMPLE_SCHEMA)
+
+
+def write_units(table: pa.Table, vdir: str, key: str, settings) -> int:
+    """``<vdir>/units/part-<key>.parquet``, committed atomically after the item's rows; returns its row count."""
+    fs, path = filesystem(join(vdir, "units", f"part-{key}.parquet"), settings)
+    with open_atomic(fs, path) as f:
+        pq.write_table(table, f, compression="zstd")
+    return table.num_rows

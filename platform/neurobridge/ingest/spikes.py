@@ -13,7 +13,7 @@ from neurobridge.catalog import CatalogEntry
 from neurobridge.config import Settings, fault_point
 from neurobridge.ingest.behavior import BehaviorPlan, plan_behavior
 from neurobridge.ingest.binning import bin_spikes
-from neurobridge.ingest.rows import WindowBatch, rows_table
+from neurobridge.ingest.rows import WindowBatch, rows_table, write_units
 from neurobridge.ingest.scan import merge_groups, plan_groups, read_chunk, scan
 from neurobridge.ingest.windows import SessionWindows, make_windows
 from neurobridge.sources import Item, SpikeSource
@@ -97,8 +97,6 @@ def _window_batch(dataset: str, item: Item, src, vocab: UnitVocab, windows: Sess
 
 
 def _write_units(entry, src: SpikeSource, vocab: UnitVocab, vdir: str, item: Item, settings: Settings) -> int:
-    table = units_table(entry.name, src.meta.session, vocab, src.unit_ids, src.heldout)
-    fs, path = filesystem(join(vdir, "units", f"part-{item.key}.parquet"), settings)
-    with open_atomic(fs, path) as f:
-        pq.write_table(table, f, compression="zstd")
-    return table.num_rows
+    return write_units(
+        units_table(entry.name, src.meta.session, vocab, src.unit_ids, src.heldout), vdir, item.key, settings
+    )
