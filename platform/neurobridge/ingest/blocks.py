@@ -33,19 +33,13 @@ class _Tally:
     clipped: int = 0
     sessions: dict[str, SessionMeta] = field(default_factory=dict)
     splits: Counter = field(default_factory=Counter)
-    regions: Counter = field(default_factory=Counter)
-    units_seen: set[str] = field(default_factory=set)
-    units: dict[str, pa.Table] = field(default_factory=dict)  # session → its units/ side table
+    units: dict[str, pa.Table] = field(default_factory=dict)  # session → its units/ side table (counts and regions)
 
     def add(self, batch: WindowBatch) -> None:
         self.rows += len(batch.sample_ids)
         self.tokens += int(batch.values.size)
         self.sessions.setdefault(batch.meta.session, batch.meta)
         self.splits.update(np.asarray(batch.split).astype(str).tolist())
-        for uid, region in zip(batch.unit_ids, batch.regions, strict=True):
-            if uid not in self.units_seen:
-                self.units_seen.add(uid)
-                self.regions[region] += 1
 
     def results(self, entry: CatalogEntry) -> dict:
         first = next(iter(self.sessions.values()), None)
@@ -54,7 +48,7 @@ class _Tally:
             "tokens": self.tokens,
             "spikes": self.spikes,
             "clipped": self.clipped,
-            "units": len(self.units_seen),
+            "units": sum(t.num_rows for t in self.units.values()),
             "session": first.session if first else None,
             "subject": first.subject if first else None,
             "species": first.species if first else entry.species,
@@ -62,7 +56,7 @@ class _Tally:
             "sessions": sorted(self.sessions),
             "subjects": sorted({m.subject for m in self.sessions.values()}),
             "splits": dict(self.splits),
-            "regions": dict(self.regions),
+            "regions": dict(Counter(r for t in self.units.values() for r in t.column("region").to_pylist())),
         }
 
 
@@ -125,9 +119,8 @@ def ingest_binned(src: BinnedSource, entry: CatalogEntry, item: Item, vdir: str,
             writer.write_table(rows_table(entry.name, batch))
             fault_point(settings, "ingest.write", rel=item.rel, key=item.key)
             tally.add(batch)
-            tally.units.setdefault(
-                block.meta.session, units_table(entry.name, block.meta.session, vocab, block.unit_ids)
-            )
+            if block.meta.session not in tally.units:  # a session's blocks share its units: one table each
+                tally.units[block.meta.session] = units_table(entry.name, block.meta.session, vocab, block.unit_ids)
     side = _write_side_outputs(src, vdir, item, settings, cfg.split)
     if "units" not in side and tally.units:
         side["units"] = write_units(pa.concat_tables(list(tally.units.values())), vdir, item.key, settings)

@@ -76,7 +76,9 @@ def ingest_source(src: SpikeSource, entry: CatalogEntry, item: Item, vdir: str, 
             totals["tokens"] += int(c16.size)
             totals["spikes"] += int(c16.sum(dtype=np.int64))
             totals["clipped"] += clipped
-    units_rows = _write_units(entry, src, vocab, vdir, item, settings)
+    units_rows = write_units(
+        units_table(entry.name, src.meta.session, vocab, src.unit_ids, src.heldout), vdir, item.key, settings
+    )
     return {**stats, **totals, "part": part, "side_outputs": {"units": units_rows}}
 
 
@@ -93,10 +95,4 @@ def _window_batch(dataset: str, item: Item, src, vocab: UnitVocab, windows: Sess
         values=c16,
         stimulus_id=windows.stimulus_id[w0:w1] if windows.stimulus_id is not None else None,
         repeat=windows.repeat[w0:w1] if windows.repeat is not None else None,
-    )
-
-
-def _write_units(entry, src: SpikeSource, vocab: UnitVocab, vdir: str, item: Item, settings: Settings) -> int:
-    return write_units(
-        units_table(entry.name, src.meta.session, vocab, src.unit_ids, src.heldout), vdir, item.key, settings
     )

@@ -31,7 +31,7 @@ from neurobridge.sources.fmri_layouts import TableStream, VolumeStream
 from neurobridge.sources.fmri_meta import Trials, Voxels, read_trials, read_voxels
 from neurobridge.storage import filesystem
 from neurobridge.store.schema import FMRI_UNITS_SCHEMA, STIMULI_SCHEMA
-from neurobridge.store.units import unit_vocab
+from neurobridge.store.units import unit_vocab, units_table
 
 ROW_OVERHEAD = 16  # bytes per unit and row besides the value and the id/region text (offsets, validity)
 
@@ -178,14 +178,9 @@ class FmriSource(BinnedSource):
         vocab = unit_vocab(self.entry, self.meta.session, v.ids.astype(str), v.region)
         g = np.argsort(vocab.order)  # grid position → selected voxel
         n = len(g)
+        base = units_table(self.entry.name, self.meta.session, vocab, v.ids)  # the columns every units/ table has
         cols = {
-            "dataset": [self.entry.name] * n,
-            "session": [self.meta.session] * n,
-            "unit_id": vocab.unit_ids,
-            "raw_id": v.ids[g].astype(str),
-            "index": np.arange(n, dtype=np.int32),
-            "region": vocab.regions,
-            "heldout": pa.nulls(n, pa.bool_()),
+            **{name: base.column(name) for name in base.column_names},
             "subject": [self.subject] * n,
             **{axis: v.xyz[g, i] for i, axis in enumerate("xyz")},
             "nc_singletrial": v.nc_single[g],
