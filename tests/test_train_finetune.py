@@ -79,3 +79,5 @@ def test_a_freezing_schedule_holds_the_backbone_until_its_step_then_trains_every
     assert all(p.requires_grad for p in released.model.parameters())
     with pytest.raises(ValueError, match="unfreeze_after needs freeze_backbone"):
         FinetuneConfig(**(sched.model_dump() | {"freeze_backbone": False}))
+    with pytest.raises(ValueError, match="a frozen backbone has no lr"):
+        FinetuneConfig(**(sched.model_dump() | {"unfreeze_after": None, "backbone_lr_scale": 0.1}))

@@ -1,5 +1,6 @@
 """train/loop: the training loop, run here without Ray. A NaN loss stops naming the step and windows, validation
-keeps the best weights and patience ends the run, val loss uses fixed masks, per-unit rows get their own decay."""
+keeps the best weights and patience ends the run, val loss uses fixed masks, per-unit rows get their own decay,
+a scaled backbone learning rate moves the shared weights that share of a step."""
 
 from __future__ import annotations
 
@@ -109,6 +110,31 @@ def test_per_unit_rows_get_their_own_weight_decay_only_when_asked(rows):
         p.grad = torch.zeros_like(p)
     opt.step()  # zero gradients: only decoupled decay moves the rows, toward zero (= the shared model)
     assert model.unit_embed_out.weight.norm() < before.norm()
+
+
+def test_a_scaled_backbone_moves_that_share_of_a_step_while_session_parts_take_the_full_one(rows):
+    from neurobridge.models.ndt import SESSION_PARTS
+    from neurobridge.train.config import OptimConfig
+    from neurobridge.train.loop import make_optimizer
+
+    model = small_model(Vocabularies.from_rows(rows))
+
+    def moved(scale: float) -> dict[str, float]:
+        m = copy.deepcopy(model)
+        opt, _ = make_optimizer(m, OptimConfig(backbone_lr_scale=scale, weight_decay=0.0, warmup_steps=0))
+        assert sorted(id(p) for g in opt.param_groups for p in g["params"]) == sorted(id(p) for p in m.parameters())
+        before = {n: p.detach().clone() for n, p in m.named_parameters()}
+        for p in m.parameters():
+            p.grad = torch.ones_like(p)  # Adam's first step moves every weight by lr, whatever the gradient's size
+        opt.step()
+        return {n: (p.detach() - before[n]).abs().max().item() for n, p in m.named_parameters()}
+
+    full, tenth = moved(1.0), moved(0.1)
+    own = [n for n in full if n.split(".")[0] in SESSION_PARTS]
+    shared = [n for n in full if n not in own]
+    assert own and shared
+    assert {n: tenth[n] for n in own} == pytest.approx({n: full[n] for n in own}, rel=1e-2)  # fp32 steps on ~1
+    assert {n: tenth[n] for n in shared} == pytest.approx({n: 0.1 * full[n] for n in shared}, rel=1e-2)
 
 
 @pytest.mark.slow

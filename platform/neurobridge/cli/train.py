@@ -97,6 +97,9 @@ def finetune(
     train_decoder: bool = typer.Option(False, help="with --freeze-backbone: the decoder trains too"),
     unfreeze_after: int = typer.Option(None, help="with --freeze-backbone: every parameter trains from this step"),
     unit_weight_decay: float = typer.Option(0.0, help="decay of all per-unit rows toward the shared read-out"),
+    backbone_lr_scale: float = typer.Option(
+        1.0, help="the shared backbone's learning rate as a share of --lr (the session's rows and heads keep --lr)"
+    ),
     output_smoothing_ms: float = typer.Option(None, help="Gaussian s.d. (ms) of the model's output smoothing"),
     val_every: int = typer.Option(None, help="keep the weights of the best pass over the session's val windows"),
     val_patience: int = typer.Option(None, help="with --val-every: stop after this many passes without a new best"),
@@ -135,6 +138,7 @@ def finetune(
         train_decoder=train_decoder,
         unfreeze_after=unfreeze_after,
         unit_weight_decay=unit_weight_decay,
+        backbone_lr_scale=backbone_lr_scale,
         val_every=val_every,
         val_patience=val_patience,
         batch_size=batch_size,

@@ -122,6 +122,11 @@ def _sincos(n: int, d: int) -> torch.Tensor:
     return out
 
 
+# The parts of the model that belong to sessions, units and output slots rather than to the shared backbone: what a
+# frozen backbone still trains in a fine-tune, and what keeps the full learning rate when the backbone's is scaled.
+SESSION_PARTS = ("ctx_emb", "count_head", "mua_head", "region_emb", "unit_embed_in", "unit_embed_out")
+
+
 class MaskedNeuralModel(nn.Module):
     def __init__(self, cfg: ModelConfig, vocabs: Vocabularies):
         super().__init__()

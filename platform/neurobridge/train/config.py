@@ -52,6 +52,9 @@ class OptimConfig(_Strict):
     unit_weight_decay: float = Field(
         0.0, ge=0, description="AdamW decay of the per-unit read-in/read-out rows (0: none, like other embeddings)"
     )
+    backbone_lr_scale: float = Field(
+        1.0, gt=0, le=1, description="the shared backbone's learning rate as a share of lr (fine-tuning; 1: all alike)"
+    )
     betas: tuple[float, float] = (0.9, 0.98)
     warmup_steps: int = Field(50, ge=0)
     max_steps: int = Field(600, ge=1)

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from neurobridge.config import Settings, get_settings
 from neurobridge.models.checkpoint import load_checkpoint, save_checkpoint
 from neurobridge.models.config import ModelConfig
-from neurobridge.models.ndt import MaskedNeuralModel
+from neurobridge.models.ndt import SESSION_PARTS, MaskedNeuralModel
 from neurobridge.models.patching import CONTEXT
 from neurobridge.models.vocab import Vocabularies, unit_key
 from neurobridge.storage import StoreError
@@ -27,14 +27,6 @@ from neurobridge.train.components import Reporter
 from neurobridge.train.config import DataConfig, OptimConfig, PretrainConfig, ValidationConfig
 from neurobridge.train.loop import run_steps, val_loss
 
-BACKBONE_FREE = (
-    "ctx_emb",
-    "count_head",
-    "mua_head",
-    "region_emb",
-    "unit_embed_in",
-    "unit_embed_out",
-)  # what a frozen backbone still trains
 # with train_decoder, the lighter decoder adapts too (the encoder's representation stays as pretrained)
 DECODER = ("enc_to_dec", "dec_pos", "mask_token", "decoder", "dec_norm", "bin_proj")
 
@@ -55,6 +47,13 @@ class FinetuneConfig(BaseModel):
         ge=1,
         description="with freeze_backbone: every parameter trains from this step on (the new session's rows settle "
         "on the fixed backbone first, then the backbone adapts)",
+    )
+    backbone_lr_scale: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="learning rate of the shared backbone as a share of lr; the session's context, unit rows and "
+        "heads keep lr (between a frozen backbone and a full fine-tune)",
     )
     mode: str = "all"
     seed: int = 0
@@ -88,6 +87,10 @@ class FinetuneConfig(BaseModel):
             raise ValueError("train_decoder needs freeze_backbone (without it every part trains anyway)")
         if self.unfreeze_after is not None and not self.freeze_backbone:
             raise ValueError("unfreeze_after needs freeze_backbone (there is nothing frozen to release)")
+        if self.freeze_backbone and self.backbone_lr_scale != 1.0 and self.unfreeze_after is None:
+            raise ValueError(
+                "backbone_lr_scale with freeze_backbone needs unfreeze_after (a frozen backbone has no lr)"
+            )
         return self
 
 
@@ -160,7 +163,7 @@ def finetune(
 def _freeze(model: MaskedNeuralModel, cfg: FinetuneConfig) -> None:
     if cfg.freeze_backbone:
         for name, p in model.named_parameters():
-            p.requires_grad = name.split(".")[0] in BACKBONE_FREE + (DECODER if cfg.train_decoder else ())
+            p.requires_grad = name.split(".")[0] in SESSION_PARTS + (DECODER if cfg.train_decoder else ())
 
 
 @dataclass
@@ -232,6 +235,7 @@ def _step_config(cfg: FinetuneConfig, model: ModelConfig, batch_size: int) -> Pr
             batch_size=batch_size,
             warmup_steps=min(20, cfg.steps // 10),
             unit_weight_decay=cfg.unit_weight_decay,
+            backbone_lr_scale=cfg.backbone_lr_scale,
         ),
         log_every=max(1, cfg.steps // 10),
         checkpoint_every=cfg.steps,

@@ -19,7 +19,7 @@ from functools import partial
 import torch
 
 from neurobridge.models.masking import choose_mode, sample_mask
-from neurobridge.models.ndt import MaskedNeuralModel
+from neurobridge.models.ndt import SESSION_PARTS, MaskedNeuralModel
 from neurobridge.train.batches import Collated
 from neurobridge.train.config import PretrainConfig
 
@@ -45,6 +45,8 @@ def make_optimizer(model: torch.nn.Module, cfg) -> tuple[torch.optim.Optimizer, 
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if unit:  # a third group only when asked for: optimizer states saved without it still load
         groups.append({"params": unit, "weight_decay": cfg.unit_weight_decay})
+    if cfg.backbone_lr_scale != 1.0:
+        groups = _backbone_groups(model, groups, cfg.lr * cfg.backbone_lr_scale)
     opt = _adamw(groups, cfg)
 
     def schedule(step: int) -> float:  # linear warmup, then cosine to 10 % of the peak
@@ -54,6 +56,18 @@ def make_optimizer(model: torch.nn.Module, cfg) -> tuple[torch.optim.Optimizer, 
         return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+
+
+def _backbone_groups(model: torch.nn.Module, groups: list[dict], lr: float) -> list[dict]:
+    """Each group split in two: the session's own parameters (context, unit rows, heads) at the optimizer's lr and
+    the shared backbone's at ``lr``; the schedule scales both alike. A fine-tune on few trials can then move the
+    backbone a little instead of all (it overfits) or not at all (a new session may need it to adapt)."""
+    own = {id(p) for n, p in model.named_parameters() if n.removeprefix("module.").split(".")[0] in SESSION_PARTS}
+    out = []
+    for g in groups:
+        out.append({**g, "params": [p for p in g["params"] if id(p) in own]})
+        out.append({**g, "params": [p for p in g["params"] if id(p) not in own], "lr": lr})
+    return [g for g in out if g["params"]]
 
 
 def _adamw(groups: list[dict], cfg) -> torch.optim.AdamW:
