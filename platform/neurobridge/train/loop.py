@@ -60,9 +60,10 @@ def make_optimizer(model: torch.nn.Module, cfg) -> tuple[torch.optim.Optimizer, 
 
 def _backbone_groups(model: torch.nn.Module, groups: list[dict], lr: float) -> list[dict]:
     """Each group split in two: the session's own parameters (context, unit rows, heads) at the optimizer's lr and
-    the shared backbone's at ``lr``; the schedule scales both alike. A fine-tune on few trials can then move the
-    backbone a little instead of all (it overfits) or not at all (a new session may need it to adapt)."""
-    own = {id(p) for n, p in model.named_parameters() if n.removeprefix("module.").split(".")[0] in SESSION_PARTS}
+    the shared backbone's at ``lr``; the schedule scales both alike. The usual middle ground between freezing the
+    backbone and a full fine-tune; on real recordings no share beat both ends (docs/results.md), so it is a knob to
+    measure with, not a default."""
+    own = {id(p) for n, p in model.named_parameters() if n.split(".")[0] in SESSION_PARTS}
     out = []
     for g in groups:
         out.append({**g, "params": [p for p in g["params"] if id(p) in own]})
