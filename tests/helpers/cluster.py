@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -32,25 +33,49 @@ RAY_PORT_FLAGS = (
 
 
 _HANDED_OUT: set[int] = set()
+# Ray's default range for its workers' own ports: a local Ray started by another test opens them as workers start.
+RAY_WORKER_PORTS_END = 20000
+
+
+def _server_ports() -> range:
+    """Ports nothing else on this machine takes by itself: above Ray's worker range and below the kernel's ephemeral
+    range. A port from ``bind(0)`` is ephemeral, and between choosing it and the server binding it any outgoing
+    connection (a Ray worker's gRPC client) can take it as its local port: the GCS then fails to start."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768  # Linux's default; macOS starts at 49152
+    return range(RAY_WORKER_PORTS_END, max(low, RAY_WORKER_PORTS_END + 1000))
 
 
 def free_ports(n: int) -> list[int]:
-    """``n`` distinct free ports, never one handed out before in this run: the sockets stay bound until all are
-    chosen, since a port closed and asked for again can come straight back (Ray then refuses two components on
-    one port)."""
+    """``n`` distinct free ports for servers, never one handed out before in this run: the sockets stay bound until
+    all are chosen, since a port closed and asked for again can come straight back (Ray then refuses two components
+    on one port)."""
+    pool = _server_ports()
+    rng = random.Random(os.getpid() ^ time.time_ns())
     socks, ports = [], []
     try:
-        while len(ports) < n:
+        for _ in range(100 * n):
+            if len(ports) == n:
+                break
+            port = rng.choice(pool)
+            if port in _HANDED_OUT:
+                continue
             s = socket.socket()
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:  # taken: try another
+                s.close()
+                continue
             socks.append(s)
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-            if port not in _HANDED_OUT:
-                _HANDED_OUT.add(port)
-                ports.append(port)
+            _HANDED_OUT.add(port)
+            ports.append(port)
     finally:
         for s in socks:
             s.close()
+    if len(ports) < n:
+        raise RuntimeError(f"found {len(ports)} of {n} free ports in {pool.start}-{pool.stop - 1}")
     return ports
 
 
