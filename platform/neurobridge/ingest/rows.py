@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from neurobridge.config import Settings
 from neurobridge.sources.base import SessionMeta
 from neurobridge.storage import filesystem, join, open_atomic
 from neurobridge.store.schema import SAMPLE_SCHEMA
@@ -80,7 +81,7 @@ def rows_table(dataset: str, b: WindowBatch) -> pa.Table:
     return pa.table(columns, schema=SAMPLE_SCHEMA)
 
 
-def write_units(table: pa.Table, vdir: str, key: str, settings) -> int:
+def write_units(table: pa.Table, vdir: str, key: str, settings: Settings) -> int:
     """``<vdir>/units/part-<key>.parquet``, committed atomically after the item's rows; returns its row count."""
     fs, path = filesystem(join(vdir, "units", f"part-{key}.parquet"), settings)
     with open_atomic(fs, path) as f:
