@@ -143,7 +143,7 @@ def patchify(
         "token_patch": torch.arange(P).repeat_interleave(T).expand(B, N),
         "token_region": t(np.repeat(patch_region, T, axis=1)),
         "token_heldout": t(np.repeat(patch_heldout, T, axis=1)),
-        "token_unit": t(np.ascontiguousarray(np.broadcast_to(slot_unit[:, :, None, :], (B, P, T, k))).reshape(B, N, k)),
+        "token_unit": t(np.repeat(slot_unit, T, axis=1)),
     }
 
 
