@@ -1,10 +1,11 @@
 """`neurobridge bench train` reports steady-state rates: the first fifth of a run's reports is warm-up on both the
-plain-loop and the Ray side, so a slow start does not count as Ray overhead."""
+plain-loop and the Ray side, so a slow start does not count as Ray overhead; each Ray run is
+bracketed by its own plain loops and the median over rounds is quoted, so one run in a slow minute does not decide."""
 
 from __future__ import annotations
 
 import pytest
-from neurobridge.bench.train import _steady, _warm
+from neurobridge.bench.train import _median, _steady, _warm, round_overheads
 
 
 def test_the_first_fifth_of_the_reports_is_warm_up_and_at_least_the_first():
@@ -24,3 +25,19 @@ def test_a_slow_start_does_not_lower_the_steady_rate():
 def test_too_short_a_run_is_refused_rather_than_measured():
     with pytest.raises(ValueError, match="too few steps"):
         _steady([(5, 0.1, 500), (10, 0.2, 1000)])
+
+
+def test_each_ray_run_is_measured_against_the_plain_loops_just_before_and_after_it():
+    # the VM speeds up between rounds: round 1 brackets 100/80 (ref 90), round 2 brackets 80/120 (ref 100)
+    overheads = round_overheads([100.0, 80.0, 120.0], [81.0, 95.0])
+    assert overheads == pytest.approx([0.10, 0.05])
+
+
+def test_the_quoted_overhead_is_the_median_of_the_rounds():
+    assert _median([0.02, 0.15, 0.05]) == pytest.approx(0.05)
+    assert _median([0.02, 0.06]) == pytest.approx(0.04)
+
+
+def test_rounds_without_a_plain_loop_on_both_sides_are_refused():
+    with pytest.raises(ValueError, match="need 3 bracketing plain loops"):
+        round_overheads([100.0, 90.0], [80.0, 85.0])

@@ -220,6 +220,9 @@ def bench_train(
     data_batches: int = typer.Option(
         100, help="batches drawn in the data-path measurement (the plain loop cycles them)"
     ),
+    rounds: int = typer.Option(
+        3, min=1, help="Ray Train runs, each between two plain loops; the overhead quoted is their median"
+    ),
 ):
     """Tokens/s through Ray Train vs a plain PyTorch loop (same model, same data), data-path headroom, peak RSS."""
     from neurobridge.bench.train import bench_train as run
@@ -232,7 +235,7 @@ def bench_train(
         )
     except ConfigError as err:
         _fail(str(err))
-    out = run(cfg, data_batches=data_batches, echo=console.print)
+    out = run(cfg, data_batches=data_batches, echo=console.print, rounds=rounds)
     console.print_json(json.dumps(out))
 
 
