@@ -146,11 +146,11 @@ def bench_train(
     settings: Settings | None = None,
     data_batches: int = 40,
     echo: Callable[[str], None] = print,
-    rounds: int = 1,
+    rounds: int = 3,
 ) -> dict:
     """The data path once, then ``rounds`` Ray Train runs, each between two plain loops (plain, Ray, plain, Ray, …,
     plain): a shared VM's speed drifts by up to a quarter within a minute, so one bracketed run can land anywhere
-    from 0 to 15 % overhead; the median of several rounds is the figure to quote."""
+    from −3 to 15 % overhead; the median of several rounds is the figure to quote."""
     settings = settings or get_settings()
     s = cfg.scaling
     threads = max(1, int(s.cpus_per_worker))
