@@ -5,7 +5,7 @@ bracketed by its own plain loops and the median over rounds is quoted, so one ru
 from __future__ import annotations
 
 import pytest
-from neurobridge.bench.train import _median, _steady, _warm, round_overheads
+from neurobridge.bench.train import _steady, _warm, ray_overhead
 
 
 def test_the_first_fifth_of_the_reports_is_warm_up_and_at_least_the_first():
@@ -29,15 +29,17 @@ def test_too_short_a_run_is_refused_rather_than_measured():
 
 def test_each_ray_run_is_measured_against_the_plain_loops_just_before_and_after_it():
     # the VM speeds up between rounds: round 1 brackets 100/80 (ref 90), round 2 brackets 80/120 (ref 100)
-    overheads = round_overheads([100.0, 80.0, 120.0], [81.0, 95.0])
-    assert overheads == pytest.approx([0.10, 0.05])
+    each, _ = ray_overhead([100.0, 80.0, 120.0], [81.0, 95.0])
+    assert each == pytest.approx([0.10, 0.05])
 
 
 def test_the_quoted_overhead_is_the_median_of_the_rounds():
-    assert _median([0.02, 0.15, 0.05]) == pytest.approx(0.05)
-    assert _median([0.02, 0.06]) == pytest.approx(0.04)
+    # a steady VM at 100 tokens/s: rounds at 2, 15 and 5 % overhead quote 5 %; two rounds quote their midpoint
+    each, quoted = ray_overhead([100.0] * 4, [98.0, 85.0, 95.0])
+    assert each == pytest.approx([0.02, 0.15, 0.05]) and quoted == pytest.approx(0.05)
+    assert ray_overhead([100.0] * 3, [98.0, 94.0])[1] == pytest.approx(0.04)
 
 
 def test_rounds_without_a_plain_loop_on_both_sides_are_refused():
     with pytest.raises(ValueError, match="need 3 bracketing plain loops"):
-        round_overheads([100.0, 90.0], [80.0, 85.0])
+        ray_overhead([100.0, 90.0], [80.0, 85.0])

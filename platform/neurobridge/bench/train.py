@@ -16,6 +16,7 @@ from __future__ import annotations
 import resource
 import time
 from collections.abc import Callable
+from statistics import median
 
 import torch
 
@@ -109,18 +110,14 @@ def _steady(marks: list[tuple[int, float, int]]) -> dict:
     return {"tokens_per_s": (n1 - n0) / (t1 - t0), "steps": s1 - s0, "seconds": t1 - t0}
 
 
-def round_overheads(plain: list[float], ray: list[float]) -> list[float]:
-    """Ray overhead of each round against the mean of the plain loops run just before and just after it: with
-    rounds alternating plain, Ray, plain, Ray, …, plain, every Ray run has its own bracketing reference."""
+def ray_overhead(plain: list[float], ray: list[float]) -> tuple[list[float], float]:
+    """Each round's Ray overhead against the mean of the plain loops run just before and just after it (rounds
+    alternate plain, Ray, plain, Ray, …, plain), and the figure quoted: their median, so one round in a slow
+    minute does not decide."""
     if len(plain) != len(ray) + 1:
         raise ValueError(f"{len(ray)} Ray runs need {len(ray) + 1} bracketing plain loops, got {len(plain)}")
-    return [1.0 - r / ((a + b) / 2) for r, a, b in zip(ray, plain[:-1], plain[1:], strict=True)]
-
-
-def _median(values: list[float]) -> float:
-    v = sorted(values)
-    n = len(v)
-    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
+    each = [1.0 - r / ((a + b) / 2) for r, a, b in zip(ray, plain[:-1], plain[1:], strict=True)]
+    return each, median(each)
 
 
 def _ray_round(cfg: PretrainConfig, settings: Settings) -> dict:
@@ -178,16 +175,15 @@ def bench_train(
             f"{cfg.optim.max_steps} steps took {rays[-1]['wall_s']:.0f} s with start-up)"
         )
         plains.append(plain_run())  # a VM drifts: every Ray run between two plain loops
-    overheads = round_overheads(plains, [x["tokens_per_s"] for x in rays])
-    ray_rate = _median([x["tokens_per_s"] for x in rays])
+    overheads, quoted = ray_overhead(plains, [x["tokens_per_s"] for x in rays])
     out = {
         "data_tokens_per_s": data["tokens_per_s"],
-        "plain_tokens_per_s": _median(plains),
+        "plain_tokens_per_s": median(plains),
         "plain_runs_tokens_per_s": plains,
-        "ray_tokens_per_s": ray_rate,
+        "ray_tokens_per_s": median(x["tokens_per_s"] for x in rays),
         "ray_runs_tokens_per_s": [x["tokens_per_s"] for x in rays],
         "ray_overheads": overheads,
-        "ray_overhead": _median(overheads),
+        "ray_overhead": quoted,
         "data_over_consumption": data["tokens_per_s"] / max(x["tokens_per_s"] for x in rays),
         "ray_data_wait_s_per_step": _mean([x["wait_s"] for x in rays]),
         "ray_wall_s": _mean([x["wall_s"] for x in rays]),
