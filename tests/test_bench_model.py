@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from neurobridge.bench.attention import Recorder, ceiling
 from neurobridge.bench.model import Shape, device_name, native_bf16, precisions, run
 
 CPU = torch.device("cpu")
@@ -32,3 +33,40 @@ def test_a_step_reports_its_rate_and_mfu_against_the_same_precision_peak(precisi
 def test_auto_is_resolved_before_a_step_is_timed():
     with pytest.raises(ValueError, match="precisions"):
         run("small", "cpu", Shape(batch=2, units=8, bins=5), steps=1, precision="auto", peak_seconds=0.01)
+
+
+def test_a_step_reports_what_attention_alone_costs_and_the_mfu_ceiling_it_sets():
+    r = run("small", "cpu", Shape(batch=4, units=16, bins=10), steps=1, precision="fp32", peak_seconds=0.05)
+    assert 0 < r["attention_flops_share"] < 1 and r["attention_s_alone"] > 0
+    flops = r["tflops_per_s"] * 1e12 * r["step_s"]
+    attn = r["attention_flops_share"] * flops
+    assert r["attention_tflops_per_s"] == pytest.approx(attn / r["attention_s_alone"] / 1e12)
+    peak = r["matmul_peak_tflops_per_s"] * 1e12
+    assert r["mfu_ceiling"] == pytest.approx(ceiling(flops, attn, r["attention_s_alone"], peak))
+
+
+def test_the_ceiling_is_one_when_attention_is_free_and_its_own_rate_when_it_is_all_the_work():
+    assert ceiling(1e12, 0.0, 0.0, 1e12) == pytest.approx(1.0)
+    assert ceiling(1e12, 1e12, 2.0, 1e12) == pytest.approx(0.5)  # attention at half the peak, nothing else
+    assert ceiling(1e12, 5e11, 1.0, 1e12) == pytest.approx(1 / 1.5)  # half the work at half the peak
+
+
+def test_the_recorder_sees_every_attention_call_of_the_model_with_its_shapes():
+    from neurobridge.bench.model import SIZES, synthetic_rows
+    from neurobridge.models.ndt import MaskedNeuralModel
+    from neurobridge.models.patching import collate
+    from neurobridge.models.vocab import Vocabularies
+    from neurobridge.train.config import PretrainConfig
+    from torch.utils.flop_counter import FlopCounterMode
+
+    rows = synthetic_rows(3, 40, 6)
+    vocabs = Vocabularies.from_rows(rows)
+    cfg = PretrainConfig.model_validate({"mode": "random", "model": SIZES["small"]})
+    model = MaskedNeuralModel(cfg.model, vocabs)
+    recorder = Recorder()
+    with FlopCounterMode(display=False, custom_mapping=recorder.mapping()):
+        model(collate(rows, vocabs, cfg.model.neurons_per_token)).loss.backward()
+    heads = {call.q[1:2] + call.q[3:] for call in recorder.calls}  # (heads, head width) of each call
+    assert heads == {(cfg.model.heads, cfg.model.d_model // cfg.model.heads), (1, cfg.model.decoder_d_model)}
+    assert sum(recorder.calls.values()) == cfg.model.depth + cfg.model.decoder_depth
+    assert all(call.q[0] == 3 and call.dtype == torch.float32 for call in recorder.calls)

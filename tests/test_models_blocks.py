@@ -66,3 +66,23 @@ def test_decoder_heads_default_by_width_and_explicit_values_are_kept():
     assert ModelConfig(decoder_d_model=128).decoder_heads == 4
     assert ModelConfig(decoder_heads=4).decoder_heads == 4  # a checkpoint's stored config is honoured
     assert ModelConfig.model_validate(ModelConfig().model_dump()).decoder_heads == 1
+
+
+def test_under_bf16_autocast_on_a_cpu_attention_runs_in_fp32_and_the_block_stays_bf16_elsewhere():
+    """The CPU flash kernel runs bf16 at half its fp32 rate, so attention is cast around; the step it is part of
+    still trains (gradients reach every parameter) and matches the fp32 block to bf16's precision."""
+    from neurobridge.bench.attention import Recorder
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    stack = Stack(32, 4, 2, 2, 0.0)
+    x, pad = _padded(3, 20, 32)
+    recorder = Recorder()
+    with FlopCounterMode(display=False, custom_mapping=recorder.mapping()):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = stack(x, pad)
+        out[~pad].float().pow(2).sum().backward()
+    assert sum(recorder.calls.values()) == 2  # one call per layer, each seen by the recorder
+    assert {call.dtype for call in recorder.calls} == {torch.float32}
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in stack.parameters())
+    assert torch.allclose(out[~pad].float(), stack(x, pad)[~pad], atol=0.1)

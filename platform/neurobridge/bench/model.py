@@ -5,8 +5,10 @@ Synthetic windows of a fixed shape go through the real collate, masking and MAE 
 heads on target tokens only). FLOPs of one step are counted by torch's FlopCounterMode, with attention counted by
 the SDPA formulas torch uses (its counter has no entry for the CPU flash kernel, which would leave half the work
 uncounted). In the same process the dense matmul rate of the device is measured at the same precision: the
-practical peak (before and after the timed steps, the better kept). MFU = counted FLOP/s ÷ that peak. This isolates
-the model from the data path (``bench train``).
+practical peak (before and after the timed steps, the better kept). MFU = counted FLOP/s ÷ that peak. The step's
+attention calls are then replayed alone (``bench.attention``): their share of the step and the MFU ceiling they set
+say whether a gap to the peak lies in the attention kernel or in everything around it. This isolates the model from
+the data path (``bench train``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from neurobridge.bench import attention
 from neurobridge.models.ndt import MaskedNeuralModel
 from neurobridge.models.patching import collate
 from neurobridge.models.vocab import Vocabularies
@@ -119,23 +122,6 @@ def matmul_peak(device: torch.device, bf16: bool, seconds: float = 1.0) -> dict:
     return best
 
 
-def _attention_flops() -> dict:
-    """FlopCounterMode entries for the SDPA kernels it does not know (CPU flash), by torch's own formulas."""
-    from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
-
-    aten = torch.ops.aten
-
-    def fwd(query, key, value, *args, out_shape=None, **kwargs) -> int:  # FlopCounterMode passes shapes
-        return sdpa_flop_count(query, key, value)
-
-    def bwd(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
-        return sdpa_backward_flop_count(grad_out, query, key, value)
-
-    names = {"_scaled_dot_product_flash_attention_for_cpu": fwd}
-    names["_scaled_dot_product_flash_attention_for_cpu_backward"] = bwd
-    return {getattr(aten, n): fn for n, fn in names.items() if hasattr(aten, n)}
-
-
 def run(
     size: str = "small",
     device: str = "cpu",
@@ -164,9 +150,10 @@ def run(
     loop = Loop(cfg, model, Placement(dev), None)
     rows = synthetic_rows(shape.batch, shape.units, shape.bins)
     item = Collated([collate(rows, vocabs, cfg.model.neurons_per_token).to(dev)], [r["sample_id"] for r in rows], [])
-    with FlopCounterMode(display=False, custom_mapping=_attention_flops()) as counter:
+    recorder = attention.Recorder()
+    with FlopCounterMode(display=False, custom_mapping=recorder.mapping()) as counter:
         loop.train_step(item)
-    flops = counter.get_total_flops()
+    flops, attn_flops = counter.get_total_flops(), attention.attention_flops(counter.get_flop_counts())
     for _ in range(3):
         loop.train_step(item)
     # The peak on either side of the steps, the better one: a shared machine that slows down for one second must
@@ -179,6 +166,7 @@ def run(
     _sync(dev)
     dt = (time.perf_counter() - t0) / steps
     peak = max(before, matmul_peak(dev, bf16, peak_seconds), key=lambda m: m["tflops_per_s"])
+    attn_s = attention.time_calls(recorder.calls, dev)
     out = {
         "size": size,
         "device": device_name(dev),
@@ -194,6 +182,13 @@ def run(
         "matmul_peak_n": peak["n"],
     }
     out["mfu"] = out["tflops_per_s"] / peak["tflops_per_s"]
+    out |= {
+        "attention_flops_share": attn_flops / flops,
+        "attention_s_alone": attn_s,  # the step's SDPA calls replayed alone, forward + backward
+        "attention_tflops_per_s": attn_flops / attn_s / 1e12 if attn_s else float("nan"),
+        "other_tflops_per_s": (flops - attn_flops) / max(dt - attn_s, 1e-9) / 1e12,  # the rest of the step's rate
+        "mfu_ceiling": attention.ceiling(flops, attn_flops, attn_s, peak["tflops_per_s"] * 1e12),
+    }
     if dev.type == "cuda":
         out["peak_mem_gb"] = torch.cuda.max_memory_allocated(dev) / 1e9
     return out

@@ -261,13 +261,34 @@ def bench_model(
         _fail(f"--precision {precision!r}: one of auto, fp32, bf16")
     dev = torch.device(device)
     table = Table(
-        "size", "precision", "tokens/s", "TFLOP/s", "matmul peak", "MFU", title=f"bench model ({device_name(dev)})"
+        "size",
+        "precision",
+        "tokens/s",
+        "TFLOP/s",
+        "matmul peak",
+        "MFU",
+        "attention FLOPs",
+        "attention alone",
+        "MFU ceiling",
+        title=f"bench model ({device_name(dev)})",
+        caption="attention alone: the step's SDPA calls replayed by themselves, as a share of the step's time and "
+        "their rate against the peak; MFU ceiling: the MFU if everything else ran at the matmul peak",
     )
     results = []
     for s, prec in ((s, p) for s in (SIZES if size == "all" else [size]) for p in precisions(dev, precision)):
         r = run(s, device, Shape(batch, units, bins), steps, prec)
         results.append(r)
         rates = (f"{r['tokens_per_s']:,.0f}", f"{r['tflops_per_s']:.4f}", f"{r['matmul_peak_tflops_per_s']:.4f}")
-        table.add_row(s, r["precision"], *rates, f"{r['mfu']:.0%}")
+        share, rate = r["attention_s_alone"] / r["step_s"], r["attention_tflops_per_s"] / r["matmul_peak_tflops_per_s"]
+        attention = f"{share:.0%} of the step, at {rate:.0%}"
+        table.add_row(
+            s,
+            r["precision"],
+            *rates,
+            f"{r['mfu']:.0%}",
+            f"{r['attention_flops_share']:.0%}",
+            attention,
+            f"{r['mfu_ceiling']:.0%}",
+        )
     console.print(table)
     console.print_json(json.dumps(results))

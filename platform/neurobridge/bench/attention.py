@@ -1,0 +1,133 @@
+"""What attention alone costs in a training step, and the MFU ceiling that sets (`neurobridge bench model`).
+
+MFU says how far a step is from the matmul peak, not why. A small model's step is mostly attention over a few hundred
+tokens with narrow heads, and the fused SDPA kernels run such shapes far below the peak of a dense matmul. So the
+step's SDPA calls are recorded while its FLOPs are counted, then replayed alone (forward + backward, the same
+shapes, dtype and mask), which gives the best time attention can take on this device. If everything else in the
+step ran at the matmul peak, the step could reach at most
+
+    ceiling = FLOPs / (attention time + other FLOPs / peak) / peak,
+
+and a target above that ceiling cannot be reached by work outside the attention kernel.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+
+# The forward SDPA kernels a training step may dispatch to; each is followed by its backward in the same step.
+FORWARD_OPS = (
+    "_scaled_dot_product_flash_attention_for_cpu",
+    "_scaled_dot_product_flash_attention",
+    "_scaled_dot_product_efficient_attention",
+    "_scaled_dot_product_cudnn_attention",
+)
+
+
+@dataclass(frozen=True)
+class Call:
+    """One SDPA call of a step: q, k, v shapes [B, H, L, D], their dtype and the mask's shape, if it had one."""
+
+    q: tuple[int, ...]
+    k: tuple[int, ...]
+    v: tuple[int, ...]
+    mask: tuple[int, ...] | None
+    dtype: torch.dtype = torch.float32
+
+
+class Recorder:
+    """Wraps the FLOP formulas of the forward SDPA ops so that counting a step's FLOPs also records its calls."""
+
+    def __init__(self) -> None:
+        self.calls: Counter[Call] = Counter()
+
+    def mapping(self) -> dict:
+        """FlopCounterMode's ``custom_mapping``: the CPU flash formulas and the forward SDPA ops recording."""
+        from torch.utils.flop_counter import flop_registry, shape_wrapper
+
+        aten = torch.ops.aten
+        formulas = cpu_flash_formulas()
+        out = dict(formulas)
+        for name in FORWARD_OPS:
+            op = getattr(aten, name, None)
+            if op is None:
+                continue
+            if op in formulas:  # a custom formula takes shapes unless it says otherwise
+                f = formulas[op]
+                out[op] = self._recording(f if getattr(f, "_get_raw", False) else shape_wrapper(f))
+            elif op in flop_registry:  # torch's own formulas are registered taking the tensors
+                out[op] = self._recording(flop_registry[op])
+        return out
+
+    def _recording(self, formula):
+        def record(*args, out_val=None, **kwargs):
+            q, k, v = (tuple(a.shape) for a in args[:3])
+            mask = kwargs.get("attn_mask")
+            if mask is None:  # the memory-efficient kernel takes its bias positionally
+                mask = next((a for a in args[3:] if isinstance(a, torch.Tensor)), None)
+            self.calls[Call(q, k, v, None if mask is None else tuple(mask.shape), args[0].dtype)] += 1
+            return formula(*args, out_val=out_val, **kwargs)
+
+        record._get_raw = True  # FlopCounterMode hands it the tensors, not their shapes
+        return record
+
+
+def cpu_flash_formulas() -> dict:
+    """FlopCounterMode entries for the SDPA kernels it does not know (CPU flash), by torch's own formulas: without
+    them half a small model's work would go uncounted."""
+    from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
+
+    aten = torch.ops.aten
+
+    def fwd(query, key, value, *args, out_shape=None, **kwargs) -> int:  # FlopCounterMode passes shapes
+        return sdpa_flop_count(query, key, value)
+
+    def bwd(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_backward_flop_count(grad_out, query, key, value)
+
+    names = {"_scaled_dot_product_flash_attention_for_cpu": fwd}
+    names["_scaled_dot_product_flash_attention_for_cpu_backward"] = bwd
+    return {getattr(aten, n): fn for n, fn in names.items() if hasattr(aten, n)}
+
+
+def attention_flops(counts: dict) -> int:
+    """The SDPA share of FlopCounterMode's ``get_flop_counts()`` (forward and backward kernels)."""
+    return sum(n for op, n in counts.get("Global", {}).items() if "scaled_dot_product" in str(op))
+
+
+def time_calls(calls: Counter[Call], device: torch.device, reps: int = 5) -> float:
+    """Seconds per step that the recorded calls take alone: each call's forward + backward timed ``reps`` times
+    (median) at its shapes and dtype, times how often the step made it."""
+    total = 0.0
+    for call, n in calls.items():
+        q, k, v = (
+            torch.randn(s, device=device, dtype=call.dtype, requires_grad=True) for s in (call.q, call.k, call.v)
+        )
+        mask = None if call.mask is None else torch.ones(call.mask, dtype=torch.bool, device=device)
+        times = []
+        for i in range(reps + 2):  # two warm-up runs
+            _sync(device)
+            t0 = time.perf_counter()
+            F.scaled_dot_product_attention(q, k, v, attn_mask=mask).sum().backward()
+            _sync(device)
+            if i >= 2:
+                times.append(time.perf_counter() - t0)
+        total += n * statistics.median(times)
+    return total
+
+
+def ceiling(flops: float, attention_flops: float, attention_s: float, peak_flops_per_s: float) -> float:
+    """The MFU of a step whose attention takes ``attention_s`` and whose other FLOPs all run at the peak."""
+    best_s = attention_s + (flops - attention_flops) / peak_flops_per_s
+    return flops / best_s / peak_flops_per_s if best_s > 0 else float("nan")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
