@@ -56,12 +56,9 @@ class Recorder:
         out = dict(formulas)
         for name in FORWARD_OPS:
             op = getattr(aten, name, None)
-            if op is None:
-                continue
-            if op in formulas:  # a custom formula takes shapes unless it says otherwise
-                f = formulas[op]
-                out[op] = self._recording(f if getattr(f, "_get_raw", False) else shape_wrapper(f))
-            elif op in flop_registry:  # torch's own formulas are registered taking the tensors
+            if op in formulas:  # ours take shapes
+                out[op] = self._recording(shape_wrapper(formulas[op]))
+            elif op is not None and op in flop_registry:  # torch's own are registered taking the tensors
                 out[op] = self._recording(flop_registry[op])
         return out
 
@@ -71,7 +68,9 @@ class Recorder:
             mask = kwargs.get("attn_mask")
             if mask is None:  # the memory-efficient kernel takes its bias positionally
                 mask = next((a for a in args[3:] if isinstance(a, torch.Tensor)), None)
-            self.calls[Call(q, k, v, None if mask is None else tuple(mask.shape), args[0].dtype)] += 1
+            if mask is not None:  # a broadcast mask (stride 0) is replayed broadcast, not materialised
+                mask = tuple(1 if st == 0 else n for n, st in zip(mask.shape, mask.stride(), strict=True))
+            self.calls[Call(q, k, v, mask, args[0].dtype)] += 1
             return formula(*args, out_val=out_val, **kwargs)
 
         record._get_raw = True  # FlopCounterMode hands it the tensors, not their shapes
