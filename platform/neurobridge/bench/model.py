@@ -186,7 +186,8 @@ def run(
         "attention_flops_share": attn_flops / flops,
         "attention_s_alone": attn_s,  # the step's SDPA calls replayed alone, forward + backward
         "attention_tflops_per_s": attn_flops / attn_s / 1e12 if attn_s else float("nan"),
-        "other_tflops_per_s": (flops - attn_flops) / max(dt - attn_s, 1e-9) / 1e12,  # the rest of the step's rate
+        # the rest of the step's rate, taking attention's time in the step to be its time alone
+        "other_tflops_per_s": (flops - attn_flops) / (dt - attn_s) / 1e12 if dt > attn_s else float("nan"),
         "mfu_ceiling": attention.ceiling(flops, attn_flops, attn_s, peak["tflops_per_s"] * 1e12),
     }
     if dev.type == "cuda":
