@@ -68,7 +68,7 @@ def test_decoder_heads_default_by_width_and_explicit_values_are_kept():
     assert ModelConfig.model_validate(ModelConfig().model_dump()).decoder_heads == 1
 
 
-def test_under_bf16_autocast_on_a_cpu_attention_runs_in_fp32_and_the_block_stays_bf16_elsewhere():
+def test_under_bf16_autocast_on_a_cpu_attention_runs_in_fp32_and_the_blocks_still_train():
     """The CPU flash kernel runs bf16 at half its fp32 rate, so attention is cast around; the step it is part of
     still trains (gradients reach every parameter) and matches the fp32 block to bf16's precision."""
     from neurobridge.bench.attention import Recorder

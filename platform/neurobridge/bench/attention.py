@@ -112,10 +112,10 @@ def time_calls(calls: Counter[Call], device: torch.device, reps: int = 5) -> flo
         grad = torch.randn(*call.q[:-1], call.v[-1], device=device, dtype=call.dtype)  # no loss ops in the timing
         times = []
         for i in range(reps + 2):  # two warm-up runs
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter()
             F.scaled_dot_product_attention(q, k, v, attn_mask=mask).backward(grad)
-            _sync(device)
+            sync(device)
             if i >= 2:
                 times.append(time.perf_counter() - t0)
         total += n * statistics.median(times)
@@ -128,6 +128,7 @@ def ceiling(flops: float, attention_flops: float, attention_s: float, peak_flops
     return flops / best_s / peak_flops_per_s if best_s > 0 else float("nan")
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (a GPU's kernels run asynchronously), so a clock reads finished work."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -95,11 +95,6 @@ def device_name(device: torch.device) -> str:
     return f"{model} ({torch.backends.cpu.get_cpu_capability()}{amx})"
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def matmul_peak(device: torch.device, bf16: bool, seconds: float = 1.0) -> dict:
     """The device's practical peak: the best dense square-matmul rate over a few sizes, at the step's precision."""
     dtype = torch.bfloat16 if bf16 else torch.float32
@@ -108,14 +103,14 @@ def matmul_peak(device: torch.device, bf16: bool, seconds: float = 1.0) -> dict:
     for n in sizes:
         a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
         a @ b
-        _sync(device)
+        attention.sync(device)
         reps, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < seconds:
             a @ b
             reps += 1
             if device.type == "cuda" and reps % 10 == 0:
-                _sync(device)
-        _sync(device)
+                attention.sync(device)
+        attention.sync(device)
         rate = 2 * n**3 * reps / (time.perf_counter() - t0) / 1e12
         if rate > best["tflops_per_s"]:
             best = {"tflops_per_s": rate, "n": n}
@@ -159,11 +154,11 @@ def run(
     # The peak on either side of the steps, the better one: a shared machine that slows down for one second must
     # not lower the peak and flatter the MFU.
     before = matmul_peak(dev, bf16, peak_seconds)
-    _sync(dev)
+    attention.sync(dev)
     t0 = time.perf_counter()
     for _ in range(steps):
         loop.train_step(item)
-    _sync(dev)
+    attention.sync(dev)
     dt = (time.perf_counter() - t0) / steps
     peak = max(before, matmul_peak(dev, bf16, peak_seconds), key=lambda m: m["tflops_per_s"])
     attn_s = attention.time_calls(recorder.calls, dev)

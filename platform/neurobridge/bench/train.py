@@ -148,6 +148,8 @@ def bench_train(
     """The data path once, then ``rounds`` Ray Train runs, each between two plain loops (plain, Ray, plain, Ray, …,
     plain): a shared VM's speed drifts by up to a quarter within a minute, so one bracketed run can land anywhere
     from −3 to 15 % overhead; the median of several rounds is the figure to quote."""
+    if rounds < 1:
+        raise ValueError(f"rounds={rounds}: at least one Ray Train run is needed to measure its overhead")
     settings = settings or get_settings()
     s = cfg.scaling
     threads = max(1, int(s.cpus_per_worker))
