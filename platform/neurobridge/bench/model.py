@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from neurobridge.bench import attention
+from neurobridge.bench import attention, matmuls
 from neurobridge.models.ndt import MaskedNeuralModel
 from neurobridge.models.patching import collate
 from neurobridge.models.vocab import Vocabularies
@@ -145,10 +145,11 @@ def run(
     loop = Loop(cfg, model, Placement(dev), None)
     rows = synthetic_rows(shape.batch, shape.units, shape.bins)
     item = Collated([collate(rows, vocabs, cfg.model.neurons_per_token).to(dev)], [r["sample_id"] for r in rows], [])
-    recorder = attention.Recorder()
-    with FlopCounterMode(display=False, custom_mapping=recorder.mapping()) as counter:
+    recorder, mm_recorder = attention.Recorder(), matmuls.MatmulRecorder()
+    with FlopCounterMode(display=False, custom_mapping=recorder.mapping() | mm_recorder.mapping()) as counter:
         loop.train_step(item)
     flops, attn_flops = counter.get_total_flops(), attention.attention_flops(counter.get_flop_counts())
+    mm_flops = matmuls.matmul_flops(counter.get_flop_counts())
     for _ in range(3):
         loop.train_step(item)
     # The peak on either side of the steps, the better one: a shared machine that slows down for one second must
@@ -162,6 +163,7 @@ def run(
     dt = (time.perf_counter() - t0) / steps
     peak = max(before, matmul_peak(dev, bf16, peak_seconds), key=lambda m: m["tflops_per_s"])
     attn_s = attention.time_calls(recorder.calls, dev)
+    mm_s = matmuls.time_calls(mm_recorder.calls, dev)
     out = {
         "size": size,
         "device": device_name(dev),
@@ -184,6 +186,12 @@ def run(
         # the rest of the step's rate, taking attention's time in the step to be its time alone
         "other_tflops_per_s": (flops - attn_flops) / (dt - attn_s) / 1e12 if dt > attn_s else float("nan"),
         "mfu_ceiling": attention.ceiling(flops, attn_flops, attn_s, peak["tflops_per_s"] * 1e12),
+        "matmul_flops_share": mm_flops / flops,
+        "matmul_s_alone": mm_s,  # the step's mm / addmm / bmm calls (forward and backward) replayed alone
+        "matmul_tflops_per_s": mm_flops / mm_s / 1e12 if mm_s else float("nan"),
+        # the step's time in neither kernel: copies, norms, gathers, element-wise ops, the optimizer, Python
+        "overhead_s": dt - attn_s - mm_s,
+        "mfu_without_overhead": matmuls.mfu_without_overhead(flops, attn_s + mm_s, peak["tflops_per_s"] * 1e12),
     }
     if dev.type == "cuda":
         out["peak_mem_gb"] = torch.cuda.max_memory_allocated(dev) / 1e9

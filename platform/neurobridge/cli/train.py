@@ -270,17 +270,23 @@ def bench_model(
         "attention FLOPs",
         "attention alone",
         "MFU ceiling",
+        "matmuls alone",
+        "overhead",
+        "MFU w/o overhead",
         title=f"bench model ({device_name(dev)})",
-        caption="attention alone: the step's SDPA calls replayed by themselves, as a share of the step's time and "
-        "their rate against the peak; MFU ceiling: the MFU if everything else ran at the matmul peak",
+        caption="attention / matmuls alone: the step's SDPA / matmul calls replayed by themselves, as a share of the "
+        "step's time and their rate against the peak; MFU ceiling: the MFU if everything but attention ran at the "
+        "matmul peak; overhead: the step's time in neither (copies, norms, gathers, element-wise ops, optimizer); "
+        "MFU w/o overhead: the MFU if that took no time",
     )
     results = []
     for s, prec in ((s, p) for s in (SIZES if size == "all" else [size]) for p in precisions(dev, precision)):
         r = run(s, device, Shape(batch, units, bins), steps, prec)
         results.append(r)
         rates = (f"{r['tokens_per_s']:,.0f}", f"{r['tflops_per_s']:.4f}", f"{r['matmul_peak_tflops_per_s']:.4f}")
-        share, rate = r["attention_s_alone"] / r["step_s"], r["attention_tflops_per_s"] / r["matmul_peak_tflops_per_s"]
-        attention = f"{share:.0%} of the step, at {rate:.0%}"
+        peak, step = r["matmul_peak_tflops_per_s"], r["step_s"]
+        attention = f"{r['attention_s_alone'] / step:.0%} of the step, at {r['attention_tflops_per_s'] / peak:.0%}"
+        mm = f"{r['matmul_s_alone'] / step:.0%} of the step, at {r['matmul_tflops_per_s'] / peak:.0%}"
         table.add_row(
             s,
             r["precision"],
@@ -289,6 +295,9 @@ def bench_model(
             f"{r['attention_flops_share']:.0%}",
             attention,
             f"{r['mfu_ceiling']:.0%}",
+            mm,
+            f"{r['overhead_s'] / step:.0%} of the step",
+            f"{r['mfu_without_overhead']:.0%}",
         )
     console.print(table)
     console.print_json(json.dumps(results))
