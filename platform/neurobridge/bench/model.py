@@ -6,9 +6,9 @@ heads on target tokens only). FLOPs of one step are counted by torch's FlopCount
 the SDPA formulas torch uses (its counter has no entry for the CPU flash kernel, which would leave half the work
 uncounted). In the same process the dense matmul rate of the device is measured at the same precision: the
 practical peak (before and after the timed steps, the better kept). MFU = counted FLOP/s ÷ that peak. The step's
-attention calls are then replayed alone (``bench.attention``): their share of the step and the MFU ceiling they set
-say whether a gap to the peak lies in the attention kernel or in everything around it. This isolates the model from
-the data path (``bench train``).
+attention calls are then replayed alone (``bench.attention``), and so are its matmuls (``bench.matmuls``): their
+shares of the step say whether a gap to the peak lies in the attention kernel, in the matmuls, or in the ops between
+them that count no FLOPs (the overhead). This isolates the model from the data path (``bench train``).
 """
 
 from __future__ import annotations
