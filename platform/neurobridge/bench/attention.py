@@ -17,6 +17,7 @@ import statistics
 import time
 from collections import Counter
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch.nn import functional as F
@@ -110,16 +111,25 @@ def time_calls(calls: Counter[Call], device: torch.device, reps: int = 5) -> flo
         )
         mask = None if call.mask is None else torch.ones(call.mask, dtype=torch.bool, device=device)
         grad = torch.randn(*call.q[:-1], call.v[-1], device=device, dtype=call.dtype)  # no loss ops in the timing
-        times = []
-        for i in range(reps + 2):  # two warm-up runs
-            sync(device)
-            t0 = time.perf_counter()
-            F.scaled_dot_product_attention(q, k, v, attn_mask=mask).backward(grad)
-            sync(device)
-            if i >= 2:
-                times.append(time.perf_counter() - t0)
-        total += n * statistics.median(times)
+        total += n * median_seconds(partial(_forward_backward, q, k, v, mask, grad), device, reps)
     return total
+
+
+def _forward_backward(q, k, v, mask, grad) -> None:
+    F.scaled_dot_product_attention(q, k, v, attn_mask=mask).backward(grad)
+
+
+def median_seconds(fn, device: torch.device, reps: int) -> float:
+    """The median time of ``reps`` calls of ``fn`` after two warm-up calls, each timed to finished device work."""
+    times = []
+    for i in range(reps + 2):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 def ceiling(flops: float, attention_flops: float, attention_s: float, peak_flops_per_s: float) -> float:

@@ -15,14 +15,13 @@ kernels, not less Python or fewer copies.
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections import Counter
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
-from neurobridge.bench.attention import sync
+from neurobridge.bench.attention import median_seconds
 
 OPS = ("mm", "addmm", "bmm", "baddbmm")
 
@@ -89,15 +88,7 @@ def time_calls(calls: Counter[MatmulCall], device: torch.device, reps: int = 5) 
     for call, n in calls.items():
         fn = getattr(torch, call.op)
         args = [o.make(call.dtype, device) for o in call.operands]
-        times = []
-        for i in range(reps + 2):
-            sync(device)
-            t0 = time.perf_counter()
-            fn(*args)
-            sync(device)
-            if i >= 2:
-                times.append(time.perf_counter() - t0)
-        total += n * statistics.median(times)
+        total += n * median_seconds(partial(fn, *args), device, reps)
     return total
 
 
