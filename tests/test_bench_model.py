@@ -11,8 +11,25 @@ import torch
 from neurobridge.bench.attention import Recorder, attention_flops, ceiling
 from neurobridge.bench.matmuls import MatmulRecorder, Operand, matmul_flops, mfu_without_overhead
 from neurobridge.bench.model import Shape, device_name, native_bf16, precisions, run
+from torch.utils.flop_counter import FlopCounterMode
 
 CPU = torch.device("cpu")
+
+
+def _small_step(windows: int):
+    """The small model's config, and one forward + backward of it on ``windows`` windows of 40 units × 6 bins."""
+    from neurobridge.bench.model import SIZES, synthetic_rows
+    from neurobridge.models.ndt import MaskedNeuralModel
+    from neurobridge.models.patching import collate
+    from neurobridge.models.vocab import Vocabularies
+    from neurobridge.train.config import PretrainConfig
+
+    rows = synthetic_rows(windows, 40, 6)
+    vocabs = Vocabularies.from_rows(rows)
+    cfg = PretrainConfig.model_validate({"mode": "random", "model": SIZES["small"]})
+    model = MaskedNeuralModel(cfg.model, vocabs)
+    batch = collate(rows, vocabs, cfg.model.neurons_per_token)
+    return cfg, lambda: model(batch).loss.backward()
 
 
 def test_auto_measures_fp32_on_a_cpu_and_bf16_beside_it_only_where_the_cpu_has_it():
@@ -55,20 +72,10 @@ def test_the_ceiling_is_one_when_attention_is_free_and_its_own_rate_when_it_is_a
 
 
 def test_the_recorder_sees_every_attention_call_of_the_model_with_its_shapes():
-    from neurobridge.bench.model import SIZES, synthetic_rows
-    from neurobridge.models.ndt import MaskedNeuralModel
-    from neurobridge.models.patching import collate
-    from neurobridge.models.vocab import Vocabularies
-    from neurobridge.train.config import PretrainConfig
-    from torch.utils.flop_counter import FlopCounterMode
-
-    rows = synthetic_rows(3, 40, 6)
-    vocabs = Vocabularies.from_rows(rows)
-    cfg = PretrainConfig.model_validate({"mode": "random", "model": SIZES["small"]})
-    model = MaskedNeuralModel(cfg.model, vocabs)
+    cfg, step = _small_step(windows=3)
     recorder = Recorder()
     with FlopCounterMode(display=False, custom_mapping=recorder.mapping()):
-        model(collate(rows, vocabs, cfg.model.neurons_per_token)).loss.backward()
+        step()
     heads = {call.q[1:2] + call.q[3:] for call in recorder.calls}  # (heads, head width) of each call
     assert heads == {(cfg.model.heads, cfg.model.d_model // cfg.model.heads), (1, cfg.model.decoder_d_model)}
     assert sum(recorder.calls.values()) == cfg.model.depth + cfg.model.decoder_depth
@@ -88,20 +95,10 @@ def test_a_step_splits_its_time_into_attention_matmuls_and_overhead():
 
 def test_every_flop_the_model_counts_is_attention_or_a_recorded_matmul():
     """So the step's time outside the two replays is work that counts no FLOPs: overhead by definition."""
-    from neurobridge.bench.model import SIZES, synthetic_rows
-    from neurobridge.models.ndt import MaskedNeuralModel
-    from neurobridge.models.patching import collate
-    from neurobridge.models.vocab import Vocabularies
-    from neurobridge.train.config import PretrainConfig
-    from torch.utils.flop_counter import FlopCounterMode
-
-    rows = synthetic_rows(3, 40, 6)
-    vocabs = Vocabularies.from_rows(rows)
-    cfg = PretrainConfig.model_validate({"mode": "random", "model": SIZES["small"]})
-    model = MaskedNeuralModel(cfg.model, vocabs)
+    cfg, step = _small_step(windows=3)
     attn, mm = Recorder(), MatmulRecorder()
     with FlopCounterMode(display=False, custom_mapping=attn.mapping() | mm.mapping()) as counter:
-        model(collate(rows, vocabs, cfg.model.neurons_per_token)).loss.backward()
+        step()
     counts = counter.get_flop_counts()
     assert attention_flops(counts) + matmul_flops(counts) == counter.get_total_flops() > 0
     # each of the blocks' four projections runs forward (addmm) and twice backward (mm: input and weight grads)

@@ -13,14 +13,14 @@ and a target above that ceiling cannot be reached by work outside the attention 
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections import Counter
 from dataclasses import dataclass
 from functools import partial
 
 import torch
 from torch.nn import functional as F
+
+from neurobridge.bench.replay import median_seconds, recording
 
 # The forward SDPA kernels a training step may dispatch to; each is followed by its backward in the same step.
 FORWARD_OPS = (
@@ -58,24 +58,19 @@ class Recorder:
         for name in FORWARD_OPS:
             op = getattr(aten, name, None)
             if op in formulas:  # ours take shapes
-                out[op] = self._recording(shape_wrapper(formulas[op]))
+                out[op] = recording(shape_wrapper(formulas[op]), self._note)
             elif op is not None and op in flop_registry:  # torch's own are registered taking the tensors
-                out[op] = self._recording(flop_registry[op])
+                out[op] = recording(flop_registry[op], self._note)
         return out
 
-    def _recording(self, formula):
-        def record(*args, out_val=None, **kwargs):
-            q, k, v = (tuple(a.shape) for a in args[:3])
-            mask = kwargs.get("attn_mask")
-            if mask is None:  # the memory-efficient kernel takes its bias positionally
-                mask = next((a for a in args[3:] if isinstance(a, torch.Tensor)), None)
-            if mask is not None:  # a broadcast mask (stride 0) is replayed broadcast, not materialised
-                mask = tuple(1 if st == 0 else n for n, st in zip(mask.shape, mask.stride(), strict=True))
-            self.calls[Call(q, k, v, mask, args[0].dtype)] += 1
-            return formula(*args, out_val=out_val, **kwargs)
-
-        record._get_raw = True  # FlopCounterMode hands it the tensors, not their shapes
-        return record
+    def _note(self, *args, **kwargs) -> None:
+        q, k, v = (tuple(a.shape) for a in args[:3])
+        mask = kwargs.get("attn_mask")
+        if mask is None:  # the memory-efficient kernel takes its bias positionally
+            mask = next((a for a in args[3:] if isinstance(a, torch.Tensor)), None)
+        if mask is not None:  # a broadcast mask (stride 0) is replayed broadcast, not materialised
+            mask = tuple(1 if st == 0 else n for n, st in zip(mask.shape, mask.stride(), strict=True))
+        self.calls[Call(q, k, v, mask, args[0].dtype)] += 1
 
 
 def cpu_flash_formulas() -> dict:
@@ -119,26 +114,7 @@ def _forward_backward(q, k, v, mask, grad) -> None:
     F.scaled_dot_product_attention(q, k, v, attn_mask=mask).backward(grad)
 
 
-def median_seconds(fn, device: torch.device, reps: int) -> float:
-    """The median time of ``reps`` calls of ``fn`` after two warm-up calls, each timed to finished device work."""
-    times = []
-    for i in range(reps + 2):
-        sync(device)
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        if i >= 2:
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def ceiling(flops: float, attention_flops: float, attention_s: float, peak_flops_per_s: float) -> float:
     """The MFU of a step whose attention takes ``attention_s`` and whose other FLOPs all run at the peak."""
     best_s = attention_s + (flops - attention_flops) / peak_flops_per_s
     return flops / best_s / peak_flops_per_s if best_s > 0 else float("nan")
-
-
-def sync(device: torch.device) -> None:
-    """Wait for the device's queued work (a GPU's kernels run asynchronously), so a clock reads finished work."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

@@ -21,7 +21,7 @@ from functools import partial
 
 import torch
 
-from neurobridge.bench.attention import median_seconds
+from neurobridge.bench.replay import median_seconds, recording
 
 OPS = ("mm", "addmm", "bmm", "baddbmm")
 
@@ -66,13 +66,11 @@ class MatmulRecorder:
     def _recording(self, op: str, formula):
         n_operands = 3 if op in ("addmm", "baddbmm") else 2
 
-        def record(*args, out_val=None, **kwargs):
+        def note(*args, **kwargs) -> None:
             operands = tuple(Operand.of(a) for a in args[:n_operands])
             self.calls[MatmulCall(op, operands, args[n_operands - 1].dtype)] += 1
-            return formula(*args, out_val=out_val, **kwargs)
 
-        record._get_raw = True  # torch's registered formulas take the tensors and read their shapes themselves
-        return record
+        return recording(formula, note)
 
 
 def matmul_flops(counts: dict) -> int:

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from neurobridge.bench import attention, matmuls
+from neurobridge.bench import attention, matmuls, replay
 from neurobridge.models.ndt import MaskedNeuralModel
 from neurobridge.models.patching import collate
 from neurobridge.models.vocab import Vocabularies
@@ -103,14 +103,14 @@ def matmul_peak(device: torch.device, bf16: bool, seconds: float = 1.0) -> dict:
     for n in sizes:
         a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
         a @ b
-        attention.sync(device)
+        replay.sync(device)
         reps, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < seconds:
             a @ b
             reps += 1
             if device.type == "cuda" and reps % 10 == 0:
-                attention.sync(device)
-        attention.sync(device)
+                replay.sync(device)
+        replay.sync(device)
         rate = 2 * n**3 * reps / (time.perf_counter() - t0) / 1e12
         if rate > best["tflops_per_s"]:
             best = {"tflops_per_s": rate, "n": n}
@@ -155,11 +155,11 @@ def run(
     # The peak on either side of the steps, the better one: a shared machine that slows down for one second must
     # not lower the peak and flatter the MFU.
     before = matmul_peak(dev, bf16, peak_seconds)
-    attention.sync(dev)
+    replay.sync(dev)
     t0 = time.perf_counter()
     for _ in range(steps):
         loop.train_step(item)
-    attention.sync(dev)
+    replay.sync(dev)
     dt = (time.perf_counter() - t0) / steps
     peak = max(before, matmul_peak(dev, bf16, peak_seconds), key=lambda m: m["tflops_per_s"])
     attn_s = attention.time_calls(recorder.calls, dev)
