@@ -4,6 +4,7 @@ otherwise (small ones repeat, deterministically), and a missing version or card 
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from helpers.sim import small_sim
 from hypothesis import given
@@ -13,7 +14,17 @@ from neurobridge.ingest.pipeline import ingest_many
 from neurobridge.sim import simulate
 from neurobridge.storage import StoreError
 from neurobridge.store.mixtures import write_mixture
-from neurobridge.store.read import Mixing, epoch_plan, iter_local, mixing_weights, ray_dataset, repeats, sources
+from neurobridge.store.read import (
+    Mixing,
+    epoch_plan,
+    iter_local,
+    kept,
+    mix_rows,
+    mixing_weights,
+    ray_dataset,
+    repeats,
+    sources,
+)
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +60,29 @@ def test_sqrt_mixing_weights_and_deterministic_repeats():
     r = repeats(ids, 2.3, seed=1)
     assert set(np.unique(r)) == {2, 3} and abs(r.mean() - 2.3) < 0.02
     np.testing.assert_array_equal(r, repeats(ids, 2.3, seed=1))
+
+
+@given(st.floats(0.01, 1.0), st.floats(0.01, 1.0))
+def test_a_smaller_train_fraction_keeps_a_subset_of_a_larger_ones_rows(a, b):
+    """Data-scaling curves compare nested corpora: the rows kept at the smaller share are all kept at the larger."""
+    ids = [f"w{i}" for i in range(4000)]
+    small, large = kept(ids, min(a, b)), kept(ids, max(a, b))
+    assert not (small & ~large).any()
+    assert abs(small.mean() - min(a, b)) < 0.04 and kept(ids, 1.0).all()
+
+
+def test_a_train_fraction_drops_rows_of_its_dataset_only_and_the_same_ones_for_every_seed():
+    names = ["a"] * 300 + ["b"] * 200
+    table = pa.table({"sample_id": [f"w{i}" for i in range(500)], "dataset": names, "session": ["s"] * 500})
+    picked = [mix_rows(table, {"a": 1.0, "b": 1.0}, seed, frozenset(), {"a": 0.25}) for seed in (0, 1)]
+    for got in picked:
+        ds = got.column("dataset").to_pylist()
+        assert ds.count("b") == 200 and 45 < ds.count("a") < 110
+    assert picked[0].column("sample_id").to_pylist() == picked[1].column("sample_id").to_pylist()
+    a_ids = [i for i, d in zip(table.column("sample_id").to_pylist(), names, strict=True) if d == "a"]
+    expected = {i for i, k in zip(a_ids, kept(a_ids, 0.25), strict=True) if k}
+    ids, datasets = (picked[0].column(c).to_pylist() for c in ("sample_id", "dataset"))
+    assert {i for i, d in zip(ids, datasets, strict=True) if d == "a"} == expected
 
 
 def test_missing_version_and_missing_card_are_clear_errors(store):

@@ -11,19 +11,23 @@ def store(ablation_store):
     return ablation_store
 
 
-@pytest.mark.parametrize("rule", ["sqrt", "proportional"])
-def test_in_process_trials_train_on_exactly_the_rows_the_ray_data_pipeline_mixes(store, rule):
+@pytest.mark.parametrize(("rule", "part"), [("sqrt", 1.0), ("proportional", 1.0), ("sqrt", 0.4)])
+def test_in_process_trials_train_on_exactly_the_rows_the_ray_data_pipeline_mixes(store, rule, part):
+    """Also when one dataset trains on part of its rows (``data.train_fraction``): it is then mixed as a dataset of
+    that many rows."""
     from collections import Counter
 
-    from neurobridge.store.read import Mixing, epoch_plan, ray_dataset, sources
+    from neurobridge.store.read import Mixing, epoch_plan, planned_rows, ray_dataset, sources
     from neurobridge.store.rows import ROW_COLUMNS
     from neurobridge.tune.local_data import mixed_rows
 
     srcs = sources(store, [], "demo")
-    local = mixed_rows(store, srcs, Mixing(rule, None, seed=5))
-    ray_rows = ray_dataset(store, srcs, "train", Mixing(rule, None, 5), ROW_COLUMNS).to_pandas()
+    mixing = Mixing(rule, None, 5, fractions=((srcs[0].name, part),) if part < 1 else ())
+    local = mixed_rows(store, srcs, mixing)
+    ray_rows = ray_dataset(store, srcs, "train", mixing, ROW_COLUMNS).to_pandas()
     assert Counter(local.column("sample_id").to_pylist()) == Counter(ray_rows["sample_id"])
-    rows = {s.name: s.rows("train") for s in srcs}
+    rows = planned_rows(srcs, "train", mixing)
+    assert rows[srcs[0].name] == round(part * srcs[0].rows("train"))
     plan = epoch_plan(rows, rule)
     got = Counter(local.column("dataset").to_pylist())
     for name, n in rows.items():

@@ -147,6 +147,18 @@ def iter_local(
                     yield batch
 
 
+def _uniform(sample_ids, salt: str) -> np.ndarray:
+    """One number in [0, 1) per sample id from a hash of (salt, id): the same on any worker, run or machine."""
+    return np.fromiter(
+        (
+            int.from_bytes(hashlib.blake2b(f"{salt}\x1f{s}".encode(), digest_size=8).digest(), "big") / 2.0**64
+            for s in sample_ids
+        ),
+        dtype=np.float64,
+        count=len(sample_ids),
+    )
+
+
 def repeats(sample_ids, factor: float, seed: int) -> np.ndarray:
     """How many times each row appears in an epoch drawn with ``factor`` (its dataset's multiple).
 
@@ -156,25 +168,28 @@ def repeats(sample_ids, factor: float, seed: int) -> np.ndarray:
     whole, frac = int(factor), factor - int(factor)
     out = np.full(len(sample_ids), whole, dtype=np.int64)
     if frac > 1e-9:
-        u = np.fromiter(
-            (
-                int.from_bytes(hashlib.blake2b(f"{seed}\x1f{s}".encode(), digest_size=8).digest(), "big") / 2.0**64
-                for s in sample_ids
-            ),
-            dtype=np.float64,
-            count=len(sample_ids),
-        )
-        out += u < frac
+        out += _uniform(sample_ids, str(seed)) < frac
     return out
 
 
-def mix_rows(batch: pa.Table, factors: dict[str, float], seed: int, exclude: frozenset) -> pa.Table:
+def kept(sample_ids, fraction: float) -> np.ndarray:
+    """Which rows a dataset trained on ``fraction`` of its rows keeps (``data.train_fraction``): a hash of the sample
+    id alone, not of the seed, so a smaller fraction keeps a subset of a larger one's rows and a data-scaling curve
+    varies the data while a seed varies everything else."""
+    return _uniform(sample_ids, "keep") < fraction
+
+
+def mix_rows(
+    batch: pa.Table, factors: dict[str, float], seed: int, exclude: frozenset, fractions: dict[str, float] | None = None
+) -> pa.Table:
     ids = batch.column("sample_id").to_pylist()
     names = batch.column("dataset").to_pylist()
     n = np.zeros(len(ids), dtype=np.int64)
     for name in set(names):
         rows = np.array([i for i, d in enumerate(names) if d == name], dtype=np.int64)
         n[rows] = repeats([ids[i] for i in rows], factors.get(name, 0.0), seed)
+        if fractions and name in fractions:
+            n[rows[~kept([ids[i] for i in rows], fractions[name])]] = 0
     if exclude:
         n[np.isin(np.array(batch.column("session").to_pylist(), dtype=object), list(exclude))] = 0
     return batch.take(pa.array(np.repeat(np.arange(len(ids)), n)))
@@ -184,12 +199,20 @@ def mix_rows(batch: pa.Table, factors: dict[str, float], seed: int, exclude: fro
 class Mixing:
     """How the datasets of a training read are mixed into one epoch: ``rule`` weights them (``MIXING_RULES``),
     ``epoch_rows`` sizes the epoch (None: all rows), ``seed`` fixes which rows repeat or drop, and
-    ``exclude_sessions`` never appear (sessions held out for evaluation or fine-tuning)."""
+    ``exclude_sessions`` never appear (sessions held out for evaluation or fine-tuning). ``fractions`` (dataset,
+    share) train on part of a dataset's rows (``kept``), weighted as a dataset of that many rows."""
 
     rule: str = "sqrt"
     epoch_rows: int | None = None
     seed: int = 0
     exclude_sessions: frozenset[str] = frozenset()
+    fractions: tuple[tuple[str, float], ...] = ()
+
+
+def planned_rows(srcs: list[Source], split: str | None, mixing: Mixing) -> dict[str, int]:
+    """Rows each dataset brings to the epoch: its ``split`` rows, times its kept fraction (``Mixing.fractions``)."""
+    share = dict(mixing.fractions)
+    return {s.name: int(round(s.rows(split) * share.get(s.name, 1.0))) for s in srcs}
 
 
 def ray_dataset(
@@ -207,7 +230,7 @@ def ray_dataset(
     import ray.data
 
     one_bin_width(srcs)
-    plan = epoch_plan({s.name: s.rows(split) for s in srcs}, mixing.rule, mixing.epoch_rows)
+    plan = epoch_plan(planned_rows(srcs, split, mixing), mixing.rule, mixing.epoch_rows)
     files = [u for s in srcs if plan[s.name] > 0 for u in s.files]
     if not files:
         raise StoreError(f"no {split} rows in {[s.name for s in srcs]}")
@@ -221,6 +244,11 @@ def ray_dataset(
         ds = ds.filter(expr=f"split == '{split}'")
     return ds.map_batches(
         mix_rows,
-        fn_kwargs={"factors": plan, "seed": mixing.seed, "exclude": frozenset(mixing.exclude_sessions)},
+        fn_kwargs={
+            "factors": plan,
+            "seed": mixing.seed,
+            "exclude": frozenset(mixing.exclude_sessions),
+            "fractions": dict(mixing.fractions),
+        },
         batch_format="pyarrow",
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from neurobridge.config import load_yaml
 from neurobridge.models.config import ModelConfig
@@ -34,6 +34,11 @@ class DataConfig(_Strict):
     holdout_sessions: list[str] = Field(
         default_factory=list, description="sessions never trained on (evaluation / fine-tuning targets)"
     )
+    train_fraction: dict[str, float] = Field(
+        default_factory=dict,
+        description="dataset name → share of its train rows to train on (chosen by a hash of each window's id, so a "
+        "smaller share keeps a subset of a larger one's): data-scaling curves. Val rows stay whole",
+    )
     max_units: int | None = Field(None, ge=1, description="refuse windows wider than this")
     crop_bins: int | None = Field(
         50, ge=2, description="train on random spans of at most this many bins (attention cost ∝ bins²); null: whole"
@@ -44,6 +49,14 @@ class DataConfig(_Strict):
     allow_partial: bool = Field(
         False, description="train on dataset versions with failed items (refused by default; the run records them)"
     )
+
+    @field_validator("train_fraction")
+    @classmethod
+    def _shares(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: f for k, f in v.items() if not 0 < f <= 1}
+        if bad:
+            raise ValueError(f"train_fraction shares must lie in (0, 1]: {bad}")
+        return v
 
 
 class OptimConfig(_Strict):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from neurobridge.config import Settings, ensure_ray, get_settings
 from neurobridge.models.vocab import Vocabularies, unit_key
 from neurobridge.storage import StoreError
-from neurobridge.store.read import Mixing, Source, one_bin_width, ray_dataset, sources, unit_columns
+from neurobridge.store.read import Mixing, Source, one_bin_width, planned_rows, ray_dataset, sources, unit_columns
 from neurobridge.store.rows import ROW_COLUMNS
 from neurobridge.store.splits import HeldoutSplit, heldout_flags
 from neurobridge.tracking import lineage, mlflow_run
@@ -73,14 +73,19 @@ def epoch_rows(cfg: PretrainConfig, srcs: list[Source]) -> int | None:
     if cfg.data.epoch_rows is not None:
         return cfg.data.epoch_rows
     need = cfg.data.min_epoch_steps * cfg.optim.batch_size * cfg.scaling.num_workers
-    return need if sum(s.rows("train") for s in srcs) < need else None
+    return need if sum(_train_rows(cfg, srcs).values()) < need else None
+
+
+def _train_rows(cfg: PretrainConfig, srcs: list[Source]) -> dict[str, int]:
+    return planned_rows(srcs, "train", Mixing(fractions=tuple(cfg.data.train_fraction.items())))
 
 
 def epoch_mb(cfg: PretrainConfig, srcs: list[Source]) -> float:
     """Upper estimate of one mixed epoch in memory: its cells at 4 bytes (uint16 counts, float32 MUA), rows repeated
     or dropped by the mixing, plus the row lists' overhead."""
-    rows = sum(s.rows("train") for s in srcs) or 1
-    cells = sum(s.ref.card.counts.tokens * s.rows("train") / max(s.rows(), 1) for s in srcs)
+    kept = _train_rows(cfg, srcs)
+    rows = sum(kept.values()) or 1
+    cells = sum(s.ref.card.counts.tokens * kept[s.name] / max(s.rows(), 1) for s in srcs)
     scale = (epoch_rows(cfg, srcs) or rows) / rows
     return cells * 4 * scale * 1.2 / 2**20
 
@@ -165,7 +170,13 @@ def resolve(cfg: PretrainConfig, settings: Settings) -> Resolved:
     vocabs = vocabularies(srcs, cfg.data.holdout_sessions, settings)
     heldout = HeldoutSplit(heldout_flags(settings, srcs), cfg.data.heldout_fraction)
     held = frozenset(cfg.data.holdout_sessions)
-    return Resolved(cfg, srcs, vocabs, heldout, Mixing(cfg.data.mixing, epoch_rows(cfg, srcs), cfg.seed, held))
+    unknown = sorted(set(cfg.data.train_fraction) - {s.name for s in srcs})
+    if unknown:
+        raise StoreError(f"data.train_fraction names {unknown}, not among the datasets {[s.name for s in srcs]}")
+    fractions = tuple(sorted(cfg.data.train_fraction.items()))
+    return Resolved(
+        cfg, srcs, vocabs, heldout, Mixing(cfg.data.mixing, epoch_rows(cfg, srcs), cfg.seed, held, fractions)
+    )
 
 
 @dataclass

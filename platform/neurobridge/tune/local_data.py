@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from neurobridge.config import Settings
 from neurobridge.storage import StoreError
-from neurobridge.store.read import Mixing, Source, epoch_plan, iter_local, mix_rows, one_bin_width
+from neurobridge.store.read import Mixing, Source, epoch_plan, iter_local, mix_rows, one_bin_width, planned_rows
 from neurobridge.store.rows import ROW_COLUMNS, table_rows
 from neurobridge.train.epochs import permuted
 
@@ -24,10 +24,10 @@ def mixed_rows(settings: Settings, srcs: list[Source], mixing: Mixing) -> pa.Tab
     """The train rows of one epoch of the mixture (rows repeated or dropped by their dataset's multiple): the same
     rows ``store.read.ray_dataset`` yields, read in-process for Tune trials."""
     one_bin_width(srcs)
-    plan = epoch_plan({s.name: s.rows("train") for s in srcs}, mixing.rule, mixing.epoch_rows)
+    plan = epoch_plan(planned_rows(srcs, "train", mixing), mixing.rule, mixing.epoch_rows)
     cols = list(dict.fromkeys([*ROW_COLUMNS, "dataset", "session", "sample_id", "split"]))
     parts = [
-        mix_rows(pa.Table.from_batches([b]), plan, mixing.seed, mixing.exclude_sessions)
+        mix_rows(pa.Table.from_batches([b]), plan, mixing.seed, mixing.exclude_sessions, dict(mixing.fractions))
         for s in srcs
         if plan[s.name] > 0
         for b in iter_local(settings, s, "train", cols)
