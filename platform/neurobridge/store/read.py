@@ -209,10 +209,9 @@ class Mixing:
     fractions: tuple[tuple[str, float], ...] = ()
 
 
-def planned_rows(srcs: list[Source], split: str | None, mixing: Mixing) -> dict[str, int]:
-    """Rows each dataset brings to the epoch: its ``split`` rows, times its kept fraction (``Mixing.fractions``)."""
-    share = dict(mixing.fractions)
-    return {s.name: int(round(s.rows(split) * share.get(s.name, 1.0))) for s in srcs}
+def planned_rows(srcs: list[Source], split: str | None, fractions: dict[str, float]) -> dict[str, int]:
+    """Rows each dataset brings to the epoch: its ``split`` rows, times the share of them it keeps (``kept``)."""
+    return {s.name: int(round(s.rows(split) * fractions.get(s.name, 1.0))) for s in srcs}
 
 
 def ray_dataset(
@@ -230,7 +229,7 @@ def ray_dataset(
     import ray.data
 
     one_bin_width(srcs)
-    plan = epoch_plan(planned_rows(srcs, split, mixing), mixing.rule, mixing.epoch_rows)
+    plan = epoch_plan(planned_rows(srcs, split, dict(mixing.fractions)), mixing.rule, mixing.epoch_rows)
     files = [u for s in srcs if plan[s.name] > 0 for u in s.files]
     if not files:
         raise StoreError(f"no {split} rows in {[s.name for s in srcs]}")

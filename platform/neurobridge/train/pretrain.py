@@ -73,17 +73,13 @@ def epoch_rows(cfg: PretrainConfig, srcs: list[Source]) -> int | None:
     if cfg.data.epoch_rows is not None:
         return cfg.data.epoch_rows
     need = cfg.data.min_epoch_steps * cfg.optim.batch_size * cfg.scaling.num_workers
-    return need if sum(_train_rows(cfg, srcs).values()) < need else None
-
-
-def _train_rows(cfg: PretrainConfig, srcs: list[Source]) -> dict[str, int]:
-    return planned_rows(srcs, "train", Mixing(fractions=tuple(cfg.data.train_fraction.items())))
+    return need if sum(planned_rows(srcs, "train", cfg.data.train_fraction).values()) < need else None
 
 
 def epoch_mb(cfg: PretrainConfig, srcs: list[Source]) -> float:
     """Upper estimate of one mixed epoch in memory: its cells at 4 bytes (uint16 counts, float32 MUA), rows repeated
     or dropped by the mixing, plus the row lists' overhead."""
-    kept = _train_rows(cfg, srcs)
+    kept = planned_rows(srcs, "train", cfg.data.train_fraction)
     rows = sum(kept.values()) or 1
     cells = sum(s.ref.card.counts.tokens * kept[s.name] / max(s.rows(), 1) for s in srcs)
     scale = (epoch_rows(cfg, srcs) or rows) / rows

@@ -24,7 +24,7 @@ def mixed_rows(settings: Settings, srcs: list[Source], mixing: Mixing) -> pa.Tab
     """The train rows of one epoch of the mixture (rows repeated or dropped by their dataset's multiple): the same
     rows ``store.read.ray_dataset`` yields, read in-process for Tune trials."""
     one_bin_width(srcs)
-    plan = epoch_plan(planned_rows(srcs, "train", mixing), mixing.rule, mixing.epoch_rows)
+    plan = epoch_plan(planned_rows(srcs, "train", dict(mixing.fractions)), mixing.rule, mixing.epoch_rows)
     cols = list(dict.fromkeys([*ROW_COLUMNS, "dataset", "session", "sample_id", "split"]))
     parts = [
         mix_rows(pa.Table.from_batches([b]), plan, mixing.seed, mixing.exclude_sessions, dict(mixing.fractions))
