@@ -92,7 +92,7 @@ def test_a_config_resolves_to_kernels_in_bins_and_an_epoch_of_at_least_min_epoch
     assert r.mixing.epoch_rows == 10_000 * cfg.optim.batch_size * cfg.scaling.num_workers
     assert r.mixing.exclude_sessions == frozenset(cfg.data.holdout_sessions)
     assert r.heldout.fraction == 0.4  # the config's held-out fraction, not the default
-    assert r.mixing.fractions == ()
+    assert r.mixing.fractions == {}
 
 
 def test_a_train_fraction_reaches_the_mixing_and_a_wrong_one_is_named(store):
@@ -101,7 +101,7 @@ def test_a_train_fraction_reaches_the_mixing_and_a_wrong_one_is_named(store):
     from neurobridge.train.pretrain import resolve
 
     name = resolve(small_cfg(), store).srcs[0].name
-    assert resolve(small_cfg(**{"data.train_fraction": {name: 0.5}}), store).mixing.fractions == ((name, 0.5),)
+    assert resolve(small_cfg(**{"data.train_fraction": {name: 0.5}}), store).mixing.fractions == {name: 0.5}
     with pytest.raises(StoreError, match="no_such_dataset"):
         resolve(small_cfg(**{"data.train_fraction": {"no_such_dataset": 0.5}}), store)
     with pytest.raises(ConfigError, match=r"train_fraction shares must lie in \(0, 1\]"):

@@ -22,11 +22,11 @@ def test_in_process_trials_train_on_exactly_the_rows_the_ray_data_pipeline_mixes
     from neurobridge.tune.local_data import mixed_rows
 
     srcs = sources(store, [], "demo")
-    mixing = Mixing(rule, None, 5, fractions=((srcs[0].name, part),) if part < 1 else ())
+    mixing = Mixing(rule, None, 5, fractions={srcs[0].name: part} if part < 1 else {})
     local = mixed_rows(store, srcs, mixing)
     ray_rows = ray_dataset(store, srcs, "train", mixing, ROW_COLUMNS).to_pandas()
     assert Counter(local.column("sample_id").to_pylist()) == Counter(ray_rows["sample_id"])
-    rows = planned_rows(srcs, "train", dict(mixing.fractions))
+    rows = planned_rows(srcs, "train", mixing.fractions)
     assert rows[srcs[0].name] == round(part * srcs[0].rows("train"))
     plan = epoch_plan(rows, rule)
     got = Counter(local.column("dataset").to_pylist())

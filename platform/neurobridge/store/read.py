@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -187,9 +187,10 @@ def mix_rows(
     n = np.zeros(len(ids), dtype=np.int64)
     for name in set(names):
         rows = np.array([i for i, d in enumerate(names) if d == name], dtype=np.int64)
-        n[rows] = repeats([ids[i] for i in rows], factors.get(name, 0.0), seed)
+        row_ids = [ids[i] for i in rows]
+        n[rows] = repeats(row_ids, factors.get(name, 0.0), seed)
         if fractions and name in fractions:
-            n[rows[~kept([ids[i] for i in rows], fractions[name])]] = 0
+            n[rows[~kept(row_ids, fractions[name])]] = 0
     if exclude:
         n[np.isin(np.array(batch.column("session").to_pylist(), dtype=object), list(exclude))] = 0
     return batch.take(pa.array(np.repeat(np.arange(len(ids)), n)))
@@ -199,14 +200,14 @@ def mix_rows(
 class Mixing:
     """How the datasets of a training read are mixed into one epoch: ``rule`` weights them (``MIXING_RULES``),
     ``epoch_rows`` sizes the epoch (None: all rows), ``seed`` fixes which rows repeat or drop, and
-    ``exclude_sessions`` never appear (sessions held out for evaluation or fine-tuning). ``fractions`` (dataset,
-    share) train on part of a dataset's rows (``kept``), weighted as a dataset of that many rows."""
+    ``exclude_sessions`` never appear (sessions held out for evaluation or fine-tuning). ``fractions``
+    (dataset → share) train on part of a dataset's rows (``kept``), weighted as a dataset of that many rows."""
 
     rule: str = "sqrt"
     epoch_rows: int | None = None
     seed: int = 0
     exclude_sessions: frozenset[str] = frozenset()
-    fractions: tuple[tuple[str, float], ...] = ()
+    fractions: dict[str, float] = field(default_factory=dict)
 
 
 def planned_rows(srcs: list[Source], split: str | None, fractions: dict[str, float]) -> dict[str, int]:
@@ -229,7 +230,7 @@ def ray_dataset(
     import ray.data
 
     one_bin_width(srcs)
-    plan = epoch_plan(planned_rows(srcs, split, dict(mixing.fractions)), mixing.rule, mixing.epoch_rows)
+    plan = epoch_plan(planned_rows(srcs, split, mixing.fractions), mixing.rule, mixing.epoch_rows)
     files = [u for s in srcs if plan[s.name] > 0 for u in s.files]
     if not files:
         raise StoreError(f"no {split} rows in {[s.name for s in srcs]}")
@@ -247,7 +248,7 @@ def ray_dataset(
             "factors": plan,
             "seed": mixing.seed,
             "exclude": frozenset(mixing.exclude_sessions),
-            "fractions": dict(mixing.fractions),
+            "fractions": mixing.fractions,
         },
         batch_format="pyarrow",
     )

@@ -169,10 +169,8 @@ def resolve(cfg: PretrainConfig, settings: Settings) -> Resolved:
     unknown = sorted(set(cfg.data.train_fraction) - {s.name for s in srcs})
     if unknown:
         raise StoreError(f"data.train_fraction names {unknown}, not among the datasets {[s.name for s in srcs]}")
-    fractions = tuple(sorted(cfg.data.train_fraction.items()))
-    return Resolved(
-        cfg, srcs, vocabs, heldout, Mixing(cfg.data.mixing, epoch_rows(cfg, srcs), cfg.seed, held, fractions)
-    )
+    mixing = Mixing(cfg.data.mixing, epoch_rows(cfg, srcs), cfg.seed, held, dict(cfg.data.train_fraction))
+    return Resolved(cfg, srcs, vocabs, heldout, mixing)
 
 
 @dataclass

@@ -24,10 +24,10 @@ def mixed_rows(settings: Settings, srcs: list[Source], mixing: Mixing) -> pa.Tab
     """The train rows of one epoch of the mixture (rows repeated or dropped by their dataset's multiple): the same
     rows ``store.read.ray_dataset`` yields, read in-process for Tune trials."""
     one_bin_width(srcs)
-    plan = epoch_plan(planned_rows(srcs, "train", dict(mixing.fractions)), mixing.rule, mixing.epoch_rows)
+    plan = epoch_plan(planned_rows(srcs, "train", mixing.fractions), mixing.rule, mixing.epoch_rows)
     cols = list(dict.fromkeys([*ROW_COLUMNS, "dataset", "session", "sample_id", "split"]))
     parts = [
-        mix_rows(pa.Table.from_batches([b]), plan, mixing.seed, mixing.exclude_sessions, dict(mixing.fractions))
+        mix_rows(pa.Table.from_batches([b]), plan, mixing.seed, mixing.exclude_sessions, mixing.fractions)
         for s in srcs
         if plan[s.name] > 0
         for b in iter_local(settings, s, "train", cols)
