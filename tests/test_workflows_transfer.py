@@ -25,13 +25,14 @@ SHRUNK = [
     "repeats=1",
     "behavior={dataset: stevenson_s1_local, corpus: real, lag_ms: 50, feature_smoothing_ms: [0, 100]}",
     "variants=[{name: frozen, finetune: {freeze_backbone: true}, alone: true}]",
+    "targets.variant=frozen",
 ]
 
 
 def test_the_protocol_runs_from_its_config_and_scores_every_trial_in_every_arm(ray_cluster, tmp_path, monkeypatch):
     from neurobridge.config import get_settings, parse_overrides
     from neurobridge.tracking import mlflow_run
-    from neurobridge.workflows.transfer import load_transfer, run_transfer
+    from neurobridge.workflows.transfer import difference, load_transfer, run_transfer
 
     monkeypatch.setenv("NB_HOME", str(tmp_path))
     monkeypatch.setenv("NB_SHARED_DATA", str(SHARED_DATA))
@@ -57,9 +58,16 @@ def test_the_protocol_runs_from_its_config_and_scores_every_trial_in_every_arm(r
             assert share == pytest.approx(np.mean(last))
             assert (f"k={k}: {arm} picked its last step in {share:.0%} of folds" in "\n".join(lines)) == (share >= 0.5)
     assert "k5_beats_smoothing" in got["targets"] and "k5_beats_alone_by_0.02" not in got["targets"]
-    d = got["kshot"]["5"]["differences"]["finetuned:real - alone"]  # the summary a user reads after the folds
+    judged = got["targets"]["judged_arm"]
+    assert judged == "finetuned:real+frozen"  # the variant the targets name, not the shared recipe
+    d = difference(got["kshot"]["5"], judged, "alone")  # the summary a user reads after the folds
+    s = difference(got["kshot"]["5"], judged, "smoothing")
+    assert d["bps"] == pytest.approx(got["kshot"]["5"]["co_bps"][judged] - got["kshot"]["5"]["co_bps"]["alone"])
+    assert d["ci_low"] <= d["bps"] <= d["ci_high"]  # stored as alone − judged (arm order): flipped whole
+    assert got["targets"]["k5_minus_smoothing"] == s["bps"] and got["targets"]["k5_minus_alone"] == d["bps"]
     k5 = next(line for line in lines if line.startswith("k=5: ") and " - alone " in line)
-    assert f"finetuned:real - alone {d['bps']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]" in k5
+    assert f"{judged} - alone {d['bps']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]" in k5
+    assert f"- smoothing {s['bps']:+.4f} [{s['ci_low']:+.4f}, {s['ci_high']:+.4f}]" in k5
     missed = [t for t, v in got["targets"].items() if v is False]
     assert got["targets"]["not_run"] == ["k25"]  # the config's target k is not among this run's ks
     verdict = [f"targets missed: {', '.join(missed)}"] if missed else []
@@ -113,6 +121,20 @@ def test_every_arm_recipe_is_checked_when_the_config_loads_not_after_pretraining
         load_transfer(path, {"variants": [{"name": "y", "finetune": {"unfreeze_after": 60}}]})
     with pytest.raises(ConfigError, match="finetune: field 'lr'"):
         load_transfer(path, {"finetune.lr": -1.0})
+
+
+def test_the_judged_variant_must_fine_tune_the_first_corpus():
+    from neurobridge.config import ConfigError
+    from neurobridge.workflows.transfer import load_transfer
+
+    path = "jobs/configs/transfer_mc_maze_medium.yaml"
+    assert load_transfer(path).judged_arm() == "finetuned:real+frozen_backbone"
+    assert load_transfer(path, {"targets.variant": None}).judged_arm() == "finetuned:real"
+    with pytest.raises(ConfigError, match=r"targets.variant 'frozen_backbone' names no variant .*variants: x\)"):
+        load_transfer(path, {"variants": [{"name": "x", "finetune": {"lr": 3e-3}}]})
+    only_sim = [{"name": "frozen_backbone", "finetune": {"freeze_backbone": True}, "corpora": ["real_sim"]}]
+    with pytest.raises(ConfigError, match="fine-tunes corpus 'real'"):
+        load_transfer(path, {"variants": only_sim})
 
 
 def test_arms_still_improving_when_their_budget_ran_out_are_named():

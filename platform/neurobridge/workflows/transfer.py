@@ -89,6 +89,11 @@ class Targets(BaseModel):
     k: list[int] = Field(default_factory=lambda: [25], description="k at which fine-tuned must beat trained-alone")
     min_gain_bps: float = 0.02
     behavior_margin: float = 0.05
+    variant: str | None = Field(
+        None,
+        description="the variant whose arm on the first corpus is judged (the recipe the docs recommend for the new "
+        "session); None: the shared recipe's",
+    )
 
 
 class TransferConfig(BaseModel):
@@ -123,7 +128,20 @@ class TransferConfig(BaseModel):
                 FinetuneConfig.model_validate(where | self.finetune | recipe)
             except ValidationError as err:
                 raise ValueError(describe_validation_error(err, FinetuneConfig, name).replace("\n", "; ")) from None
+        first = self.corpora[0].name
+        judged = self.targets.variant
+        if judged is not None and not any(v.name == judged and first in (v.corpora or [first]) for v in self.variants):
+            raise ValueError(
+                f"targets.variant {judged!r} names no variant that fine-tunes corpus {first!r} (variants: "
+                f"{', '.join(v.name for v in self.variants) or 'none'}); add it or set targets.variant: null"
+            )
         return self
+
+    def judged_arm(self) -> str:
+        """The arm the targets judge: the first corpus's model fine-tuned with the shared recipe or the named
+        variant's."""
+        arm = f"finetuned:{self.corpora[0].name}"
+        return arm if self.targets.variant is None else f"{arm}+{self.targets.variant}"
 
 
 def load_transfer(path: str | Path, overrides: dict | None = None) -> TransferConfig:
@@ -234,12 +252,15 @@ def budget_warnings(kshot: dict) -> list[str]:
 def summary(cfg: TransferConfig, results: dict) -> list[str]:
     """What a user reads after the folds: each k's pooled co-bps per arm with the judged model − alone, then which
     targets were missed (the job exits 1 when any is, so the reason is on screen, not only in the JSON)."""
-    judged = f"finetuned:{cfg.corpora[0].name}"
+    judged = cfg.judged_arm()
     lines = []
     for k, res in results["kshot"].items():
-        d = res["differences"][f"{judged} - alone"]
+        d, s = difference(res, judged, "alone"), difference(res, judged, "smoothing")
         arms = ", ".join(f"{arm} {v:+.4f}" for arm, v in res["co_bps"].items())
-        lines.append(f"k={k}: {arms}; {judged} - alone {d['bps']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]")
+        lines.append(
+            f"k={k}: {arms}; {judged} - alone {d['bps']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}], "
+            f"- smoothing {s['bps']:+.4f} [{s['ci_low']:+.4f}, {s['ci_high']:+.4f}]"
+        )
     missed, not_run = missed_targets(results["targets"]), results["targets"].get("not_run", [])
     if missed:
         lines.append(f"targets missed: {', '.join(missed)}")
@@ -248,6 +269,14 @@ def summary(cfg: TransferConfig, results: dict) -> list[str]:
     if not missed and not not_run:
         lines.append("targets: all met")
     return lines
+
+
+def difference(res: dict, a: str, b: str) -> dict:
+    """``a`` − ``b`` with its interval from one k's paired differences, which hold each pair once, in arm order."""
+    if f"{a} - {b}" in res["differences"]:
+        return res["differences"][f"{a} - {b}"]
+    d = res["differences"][f"{b} - {a}"]
+    return d | {"bps": -d["bps"], "ci_low": -d["ci_high"], "ci_high": -d["ci_low"]}
 
 
 def arms(cfg: TransferConfig, models: dict[str, str], architecture) -> list[Arm]:
@@ -278,13 +307,12 @@ def behaviour_check(check: BehaviorCheck, refs: dict, models: dict, settings: Se
 
 
 def targets(cfg: TransferConfig, results: dict) -> dict:
-    """The issue's targets, from the numbers above: the first corpus is the judged model."""
+    """The issue's targets, from the numbers above, for the judged arm (named in the result)."""
     t = cfg.targets
-    judged = f"finetuned:{cfg.corpora[0].name}"
-    out: dict = {}
+    judged = cfg.judged_arm()
+    out: dict = {"judged_arm": judged}
     for k, res in results["kshot"].items():
-        vs_alone = res["differences"][f"{judged} - alone"]
-        vs_smooth = res["differences"][f"{judged} - smoothing"]
+        vs_alone, vs_smooth = difference(res, judged, "alone"), difference(res, judged, "smoothing")
         out[f"k{k}_minus_alone"] = vs_alone["bps"]
         out[f"k{k}_minus_alone_interval_95"] = [vs_alone["ci_low"], vs_alone["ci_high"]]
         out[f"k{k}_minus_smoothing"] = vs_smooth["bps"]
