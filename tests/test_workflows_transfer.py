@@ -64,6 +64,8 @@ def test_the_protocol_runs_from_its_config_and_scores_every_trial_in_every_arm(r
     s = difference(got["kshot"]["5"], judged, "smoothing")
     assert d["bps"] == pytest.approx(got["kshot"]["5"]["co_bps"][judged] - got["kshot"]["5"]["co_bps"]["alone"])
     assert d["ci_low"] <= d["bps"] <= d["ci_high"]  # stored as alone − judged (arm order): flipped whole
+    stored = got["kshot"]["5"]["differences"][f"alone - {judged}"]
+    assert (d["ci_low"], d["prob_positive"]) == (-stored["ci_high"], pytest.approx(1 - stored["prob_positive"]))
     assert got["targets"]["k5_minus_smoothing"] == s["bps"] and got["targets"]["k5_minus_alone"] == d["bps"]
     k5 = next(line for line in lines if line.startswith("k=5: ") and " - alone " in line)
     assert f"{judged} - alone {d['bps']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]" in k5

@@ -276,7 +276,8 @@ def difference(res: dict, a: str, b: str) -> dict:
     if f"{a} - {b}" in res["differences"]:
         return res["differences"][f"{a} - {b}"]
     d = res["differences"][f"{b} - {a}"]
-    return d | {"bps": -d["bps"], "ci_low": -d["ci_high"], "ci_high": -d["ci_low"]}
+    flipped = {"bps": -d["bps"], "ci_low": -d["ci_high"], "ci_high": -d["ci_low"]}
+    return d | flipped | {"prob_positive": 1.0 - d["prob_positive"]}  # exact ties: none with continuous rates
 
 
 def arms(cfg: TransferConfig, models: dict[str, str], architecture) -> list[Arm]:
