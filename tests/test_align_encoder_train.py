@@ -48,6 +48,29 @@ def test_last_layers_moves_only_the_last_encoder_layer_and_the_loss_falls(visual
     assert losses[-1] < losses[0]
 
 
+def test_each_unit_enters_the_encoder_with_its_own_pretrained_row_as_in_pretraining(visual, tmp_path):
+    """The trained path builds its token layout from a template row: it must name the units, or every unit would
+    fall to the unknown row and a pretrained model would lose the read-in rows it learned for them."""
+    from neurobridge.models.checkpoint import load_checkpoint, save_checkpoint
+    from neurobridge.models.vocab import UNK, unit_key
+
+    cfg = config(visual, data={"encoder": {"checkpoint": str(visual["model"]), "train": "last_layers"}})
+    data = build_alignment_data(cfg.data, visual["settings"])
+    specs = session_specs(data, data.train)
+    (session, spec), *_ = specs.items()
+    keys = [unit_key(spec["context"]["session"], u) for u in spec["unit_ids"]]
+    assert len(keys) == len(spec["unit_regions"]) > 0
+    encoder, vocabs, _ = load_checkpoint(str(visual["model"]))
+    encoder.extend_vocab(vocabs, "unit", keys)  # a model pretrained on this session knows its units
+    save_checkpoint(str(tmp_path / "knows_units.pt"), encoder, vocabs)
+    model = build_encoder_projector(
+        data.train, specs, data.dim, cfg.data.encoder, cfg.projector, (tmp_path / "knows_units.pt").read_bytes()
+    )
+    template = model.layouts[session].template
+    slots = set(template.token_unit[0][template.token_cells[0]].tolist())  # the unit row of every real cell
+    assert UNK not in slots and slots == set(vocabs.unit.lookup(keys).tolist())
+
+
 def test_scratch_starts_from_a_random_init_and_trains_the_whole_encoder_but_not_the_decoder(visual):
     from neurobridge.models.checkpoint import load_checkpoint
 

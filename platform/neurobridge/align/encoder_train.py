@@ -40,6 +40,7 @@ def session_specs(data: AlignmentData, split: AlignmentSplit) -> dict[str, dict]
             )
         out[b.session] = {
             "unit_regions": info.unit_regions.tolist(),
+            "unit_ids": np.asarray(info.unit_ids).astype(str).tolist(),
             "context": dict(info.context),
             "bins": {r: np.asarray(v).tolist() for r, v in info.bins.items()},
         }
@@ -58,6 +59,7 @@ class _Layout:
             "n_units": n_units,
             "n_bins": n_bins,
             "unit_regions": regions,
+            "unit_ids": spec.get("unit_ids"),  # units keep their pretrained rows (absent in files saved before)
             **{f: ctx.get(f) for f in ("session", "subject", "task", "dataset")},
             "counts": cells if ctx.get("is_counts", True) else None,
             "mua": None if ctx.get("is_counts", True) else cells,
