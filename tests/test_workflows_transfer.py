@@ -31,8 +31,9 @@ SHRUNK = [
 
 def test_the_protocol_runs_from_its_config_and_scores_every_trial_in_every_arm(ray_cluster, tmp_path, monkeypatch):
     from neurobridge.config import get_settings, parse_overrides
+    from neurobridge.evaluate.kshot import difference
     from neurobridge.tracking import mlflow_run
-    from neurobridge.workflows.transfer import difference, load_transfer, run_transfer
+    from neurobridge.workflows.transfer import load_transfer, run_transfer
 
     monkeypatch.setenv("NB_HOME", str(tmp_path))
     monkeypatch.setenv("NB_SHARED_DATA", str(SHARED_DATA))

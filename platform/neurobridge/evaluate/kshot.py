@@ -173,3 +173,19 @@ def _summary(s: _Scores, plan: KShotPlan, seed: int, k: int | None) -> dict:
     ends = {n: [f[f"{n}_picked_last_step"] for f in s.per_fold if f"{n}_picked_last_step" in f] for n in names}
     out["picked_last_step"] = {n: float(np.mean(e)) for n, e in ends.items() if e}  # share of folds
     return out | {"per_fold": s.per_fold}
+
+
+def difference(summary: dict, a: str, b: str) -> dict:
+    """``a`` − ``b`` from one k's ``differences``, which hold every pair once, in arm order: a pair stored the other
+    way round is flipped whole (difference, interval, and the bootstrap share; exact ties do not occur with
+    continuous rates)."""
+    pairs = summary["differences"]
+    if f"{a} - {b}" in pairs:
+        return pairs[f"{a} - {b}"]
+    d = pairs[f"{b} - {a}"]
+    return d | {
+        "bps": -d["bps"],
+        "ci_low": -d["ci_high"],
+        "ci_high": -d["ci_low"],
+        "prob_positive": 1 - d["prob_positive"],
+    }

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from neurobridge.catalog import resolve
 from neurobridge.config import ConfigError, Settings, describe_validation_error, get_settings, set_dotted
 from neurobridge.evaluate.behaviour import WIDE_ALPHAS, BehaviorConfig
-from neurobridge.evaluate.kshot import Arm, KShotPlan, kshot_crossval
+from neurobridge.evaluate.kshot import Arm, KShotPlan, difference, kshot_crossval
 from neurobridge.evaluate.run import EvalData, evaluate_behaviour, resolve_model_file
 from neurobridge.ingest.pipeline import ingest_many
 from neurobridge.sim import SimConfig, simulate
@@ -59,6 +59,14 @@ class Variant(BaseModel):
     finetune: dict = Field(description="FinetuneConfig fields that differ from the shared recipe")
     corpora: list[str] | None = Field(None, description="corpora whose pretrained model it fine-tunes (None: all)")
     alone: bool = Field(False, description="also an arm trained alone with this recipe")
+
+    def fine_tunes(self, corpus: str) -> bool:
+        return self.corpora is None or corpus in self.corpora
+
+
+def finetuned_arm(corpus: str, variant: Variant | None = None) -> str:
+    """An arm's name: the corpus's pretrained model fine-tuned with the shared recipe or with ``variant``'s."""
+    return f"finetuned:{corpus}" if variant is None else f"finetuned:{corpus}+{variant.name}"
 
 
 class BehaviorCheck(BaseModel):
@@ -130,7 +138,7 @@ class TransferConfig(BaseModel):
                 raise ValueError(describe_validation_error(err, FinetuneConfig, name).replace("\n", "; ")) from None
         first = self.corpora[0].name
         judged = self.targets.variant
-        if judged is not None and not any(v.name == judged and first in (v.corpora or [first]) for v in self.variants):
+        if judged is not None and not any(v.name == judged and v.fine_tunes(first) for v in self.variants):
             raise ValueError(
                 f"targets.variant {judged!r} names no variant that fine-tunes corpus {first!r} (variants: "
                 f"{', '.join(v.name for v in self.variants) or 'none'}); add it or set targets.variant: null"
@@ -140,8 +148,8 @@ class TransferConfig(BaseModel):
     def judged_arm(self) -> str:
         """The arm the targets judge: the first corpus's model fine-tuned with the shared recipe or the named
         variant's."""
-        arm = f"finetuned:{self.corpora[0].name}"
-        return arm if self.targets.variant is None else f"{arm}+{self.targets.variant}"
+        variant = next((v for v in self.variants if v.name == self.targets.variant), None)
+        return finetuned_arm(self.corpora[0].name, variant)
 
 
 def load_transfer(path: str | Path, overrides: dict | None = None) -> TransferConfig:
@@ -271,22 +279,11 @@ def summary(cfg: TransferConfig, results: dict) -> list[str]:
     return lines
 
 
-def difference(res: dict, a: str, b: str) -> dict:
-    """``a`` − ``b`` with its interval from one k's paired differences, which hold each pair once, in arm order."""
-    if f"{a} - {b}" in res["differences"]:
-        return res["differences"][f"{a} - {b}"]
-    d = res["differences"][f"{b} - {a}"]
-    flipped = {"bps": -d["bps"], "ci_low": -d["ci_high"], "ci_high": -d["ci_low"]}
-    return d | flipped | {"prob_positive": 1.0 - d["prob_positive"]}  # exact ties: none with continuous rates
-
-
 def arms(cfg: TransferConfig, models: dict[str, str], architecture) -> list[Arm]:
     """Fine-tuned per corpus and trained alone with the shared recipe, then every variant's arms."""
-    out = [Arm(f"finetuned:{c}", f) for c, f in models.items()] + [Arm("alone", None, architecture)]
+    out = [Arm(finetuned_arm(c), f) for c, f in models.items()] + [Arm("alone", None, architecture)]
     for v in cfg.variants:
-        out += [
-            Arm(f"finetuned:{c}+{v.name}", f, None, v.finetune) for c, f in models.items() if c in (v.corpora or [c])
-        ]
+        out += [Arm(finetuned_arm(c, v), f, None, v.finetune) for c, f in models.items() if v.fine_tunes(c)]
         if v.alone:
             out.append(Arm(f"alone+{v.name}", None, architecture, v.finetune))
     return out
