@@ -183,10 +183,10 @@ def mix_rows(
     batch: pa.Table, factors: dict[str, float], seed: int, exclude: frozenset, fractions: dict[str, float] | None = None
 ) -> pa.Table:
     ids = batch.column("sample_id").to_pylist()
-    names = batch.column("dataset").to_pylist()
+    names = np.asarray(batch.column("dataset").to_pylist(), dtype=object)
     n = np.zeros(len(ids), dtype=np.int64)
     for name in set(names):
-        rows = np.array([i for i, d in enumerate(names) if d == name], dtype=np.int64)
+        rows = np.flatnonzero(names == name)
         row_ids = [ids[i] for i in rows]
         n[rows] = repeats(row_ids, factors.get(name, 0.0), seed)
         if fractions and name in fractions:
